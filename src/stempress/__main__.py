@@ -1,0 +1,5 @@
+"""``python -m stempress`` runs the CLI."""
+
+from stempress.cli import main
+
+main()

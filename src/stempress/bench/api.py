@@ -1,0 +1,93 @@
+"""``stempress bench`` as a function: sources in, a results folder out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from stempress.bench.environment import environment
+from stempress.bench.protocol import Protocol
+from stempress.bench.results import STATISTICS_CSV, atomic_write, prepare_out_dir, save_results
+from stempress.bench.runner import ERROR, SKIPPED, UNAVAILABLE, BenchConfig, Progress, run_grid
+from stempress.bench.statistics import statistics, summary
+from stempress.codecs.catalog import select_codecs
+from stempress.data.base import Dataset4D
+from stempress.errors import StempressError
+
+DEFAULT_SUITE = "paper-like"
+
+
+@dataclass
+class BenchReport:
+    out: Path
+    results: pd.DataFrame
+    statistics: pd.DataFrame
+    summary: pd.DataFrame
+    errors: int
+    problems: list[str]
+
+
+def open_sources(
+    sources: Sequence[str | Path], suite: str | None, dataset: str | None, scan_shape: tuple[int, int] | None
+) -> list[Dataset4D]:
+    """Files named by the user, plus a suite; the paper-like suite when neither is given."""
+    from stempress.data.suites import suite as suite_sources
+
+    from stempress.data.open import open_source
+
+    opened: list[Dataset4D] = [open_source(s, dataset=dataset, scan_shape=scan_shape) for s in sources]
+    if suite or not opened:
+        opened += suite_sources(suite or DEFAULT_SUITE)
+    names = [s.name for s in opened]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise StempressError(f"two sources are both named {duplicated[0]!r}; rename one file so results stay apart")
+    return opened
+
+
+def run_bench(
+    *,
+    sources: Sequence[str | Path] = (),
+    suite: str | None = None,
+    methods: str | Sequence[str] = "paper",
+    chunkings: Sequence[str | tuple[int, ...]] = ("real_space", "balanced", "single_frame"),
+    runs: int = 3,
+    protocol: Protocol = "warm",
+    out: Path,
+    workdir: Path | None = None,
+    time_limit_s: float | None = 60.0,
+    dataset: str | None = None,
+    scan_shape: tuple[int, int] | None = None,
+    seed: int = 0,
+    force: bool = False,
+    warmup: bool = True,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> BenchReport:
+    """Run the grid and write results.csv/.parquet, statistics.csv and metadata.json into ``out``."""
+    codecs = select_codecs(methods)
+    opened = open_sources(sources, suite, dataset, scan_shape)
+    prepare_out_dir(out, force)
+    config = BenchConfig(codecs=codecs, chunkings=list(chunkings), runs=runs, protocol=protocol,
+                         time_limit_s=time_limit_s, workdir=workdir or out, seed=seed, warmup=warmup)
+    try:
+        rows = run_grid(opened, config, on_progress)
+    finally:
+        for source in opened:
+            source.close()
+    meta = environment(protocol, {
+        "runs": runs, "seed": seed, "time_limit_s": time_limit_s, "warmup": "each method once on a sample "
+        "of the first dataset, discarded" if warmup else "none",
+        "methods": [c.config() for c in codecs], "chunkings": [str(c) for c in chunkings],
+        "datasets": [{"name": s.name, "shape": s.shape, "dtype": str(s.dtype)} for s in opened],
+    })
+    frame = save_results(out, rows, meta)
+    stats = statistics(frame)
+    atomic_write(out / STATISTICS_CSV, lambda p: stats.to_csv(p, index=False))
+    problems = [f"{r['dataset']} {r['method']} run {r['run_number']}: {r['status']}: {r['reason']}"
+                for r in rows if r["status"] in (ERROR, SKIPPED)]
+    unavailable = sorted({f"{r['codec']}: {r['reason']}" for r in rows if r["status"] == UNAVAILABLE})
+    problems += [f"unavailable {line}" for line in unavailable]
+    return BenchReport(out, frame, stats, summary(stats), sum(r["status"] == ERROR for r in rows), problems)

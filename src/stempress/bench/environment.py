@@ -1,0 +1,79 @@
+"""What a result depends on besides the data: library versions, the machine, the protocol, the command."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+#: Packages whose versions change codec behaviour or speed.
+PACKAGES = ("stempress", "numpy", "scipy", "h5py", "hdf5plugin", "blosc2", "numcodecs", "pandas", "rosettasciio")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def codec_library_versions() -> dict[str, Any]:
+    """Versions of the C libraries behind the filters, where the Python packages expose them."""
+    import blosc2
+    import h5py
+    import hdf5plugin
+    import numcodecs.blosc
+
+    info: dict[str, Any] = {
+        "hdf5": h5py.version.hdf5_version,
+        "c-blosc2": getattr(blosc2, "blosclib_version", None),
+        "c-blosc (numcodecs)": getattr(numcodecs.blosc, "VERSION_STRING", None),
+        "hdf5plugin_build": str(hdf5plugin.get_config().build_config),
+        "hdf5plugin_filters": dict(hdf5plugin.get_config().registered_filters),
+    }
+    try:
+        import numcodecs.zstd
+
+        info["zstd (numcodecs)"] = getattr(numcodecs.zstd, "VERSION_NUMBER", None)
+    except ImportError:
+        info["zstd (numcodecs)"] = None
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(protocol: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata file's contents."""
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command_line": sys.argv,
+        "protocol": protocol,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_cores_logical": os.cpu_count(),
+        "cpu_cores_usable": len(affinity) if affinity is not None else os.cpu_count(),
+        "memory_total_gib": round(psutil.virtual_memory().total / 1024**3, 2),
+        "blosc_nthreads": os.environ.get("BLOSC_NTHREADS", "library default (1)"),
+        "packages": package_versions(),
+        "codec_libraries": codec_library_versions(),
+        **(extra or {}),
+    }

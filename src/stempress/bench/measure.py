@@ -1,0 +1,140 @@
+"""One measurement: write a cube with one method, read it back, verify it, and time both under a protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stempress.bench.protocol import (
+    Protocol,
+    Stopwatch,
+    evict_from_page_cache,
+    fsync_path,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
+from stempress.bench.verify import Reference
+from stempress.codecs.baselines import file_format
+from stempress.codecs.catalog import Codec
+from stempress.codecs.chunking import chunk_shape, chunking_label
+from stempress.codecs.hdf5_store import read_cube_blocks, write_cube
+from stempress.data.base import Block, Dataset4D, iter_blocks, nbytes, rows_for_budget
+
+GIB = 1024**3
+MIB = 1024**2
+
+#: Bytes per block streamed through a writer: large enough to amortise per-call cost, small enough to bound memory.
+BLOCK_BYTES = 64 * MIB
+
+
+@dataclass(frozen=True)
+class Method:
+    """A codec with its chunking: the unit the study names ``{chunking}_{codec}``."""
+
+    codec: Codec
+    chunking: str | tuple[int, ...] | None
+
+    @property
+    def chunking_name(self) -> str:
+        return "n/a" if self.chunking is None else chunking_label(self.chunking)
+
+    @property
+    def name(self) -> str:
+        return self.codec.name if self.chunking is None else f"{self.chunking_name}_{self.codec.name}"
+
+    def chunks_for(self, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+        return None if self.chunking is None else chunk_shape(self.chunking, shape)
+
+
+def methods_for(codecs: list[Codec], chunkings: list[str | tuple[int, ...]]) -> list[Method]:
+    """Every HDF5 codec under every chunking; file baselines once (chunking does not apply to them)."""
+    methods: list[Method] = []
+    for codec in codecs:
+        if codec.storage == "file":
+            methods.append(Method(codec, None))
+        else:
+            methods.extend(Method(codec, chunking) for chunking in chunkings)
+    return methods
+
+
+def block_rows(source: Dataset4D, chunks: tuple[int, ...] | None) -> int:
+    """Rows per block, whole chunk rows so no chunk is written twice."""
+    return rows_for_budget(source, BLOCK_BYTES, multiple=chunks[0] if chunks else 1)
+
+
+def measure(
+    source: Dataset4D,
+    method: Method,
+    workdir: Path,
+    *,
+    protocol: Protocol = "warm",
+    time_limit_s: float | None = None,
+    reference: Reference | None = None,
+) -> dict[str, Any]:
+    """Write, read back and verify once; returns the measured numbers (raises on a mismatch or time limit)."""
+    shape, dtype = source.shape, source.dtype
+    chunks = method.chunks_for(shape)
+    rows = block_rows(source, chunks)
+    raw_bytes = nbytes(source)
+    reference = reference or Reference(shape, dtype)
+    path = workdir / f".stempress-bench-{uuid.uuid4().hex}.{'h5' if chunks is not None else 'bin'}"
+    written: list[Path] = [path]
+    peak_reset = reset_peak_rss()
+    try:
+        with Stopwatch("write", time_limit_s, shape[0]) as write_watch:
+            blocks = write_watch.exclude(_recorded(iter_blocks(source, rows), reference), _rows)
+            if chunks is None:
+                written = file_format(method.codec).write(path, blocks, shape, dtype)
+            else:
+                write_cube(path, blocks, shape, dtype, chunks, method.codec.h5_kwargs())
+            if protocol == "cold":
+                for p in written:
+                    fsync_path(p)
+        evicted = None
+        if protocol == "cold":
+            results = [evict_from_page_cache(p) for p in written]
+            evicted = None if None in results else all(results)
+        file_bytes = sum(p.stat().st_size for p in written)
+
+        with Stopwatch("read", time_limit_s, shape[0]) as read_watch:
+            reader = read_cube_blocks(path, rows) if chunks is not None else \
+                file_format(method.codec).read(path, shape, dtype)
+            for block in read_watch.timed(reader, _rows):
+                with read_watch.excluding():
+                    reference.check(block)
+        reference.finish()
+        peak = peak_rss_bytes()
+    finally:
+        for p in written:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    write_s, read_s = write_watch.seconds, read_watch.seconds
+    return {
+        "chunk_size": str(tuple(chunks)) if chunks is not None else "",
+        "raw_bytes": raw_bytes,
+        "file_bytes": file_bytes,
+        "compression_ratio": raw_bytes / file_bytes,
+        "file_size_mb": file_bytes / MIB,
+        "write_time": write_s,
+        "read_time": read_s,
+        "write_throughput_gbs": raw_bytes / GIB / write_s,
+        "read_throughput_gbs": raw_bytes / GIB / read_s,
+        "peak_rss_mb": peak / MIB if peak is not None and peak_reset else float("nan"),
+        "evicted": evicted,
+        "verified": True,
+    }
+
+
+def _rows(block: Block) -> int:
+    return block.data.shape[0]
+
+
+def _recorded(blocks: Iterator[Block], reference: Reference) -> Iterator[Block]:
+    for block in blocks:
+        reference.record(block)
+        yield block

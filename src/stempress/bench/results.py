@@ -1,0 +1,71 @@
+"""The benchmark's output folder: tidy table (CSV + Parquet) and metadata, each written whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from stempress.errors import StempressError
+
+RESULTS_CSV = "results.csv"
+RESULTS_PARQUET = "results.parquet"
+METADATA_JSON = "metadata.json"
+STATISTICS_CSV = "statistics.csv"
+
+
+def prepare_out_dir(out: Path, force: bool) -> Path:
+    """Refuse to mix new results into an old results folder unless asked."""
+    if out.exists() and not out.is_dir():
+        raise StempressError(f"{out} exists and is not a folder; choose another --out")
+    if (out / RESULTS_CSV).exists() and not force:
+        raise StempressError(f"{out} already holds benchmark results; choose another --out or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through a temporary name in the same folder and rename, so a crash leaves no half file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+#: Yes/no columns that may be unknown (None) in some rows.
+FLAG_COLUMNS = ("evicted", "verified", "in_memory")
+
+
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The tidy table; flags become nullable booleans so CSV and Parquet agree."""
+    frame = pd.DataFrame(rows)
+    for column in FLAG_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].map({True: True, False: False}).astype("boolean")
+    return frame
+
+
+def save_results(out: Path, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> pd.DataFrame:
+    """Write results.csv, results.parquet and metadata.json."""
+    frame = results_frame(rows)
+    atomic_write(out / RESULTS_CSV, lambda p: frame.to_csv(p, index=False))
+    atomic_write(out / RESULTS_PARQUET, lambda p: frame.to_parquet(p, index=False))
+    atomic_write(out / METADATA_JSON, lambda p: p.write_text(json.dumps(metadata, indent=2, default=str)))
+    return frame
+
+
+def load_results(out: Path) -> pd.DataFrame:
+    path = out / RESULTS_CSV
+    if not path.exists():
+        raise StempressError(f"{out}: no {RESULTS_CSV}; run `stempress bench --out {out}` first")
+    return pd.read_csv(path)

@@ -1,0 +1,183 @@
+"""The benchmark grid: datasets x methods x chunkings x runs, in random order within each run.
+
+Every cell of the grid becomes one row of the tidy results table, including those that could not be
+measured (codec unavailable, time limit, error), so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from stempress.bench.measure import Method, measure, methods_for
+from stempress.bench.protocol import Protocol, TimeLimitExceeded
+from stempress.bench.verify import Reference, VerificationError
+from stempress.codecs.catalog import Codec
+from stempress.data.base import ArraySource, Dataset4D, iter_blocks, nbytes, row_nbytes
+from stempress.errors import StempressError
+
+#: Rows of the results table that hold numbers; the others say why there are none.
+OK, SKIPPED, UNAVAILABLE, ERROR = "ok", "skipped", "unavailable", "error"
+
+#: Size of the discarded warm-up sample.
+WARMUP_BYTES = 8 * 1024**2
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and how."""
+
+    codecs: list[Codec]
+    chunkings: list[str | tuple[int, ...]]
+    runs: int = 3
+    protocol: Protocol = "warm"
+    time_limit_s: float | None = 60.0
+    workdir: Path = field(default_factory=Path.cwd)
+    seed: int = 0
+    warmup: bool = True
+    #: Cubes up to this size are held in memory like the study did; larger ones stream from their source.
+    stage_limit_bytes: int | None = None
+
+
+@dataclass
+class Progress:
+    """One event for a progress display: ``done`` of ``total`` cells, and the row just finished."""
+
+    done: int
+    total: int
+    row: dict[str, Any] | None
+    message: str = ""
+
+
+def stage_limit(config: BenchConfig) -> int:
+    """Hold cubes in memory only where they leave room for everything else."""
+    if config.stage_limit_bytes is not None:
+        return config.stage_limit_bytes
+    return int(min(8 * 1024**3, 0.4 * psutil.virtual_memory().available))
+
+
+def stage(source: Dataset4D, limit_bytes: int) -> tuple[Dataset4D, bool]:
+    """Load a cube that fits into memory (the study's protocol); leave a larger one streaming."""
+    if nbytes(source) > limit_bytes:
+        return source, False
+    cube = np.empty(source.shape, dtype=source.dtype)
+    for block in iter_blocks(source):
+        cube[block.start:block.stop] = block.data
+    return ArraySource(cube, name=source.name, metadata=dict(source.metadata)), True
+
+
+def grid_size(sources: Sequence[Dataset4D], config: BenchConfig) -> int:
+    return len(sources) * config.runs * len(methods_for(config.codecs, config.chunkings))
+
+
+def run_grid(
+    sources: Sequence[Dataset4D],
+    config: BenchConfig,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure every cell; returns one row per cell."""
+    methods = methods_for(config.codecs, config.chunkings)
+    total = grid_size(sources, config)
+    rows: list[dict[str, Any]] = []
+    notify = on_progress or (lambda event: None)
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    check_disk_space(config.workdir, max((nbytes(s) for s in sources), default=0))
+    limit = stage_limit(config)
+
+    if config.warmup and sources:
+        notify(Progress(0, total, None, "warm-up (discarded)"))
+        warm_up(sources[0], methods, config)
+
+    for source in sources:
+        notify(Progress(len(rows), total, None, f"loading {source.name}"))
+        staged, in_memory = stage(source, limit)
+        reference = Reference(staged.shape, staged.dtype, staged.read_rows(0, staged.shape[0]) if in_memory else None)
+        over_limit: dict[str, str] = {}
+        for run in range(1, config.runs + 1):
+            order = list(methods)
+            random.Random(f"{config.seed}-{source.name}-{run}").shuffle(order)
+            for method in order:
+                row = measure_cell(staged, method, run, config, reference, over_limit)
+                row["in_memory"] = in_memory
+                rows.append(row)
+                notify(Progress(len(rows), total, row))
+        del staged, reference
+    return rows
+
+
+def measure_cell(
+    source: Dataset4D,
+    method: Method,
+    run: int,
+    config: BenchConfig,
+    reference: Reference,
+    over_limit: dict[str, str],
+) -> dict[str, Any]:
+    """One row: the numbers, or the reason there are none."""
+    row = describe(source, method, run, config)
+    reason = method.codec.unavailable_reason()
+    if reason:
+        return row | {"status": UNAVAILABLE, "reason": reason}
+    if method.name in over_limit:
+        return row | {"status": SKIPPED, "reason": over_limit[method.name]}
+    try:
+        numbers = measure(source, method, config.workdir, protocol=config.protocol,
+                          time_limit_s=config.time_limit_s, reference=reference)
+    except TimeLimitExceeded as exc:
+        over_limit[method.name] = f"{exc.phase} exceeded the {exc.limit_s:g} s time limit in run {run}"
+        return row | {"status": SKIPPED, "reason": str(exc)}
+    except VerificationError as exc:
+        return row | {"status": ERROR, "reason": f"verification failed: {exc}", "verified": False}
+    except Exception as exc:  # a codec that crashes is a finding, not a reason to lose the grid
+        return row | {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    return row | numbers | {"status": OK, "reason": ""}
+
+
+def describe(source: Dataset4D, method: Method, run: int, config: BenchConfig) -> dict[str, Any]:
+    """The columns every row has, measured or not."""
+    chunks = method.chunks_for(source.shape)
+    return {
+        "dataset": source.name,
+        "method": method.name,
+        "codec": method.codec.name,
+        "family": method.codec.family,
+        "chunking": method.chunking_name,
+        "chunk_size": str(tuple(chunks)) if chunks is not None else "",
+        "run_number": run,
+        "protocol": config.protocol,
+        "dtype": str(source.dtype),
+        "shape": str(tuple(source.shape)),
+        "raw_bytes": nbytes(source),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def warm_up(source: Dataset4D, methods: Sequence[Method], config: BenchConfig) -> None:
+    """Run every method once on a small sample and discard it: first calls load libraries and thread pools."""
+    rows = min(source.shape[0], max(1, WARMUP_BYTES // row_nbytes(source)))
+    sample = ArraySource(np.ascontiguousarray(source.read_rows(0, rows)), name=f"{source.name}-warmup")
+    for method in methods:
+        if method.codec.unavailable_reason():
+            continue
+        try:
+            measure(sample, method, config.workdir, protocol="warm", time_limit_s=config.time_limit_s)
+        except Exception:  # the real measurement will record what goes wrong, with its reason
+            continue
+
+
+def check_disk_space(workdir: Path, largest_cube_bytes: int) -> None:
+    """Refuse to start a grid that would fill the disk with an uncompressed write."""
+    free = shutil.disk_usage(workdir).free
+    if free < 1.1 * largest_cube_bytes:
+        raise StempressError(
+            f"{workdir}: {free / 1024**3:.1f} GiB free, the uncompressed method needs "
+            f"{largest_cube_bytes / 1024**3:.1f} GiB; choose another --workdir or drop method 'none'"
+        )

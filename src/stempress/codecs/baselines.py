@@ -1,0 +1,255 @@
+"""The study's three non-HDF5 baselines, as streaming file formats that are lossless on every dtype.
+
+The study cast float cubes to uint8 for its uint8+overflow baseline, which loses data; here every format
+round-trips bit for bit (fractions, NaN, inf, -0.0 included), so a ratio is never bought with lost values.
+Each writer consumes blocks of scan rows and each reader yields them, so no format holds a whole cube.
+Files are raw binary plus ``.npy`` headers and pickles: only read files this toolkit wrote (pickle runs code).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from stempress.codecs.catalog import Codec, get_codec
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block
+from stempress.errors import StempressError
+
+Shape = tuple[int, int, int, int]
+
+
+@runtime_checkable
+class FileFormat(Protocol):
+    """A codec stored outside HDF5: the runner sums the sizes of every path ``write`` returns."""
+
+    name: str
+    suffix: str
+
+    def write(self, path: Path, blocks: Iterable[Block], shape: Shape, dtype: Any) -> list[Path]: ...
+
+    def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]: ...
+
+
+def _checked(blocks: Iterable[Block], shape: Shape, dtype: np.dtype, where: str) -> Iterator[Block]:
+    """Pass blocks through, refusing gaps, overlaps, wrong frames or dtypes, and a short cube."""
+    expected = 0
+    for block in blocks:
+        data = np.ascontiguousarray(block.data)
+        if block.start != expected:
+            raise StempressError(f"{where}: block starts at row {block.start}, expected {expected}; "
+                                 "feed blocks of whole scan rows in order")
+        if data.shape[1:] != tuple(shape[1:]) or block.stop > shape[0]:
+            raise StempressError(f"{where}: block of shape {data.shape} does not fit cube {tuple(shape)}; "
+                                 "give the cube's shape")
+        if data.dtype != dtype:
+            raise StempressError(f"{where}: block dtype {data.dtype} differs from declared {dtype}; "
+                                 "declare the source's dtype")
+        expected = block.stop
+        yield Block(block.start, data)
+    if expected != shape[0]:
+        raise StempressError(f"{where}: got {expected} scan rows, cube has {shape[0]}; feed every row")
+
+
+def _read_rows(shape: Shape, dtype: np.dtype, rows: int | None) -> int:
+    """Rows per yielded block: the caller's, or as many as fit the default memory budget."""
+    if rows is not None and rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+    return min(shape[0], rows or max(1, DEFAULT_BLOCK_BYTES // max(1, row_bytes)))
+
+
+def _bits(data: np.ndarray) -> np.ndarray:
+    """The raw bit patterns, so -0.0 counts as non-zero and NaN equals itself."""
+    return data.view(f"u{data.dtype.itemsize}")
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
+    return {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+
+
+def _read_exact(f: IO[bytes], n: int, where: str) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            raise StempressError(f"{where}: file ends after {got} of {n} bytes; it is truncated, rewrite it")
+        got += k
+    return buf
+
+
+def _cleanup_on_error(paths: list[Path], write: Callable[[], None]) -> list[Path]:
+    """Run ``write``; on failure delete the partial files so no half-written result is measured."""
+    try:
+        write()
+    except BaseException:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        raise
+    return paths
+
+
+class SparseCSR:
+    """One ``scipy.sparse.csr_matrix`` per frame, pickled one after another (the study's CSR baseline)."""
+
+    name = "sparse_csr"
+    suffix = ".pkl"
+
+    def write(self, path: Path, blocks: Iterable[Block], shape: Shape, dtype: Any) -> list[Path]:
+        from scipy.sparse import csr_matrix
+
+        path, dtype = Path(path), np.dtype(dtype)
+        det = tuple(shape[2:])
+
+        def run() -> None:
+            with open(path, "wb") as f:
+                for block in _checked(blocks, shape, dtype, self.name):
+                    frames = block.data.reshape(-1, *det)
+                    nonzero = _bits(frames) != 0
+                    for frame, mask in zip(frames, nonzero, strict=True):
+                        # Built from bit patterns, not `!= 0`, so an explicit -0.0 survives.
+                        r, c = np.nonzero(mask)
+                        indptr = np.zeros(det[0] + 1, dtype=np.int64)
+                        np.cumsum(np.bincount(r, minlength=det[0]), out=indptr[1:])
+                        pickle.dump(csr_matrix((frame[r, c], c, indptr), shape=det), f)
+
+        return _cleanup_on_error([path], run)
+
+    def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:
+        from scipy.sparse import csr_matrix
+
+        dtype = np.dtype(dtype)
+        step = _read_rows(shape, dtype, rows)
+        det = tuple(shape[2:])
+        with open(path, "rb") as f:
+            for start in range(0, shape[0], step):
+                stop = min(start + step, shape[0])
+                out = np.zeros(((stop - start) * shape[1], *det), dtype=dtype)
+                for frame in out:
+                    try:
+                        m = pickle.load(f)
+                    except EOFError:
+                        raise StempressError(f"{path}: fewer frames than the cube {tuple(shape)} needs; "
+                                             "the file is truncated, rewrite it") from None
+                    if not isinstance(m, csr_matrix) or m.shape != det or m.dtype != dtype:
+                        raise StempressError(f"{path}: holds a frame that is not a {det} {dtype} CSR matrix; "
+                                             "give the shape and dtype it was written with")
+                    # Assign, never sum (toarray adds to zero and would turn -0.0 into +0.0).
+                    frame[np.repeat(np.arange(det[0]), np.diff(m.indptr)), m.indices] = m.data
+                yield Block(start, out.reshape(stop - start, *shape[1:]))
+
+
+class Uint8Overflow:
+    """A uint8 ``.npy`` cube plus raw side files listing every element uint8 cannot hold exactly.
+
+    ``<path>.ovf_index`` holds little-endian int64 flat indices (ascending) and ``<path>.ovf_values`` the
+    original values in the cube's dtype; both grow as blocks arrive, so the count need not be known first.
+    """
+
+    name = "uint8_overflow"
+    suffix = ".npy"
+
+    @staticmethod
+    def side_files(path: Path) -> tuple[Path, Path]:
+        path = Path(path)
+        return path.with_name(path.name + ".ovf_index"), path.with_name(path.name + ".ovf_values")
+
+    def write(self, path: Path, blocks: Iterable[Block], shape: Shape, dtype: Any) -> list[Path]:
+        path, dtype = Path(path), np.dtype(dtype)
+        idx_path, val_path = self.side_files(path)
+        row_size = int(np.prod(shape[1:]))
+        stored = dtype.newbyteorder("<")
+
+        def run() -> None:
+            with open(path, "wb") as fu, open(idx_path, "wb") as fi, open(val_path, "wb") as fv:
+                np.lib.format.write_array_header_1_0(fu, _npy_header(shape, np.dtype(np.uint8)))
+                for block in _checked(blocks, shape, dtype, self.name):
+                    data = block.data
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        small = np.clip(data, 0, 255).astype(np.uint8) if data.dtype != np.uint8 else data
+                    overflow = np.flatnonzero(_bits(small.astype(dtype)) != _bits(data))
+                    fu.write(small.reshape(-1).data)
+                    (overflow + block.start * row_size).astype("<i8").tofile(fi)
+                    data.reshape(-1)[overflow].astype(stored).tofile(fv)
+
+        return _cleanup_on_error([path, idx_path, val_path], run)
+
+    def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:
+        path, dtype = Path(path), np.dtype(dtype)
+        idx_path, val_path = self.side_files(path)
+        small = np.load(path, mmap_mode="r")
+        if small.shape != tuple(shape) or small.dtype != np.uint8:
+            raise StempressError(f"{path}: holds {small.dtype} {small.shape}, expected uint8 {tuple(shape)}; "
+                                 "give the shape it was written with")
+        index, values = _map(idx_path, np.dtype("<i8")), _map(val_path, dtype.newbyteorder("<"))
+        if index.size != values.size:
+            raise StempressError(f"{path}: overflow index and values differ in length; rewrite the file")
+        row_size = int(np.prod(shape[1:]))
+        step = _read_rows(shape, dtype, rows)
+        for start in range(0, shape[0], step):
+            stop = min(start + step, shape[0])
+            out = np.array(small[start:stop], dtype=dtype)
+            lo, hi = np.searchsorted(index, [start * row_size, stop * row_size])
+            out.reshape(-1)[index[lo:hi] - start * row_size] = values[lo:hi]
+            yield Block(start, out)
+
+
+def _map(path: Path, dtype: np.dtype) -> np.ndarray:
+    """Memory-map a raw side file (an empty file cannot be mapped, so it becomes an empty array)."""
+    if path.stat().st_size == 0:
+        return np.empty(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class SimpleGzip:
+    """The array as ``.npy`` through Python's gzip, level 9: the bytes of ``np.save`` into ``gzip.open``."""
+
+    name = "simple_gzip"
+    suffix = ".npy.gz"
+    compresslevel = 9
+
+    def write(self, path: Path, blocks: Iterable[Block], shape: Shape, dtype: Any) -> list[Path]:
+        path, dtype = Path(path), np.dtype(dtype)
+
+        def run() -> None:
+            with gzip.open(path, "wb", compresslevel=self.compresslevel) as f:
+                np.lib.format.write_array_header_1_0(f, _npy_header(shape, dtype))
+                for block in _checked(blocks, shape, dtype, self.name):
+                    f.write(block.data.reshape(-1).view(np.uint8).data)
+
+        return _cleanup_on_error([path], run)
+
+    def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:
+        path, dtype = Path(path), np.dtype(dtype)
+        with gzip.open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            got_shape, fortran, got_dtype = reader(f)
+            if tuple(got_shape) != tuple(shape) or got_dtype != dtype or fortran:
+                raise StempressError(f"{path}: holds {got_dtype} {got_shape}, expected {dtype} "
+                                     f"{tuple(shape)}; give the shape and dtype it was written with")
+            row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+            step = _read_rows(shape, dtype, rows)
+            for start in range(0, shape[0], step):
+                stop = min(start + step, shape[0])
+                buf = _read_exact(f, (stop - start) * row_bytes, str(path))
+                yield Block(start, np.frombuffer(buf, dtype=dtype).reshape(stop - start, *shape[1:]))
+
+
+#: The file-stored codecs by catalog name.
+FILE_FORMATS: dict[str, FileFormat] = {f.name: f for f in (SparseCSR(), Uint8Overflow(), SimpleGzip())}
+
+
+def file_format(codec: Codec | str) -> FileFormat:
+    """The writer/reader for a file-stored codec (a :class:`Codec` or its name)."""
+    codec = get_codec(codec) if isinstance(codec, str) else codec
+    if codec.name not in FILE_FORMATS:
+        raise StempressError(f"codec {codec.name!r} is stored in HDF5, not as a file; "
+                             "write it with h5py using codec.h5_kwargs()")
+    return FILE_FORMATS[codec.name]

@@ -1,0 +1,118 @@
+"""The one shape every source has: a 4-D cube read a few scan rows at a time.
+
+Sinks (writers, reducers, statistics) only ever see blocks of whole scan rows, shaped
+``(rows, scan_x, det_y, det_x)``, so a cube larger than memory flows through in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from stempress.errors import StempressError
+
+#: Dtypes the toolkit handles end to end (detector counts and binned means).
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "int8", "int16", "int32",
+                                                "float32", "float64", "uint64", "int64"))
+
+#: Default memory budget for one block when the caller gives no row count.
+DEFAULT_BLOCK_BYTES = 64 * 1024**2
+
+
+@dataclass(frozen=True)
+class Block:
+    """Scan rows ``[start, stop)`` of a cube; ``data`` has shape ``(stop-start, scan_x, det_y, det_x)``."""
+
+    start: int
+    data: np.ndarray
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.data.shape[0]
+
+
+@runtime_checkable
+class Dataset4D(Protocol):
+    """What every source offers. ``read_rows`` is the only way data leaves a source."""
+
+    name: str
+    shape: tuple[int, int, int, int]
+    dtype: np.dtype
+    metadata: dict[str, Any]
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def check_shape_dtype(shape: tuple[int, ...], dtype: np.dtype, where: str) -> tuple[int, int, int, int]:
+    """Refuse what no sink can handle, naming the fix, before any work starts."""
+    if len(shape) != 4:
+        raise StempressError(
+            f"{where}: data has {len(shape)} dimensions {tuple(shape)}, expected 4 "
+            "(scan_y, scan_x, det_y, det_x); give --scan-shape for a frame stack or pick a 4-D dataset"
+        )
+    if any(int(n) <= 0 for n in shape):
+        raise StempressError(f"{where}: shape {tuple(shape)} has an empty dimension; nothing to process")
+    if np.dtype(dtype) not in SUPPORTED_DTYPES:
+        raise StempressError(
+            f"{where}: dtype {np.dtype(dtype)} is not supported; convert to one of "
+            + ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        )
+    return tuple(int(n) for n in shape)  # type: ignore[return-value]
+
+
+def row_nbytes(source: Dataset4D) -> int:
+    """Bytes in one scan row of frames."""
+    _, scan_x, det_y, det_x = source.shape
+    return scan_x * det_y * det_x * np.dtype(source.dtype).itemsize
+
+
+def nbytes(source: Dataset4D) -> int:
+    """Bytes of the whole dense cube."""
+    return source.shape[0] * row_nbytes(source)
+
+
+def rows_for_budget(source: Dataset4D, budget_bytes: int = DEFAULT_BLOCK_BYTES, multiple: int = 1) -> int:
+    """Scan rows per block that fit the budget, rounded down to a multiple (at least one multiple)."""
+    rows = max(1, budget_bytes // max(1, row_nbytes(source)))
+    rows = max(multiple, (rows // multiple) * multiple)
+    return min(rows, source.shape[0])
+
+
+def iter_blocks(source: Dataset4D, rows: int | None = None) -> Iterator[Block]:
+    """Walk a source top to bottom in blocks of ``rows`` scan rows (the last may be shorter)."""
+    rows = rows or rows_for_budget(source)
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    for start in range(0, source.shape[0], rows):
+        stop = min(start + rows, source.shape[0])
+        yield Block(start, source.read_rows(start, stop))
+
+
+@dataclass
+class ArraySource:
+    """An in-memory cube (numpy array or anything array-like that slices along axis 0)."""
+
+    array: np.ndarray
+    name: str = "array"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.shape = check_shape_dtype(self.array.shape, self.array.dtype, self.name)
+        self.dtype = np.dtype(self.array.dtype)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.array[start:stop])
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self) -> ArraySource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,191 @@
+"""The study's non-HDF5 baselines: streamed in blocks, bit-exact on every dtype (its uint8 cast was not)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.sparse import csr_matrix
+
+from stempress.codecs.baselines import FILE_FORMATS, FileFormat, Uint8Overflow, file_format
+from stempress.codecs.catalog import CATALOG, get_codec
+from stempress.data.base import SUPPORTED_DTYPES, Block
+from stempress.errors import StempressError
+
+SHAPE = (5, 3, 6, 7)
+FORMATS = list(FILE_FORMATS)
+
+
+def make_cube(dtype: np.dtype, seed: int = 0) -> np.ndarray:
+    """Sparse Poisson counts, a few values uint8 cannot hold; fractions for floats, negatives if signed."""
+    rng = np.random.default_rng(seed)
+    cube = rng.poisson(0.5, size=SHAPE).astype(dtype)
+    info = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
+    cube[0, 0, 0, :2] = [info.max, 256 if info.max > 255 else 100]
+    if dtype.kind == "f":
+        cube[1] += np.float32(0.25)
+        cube[2, 1, 2, :3] = [0.5, 1035.5, 1e-7]
+    if dtype.kind in "if" and info.min < 0:
+        cube[3, 2, 1, :2] = [-1, info.min]
+    return cube
+
+
+def with_specials(dtype: str) -> np.ndarray:
+    cube = make_cube(np.dtype(dtype), seed=3)
+    cube[4, 0, 5, :6] = [np.nan, np.inf, -np.inf, -0.0, 0.25, np.finfo(dtype).smallest_subnormal]
+    return cube
+
+
+def blocks_of(cube: np.ndarray, sizes: tuple[int, ...] = (1, 3, 1)) -> Iterator[Block]:
+    """A generator, as a source gives them: the writer cannot look ahead or go back."""
+    start = 0
+    for n in sizes:
+        yield Block(start, cube[start:start + n].copy())
+        start += n
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return a.view(f"u{a.dtype.itemsize}")
+
+
+def read_all(fmt: FileFormat, path: Path, cube: np.ndarray, rows: int | None) -> np.ndarray:
+    blocks = list(fmt.read(path, cube.shape, cube.dtype, rows=rows))
+    assert [b.start for b in blocks] == list(range(0, cube.shape[0], rows or cube.shape[0]))
+    assert all(b.data.dtype == cube.dtype for b in blocks)
+    return np.concatenate([b.data for b in blocks])
+
+
+def roundtrip(name: str, cube: np.ndarray, tmp_path: Path) -> list[Path]:
+    fmt = FILE_FORMATS[name]
+    path = tmp_path / f"cube{fmt.suffix}"
+    written = fmt.write(path, blocks_of(cube), cube.shape, cube.dtype)
+    assert written[0] == path and all(p.exists() for p in written)
+    for rows in (1, 3, None):
+        np.testing.assert_array_equal(bits(read_all(fmt, path, cube, rows)), bits(cube))
+    return written
+
+
+@pytest.mark.parametrize("dtype", [str(d) for d in SUPPORTED_DTYPES])
+@pytest.mark.parametrize("name", FORMATS)
+def test_baseline_roundtrips_bit_exact(name: str, dtype: str, tmp_path: Path) -> None:
+    roundtrip(name, make_cube(np.dtype(dtype)), tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", FORMATS)
+def test_nan_inf_and_negative_zero_survive(name: str, dtype: str, tmp_path: Path) -> None:
+    roundtrip(name, with_specials(dtype), tmp_path)
+
+
+def test_registry_matches_the_catalog() -> None:
+    assert set(FILE_FORMATS) == {c.name for c in CATALOG.values() if c.storage == "file"}
+    for name, fmt in FILE_FORMATS.items():
+        assert isinstance(fmt, FileFormat) and fmt.name == name
+        assert file_format(name) is fmt and file_format(get_codec(name)) is fmt
+
+
+def test_hdf5_codec_has_no_file_format() -> None:
+    with pytest.raises(StempressError, match="h5_kwargs"):
+        file_format("gzip_6")
+
+
+def test_sparse_csr_is_one_pickled_csr_matrix_per_frame(tmp_path: Path) -> None:
+    cube = make_cube(np.dtype("uint16"))
+    [path] = roundtrip("sparse_csr", cube, tmp_path)
+    frames = []
+    with path.open("rb") as f:
+        while True:
+            try:
+                frames.append(pickle.load(f))
+            except EOFError:
+                break
+    assert len(frames) == SHAPE[0] * SHAPE[1]
+    assert all(isinstance(m, csr_matrix) and m.dtype == np.uint16 for m in frames)
+    flat = cube.reshape(-1, *SHAPE[2:])
+    for m, frame in zip(frames, flat, strict=True):
+        assert m.nnz == np.count_nonzero(frame)
+        np.testing.assert_array_equal(m.toarray(), frame)
+
+
+def test_uint8_overflow_stores_only_what_uint8_cannot_hold(tmp_path: Path) -> None:
+    cube = make_cube(np.dtype("uint16"))
+    written = roundtrip("uint8_overflow", cube, tmp_path)
+    main, index, values = written
+    assert (index, values) == Uint8Overflow.side_files(main)
+    big = np.flatnonzero(cube > 255)
+    np.testing.assert_array_equal(np.fromfile(index, dtype="<i8"), big)
+    np.testing.assert_array_equal(np.fromfile(values, dtype="<u2"), cube.reshape(-1)[big])
+    np.testing.assert_array_equal(np.load(main), np.clip(cube, 0, 255))  # a saturated uint8 view
+
+
+def test_uint8_overflow_of_uint8_data_has_empty_side_files(tmp_path: Path) -> None:
+    _, index, values = roundtrip("uint8_overflow", make_cube(np.dtype("uint8")), tmp_path)
+    assert index.stat().st_size == 0 and values.stat().st_size == 0
+
+
+def test_uint8_overflow_keeps_fractions_exactly(tmp_path: Path) -> None:
+    cube = make_cube(np.dtype("float32"))
+    _, index, _ = roundtrip("uint8_overflow", cube, tmp_path)
+    not_uint8 = (cube != np.round(cube)) | (cube > 255) | (cube < 0)
+    assert index.stat().st_size == 8 * np.count_nonzero(not_uint8)
+
+
+def test_simple_gzip_is_np_save_through_gzip(tmp_path: Path) -> None:
+    cube = make_cube(np.dtype("float32"))
+    [path] = roundtrip("simple_gzip", cube, tmp_path)
+    expected = io.BytesIO()
+    np.save(expected, cube)
+    assert gzip.decompress(path.read_bytes()) == expected.getvalue()
+    with gzip.open(path, "rb") as f:
+        np.testing.assert_array_equal(np.load(f), cube)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_rows_out_of_order_are_refused_and_nothing_is_left(name: str, tmp_path: Path) -> None:
+    cube = make_cube(np.dtype("uint16"))
+    fmt = FILE_FORMATS[name]
+    bad = [Block(0, cube[:2]), Block(3, cube[3:])]
+    with pytest.raises(StempressError, match="expected 2"):
+        fmt.write(tmp_path / f"x{fmt.suffix}", bad, cube.shape, cube.dtype)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_short_or_mistyped_input_is_refused(name: str, tmp_path: Path) -> None:
+    cube = make_cube(np.dtype("uint16"))
+    fmt = FILE_FORMATS[name]
+    with pytest.raises(StempressError, match="feed every row"):
+        fmt.write(tmp_path / "a", blocks_of(cube, (1, 3)), cube.shape, cube.dtype)
+    with pytest.raises(StempressError, match="dtype"):
+        fmt.write(tmp_path / "b", blocks_of(cube), cube.shape, np.float32)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["uint8_overflow", "simple_gzip"])
+def test_reading_with_the_wrong_shape_is_refused(name: str, tmp_path: Path) -> None:
+    cube = make_cube(np.dtype("uint16"))
+    fmt = FILE_FORMATS[name]
+    path = tmp_path / f"c{fmt.suffix}"
+    fmt.write(path, blocks_of(cube), cube.shape, cube.dtype)
+    with pytest.raises(StempressError, match="written with"):
+        next(fmt.read(path, (4, *SHAPE[1:]), cube.dtype))
+
+
+@pytest.mark.parametrize("name", ["sparse_csr", "simple_gzip"])
+def test_truncated_file_is_reported(name: str, tmp_path: Path) -> None:
+    cube = make_cube(np.dtype("uint16"))
+    fmt = FILE_FORMATS[name]
+    path = tmp_path / f"c{fmt.suffix}"
+    fmt.write(path, blocks_of(cube), cube.shape, cube.dtype)
+    bigger = (SHAPE[0] + 2, *SHAPE[1:])
+    if name == "simple_gzip":  # same header, fewer bytes than it promises
+        raw = gzip.decompress(path.read_bytes())
+        path.write_bytes(gzip.compress(raw[: len(raw) - cube[0].nbytes]))
+        bigger = SHAPE
+    with pytest.raises(StempressError, match="truncated"):
+        list(fmt.read(path, bigger, cube.dtype))
