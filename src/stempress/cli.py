@@ -1,0 +1,160 @@
+"""Command line: parse, call the Python API, render progress and tables. No logic lives here."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stempress.errors import StempressError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Measure, store and reduce 4D-STEM data.", pretty_exceptions_enable=False)
+console = Console()
+errors = Console(stderr=True)
+
+
+def parse_scan_shape(text: str | None) -> tuple[int, int] | None:
+    """'256x256' -> (256, 256)."""
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise StempressError(f"--scan-shape {text!r} is not a scan shape; write it as ROWSxCOLUMNS, e.g. 256x256")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_chunkings(text: str) -> list[str | tuple[int, ...]]:
+    """'paper' -> the study's three; otherwise names and shapes separated by commas or spaces."""
+    from stempress.codecs.chunking import PAPER_CHUNKINGS, chunk_shape, parse_chunk_shape
+
+    if text.strip() == "paper":
+        return list(PAPER_CHUNKINGS)
+    chosen: list[str | tuple[int, ...]] = []
+    for item in text.replace(";", " ").split():
+        for part in item.split(",") if "x" not in item else [item]:
+            shape = parse_chunk_shape(part)
+            chosen.append(shape if shape is not None else part)
+    for chunking in chosen:
+        chunk_shape(chunking, (1, 1, 1, 1))  # validate early with the user-facing error
+    if not chosen:
+        raise StempressError("--chunks is empty; use 'paper', names like balanced, or shapes like 16x16x128x128")
+    return chosen
+
+
+@app.command()
+def bench(
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="Files to benchmark (EMD/HDF5, NXmx master, .mib, .npy).")
+    ] = None,
+    suite: Annotated[str | None, typer.Option(help="Built-in synthetic suite: paper-like or smoke.")] = None,
+    methods: Annotated[str, typer.Option(help="paper, all, or codec names separated by commas.")] = "paper",
+    chunks: Annotated[str, typer.Option(help="paper, or chunkings/shapes: balanced,16x16x128x128")] = "paper",
+    runs: Annotated[int, typer.Option(min=1, help="Runs of the whole grid.")] = 3,
+    protocol: Annotated[str, typer.Option(help="warm (the study's: page cache) or cold (fsync + evict).")] = "warm",
+    out: Annotated[Path | None, typer.Option(help="Results folder (default results/bench-DATE-TIME).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where the test files are written (default: --out).")] = None,
+    time_limit: Annotated[
+        float, typer.Option(help="Seconds allowed per write or read before a method is skipped.")
+    ] = 60.0,
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside HDF5 sources.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the randomised order.")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite results already in --out.")] = False,
+) -> None:
+    """Benchmark lossless codecs: write, read back, verify, time. No arguments: the paper-like suite."""
+    from stempress.bench.api import run_bench
+
+    if protocol not in ("warm", "cold"):
+        raise StempressError(f"--protocol {protocol!r} is unknown; use warm or cold")
+    out = out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console) as bar:
+        task = bar.add_task("benchmark", total=None, last="")
+
+        def show(event) -> None:
+            last = ""
+            if event.row is not None:
+                r = event.row
+                last = f"{r['dataset']} {r['method']}: " + (
+                    f"{r['compression_ratio']:.2f}x" if r["status"] == "ok" else r["status"])
+            bar.update(task, completed=event.done, total=event.total, last=last or event.message)
+
+        report = run_bench(
+            sources=sources or [], suite=suite, methods=methods, chunkings=parse_chunkings(chunks), runs=runs,
+            protocol=protocol, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
+            scan_shape=parse_scan_shape(scan_shape), seed=seed, force=force, on_progress=show,
+        )
+    render_summary(report.summary)
+    for line in report.problems:
+        errors.print(f"[yellow]{line}[/]")
+    console.print(f"results: {report.out}")
+    if report.errors:
+        raise StempressError(f"{report.errors} measurement(s) failed (see 'reason' in {report.out}/results.csv)")
+
+
+def render_summary(summary) -> None:
+    table = Table(title="Mean over datasets (per-dataset means of the runs)")
+    table.add_column("method", no_wrap=True, min_width=14)
+    table.add_column("chunking", no_wrap=True, min_width=12)
+    for column in ("ratio", "write GiB/s", "read GiB/s", "CV w %", "CV r %"):
+        table.add_column(column, justify="right")
+    for row in summary.itertuples():
+        table.add_row(row.codec, row.chunking, f"{row.ratio:.2f}", f"{row.write_gibs:.3f}", f"{row.read_gibs:.3f}",
+                      f"{row.write_cv_percent:.1f}", f"{row.read_cv_percent:.1f}")
+    console.print(table)
+
+
+@app.command()
+def codecs(
+    methods: Annotated[str, typer.Option(help="paper, all, or codec names separated by commas.")] = "all",
+) -> None:
+    """List the codec catalog: names, parameters, availability."""
+    from stempress.codecs.catalog import select_codecs
+
+    table = Table(title=f"Codec catalog ({methods})")
+    for column in ("name", "family", "sets", "parameters", "available"):
+        table.add_column(column)
+    for codec in select_codecs(methods):
+        reason = codec.unavailable_reason()
+        params = ", ".join(f"{k}={v}" for k, v in codec.params.items())
+        table.add_row(codec.name, codec.family, ",".join(sorted(codec.sets)), params,
+                      "yes" if reason is None else f"[red]no[/]: {reason}")
+    console.print(table)
+
+
+@app.command()
+def simulate(
+    spec: Annotated[str, typer.Argument(help="Suite member (smoke/4D_Diff) or synthetic:diffraction?scan=..&det=..")],
+    out: Annotated[Path, typer.Argument(help="Output HDF5 file (EMD 1.0 layout).")],
+    truth: Annotated[bool, typer.Option(help="Also save the true expected-count map.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Generate a synthetic cube to a file, block by block (works for cubes larger than memory)."""
+    from stempress.data.open import open_source
+    from stempress.data.write import write_hdf5
+
+    source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")
+    with Progress(TextColumn("[bold]simulate"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("simulate", total=1.0)
+        path = write_hdf5(source, out, truth=truth, overwrite=force,
+                          progress=lambda done, total: bar.update(task, completed=done / max(total, 1)))
+    console.print(f"wrote {path}: {source.shape} {source.dtype}")
+
+
+def main() -> None:
+    """Entry point: user errors become one red line and exit status 1."""
+    try:
+        app()
+    except StempressError as exc:
+        errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        errors.print("[red]interrupted[/]")
+        raise SystemExit(130) from None
