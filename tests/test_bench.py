@@ -12,8 +12,8 @@ from stempress.bench.statistics import statistics, summary
 from stempress.bench.verify import Reference, VerificationError
 from stempress.codecs.catalog import get_codec, select_codecs
 from stempress.codecs.chunking import chunk_shape
-from stempress.codecs.hdf5_store import STUDY_DATASET_PATH
 from stempress.data.base import ArraySource, Block
+from stempress.data.hdf5 import STUDY_EMD_PATH
 
 
 def counted_cube(shape=(6, 5, 24, 32), dtype=np.uint16, seed=3) -> np.ndarray:
@@ -53,7 +53,7 @@ def test_ratio_equals_a_plain_h5py_write(source, tmp_path):
             numbers = measure(source, Method(codec, chunking), tmp_path)
             plain = tmp_path / "plain.h5"
             with h5py.File(plain, "w") as f:
-                f.create_dataset(STUDY_DATASET_PATH, data=cube, chunks=chunk_shape(chunking, cube.shape),
+                f.create_dataset(STUDY_EMD_PATH, data=cube, chunks=chunk_shape(chunking, cube.shape),
                                  **codec.h5_kwargs())
             if name == "lzf":
                 # h5py's LZF output differs by a few bytes between identical writes in different process

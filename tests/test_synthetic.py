@@ -10,9 +10,10 @@ import pytest
 
 from stempress.data import synthetic
 from stempress.data.base import ArraySource, Dataset4D
+from stempress.data.hdf5 import STUDY_EMD_PATH
 from stempress.data.suites import STUDY_TABLE1, SUITES, open_synthetic, parse_synthetic, suite, suite_spec
 from stempress.data.synthetic import SyntheticSource, SyntheticSpec, sample_poisson
-from stempress.data.write import EMD_DATA_PATH, METADATA_ATTR, read_metadata, write_hdf5
+from stempress.data.write import METADATA_ATTR, read_metadata, write_hdf5
 from stempress.errors import StempressError
 
 DIFF = suite_spec("smoke", "4D_Diff")
@@ -253,10 +254,10 @@ def test_write_round_trip_is_bit_exact_with_truth_and_metadata(tmp_path):
                      truth=True, progress=lambda done, total: seen.append((done, total)))
     assert out == tmp_path / "d.emd"
     with h5py.File(out, "r") as f:
-        dset = f[EMD_DATA_PATH]
+        dset = f[STUDY_EMD_PATH]
         assert dset.chunks == (3, 3, 32, 64) and dset.compression == "gzip"
         np.testing.assert_array_equal(dset[:], SyntheticSource(DIFF).read_rows(0, 8))
-        np.testing.assert_array_equal(f[EMD_DATA_PATH.rsplit("/", 1)[0] + "/expected"][:],
+        np.testing.assert_array_equal(f[STUDY_EMD_PATH.rsplit("/", 1)[0] + "/expected"][:],
                                       SyntheticSource(DIFF).expected_rows(0, 8))
         assert json.loads(dset.attrs[METADATA_ATTR])["clip_rows_counted"] == 8
         assert dset.parent.attrs["Q_pixel_units"] == "mrad"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from stempress.atomic import atomic_output
 from stempress.errors import StempressError
 
 RESULTS_CSV = "results.csv"
@@ -30,15 +29,9 @@ def prepare_out_dir(out: Path, force: bool) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary name in the same folder and rename, so a crash leaves no half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a results file whole or not at all (results folders are replaced as a whole, so overwrite)."""
+    with atomic_output(path, overwrite=True) as tmp:
+        write(tmp)
     return path
 
 

@@ -15,9 +15,7 @@ import hdf5plugin  # noqa: F401  (registers the plugin filters with HDF5)
 import numpy as np
 
 from stempress.data.base import Block
-
-#: Where the study (and EMD 1.0 readers that follow it) keep the cube.
-STUDY_DATASET_PATH = "version_1/data/datacubes/datacube_000/data"
+from stempress.data.hdf5 import STUDY_EMD_PATH
 
 
 def create_cube_dataset(
@@ -49,7 +47,7 @@ def write_cube(
     dtype: np.dtype,
     chunks: Sequence[int] | None,
     filter_kwargs: Mapping[str, Any],
-    dataset_path: str = STUDY_DATASET_PATH,
+    dataset_path: str = STUDY_EMD_PATH,
 ) -> None:
     """Create, fill and close a file holding only the cube: the study's timed unit of work."""
     with h5py.File(path, "w") as f:
@@ -57,7 +55,7 @@ def write_cube(
         write_blocks(dataset, blocks)
 
 
-def read_cube_blocks(path: Path, rows: int, dataset_path: str = STUDY_DATASET_PATH) -> Iterator[Block]:
+def read_cube_blocks(path: Path, rows: int, dataset_path: str = STUDY_EMD_PATH) -> Iterator[Block]:
     """Yield the cube back in blocks of ``rows`` scan rows."""
     with h5py.File(path, "r") as f:
         dataset = f[dataset_path]

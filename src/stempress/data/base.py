@@ -93,8 +93,30 @@ def iter_blocks(source: Dataset4D, rows: int | None = None) -> Iterator[Block]:
         yield Block(start, source.read_rows(start, stop))
 
 
+class SourceBase:
+    """Plumbing every source shares: context manager and the row-range check."""
+
+    shape: tuple[int, int, int, int]
+
+    def check_rows(self, start: int, stop: int) -> tuple[int, int]:
+        """Out-of-range rows are a programming error, not a user error."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise ValueError(f"rows [{start}, {stop}) outside [0, {self.shape[0]})")
+        return start, stop
+
+    def close(self) -> None:
+        """Nothing to release unless a source holds a file."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class ArraySource:
+class ArraySource(SourceBase):
     """An in-memory cube (numpy array or anything array-like that slices along axis 0)."""
 
     array: np.ndarray
@@ -106,13 +128,5 @@ class ArraySource:
         self.dtype = np.dtype(self.array.dtype)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        start, stop = self.check_rows(start, stop)
         return np.asarray(self.array[start:stop])
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def __enter__(self) -> ArraySource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

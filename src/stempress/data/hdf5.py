@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.data.base import check_shape_dtype
+from stempress.data.base import SourceBase, check_shape_dtype
 from stempress.errors import StempressError
 
 try:  # Registers Blosc, LZ4, Bitshuffle, Zstd, ... with HDF5; without it those chunks cannot be decoded.
@@ -223,7 +223,7 @@ def _emdfile_metadata(dset: h5py.Dataset) -> dict[str, Any]:
     return {"dims": dims, "calibration": calibration, "emd": emd}
 
 
-class Hdf5Source:
+class Hdf5Source(SourceBase):
     """A 4-D HDF5 dataset (EMD 1.0 or plain); with ``scan_shape``, a 3-D frame stack viewed as 4-D."""
 
     def __init__(self, path: str | Path, dataset: str | None = None,
@@ -281,8 +281,7 @@ class Hdf5Source:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``[start, stop)``; only the chunks those rows touch are read."""
-        if not 0 <= start <= stop <= self.shape[0]:
-            raise ValueError(f"rows [{start}, {stop}) outside [0, {self.shape[0]})")
+        start, stop = self.check_rows(start, stop)
         out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
         what = f"rows {start}..{stop}"
         if self._stack:
@@ -302,12 +301,6 @@ class Hdf5Source:
         # h5py handles cannot be pickled; a worker process reopens the same dataset by path instead.
         scan = self.shape[:2] if self._stack else None
         return (type(self), (self.path, self.dataset_path, scan))
-
-    def __enter__(self) -> Hdf5Source:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Hdf5Source({str(self.path)!r}, {self.dataset_path!r}, {self.shape}, {self.dtype})"

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from rsciio.quantumdetector import load_mib_data, parse_exposures, parse_timestamps
 
-from stempress.data.base import check_shape_dtype
+from stempress.data.base import SourceBase, check_shape_dtype
 from stempress.errors import StempressError
 
 _MAX_HEADERS = 10_000  # frame headers scanned for timestamps (enough for one line of any real scan)
@@ -128,7 +128,7 @@ def _first(parse: Any, headers: np.ndarray) -> Any:
         return None
 
 
-class MibSource:
+class MibSource(SourceBase):
     """A Merlin ``.mib`` acquisition as ``(scan_y, scan_x, det_y, det_x)`` of native uint8/16/32."""
 
     def __init__(self, path: str | Path, scan_shape: tuple[int, int] | None = None, *,
@@ -224,8 +224,7 @@ class MibSource:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``[start, stop)``: a copy in native byte order (only those frames are paged in)."""
-        if not 0 <= start <= stop <= self.shape[0]:
-            raise ValueError(f"rows [{start}, {stop}) outside [0, {self.shape[0]})")
+        start, stop = self.check_rows(start, stop)
         if self._frames is None:
             raise StempressError(f"{self.path}: source is closed; open it again")
         scan_x = self.shape[1]
@@ -241,12 +240,6 @@ class MibSource:
     def __reduce__(self) -> tuple[Any, ...]:
         # A memmap would pickle as its whole contents; a worker reopens the file instead.
         return (_reopen, (self.path, self.shape[:2], self.flip_det_y))
-
-    def __enter__(self) -> MibSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"MibSource({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from stempress.data.base import check_shape_dtype
+from stempress.data.base import SourceBase, check_shape_dtype
 from stempress.errors import StempressError
 
 
-class NpySource:
+class NpySource(SourceBase):
     """A 4-D ``.npy`` file (or a 3-D frame stack with ``scan_shape``), opened with ``mmap_mode="r"``."""
 
     def __init__(self, path: str | Path, scan_shape: tuple[int, int] | None = None) -> None:
@@ -57,8 +57,7 @@ class NpySource:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``[start, stop)`` copied out of the map, C-ordered and in native byte order."""
-        if not 0 <= start <= stop <= self.shape[0]:
-            raise ValueError(f"rows [{start}, {stop}) outside [0, {self.shape[0]})")
+        start, stop = self.check_rows(start, stop)
         if self._array is None:
             raise StempressError(f"{self.path}: source is closed; open it again")
         if self._array.ndim == 3:  # frame stack: rows map to frames (a reshape could copy an F-order file)
@@ -74,12 +73,6 @@ class NpySource:
     def __reduce__(self) -> tuple[Any, ...]:
         # A memmap would pickle as its whole contents; a worker reopens the file instead.
         return (type(self), (self.path, self.shape[:2] if self.metadata.get("frame_stack") else None))
-
-    def __enter__(self) -> NpySource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"NpySource({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"

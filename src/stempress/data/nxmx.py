@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.data.base import check_shape_dtype
+from stempress.data.base import SourceBase, check_shape_dtype
 from stempress.data.hdf5 import (
     as_python,
     attr_str,
@@ -79,7 +79,7 @@ def _sidecar_scan(master: Path) -> tuple[dict[str, Any], Path] | None:
         return None
 
 
-class NxmxSource:
+class NxmxSource(SourceBase):
     """Frames of all linked data files, in link order, viewed as ``(scan_y, scan_x, det_y, det_x)``."""
 
     def __init__(self, master_path: str | Path, scan_shape: tuple[int, int] | None = None) -> None:
@@ -192,8 +192,7 @@ class NxmxSource:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``[start, stop)`` = frames ``[start*scan_x, stop*scan_x)``, across data files."""
-        if not 0 <= start <= stop <= self.shape[0]:
-            raise ValueError(f"rows [{start}, {stop}) outside [0, {self.shape[0]})")
+        start, stop = self.check_rows(start, stop)
         scan_x, det_y, det_x = self.shape[1:]
         first, last = start * scan_x, stop * scan_x
         out = np.empty((last - first, det_y, det_x), dtype=self.dtype)
@@ -222,12 +221,6 @@ class NxmxSource:
     def __reduce__(self) -> tuple[Any, ...]:
         # h5py handles cannot be pickled; a worker process reopens the master by path.
         return (type(self), (self.path, self.shape[:2]))
-
-    def __enter__(self) -> NxmxSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"NxmxSource({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"

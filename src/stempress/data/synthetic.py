@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import erf, erfc
 
+from stempress.data.base import SourceBase
 from stempress.errors import StempressError
 
 KINDS = ("diffraction", "eels")
@@ -531,7 +532,7 @@ def sample_poisson(rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
     return counts.reshape(frames, npix)
 
 
-class SyntheticSource:
+class SyntheticSource(SourceBase):
     """A ``Dataset4D`` whose frames are computed on demand from a ``SyntheticSpec``."""
 
     def __init__(self, spec: SyntheticSpec):
@@ -558,7 +559,7 @@ class SyntheticSource:
 
     # -- Dataset4D --------------------------------------------------------------------------------
     def read_rows(self, start: int, stop: int) -> np.ndarray:
-        start, stop = self._check_rows(start, stop)
+        start, stop = self.check_rows(start, stop)
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         for i, row in enumerate(range(start, stop)):
             self._row(row, out[i])
@@ -570,7 +571,7 @@ class SyntheticSource:
         Detector effects (hot pixels, gain, offset, read noise, clipping) are not in it; with bin=1 each
         frame sums to ``dose``, with bin=b to ``dose / b**2``.
         """
-        start, stop = self._check_rows(start, stop)
+        start, stop = self.check_rows(start, stop)
         out = np.empty((stop - start, *self.shape[1:]), np.float32)
         for i, row in enumerate(range(start, stop)):
             for x0, x1 in self._pieces():
@@ -578,25 +579,10 @@ class SyntheticSource:
                 out[i, x0:x1] = self._bin(lam)
         return out
 
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def __enter__(self) -> SyntheticSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"SyntheticSource({self.name!r}, shape={self.shape}, dtype={self.dtype})"
 
     # -- generation -------------------------------------------------------------------------------
-    def _check_rows(self, start: int, stop: int) -> tuple[int, int]:
-        start, stop = int(start), int(stop)
-        if not 0 <= start <= stop <= self.shape[0]:
-            raise ValueError(f"rows [{start}, {stop}) outside 0..{self.shape[0]}")
-        return start, stop
-
     def _pieces(self) -> list[tuple[int, int]]:
         """Fixed split of a scan row (a function of the spec only, so the RNG stream never depends on
         the caller's block size)."""

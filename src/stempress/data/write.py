@@ -7,8 +7,6 @@ The file appears under its final name only when complete (temporary name in the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,11 +14,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, check_shape_dtype, iter_blocks, nbytes, rows_for_budget
+from stempress.data.hdf5 import STUDY_EMD_PATH
 from stempress.errors import StempressError
 
-#: Where the study (EMD 1.0 as its code wrote it) keeps the cube.
-EMD_DATA_PATH = "version_1/data/datacubes/datacube_000/data"
 #: Attribute holding the source's whole metadata as a JSON string.
 METADATA_ATTR = "stempress_metadata"
 #: Scalar metadata also written as plain attributes of the datacube group (emdfile-style calibration).
@@ -33,7 +31,7 @@ def write_hdf5(
     source: Dataset4D,
     out: Path | str,
     *,
-    dataset_path: str = EMD_DATA_PATH,
+    dataset_path: str = STUDY_EMD_PATH,
     chunks: tuple[int, ...] | None = None,
     compression_kwargs: Mapping[str, Any] | None = None,
     truth: bool = False,
@@ -48,10 +46,6 @@ def write_hdf5(
     compressed twice. ``progress(bytes_done, bytes_total)`` is called after each block.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise StempressError(f"{out} already exists; pass --force (overwrite=True) to replace it")
-    if out.is_dir():
-        raise StempressError(f"{out} is a directory; give a file name for the HDF5 output")
     if truth and not callable(getattr(source, "expected_rows", None)):
         raise StempressError(f"source {source.name!r} has no expected-count map; drop --truth")
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
@@ -59,18 +53,8 @@ def write_hdf5(
         if len(chunks) != 4 or min(chunks) < 1:
             raise StempressError(f"chunks {tuple(chunks)} must be 4 positive sizes, like (16, 16, 128, 128)")
         chunks = tuple(min(int(c), n) for c, n in zip(chunks, shape, strict=True))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _fill(f, source, shape, dataset_path, chunks, dict(compression_kwargs or {}), truth, progress)
-        _default_permissions(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(out, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        _fill(f, source, shape, dataset_path, chunks, dict(compression_kwargs or {}), truth, progress)
     return out
 
 
@@ -122,22 +106,7 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _read_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-#: Read once at import: os.umask can only be read by setting it, which would race with other threads.
-_UMASK = _read_umask()
-
-
-def _default_permissions(path: Path) -> None:
-    """mkstemp makes files 0600; give the finished file what a plain open() would."""
-    os.chmod(path, 0o666 & ~_UMASK)
-
-
-def read_metadata(path: Path | str, dataset_path: str = EMD_DATA_PATH) -> dict[str, Any]:
+def read_metadata(path: Path | str, dataset_path: str = STUDY_EMD_PATH) -> dict[str, Any]:
     """The metadata ``write_hdf5`` stored with a cube (empty when the file has none)."""
     with h5py.File(path, "r") as f:
         raw = f[dataset_path].attrs.get(METADATA_ATTR)
