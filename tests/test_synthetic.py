@@ -70,7 +70,7 @@ def test_smoke_cubes_have_their_shape_dtype_and_target_sparsity(name):
 
 def test_suites_are_named_like_the_study_and_errors_list_names():
     assert [s.name for s in SUITES["paper-like"]] == list(STUDY_TABLE1)
-    assert sum(np.prod(s.shape) * np.dtype(s.dtype).itemsize for s in SUITES["paper-like"]) < 256 * 2**20
+    assert sum(np.prod(s.shape) * np.dtype(s.dtype).itemsize for s in SUITES["paper-like"]) < 320 * 2**20
     counted = SUITES["counted"][0]
     assert counted.dtype == "uint8" and counted.dose == 375
     assert [s.name for s in suite("smoke")] == list(STUDY_TABLE1)

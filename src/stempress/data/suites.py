@@ -37,7 +37,7 @@ _EELS_4D = SyntheticSpec(
 # diffuse tail out to a limiting aperture, nothing beyond it, and two hot pixels (the study's 4016-count
 # maximum is one pixel far above its neighbours).
 _DIFF = SyntheticSpec(
-    name="4D_Diff", kind="diffraction", scan=(24, 24), det=(256, 256), dtype="uint16", max_count=4095,
+    name="4D_Diff", kind="diffraction", scan=(32, 32), det=(256, 256), dtype="uint16", max_count=4095,
     dose=112_800.0, seed=12, thickness=0.25, bragg_share=0.15, bf_radius=0.54, bf_edge=0.01,
     lattice=(0.28, 0.28, 60.0), debye_waller=0.35, halo_radius=0.2111, halo_power=5.49, tail=9.83e-5,
     cutoff_radius=0.899, hot_pixels=2, hot_rate=3800.0,
