@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from stempress.bench.environment import environment
+from stempress.bench.inventory import DatasetProfile, profile_dataset, write_inventory
 from stempress.bench.protocol import Protocol
 from stempress.bench.results import STATISTICS_CSV, atomic_write, prepare_out_dir, save_results
 from stempress.bench.runner import ERROR, SKIPPED, UNAVAILABLE, BenchConfig, Progress, run_grid
@@ -34,9 +35,8 @@ def open_sources(
     sources: Sequence[str | Path], suite: str | None, dataset: str | None, scan_shape: tuple[int, int] | None
 ) -> list[Dataset4D]:
     """Files named by the user, plus a suite; the paper-like suite when neither is given."""
-    from stempress.data.suites import suite as suite_sources
-
     from stempress.data.open import open_source
+    from stempress.data.suites import suite as suite_sources
 
     opened: list[Dataset4D] = [open_source(s, dataset=dataset, scan_shape=scan_shape) for s in sources]
     if suite or not opened:
@@ -66,14 +66,15 @@ def run_bench(
     warmup: bool = True,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> BenchReport:
-    """Run the grid and write results.csv/.parquet, statistics.csv and metadata.json into ``out``."""
+    """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv and metadata.json into ``out``."""
     codecs = select_codecs(methods)
     opened = open_sources(sources, suite, dataset, scan_shape)
     prepare_out_dir(out, force)
     config = BenchConfig(codecs=codecs, chunkings=list(chunkings), runs=runs, protocol=protocol,
                          time_limit_s=time_limit_s, workdir=workdir or out, seed=seed, warmup=warmup)
+    profiles: list[DatasetProfile] = []
     try:
-        rows = run_grid(opened, config, on_progress)
+        rows = run_grid(opened, config, on_progress, on_staged=lambda cube: profiles.append(profile_dataset(cube)))
     finally:
         for source in opened:
             source.close()
@@ -84,6 +85,7 @@ def run_bench(
         "datasets": [{"name": s.name, "shape": s.shape, "dtype": str(s.dtype)} for s in opened],
     })
     frame = save_results(out, rows, meta)
+    write_inventory(out, profiles)
     stats = statistics(frame)
     atomic_write(out / STATISTICS_CSV, lambda p: stats.to_csv(p, index=False))
     problems = [f"{r['dataset']} {r['method']} run {r['run_number']}: {r['status']}: {r['reason']}"

@@ -20,12 +20,15 @@ from stempress.bench.protocol import (
 from stempress.bench.verify import Reference
 from stempress.codecs.baselines import file_format
 from stempress.codecs.catalog import Codec
-from stempress.codecs.chunking import chunk_shape, chunking_label
+from stempress.codecs.chunking import PAPER_CHUNKINGS, chunk_shape, chunking_label
 from stempress.codecs.hdf5_store import read_cube_blocks, write_cube
 from stempress.data.base import Block, Dataset4D, iter_blocks, nbytes, rows_for_budget
 
 GIB = 1024**3
 MIB = 1024**2
+
+#: The chunking column of the non-HDF5 baselines, which have no chunks.
+NO_CHUNKING = "n/a"
 
 #: Bytes per block streamed through a writer: large enough to amortise per-call cost, small enough to bound memory.
 BLOCK_BYTES = 64 * MIB
@@ -40,7 +43,7 @@ class Method:
 
     @property
     def chunking_name(self) -> str:
-        return "n/a" if self.chunking is None else chunking_label(self.chunking)
+        return NO_CHUNKING if self.chunking is None else chunking_label(self.chunking)
 
     @property
     def name(self) -> str:
@@ -48,6 +51,20 @@ class Method:
 
     def chunks_for(self, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
         return None if self.chunking is None else chunk_shape(self.chunking, shape)
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """The inverse of :attr:`Method.name`: ``balanced_blosc_zstd`` -> (``balanced``, ``blosc_zstd``).
+
+    Works on the study's method names too; a name without a chunking prefix is a baseline.
+    """
+    for chunking in PAPER_CHUNKINGS:
+        if method.startswith(chunking + "_"):
+            return chunking, method[len(chunking) + 1:]
+    if method.startswith("chunks_"):
+        label, _, codec = method.partition("_")[2].partition("_")
+        return f"chunks_{label}", codec
+    return NO_CHUNKING, method
 
 
 def methods_for(codecs: list[Codec], chunkings: list[str | tuple[int, ...]]) -> list[Method]:

@@ -57,8 +57,13 @@ def save_results(out: Path, rows: list[dict[str, Any]], metadata: dict[str, Any]
     return frame
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """Read one of our CSV tables; the baselines' chunking "n/a" stays a string (pandas would make it NaN)."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
 def load_results(out: Path) -> pd.DataFrame:
     path = out / RESULTS_CSV
     if not path.exists():
         raise StempressError(f"{out}: no {RESULTS_CSV}; run `stempress bench --out {out}` first")
-    return pd.read_csv(path)
+    return read_table(path)

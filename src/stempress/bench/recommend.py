@@ -1,0 +1,70 @@
+"""Recommend a codec for one cube: benchmark a spread sample of it, then apply the use case's rule.
+
+Compression ratio depends on the data (the study's sparsity law), so the answer comes from measuring the
+user's own cube, not from a table; a sample keeps that to seconds on a cube of tens of GiB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from stempress.bench.ranking import USE_CASES, Recommendation, recommend
+from stempress.bench.runner import OK, BenchConfig, Progress, run_grid
+from stempress.bench.sample import spread_sample
+from stempress.bench.statistics import statistics
+from stempress.codecs.catalog import select_codecs
+from stempress.data.base import Dataset4D
+from stempress.errors import StempressError
+
+MIB = 1024**2
+
+
+def recommend_source(
+    source: Dataset4D,
+    use_case: str,
+    *,
+    methods: str | Sequence[str] = "paper",
+    chunkings: Sequence[str | tuple[int, ...]] = ("balanced",),
+    runs: int = 2,
+    workdir: Path,
+    max_sample_bytes: int = 256 * MIB,
+    required_write_gibs: float | None = None,
+    time_limit_s: float | None = 30.0,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> tuple[Recommendation, pd.DataFrame]:
+    """Benchmark a sample of ``source`` and recommend a method for ``use_case``.
+
+    Returns the recommendation and the statistics it came from (one row per method, with a ``verified``
+    column: every run of that method read back bit-exact). Cells that failed or were skipped are listed in
+    ``stats.attrs["problems"]``; they cannot be recommended because they have no statistics row.
+    """
+    if use_case not in USE_CASES:
+        raise StempressError(f"unknown use case {use_case!r}; choose one of {', '.join(USE_CASES)}")
+    if runs < 1:
+        raise StempressError(f"runs must be at least 1, got {runs}")
+    codecs = select_codecs(methods)
+    sample = spread_sample(source, max_sample_bytes)
+    config = BenchConfig(codecs=codecs, chunkings=list(chunkings), runs=runs, protocol="warm",
+                         time_limit_s=time_limit_s, workdir=Path(workdir))
+    rows = run_grid([sample], config, on_progress)
+    results = pd.DataFrame(rows)
+    stats = statistics(results)
+    if stats.empty:
+        raise StempressError(f"no method could be measured on {source.name} (all skipped or failed); "
+                             "raise the time limit or choose other methods")
+    ok = results[results["status"] == OK]
+    verified = ok.groupby(["dataset", "method"])["verified"].apply(lambda v: bool(v.fillna(False).all()))
+    stats["verified"] = [verified.get((d, m), False) for d, m in zip(stats["dataset"], stats["method"],
+                                                                       strict=True)]
+    stats.attrs["problems"] = [f"{r['method']} run {r['run_number']}: {r['status']}: {r['reason']}"
+                               for r in rows if r["status"] != OK]
+    stats.attrs["sample"] = sample.metadata["sample"]
+    rec = recommend(stats, use_case, required_write_gibs)
+    info = sample.metadata["sample"]
+    where = "the whole cube" if info["scan_rows"] == info["of_scan_rows"] else \
+        f"{info['scan_rows']} of {info['of_scan_rows']} scan rows in {len(info['rows'])} runs"
+    return dataclasses.replace(rec, why=f"{rec.why} Measured on {where}, {runs} run(s)."), stats

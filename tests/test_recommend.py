@@ -1,0 +1,188 @@
+"""Use-case recommendations on constructed statistics, the spread sample, and recommending for a real cube."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stempress.bench.measure import split_method
+from stempress.bench.ranking import USE_CASES, recommend
+from stempress.bench.recommend import recommend_source
+from stempress.bench.sample import RUN_ROWS, sample_runs, spread_sample
+from stempress.data.base import ArraySource, row_nbytes
+from stempress.data.suites import suite
+from stempress.errors import StempressError
+
+#: method -> (ratio, write GiB/s, read GiB/s) on d1 and on d2; means: none 1x, zlib 20x, zstd 19x, lz4 12x...
+METHODS = {
+    "balanced_none": [(1, 5, 9), (1, 5, 9)],               # fastest raw, but a ratio of 1
+    "balanced_blosc_zlib": [(21, 0.2, 1.0), (19, 0.2, 1.0)],
+    "balanced_blosc_zstd": [(19, 0.9, 1.5), (19, 0.7, 1.5)],  # mean write 0.8, slowest 0.7
+    "balanced_blosc_lz4": [(12, 3.5, 2.0), (12, 2.5, 2.0)],
+    "balanced_blosc_lz4hc": [(14, 0.3, 4.0), (14, 0.3, 4.0)],
+    "balanced_gzip_9": [(18, 0.01, 0.7), (18, 0.01, 0.7)],
+}
+
+
+def stats_table(values: dict[str, list[tuple[float, float, float]]]) -> pd.DataFrame:
+    rows = []
+    for method, per_dataset in values.items():
+        chunking, codec = split_method(method)
+        for dataset, (ratio, write, read) in zip(("d1", "d2"), per_dataset, strict=False):
+            rows.append({"dataset": dataset, "method": method, "codec": codec, "chunking": chunking,
+                         "compression_ratio_mean": ratio, "write_throughput_gbs_mean": write,
+                         "read_throughput_gbs_mean": read})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def stats() -> pd.DataFrame:
+    return stats_table(METHODS)
+
+
+def test_archive_picks_the_smallest_files_and_states_numbers(stats):
+    rec = recommend(stats, "archive")
+    assert (rec.method, rec.codec, rec.chunking) == ("balanced_blosc_zlib", "blosc_zlib", "balanced")
+    assert rec.ratio == pytest.approx(20) and rec.write_gibs == pytest.approx(0.2)
+    assert "20.00x" in rec.why and "runner-up balanced_blosc_zstd 19.00x" in rec.why
+    assert rec.alternatives[:2] == ["balanced_blosc_zstd", "balanced_gzip_9"]
+
+
+def test_archive_tie_goes_to_the_faster_writer(stats):
+    tied = stats_table(METHODS | {"balanced_blosc_zstd": [(21, 0.9, 1.5), (19, 0.7, 1.5)]})
+    assert recommend(tied, "archive").method == "balanced_blosc_zstd"
+
+
+def test_acquisition_without_rate_is_fastest_writer_with_a_good_ratio(stats):
+    rec = recommend(stats, "acquisition")
+    assert rec.method == "balanced_blosc_lz4"  # none writes faster but its ratio is under half the best
+    assert "3 GiB/s" in rec.why and "12.00x" in rec.why and ">= 10.00x" in rec.why
+    assert "balanced_none" not in rec.alternatives
+
+
+def test_acquisition_rate_must_be_met_on_every_dataset(stats):
+    # zstd's mean write (0.8) meets 0.75 GiB/s but its slowest dataset (0.7) does not
+    rec = recommend(stats, "acquisition", required_write_gibs=0.75)
+    assert rec.method == "balanced_blosc_lz4"
+    assert "2 of 6 methods write at least 0.75 GiB/s on every dataset" in rec.why
+    assert recommend(stats, "acquisition", required_write_gibs=0.5).method == "balanced_blosc_zstd"
+
+
+def test_acquisition_rate_nobody_meets_says_so(stats):
+    rec = recommend(stats, "acquisition", required_write_gibs=100)
+    assert rec.method == "balanced_none"
+    assert rec.why.startswith("no method writes 100 GiB/s") and "5 GiB/s on its slowest dataset" in rec.why
+
+
+def test_analysis_is_fastest_reader_but_not_raw(stats):
+    rec = recommend(stats, "analysis")
+    assert rec.method == "balanced_blosc_lz4hc" and "4 GiB/s" in rec.why and "14.00x" in rec.why
+    assert "runner-up balanced_blosc_lz4 2 GiB/s" in rec.why
+
+
+def test_balanced_is_best_geometric_mean_of_normalised_scores(stats):
+    rec = recommend(stats, "balanced")
+    # lz4: cbrt(12/20 * 3/5 * 2/9) = 0.43 beats none: cbrt(1/20 * 1 * 1) = 0.37
+    assert rec.method == "balanced_blosc_lz4"
+    assert "scores 0.43" in rec.why and "runner-up balanced_none 0.37" in rec.why
+
+
+def test_every_use_case_answers_and_bad_input_is_refused(stats):
+    for use_case in USE_CASES:
+        rec = recommend(stats, use_case)
+        assert rec.use_case == use_case and rec.method in set(stats["method"])
+    with pytest.raises(StempressError, match="unknown use case 'fast'"):
+        recommend(stats, "fast")
+    with pytest.raises(StempressError, match="positive"):
+        recommend(stats, "acquisition", required_write_gibs=0)
+    with pytest.raises(StempressError, match="no measured method"):
+        recommend(stats.iloc[:0], "archive")
+
+
+def test_method_missing_on_a_dataset_cannot_win(stats):
+    partial = stats_table(METHODS | {"balanced_blosc_zlib": [(99, 1, 1)]})
+    rec = recommend(partial, "archive")
+    assert rec.method == "balanced_blosc_zstd" and "balanced_blosc_zlib" in rec.why
+
+
+# ----------------------------------------------------------------------------------------------- sample
+
+
+def labelled_cube(scan_y: int, scan_x: int = 3, det: tuple[int, int] = (4, 5)) -> np.ndarray:
+    """Every value says which scan row it came from, plus noise so rows are not constant."""
+    rng = np.random.default_rng(0)
+    cube = rng.integers(0, 50, size=(scan_y, scan_x, *det), dtype=np.uint16)
+    cube[:, 0, 0, 0] = np.arange(scan_y)
+    return cube
+
+
+def test_spread_sample_takes_start_middle_and_end_bit_exact():
+    cube = labelled_cube(200)
+    source = ArraySource(cube, name="4D_Diff", metadata={"detector": "merlin"})
+    sample = spread_sample(source, 100 * row_nbytes(source))
+    runs = sample.metadata["sample"]["rows"]
+    assert runs == [[0, 32], [84, 116], [168, 200]]  # three runs of 32 rows: start, middle, end
+    assert sample.name == "4D_Diff" and sample.metadata["detector"] == "merlin"
+    assert sample.shape == (96, 3, 4, 5) and sample.dtype == cube.dtype
+    at = 0
+    for start, stop in runs:
+        assert np.array_equal(sample.array[at:at + stop - start], cube[start:stop])
+        at += stop - start
+    assert list(sample.array[:, 0, 0, 0]) == [r for a, b in runs for r in range(a, b)]
+
+
+def test_spread_sample_is_the_whole_cube_when_it_fits():
+    cube = labelled_cube(40)
+    source = ArraySource(cube, name="small")
+    sample = spread_sample(source, cube.nbytes)
+    assert np.array_equal(sample.array, cube)
+    assert sample.metadata["sample"]["description"] == "the whole cube"
+    with pytest.raises(StempressError, match="positive"):
+        spread_sample(source, 0)
+
+
+def test_sample_runs_never_overlap_and_span_the_scan():
+    for scan_y in (1, 31, 33, 64, 65, 97, 256, 1000):
+        for budget in (0, 1, 16, 31, 32, 63, 64, 65, 100, 255, 999):
+            runs = sample_runs(scan_y, budget)
+            if budget >= scan_y:
+                assert runs == [(0, scan_y)]
+                continue
+            assert all(0 <= a < b <= scan_y for a, b in runs)
+            assert all(b1 <= a2 for (_, b1), (a2, _) in pairwise(runs))
+            assert sum(b - a for a, b in runs) <= max(budget, 1)
+            assert all(b - a == min(RUN_ROWS, max(budget, 1)) for a, b in runs)
+            if len(runs) > 1:
+                assert runs[0][0] == 0 and runs[-1][1] == scan_y
+    assert sample_runs(100, 40) == [(34, 66)]  # one run fits: the middle, not the first rows
+
+
+# ------------------------------------------------------------------------------------- recommend_source
+
+
+def test_recommend_source_on_a_smoke_cube(tmp_path):
+    source = suite("smoke")[1]
+    rec, stats = recommend_source(source, "archive", methods="none,gzip_1,blosc_lz4,blosc_zstd",
+                                  runs=2, workdir=tmp_path, time_limit_s=None)
+    assert rec.method in set(stats["method"])
+    assert stats["verified"].all() and (stats["n_runs"] == 2).all()
+    assert set(stats["method"]) == {f"balanced_{c}" for c in ("none", "gzip_1", "blosc_lz4", "blosc_zstd")}
+    best = stats.loc[stats["compression_ratio_mean"].idxmax(), "method"]
+    assert rec.method == best and f"{rec.ratio:.2f}x" in rec.why
+    assert "Measured on the whole cube, 2 run(s)." in rec.why and stats.attrs["problems"] == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recommend_source_benchmarks_a_spread_sample(tmp_path):
+    cube = labelled_cube(70, scan_x=4, det=(16, 16))
+    source = ArraySource(cube, name="scan")
+    rec, stats = recommend_source(source, "analysis", methods="blosc_lz4,blosc_zstd", runs=1, workdir=tmp_path,
+                                  max_sample_bytes=66 * row_nbytes(source), time_limit_s=None)
+    assert stats.attrs["sample"]["rows"] == [[0, 32], [38, 70]]
+    assert "64 of 70 scan rows in 2 runs" in rec.why
+    assert stats["verified"].all() and rec.method in {"balanced_blosc_lz4", "balanced_blosc_zstd"}
+    with pytest.raises(StempressError, match="unknown use case"):
+        recommend_source(source, "fastest", workdir=tmp_path)
