@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--methods", default="blosc_lz4,bitshuffle_lz4")
     parser.add_argument("--chunks", default="balanced")
     parser.add_argument("--workdir", type=Path, default=None, help="where the test files go (default: a temp dir)")
+    parser.add_argument("--stream", action="store_true", help="stream even a cube that would fit in memory")
     parser.add_argument("--limit-gib", type=float, default=2.0, help="peak memory the run must stay under")
     args = parser.parse_args()
 
@@ -55,6 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         report = run_bench(sources=[spec], methods=args.methods, chunkings=[args.chunks], runs=1,
                            out=Path(scratch) / "results", time_limit_s=None,
+                           stage_limit_bytes=0 if args.stream else None,
                            on_progress=lambda e: print(f"  {e.done}/{e.total} {e.message}", flush=True)
                            if e.row is None else None)
     done.set()

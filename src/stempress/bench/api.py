@@ -64,6 +64,7 @@ def run_bench(
     seed: int = 0,
     force: bool = False,
     warmup: bool = True,
+    stage_limit_bytes: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> BenchReport:
     """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv and metadata.json into ``out``."""
@@ -71,7 +72,8 @@ def run_bench(
     opened = open_sources(sources, suite, dataset, scan_shape)
     prepare_out_dir(out, force)
     config = BenchConfig(codecs=codecs, chunkings=list(chunkings), runs=runs, protocol=protocol,
-                         time_limit_s=time_limit_s, workdir=workdir or out, seed=seed, warmup=warmup)
+                         time_limit_s=time_limit_s, workdir=workdir or out, seed=seed, warmup=warmup,
+                         stage_limit_bytes=stage_limit_bytes)
     profiles: list[DatasetProfile] = []
     try:
         rows = run_grid(opened, config, on_progress, on_staged=lambda cube: profiles.append(profile_dataset(cube)))
