@@ -106,3 +106,15 @@ def test_simulate_streams_to_a_file_and_never_overwrites(tmp_path):
     assert_one_line_error(stempress("simulate", "smoke/4D_Diff", str(out)), "--force")
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["diff.h5"]
+
+
+def test_recommend_samples_a_source_and_explains_the_choice(tmp_path):
+    result = stempress("recommend", "synthetic:smoke/4D_Diff", "--for", "archive", "--methods",
+                       "gzip_1,blosc_zstd,blosc_lz4", "--runs", "1", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "archive:" in result.stdout and "ratio" in result.stdout and "Measured on" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # sample files cleaned up
+
+
+def test_recommend_refuses_an_unknown_use_case(tmp_path):
+    assert_one_line_error(stempress("recommend", "synthetic:smoke/4D_Diff", "--for", "fun"), "fun", "archive")

@@ -111,6 +111,60 @@ def render_summary(summary) -> None:
 
 
 @app.command()
+def recommend(
+    source: Annotated[str, typer.Argument(help="File (or synthetic:...) to sample and benchmark.")],
+    use: Annotated[str, typer.Option("--for", help="archive, acquisition, analysis or balanced.")] = "balanced",
+    rate: Annotated[float | None, typer.Option(help="Detector write rate to keep up with, GiB/s (acquisition).")]
+    = None,
+    methods: Annotated[str, typer.Option(help="paper, all, or codec names separated by commas.")] = "paper",
+    chunks: Annotated[str, typer.Option(help="Chunkings to try: balanced, paper, or shapes.")] = "balanced",
+    runs: Annotated[int, typer.Option(min=1, help="Runs per method on the sample.")] = 2,
+    sample_mib: Annotated[float, typer.Option(help="Sample size in MiB (scan rows spread over the cube).")] = 256,
+    time_limit: Annotated[float, typer.Option(help="Seconds allowed per write or read on the sample.")] = 30.0,
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where sample files are written (default: a temp dir).")]
+    = None,
+) -> None:
+    """Benchmark a sample of SOURCE and recommend a codec for a use case, with the numbers behind it."""
+    import tempfile
+
+    from stempress.bench.ranking import gibs
+    from stempress.bench.recommend import recommend_source
+    from stempress.data.open import open_source
+
+    with open_source(source, dataset=dataset, scan_shape=parse_scan_shape(scan_shape)) as cube, \
+            tempfile.TemporaryDirectory(dir=workdir, prefix=".stempress-recommend-") as scratch, \
+            Progress(TextColumn("[bold]sample benchmark"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console, transient=True) as bar:
+        task = bar.add_task("recommend", total=None)
+        choice, stats = recommend_source(
+            cube, use, methods=methods, chunkings=parse_chunkings(chunks), runs=runs, workdir=Path(scratch),
+            max_sample_bytes=int(sample_mib * 1024**2), required_write_gibs=rate, time_limit_s=time_limit,
+            on_progress=lambda e: bar.update(task, completed=e.done, total=e.total),
+        )
+    console.print(f"[bold]{use}:[/] [green]{choice.method}[/]  ratio {choice.ratio:.2f}x, write "
+                  f"{gibs(choice.write_gibs)} GiB/s, read {gibs(choice.read_gibs)} GiB/s")
+    console.print(choice.why, highlight=False)
+    if choice.alternatives:
+        console.print("alternatives: " + ", ".join(choice.alternatives), highlight=False)
+    for line in stats.attrs.get("problems", []):
+        errors.print(f"[yellow]{line}[/]", highlight=False)
+
+
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="A folder written by stempress bench.")],
+    paper_dir: Annotated[Path | None, typer.Option(help="The study's tables (default: ../shared/paper).")] = None,
+) -> None:
+    """Tables, figures and a self-contained HTML report from benchmark results."""
+    from stempress.report import build_report
+
+    html = build_report(results_dir, paper_dir)
+    console.print(f"report: {html}")
+
+
+@app.command()
 def codecs(
     methods: Annotated[str, typer.Option(help="paper, all, or codec names separated by commas.")] = "all",
 ) -> None:
