@@ -52,6 +52,16 @@ def test_bench_on_the_smoke_suite_writes_tidy_results(tmp_path):
     stats = pd.read_csv(out / "statistics.csv")
     assert set(stats["n_runs"]) == {2}
     assert not list(out.glob(".stempress-bench-*"))
+    html = out / "report" / "report.html"
+    assert html.exists() and "data:image/png;base64" in html.read_text()
+    html.unlink()
+    rebuilt = stempress("report", str(out))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert html.exists()
+
+
+def test_report_on_a_folder_without_results(tmp_path):
+    assert_one_line_error(stempress("report", str(tmp_path)), "results.csv")
 
 
 def test_bench_reads_a_real_file_and_refuses_to_overwrite_results(tmp_path):

@@ -94,6 +94,8 @@ def bench(
     for line in report.problems:
         errors.print(f"[yellow]{line}[/]")
     console.print(f"results: {report.out}")
+    if report.report is not None:
+        console.print(f"report: {report.report}")
     if report.errors:
         raise StempressError(f"{report.errors} measurement(s) failed (see 'reason' in {report.out}/results.csv)")
 

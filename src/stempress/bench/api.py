@@ -24,6 +24,7 @@ DEFAULT_SUITE = "paper-like"
 @dataclass
 class BenchReport:
     out: Path
+    report: Path | None
     results: pd.DataFrame
     statistics: pd.DataFrame
     summary: pd.DataFrame
@@ -65,9 +66,10 @@ def run_bench(
     force: bool = False,
     warmup: bool = True,
     stage_limit_bytes: int | None = None,
+    report: bool = True,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> BenchReport:
-    """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv and metadata.json into ``out``."""
+    """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv, metadata.json and the report."""
     codecs = select_codecs(methods)
     opened = open_sources(sources, suite, dataset, scan_shape)
     prepare_out_dir(out, force)
@@ -90,8 +92,13 @@ def run_bench(
     write_inventory(out, profiles)
     stats = statistics(frame)
     atomic_write(out / STATISTICS_CSV, lambda p: stats.to_csv(p, index=False))
+    html = None
+    if report:
+        from stempress.report import build_report
+
+        html = build_report(out)
     problems = [f"{r['dataset']} {r['method']} run {r['run_number']}: {r['status']}: {r['reason']}"
                 for r in rows if r["status"] in (ERROR, SKIPPED)]
     unavailable = sorted({f"{r['codec']}: {r['reason']}" for r in rows if r["status"] == UNAVAILABLE})
     problems += [f"unavailable {line}" for line in unavailable]
-    return BenchReport(out, frame, stats, summary(stats), sum(r["status"] == ERROR for r in rows), problems)
+    return BenchReport(out, html, frame, stats, summary(stats), sum(r["status"] == ERROR for r in rows), problems)
