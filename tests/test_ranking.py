@@ -120,3 +120,15 @@ def test_pareto_front_keeps_only_undominated_points():
     # C (2,2) is beaten by B; E by everyone; H (3,0.5) by D (3,1); B and its duplicate F both stay; G is NaN
     assert list(front[front].index) == ["A", "B", "D", "F"]
     assert pareto_front(table.iloc[:0], "x", "y").empty
+
+
+def test_top_performers_ranks_a_missing_speed_last():
+    from stempress.bench.compare import DEFAULT_PAPER_DIR, load_study_statistics
+
+    if not DEFAULT_PAPER_DIR.exists():
+        pytest.skip(f"study tables not found at {DEFAULT_PAPER_DIR}")
+    study = load_study_statistics(DEFAULT_PAPER_DIR)
+    study.loc[study["method"] == "balanced_gzip_1", "read_throughput_gbs_mean"] = float("nan")
+    top = top_performers(study).set_index("codec")
+    assert not top.loc["gzip_1", "top_read_all"]
+    assert top["selected"].sum() == 6

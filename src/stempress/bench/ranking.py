@@ -89,7 +89,8 @@ def top_performers(stats: pd.DataFrame, chunking: str = "balanced", top_n: int =
     out = per_method(rows)
     complete = out["datasets"] == len(datasets)
     for label, column in (("ratio", RATIO), ("write", WRITE), ("read", READ)):
-        rank = rows.groupby("dataset")[column].rank(ascending=False, method="min")
+        # a missing number (e.g. the study's baselines have no read speed) ranks last, never crashes the rule
+        rank = rows.groupby("dataset")[column].rank(ascending=False, method="min", na_option="bottom")
         out[f"worst_{label}_rank"] = out["method"].map(rank.groupby(rows["method"]).max()).astype(int)
         out[f"worst_{label}_dataset"] = out["method"].map(
             _worst_dataset(rows.assign(rank=rank), "rank"))
