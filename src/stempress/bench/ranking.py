@@ -178,8 +178,8 @@ def recommend(stats: pd.DataFrame, use_case: str, required_write_gibs: float | N
 
     "Top half of ratio" is the upper half of the ratio scale, at least half the best mean ratio; on the
     study's statistics.csv this gives its own advice (archive zlib, acquisition lz4, analysis lz4hc).
-    - balanced: the best geometric mean of ratio, write and read, each divided by the best candidate's value,
-      so all three count equally whatever their units.
+    - balanced: among the top half of ratio, the best geometric mean of ratio, write and read, each divided by
+      the best candidate's value, so all three count equally whatever their units.
 
     Candidates are methods measured on every dataset; a method skipped on one dataset has no fair mean.
     """
@@ -278,13 +278,16 @@ def _analysis(pool: pd.DataFrame, n: int, rate: float | None) -> tuple[pd.DataFr
 
 
 def _balanced(pool: pd.DataFrame, n: int, rate: float | None) -> tuple[pd.DataFrame, str]:
-    best = {q: pool[q].max() for q in ("ratio", "write_gibs", "read_gibs")}
-    score = np.cbrt(pool["ratio"] / best["ratio"] * pool["write_gibs"] / best["write_gibs"]
-                    * pool["read_gibs"] / best["read_gibs"])
-    ranked = _sort(pool.assign(score=score), ["score"])
+    # among methods that compress (else 'none' wins on raw speed with ratio 1), as for analysis
+    top, among = _top_half(pool)
+    best = {q: top[q].max() for q in ("ratio", "write_gibs", "read_gibs")}
+    score = np.cbrt(top["ratio"] / best["ratio"] * top["write_gibs"] / best["write_gibs"]
+                    * top["read_gibs"] / best["read_gibs"])
+    ranked = _sort(top.assign(score=score), ["score"])
     b = ranked.iloc[0]
-    why = (f"best balance: {b['method']} scores {b['score']:.2f} (geometric mean of ratio, write and read, "
-           f"each divided by the best method's: {b['ratio']:.2f}x of {best['ratio']:.2f}x, "
+    why = (f"best balance among {among}: {b['method']} scores {b['score']:.2f} "
+           f"(geometric mean of ratio, write and read, each divided by the best method's: "
+           f"{b['ratio']:.2f}x of {best['ratio']:.2f}x, "
            f"{gibs(b['write_gibs'])} of {gibs(best['write_gibs'])} GiB/s write, "
            f"{gibs(b['read_gibs'])} of {gibs(best['read_gibs'])} GiB/s read)")
     return ranked, why + _runner_up(ranked, "{score:.2f}")
