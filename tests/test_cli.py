@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+from shared_data import real_file
 
 
 def stempress(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -65,9 +65,7 @@ def test_report_on_a_folder_without_results(tmp_path):
 
 
 def test_bench_reads_a_real_file_and_refuses_to_overwrite_results(tmp_path):
-    emd = REAL / "smoke_test.emd"
-    if not emd.exists():
-        pytest.skip(f"real test data not found at {REAL}")
+    emd = real_file("smoke_test.emd")
     out = tmp_path / "res"
     args = ("bench", str(emd), "--runs", "1", "--methods", "gzip_6", "--chunks", "balanced", "--out", str(out))
     assert stempress(*args).returncode == 0

@@ -10,17 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
+from shared_data import real_file
 from stempress.data import Hdf5Source, MibSource, NpySource, NxmxSource, open_source
 from stempress.errors import StempressError
-
-REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
-
-
-def real(name: str) -> Path:
-    path = REAL / name
-    if not path.is_file():
-        pytest.skip(f"real test file {path} not found (expected the shared data folder beside the repo)")
-    return path
 
 
 def message(excinfo: pytest.ExceptionInfo) -> str:
@@ -49,7 +41,7 @@ def test_missing_file(tmp_path, opener):
 @pytest.mark.parametrize("name", ["smoke_test.emd", "py4DSTEM_size2x3x4x5.h5"])
 def test_truncated_hdf5(tmp_path, name):
     path = tmp_path / name
-    shutil.copyfile(real(name), path)
+    shutil.copyfile(real_file(name), path)
     os.truncate(path, path.stat().st_size // 2)
     with pytest.raises(StempressError) as excinfo:
         open_source(path)
@@ -102,7 +94,7 @@ def test_no_4d_dataset_lists_what_exists(tmp_path):
 
 def test_file_without_datasets():
     with pytest.raises(StempressError, match="holds no datasets"):
-        open_source(real("test_00.h5"))  # the ARINA scan sidecar: attributes only
+        open_source(real_file("test_00.h5"))  # the ARINA scan sidecar: attributes only
 
 
 def test_wrong_dataset_path(tmp_path):
@@ -137,13 +129,13 @@ def test_scan_shape_mismatch(tmp_path):
     with pytest.raises(StempressError, match="drop --scan-shape"):
         open_source(path, scan_shape=(3, 2))
     with pytest.raises(StempressError) as excinfo:
-        open_source(real("test_00_data_000001.h5"), scan_shape=(3, 5))
+        open_source(real_file("test_00_data_000001.h5"), scan_shape=(3, 5))
     assert "15 positions" in message(excinfo) and "16 frames" in message(excinfo)
 
 
 def test_dataset_option_on_non_hdf5():
     with pytest.raises(StempressError, match="HDF5 files only"):
-        open_source(real("001_4x2_6bit.mib"), dataset="/data")
+        open_source(real_file("001_4x2_6bit.mib"), dataset="/data")
 
 
 # --- decoding failures at read time -------------------------------------------------------------------
@@ -189,7 +181,7 @@ def test_unregistered_filter(tmp_path):
 
 
 def test_rows_out_of_range():
-    with open_source(real("smoke_test.emd")) as src, pytest.raises(ValueError):
+    with open_source(real_file("smoke_test.emd")) as src, pytest.raises(ValueError):
         src.read_rows(3, 5)
 
 
@@ -198,13 +190,13 @@ def test_rows_out_of_range():
 
 def test_nxmx_wrong_scan_shape():
     with pytest.raises(StempressError) as excinfo:
-        open_source(real("test_00_master.h5"), scan_shape=(3, 5))
+        open_source(real_file("test_00_master.h5"), scan_shape=(3, 5))
     text = message(excinfo)
     assert "15 positions" in text and "16 frames" in text
 
 
 def test_nxmx_missing_data_file(tmp_path):
-    shutil.copyfile(real("test_00_master.h5"), tmp_path / "test_00_master.h5")
+    shutil.copyfile(real_file("test_00_master.h5"), tmp_path / "test_00_master.h5")
     with pytest.raises(StempressError) as excinfo:
         open_source(tmp_path / "test_00_master.h5")
     text = message(excinfo)
@@ -228,8 +220,8 @@ def test_nxmx_not_square_needs_scan_shape(tmp_path):
 
 def test_truncated_mib(tmp_path):
     path = tmp_path / "cut.mib"
-    shutil.copyfile(real("001_4x2_6bit.mib"), path)
-    shutil.copyfile(real("001_4x2_6bit.hdr"), tmp_path / "cut.hdr")
+    shutil.copyfile(real_file("001_4x2_6bit.mib"), path)
+    shutil.copyfile(real_file("001_4x2_6bit.hdr"), tmp_path / "cut.hdr")
     os.truncate(path, path.stat().st_size - 1000)
     with pytest.raises(StempressError) as excinfo:
         open_source(path)
@@ -241,7 +233,7 @@ def test_truncated_mib(tmp_path):
 
 def test_mib_wrong_scan_shape():
     with pytest.raises(StempressError) as excinfo:
-        MibSource(real("001_4x2_6bit.mib"), scan_shape=(3, 3))
+        MibSource(real_file("001_4x2_6bit.mib"), scan_shape=(3, 3))
     text = message(excinfo)
     assert "9 positions" in text and "8 frames" in text
 
@@ -252,7 +244,7 @@ def test_mib_not_a_mib_and_raw(tmp_path):
     with pytest.raises(StempressError, match=r"not a Merlin \.mib file"):
         open_source(bad)
     raw = tmp_path / "raw.mib"
-    frame = real("001_4x2_6bit.mib").read_bytes()[: 384 + 256 * 256]
+    frame = real_file("001_4x2_6bit.mib").read_bytes()[: 384 + 256 * 256]
     raw.write_bytes(frame.replace(b",U08,", b",R64,", 1))
     with pytest.raises(StempressError) as excinfo:
         open_source(raw)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from rsciio.quantumdetector import file_reader as rsciio_mib_reader
 
+from shared_data import real_file
 from stempress.data import (
     ArraySource,
     Dataset4D,
@@ -24,15 +25,6 @@ from stempress.data import (
     iter_blocks,
     open_source,
 )
-
-REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
-
-
-def real(name: str) -> Path:
-    path = REAL / name
-    if not path.is_file():
-        pytest.skip(f"real test file {path} not found (expected the shared data folder beside the repo)")
-    return path
 
 
 def read_all(source: Dataset4D, rows: int) -> np.ndarray:
@@ -56,7 +48,7 @@ def check_blocks(source: Dataset4D, expected: np.ndarray) -> None:
 
 
 def test_study_emd_reads_in_blocks():
-    path = real("smoke_test.emd")
+    path = real_file("smoke_test.emd")
     with h5py.File(path, "r") as f:
         expected = f["version_1/data/datacubes/datacube_000/data"][()]
     with open_source(path) as src:
@@ -72,7 +64,7 @@ def test_study_emd_reads_in_blocks():
 
 
 def test_emdfile_datacube_carries_calibration_and_dims():
-    path = real("py4DSTEM_size2x3x4x5.h5")
+    path = real_file("py4DSTEM_size2x3x4x5.h5")
     with h5py.File(path, "r") as f:
         expected = f["datacube_root/datacube/data"][()]
     with Hdf5Source(path) as src:
@@ -121,7 +113,7 @@ def test_big_endian_dataset_is_read_native(tmp_path):
 
 
 def test_hdf5_frame_stack_with_scan_shape():
-    path = real("test_00_data_000001.h5")
+    path = real_file("test_00_data_000001.h5")
     with h5py.File(path, "r") as f:
         frames = f["entry/data/data"][()]
     with open_source(path, scan_shape=(2, 8)) as src:
@@ -133,8 +125,8 @@ def test_hdf5_frame_stack_with_scan_shape():
 
 
 def test_nxmx_master_reads_like_its_data_file():
-    master = real("test_00_master.h5")
-    with h5py.File(real("test_00_data_000001.h5"), "r") as f:
+    master = real_file("test_00_master.h5")
+    with h5py.File(real_file("test_00_data_000001.h5"), "r") as f:
         frames = f["entry/data/data"][()]
     with open_source(master) as src:
         assert isinstance(src, NxmxSource)
@@ -159,11 +151,11 @@ def test_nxmx_master_reads_like_its_data_file():
 
 
 def test_nxmx_user_scan_shape_and_square_inference(tmp_path):
-    with NxmxSource(real("test_00_master.h5"), scan_shape=(2, 8)) as src:
+    with NxmxSource(real_file("test_00_master.h5"), scan_shape=(2, 8)) as src:
         assert src.shape == (2, 8, 192, 192)
         assert src.metadata["scan_shape_source"] == "user"
     for name in ("test_00_master.h5", "test_00_data_000001.h5"):  # no scan sidecar beside them
-        shutil.copyfile(real(name), tmp_path / name)
+        shutil.copyfile(real_file(name), tmp_path / name)
     with NxmxSource(tmp_path / "test_00_master.h5") as src:
         assert src.shape == (4, 4, 192, 192)
         assert src.metadata["scan_shape_inferred"] is True
@@ -211,7 +203,7 @@ def test_nxmx_rows_span_two_data_files(tmp_path):
 @pytest.mark.parametrize(("name", "det"), [("001_4x2_6bit.mib", (256, 256)),
                                            ("002_4x2_6bit_roi128.mib", (128, 256))])
 def test_mib_matches_rosettasciio(name, det):
-    path = real(name)
+    path = real_file(name)
     # RosettaSciIO's tests read these as navigation (x, y) = (4, 2): 2 scan rows of 4
     reference = rsciio_mib_reader(str(path), navigation_shape=(4, 2))[0]["data"]
     assert reference.shape == (2, 4, *det)
@@ -232,7 +224,7 @@ def test_mib_matches_rosettasciio(name, det):
 
 
 def test_mib_user_scan_shape():
-    path = real("001_4x2_6bit.mib")
+    path = real_file("001_4x2_6bit.mib")
     with MibSource(path, (1, 8)) as src:
         assert src.shape == (1, 8, 256, 256)
         assert src.metadata["scan_shape_inferred"] is False
@@ -243,7 +235,7 @@ def test_mib_user_scan_shape():
 
 def test_mib_without_hdr_or_timestamps_falls_back(tmp_path):
     path = tmp_path / "copy.mib"
-    shutil.copyfile(real("001_4x2_6bit.mib"), path)  # no .hdr beside it: timestamps still give 2x4
+    shutil.copyfile(real_file("001_4x2_6bit.mib"), path)  # no .hdr beside it: timestamps still give 2x4
     with MibSource(path) as src:
         assert src.shape[:2] == (2, 4)
         assert "hdr" not in src.metadata
@@ -283,11 +275,11 @@ def test_ndarray_and_sniffed_suffix(tmp_path):
     cube = np.ones((2, 2, 3, 3), np.float32)
     assert isinstance(open_source(cube), ArraySource)
     odd = tmp_path / "cube.dat"
-    shutil.copyfile(real("smoke_test.emd"), odd)
+    shutil.copyfile(real_file("smoke_test.emd"), odd)
     with open_source(odd) as src:
         assert isinstance(src, Hdf5Source) and src.shape == (4, 4, 16, 16)
     odd_mib = tmp_path / "frames.raw"
-    shutil.copyfile(real("001_4x2_6bit.mib"), odd_mib)
+    shutil.copyfile(real_file("001_4x2_6bit.mib"), odd_mib)
     with open_source(odd_mib, scan_shape=(4, 2)) as src:
         assert isinstance(src, MibSource) and src.shape == (4, 2, 256, 256)
 
@@ -303,7 +295,7 @@ def test_synthetic_hook_dispatches_lazily(monkeypatch):
 
 @pytest.mark.parametrize("name", ["smoke_test.emd", "test_00_master.h5", "001_4x2_6bit.mib"])
 def test_sources_pickle_by_reopening(name):
-    with open_source(real(name)) as src:
+    with open_source(real_file(name)) as src:
         clone = pickle.loads(pickle.dumps(src))
         try:
             assert type(clone) is type(src) and clone.shape == src.shape
