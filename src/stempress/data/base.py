@@ -65,6 +65,17 @@ def check_shape_dtype(shape: tuple[int, ...], dtype: np.dtype, where: str) -> tu
     return tuple(int(n) for n in shape)  # type: ignore[return-value]
 
 
+def checked_scan_shape(scan_shape: tuple[int, int], n_frames: int, where: str) -> tuple[int, int]:
+    """A user's scan shape for a stack of frames: its product must be the frame count."""
+    sy, sx = (int(v) for v in scan_shape)
+    if sy * sx != n_frames:
+        raise StempressError(
+            f"{where}: scan shape {sy}x{sx} = {sy * sx} positions but there are {n_frames} frames; "
+            f"give a --scan-shape whose product is {n_frames}"
+        )
+    return sy, sx
+
+
 def row_nbytes(source: Dataset4D) -> int:
     """Bytes in one scan row of frames."""
     _, scan_x, det_y, det_x = source.shape

@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.data.base import SourceBase, check_shape_dtype
+from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape
 from stempress.errors import StempressError
 
 try:  # Registers Blosc, LZ4, Bitshuffle, Zstd, ... with HDF5; without it those chunks cannot be decoded.
@@ -251,12 +251,7 @@ class Hdf5Source(SourceBase):
         self._stack = dset.ndim == 3 and scan_shape is not None
         if self._stack:
             n_frames = dset.shape[0]
-            sy, sx = (int(v) for v in scan_shape)  # type: ignore[union-attr]
-            if sy * sx != n_frames:
-                raise StempressError(
-                    f"{self._where}: scan shape {sy}x{sx} = {sy * sx} positions but the stack has "
-                    f"{n_frames} frames; give a --scan-shape whose product is {n_frames}"
-                )
+            sy, sx = checked_scan_shape(scan_shape, n_frames, str(self._where))  # type: ignore[arg-type]
             shape: tuple[int, ...] = (sy, sx, *dset.shape[1:])
         else:
             shape = dset.shape

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from rsciio.quantumdetector import load_mib_data, parse_exposures, parse_timestamps
 
-from stempress.data.base import SourceBase, check_shape_dtype
+from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape
 from stempress.errors import StempressError
 
 _MAX_HEADERS = 10_000  # frame headers scanned for timestamps (enough for one line of any real scan)
@@ -201,12 +201,7 @@ class MibSource(SourceBase):
     def _resolve_scan(self, scan_shape: tuple[int, int] | None, n_frames: int,
                       hdr: dict[str, str] | None, headers: np.ndarray) -> tuple[tuple[int, int], str]:
         if scan_shape is not None:
-            sy, sx = (int(v) for v in scan_shape)
-            if sy * sx != n_frames:
-                raise StempressError(
-                    f"{self.path}: scan shape {sy}x{sx} = {sy * sx} positions but the file holds "
-                    f"{n_frames} frames; give a --scan-shape whose product is {n_frames}"
-                )
+            sy, sx = checked_scan_shape(scan_shape, n_frames, str(self.path))  # type: ignore[arg-type]
             return (sy, sx), "user"
         try:
             per_trigger = int(hdr["Frames per Trigger (Number)"]) if hdr else 0

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from stempress.data.base import SourceBase, check_shape_dtype
+from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape
 from stempress.errors import StempressError
 
 
@@ -33,12 +33,7 @@ class NpySource(SourceBase):
             )
         frame_stack = array.ndim == 3 and scan_shape is not None
         if frame_stack:
-            sy, sx = (int(v) for v in scan_shape)  # type: ignore[union-attr]
-            if sy * sx != array.shape[0]:
-                raise StempressError(
-                    f"{self.path}: scan shape {sy}x{sx} = {sy * sx} positions but the stack has "
-                    f"{array.shape[0]} frames; give a --scan-shape whose product is {array.shape[0]}"
-                )
+            sy, sx = checked_scan_shape(scan_shape, array.shape[0], str(self.path))  # type: ignore[arg-type]
         shape = (sy, sx, *array.shape[1:]) if frame_stack else array.shape
         dtype = array.dtype.newbyteorder("=") if array.dtype.kind in "iuf" else array.dtype
         self.shape = check_shape_dtype(shape, dtype, str(self.path))

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.data.base import SourceBase, check_shape_dtype
+from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape
 from stempress.data.hdf5 import (
     as_python,
     attr_str,
@@ -168,12 +168,7 @@ class NxmxSource(SourceBase):
         found = _sidecar_scan(self.path)
         sidecar = found[0] if found else None
         if scan_shape is not None:
-            sy, sx = (int(v) for v in scan_shape)
-            if sy * sx != n_frames:
-                raise StempressError(
-                    f"{self.path}: scan shape {sy}x{sx} = {sy * sx} positions but the data files hold "
-                    f"{n_frames} frames; give a --scan-shape whose product is {n_frames}"
-                )
+            sy, sx = checked_scan_shape(scan_shape, n_frames, str(self.path))  # type: ignore[arg-type]
             return (sy, sx), "user", sidecar
         if found:
             try:
