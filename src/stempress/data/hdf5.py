@@ -25,6 +25,9 @@ except ImportError:  # pragma: no cover - a hard dependency; without it reads fa
     hdf5plugin = None
     _PLUGIN_FILTERS = {}
 
+#: Root group where stempress keeps what is not data (per-chunk checksums); never mistaken for a cube.
+BOOKKEEPING_GROUP = "stempress"
+
 #: Where the study's own writer put the cube.
 STUDY_EMD_PATH = "/version_1/data/datacubes/datacube_000/data"
 
@@ -122,9 +125,10 @@ def native_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def list_datasets(f: h5py.File) -> list[h5py.Dataset]:
-    """Every dataset stored in the file (links are not followed)."""
+    """Every data dataset in the file (links are not followed; stempress's own bookkeeping is not data)."""
     found: list[h5py.Dataset] = []
-    f.visititems(lambda _name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    f.visititems(lambda name, obj: found.append(obj)
+                 if isinstance(obj, h5py.Dataset) and not name.startswith(f"{BOOKKEEPING_GROUP}/") else None)
     return found
 
 

@@ -1,0 +1,208 @@
+"""A checksum per stored HDF5 chunk, of the compressed bytes and of the uncompressed chunk, kept in the file.
+
+Two checksums because they answer different questions: the stored one proves the bytes on disk are the ones
+written (checkable without decoding, e.g. after a copy), the raw one proves a decoder gave back the data that
+went in. They live in a separate root group ``stempress/checksums/<dataset path>`` so readers that walk the
+EMD / py4DSTEM tree (which look for their own groups and attributes) never meet them.
+
+CRC32C (hardware accelerated, releases the GIL on large buffers) when ``google-crc32c`` is installed, else
+``zlib.crc32``; the algorithm is recorded with the values so a file is always checked with the one it used.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+from stempress.data.hdf5 import BOOKKEEPING_GROUP
+from stempress.errors import StempressError
+
+#: Root group holding the checksums of every dataset that has them.
+CHECKSUM_GROUP = f"{BOOKKEEPING_GROUP}/checksums"
+
+_Buffer = bytes | bytearray | memoryview | np.ndarray
+
+
+def _crc32(data: _Buffer) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _crc32c_function() -> Callable[[_Buffer], int] | None:
+    """The fastest CRC32C here, or None. google-crc32c wants read-only bytes, so buffers are copied first."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    if getattr(google_crc32c, "implementation", "c") != "c":  # the pure-Python fallback is ~1000x slower
+        return None
+
+    def crc32c(data: _Buffer) -> int:
+        if not isinstance(data, bytes):
+            data = data.tobytes() if isinstance(data, np.ndarray | memoryview) else bytes(data)
+        return int(google_crc32c.value(data))
+
+    return crc32c
+
+
+_CRC32C = _crc32c_function()
+
+#: Algorithm used for new checksums: "crc32c" when available, else "crc32".
+ALGORITHM = "crc32c" if _CRC32C is not None else "crc32"
+_FUNCTIONS: dict[str, Callable[[_Buffer], int]] = {"crc32": _crc32} | ({"crc32c": _CRC32C} if _CRC32C else {})
+
+
+def checksum_function(algorithm: str) -> Callable[[_Buffer], int]:
+    """The function computing ``algorithm``; a file recorded with CRC32C needs google-crc32c to be checked."""
+    try:
+        return _FUNCTIONS[algorithm]
+    except KeyError:
+        fix = "pip install google-crc32c" if algorithm == "crc32c" else "the file was written by another tool"
+        raise StempressError(f"checksum algorithm {algorithm!r} is not available here; {fix}") from None
+
+
+def _as_bytes_view(raw: _Buffer) -> _Buffer:
+    """Raw chunk bytes in C order, whatever the dtype (a numpy array is hashed as its memory)."""
+    if isinstance(raw, np.ndarray):
+        return np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
+    return raw
+
+
+def checksum_group_path(dataset_path: str) -> str:
+    """Where the checksums of ``dataset_path`` live: the dataset's path mirrored under the checksum group."""
+    return f"/{CHECKSUM_GROUP}/{dataset_path.strip('/')}"
+
+
+@dataclass
+class ChunkChecksums:
+    """CRCs of one chunked dataset's chunks, indexed by chunk grid position, filled while writing.
+
+    ``add`` is called from worker threads (each writes its own grid cells, so no lock is needed) so the CRCs
+    cost no time on the thread that talks to HDF5.
+    """
+
+    dataset_path: str
+    chunk_shape: tuple[int, ...]
+    grid_shape: tuple[int, ...]
+    algorithm: str = ALGORITHM
+    stored: np.ndarray = field(init=False, repr=False)
+    raw: np.ndarray = field(init=False, repr=False)
+    recorded: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.chunk_shape = tuple(int(n) for n in self.chunk_shape)
+        self.grid_shape = tuple(int(n) for n in self.grid_shape)
+        self._crc = checksum_function(self.algorithm)
+        self.stored = np.zeros(self.grid_shape, dtype=np.uint32)
+        self.raw = np.zeros(self.grid_shape, dtype=np.uint32)
+        self.recorded = np.zeros(self.grid_shape, dtype=bool)
+
+    @classmethod
+    def for_dataset(cls, dataset: h5py.Dataset, algorithm: str = ALGORITHM) -> ChunkChecksums:
+        """Empty checksums sized for ``dataset``'s chunk grid."""
+        if dataset.chunks is None:
+            raise StempressError(f"dataset {dataset.name} is contiguous; chunk checksums need a chunked dataset")
+        grid = tuple(-(-n // c) for n, c in zip(dataset.shape, dataset.chunks, strict=True))
+        return cls(dataset.name, dataset.chunks, grid, algorithm)
+
+    def crc(self, data: _Buffer) -> int:
+        """This record's checksum of ``data``."""
+        return self._crc(_as_bytes_view(data))
+
+    def add(self, chunk_index: tuple[int, ...], stored: _Buffer, raw: _Buffer) -> None:
+        """Record the CRCs of one chunk's stored (compressed) bytes and its full, padded raw bytes."""
+        index = tuple(chunk_index)
+        self.stored[index] = self.crc(stored)
+        self.raw[index] = self.crc(raw)
+        self.recorded[index] = True
+
+    def add_values(self, chunk_index: tuple[int, ...], stored_crc: int, raw_crc: int) -> None:
+        """Record CRCs computed elsewhere (e.g. in the worker that compressed the chunk)."""
+        index = tuple(chunk_index)
+        self.stored[index] = stored_crc
+        self.raw[index] = raw_crc
+        self.recorded[index] = True
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.recorded.all())
+
+    def save(self, file_or_group: h5py.Group) -> h5py.Group:
+        """Write into the file that holds the dataset; refuses a partial record so a gap never reads as valid."""
+        if not self.complete:
+            missing = int(self.recorded.size - self.recorded.sum())
+            raise StempressError(
+                f"checksums of {self.dataset_path} miss {missing} of {self.recorded.size} chunks; "
+                "write every chunk before saving them"
+            )
+        root = file_or_group.file
+        path = checksum_group_path(self.dataset_path)
+        if path in root:
+            del root[path]
+        group = root.require_group(path)
+        group.create_dataset("stored_crc", data=self.stored)
+        group.create_dataset("raw_crc", data=self.raw)
+        group.attrs.update(self._attrs())
+        return group
+
+    def _attrs(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "dataset_path": self.dataset_path,
+            "chunk_shape": np.asarray(self.chunk_shape, dtype=np.int64),
+            "description": "CRC per HDF5 chunk: stored_crc of the compressed bytes as stored, raw_crc of the "
+                           "uncompressed chunk (edge chunks padded with the fill value), indexed by chunk grid",
+        }
+
+    @classmethod
+    def load(cls, file: h5py.File, dataset_path: str) -> ChunkChecksums | None:
+        """The checksums saved for ``dataset_path``, or None when the file has none for it."""
+        path = checksum_group_path(dataset_path)
+        if path not in file:
+            return None
+        group = file[path]
+        try:
+            stored, raw = group["stored_crc"][()], group["raw_crc"][()]
+            record = cls(str(group.attrs["dataset_path"]), tuple(group.attrs["chunk_shape"]), stored.shape,
+                         str(group.attrs["algorithm"]))
+        except KeyError as exc:
+            raise StempressError(f"checksum group {path} is incomplete ({exc}); rewrite the file") from None
+        record.stored[...] = stored
+        record.raw[...] = raw
+        record.recorded[...] = True
+        return record
+
+    def check_chunk(self, chunk_index: tuple[int, ...], *, stored: _Buffer | None = None,
+                    raw: _Buffer | None = None) -> str | None:
+        """None when the given bytes match the record; otherwise which checksum failed, for an error message."""
+        index = tuple(chunk_index)
+        if not self.recorded[index]:
+            return f"no checksum recorded for chunk {index}"
+        if stored is not None and self.crc(stored) != int(self.stored[index]):
+            return f"stored bytes of chunk {index} fail their {self.algorithm} (corrupted on disk)"
+        if raw is not None and self.crc(raw) != int(self.raw[index]):
+            return f"decoded data of chunk {index} fail their {self.algorithm} (decoder or data corrupted)"
+        return None
+
+
+def verify_stored(file: h5py.File, dataset_path: str) -> list[tuple[int, ...]]:
+    """Chunk indices whose stored bytes no longer match their checksums (no decoding); [] when all match."""
+    record = ChunkChecksums.load(file, dataset_path)
+    if record is None:
+        raise StempressError(f"{file.filename} has no chunk checksums for {dataset_path}; write it with checksums")
+    dataset = file[dataset_path]
+    bad = []
+    for index in np.ndindex(*record.grid_shape):
+        offset = tuple(i * c for i, c in zip(index, record.chunk_shape, strict=True))
+        try:
+            _, data = dataset.id.read_direct_chunk(offset)
+        except Exception:  # an unreadable chunk is as bad as a wrong one
+            bad.append(index)
+            continue
+        if record.check_chunk(index, stored=data) is not None:
+            bad.append(index)
+    return bad

@@ -1,0 +1,378 @@
+"""Parallel direct-chunk writing and reading: standard files, deterministic, bounded, corruption found."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+
+from stempress.codecs.catalog import CATALOG
+from stempress.codecs.checksums import ALGORITHM, ChunkChecksums, checksum_group_path, verify_stored
+from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
+from stempress.codecs.parallel import (
+    read_chunks_parallel,
+    read_parallel_cube_blocks,
+    write_chunks_parallel,
+    write_parallel_cube,
+)
+from stempress.data.base import ArraySource, Block, iter_blocks
+from stempress.errors import StempressError
+
+DIRECT = [c.name for c in CATALOG.values() if c.storage == "hdf5" and c.available and direct_chunk_reason(c) is None]
+DTYPES = ["uint8", "uint16", "uint32", "float32"]
+SHAPE = (7, 6, 20, 24)
+CHUNKS = (2, 4, 8, 16)  # edge chunks on every axis
+DSET = "/version_1/data/datacubes/datacube_000/data"
+
+
+def make_cube(dtype: str, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "float32":
+        cube = (rng.poisson(0.4, size=shape) / 4).astype(np.float32)
+        cube.flat[:3] = [np.nan, 1035.5, 1e-7]
+        return cube
+    cube = rng.poisson(0.3, size=shape).astype(dtype)
+    cube.flat[-1] = np.iinfo(dtype).max
+    return cube
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return a.view(f"u{a.dtype.itemsize}")
+
+
+def blocks_of(cube: np.ndarray, rows: int = 4):
+    return iter_blocks(ArraySource(cube), rows)
+
+
+def read_all(blocks) -> np.ndarray:
+    parts, expected = [], 0
+    for block in blocks:
+        assert block.start == expected, "blocks out of order"
+        parts.append(block.data)
+        expected = block.stop
+    return np.concatenate(parts)
+
+
+def stored_chunks(path: Path) -> dict[tuple[int, ...], tuple[int, bytes]]:
+    with h5py.File(path, "r") as f:
+        dset = f[DSET]
+        return {info.chunk_offset: dset.id.read_direct_chunk(info.chunk_offset)
+                for info in (dset.id.get_chunk_info(i) for i in range(dset.id.get_num_chunks()))}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", DIRECT)
+def test_parallel_cube_roundtrips_through_h5py_and_our_reader(name: str, dtype: str, tmp_path: Path) -> None:
+    codec = CATALOG[name]
+    cube = make_cube(dtype)
+    path = tmp_path / "cube.h5"
+    outcome = write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, codec, workers=2)
+    assert outcome.direct and outcome.reason is None
+    with h5py.File(path, "r") as f:  # a plain reader: the declared filter decodes our chunks
+        np.testing.assert_array_equal(bits(f[DSET][...]), bits(cube))
+    for rows in (2, 3):  # aligned with the chunk rows, and not
+        back = read_all(read_parallel_cube_blocks(path, rows, codec, workers=2))
+        np.testing.assert_array_equal(bits(back), bits(cube))
+
+
+@pytest.mark.parametrize("name", ["gzip_6", "blosc_zstd_bitshuffle", "blosc2_zstd", "lz4_hdf5", "bitshuffle_lz4"])
+def test_worker_count_does_not_change_the_file(name: str, tmp_path: Path) -> None:
+    if name not in DIRECT:
+        pytest.skip(direct_chunk_reason(CATALOG[name]))
+    cube = make_cube("uint16")
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    write_parallel_cube(one, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, CATALOG[name], workers=1)
+    write_parallel_cube(two, blocks_of(cube, rows=2), SHAPE, cube.dtype, CHUNKS, CATALOG[name], workers=2)
+    assert stored_chunks(one) == stored_chunks(two)
+    assert one.read_bytes() == two.read_bytes()  # same chunks in the same order at the same addresses
+
+
+def test_filter_written_file_reads_in_parallel(tmp_path: Path) -> None:
+    """Incompressible chunks: the optional Blosc filter gives up and HDF5 stores them raw with filter mask 1."""
+    codec = CATALOG["blosc_lz4"]
+    cube = make_cube("uint16")
+    cube[2:4] = np.random.default_rng(3).integers(0, 2**16, size=cube[2:4].shape, dtype=np.uint16)
+    path = tmp_path / "filter.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(DSET, data=cube, chunks=CHUNKS, **codec.h5_kwargs())
+    masks = {mask for mask, _ in stored_chunks(path).values()}
+    assert masks == {0, 1}
+    back = read_all(read_parallel_cube_blocks(path, 4, codec, workers=2))
+    np.testing.assert_array_equal(back, cube)
+
+
+def test_partly_filtered_chunk_is_refused_naming_its_scan_position(tmp_path: Path) -> None:
+    """Shuffle then the optional Blosc filter: on incompressible rows Blosc is skipped but the shuffle is not
+    (mask 0b10), which no chunk codec decodes. (write_direct_chunk cannot make such chunks: h5py 3.16 with
+    HDF5 2.0 stores mask 0 whatever filter_mask it is given.)"""
+    cube = make_cube("uint16")
+    cube[4:6, :4] = np.random.default_rng(3).integers(0, 2**16, size=cube[4:6, :4].shape, dtype=np.uint16)
+    with h5py.File(tmp_path / "mask.h5", "w") as f:
+        dset = f.create_dataset("d", data=cube, chunks=CHUNKS, shuffle=True, **hdf5plugin.Blosc("lz4", 5, 0))
+        assert dset.id.read_direct_chunk((4, 0, 0, 0))[0] == 0b10
+        codec = chunk_codec_for(CATALOG["blosc_lz4"], cube.dtype)
+        with pytest.raises(StempressError, match=r"scan rows 4-5, columns 0-3 \(chunk \(2, 0, 0, 0\)\)") as err:
+            read_all(read_chunks_parallel(dset, codec, workers=2, rows=2))
+    assert "filter mask 0x2" in str(err.value)
+
+
+def flip_byte_in_chunk(path: Path, chunk_offset: tuple[int, ...]) -> None:
+    with h5py.File(path, "r") as f:
+        info = f[DSET].id.get_chunk_info_by_coord(chunk_offset)
+    with open(path, "r+b") as raw:
+        raw.seek(info.byte_offset + info.size // 2)
+        byte = raw.read(1)
+        raw.seek(-1, 1)
+        raw.write(bytes([byte[0] ^ 0x5A]))
+
+
+@pytest.mark.parametrize("name", ["gzip_6", "zstd_3", "blosc_lz4"])
+def test_corrupted_chunk_is_found_by_checksums_and_by_the_reader(name: str, tmp_path: Path) -> None:
+    codec = CATALOG[name]
+    cube = make_cube("uint16")
+    path = tmp_path / "c.h5"
+    outcome = write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, codec, workers=2,
+                                  checksums=True)
+    assert outcome.checksums
+    with h5py.File(path, "r") as f:
+        assert verify_stored(f, DSET) == []
+    flip_byte_in_chunk(path, (2, 4, 8, 0))
+    with h5py.File(path, "r") as f:
+        assert verify_stored(f, DSET) == [(1, 1, 1, 0)]
+    with pytest.raises(StempressError, match=r"scan rows 2-3, columns 4-5 \(chunk \(1, 1, 1, 0\)\)"):
+        read_all(read_parallel_cube_blocks(path, 4, codec, workers=2, verify_checksums=True))
+
+
+def test_corrupted_deflate_chunk_fails_to_decode_without_checksums(tmp_path: Path) -> None:
+    codec = CATALOG["gzip_6"]  # zlib's own adler32 catches the flip
+    cube = make_cube("uint16")
+    path = tmp_path / "c.h5"
+    write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, codec, workers=2)
+    flip_byte_in_chunk(path, (6, 0, 16, 16))
+    with pytest.raises(StempressError, match=r"scan rows 6-6, columns 0-3"):
+        read_all(read_parallel_cube_blocks(path, 4, codec, workers=2))
+
+
+def test_checksums_record_stored_and_raw_bytes(tmp_path: Path) -> None:
+    codec = CATALOG["zstd_3"]
+    cube = make_cube("uint16")
+    path = tmp_path / "c.h5"
+    write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, codec, workers=2, checksums=True)
+    with h5py.File(path, "r") as f:
+        group = f[checksum_group_path(DSET)]
+        assert group.attrs["algorithm"] == ALGORITHM
+        assert tuple(group.attrs["chunk_shape"]) == CHUNKS
+        assert group["stored_crc"].shape == group["raw_crc"].shape == (4, 2, 3, 2)
+        assert group["stored_crc"].dtype == np.uint32
+        record = ChunkChecksums.load(f, DSET)
+        dset = f[DSET]
+        _, stored = dset.id.read_direct_chunk((6, 4, 16, 16))  # the corner edge chunk
+        raw = chunk_codec_for(codec, cube.dtype).decode(stored, CHUNKS, cube.dtype)
+        assert record.check_chunk((3, 1, 2, 1), stored=stored, raw=raw) is None
+        assert "stored bytes" in record.check_chunk((3, 1, 2, 1), stored=stored[:-1] + b"\0")
+        assert "decoded data" in record.check_chunk((3, 1, 2, 1), raw=np.zeros_like(raw))
+        assert ChunkChecksums.load(f, "/no/such/dataset") is None
+        assert list(f) == ["stempress", "version_1"]  # the cube's own tree is untouched
+
+
+def test_checksums_refuse_to_save_a_partial_record(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        dset = f.create_dataset("d", shape=(4, 4), dtype="u1", chunks=(2, 2))
+        record = ChunkChecksums.for_dataset(dset)
+        record.add((0, 0), b"abc", np.zeros((2, 2), np.uint8))
+        with pytest.raises(StempressError, match="miss 3 of 4"):
+            record.save(f)
+
+
+def test_unwritten_chunks_read_as_the_fill_value(tmp_path: Path) -> None:
+    codec = chunk_codec_for(CATALOG["gzip_1"], np.dtype("uint16"))
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        dset = f.create_dataset("d", shape=(4, 4, 8, 8), dtype="u2", chunks=(2, 2, 8, 8), fillvalue=7,
+                                **CATALOG["gzip_1"].h5_kwargs())
+        cube = np.arange(2 * 4 * 8 * 8, dtype=np.uint16).reshape(2, 4, 8, 8)
+        write_chunks_parallel(dset, [Block(0, cube)], codec, workers=2)
+        back = read_all(read_chunks_parallel(dset, codec, workers=2, rows=3))
+    np.testing.assert_array_equal(back[:2], cube)
+    assert (back[2:] == 7).all()
+
+
+def test_edge_chunks_are_padded_with_the_fill_value(tmp_path: Path) -> None:
+    codec = chunk_codec_for(CATALOG["gzip_1"], np.dtype("uint16"))
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        dset = f.create_dataset("d", shape=(3, 1, 5, 5), dtype="u2", chunks=(2, 1, 4, 4), fillvalue=9,
+                                **CATALOG["gzip_1"].h5_kwargs())
+        write_chunks_parallel(dset, [Block(0, np.ones((3, 1, 5, 5), np.uint16))], codec, workers=2)
+        chunk = codec.decode(dset.id.read_direct_chunk((2, 0, 4, 4))[1], (2, 1, 4, 4), np.dtype("u2"))
+    assert chunk[0, 0, 0, 0] == 1 and (chunk[1] == 9).all() and (chunk[0, 0, 1:] == 9).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_blocks_must_be_whole_chunk_rows(rows: int, tmp_path: Path) -> None:
+    codec = CATALOG["gzip_1"]
+    cube = make_cube("uint16")
+    with pytest.raises(StempressError, match="whole chunk rows"):
+        write_parallel_cube(tmp_path / "b.h5", blocks_of(cube, rows), SHAPE, cube.dtype, CHUNKS, codec, workers=2)
+
+
+def test_lossy_dtype_is_refused(tmp_path: Path) -> None:
+    codec = chunk_codec_for(CATALOG["gzip_1"], np.dtype("uint8"))
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        dset = f.create_dataset("d", shape=(2, 2, 4, 4), dtype="u1", chunks=(2, 2, 4, 4))
+        with pytest.raises(StempressError, match="losslessly"):
+            write_chunks_parallel(dset, [Block(0, np.ones((2, 2, 4, 4), np.uint16))], codec, workers=1)
+
+
+@pytest.mark.parametrize("name", ["lzf", "szip"])
+def test_fallback_codecs_use_the_filter_path_and_say_why(name: str, tmp_path: Path) -> None:
+    codec = CATALOG[name]
+    if not codec.available:
+        pytest.skip(codec.unavailable_reason())
+    cube = make_cube("uint16")
+    path = tmp_path / "f.h5"
+    seen: list[int] = []
+    outcome = write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, codec, workers=2,
+                                  progress=seen.append)
+    assert not outcome.direct and outcome.reason and name in outcome.reason
+    assert sum(seen) == cube.nbytes
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[DSET][...], cube)
+    np.testing.assert_array_equal(read_all(read_parallel_cube_blocks(path, 3, codec, workers=2)), cube)
+
+
+def test_reading_with_the_wrong_codec_is_refused(tmp_path: Path) -> None:
+    cube = make_cube("uint16")
+    path = tmp_path / "w.h5"
+    write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, CATALOG["gzip_6"], workers=2)
+    with pytest.raises(StempressError, match="uses filters"):
+        read_all(read_parallel_cube_blocks(path, 2, CATALOG["zstd_3"], workers=2))
+
+
+def test_progress_sums_to_the_cube(tmp_path: Path) -> None:
+    cube = make_cube("uint8")
+    seen: list[int] = []
+    write_parallel_cube(tmp_path / "p.h5", blocks_of(cube), SHAPE, cube.dtype, CHUNKS, CATALOG["zstd_1"],
+                        workers=2, progress=seen.append)
+    assert sum(seen) == cube.nbytes and len(seen) == 4 * 2 * 3 * 2
+
+
+class GatedCodec:
+    """A real codec that counts calls; the first call waits until `bound` calls have started, so an
+    implementation that lets more chunks into flight would show it (the counts, not timing, are asserted)."""
+
+    def __init__(self, inner, bound: int) -> None:
+        self.inner, self.name, self.bound = inner, inner.name, bound
+        self.lock = threading.Lock()
+        self.started = self.finished = 0
+        self.enough = threading.Event()
+
+    def _enter(self) -> bool:
+        with self.lock:
+            self.started += 1
+            first = self.started == 1
+            if self.started >= self.bound:
+                self.enough.set()
+        if first:
+            self.enough.wait(timeout=10)
+        return first
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.finished += 1
+
+    def encode(self, chunk):
+        self._enter()
+        try:
+            return self.inner.encode(chunk)
+        finally:
+            self._leave()
+
+    def decode(self, data, shape, dtype):
+        self._enter()
+        try:
+            return self.inner.decode(data, shape, dtype)
+        finally:
+            self._leave()
+
+
+def test_write_keeps_at_most_the_bound_of_chunks_in_flight(tmp_path: Path) -> None:
+    bound = 4
+    cube = make_cube("uint16", shape=(8, 8, 8, 8))
+    codec = GatedCodec(chunk_codec_for(CATALOG["gzip_1"], cube.dtype), bound)
+    written = 0
+    peak = 0
+
+    def progress(_: int) -> None:
+        nonlocal written, peak
+        written += 1
+
+    def spy(chunk):
+        nonlocal peak
+        peak = max(peak, codec.started - written)
+
+    original = codec._enter
+
+    def enter() -> bool:
+        first = original()
+        spy(None)
+        return first
+
+    codec._enter = enter
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        dset = f.create_dataset("d", shape=cube.shape, dtype=cube.dtype, chunks=(1, 2, 8, 8),
+                                **CATALOG["gzip_1"].h5_kwargs())
+        count = write_chunks_parallel(dset, blocks_of(cube, 8), codec, workers=2, max_in_flight=bound,
+                                      progress=progress)
+        back = dset[...]
+    assert count == 32 and written == 32
+    assert peak == bound  # reached the bound (the gate held the first chunk) and never passed it
+    np.testing.assert_array_equal(back, cube)
+
+
+class CountingDataset:
+    """A real h5py dataset whose read_direct_chunk calls are counted (everything else passes through)."""
+
+    def __init__(self, dataset: h5py.Dataset) -> None:
+        self._dataset, self.reads = dataset, 0
+        outer = self
+
+        class Id:
+            def __getattr__(self, name):
+                return getattr(dataset.id, name)
+
+            def read_direct_chunk(self, offset):
+                outer.reads += 1
+                return dataset.id.read_direct_chunk(offset)
+
+        self.id = Id()
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)
+
+
+def test_read_keeps_at_most_the_bound_of_chunks_in_flight(tmp_path: Path) -> None:
+    bound = 3
+    cube = make_cube("uint16", shape=(8, 8, 8, 8))
+    path = tmp_path / "r.h5"
+    write_parallel_cube(path, blocks_of(cube, 8), cube.shape, cube.dtype, (1, 2, 8, 8), CATALOG["gzip_1"],
+                        workers=2)
+    codec = GatedCodec(chunk_codec_for(CATALOG["gzip_1"], cube.dtype), bound)
+    peak = 0
+    with h5py.File(path, "r") as f:
+        dset = CountingDataset(f[DSET])
+        original = codec._enter
+
+        def enter() -> bool:
+            nonlocal peak
+            first = original()
+            peak = max(peak, dset.reads - codec.finished)
+            return first
+
+        codec._enter = enter
+        back = read_all(read_chunks_parallel(dset, codec, workers=2, rows=3, max_in_flight=bound))
+    assert dset.reads == 32
+    assert peak == bound
+    np.testing.assert_array_equal(back, cube)
