@@ -1,0 +1,190 @@
+"""Where a stored cube lives in its HDF5 file: EMD 1.0 as emdfile/py4DSTEM write it, or a bare dataset path.
+
+The ``emd`` layout copies what emdfile 0.0.x writes for a py4DSTEM ``DataCube`` (attribute names, string
+types, the ``_root_treepath``/``_target_paths`` calibration links, linear dims stored as their first two
+values), so ``py4DSTEM.read`` and RosettaSciIO's ``emd`` reader open our files with their calibration and no
+stempress installed. Only the ``data`` dataset is left to the caller, who creates it with chunks and filters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from stempress.data.hdf5 import STUDY_EMD_PATH
+from stempress.data.write import METADATA_ATTR, _jsonable, _write_metadata
+from stempress.errors import StempressError
+
+Layout = Literal["emd", "plain"]
+LAYOUTS: tuple[str, ...] = ("emd", "plain")
+
+#: Group names emdfile gives a DataCube called ``datacube`` saved on its own (the real example's names).
+EMD_ROOT = "datacube_root"
+EMD_CUBE = "datacube"
+EMD_DATA_PATH = f"/{EMD_ROOT}/{EMD_CUBE}/data"
+#: The study's path is the plain layout's default, so the study's own readers find the cube.
+PLAIN_DATA_PATH = STUDY_EMD_PATH
+
+AUTHORING_PROGRAM = "stempress"
+#: Attribute holding the codec's configuration (``Codec.config()``) as JSON, so a reader knows what wrote it.
+CODEC_ATTR = "stempress_codec"
+#: py4DSTEM's DataCube dim names, in array order (scan_y, scan_x, det_y, det_x).
+DIM_NAMES = ("Rx", "Ry", "Qx", "Qy")
+#: Source metadata keys the EMD layout stores natively (calibration group, dims, file attrs), not in the JSON.
+NATIVE_KEYS = ("calibration", "dims", "emd")
+#: Calibration fields py4DSTEM's writer always has; the defaults are what py4DSTEM uses for uncalibrated data.
+DEFAULT_CALIBRATION: dict[str, Any] = {
+    "Q_pixel_size": 1.0, "R_pixel_size": 1.0, "Q_pixel_units": "pixels", "R_pixel_units": "pixels",
+    "QR_flip": False,
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Pixel sizes and units for the scan (R) and detector (Q) axes, plus any other scalar calibration fields."""
+
+    R_pixel_size: float = 1.0
+    R_pixel_units: str = "pixels"
+    Q_pixel_size: float = 1.0
+    Q_pixel_units: str = "pixels"
+    QR_flip: bool = False
+    extra: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        """Every field in the order the example file lists them (emdfile sorts nothing; neither do we)."""
+        return {"Q_pixel_size": self.Q_pixel_size, "R_pixel_size": self.R_pixel_size,
+                "Q_pixel_units": self.Q_pixel_units, "R_pixel_units": self.R_pixel_units,
+                "QR_flip": self.QR_flip, **self.extra}
+
+
+def calibration_from(metadata: Mapping[str, Any]) -> Calibration:
+    """Calibration carried by a source: emdfile's ``metadata["calibration"]``, else top-level keys
+    (synthetic sources), else 1 pixel per pixel. A size that is not a positive finite number is not a
+    calibration, so it and its units fall back together."""
+    nested = metadata.get("calibration")
+    found: dict[str, Any] = dict(nested) if isinstance(nested, Mapping) else {}
+    for key in DEFAULT_CALIBRATION:
+        if key not in found and key in metadata:
+            found[key] = metadata[key]
+    values: dict[str, Any] = {}
+    for axis in ("R", "Q"):
+        size, units = found.get(f"{axis}_pixel_size"), found.get(f"{axis}_pixel_units")
+        if _is_size(size):
+            values[f"{axis}_pixel_size"] = float(size)  # type: ignore[arg-type]
+            values[f"{axis}_pixel_units"] = str(units) if units is not None else "pixels"
+    flip = found.get("QR_flip")
+    if isinstance(flip, bool | np.bool_):
+        values["QR_flip"] = bool(flip)
+    extra = {str(k): _scalar(v) for k, v in found.items()
+             if k not in DEFAULT_CALIBRATION and not str(k).startswith("_") and _scalar(v) is not None}
+    return Calibration(**values, extra=extra)  # type: ignore[arg-type]
+
+
+def _is_size(value: Any) -> bool:
+    return (isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+            and math.isfinite(float(value)) and float(value) > 0)
+
+
+def _scalar(value: Any) -> str | int | float | bool | None:
+    """A value emdfile can store as a scalar dataset, as plain Python; None for anything else."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value if isinstance(value, str | int | float | bool) else None
+
+
+def data_path(layout: str, dataset_path: str | None = None) -> str:
+    """Where the cube's ``data`` goes: fixed for ``emd`` (readers look there), ``dataset_path`` or the study's
+    path for ``plain``."""
+    if layout == "emd":
+        if dataset_path not in (None, EMD_DATA_PATH, EMD_DATA_PATH.lstrip("/")):
+            raise StempressError(f"dataset path {dataset_path!r} applies to the plain layout only; "
+                                 "drop it or use layout='plain'")
+        return EMD_DATA_PATH
+    if layout == "plain":
+        path = dataset_path or PLAIN_DATA_PATH
+        return path if path.startswith("/") else "/" + path
+    raise StempressError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+
+
+def prepare_layout(f: h5py.File, layout: str, metadata: Mapping[str, Any],
+                   dataset_path: str | None = None) -> tuple[h5py.Group, str]:
+    """Write everything except the cube and return (group to create ``data`` in, its name there)."""
+    path = data_path(layout, dataset_path)
+    if layout == "emd":
+        return write_emd_tree(f, calibration_from(metadata)), "data"
+    parent, _, name = path.rpartition("/")
+    return f.require_group(parent or "/"), name
+
+
+def write_emd_tree(f: h5py.File, calibration: Calibration) -> h5py.Group:
+    """Root attributes, root group, calibration and the DataCube group with its dims; returns the DataCube group."""
+    f.attrs["emd_group_type"] = "file"
+    f.attrs["version_major"] = np.int64(1)
+    f.attrs["version_minor"] = np.int64(0)
+    f.attrs["UUID"] = str(uuid.uuid4())
+    f.attrs["authoring_program"] = AUTHORING_PROGRAM
+    f.attrs["authoring_user"] = ""
+    root = f.create_group(EMD_ROOT)
+    root.attrs["emd_group_type"] = "root"
+    root.attrs["python_class"] = "Root"
+    cube = root.create_group(EMD_CUBE)
+    cube.attrs["emd_group_type"] = "array"
+    cube.attrs["python_class"] = "DataCube"
+    steps = (calibration.R_pixel_size,) * 2 + (calibration.Q_pixel_size,) * 2
+    units = (calibration.R_pixel_units,) * 2 + (calibration.Q_pixel_units,) * 2
+    for n, (name, step, unit) in enumerate(zip(DIM_NAMES, steps, units, strict=True)):
+        # emdfile keeps only [start, start + step] of a linear dim and expands it on reading; two values
+        # also keep a 1-long axis's step (RosettaSciIO takes the scale from the difference)
+        dim = cube.create_dataset(f"dim{n}", data=np.array([0.0, step], dtype=np.float64))
+        dim.attrs["name"] = name
+        dim.attrs["units"] = unit
+    _write_calibration(root, calibration)
+    return cube
+
+
+def _write_calibration(root: h5py.Group, calibration: Calibration) -> None:
+    """``metadatabundle/calibration`` typed as emdfile's Metadata writer types it (bytes strings, 'type' tags)."""
+    bundle = root.create_group("metadatabundle")
+    bundle.attrs["emd_group_type"] = "metadatabundle"
+    cal = bundle.create_group("calibration")
+    cal.attrs["emd_group_type"] = "metadata"
+    cal.attrs["python_class"] = "Calibration"
+    for key, value in calibration.fields().items():
+        _metadata_item(cal, key, value)
+    _metadata_item(cal, "_root_treepath", "")
+    targets = cal.create_group("_target_paths")
+    targets.attrs["type"] = b"list_of_strings"
+    targets.attrs["length"] = np.int64(1)
+    targets.create_dataset("0", data=f"/{EMD_CUBE}".encode())
+
+
+def _metadata_item(group: h5py.Group, key: str, value: str | int | float | bool) -> None:
+    if isinstance(value, str):
+        group.create_dataset(key, data=value.encode("utf-8")).attrs["type"] = b"string"
+    elif isinstance(value, bool):
+        group.create_dataset(key, data=value, dtype=bool).attrs["type"] = b"bool"
+    else:
+        group.create_dataset(key, data=value, dtype=type(value)).attrs["type"] = b"number"
+
+
+def write_source_metadata(dset: h5py.Dataset, layout: str, metadata: Mapping[str, Any],
+                          codec_config: Mapping[str, Any] | None = None) -> None:
+    """After the data (sources may add metadata while producing it): the source's metadata as JSON on the
+    dataset, and the codec configuration for provenance. The EMD layout leaves out what it stores natively."""
+    md = dict(metadata)
+    if layout == "emd":
+        for key in NATIVE_KEYS:
+            md.pop(key, None)
+        dset.attrs[METADATA_ATTR] = json.dumps(md, default=_jsonable, sort_keys=True)
+        dset.attrs["units"] = "pixel intensity"
+    else:
+        _write_metadata(dset, md)
+    if codec_config is not None:
+        dset.attrs[CODEC_ATTR] = json.dumps(dict(codec_config), default=_jsonable, sort_keys=True)

@@ -1,0 +1,274 @@
+"""Prove a stored cube is intact: every chunk's stored bytes, its decoded bytes, and optionally the source.
+
+Three checks, cheapest first, so a corrupt file is named by the most precise reason: the CRC of each chunk's
+stored (compressed) bytes, which needs no decoding; then decoding every chunk (in parallel where the codec
+allows) and the CRC of the decoded chunk; then, with ``against``, a bit-for-bit comparison with the source.
+Problems are named by scan position, which is what a user can look at; a file without stored checksums is
+still decoded (and compared), and the report says the checksums were missing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from stempress.codecs.catalog import Codec, get_codec
+from stempress.codecs.checksums import ChunkChecksums
+from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
+from stempress.codecs.parallel import _full_chunk, _pieces, chunk_grid, read_chunks_parallel
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D
+from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
+from stempress.errors import StempressError
+from stempress.store.compress import resolve_workers
+from stempress.store.emd import CODEC_ATTR
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first thing found wrong, located in the scan: rows and columns are half-open ranges."""
+
+    kind: str  # "stored" (bytes on disk), "decoded" (decoder or raw CRC), "differs" (vs the source), "shape"
+    reason: str
+    rows: tuple[int, int] | None = None
+    cols: tuple[int, int] | None = None
+    chunk: tuple[int, ...] | None = None
+
+    def where(self) -> str:
+        if self.rows is None or self.cols is None:
+            return "the whole cube"
+        (r0, r1), (c0, c1) = self.rows, self.cols
+        if r1 - r0 == 1 and c1 - c0 == 1:
+            return f"scan position ({r0}, {c0})"
+        chunk = f" (chunk {self.chunk})" if self.chunk is not None else ""
+        return f"scan rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1}{chunk}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What was checked and the first problem, if any."""
+
+    path: Path
+    dataset_path: str
+    codec: str
+    direct: bool
+    chunks_total: int
+    chunks_checked: int
+    checksums: bool
+    compared: bool
+    bad_chunks: int
+    problem: Problem | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def summary(self) -> str:
+        how = "parallel" if self.direct else "HDF5 filter path"
+        sums = "stored and decoded CRCs" if self.checksums else "no stored checksums (decoded only)"
+        against = ", compared bit-exact with the source" if self.compared else ""
+        head = f"{self.path}:{self.dataset_path} ({self.codec}, {how}): {self.chunks_checked}/{self.chunks_total} " \
+               f"chunks checked, {sums}{against}"
+        if self.ok:
+            return f"{head}: OK"
+        extra = f" ({self.bad_chunks} chunks with bad stored bytes)" if self.bad_chunks > 1 else ""
+        return f"{head}: FAILED at {self.problem.where()}: {self.problem.reason}{extra}"  # type: ignore[union-attr]
+
+
+def verify(path: Path | str, *, against: Dataset4D | None = None, workers: int | None = None,
+           dataset: str | None = None) -> VerifyReport:
+    """Check every chunk of the cube in ``path`` (auto-detected like any source, or ``dataset``)."""
+    path = Path(path)
+    started = time.perf_counter()
+    with Hdf5Source(path, dataset) as located:  # missing file, not HDF5, no 4-D cube: one-line errors
+        dataset_path = located.dataset_path
+    n_workers = resolve_workers(workers)
+    with open_hdf5(path) as f:
+        dset = f[dataset_path]
+        return _Verifier(path, dset, against, n_workers, started).run()
+
+
+class _Verifier:
+    """One verification: holds the dataset, its chunk geometry and what has been checked so far."""
+
+    def __init__(self, path: Path, dset: h5py.Dataset, against: Dataset4D | None, workers: int,
+                 started: float) -> None:
+        self.path, self.dset, self.against, self.workers, self.started = path, dset, against, workers, started
+        self.shape = tuple(dset.shape)
+        self.chunks = tuple(dset.chunks) if dset.chunks else self.shape
+        self.grid = chunk_grid(self.shape, self.chunks)
+        self.total = int(np.prod(self.grid, dtype=np.int64))
+        self.checked = 0
+        self.bad_chunks = 0
+        self.record = ChunkChecksums.load(dset.file, dset.name) if dset.chunks else None
+        self.codec, self.chunk_codec = _codec_of(dset)
+
+    def run(self) -> VerifyReport:
+        problem = self._check_geometry() or self._check_stored() or self._check_decoded()
+        return self._report(problem)
+
+    def _report(self, problem: Problem | None) -> VerifyReport:
+        name = self.codec.name if self.codec else "+".join(f["name"] for f in dataset_filters(self.dset)) or "none"
+        return VerifyReport(path=self.path, dataset_path=self.dset.name, codec=name,
+                            direct=self.chunk_codec is not None, chunks_total=self.total,
+                            chunks_checked=self.checked, checksums=self.record is not None,
+                            compared=self.against is not None, bad_chunks=self.bad_chunks, problem=problem,
+                            seconds=time.perf_counter() - self.started)
+
+    def _check_geometry(self) -> Problem | None:
+        if self.record is not None and (self.record.grid_shape != self.grid
+                                        or self.record.chunk_shape != self.chunks):
+            return Problem("stored", f"the stored checksums describe chunks {self.record.chunk_shape} in a grid "
+                                     f"{self.record.grid_shape}, the dataset has {self.chunks} in {self.grid}; "
+                                     "the file was altered after it was written")
+        src = self.against
+        if src is not None and (tuple(src.shape) != self.shape or np.dtype(src.dtype) != self.dset.dtype):
+            return Problem("shape", f"the source {src.name!r} is {tuple(src.shape)} {np.dtype(src.dtype)}, the "
+                                    f"file holds {self.shape} {self.dset.dtype}; compare with the source it came from")
+        return None
+
+    def _at_chunk(self, index: tuple[int, ...], kind: str, reason: str) -> Problem:
+        """A problem with one chunk, located by the scan rows and columns the chunk covers."""
+        r0, c0 = index[0] * self.chunks[0], index[1] * self.chunks[1]
+        rows = (r0, min(r0 + self.chunks[0], self.shape[0]))
+        cols = (c0, min(c0 + self.chunks[1], self.shape[1]))
+        return Problem(kind, reason, rows, cols, tuple(int(i) for i in index))
+
+    def _check_stored(self) -> Problem | None:
+        """CRC of every chunk's bytes as stored: no decoding, so it is cheap and names corruption on disk."""
+        if self.record is None:
+            return None
+        first: Problem | None = None
+        for index in np.ndindex(*self.grid):
+            offset = tuple(i * c for i, c in zip(index, self.chunks, strict=True))
+            try:
+                _mask, stored = self.dset.id.read_direct_chunk(offset)
+                reason = self.record.check_chunk(index, stored=stored)
+            except Exception as exc:  # an unreadable chunk is as bad as a wrong one
+                reason = f"stored chunk unreadable: {one_line(exc)}"
+            if reason is not None:
+                self.bad_chunks += 1
+                if first is None:
+                    first = self._at_chunk(index, "stored", reason)
+        return first
+
+    def _check_decoded(self) -> Problem | None:
+        """Decode every chunk (CRC of the decoded bytes where recorded) and compare with the source if given."""
+        rows = _block_rows(self.shape, self.dset.dtype, self.chunks[0] if self.dset.chunks else 1)
+        blocks = self._blocks(rows)
+        per_row = int(np.prod(self.grid[1:], dtype=np.int64))
+        position = 0
+        try:
+            while True:
+                try:
+                    block = next(blocks)
+                except StopIteration:
+                    return None
+                except StempressError as exc:  # the reader's message names the chunk; find it exactly
+                    return self._first_bad_chunk(position, rows) or Problem("decoded", str(exc))
+                position = block.stop
+                if self.against is not None:  # outside the try: a failing source is not a bad chunk
+                    problem = _compare(block, self.against)
+                    if problem is not None:
+                        return problem
+                self.checked = min(self.total, -(-block.stop // self.chunks[0]) * per_row)
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
+
+    def _blocks(self, rows: int) -> Iterator[Block]:
+        if self.chunk_codec is not None:
+            return read_chunks_parallel(self.dset, self.chunk_codec, workers=self.workers, rows=rows,
+                                        checksums=self.record)
+        return self._filtered_blocks(rows)
+
+    def _filtered_blocks(self, rows: int) -> Iterator[Block]:
+        """HDF5's own filter path (any filter this process can decode), with decoded-chunk CRCs where recorded."""
+        dset = self.dset
+        for start in range(0, self.shape[0], rows):
+            try:
+                data = dset[start:start + rows]
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise StempressError(f"cannot decode scan rows {start}-{min(start + rows, self.shape[0]) - 1}: "
+                                     f"{one_line(exc)}") from exc
+            block = Block(start, data)
+            if self.record is not None:
+                for index, _offset, piece in _pieces(start, data, self.chunks):
+                    reason = self.record.check_chunk(index, raw=_full_chunk(piece, self.chunks, dset.fillvalue))
+                    if reason is not None:
+                        raise StempressError(reason)
+            yield block
+
+    def _first_bad_chunk(self, start: int, rows: int) -> Problem | None:
+        """After a failed block, find the exact chunk by checking the block's chunks one at a time."""
+        first_row = start // self.chunks[0]
+        last_row = min(self.grid[0], -(-min(start + rows, self.shape[0]) // self.chunks[0]))
+        for row in range(first_row, last_row):
+            for rest in np.ndindex(*self.grid[1:]):
+                index = (row, *rest)
+                reason = self._chunk_problem(index)
+                if reason is not None:
+                    return self._at_chunk(index, "decoded", reason)
+        return None
+
+    def _chunk_problem(self, index: tuple[int, ...]) -> str | None:
+        lo = tuple(i * c for i, c in zip(index, self.chunks, strict=True))
+        sel = tuple(slice(o, min(o + c, n)) for o, c, n in zip(lo, self.chunks, self.shape, strict=True))
+        try:
+            piece = self.dset[sel]
+        except (OSError, RuntimeError, ValueError) as exc:
+            return f"chunk does not decode: {one_line(exc)}"
+        if self.record is None:
+            return None
+        return self.record.check_chunk(index, raw=_full_chunk(piece, self.chunks, self.dset.fillvalue))
+
+
+def _codec_of(dset: h5py.Dataset) -> tuple[Codec | None, ChunkCodec | None]:
+    """The codec stempress recorded for this dataset, and a parallel decoder when its pipeline is exactly that
+    codec's; anything else (foreign files, edited pipelines) decodes through HDF5's filter path."""
+    raw = dset.attrs.get(CODEC_ATTR)
+    if raw is None or not dset.chunks:
+        return None, None
+    try:
+        codec = get_codec(json.loads(raw)["name"])
+    except (ValueError, KeyError, TypeError, StempressError):
+        return None, None
+    if tuple(f["id"] for f in dataset_filters(dset)) != codec.filters:
+        return None, None
+    return codec, chunk_codec_for(codec, dset.dtype)
+
+
+def _block_rows(shape: tuple[int, ...], dtype: np.dtype, multiple: int) -> int:
+    """Whole chunk rows per block within the default block budget (at least one chunk row)."""
+    row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    rows = max(multiple, (max(1, DEFAULT_BLOCK_BYTES // max(1, row)) // multiple) * multiple)
+    return min(rows, shape[0])
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """Bit patterns as unsigned integers: NaN equals the same NaN, -0.0 differs from 0.0."""
+    array = np.ascontiguousarray(array)
+    return array.view(f"u{array.dtype.itemsize}")
+
+
+def _compare(block: Block, against: Dataset4D) -> Problem | None:
+    """First scan position where the block and the source's rows differ, with one differing pixel's values."""
+    want = np.asarray(against.read_rows(block.start, block.stop))
+    got_bits, want_bits = _bits(block.data), _bits(want.astype(block.data.dtype, copy=False))
+    differs = (got_bits != want_bits).reshape(*got_bits.shape[:2], -1).any(axis=2)
+    if not differs.any():
+        return None
+    y, x = (int(v) for v in np.argwhere(differs)[0])
+    pixel = int(np.flatnonzero(got_bits[y, x].reshape(-1) != want_bits[y, x].reshape(-1))[0])
+    qy, qx = divmod(pixel, block.data.shape[3])
+    row = block.start + y
+    reason = (f"differs from the source {against.name!r}: detector pixel ({qy}, {qx}) is "
+              f"{block.data[y, x, qy, qx].item()!r} in the file, {want[y, x, qy, qx].item()!r} in the source")
+    return Problem("differs", reason, (row, row + 1), (x, x + 1))

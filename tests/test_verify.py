@@ -1,0 +1,165 @@
+"""verify: every chunk's stored and decoded checksums, bit-exact comparison with a source, errors by scan position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from shared_data import real_file
+from stempress.codecs.catalog import get_codec
+from stempress.codecs.checksums import CHECKSUM_GROUP, checksum_group_path
+from stempress.codecs.chunk_codec import direct_chunk_reason
+from stempress.data.base import ArraySource
+from stempress.errors import StempressError
+from stempress.store import EMD_DATA_PATH, compress, verify
+
+#: 8 x 6 scan of 16 x 16 frames in chunks of 2 x 4 scan positions: a 4 x 2 grid with edge chunks in x.
+SHAPE = (8, 6, 16, 16)
+CHUNKS = (2, 4, 16, 16)
+
+
+def cube(dtype: str = "uint16") -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.poisson(2.0, size=SHAPE).astype(dtype)
+
+
+def write(tmp_path: Path, data: np.ndarray, codec: str = "blosc_zstd", name: str = "cube.h5") -> Path:
+    return compress(ArraySource(data), tmp_path / name, codec=codec, chunks=CHUNKS, workers=2).path
+
+
+def flip_byte_in_chunk(path: Path, index: tuple[int, ...], dataset: str = EMD_DATA_PATH) -> None:
+    """Invert one byte in the middle of a stored chunk, in place, as bit rot on disk would."""
+    with h5py.File(path, "r") as f:
+        dset = f[dataset]
+        offset = tuple(i * c for i, c in zip(index, dset.chunks, strict=True))
+        info = dset.id.get_chunk_info_by_coord(offset)
+    with open(path, "r+b") as fh:
+        at = info.byte_offset + info.size // 2
+        fh.seek(at)
+        byte = fh.read(1)[0]
+        fh.seek(at)
+        fh.write(bytes([byte ^ 0xFF]))
+
+
+@pytest.mark.parametrize("codec", ["blosc_zstd", "gzip_6", "bitshuffle_lz4", "zstd_3", "lzf"])
+def test_an_intact_file_passes_with_every_chunk_checked(tmp_path, codec):
+    data = cube()
+    path = write(tmp_path, data, codec)
+    report = verify(path, against=ArraySource(data))
+    assert report.ok, report.summary()
+    assert report.chunks_checked == report.chunks_total == 8
+    assert report.checksums and report.compared and report.problem is None
+    assert report.direct == (direct_chunk_reason(get_codec(codec), data.dtype) is None) and report.codec == codec
+    assert "OK" in report.summary()
+    assert verify(path).ok
+
+
+@pytest.mark.parametrize("codec", ["blosc_zstd", "gzip_6", "lzf"])
+def test_a_flipped_byte_is_caught_and_named_by_scan_position(tmp_path, codec):
+    path = write(tmp_path, cube(), codec)
+    flip_byte_in_chunk(path, (2, 1, 0, 0))
+    report = verify(path)
+    assert not report.ok and report.bad_chunks == 1
+    problem = report.problem
+    assert problem.kind == "stored" and problem.chunk == (2, 1, 0, 0)
+    assert problem.rows == (4, 6) and problem.cols == (4, 6)  # the edge chunk: columns 4-5 of 6
+    assert "scan rows 4-5, columns 4-5" in report.summary() and "FAILED" in report.summary()
+
+
+def _drop_checksums(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        del f[CHECKSUM_GROUP]
+
+
+def test_without_checksums_a_corrupt_chunk_is_still_found_by_decoding(tmp_path):
+    path = write(tmp_path, cube(), "gzip_6")  # deflate's own Adler-32 makes the corruption fail to decode
+    _drop_checksums(path)
+    flip_byte_in_chunk(path, (1, 0, 0, 0))
+    report = verify(path)
+    assert not report.ok and not report.checksums
+    assert report.problem.kind == "decoded" and report.problem.rows == (2, 4) and report.problem.cols == (0, 4)
+    assert "no stored checksums" in report.summary()
+
+
+def test_without_checksums_a_clean_file_passes_and_says_so(tmp_path):
+    data = cube()
+    path = write(tmp_path, data)
+    _drop_checksums(path)
+    report = verify(path, against=ArraySource(data))
+    assert report.ok and not report.checksums and "no stored checksums" in report.summary()
+
+
+def test_a_wrong_raw_checksum_is_named_as_a_decoding_problem(tmp_path):
+    path = write(tmp_path, cube())
+    with h5py.File(path, "r+") as f:
+        f[checksum_group_path(EMD_DATA_PATH) + "/raw_crc"][3, 0, 0, 0] ^= 1
+    report = verify(path)
+    assert report.problem.kind == "decoded" and report.problem.chunk == (3, 0, 0, 0)
+    assert report.problem.rows == (6, 8) and "decoded" in report.problem.reason
+
+
+def test_a_different_source_is_named_by_its_first_differing_position(tmp_path):
+    data = cube()
+    path = write(tmp_path, data)
+    other = data.copy()
+    other[5, 3, 7, 9] += 1
+    other[6, 0, 0, 0] += 1
+    report = verify(path, against=ArraySource(other, name="other"))
+    assert not report.ok and report.problem.kind == "differs"
+    assert (report.problem.rows, report.problem.cols) == ((5, 6), (3, 4))
+    assert "scan position (5, 3)" in report.summary() and "detector pixel (7, 9)" in report.summary()
+    value = int(data[5, 3, 7, 9])
+    assert f"is {value} in the file, {value + 1} in the source" in report.problem.reason
+    assert report.chunks_checked < report.chunks_total
+
+
+def test_a_source_of_another_shape_or_dtype_is_refused_in_the_report(tmp_path):
+    data = cube()
+    path = write(tmp_path, data)
+    report = verify(path, against=ArraySource(data[:4]))
+    assert report.problem.kind == "shape" and "(4, 6, 16, 16)" in report.problem.reason
+    assert verify(path, against=ArraySource(data.astype(np.int32))).problem.kind == "shape"
+
+
+def test_comparison_is_by_bit_pattern_so_nan_is_nan_and_signed_zero_counts(tmp_path):
+    data = cube("float32")
+    data[1, 1, 2, 3] = np.nan
+    data[2, 2, 0, 0] = -0.0
+    path = write(tmp_path, data, "zstd_3")
+    assert verify(path, against=ArraySource(data.copy())).ok
+    positive = data.copy()
+    positive[2, 2, 0, 0] = 0.0
+    assert verify(path, against=ArraySource(positive)).problem.rows == (2, 3)
+    payload = data.copy()
+    payload.view(np.uint32)[1, 1, 2, 3] ^= 1  # still NaN, another payload
+    assert np.isnan(payload[1, 1, 2, 3])
+    assert verify(path, against=ArraySource(payload)).problem.cols == (1, 2)
+
+
+def test_a_foreign_file_decodes_through_the_filter_path(tmp_path):
+    path = real_file("smoke_test.emd")  # the study's own writer: gzip, no stempress checksums
+    with h5py.File(path, "r") as f:
+        data = f["version_1/data/datacubes/datacube_000/data"][()]
+    report = verify(path, against=ArraySource(data))
+    assert report.ok and not report.checksums and not report.direct and report.chunks_checked == report.chunks_total
+    assert report.codec == "gzip"
+
+
+def test_missing_unreadable_and_cubeless_files_are_one_line_errors(tmp_path):
+    with pytest.raises(StempressError, match="no such file"):
+        verify(tmp_path / "nope.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5 at all")
+    with pytest.raises(StempressError, match="not a readable HDF5 file"):
+        verify(junk)
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f["x"] = np.zeros((3, 3))
+    with pytest.raises(StempressError, match="no 4-D dataset"):
+        verify(empty)
+    path = write(tmp_path, cube())
+    with pytest.raises(StempressError, match="does not exist"):
+        verify(path, dataset="/nowhere")
