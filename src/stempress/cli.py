@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,17 @@ def parse_scan_shape(text: str | None) -> tuple[int, int] | None:
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise StempressError(f"--scan-shape {text!r} is not a scan shape; write it as ROWSxCOLUMNS, e.g. 256x256")
     return int(parts[0]), int(parts[1])
+
+
+def parse_paths(text: str) -> list[str]:
+    """'filter,parallel' -> ['filter', 'parallel']."""
+    from stempress.bench.measure import PATHS
+
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in PATHS]
+    if unknown or not chosen:
+        raise StempressError(f"--paths {text!r}: use {' or '.join(PATHS)}, or both separated by a comma")
+    return list(dict.fromkeys(chosen))
 
 
 def parse_chunkings(text: str) -> list[str | tuple[int, ...]]:
@@ -55,6 +67,10 @@ def bench(
     suite: Annotated[str | None, typer.Option(help="Built-in synthetic suite: paper-like or smoke.")] = None,
     methods: Annotated[str, typer.Option(help="paper, all, or codec names separated by commas.")] = "paper",
     chunks: Annotated[str, typer.Option(help="paper, or chunkings/shapes: balanced,16x16x128x128")] = "paper",
+    paths: Annotated[str, typer.Option(help="filter (HDF5's one-thread pipeline, the study's), parallel, or both: "
+                                       "filter,parallel")] = "filter",
+    workers: Annotated[int | None, typer.Option(help="Threads of the parallel path (default: all usable cores).")]
+    = None,
     runs: Annotated[int, typer.Option(min=1, help="Runs of the whole grid.")] = 3,
     protocol: Annotated[str, typer.Option(help="warm (the study's: page cache) or cold (fsync + evict).")] = "warm",
     out: Annotated[Path | None, typer.Option(help="Results folder (default results/bench-DATE-TIME).")] = None,
@@ -86,7 +102,8 @@ def bench(
             bar.update(task, completed=event.done, total=event.total, last=last or event.message)
 
         report = run_bench(
-            sources=sources or [], suite=suite, methods=methods, chunkings=parse_chunkings(chunks), runs=runs,
+            sources=sources or [], suite=suite, methods=methods, chunkings=parse_chunkings(chunks),
+            paths=parse_paths(paths), workers=workers, runs=runs,
             protocol=protocol, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
             scan_shape=parse_scan_shape(scan_shape), seed=seed, force=force, on_progress=show,
         )
@@ -102,14 +119,87 @@ def bench(
 
 def render_summary(summary) -> None:
     table = Table(title="Mean over datasets (per-dataset means of the runs)")
+    paths = "path" in summary.columns and summary["path"].nunique() > 1
     table.add_column("method", no_wrap=True, min_width=14)
     table.add_column("chunking", no_wrap=True, min_width=12)
+    if paths:
+        table.add_column("path", no_wrap=True)
     for column in ("ratio", "write GiB/s", "read GiB/s", "CV w %", "CV r %"):
         table.add_column(column, justify="right")
     for row in summary.itertuples():
-        table.add_row(row.codec, row.chunking, f"{row.ratio:.2f}", f"{row.write_gibs:.3f}", f"{row.read_gibs:.3f}",
+        labels = [row.codec, row.chunking, *([row.path] if paths else [])]
+        table.add_row(*labels, f"{row.ratio:.2f}", f"{row.write_gibs:.3f}", f"{row.read_gibs:.3f}",
                       f"{row.write_cv_percent:.1f}", f"{row.read_cv_percent:.1f}")
     console.print(table)
+
+
+@app.command()
+def compress(
+    source: Annotated[str, typer.Argument(help="Any source: EMD/HDF5, NXmx master, .mib, .npy, synthetic:...")],
+    out: Annotated[Path, typer.Argument(help="Output HDF5 file.")],
+    codec: Annotated[str, typer.Option(help="Codec name (stempress codecs) or auto (benchmark a sample).")]
+    = "blosc_zstd",
+    chunks: Annotated[str, typer.Option(help="Chunking: balanced, real_space, single_frame or 16x16x128x128.")]
+    = "balanced",
+    workers: Annotated[int | None, typer.Option(help="Compression threads (default: all usable cores).")] = None,
+    layout: Annotated[str, typer.Option(help="emd (py4DSTEM/emdfile layout with calibration) or plain.")] = "emd",
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Compress a cube into a standard HDF5 file on all cores, with per-chunk checksums; never a half file."""
+    from stempress.store.compress import compress as compress_cube
+
+    chunking = parse_chunkings(chunks)
+    if len(chunking) != 1:
+        raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
+    with open_cli_source(source, dataset, scan_shape) as cube, transfer_progress("compress") as (bar, task):
+        report = compress_cube(cube, out, codec=codec, chunks=chunking[0], workers=workers, layout=layout,
+                               force=force, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                    total=total))
+    if report.chosen_why:
+        console.print(report.chosen_why, highlight=False, soft_wrap=True)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="A file written by stempress compress (or any chunked HDF5 cube).")],
+    against: Annotated[str | None, typer.Option(help="Source to compare with bit for bit.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside PATH (default: auto-detect).")] = None,
+    against_dataset: Annotated[str | None, typer.Option(help="Dataset path inside the --against source.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape of the --against source (.mib / NXmx).")]
+    = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads (default: all usable cores).")] = None,
+) -> None:
+    """Re-read every chunk, check its checksums and (with --against) compare bit-exact; names the first bad chunk."""
+    from contextlib import nullcontext
+
+    from stempress.store.verify import verify as verify_file
+
+    reference = open_cli_source(against, against_dataset, scan_shape) if against else nullcontext()
+    with reference as source:
+        report = verify_file(path, against=source, workers=workers, dataset=dataset)
+    if not report.ok:
+        raise StempressError(report.summary())
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+
+
+def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
+    """A source from the command line's words."""
+    from stempress.data.open import open_source
+
+    return open_source(spec, dataset=dataset, scan_shape=parse_scan_shape(scan_shape))
+
+
+@contextmanager
+def transfer_progress(label: str):
+    """A progress bar in bytes with the rate, for long writes."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(binary_units=True),
+                  TransferSpeedColumn(), TimeElapsedColumn(), console=console) as bar:
+        yield bar, bar.add_task(label, total=None)
 
 
 @app.command()
@@ -133,9 +223,8 @@ def recommend(
 
     from stempress.bench.ranking import gibs
     from stempress.bench.recommend import recommend_source
-    from stempress.data.open import open_source
 
-    with open_source(source, dataset=dataset, scan_shape=parse_scan_shape(scan_shape)) as cube, \
+    with open_cli_source(source, dataset, scan_shape) as cube, \
             tempfile.TemporaryDirectory(dir=workdir, prefix=".stempress-recommend-") as scratch, \
             Progress(TextColumn("[bold]sample benchmark"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console, transient=True) as bar:

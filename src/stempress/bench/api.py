@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from stempress.bench.environment import environment
+from stempress.bench.environment import environment, usable_cores
 from stempress.bench.inventory import DatasetProfile, profile_dataset, write_inventory
+from stempress.bench.measure import FILTER, PARALLEL
 from stempress.bench.protocol import Protocol
 from stempress.bench.results import STATISTICS_CSV, atomic_write, prepare_out_dir, save_results
 from stempress.bench.runner import ERROR, SKIPPED, UNAVAILABLE, BenchConfig, Progress, run_grid
@@ -55,6 +56,8 @@ def run_bench(
     suite: str | None = None,
     methods: str | Sequence[str] = "paper",
     chunkings: Sequence[str | tuple[int, ...]] = ("real_space", "balanced", "single_frame"),
+    paths: Sequence[str] = (FILTER,),
+    workers: int | None = None,
     runs: int = 3,
     protocol: Protocol = "warm",
     out: Path,
@@ -73,7 +76,8 @@ def run_bench(
     codecs = select_codecs(methods)
     opened = open_sources(sources, suite, dataset, scan_shape)
     prepare_out_dir(out, force)
-    config = BenchConfig(codecs=codecs, chunkings=list(chunkings), runs=runs, protocol=protocol,
+    config = BenchConfig(codecs=codecs, chunkings=list(chunkings), paths=list(paths),
+                         workers=workers or usable_cores(), runs=runs, protocol=protocol,
                          time_limit_s=time_limit_s, workdir=workdir or out, seed=seed, warmup=warmup,
                          stage_limit_bytes=stage_limit_bytes)
     profiles: list[DatasetProfile] = []
@@ -86,6 +90,7 @@ def run_bench(
         "runs": runs, "seed": seed, "time_limit_s": time_limit_s, "warmup": "each method once on a sample "
         "of the first dataset, discarded" if warmup else "none",
         "methods": [c.config() for c in codecs], "chunkings": [str(c) for c in chunkings],
+        "paths": list(paths), "parallel_workers": config.workers if PARALLEL in paths else None,
         "datasets": [{"name": s.name, "shape": s.shape, "dtype": str(s.dtype)} for s in opened],
     })
     frame = save_results(out, rows, meta)

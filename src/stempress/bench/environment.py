@@ -59,9 +59,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def environment(protocol: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metadata file's contents."""
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command_line": sys.argv,
@@ -70,7 +76,7 @@ def environment(protocol: str, extra: dict[str, Any] | None = None) -> dict[str,
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "cpu_cores_logical": os.cpu_count(),
-        "cpu_cores_usable": len(affinity) if affinity is not None else os.cpu_count(),
+        "cpu_cores_usable": usable_cores(),
         "memory_total_gib": round(psutil.virtual_memory().total / 1024**3, 2),
         "blosc_nthreads": os.environ.get("BLOSC_NTHREADS", "library default (1)"),
         "packages": package_versions(),

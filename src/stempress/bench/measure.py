@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,10 @@ MIB = 1024**2
 #: The chunking column of the non-HDF5 baselines, which have no chunks.
 NO_CHUNKING = "n/a"
 
+#: Write paths: HDF5's single-threaded filter pipeline (the study's) or our parallel direct-chunk writer.
+FILTER, PARALLEL = "filter", "parallel"
+PATHS = (FILTER, PARALLEL)
+
 #: Bytes per block streamed through a writer: large enough to amortise per-call cost, small enough to bound memory.
 BLOCK_BYTES = 64 * MIB
 
@@ -40,6 +44,13 @@ class Method:
 
     codec: Codec
     chunking: str | tuple[int, ...] | None
+    path: str = FILTER
+    workers: int = 1
+
+    @property
+    def path_name(self) -> str:
+        """The baselines are plain Python file writers: neither HDF5 path applies."""
+        return NO_CHUNKING if self.chunking is None else self.path
 
     @property
     def chunking_name(self) -> str:
@@ -67,15 +78,29 @@ def split_method(method: str) -> tuple[str, str]:
     return NO_CHUNKING, method
 
 
-def methods_for(codecs: list[Codec], chunkings: list[str | tuple[int, ...]]) -> list[Method]:
-    """Every HDF5 codec under every chunking; file baselines once (chunking does not apply to them)."""
+def methods_for(
+    codecs: list[Codec], chunkings: list[str | tuple[int, ...]], paths: Sequence[str] = (FILTER,), workers: int = 1
+) -> list[Method]:
+    """Every HDF5 codec under every chunking and write path; file baselines once (neither applies to them)."""
     methods: list[Method] = []
     for codec in codecs:
         if codec.storage == "file":
             methods.append(Method(codec, None))
         else:
-            methods.extend(Method(codec, chunking) for chunking in chunkings)
+            methods.extend(Method(codec, chunking, path, workers) for path in paths for chunking in chunkings)
     return methods
+
+
+def unavailable_reason(method: Method) -> str | None:
+    """Why a method cannot be measured here (a missing filter, or no direct-chunk encoder for the parallel path)."""
+    reason = method.codec.unavailable_reason()
+    if reason is None and method.path == PARALLEL and method.chunking is not None:
+        from stempress.codecs.chunk_codec import direct_chunk_reason
+
+        direct = direct_chunk_reason(method.codec)
+        if direct:
+            reason = f"no parallel direct-chunk writer ({direct}); only the filter path can write it"
+    return reason
 
 
 def block_rows(source: Dataset4D, chunks: tuple[int, ...] | None) -> int:
@@ -106,6 +131,10 @@ def measure(
             blocks = write_watch.exclude(_recorded(iter_blocks(source, rows), reference), _rows)
             if chunks is None:
                 written = file_format(method.codec).write(path, blocks, shape, dtype)
+            elif method.path == PARALLEL:
+                from stempress.codecs.parallel import write_parallel_cube
+
+                write_parallel_cube(path, blocks, shape, dtype, chunks, method.codec, method.workers)
             else:
                 write_cube(path, blocks, shape, dtype, chunks, method.codec.h5_kwargs())
             if protocol == "cold":
@@ -118,8 +147,14 @@ def measure(
         file_bytes = sum(p.stat().st_size for p in written)
 
         with Stopwatch("read", time_limit_s, shape[0]) as read_watch:
-            reader = read_cube_blocks(path, rows) if chunks is not None else \
-                file_format(method.codec).read(path, shape, dtype)
+            if chunks is None:
+                reader = file_format(method.codec).read(path, shape, dtype)
+            elif method.path == PARALLEL:
+                from stempress.codecs.parallel import read_parallel_cube_blocks
+
+                reader = read_parallel_cube_blocks(path, rows, method.codec, method.workers)
+            else:
+                reader = read_cube_blocks(path, rows)
             for block in read_watch.timed(reader, _rows):
                 with read_watch.excluding():
                     reference.check(block)

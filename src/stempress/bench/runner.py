@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from stempress.bench.measure import Method, measure, methods_for
+from stempress.bench.measure import FILTER, PARALLEL, Method, measure, methods_for, unavailable_reason
 from stempress.bench.protocol import Protocol, TimeLimitExceeded
 from stempress.bench.verify import Reference, VerificationError
 from stempress.codecs.catalog import Codec
@@ -37,6 +37,8 @@ class BenchConfig:
 
     codecs: list[Codec]
     chunkings: list[str | tuple[int, ...]]
+    paths: list[str] = field(default_factory=lambda: [FILTER])
+    workers: int = 1
     runs: int = 3
     protocol: Protocol = "warm"
     time_limit_s: float | None = 60.0
@@ -75,7 +77,7 @@ def stage(source: Dataset4D, limit_bytes: int) -> tuple[Dataset4D, bool]:
 
 
 def grid_size(sources: Sequence[Dataset4D], config: BenchConfig) -> int:
-    return len(sources) * config.runs * len(methods_for(config.codecs, config.chunkings))
+    return len(sources) * config.runs * len(methods_for(config.codecs, config.chunkings, config.paths, config.workers))
 
 
 def run_grid(
@@ -85,7 +87,7 @@ def run_grid(
     on_staged: Callable[[Dataset4D], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every cell; returns one row per cell. ``on_staged`` sees each cube once, as measured."""
-    methods = methods_for(config.codecs, config.chunkings)
+    methods = methods_for(config.codecs, config.chunkings, config.paths, config.workers)
     total = grid_size(sources, config)
     rows: list[dict[str, Any]] = []
     notify = on_progress or (lambda event: None)
@@ -127,16 +129,17 @@ def measure_cell(
 ) -> dict[str, Any]:
     """One row: the numbers, or the reason there are none."""
     row = describe(source, method, run, config)
-    reason = method.codec.unavailable_reason()
+    reason = unavailable_reason(method)
     if reason:
         return row | {"status": UNAVAILABLE, "reason": reason}
-    if method.name in over_limit:
-        return row | {"status": SKIPPED, "reason": over_limit[method.name]}
+    key = f"{method.path_name}:{method.name}"
+    if key in over_limit:
+        return row | {"status": SKIPPED, "reason": over_limit[key]}
     try:
         numbers = measure(source, method, config.workdir, protocol=config.protocol,
                           time_limit_s=config.time_limit_s, reference=reference)
     except TimeLimitExceeded as exc:
-        over_limit[method.name] = f"{exc.phase} exceeded the {exc.limit_s:g} s time limit in run {run}"
+        over_limit[key] = f"{exc.phase} exceeded the {exc.limit_s:g} s time limit in run {run}"
         return row | {"status": SKIPPED, "reason": str(exc)}
     except VerificationError as exc:
         return row | {"status": ERROR, "reason": f"verification failed: {exc}", "verified": False}
@@ -154,6 +157,8 @@ def describe(source: Dataset4D, method: Method, run: int, config: BenchConfig) -
         "codec": method.codec.name,
         "family": method.codec.family,
         "chunking": method.chunking_name,
+        "path": method.path_name,
+        "workers": method.workers if method.path == PARALLEL else 1,
         "chunk_size": str(tuple(chunks)) if chunks is not None else "",
         "run_number": run,
         "protocol": config.protocol,
@@ -169,7 +174,7 @@ def warm_up(source: Dataset4D, methods: Sequence[Method], config: BenchConfig) -
     rows = min(source.shape[0], max(1, WARMUP_BYTES // row_nbytes(source)))
     sample = ArraySource(np.ascontiguousarray(source.read_rows(0, rows)), name=f"{source.name}-warmup")
     for method in methods:
-        if method.codec.unavailable_reason():
+        if unavailable_reason(method):
             continue
         try:
             measure(sample, method, config.workdir, protocol="warm", time_limit_s=config.time_limit_s)

@@ -8,7 +8,7 @@ import pandas as pd
 #: Measured quantities, named as in the study's statistics.csv.
 QUANTITIES = ("compression_ratio", "file_size_mb", "write_time", "read_time",
               "write_throughput_gbs", "read_throughput_gbs")
-KEYS = ("dataset", "method", "protocol")
+KEYS = ("dataset", "method", "path", "protocol")
 
 
 def statistics(results: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +38,8 @@ def summary(stats: pd.DataFrame) -> pd.DataFrame:
     """One line per method and chunking, averaged over datasets (the study's "mean over datasets")."""
     if stats.empty:
         return stats
-    grouped = stats.groupby(["codec", "chunking"], sort=False)
+    keys = [k for k in ("codec", "chunking", "path") if k in stats.columns]
+    grouped = stats.groupby(keys, sort=False)
     table = pd.DataFrame({
         "ratio": grouped["compression_ratio_mean"].mean(),
         "write_gibs": grouped["write_throughput_gbs_mean"].mean(),

@@ -19,8 +19,9 @@ import pandas as pd
 from stempress.bench.bounds import sparsity_bound
 from stempress.bench.compare import DEFAULT_PAPER_DIR, compare_with_study, load_study_statistics, study_findings
 from stempress.bench.inventory import INVENTORY_CSV, read_inventory
+from stempress.bench.measure import PARALLEL
 from stempress.bench.ranking import USE_CASES, normalised, pareto_front, recommend, top_performers
-from stempress.bench.results import METADATA_JSON, STATISTICS_CSV, load_results
+from stempress.bench.results import METADATA_JSON, STATISTICS_CSV, load_results, read_table
 from stempress.bench.sparsity_law import best_per_dataset, fit_sparsity_law, study_fit
 from stempress.bench.statistics import statistics
 from stempress.errors import StempressError
@@ -40,7 +41,8 @@ RANKED = ("compression_ratio_mean", "write_throughput_gbs_mean", "read_throughpu
 STUDY_BOUND_BITS = 16
 
 TABLE_NAMES = ("table1_datasets", "table3_best_per_dataset", "table4_families", "table5_chunking",
-               "top_performers", "recommendations", "study_comparison", "methods_per_dataset", "problems")
+               "top_performers", "recommendations", "study_comparison", "methods_per_dataset", "problems",
+               "write_paths")
 FIGURE_NAMES = ("fig1_top10", "fig2_radar", "fig3_sparsity", "fig4_chunking", "fig5_pareto")
 
 
@@ -52,6 +54,8 @@ class Inputs:
     metadata: dict[str, Any]
     inventory: pd.DataFrame | None
     notes: list[str] = field(default_factory=list)
+    #: Statistics of both write paths when the parallel writer was measured (the others hold the filter path).
+    paths: pd.DataFrame | None = None
 
     @property
     def rankable(self) -> pd.DataFrame:
@@ -73,11 +77,17 @@ def load_inputs(results_dir: Path) -> Inputs:
     if not metadata:
         notes.append(f"{METADATA_JSON} is missing or unreadable: machine, protocol and versions are unknown.")
     stats_path = results_dir / STATISTICS_CSV
-    stats = pd.read_csv(stats_path) if stats_path.exists() else statistics(results)
+    stats = read_table(stats_path) if stats_path.exists() else statistics(results)
     if "protocol" in stats and stats["protocol"].nunique() > 1:
         chosen = metadata.get("protocol") or sorted(stats["protocol"].unique())[0]
         notes.append(f"statistics hold several protocols; this report shows {chosen!r} only.")
         stats = stats[stats["protocol"] == chosen]
+    paths = None
+    if "path" in stats and (stats["path"] == PARALLEL).any():
+        paths = stats
+        stats = stats[stats["path"] != PARALLEL]
+        notes.append("the study's tables and figures show HDF5's filter pipeline (the study's path); the parallel "
+                     "writer is compared with it in 'Write paths'.")
     stats = normalised(stats) if not stats.empty else stats
     if stats.empty:
         notes.append("no measurement succeeded (every cell skipped, unavailable or failed): see Problems.")
@@ -91,7 +101,7 @@ def load_inputs(results_dir: Path) -> Inputs:
     else:
         notes.append(f"{INVENTORY_CSV} is missing (a results folder from before stempress wrote it): Table 1, "
                      "Figure 3 and the fraction-of-bound columns are left out; rerun `stempress bench` for them.")
-    return Inputs(results, stats, metadata, inventory, notes)
+    return Inputs(results, stats, metadata, inventory, notes, paths)
 
 
 @dataclass
@@ -163,6 +173,14 @@ def build_report(results_dir: Path, paper_dir: Path | None = None) -> Path:
     sections = [_datasets_section(writer, inputs)]
     sections += _method_sections(writer, inputs, recommendations, notes)
     sections.append(_figure_section(writer, inputs, study))
+    if inputs.paths is not None:
+        workers = sorted(set(inputs.results.get("workers", pd.Series([1])).dropna().astype(int)) - {1}) or [1]
+        sections.append(Section("Write paths", [writer.table(
+            "write_paths", "HDF5 filter pipeline vs the parallel direct-chunk writer",
+            "Same codec, chunks and data: the filter path compresses on one thread inside HDF5; the parallel path "
+            f"compresses chunks on {', '.join(map(str, workers))} worker thread(s) and stores them with "
+            "write_direct_chunk, declaring the same filter so any HDF5 reader decodes the file. Ratios should "
+            "match; speed-up = parallel / filter throughput.", tabs.paths_table(inputs.paths))]))
     if study.stats is not None and not inputs.stats.empty:
         findings = list(study_findings(inputs.stats, study.stats))
         sections.append(Section("Comparison with the study", [writer.table(

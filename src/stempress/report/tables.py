@@ -292,3 +292,20 @@ def problems_table(results: pd.DataFrame) -> pd.DataFrame:
     bad["reason"] = bad["reason"].fillna("").astype(str)
     table = bad.groupby(["status", "dataset", "method", "reason"], dropna=False).size().rename("runs")
     return table.reset_index()[columns]
+
+
+def paths_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """The filter pipeline and the parallel writer side by side, per dataset and method (same codec and chunks)."""
+    from stempress.bench.measure import FILTER, PARALLEL
+
+    key = ["dataset", "method"]
+    columns = {"compression_ratio_mean": "ratio", "write_throughput_gbs_mean": "write GiB/s",
+               "read_throughput_gbs_mean": "read GiB/s"}
+    filt = stats[stats["path"] == FILTER].set_index(key)[list(columns)].rename(columns=columns)
+    par = stats[stats["path"] == PARALLEL].set_index(key)[list(columns)].rename(columns=columns)
+    joined = filt.join(par, lsuffix=" filter", rsuffix=" parallel", how="inner")
+    for what in ("write", "read"):
+        joined[f"{what} speed-up"] = joined[f"{what} GiB/s parallel"] / joined[f"{what} GiB/s filter"]
+    order = ["ratio filter", "ratio parallel", "write GiB/s filter", "write GiB/s parallel", "write speed-up",
+             "read GiB/s filter", "read GiB/s parallel", "read speed-up"]
+    return joined[order].reset_index()
