@@ -141,3 +141,18 @@ def test_statistics_use_the_study_columns(source, tmp_path):
     assert (stats["compression_ratio_std"] < 1e-9).all()  # ratios are deterministic
     table = summary(stats)
     assert table["codec"].iloc[0] == "gzip_1"
+
+
+def test_parallel_path_is_measured_beside_the_filter_path(source, tmp_path):
+    codecs = select_codecs(["gzip_6", "blosc_zstd", "lzf"])
+    config = BenchConfig(codecs=codecs, chunkings=["balanced"], paths=["filter", "parallel"], workers=2,
+                         runs=1, workdir=tmp_path, warmup=False)
+    rows = {(r["method"], r["path"]): r for r in run_grid([source], config)}
+    assert len(rows) == 6
+    for name in ("balanced_gzip_6", "balanced_blosc_zstd"):
+        filt, par = rows[(name, "filter")], rows[(name, "parallel")]
+        assert filt["status"] == par["status"] == "ok" and par["verified"] and par["workers"] == 2
+        assert par["file_bytes"] == filt["file_bytes"]  # the same bytes per chunk, declared the same way
+    lzf = rows[("balanced_lzf", "parallel")]
+    assert lzf["status"] == "unavailable" and "filter path" in lzf["reason"]
+    assert rows[("balanced_lzf", "filter")]["status"] == "ok"

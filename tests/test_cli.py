@@ -126,3 +126,19 @@ def test_recommend_samples_a_source_and_explains_the_choice(tmp_path):
 
 def test_recommend_refuses_an_unknown_use_case(tmp_path):
     assert_one_line_error(stempress("recommend", "synthetic:smoke/4D_Diff", "--for", "fun"), "fun", "archive")
+
+
+def test_compress_then_verify_and_a_flipped_byte_is_named(tmp_path):
+    out = tmp_path / "cube.h5"
+    result = stempress("compress", "synthetic:smoke/4D_Diff", str(out), "--codec", "gzip_6", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "parallel direct-chunk" in result.stdout
+    ok = stempress("verify", str(out), "--against", "synthetic:smoke/4D_Diff")
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    assert_one_line_error(stempress("compress", "synthetic:smoke/4D_Diff", str(out)), "--force")
+    with h5py.File(out) as f:
+        offset = f["/datacube_root/datacube/data"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(out.read_bytes())
+    raw[offset + 10] ^= 0xFF
+    out.write_bytes(bytes(raw))
+    assert_one_line_error(stempress("verify", str(out)), "FAILED", "scan rows 0-7")
