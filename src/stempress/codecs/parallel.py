@@ -78,7 +78,9 @@ def _block_data(block: Block, dataset: h5py.Dataset, shape: tuple[int, ...], chu
     return data
 
 
-def _pieces(block_start: int, data: np.ndarray, chunks: tuple[int, ...]) -> Iterator[tuple[Index, Index, np.ndarray]]:
+def chunk_pieces(
+    block_start: int, data: np.ndarray, chunks: tuple[int, ...]
+) -> Iterator[tuple[Index, Index, np.ndarray]]:
     """(chunk index, chunk offset, view of the block inside that chunk) in chunk-grid order."""
     grid = chunk_grid(data.shape, chunks)
     first_row = block_start // chunks[0]
@@ -89,7 +91,7 @@ def _pieces(block_start: int, data: np.ndarray, chunks: tuple[int, ...]) -> Iter
         yield index, (block_start + offset[0], *offset[1:]), view
 
 
-def _full_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.ndarray:
+def full_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.ndarray:
     """The chunk as HDF5 stores it: edge chunks padded to the full shape with the dataset's fill value."""
     if piece.shape == chunks:
         return np.ascontiguousarray(piece)
@@ -101,7 +103,7 @@ def _full_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.
 def _encode(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
             checksums: ChunkChecksums | None) -> bytes:
     """Worker: pad, compress and checksum one chunk (all GIL-free work, off the HDF5 thread)."""
-    chunk = _full_chunk(piece, chunks, fill)
+    chunk = full_chunk(piece, chunks, fill)
     stored = codec.encode(chunk)
     if checksums is not None:
         checksums.add(index, stored, chunk)
@@ -148,7 +150,7 @@ def write_chunks_parallel(
         try:
             for block in blocks:
                 data = _block_data(block, dataset, shape, chunks)
-                for index, offset, piece in _pieces(block.start, data, chunks):
+                for index, offset, piece in chunk_pieces(block.start, data, chunks):
                     while len(pending) >= bound:
                         store()
                     future = pool.submit(_encode, codec, piece, chunks, fill, index, checksums)

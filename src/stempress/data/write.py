@@ -83,11 +83,11 @@ def _fill(f: h5py.File, source: Dataset4D, shape: tuple[int, int, int, int], dat
         if progress is not None:
             progress(done, total)
     # after the data: sources may fill in metadata while generating (e.g. clipping counts)
-    _write_metadata(dset, dict(source.metadata))
+    write_metadata(dset, dict(source.metadata))
 
 
-def _write_metadata(dset: h5py.Dataset, metadata: dict[str, Any]) -> None:
-    dset.attrs[METADATA_ATTR] = json.dumps(metadata, default=_jsonable, sort_keys=True)
+def write_metadata(dset: h5py.Dataset, metadata: dict[str, Any]) -> None:
+    dset.attrs[METADATA_ATTR] = json.dumps(metadata, default=jsonable, sort_keys=True)
     group = dset.parent
     for key in CALIBRATION_KEYS:
         value = metadata.get(key)
@@ -95,7 +95,7 @@ def _write_metadata(dset: h5py.Dataset, metadata: dict[str, Any]) -> None:
             group.attrs[key] = value
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """numpy scalars and arrays into plain JSON types; anything else by its repr."""
     if isinstance(value, np.generic):
         return value.item()

@@ -28,12 +28,13 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
+from stempress.bench.environment import usable_cores
 from stempress.codecs.catalog import CATALOG, Codec, get_codec
 from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
-from stempress.codecs.parallel import _full_chunk, _pieces, write_chunks_parallel
+from stempress.codecs.parallel import chunk_pieces, full_chunk, write_chunks_parallel
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype, nbytes, rows_for_budget
 from stempress.errors import StempressError
 from stempress.store.emd import data_path, prepare_layout, write_source_metadata
@@ -167,10 +168,7 @@ def _write(source: Dataset4D, out: Path, force: bool, plan: _Plan, progress: Pro
 def resolve_workers(workers: int | None) -> int:
     """All cores this process may use (``sched_getaffinity``: respects taskset and container CPU sets)."""
     if workers is None:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not on Linux
-            return max(1, os.cpu_count() or 1)
+        return usable_cores()
     if int(workers) < 1:
         raise StempressError(f"workers must be at least 1, got {workers}; omit it to use every core")
     return int(workers)
@@ -276,9 +274,9 @@ def _write_filtered(dset: h5py.Dataset, blocks: Iterator[Block], checksums: Chun
     chunks, fill = dset.chunks, dset.fillvalue
     for block in blocks:
         dset[block.start:block.stop] = block.data
-        for index, offset, piece in _pieces(block.start, block.data, chunks):
+        for index, offset, piece in chunk_pieces(block.start, block.data, chunks):
             _mask, stored = dset.id.read_direct_chunk(offset)
-            checksums.add(index, stored, _full_chunk(piece, chunks, fill))
+            checksums.add(index, stored, full_chunk(piece, chunks, fill))
         progress(block.data.nbytes)
 
 

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from stempress.data.hdf5 import STUDY_EMD_PATH
-from stempress.data.write import METADATA_ATTR, _jsonable, _write_metadata
+from stempress.data.write import METADATA_ATTR, jsonable, write_metadata
 from stempress.errors import StempressError
 
 Layout = Literal["emd", "plain"]
@@ -182,9 +182,9 @@ def write_source_metadata(dset: h5py.Dataset, layout: str, metadata: Mapping[str
     if layout == "emd":
         for key in NATIVE_KEYS:
             md.pop(key, None)
-        dset.attrs[METADATA_ATTR] = json.dumps(md, default=_jsonable, sort_keys=True)
+        dset.attrs[METADATA_ATTR] = json.dumps(md, default=jsonable, sort_keys=True)
         dset.attrs["units"] = "pixel intensity"
     else:
-        _write_metadata(dset, md)
+        write_metadata(dset, md)
     if codec_config is not None:
-        dset.attrs[CODEC_ATTR] = json.dumps(dict(codec_config), default=_jsonable, sort_keys=True)
+        dset.attrs[CODEC_ATTR] = json.dumps(dict(codec_config), default=jsonable, sort_keys=True)

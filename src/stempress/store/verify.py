@@ -21,7 +21,7 @@ import numpy as np
 from stempress.codecs.catalog import Codec, get_codec
 from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
-from stempress.codecs.parallel import _full_chunk, _pieces, chunk_grid, read_chunks_parallel
+from stempress.codecs.parallel import chunk_grid, chunk_pieces, full_chunk, read_chunks_parallel
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
 from stempress.errors import StempressError
@@ -200,8 +200,8 @@ class _Verifier:
                                      f"{one_line(exc)}") from exc
             block = Block(start, data)
             if self.record is not None:
-                for index, _offset, piece in _pieces(start, data, self.chunks):
-                    reason = self.record.check_chunk(index, raw=_full_chunk(piece, self.chunks, dset.fillvalue))
+                for index, _offset, piece in chunk_pieces(start, data, self.chunks):
+                    reason = self.record.check_chunk(index, raw=full_chunk(piece, self.chunks, dset.fillvalue))
                     if reason is not None:
                         raise StempressError(reason)
             yield block
@@ -227,7 +227,7 @@ class _Verifier:
             return f"chunk does not decode: {one_line(exc)}"
         if self.record is None:
             return None
-        return self.record.check_chunk(index, raw=_full_chunk(piece, self.chunks, self.dset.fillvalue))
+        return self.record.check_chunk(index, raw=full_chunk(piece, self.chunks, self.dset.fillvalue))
 
 
 def _codec_of(dset: h5py.Dataset) -> tuple[Codec | None, ChunkCodec | None]:
