@@ -181,6 +181,17 @@ def _filter_problem(fid: int) -> str | None:
     return None
 
 
+def _blosc1_codecs(shuffle: str, sets: frozenset[str]) -> list[Codec]:
+    """The study's five Blosc1 compressors at its levels (zstd 3, the rest 5); names say bit shuffle."""
+    suffix = "_bitshuffle" if shuffle == "bit" else ""
+    return [
+        Codec(f"blosc_{cname}{suffix}", "blosc", "hdf5",
+              {"cname": cname, "clevel": 3 if cname == "zstd" else 5, "shuffle": shuffle}, sets,
+              f"Blosc1 (32001) {cname}, clevel {3 if cname == 'zstd' else 5}, {shuffle} shuffle")
+        for cname in ("blosclz", "lz4", "lz4hc", "zlib", "zstd")
+    ]
+
+
 def _codecs() -> list[Codec]:
     paper, extra = frozenset({"paper", "all"}), frozenset({"all"})
     out = [
@@ -197,12 +208,7 @@ def _codecs() -> list[Codec]:
         Codec("szip", "hdf5-builtin", "hdf5", {"filter": "szip", "options_mask": "nn", "pixels_per_block": 8},
               paper, "SZIP (libaec) with h5py's defaults: nearest-neighbour, 8 pixels per block"),
     ]
-    out += [
-        Codec(f"blosc_{cname}", "blosc", "hdf5",
-              {"cname": cname, "clevel": 3 if cname == "zstd" else 5, "shuffle": "byte"}, paper,
-              f"Blosc1 (32001) {cname}, clevel {3 if cname == 'zstd' else 5}, byte shuffle")
-        for cname in ("blosclz", "lz4", "lz4hc", "zlib", "zstd")
-    ]
+    out += _blosc1_codecs("byte", paper)
     out += [
         Codec("lz4_hdf5", "lz4", "hdf5", {"nbytes": 0}, paper, "hdf5plugin LZ4 (32004), default block size"),
         Codec("bitshuffle_lz4", "bitshuffle", "hdf5", {"nelems": 0, "cname": "lz4"}, paper,
@@ -216,12 +222,7 @@ def _codecs() -> list[Codec]:
         Codec("simple_gzip", "baseline", "file", {"format": ".npy through gzip", "compresslevel": 9}, paper,
               "the whole numpy array through Python's gzip module (level 9)"),
     ]
-    out += [
-        Codec(f"blosc_{cname}_bitshuffle", "blosc", "hdf5",
-              {"cname": cname, "clevel": 3 if cname == "zstd" else 5, "shuffle": "bit"}, extra,
-              f"Blosc1 (32001) {cname}, clevel {3 if cname == 'zstd' else 5}, bit shuffle")
-        for cname in ("blosclz", "lz4", "lz4hc", "zlib", "zstd")
-    ]
+    out += _blosc1_codecs("bit", extra)
     # Blosc2 at the study's Blosc1 levels (lz4 5, zstd 3) so the two generations compare like for like.
     out += [
         Codec(f"blosc2_{cname}{'_bitshuffle' if shuf == 'bit' else ''}", "blosc2", "hdf5",
