@@ -1,0 +1,32 @@
+"""Counted electrons as events (pixel, count per scan position), and the event files other tools read."""
+
+from stempress.events.libertem import RawCsrSource, raw_csr_files, write_raw_csr
+from stempress.events.representation import (
+    EventBlock,
+    EventReader,
+    Events,
+    EventsSource,
+    as_source,
+    dense_from_events,
+    events_from_block,
+    events_from_hits,
+    iter_events,
+)
+from stempress.events.stempy import StempySource, write_stempy
+
+__all__ = [
+    "EventBlock",
+    "EventReader",
+    "Events",
+    "EventsSource",
+    "RawCsrSource",
+    "StempySource",
+    "as_source",
+    "dense_from_events",
+    "events_from_block",
+    "events_from_hits",
+    "iter_events",
+    "raw_csr_files",
+    "write_raw_csr",
+    "write_stempy",
+]

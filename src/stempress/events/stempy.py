@@ -1,0 +1,236 @@
+"""stempy's electron-event HDF5 layout (version 3), written and read block by block of scan rows.
+
+The layout, as stempy 3.x's ``SparseArray.write_to_hdf5`` / ``from_hdf5`` define it:
+
+- file attr ``version = 3``;
+- ``electron_events/frames``: 1-D vlen uint32, ``positions * frames_per_position`` entries, position-major
+  (entry ``p * K + j`` is frame ``j`` at scan position ``p``, positions row-major); each entry lists the
+  flat detector indices (``row * det_x + col``) that saw an electron in that frame;
+- ``frames.attrs Nx, Ny`` = ``frame_shape[0], frame_shape[1]`` (det_y, det_x). stempy reads them back as
+  ``frame_shape = (Nx, Ny)`` unreversed, so this order is what makes non-square frames come back upright;
+  stempy's own detectors are square, where "width, height" and this order agree;
+- ``electron_events/scan_positions``: int64 ``0 .. positions-1``, attrs ``Nx`` = scan width (scan_x),
+  ``Ny`` = scan height (scan_y); stempy reverses these into ``scan_shape = (Ny, Nx)``.
+
+Why several frames per position: stempy expands a frame with ``dp[entry] += 1``, which counts a pixel
+listed twice in one entry once. A count of k is therefore written as the pixel in frames 0..k-1 of its
+position, so ``frames_per_position`` is the cube's largest count (at least 1), and the pixel still
+appears k times at its position. Every electron costs 4 bytes, so this layout suits counted data
+(counts of a few); high-count cubes are refused unless ``frames_per_position`` is given explicitly.
+The reader also accepts repeats inside one entry (version 1/2 files, other writers) and sums them.
+
+vlen data live in HDF5's global heap, where filters do not apply, so ``frames`` is stored uncompressed,
+as stempy does. Our source dtype is kept under ``metadata/stempress`` (stempy loads that group into
+``SparseArray.metadata``), so a round trip gives back the same dtype.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from stempress.atomic import atomic_output
+from stempress.data.base import Dataset4D, SourceBase, check_shape_dtype
+from stempress.data.hdf5 import as_python, open_hdf5
+from stempress.errors import StempressError
+from stempress.events.representation import (
+    INDEX_DTYPE,
+    EventBlock,
+    Events,
+    EventsSource,
+    as_source,
+    check_counts_dtype,
+    dense_from_events,
+    events_from_hits,
+    iter_events,
+)
+
+STEMPY_VERSION = 3
+GROUP = "electron_events"
+FRAMES = f"{GROUP}/frames"
+SCAN_POSITIONS = f"{GROUP}/scan_positions"
+#: Our own attributes, inside the group stempy loads as ``SparseArray.metadata``.
+METADATA = "metadata/stempress"
+#: Largest count written without asking: beyond it each position needs that many (mostly empty) frames.
+MAX_AUTO_FRAMES_PER_POSITION = 255
+#: stempy's expansion dtype, used for files that do not say which dtype they came from.
+DEFAULT_DTYPE = np.dtype(np.uint32)
+
+
+def _largest_count(source: Dataset4D, rows: int | None) -> int:
+    """The cube's largest count: known for in-memory events, else one pass over the source."""
+    if isinstance(source, EventsSource):
+        return source.max_count
+    return max((block.max_count for block in iter_events(source, rows)), default=0)
+
+
+def _frames_per_position(source: Dataset4D, rows: int | None, requested: int | None) -> int:
+    if requested is not None:
+        if int(requested) < 1:
+            raise StempressError(f"frames_per_position must be >= 1, got {requested}; give the largest count")
+        return int(requested)
+    largest = _largest_count(source, rows)
+    if largest > MAX_AUTO_FRAMES_PER_POSITION:
+        raise StempressError(
+            f"{source.name}: counts up to {largest} need {largest} stempy frames per scan position (stempy "
+            "stores one index per electron); write raw_csr (write_raw_csr) or HDF5 instead, or pass "
+            "frames_per_position to force it"
+        )
+    return max(1, largest)
+
+
+def _entries(block: EventBlock, frames_per_position: int, where: str) -> np.ndarray:
+    """One vlen entry per (position, frame): frame j lists the pixels counted more than j times."""
+    if block.max_count > frames_per_position:
+        raise StempressError(
+            f"{where}: scan rows {block.start}-{block.stop - 1} hold a count of {block.max_count} but "
+            f"frames_per_position is {frames_per_position}; give at least {block.max_count} or leave it unset"
+        )
+    k = frames_per_position
+    entries = np.empty(block.n_positions * k, dtype=object)
+    positions = block.positions()
+    empty = np.zeros(0, INDEX_DTYPE)
+    for j in range(k):
+        hit = block.counts > j
+        bounds = np.searchsorted(positions[hit], np.arange(block.n_positions + 1))
+        pixels = block.indices[hit]
+        for p in range(block.n_positions):
+            lo, hi = bounds[p], bounds[p + 1]
+            entries[p * k + j] = pixels[lo:hi] if hi > lo else empty
+    return entries
+
+
+def _put(frames: h5py.Dataset, first: int, entries: np.ndarray) -> None:
+    """Write vlen entries through the low-level API: h5py's ``frames[a:b] = entries`` turns a block whose
+    entries happen to share one length (all empty, say) into a 2-D array and refuses it."""
+    if entries.size == 0:
+        return
+    file_space = frames.id.get_space()
+    file_space.select_hyperslab((first,), (entries.size,))
+    frames.id.write(h5py.h5s.create_simple((entries.size,)), file_space, entries)
+
+
+def write_stempy(source: Dataset4D | Events, out: str | Path, *, overwrite: bool = False,
+                 rows: int | None = None, frames_per_position: int | None = None) -> Path:
+    """Write a counted cube (or its events) as a stempy version-3 file, ``rows`` scan rows at a time.
+
+    The file appears whole or not at all. Without ``frames_per_position`` a dense source is read
+    twice: once for its largest count (stempy needs the same number of frames at every position).
+    """
+    src = as_source(source)
+    check_counts_dtype(src.dtype, src.name)
+    out = Path(out)
+    with atomic_output(out, overwrite=overwrite) as tmp:  # refuses an existing file before the counting pass
+        k = _frames_per_position(src, rows, frames_per_position)
+        with h5py.File(tmp, "w") as f:
+            _write(f, src, rows, k)
+    return out
+
+
+def _write(f: h5py.File, src: Dataset4D, rows: int | None, k: int) -> None:
+    """The layout of the module docstring, filled one block of scan rows at a time."""
+    scan_y, scan_x, det_y, det_x = src.shape
+    n = scan_y * scan_x
+    f.attrs["version"] = STEMPY_VERSION
+    group = f.create_group(GROUP)
+    scan_positions = group.create_dataset("scan_positions", shape=(n,), dtype=np.int64)
+    scan_positions.attrs["Nx"] = scan_x
+    scan_positions.attrs["Ny"] = scan_y
+    frames = group.create_dataset("frames", shape=(n * k,), dtype=h5py.vlen_dtype(INDEX_DTYPE))
+    frames.attrs["Nx"] = det_y  # stempy's frame_shape[0]: see the module docstring
+    frames.attrs["Ny"] = det_x
+    for block in iter_events(src, rows):
+        first, last = block.start * scan_x, block.stop * scan_x
+        scan_positions[first:last] = np.arange(first, last, dtype=np.int64)
+        _put(frames, first * k, _entries(block, k, src.name))
+    ours = f.require_group(METADATA)
+    ours.attrs["dtype"] = str(src.dtype)
+    ours.attrs["source"] = str(src.name)
+    ours.attrs["frames_per_position"] = k
+
+
+def _attr_int(obj: h5py.HLObject, key: str, path: Path) -> int:
+    if key not in obj.attrs:
+        raise StempressError(f"{path}: {obj.name} has no attribute {key!r}; not a stempy electron-event file, "
+                             "or one written without its scan/frame shape")
+    return int(as_python(obj.attrs[key]))
+
+
+class StempySource(SourceBase):
+    """A stempy electron-event file as a ``Dataset4D``; reads only the requested rows' entries.
+
+    ``dtype`` is what dense reads give: the writer's if it left one (stempress does), else uint32 as stempy.
+    """
+
+    def __init__(self, path: str | Path, *, dtype: np.dtype | str | None = None) -> None:
+        self.path = Path(path)
+        self.name = self.path.stem
+        self._file: h5py.File | None = open_hdf5(self.path)
+        try:
+            self._open(dtype)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, dtype: np.dtype | str | None) -> None:
+        f = self._file
+        assert f is not None
+        if FRAMES not in f or SCAN_POSITIONS not in f:
+            raise StempressError(f"{self.path}: not a stempy electron-event file (no {FRAMES} and {SCAN_POSITIONS}); "
+                                 "open it as a dense HDF5 cube instead")
+        frames = f[FRAMES]
+        base = h5py.check_vlen_dtype(frames.dtype)
+        if frames.ndim != 1 or base is None or np.dtype(base).kind not in "ui":
+            raise StempressError(f"{self.path}: {FRAMES} is {frames.dtype} {frames.shape}, not a 1-D vlen integer "
+                                 "dataset; the file is not stempy's layout")
+        self.version = int(as_python(f.attrs.get("version", 1)))
+        scan = f[SCAN_POSITIONS]
+        scan_shape = (_attr_int(scan, "Ny", self.path), _attr_int(scan, "Nx", self.path))
+        frame_shape = (_attr_int(frames, "Nx", self.path), _attr_int(frames, "Ny", self.path))
+        n = scan_shape[0] * scan_shape[1]
+        if n <= 0 or frames.shape[0] % n:
+            raise StempressError(f"{self.path}: {frames.shape[0]} frames do not divide into {scan_shape[0]}x"
+                                 f"{scan_shape[1]} scan positions; the file is truncated or its scan shape is wrong")
+        self.frames_per_position = frames.shape[0] // n
+        if self.version < STEMPY_VERSION and self.frames_per_position != 1:
+            raise StempressError(f"{self.path}: stempy version {self.version} file with extra frames is not "
+                                 "supported; load and save it with stempy 3 (SparseArray.from_hdf5, write_to_hdf5)")
+        ours = dict(f[METADATA].attrs) if METADATA in f else {}
+        chosen = dtype if dtype is not None else as_python(ours.get("dtype", DEFAULT_DTYPE.name))
+        try:
+            self.dtype = np.dtype(chosen)
+        except TypeError as exc:
+            raise StempressError(f"{self.path}: dtype {chosen!r} is not a numpy dtype; give e.g. uint16") from exc
+        check_counts_dtype(self.dtype, str(self.path))
+        self.shape = check_shape_dtype((*scan_shape, *frame_shape), self.dtype, str(self.path))
+        self._frames = frames
+        self.metadata: dict[str, Any] = {
+            "format": "stempy", "file": str(self.path), "stempy_version": self.version,
+            "frames_per_position": self.frames_per_position,
+            **{f"stempress_{k}": as_python(v) for k, v in ours.items()},
+        }
+
+    def read_events(self, start: int, stop: int) -> EventBlock:
+        """Scan rows ``[start, stop)`` as events: the positions' entries read and summed per pixel."""
+        start, stop = self.check_rows(start, stop)
+        if self._file is None:
+            raise StempressError(f"{self.path}: source is closed; open it again")
+        scan_x, k = self.shape[1], self.frames_per_position
+        entries = self._frames[start * scan_x * k : stop * scan_x * k]
+        lengths = np.fromiter((e.size for e in entries), dtype=np.int64, count=len(entries))
+        pixels = np.concatenate(entries) if lengths.sum() else np.zeros(0, INDEX_DTYPE)
+        per_position = lengths.reshape(-1, k).sum(axis=1)
+        positions = np.repeat(np.arange(per_position.size, dtype=np.int64), per_position)
+        return events_from_hits(start, (stop - start, *self.shape[1:]), self.dtype, positions, pixels,
+                                where=str(self.path))
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return dense_from_events(self.read_events(start, stop))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
