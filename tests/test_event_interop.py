@@ -351,3 +351,12 @@ def test_raw_csr_overwrite_and_failure_leave_no_partial_set(tmp_path: Path) -> N
     with pytest.raises(StempressError, match=r"must be a \.toml file"):
         write_raw_csr(ArraySource(cube), tmp_path / "scan.csr")
     assert listing(tmp_path) == sorted(before)
+
+
+def test_open_source_reads_both_event_layouts(tmp_path):
+    cube = np.random.default_rng(5).poisson(0.2, (3, 4, 6, 5)).astype(np.uint16)
+    write_stempy(ArraySource(cube), tmp_path / "ev.h5")
+    write_raw_csr(ArraySource(cube), tmp_path / "ev.toml")
+    for name in ("ev.h5", "ev.toml"):
+        with open_source(tmp_path / name) as source:
+            assert np.array_equal(source.read_rows(0, 3), cube), name

@@ -16,8 +16,8 @@ from stempress.data.nxmx import NxmxSource, is_nxmx_master
 from stempress.errors import StempressError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".nxs")
-SUPPORTED = ("HDF5/EMD 1.0 (.h5 .hdf5 .hdf .emd .nxs, a Dectris NXmx master included), "
-             "Merlin .mib, numpy .npy, or synthetic:NAME")
+SUPPORTED = ("HDF5/EMD 1.0 (.h5 .hdf5 .hdf .emd .nxs, a Dectris NXmx master and stempy's sparse files "
+             "included), Merlin .mib, numpy .npy, LiberTEM raw_csr (.toml), or synthetic:NAME")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _DATASET_SPEC = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5|hdf|emd|nxs)):(?P<dataset>.+)$", re.IGNORECASE)
@@ -55,6 +55,12 @@ def _is_nxmx(path: Path) -> bool:
         return is_nxmx_master(f)
 
 
+def _is_stempy(path: Path) -> bool:
+    """stempy's sparse layout: electron events per scan position, not a dense dataset."""
+    with open_hdf5(path) as f:
+        return "electron_events" in f and "frames" in f["electron_events"]
+
+
 def _open_synthetic(spec: str) -> Dataset4D:
     try:
         synthetic = import_module("stempress.data.synthetic")
@@ -86,13 +92,21 @@ def open_source(spec: str | Path | np.ndarray, *, dataset: str | None = None,
         raise StempressError(f"{path}: is a directory; give the data file inside it")
     suffix = path.suffix.lower()
     kind = ("hdf5" if suffix in HDF5_SUFFIXES else "mib" if suffix == ".mib"
-            else "npy" if suffix == ".npy" else _sniff(path))
+            else "npy" if suffix == ".npy" else "raw_csr" if suffix == ".toml" else _sniff(path))
     if kind != "hdf5" and dataset is not None:
         raise StempressError(f"{path}: --dataset applies to HDF5 files only; drop it for this {kind} file")
     if kind == "hdf5":
         if dataset is None and _is_nxmx(path):
             return NxmxSource(path, scan_shape)
+        if dataset is None and _is_stempy(path):
+            from stempress.events.stempy import StempySource
+
+            return StempySource(path)
         return Hdf5Source(path, dataset, scan_shape)
+    if kind == "raw_csr":
+        from stempress.events.libertem import RawCsrSource
+
+        return RawCsrSource(path, scan_shape)
     if kind == "mib":
         return MibSource(path, scan_shape)
     if kind == "npy":
