@@ -89,6 +89,7 @@ def bench(
     if protocol not in ("warm", "cold"):
         raise StempressError(f"--protocol {protocol!r} is unknown; use warm or cold")
     out = out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
+    chosen_chunkings, chosen_paths, scan = parse_chunkings(chunks), parse_paths(paths), parse_scan_shape(scan_shape)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console) as bar:
         task = bar.add_task("benchmark", total=None, last="")
@@ -102,10 +103,10 @@ def bench(
             bar.update(task, completed=event.done, total=event.total, last=last or event.message)
 
         report = run_bench(
-            sources=sources or [], suite=suite, methods=methods, chunkings=parse_chunkings(chunks),
-            paths=parse_paths(paths), workers=workers, runs=runs,
+            sources=sources or [], suite=suite, methods=methods, chunkings=chosen_chunkings,
+            paths=chosen_paths, workers=workers, runs=runs,
             protocol=protocol, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
-            scan_shape=parse_scan_shape(scan_shape), seed=seed, force=force, on_progress=show,
+            scan_shape=scan, seed=seed, force=force, on_progress=show,
         )
     render_summary(report.summary)
     for line in report.problems:
