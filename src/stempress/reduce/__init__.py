@@ -1,0 +1,63 @@
+"""Reducers: task summaries (virtual images, CoM, patterns) computed from blocks of frames in one pass.
+
+``run_reducers(source, default_reducers(calibrate(source)))`` gives BF/ADF/HAADF images, the CoM map and the
+mean pattern; ``run_partitioned`` gives the same results from independently reduced, merged partitions.
+"""
+
+from stempress.reduce.calibration import Calibration, calibrate, estimate_calibration, find_bf_disk
+from stempress.reduce.engine import Projection, partition_rows, run_partitioned, run_reducers, single_blas_thread
+from stempress.reduce.imaging import (
+    Annulus,
+    CenterOfMass,
+    Detector,
+    Mask,
+    MaxPattern,
+    MeanPattern,
+    VirtualDetectors,
+    abf,
+    adf,
+    bf,
+    curl,
+    default_detectors,
+    default_reducers,
+    divergence,
+    dpc_field,
+    haadf,
+    integrated_phase,
+    radius_map,
+)
+from stempress.reduce.protocol import LinearReducer, OutputSpec, Reducer, State
+
+__all__ = [
+    "Annulus",
+    "Calibration",
+    "CenterOfMass",
+    "Detector",
+    "LinearReducer",
+    "Mask",
+    "MaxPattern",
+    "MeanPattern",
+    "OutputSpec",
+    "Projection",
+    "Reducer",
+    "State",
+    "VirtualDetectors",
+    "abf",
+    "adf",
+    "bf",
+    "calibrate",
+    "curl",
+    "default_detectors",
+    "default_reducers",
+    "divergence",
+    "dpc_field",
+    "estimate_calibration",
+    "find_bf_disk",
+    "haadf",
+    "integrated_phase",
+    "partition_rows",
+    "radius_map",
+    "run_partitioned",
+    "run_reducers",
+    "single_blas_thread",
+]

@@ -1,0 +1,361 @@
+"""Run reducers over a cube in one pass, or over partitions that merge: the executors' common shape.
+
+No files here: the engine takes a source (anything with ``read_rows``) or an iterable of ``Block`` s, so a
+live receiver or a Dask executor can drive the same code. Linear reducers (virtual detectors, CoM, the mean
+pattern) are fused into one ``Projection``: each block is converted once and multiplied once by a
+``(pixels, k)`` matrix covering all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from stempress.data.base import ArraySource, Block, Dataset4D, check_shape_dtype, iter_blocks, rows_for_budget
+from stempress.errors import StempressError
+from stempress.reduce.calibration import Calibration
+from stempress.reduce.protocol import LinearReducer, Reducer, Shape4, State
+
+Progress = Callable[[int, int], None]
+Results = dict[str, dict[str, np.ndarray]]
+
+#: float32 holds every integer below this exactly; the fast path stays below it.
+_EXACT_F32 = 2**24
+#: weights up to this magnitude stay one column; larger integer weights (CoM coordinates) are split in two
+_DIGIT_MAX = 16
+#: frames per conversion chunk: the float copy of a chunk stays near cache size
+_CHUNK_BYTES = 4 * 1024**2
+#: at most this many frames per chunk, so a float32 chunk sum of uint16 counts stays exact (65535 * 256 < 2**24)
+_CHUNK_FRAMES = 256
+
+
+class Projection:
+    """``frames (n, pixels) @ weights (pixels, k)`` for blocks of whole scan rows, plus the sum of frames.
+
+    Why it is exact and blocking-independent: unsigned 8/16-bit counts with integer weights run in float32,
+    where every partial sum is an integer below 2**24 (large weights such as pixel coordinates are split into
+    two small digits and recombined in float64; a frame too bright for that bound is redone in float64);
+    anything else runs in float64 (and so does everything after the first frame too bright for float32).
+    Frames are converted in chunks aligned to each scan row's start, so every BLAS call has the same shape
+    whatever the block size or partition, and per-position results are bit-identical even for float data.
+    """
+
+    def __init__(self, weights: np.ndarray, dtype: np.dtype, shape: Shape4):
+        _, self.scan_x, dy, dx = (int(n) for n in shape)
+        self.pixels = dy * dx
+        weights = np.asarray(weights, np.float64)
+        if weights.ndim != 2 or weights.shape[0] != self.pixels:
+            raise ValueError(f"weights must be ({self.pixels}, k), got {weights.shape}")
+        self.k = weights.shape[1]
+        self.weights64 = np.ascontiguousarray(weights)
+        dtype = np.dtype(dtype)
+        integer_weights = bool(np.all(np.isfinite(weights))) and bool(np.array_equal(weights, np.round(weights)))
+        small = self.k == 0 or float(np.abs(weights).max()) < _EXACT_F32
+        self.exact32 = dtype.kind == "u" and dtype.itemsize <= 2 and integer_weights and small
+        self.work = np.dtype(np.float32 if self.exact32 else np.float64)
+        if self.exact32:
+            self._w32, self._recombine = _digit_columns(self.weights64)
+            self._wmax = max(1.0, float(np.abs(self._w32).max()))
+        self.chunk = int(max(1, min(_CHUNK_FRAMES, self.scan_x, _CHUNK_BYTES // (self.pixels * self.work.itemsize))))
+        self._buf = np.empty((self.chunk, self.pixels), self.work)
+        self._ones = np.ones(self.chunk, self.work)
+        self._psum = np.empty(self.pixels, self.work)
+        if self.exact32:
+            self._res = np.empty((self.chunk, self._w32.shape[1]), np.float32)
+
+    def apply(self, data: np.ndarray, pattern_into: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """Products ``(rows, scan_x, k)`` in float64; the block's frame sums are added to each of
+        ``pattern_into`` (float64, ``(pixels,)``) chunk by chunk, in scan order."""
+        n_rows = data.shape[0]
+        frames = data.reshape(n_rows * self.scan_x, self.pixels)
+        out = np.empty((n_rows, self.scan_x, self.k), np.float64)
+        flat = out.reshape(n_rows * self.scan_x, self.k)
+        for row in range(n_rows):
+            for c0 in range(0, self.scan_x, self.chunk):
+                lo = row * self.scan_x + c0
+                n = min(self.chunk, self.scan_x - c0)
+                buf = self._buf[:n]
+                np.copyto(buf, frames[lo:lo + n], casting="unsafe")
+                if self.k:
+                    self._multiply(buf, flat[lo:lo + n])
+                if pattern_into:
+                    np.matmul(self._ones[:n], buf, out=self._psum)
+                    for acc in pattern_into:
+                        acc += self._psum
+        return out
+
+    def _multiply(self, buf: np.ndarray, dest: np.ndarray) -> None:
+        if not self.exact32:
+            np.matmul(buf, self.weights64, out=dest)
+            return
+        res = self._res[:buf.shape[0]]
+        np.matmul(buf, self._w32, out=res)
+        np.matmul(res.astype(np.float64), self._recombine, out=dest)
+        # column 0 is the frame sum; every partial sum is bounded by it times the largest weight
+        bright = res[:, 0].astype(np.float64) * self._wmax >= _EXACT_F32
+        if bright.any():
+            dest[bright] = buf[bright].astype(np.float64) @ self.weights64
+            self._use_float64()
+
+    def _use_float64(self) -> None:
+        """Data this bright would be redone frame by frame; float64 from here on is exact too (integer
+        results are unique, so the switch changes no bit) and costs one product, not two."""
+        self.exact32 = False
+        self.work = np.dtype(np.float64)
+        self._buf = np.empty((self.chunk, self.pixels), self.work)
+        self._ones = np.ones(self.chunk, self.work)
+        self._psum = np.empty(self.pixels, self.work)
+
+
+def _digit_columns(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer weights as small-integer float32 columns W and a recombination R with ``weights == W @ R``.
+
+    Column 0 of W is all ones (the frame sum, needed for the exactness bound); a column with entries above
+    ``_DIGIT_MAX`` becomes ``B * q + r`` with ``|q|, r <= B ~ sqrt(max)``; duplicates are shared; W is padded
+    to a multiple of 4 columns, which BLAS's float32 kernels prefer.
+    """
+    pixels, k = weights.shape
+    columns: list[np.ndarray] = [np.ones(pixels)]
+    index: dict[bytes, int] = {columns[0].tobytes(): 0}
+    pieces: list[list[tuple[int, float]]] = []
+
+    def column(values: np.ndarray) -> int:
+        key = values.tobytes()
+        if key not in index:
+            index[key] = len(columns)
+            columns.append(values)
+        return index[key]
+
+    for j in range(k):
+        w = weights[:, j] + 0.0  # no negative zeros, so equal columns have equal bytes
+        top = float(np.abs(w).max()) if pixels else 0.0
+        if top <= _DIGIT_MAX:
+            pieces.append([(column(w), 1.0)])
+        else:
+            base = float(np.ceil(np.sqrt(top + 1)))
+            q = np.floor(w / base)
+            pieces.append([(column(q + 0.0), base), (column(w - base * q), 1.0)])
+    width = -(-len(columns) // 4) * 4
+    w32 = np.zeros((pixels, width), np.float32)
+    for i, values in enumerate(columns):
+        w32[:, i] = values
+    recombine = np.zeros((width, k), np.float64)
+    for j, parts in enumerate(pieces):
+        for i, factor in parts:
+            recombine[i, j] += factor
+    return w32, recombine
+
+
+@contextlib.contextmanager
+def single_blas_thread() -> Iterator[None]:
+    """One BLAS thread while reducing: the products are short and thin, and OpenBLAS's own threads cost
+    more than they bring on them (up to 10x slower, measured on 2 cores); parallelism comes from partitions.
+    The limit is process-wide while it lasts (OpenBLAS has one setting)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with blosc2
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+class _Pass:
+    """All reducers' states over one range of scan rows, the linear ones fused into one projection."""
+
+    def __init__(self, reducers: Sequence[Reducer], shape: Shape4, dtype: np.dtype,
+                 calibration: Calibration | None, rows: tuple[int, int]):
+        self.reducers = list(reducers)
+        self.shape, self.dtype, self.rows = shape, np.dtype(dtype), rows
+        self.states: list[State] = [r.start(shape, dtype, calibration, rows) for r in self.reducers]
+        self.linear: list[tuple[int, slice]] = []
+        weights = []
+        offset = 0
+        for i, reducer in enumerate(self.reducers):
+            if isinstance(reducer, LinearReducer):
+                w = np.asarray(reducer.weights(self.states[i]), np.float64)
+                self.linear.append((i, slice(offset, offset + w.shape[1])))
+                weights.append(w)
+                offset += w.shape[1]
+        self.projection = Projection(np.hstack(weights), self.dtype, shape) if weights else None
+        self.seen = np.zeros(rows[1] - rows[0], bool)
+
+    def process(self, block: Block) -> None:
+        data = block.data
+        if tuple(data.shape[1:]) != tuple(self.shape[1:]) or data.dtype != self.dtype:
+            raise StempressError(
+                f"block at row {block.start} is {data.dtype} {tuple(data.shape)}, expected {self.dtype} "
+                f"(rows, {', '.join(str(n) for n in self.shape[1:])}); feed blocks of whole scan rows of one cube")
+        lo, hi = block.start - self.rows[0], block.stop - self.rows[0]
+        if lo < 0 or hi > self.seen.size:
+            raise StempressError(f"block rows [{block.start}, {block.stop}) fall outside the scan rows "
+                                 f"[{self.rows[0]}, {self.rows[1]}) being reduced; check the stream's shape")
+        if self.seen[lo:hi].any():
+            raise StempressError(f"scan rows [{block.start}, {block.stop}) arrived twice; send each row once")
+        if self.projection is not None:
+            buffers = []
+            for i, _ in self.linear:
+                buffer = self.reducers[i].pattern_buffer(self.states[i])  # type: ignore[attr-defined]
+                if buffer is not None:
+                    buffers.append(buffer)
+            products = self.projection.apply(data, buffers)
+            for i, cols in self.linear:
+                self.reducers[i].consume(self.states[i], block, products[..., cols])  # type: ignore[attr-defined]
+        for reducer, state in zip(self.reducers, self.states, strict=True):
+            if not isinstance(reducer, LinearReducer):
+                reducer.process(state, block)
+        self.seen[lo:hi] = True
+
+    def merge(self, other: _Pass) -> None:
+        """Absorb the pass over the next row range."""
+        if other.rows[0] != self.rows[1]:
+            raise ValueError(f"pass over rows {other.rows} does not follow rows {self.rows}")
+        self.states = [r.merge(a, b) for r, a, b in zip(self.reducers, self.states, other.states, strict=True)]
+        self.rows = (self.rows[0], other.rows[1])
+        self.seen = np.concatenate([self.seen, other.seen])
+
+    def finish(self) -> Results:
+        missing = np.flatnonzero(~self.seen)
+        if missing.size:
+            raise StempressError(
+                f"{missing.size} of {self.seen.size} scan rows never arrived (first: row {self.rows[0] + missing[0]}); "
+                "results would be incomplete; resend the missing rows or reduce a complete source")
+        results: Results = {}
+        for reducer, state in zip(self.reducers, self.states, strict=True):
+            out = reducer.finish(state)
+            _check_outputs(reducer, out, self.shape, self.dtype)
+            results[reducer.name] = out
+        return results
+
+
+def _check_outputs(reducer: Reducer, out: dict[str, np.ndarray], shape: Shape4, dtype: np.dtype) -> None:
+    """A reducer returns exactly what it declared; a mismatch is a bug in the reducer."""
+    specs = reducer.outputs(shape, dtype)
+    if set(out) != set(specs):
+        raise ValueError(f"reducer {reducer.name!r} returned {sorted(out)}, declared {sorted(specs)}")
+    for key, spec in specs.items():
+        if out[key].shape != spec.shape(shape) or out[key].dtype != np.dtype(spec.dtype):
+            raise ValueError(f"reducer {reducer.name!r} output {key!r} is {out[key].dtype} {out[key].shape}, "
+                             f"declared {np.dtype(spec.dtype)} {spec.shape(shape)}")
+
+
+def _check_names(reducers: Sequence[Reducer]) -> None:
+    if not reducers:
+        raise StempressError("no reducers given; pass at least one (e.g. default_reducers(calibration))")
+    names = [r.name for r in reducers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise StempressError(f"two reducers are named {', '.join(twice)}; give each a distinct name=")
+
+
+def _calibration(calibration: Calibration | None, metadata: dict[str, Any], shape: Shape4) -> Calibration:
+    return calibration if calibration is not None else Calibration.from_metadata(metadata, shape[2:])
+
+
+class _Progress:
+    """Rows done so far, reported after each block; thread-safe for partitions run in parallel."""
+
+    def __init__(self, callback: Progress | None, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+        self.lock = threading.Lock()
+
+    def add(self, rows: int) -> None:
+        if self.callback is None:
+            return
+        with self.lock:
+            self.done += rows
+            self.callback(self.done, self.total)
+
+
+def run_reducers(source_or_blocks: Dataset4D | np.ndarray | Iterable[Block], reducers: Sequence[Reducer], *,
+                 rows: int | None = None, progress: Progress | None = None,
+                 calibration: Calibration | None = None, shape: Shape4 | None = None,
+                 metadata: dict[str, Any] | None = None) -> Results:
+    """All reducers over every scan row in ONE pass; returns ``{reducer name: {output name: array}}``.
+
+    ``source_or_blocks``: a source (read ``rows`` scan rows at a time, default a 64 MiB budget), an in-memory
+    4-D array, or an iterable of ``Block`` s (then ``shape`` is required; blocks may come in any order but
+    must cover every row once; out of order, float sums may differ in the last bit, counts never do).
+    ``calibration`` defaults to what the source's metadata carries.
+    """
+    _check_names(reducers)
+    if isinstance(source_or_blocks, np.ndarray):
+        source_or_blocks = ArraySource(source_or_blocks)
+    if isinstance(source_or_blocks, Dataset4D):
+        source = source_or_blocks
+        shape, dtype = source.shape, np.dtype(source.dtype)
+        metadata = source.metadata if metadata is None else metadata
+        blocks: Iterator[Block] = iter_blocks(source, rows)
+    else:
+        if shape is None:
+            raise StempressError("reducing a stream of blocks needs the cube's shape=(scan_y, scan_x, det_y, det_x)")
+        blocks = iter(source_or_blocks)
+        first = next(blocks, None)
+        if first is None:
+            raise StempressError("the block stream is empty; nothing to reduce")
+        dtype = np.dtype(first.data.dtype)
+        shape = check_shape_dtype(tuple(shape), dtype, "block stream")
+        blocks = _chain(first, blocks)
+        metadata = metadata or {}
+    calibration = _calibration(calibration, metadata, shape)
+    counter = _Progress(progress, shape[0])
+    with single_blas_thread():
+        run = _Pass(reducers, shape, dtype, calibration, (0, shape[0]))
+        for block in blocks:
+            run.process(block)
+            counter.add(block.data.shape[0])
+        return run.finish()
+
+
+def _chain(first: Block, rest: Iterator[Block]) -> Iterator[Block]:
+    yield first
+    yield from rest
+
+
+def partition_rows(scan_y: int, partitions: int) -> list[tuple[int, int]]:
+    """Split scan rows into at most ``partitions`` contiguous, near-equal, non-empty ranges."""
+    if partitions < 1:
+        raise StempressError(f"partitions must be >= 1, got {partitions}")
+    k = min(int(partitions), int(scan_y))
+    edges = [round(i * scan_y / k) for i in range(k + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(k)]
+
+
+def run_partitioned(source: Dataset4D | np.ndarray, reducers: Sequence[Reducer], partitions: int = 2, *,
+                    rows: int | None = None, executor: Executor | None = None,
+                    calibration: Calibration | None = None, progress: Progress | None = None) -> Results:
+    """Reduce ``partitions`` row ranges independently (in order, or on ``executor``'s workers) and merge them.
+
+    The shape a thread or Dask executor uses; results are identical to ``run_reducers`` (bit for bit for
+    integer data and for sums that float64 holds exactly, such as binned means).
+    """
+    _check_names(reducers)
+    if isinstance(source, np.ndarray):
+        source = ArraySource(source)
+    if not isinstance(source, Dataset4D):
+        raise StempressError("run_partitioned needs a source it can read rows from; for a stream use run_reducers")
+    shape, dtype = source.shape, np.dtype(source.dtype)
+    calibration = _calibration(calibration, source.metadata, shape)
+    step = rows or rows_for_budget(source)
+    counter = _Progress(progress, shape[0])
+
+    def work(bounds: tuple[int, int]) -> _Pass:
+        run = _Pass(reducers, shape, dtype, calibration, bounds)
+        for start in range(bounds[0], bounds[1], step):
+            stop = min(start + step, bounds[1])
+            run.process(Block(start, source.read_rows(start, stop)))
+            counter.add(stop - start)
+        return run
+
+    ranges = partition_rows(shape[0], partitions)
+    with single_blas_thread():
+        passes = list(executor.map(work, ranges)) if executor is not None else [work(r) for r in ranges]
+        merged = passes[0]
+        for other in passes[1:]:
+            merged.merge(other)
+        return merged.finish()

@@ -1,0 +1,221 @@
+"""The reducer protocol and engine: one pass, any blocking, partitions that merge, streams that must be whole."""
+
+from __future__ import annotations
+
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from stempress.data.base import ArraySource, Block
+from stempress.data.suites import suite
+from stempress.errors import StempressError
+from stempress.reduce import (
+    Annulus,
+    Calibration,
+    CenterOfMass,
+    Mask,
+    MaxPattern,
+    MeanPattern,
+    OutputSpec,
+    Projection,
+    Reducer,
+    State,
+    VirtualDetectors,
+    calibrate,
+    default_reducers,
+    partition_rows,
+    run_partitioned,
+    run_reducers,
+)
+
+
+class RowPeak(Reducer):
+    """A non-linear test reducer: per-position maximum plus a single-valued total, through the generic base."""
+
+    name = "row_peak"
+
+    def outputs(self, shape, dtype):
+        return {"peak": OutputSpec("position", "float64"), "total": OutputSpec("single", "float64")}
+
+    def process(self, state: State, block: Block) -> None:
+        state.buffers["peak"][state.local(block)] = block.data.max(axis=(2, 3))
+        state.buffers["total"] += block.data.sum(dtype=np.float64)
+
+
+def _source(name: str) -> ArraySource:
+    suite_name = "counted" if name == "counted" else "smoke"
+    src = next(s for s in suite(suite_name) if s.name == name)
+    return ArraySource(src.read_rows(0, src.shape[0]), name=name, metadata=src.metadata)
+
+
+@pytest.fixture(scope="module", params=["4D_Diff", "4D_Diff-2x2-binning", "counted"])
+def source(request) -> ArraySource:
+    return _source(request.param)
+
+
+def _reducers(source: ArraySource) -> list[Reducer]:
+    return [*default_reducers(calibrate(source, sample_rows=None)), MaxPattern(), RowPeak()]
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert a[name][key].dtype == b[name][key].dtype
+            assert np.array_equal(a[name][key], b[name][key]), f"{name}/{key} differs"
+
+
+def test_results_do_not_depend_on_blocking_or_partitions(source):
+    reducers = _reducers(source)
+    whole = run_reducers(source, reducers)
+    for rows in (1, 7):
+        _assert_identical(whole, run_reducers(source, reducers, rows=rows))
+    _assert_identical(whole, run_partitioned(source, reducers, partitions=3, rows=2))
+    with ThreadPoolExecutor(2) as pool:
+        _assert_identical(whole, run_partitioned(source, reducers, partitions=3, rows=3, executor=pool))
+    cube = source.array
+    assert np.array_equal(whole["row_peak"]["peak"], cube.max(axis=(2, 3)))
+    assert float(whole["row_peak"]["total"]) == float(cube.sum(dtype=np.float64))
+
+
+def test_stream_of_blocks_in_any_order_equals_the_source():
+    src = _source("4D_Diff")
+    reducers = _reducers(src)
+    blocks = [Block(r, src.read_rows(r, min(r + 3, src.shape[0]))) for r in range(0, src.shape[0], 3)]
+    random.Random(1).shuffle(blocks)
+    seen = []
+    streamed = run_reducers(iter(blocks), reducers, shape=src.shape, metadata=src.metadata,
+                            progress=lambda done, total: seen.append((done, total)))
+    _assert_identical(run_reducers(src, reducers, rows=8), streamed)
+    assert seen[-1] == (src.shape[0], src.shape[0])
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_incomplete_duplicated_or_misshapen_streams_are_refused():
+    src = _source("4D_Diff")
+    reducers = [MeanPattern()]
+    rows = [Block(r, src.read_rows(r, r + 1)) for r in range(src.shape[0])]
+    with pytest.raises(StempressError, match="never arrived"):
+        run_reducers(rows[:-1], reducers, shape=src.shape)
+    with pytest.raises(StempressError, match="twice"):
+        run_reducers([*rows, rows[2]], reducers, shape=src.shape)
+    with pytest.raises(StempressError, match="expected"):
+        run_reducers([Block(0, src.read_rows(0, 1)[..., :-1])], reducers, shape=src.shape)
+    with pytest.raises(StempressError, match="shape="):
+        run_reducers(rows, reducers)
+    with pytest.raises(StempressError, match="outside"):
+        run_reducers([Block(src.shape[0], src.read_rows(0, 1))], reducers, shape=src.shape)
+    with pytest.raises(StempressError, match="distinct name"):
+        run_reducers(src, [MeanPattern(), MeanPattern()])
+
+
+def test_partition_states_hold_only_their_rows_and_merge_only_when_adjacent():
+    src = _source("counted")
+    reducer = CenterOfMass()
+    a = reducer.start(src.shape, src.dtype, None, rows=(0, 10))
+    b = reducer.start(src.shape, src.dtype, None, rows=(10, 32))
+    c = reducer.start(src.shape, src.dtype, None, rows=(20, 32))
+    assert a.buffers["com_y"].shape == (10, src.shape[1])  # memory follows the partition, not the cube
+    reducer.process(a, Block(0, src.read_rows(0, 10)))
+    reducer.process(b, Block(10, src.read_rows(10, 32)))
+    merged = reducer.merge(b, a)  # either order
+    assert merged.rows == (0, 32)
+    whole = run_reducers(src, [CenterOfMass()])["com"]
+    assert np.array_equal(reducer.finish(merged)["com_x"], whole["com_x"])
+    with pytest.raises(ValueError, match="adjacent"):
+        reducer.merge(a, c)
+    with pytest.raises(ValueError, match="outside"):
+        reducer.process(a, Block(9, src.read_rows(9, 11)))
+
+
+def test_partition_rows_cover_the_scan_without_empty_parts():
+    assert partition_rows(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert partition_rows(2, 5) == [(0, 1), (1, 2)]
+    with pytest.raises(StempressError):
+        partition_rows(4, 0)
+
+
+def test_a_reducer_returning_something_undeclared_is_caught():
+    class Liar(RowPeak):
+        name = "liar"
+
+        def finish(self, state):
+            return {"peak": state.buffers["peak"][:1], "total": state.buffers["total"]}
+
+    with pytest.raises(ValueError, match="declared"):
+        run_reducers(_source("counted"), [Liar()])
+
+
+def test_projection_is_exact_for_bright_frames_and_large_integer_weights():
+    rng = np.random.default_rng(3)
+    cube = rng.integers(40000, 65535, size=(3, 5, 24, 20), dtype=np.uint16)  # ~3e7 counts/frame > 2**24
+    yy, xx = np.indices((24, 20))
+    weights = np.stack([np.ones(480), (yy * 1000 - xx * 7).ravel(), (yy % 2).ravel()], axis=1).astype(float)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    assert projection.exact32
+    acc = np.zeros(480)
+    got = projection.apply(cube, [acc])
+    want = np.einsum("abp,pk->abk", cube.reshape(3, 5, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(got, want.astype(np.float64))
+    assert np.array_equal(acc, cube.reshape(15, -1).sum(axis=0, dtype=np.int64).astype(np.float64))
+    assert not projection.exact32  # switched to float64 after the first bright frame
+
+
+def test_projection_uses_float32_exactly_for_counts_and_float64_otherwise():
+    rng = np.random.default_rng(4)
+    cube = rng.poisson(3.0, size=(4, 6, 16, 16)).astype(np.uint16)
+    yy, xx = np.indices((16, 16))
+    weights = np.stack([(yy < 8).ravel(), (yy - 8).ravel(), (xx - 8).ravel()], axis=1).astype(float)
+    want = np.einsum("abp,pk->abk", cube.reshape(4, 6, -1).astype(np.int64), weights.astype(np.int64))
+    fast = Projection(weights, cube.dtype, cube.shape)
+    assert fast.exact32 and fast.work == np.float32
+    assert np.array_equal(fast.apply(cube), want.astype(np.float64))
+    soft = weights * 0.3
+    slow = Projection(soft, cube.dtype, cube.shape)
+    assert not slow.exact32
+    np.testing.assert_allclose(slow.apply(cube), want * 0.3, rtol=1e-12, atol=1e-9)
+    as_float = Projection(weights, np.dtype(np.float32), cube.shape)
+    assert not as_float.exact32
+
+
+def test_standalone_process_gives_the_same_bits_as_the_fused_pass():
+    src = _source("4D_Diff")
+    cal = calibrate(src, sample_rows=None)
+    fused = run_reducers(src, default_reducers(cal), rows=3)
+    alone = VirtualDetectors([Annulus("BF", 0, 1, "bf"), Mask("left", np.tri(64, 64, dtype=bool))],
+                             calibration=cal)
+    state = alone.start(src.shape, src.dtype)
+    for r in range(0, src.shape[0], 5):
+        alone.process(state, Block(r, src.read_rows(r, min(r + 5, src.shape[0]))))
+    assert np.array_equal(alone.finish(state)["BF"], fused["virtual"]["BF"])
+
+
+def test_engine_defaults_calibration_from_metadata_and_reports_params():
+    src = _source("counted")
+    reducers = _reducers(src)
+    for reducer in reducers:
+        json.dumps(reducer.params())
+    meta = Calibration.from_metadata(src.metadata, src.shape[2:])
+    # with no calibration given the engine uses the metadata's; radii in px need nothing more
+    results = run_reducers(src.array, [VirtualDetectors([Annulus("disk", 0, 5)])])
+    mask = VirtualDetectors([Annulus("disk", 0, 5)]).masks(src.shape[2:], meta)["disk"]
+    want = np.einsum("abij,ij->ab", src.array.astype(np.int64), mask.astype(np.int64))
+    assert np.array_equal(results["virtual"]["disk"], want.astype(np.float64))
+
+
+def test_arbitrary_float_data_keeps_block_independent_bits_and_partitions_agree_to_rounding():
+    rng = np.random.default_rng(5)
+    cube = (rng.random((9, 11, 40, 40)) ** 3 * 100).astype(np.float32)  # values on no common grid
+    reducers = default_reducers(Calibration(19.7, 20.2, 8.0, det_shape=(40, 40)))
+    whole = run_reducers(cube, reducers)
+    _assert_identical(whole, run_reducers(cube, reducers, rows=1))
+    _assert_identical(whole, run_reducers(cube, reducers, rows=7))
+    parts = run_partitioned(cube, reducers, partitions=3, rows=2)
+    for name in whole:
+        for key in whole[name]:
+            np.testing.assert_allclose(parts[name][key], whole[name][key], rtol=1e-13, atol=0)
+    assert np.array_equal(parts["virtual"]["BF"], whole["virtual"]["BF"])  # per-position outputs never merge sums
