@@ -1,0 +1,237 @@
+"""Choose the least burdensome representation that still answers the named inferences (part 2, principle 4).
+
+``cost_table(source, ["bf", "com"], tolerance=0.01)`` lists candidate representations with their bytes, the
+reduction against the raw cube, whether each recovers each target (exactly / within tolerance / not, checked by
+computing the target from it and from the raw data on the same, seeded sample of scan positions), what each
+assumes, and the errors; ``plan`` adds the choice: the fewest bytes among those whose checks all pass. The
+table's ``attrs["provenance"]`` records source, hash, parameters, calibration, versions and time (principle 5).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import platform
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stempress.data.base import Dataset4D, nbytes
+from stempress.errors import StempressError
+from stempress.reduce.calibration import Calibration, calibrate
+from stempress.reduce.sufficiency import (
+    EXACTLY,
+    NOT,
+    BinnedSource,
+    Check,
+    Target,
+    compute,
+    gather,
+    judge,
+    parse_targets,
+    sample_positions,
+)
+
+#: Lossless codecs tried for the "best lossless" row (the smallest file wins); unavailable ones are skipped.
+LOSSLESS_CODECS = ("blosc_zstd", "bitshuffle_zstd", "zstd_9")
+#: Hash the whole file / cube up to this size, else only its first this many bytes.
+HASH_BYTES = 64 * 1024**2
+Tolerance = float | Mapping[str, float]
+
+
+@dataclass
+class _Row:
+    representation: str
+    bytes: int
+    assumes: tuple[str, ...]
+    checks: list[Check]
+
+
+def cost_table(source: Dataset4D, targets: str | Sequence[str | Target], tolerance: Tolerance = 0.01, *,
+               calibration: Calibration | None = None, max_positions: int | None = 1024, seed: int = 0,
+               codecs: Sequence[str] = LOSSLESS_CODECS, bins: Sequence[int] = (2, 4),
+               events: bool | None = None) -> pd.DataFrame:
+    """One row per candidate representation; see the module docstring. ``tolerance``: the largest relative RMS
+    error accepted, one number or one per target label. Checks run on all positions up to ``max_positions``, else
+    on a random sample of that many (``seed``). ``events=None`` adds the event row when the data are counts."""
+    chosen = parse_targets(targets)
+    tol = _tolerances(chosen, tolerance)
+    cal = calibration if calibration is not None else _calibration(source)
+    positions = sample_positions(source.shape, max_positions, seed)
+    view = gather(source, positions)
+    det = tuple(source.shape[2:])
+    reference = compute(chosen, view, cal)
+
+    def from_frames(frames: Dataset4D, scale: int = 1) -> list[Check]:
+        got = compute(chosen, frames, cal, scale)
+        return [judge(t.label, got[t.label], reference[t.label], tol[t.label]) for t in chosen]
+
+    raw_bytes = nbytes(source)
+    rows = [_Row(f"raw {np.dtype(source.dtype).name} cube", raw_bytes, (), from_frames(view))]
+    rows += _lossless_rows(source, positions, codecs, from_frames)
+    if events or (events is None and _is_counts(source)):
+        rows.append(_events_row(source, positions, from_frames))
+    for b in bins:
+        if det[0] // b and det[1] // b:
+            binned = BinnedSource(view, int(b))
+            size = int(np.prod(source.shape[:2])) * binned.shape[2] * binned.shape[3] * 4
+            rows.append(_Row(f"binned {b}x{b} (float32 means)", size, ("mean-binned detector",),
+                             from_frames(binned, int(b))))
+    summaries = [_summary_row(t, chosen, source.shape, cal, reference, tol) for t in chosen]
+    rows += summaries
+    if len(chosen) > 1:
+        rows.append(_Row("task summaries: " + ", ".join(t.label for t in chosen), sum(r.bytes for r in summaries),
+                         _union(t.assumes for t in chosen),
+                         [judge(t.label, reference[t.label], reference[t.label], tol[t.label]) for t in chosen]))
+    table = _frame(rows, chosen, raw_bytes)
+    table.attrs["provenance"] = provenance(source, chosen, tol, cal, max_positions=max_positions, seed=seed,
+                                           codecs=list(codecs), bins=list(bins), sampled=positions is not None)
+    return table
+
+
+def plan(source: Dataset4D, targets: str | Sequence[str | Target], tolerance: Tolerance = 0.01,
+         **options: Any) -> tuple[pd.DataFrame, str]:
+    """The cost table and the name of the smallest representation whose checks all pass (raw always does)."""
+    table = cost_table(source, targets, tolerance, **options)
+    passing = table[table["passes"]]
+    if passing.empty:  # cannot happen while raw is a row; refuse rather than pick something that fails
+        raise StempressError("no representation passes every check; loosen the tolerance")
+    return table, str(passing.sort_values("bytes", kind="stable").iloc[0]["representation"])
+
+
+# -- rows --------------------------------------------------------------------------------------------------
+def _lossless_rows(source: Dataset4D, positions: np.ndarray | None, codecs: Sequence[str],
+                   from_frames: Callable[..., list[Check]]) -> list[_Row]:
+    """Compress with each codec into a temp folder, keep the smallest file, and check it by reading it back."""
+    from stempress.data.open import open_source
+    from stempress.store.compress import compress, direct_codecs
+
+    usable = [c for c in codecs if c in direct_codecs()]
+    if not usable:
+        return []
+    with tempfile.TemporaryDirectory(prefix="stempress-plan-") as folder:
+        reports = [compress(source, Path(folder) / f"{c}.h5", codec=c) for c in usable]
+        best = min(reports, key=lambda r: r.file_bytes)
+        with open_source(best.path) as back:
+            checks = from_frames(gather(back, positions))
+    return [_Row(f"lossless {best.codec}", int(best.file_bytes), (), checks)]
+
+
+def _events_row(source: Dataset4D, positions: np.ndarray | None,
+                from_frames: Callable[..., list[Check]]) -> _Row:
+    from stempress.events.representation import Events, EventsSource
+
+    events = Events.from_source(source)
+    return _Row("events (CSR)", events.nbytes, ("integer counts",),
+                from_frames(gather(EventsSource(events), positions)))
+
+
+def _summary_row(own: Target, chosen: list[Target], shape: tuple[int, int, int, int], cal: Calibration,
+                 reference: dict[str, dict[str, np.ndarray]], tol: dict[str, float]) -> _Row:
+    """A reducer output stored alone: its own inference, nothing else (not computable: error NaN)."""
+    checks = [judge(t.label, reference[t.label] if t == own else None, reference[t.label], tol[t.label])
+              for t in chosen]
+    return _Row(f"{own.label} (reducer output)", own.summary_nbytes(shape, cal), own.assumes, checks)
+
+
+def _frame(rows: list[_Row], chosen: list[Target], raw_bytes: int) -> pd.DataFrame:
+    records = []
+    for row in rows:
+        worst = max((c.rel_rms for c in row.checks), default=0.0)
+        record: dict[str, Any] = {
+            "representation": row.representation, "bytes": int(row.bytes),
+            "reduction": raw_bytes / row.bytes if row.bytes else math.inf,
+            "recovers": "; ".join(f"{c.target}: {c.recovers}" for c in row.checks),
+            "assumes": ", ".join(row.assumes) or "-",
+            "error": worst, "passes": all(c.recovers != NOT for c in row.checks)}
+        for c in row.checks:
+            record[f"recovers[{c.target}]"] = c.recovers
+            record[f"rel_rms[{c.target}]"] = c.rel_rms
+            record[f"max_abs[{c.target}]"] = c.max_abs
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+def _tolerances(chosen: list[Target], tolerance: Tolerance) -> dict[str, float]:
+    if isinstance(tolerance, Mapping):
+        missing = [t.label for t in chosen if t.label not in tolerance]
+        if missing:
+            raise StempressError(f"no tolerance given for target(s) {', '.join(missing)}")
+        tol = {t.label: float(tolerance[t.label]) for t in chosen}
+    else:
+        tol = {t.label: float(tolerance) for t in chosen}
+    bad = [k for k, v in tol.items() if not v >= 0]
+    if bad:
+        raise StempressError(f"tolerances must be >= 0 (relative RMS error); check {', '.join(bad)}")
+    return tol
+
+
+def _calibration(source: Dataset4D) -> Calibration:
+    """The source's own centre and BF radius when it carries them, else measured on its mean pattern."""
+    cal = Calibration.from_metadata(source.metadata, source.shape[2:])
+    return cal if cal.origin == "metadata" and cal.bf_radius_px is not None else calibrate(source)
+
+
+def _is_counts(source: Dataset4D) -> bool:
+    return np.dtype(source.dtype).kind in "ui"
+
+
+def _union(groups: Any) -> tuple[str, ...]:
+    out: list[str] = []
+    for group in groups:
+        out += [g for g in group if g not in out]
+    return tuple(out)
+
+
+# -- provenance --------------------------------------------------------------------------------------------
+def provenance(source: Dataset4D, targets: Sequence[Target], tolerance: Mapping[str, float],
+               calibration: Calibration, **parameters: Any) -> dict[str, Any]:
+    """What a written plan must carry to be reproducible: JSON-able."""
+    path = getattr(source, "path", None)
+    return {"source": {"name": source.name, "path": None if path is None else str(path),
+                       "shape": list(source.shape), "dtype": np.dtype(source.dtype).name, **_digest(source, path)},
+            "targets": [t.label for t in targets], "tolerance": dict(tolerance), "parameters": parameters,
+            "calibration": calibration.to_dict(), "software": _versions(),
+            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+
+
+def _digest(source: Dataset4D, path: Any) -> dict[str, Any]:
+    """sha256 of the file (whole, or its first ``HASH_BYTES``), or of the cube's bytes when in memory and small."""
+    digest = hashlib.sha256()
+    if path is not None and Path(path).is_file():
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            remaining = min(size, HASH_BYTES)
+            while remaining > 0:
+                piece = f.read(min(remaining, 1024**2))
+                if not piece:
+                    break
+                digest.update(piece)
+                remaining -= len(piece)
+        return {"sha256": digest.hexdigest(), "sha256_of": "file" if size <= HASH_BYTES else f"first {HASH_BYTES} B"}
+    if nbytes(source) <= HASH_BYTES:
+        for r in range(source.shape[0]):
+            digest.update(np.ascontiguousarray(source.read_rows(r, r + 1)).tobytes())
+        return {"sha256": digest.hexdigest(), "sha256_of": "cube bytes (C order)"}
+    return {"sha256": None, "sha256_of": "not computed (no file, cube larger than the hash budget)"}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("stempress", "numpy", "scipy", "h5py", "hdf5plugin", "pandas"):
+        try:
+            out[name] = _metadata.version(name)
+        except _metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+__all__ = ["EXACTLY", "LOSSLESS_CODECS", "cost_table", "plan", "provenance"]
