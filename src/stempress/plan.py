@@ -16,13 +16,13 @@ import platform
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from stempress.bench.environment import package_versions
 from stempress.data.base import Dataset4D, nbytes
 from stempress.errors import StempressError
 from stempress.reduce.calibration import Calibration, calibrate
@@ -199,7 +199,8 @@ def provenance(source: Dataset4D, targets: Sequence[Target], tolerance: Mapping[
     return {"source": {"name": source.name, "path": None if path is None else str(path),
                        "shape": list(source.shape), "dtype": np.dtype(source.dtype).name, **_digest(source, path)},
             "targets": [t.label for t in targets], "tolerance": dict(tolerance), "parameters": parameters,
-            "calibration": calibration.to_dict(), "software": _versions(),
+            "calibration": calibration.to_dict(),
+            "software": {"python": platform.python_version(), **package_versions()},
             "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 
@@ -222,16 +223,6 @@ def _digest(source: Dataset4D, path: Any) -> dict[str, Any]:
             digest.update(np.ascontiguousarray(source.read_rows(r, r + 1)).tobytes())
         return {"sha256": digest.hexdigest(), "sha256_of": "cube bytes (C order)"}
     return {"sha256": None, "sha256_of": "not computed (no file, cube larger than the hash budget)"}
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("stempress", "numpy", "scipy", "h5py", "hdf5plugin", "pandas"):
-        try:
-            out[name] = _metadata.version(name)
-        except _metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 __all__ = ["EXACTLY", "LOSSLESS_CODECS", "cost_table", "plan", "provenance"]
