@@ -142,3 +142,18 @@ def test_compress_then_verify_and_a_flipped_byte_is_named(tmp_path):
     raw[offset + 10] ^= 0xFF
     out.write_bytes(bytes(raw))
     assert_one_line_error(stempress("verify", str(out)), "FAILED", "scan rows 0-7")
+
+
+def test_reduce_writes_targets_with_provenance_and_plan_names_a_choice(tmp_path):
+    out = tmp_path / "reduced.h5"
+    result = stempress("reduce", "synthetic:smoke/4D_Diff", "--target", "bf", "--target", "com", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as f:
+        assert f["reduced/bf/BF"].shape == (8, 8) and f["reduced/com/com_x"].shape == (8, 8)
+        assert json.loads(f.attrs["stempress_provenance"])["targets"] == ["bf", "com"]
+    assert_one_line_error(stempress("reduce", "synthetic:smoke/4D_Diff", "--target", "bf", "--out", str(out)),
+                          "--force")
+    planned = stempress("plan", "synthetic:smoke/4D_Diff", "--target", "bf", "--tolerance", "0.05")
+    assert planned.returncode == 0, planned.stderr
+    assert "least burdensome representation that passes every check" in planned.stdout
+    assert_one_line_error(stempress("plan", "synthetic:smoke/4D_Diff", "--target", "sharpness"), "sharpness")

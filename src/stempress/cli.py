@@ -204,6 +204,52 @@ def transfer_progress(label: str):
 
 
 @app.command()
+def reduce(
+    source: Annotated[str, typer.Argument(help="Any source: EMD/HDF5, NXmx, .mib, .npy, events, synthetic:...")],
+    target: Annotated[list[str], typer.Option(help="bf, abf, adf[:inner=..,outer=..,units=bf|px|mrad], haadf, com, "
+                                              "mean_pattern, radial[:bins=..]; repeat for several.")],
+    out: Annotated[Path, typer.Option(help="Output HDF5 file.")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Compute the targets in one streaming pass and write them with provenance."""
+    from stempress.reduce.output import reduce_to_file
+
+    with open_cli_source(source, dataset, scan_shape) as cube, \
+            Progress(TextColumn("[bold]reduce (scan rows)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console) as bar:
+        task = bar.add_task("reduce", total=cube.shape[0])
+        path = reduce_to_file(cube, target, out, overwrite=force,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"wrote {path}: {', '.join(target)}")
+
+
+@app.command()
+def plan(
+    source: Annotated[str, typer.Argument(help="Any source: EMD/HDF5, NXmx, .mib, .npy, events, synthetic:...")],
+    target: Annotated[list[str], typer.Option(help="Inference targets, as for reduce; repeat for several.")],
+    tolerance: Annotated[float, typer.Option(help="Largest relative RMS error each target may have.")] = 0.01,
+    max_positions: Annotated[int, typer.Option(help="Scan positions sampled for the checks.")] = 1024,
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+) -> None:
+    """Cost table of representations and the least burdensome one whose sufficiency checks all pass."""
+    from stempress.plan import plan as make_plan
+
+    with open_cli_source(source, dataset, scan_shape) as cube:
+        table, choice = make_plan(cube, target, tolerance, max_positions=max_positions)
+    shown = Table(title=f"Cost table (tolerance {tolerance:g} relative RMS)")
+    for column in ("representation", "bytes", "reduction", "recovers", "assumes", "error", "passes"):
+        shown.add_column(column, justify="right" if column in ("bytes", "reduction", "error") else "left")
+    for row in table.itertuples():
+        shown.add_row(str(row.representation), f"{row.bytes:,}", f"{row.reduction:,.1f}x", str(row.recovers),
+                      str(row.assumes), f"{row.error:.3g}", "yes" if row.passes else "[red]no[/]")
+    console.print(shown)
+    console.print(f"least burdensome representation that passes every check: [green]{choice}[/]")
+
+
+@app.command()
 def recommend(
     source: Annotated[str, typer.Argument(help="File (or synthetic:...) to sample and benchmark.")],
     use: Annotated[str, typer.Option("--for", help="archive, acquisition, analysis or balanced.")] = "balanced",

@@ -25,7 +25,7 @@ import pandas as pd
 from stempress.bench.environment import package_versions
 from stempress.data.base import Dataset4D, nbytes
 from stempress.errors import StempressError
-from stempress.reduce.calibration import Calibration, calibrate
+from stempress.reduce.calibration import Calibration, source_calibration
 from stempress.reduce.sufficiency import (
     EXACTLY,
     NOT,
@@ -63,7 +63,7 @@ def cost_table(source: Dataset4D, targets: str | Sequence[str | Target], toleran
     on a random sample of that many (``seed``). ``events=None`` adds the event row when the data are counts."""
     chosen = parse_targets(targets)
     tol = _tolerances(chosen, tolerance)
-    cal = calibration if calibration is not None else _calibration(source)
+    cal = calibration if calibration is not None else source_calibration(source)
     positions = sample_positions(source.shape, max_positions, seed)
     view = gather(source, positions)
     det = tuple(source.shape[2:])
@@ -172,12 +172,6 @@ def _tolerances(chosen: list[Target], tolerance: Tolerance) -> dict[str, float]:
     if bad:
         raise StempressError(f"tolerances must be >= 0 (relative RMS error); check {', '.join(bad)}")
     return tol
-
-
-def _calibration(source: Dataset4D) -> Calibration:
-    """The source's own centre and BF radius when it carries them, else measured on its mean pattern."""
-    cal = Calibration.from_metadata(source.metadata, source.shape[2:])
-    return cal if cal.origin == "metadata" and cal.bf_radius_px is not None else calibrate(source)
 
 
 def _is_counts(source: Dataset4D) -> bool:

@@ -216,3 +216,9 @@ def calibrate(source: Dataset4D, *, sample_rows: int | None = 16, rows: int | No
                 reducer.process(state, Block(int(r), source.read_rows(int(r), int(r) + 1)))
         pattern = reducer.finish(state)["mean"]
     return estimate_calibration(pattern, source.metadata)
+
+
+def source_calibration(source: Dataset4D) -> Calibration:
+    """The source's own centre and BF radius when it carries them, else measured on its mean pattern."""
+    cal = Calibration.from_metadata(source.metadata, source.shape[2:])
+    return cal if cal.origin == "metadata" and cal.bf_radius_px is not None else calibrate(source)
