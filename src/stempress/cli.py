@@ -120,7 +120,7 @@ def bench(
 
 def render_summary(summary) -> None:
     table = Table(title="Mean over datasets (per-dataset means of the runs)")
-    paths = "path" in summary.columns and summary["path"].nunique() > 1
+    paths = "path" in summary.columns and (summary["path"] == "parallel").any()
     table.add_column("method", no_wrap=True, min_width=14)
     table.add_column("chunking", no_wrap=True, min_width=12)
     if paths:

@@ -91,9 +91,10 @@ def methods_for(
     return methods
 
 
-def unavailable_reason(method: Method) -> str | None:
-    """Why a method cannot be measured here (a missing filter, or no direct-chunk encoder for the parallel path)."""
-    reason = method.codec.unavailable_reason()
+def unavailable_reason(method: Method, dtype: Any = None) -> str | None:
+    """Why a method cannot be measured here: a missing filter or library, a dtype the codec cannot store, or no
+    direct-chunk encoder for the parallel path."""
+    reason = method.codec.unavailable_reason() or (method.codec.unavailable_for(dtype) if dtype is not None else None)
     if reason is None and method.path == PARALLEL and method.chunking is not None:
         from stempress.codecs.chunk_codec import direct_chunk_reason
 

@@ -129,7 +129,7 @@ def measure_cell(
 ) -> dict[str, Any]:
     """One row: the numbers, or the reason there are none."""
     row = describe(source, method, run, config)
-    reason = unavailable_reason(method)
+    reason = unavailable_reason(method, source.dtype)
     if reason:
         return row | {"status": UNAVAILABLE, "reason": reason}
     key = f"{method.path_name}:{method.name}"
@@ -174,7 +174,7 @@ def warm_up(source: Dataset4D, methods: Sequence[Method], config: BenchConfig) -
     rows = min(source.shape[0], max(1, WARMUP_BYTES // row_nbytes(source)))
     sample = ArraySource(np.ascontiguousarray(source.read_rows(0, rows)), name=f"{source.name}-warmup")
     for method in methods:
-        if unavailable_reason(method):
+        if unavailable_reason(method, source.dtype):
             continue
         try:
             measure(sample, method, config.workdir, protocol="warm", time_limit_s=config.time_limit_s)

@@ -243,7 +243,13 @@ class SimpleGzip:
 
 
 #: The file-stored codecs by catalog name.
-FILE_FORMATS: dict[str, FileFormat] = {f.name: f for f in (SparseCSR(), Uint8Overflow(), SimpleGzip())}
+def _file_formats() -> dict[str, FileFormat]:
+    from stempress.events.entropy import EntropyCodedFormat  # counted-electron code; constriction loads lazily
+
+    return {f.name: f for f in (SparseCSR(), Uint8Overflow(), SimpleGzip(), EntropyCodedFormat())}
+
+
+FILE_FORMATS: dict[str, FileFormat] = _file_formats()
 
 
 def file_format(codec: Codec | str) -> FileFormat:

@@ -22,6 +22,7 @@ from difflib import get_close_matches
 from typing import Any, Literal
 
 import h5py
+import numpy as np
 
 from stempress.errors import StempressError
 
@@ -55,7 +56,7 @@ _FILTER_LABELS = {_GZIP: "gzip", _SHUFFLE: "shuffle", _SZIP: "szip", _LZF: "lzf"
 _SHUFFLE_MODES = {"none": 0, "byte": 1, "bit": 2}  # same numbers for Blosc.shuffle and Blosc2.filters
 
 #: Python modules each non-HDF5 baseline needs beyond numpy and the standard library.
-_BASELINE_NEEDS = {"sparse_csr": "scipy"}
+_BASELINE_NEEDS = {"sparse_csr": "scipy", "entropy_poisson": "constriction"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Codec:
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     sets: frozenset[str] = frozenset({"all"})
     description: str = ""
+    #: Codes electron counts only (non-negative integers); float data cannot use it.
+    counts_only: bool = False
 
     @property
     def filters(self) -> tuple[int, ...]:
@@ -121,6 +124,12 @@ class Codec:
         else:  # pragma: no cover - guarded by the catalog test
             raise ValueError(f"no HDF5 mapping for family {self.family!r}")
         return dict(flt)
+
+    def unavailable_for(self, dtype: Any) -> str | None:
+        """Why this codec cannot store a cube of ``dtype`` (None when it can)."""
+        if self.counts_only and np.dtype(dtype).kind not in "ui":
+            return f"codes integer electron counts only; this cube is {np.dtype(dtype)}"
+        return None
 
     def unavailable_reason(self) -> str | None:
         """None when this codec can write and read here; otherwise why not, and the fix."""
@@ -244,6 +253,11 @@ def _codecs() -> list[Codec]:
         Codec("shuffle_gzip_6", "hdf5-builtin", "hdf5", {"filter": "gzip", "level": 6, "shuffle": True},
               extra,
               "HDF5 byte shuffle then deflate level 6: the portable gzip upgrade"),
+        Codec("entropy_poisson", "entropy", "file",
+              {"model": "per-pixel Poisson mean fitted on the first block", "coder": "constriction ANS",
+               "chunk": "scan rows, each decodable alone"}, extra,
+              "counted electrons: a Poisson-model entropy code (HDF5 file of coded chunks + model)",
+              counts_only=True),
     ]
     return out
 

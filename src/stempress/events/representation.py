@@ -102,7 +102,7 @@ def _locate(flat_index: int, shape: tuple[int, ...], start: int) -> str:
     return f"scan ({start + y}, {x}) pixel ({r}, {c})"
 
 
-def _refuse_values(data: np.ndarray, start: int, where: str) -> None:
+def refuse_non_counts(data: np.ndarray, start: int, where: str) -> None:
     """Float (with or without NaN) and negative values have no event form; say where and what to do."""
     if data.dtype.kind == "f":
         nan = np.isnan(data)
@@ -132,7 +132,7 @@ def events_from_block(block: Block, *, where: str = "data") -> EventBlock:
     data = np.asarray(block.data)
     if data.ndim != 4:
         raise ValueError(f"block data must be 4-D (rows, scan_x, det_y, det_x), got shape {data.shape}")
-    _refuse_values(data, block.start, where)
+    refuse_non_counts(data, block.start, where)
     rows, scan_x, det_y, det_x = (int(n) for n in data.shape)
     n, frame_size = rows * scan_x, det_y * det_x
     _check_frame_size(frame_size, where)

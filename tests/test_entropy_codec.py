@@ -1,0 +1,160 @@
+"""The Poisson entropy code: bit-exact on counted, escaped and huge values; any row range alone; near its bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stempress.bench.bounds import poisson_entropy_bits
+from stempress.data.base import Block, iter_blocks
+from stempress.data.suites import suite
+from stempress.errors import StempressError
+from stempress.events.entropy import (
+    EntropyCodedFormat,
+    EntropyCodedSource,
+    fit_model,
+    write_entropy_coded,
+)
+
+
+class ArraySource:
+    """A tiny in-memory Dataset4D."""
+
+    def __init__(self, cube: np.ndarray, name: str = "cube"):
+        self.cube, self.name, self.shape, self.dtype, self.metadata = cube, name, cube.shape, cube.dtype, {}
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return self.cube[start:stop]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def counted() -> np.ndarray:
+    src = suite("counted")[0]
+    return src.read_rows(0, src.shape[0])
+
+
+@pytest.fixture(scope="module")
+def diff4d() -> np.ndarray:
+    src = next(s for s in suite("smoke") if s.name == "4D_Diff")
+    return src.read_rows(0, src.shape[0])
+
+
+def _round_trip(cube: np.ndarray, path: Path, **kw: object) -> np.ndarray:
+    write_entropy_coded(ArraySource(cube), path, **kw)
+    with EntropyCodedSource(path) as src:
+        assert src.shape == cube.shape and src.dtype == cube.dtype
+        return src.read_rows(0, cube.shape[0])
+
+
+def test_counted_suite_round_trips_and_beats_its_raw_size(counted: np.ndarray, tmp_path: Path) -> None:
+    back = _round_trip(counted, tmp_path / "c.h5", chunk_rows=5)
+    assert back.dtype == counted.dtype and np.array_equal(back, counted)
+    assert counted.nbytes / (tmp_path / "c.h5").stat().st_size > 100  # ~99 % zeros: far beyond a byte per pixel
+
+
+def test_smoke_4d_diff_with_escapes_round_trips(diff4d: np.ndarray, tmp_path: Path) -> None:
+    assert diff4d.dtype == np.uint16 and diff4d.max() > 1000
+    for fit in ("full", "first"):
+        path = tmp_path / f"d_{fit}.h5"
+        back = _round_trip(diff4d, path, chunk_rows=3, fit=fit)
+        assert np.array_equal(back, diff4d)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int16, np.uint64])
+def test_few_huge_values_are_escaped_exactly(dtype: type, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    cube = rng.poisson(0.05, size=(6, 5, 12, 10)).astype(dtype)
+    top = np.iinfo(dtype).max
+    cube[0, 0, 0, 0] = top
+    cube[5, 4, 11, 9] = top - 1
+    cube[2, 3, 4, 5] = top // 3
+    cube[3, 1] = 0  # an empty frame
+    back = _round_trip(cube, tmp_path / "h.h5", chunk_rows=2)
+    assert np.array_equal(back, cube)
+    with EntropyCodedSource(tmp_path / "h.h5") as src:
+        assert src._escapes.size >= 3
+
+
+def test_any_row_range_decodes_alone(diff4d: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    write_entropy_coded(ArraySource(diff4d), path, chunk_rows=3)
+    for start, stop in [(0, 1), (2, 4), (3, 6), (5, 8), (7, 8), (0, 8), (4, 4)]:
+        with EntropyCodedSource(path) as src:  # a fresh reader: nothing cached from other ranges
+            assert np.array_equal(src.read_rows(start, stop), diff4d[start:stop])
+    with EntropyCodedSource(path) as src, pytest.raises(ValueError):
+        src.read_rows(3, 9)
+
+
+def test_chunks_are_independent_streams(diff4d: np.ndarray, tmp_path: Path) -> None:
+    """Corrupting one chunk's words leaves the other chunks' rows intact."""
+    import h5py
+
+    path = tmp_path / "i.h5"
+    write_entropy_coded(ArraySource(diff4d), path, chunk_rows=4)
+    with h5py.File(path, "r+") as f:
+        offsets = f["chunks/word_offsets"][...]
+        words = f["chunks/words"]
+        words[offsets[1]:offsets[2]] = 0x12345678
+    with EntropyCodedSource(path) as src:
+        assert np.array_equal(src.read_rows(0, 4), diff4d[0:4])
+
+
+def test_floats_negatives_and_nan_are_refused(tmp_path: Path) -> None:
+    ints = np.zeros((2, 2, 4, 4), np.int16)
+    ints[1, 1, 2, 2] = -3
+    with pytest.raises(StempressError, match="negative"):
+        write_entropy_coded(ArraySource(ints), tmp_path / "n.h5")
+    floats = np.zeros((2, 2, 4, 4), np.float32)
+    with pytest.raises(StempressError, match="not electron counts"):
+        write_entropy_coded(ArraySource(floats), tmp_path / "f.h5")
+    floats[0, 0, 0, 0] = np.nan
+    with pytest.raises(StempressError, match="float32 data are not"):  # refused from the dtype, before any read
+        EntropyCodedFormat().write(tmp_path / "g.h5", [Block(0, floats)], floats.shape, floats.dtype)
+    assert not any(tmp_path.iterdir())  # nothing half-written is left behind
+
+
+def test_near_poisson_bound_on_cube_drawn_from_known_lambda(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 31.5, xx - 31.5) / 32
+    lam = np.where(r < 0.4, 2.5, 0.02 + 0.3 * np.exp(-((r - 0.6) / 0.1) ** 2))  # disk, ring, weak background
+    cube = rng.poisson(lam, size=(48, 48, 64, 64)).astype(np.uint8)
+    path = tmp_path / "p.h5"
+    assert np.array_equal(_round_trip(cube, path), cube)
+    bound_bytes = cube.shape[0] * cube.shape[1] * float(np.sum(poisson_entropy_bits(lam))) / 8
+    ratio_to_bound = bound_bytes / path.stat().st_size  # = our ratio / Poisson bound ratio
+    assert 0.95 <= ratio_to_bound <= 1.01, ratio_to_bound
+    with EntropyCodedSource(path) as src:  # the code's own (fitted, class-quantised) model sits near the truth
+        own_bound_bytes = cube.shape[0] * cube.shape[1] * src.model.bound_bits() / 8
+    assert own_bound_bytes / path.stat().st_size >= 0.95
+
+
+def test_file_format_streams_blocks_and_checks_header(counted: np.ndarray, tmp_path: Path) -> None:
+    fmt = EntropyCodedFormat(chunk_rows=4)
+    src = ArraySource(counted)
+    paths = fmt.write(tmp_path / "x.h5", iter_blocks(src, 7), counted.shape, counted.dtype)
+    assert paths == [tmp_path / "x.h5"]
+    blocks = list(fmt.read(paths[0], counted.shape, counted.dtype, rows=6))
+    assert [b.start for b in blocks] == list(range(0, counted.shape[0], 6))
+    assert np.array_equal(np.concatenate([b.data for b in blocks]), counted)
+    with pytest.raises(StempressError, match="give the shape"):
+        list(fmt.read(paths[0], counted.shape, np.uint16))
+    with pytest.raises(StempressError, match="continue cube"):  # a gap in the rows
+        fmt.write(tmp_path / "y.h5", [Block(0, counted[:2]), Block(3, counted[3:])], counted.shape, counted.dtype)
+    assert not (tmp_path / "y.h5").exists()
+
+
+def test_model_from_first_block_keeps_unseen_pixels_codable(tmp_path: Path) -> None:
+    """Pixels never hit in the fitting block still code (a smoothed lambda), so a one-pass write is lossless."""
+    cube = np.zeros((4, 4, 8, 8), np.uint8)
+    cube[2:, :, 5, 5] = 7
+    model = fit_model(cube[:1].reshape(-1, 64).sum(axis=0), 4)
+    assert np.all(model.class_lambda > 0)
+    fmt = EntropyCodedFormat(chunk_rows=1)
+    fmt.write(tmp_path / "u.h5", iter_blocks(ArraySource(cube), 1), cube.shape, cube.dtype)
+    assert np.array_equal(next(fmt.read(tmp_path / "u.h5", cube.shape, cube.dtype, rows=4)).data, cube)
