@@ -49,23 +49,13 @@ def check_counts_dtype(dtype: np.dtype, where: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class EventBlock:
-    """Scan rows ``[start, stop)`` as events; position ``p`` (row-major within the block) holds
-    ``indices[indptr[p]:indptr[p+1]]`` (flat pixel ``det_y * det_x_size + det_x``, ascending, unique)
-    with ``counts`` (all > 0) at the same places. ``dtype`` is the dense data's, what densifying returns.
-    """
+class _CsrCounts:
+    """What a CSR of counts (indptr over scan positions, pixel indices, counts) says about itself."""
 
-    start: int
-    shape: tuple[int, int, int, int]  # the block's dense shape: (rows, scan_x, det_y, det_x)
+    shape: tuple[int, int, int, int]
     indptr: np.ndarray
     indices: np.ndarray
     counts: np.ndarray
-    dtype: np.dtype
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.shape[0]
 
     @property
     def n_positions(self) -> int:
@@ -91,6 +81,25 @@ class EventBlock:
     @property
     def nbytes(self) -> int:
         return int(self.indptr.nbytes + self.indices.nbytes + self.counts.nbytes)
+
+
+@dataclass(frozen=True)
+class EventBlock(_CsrCounts):
+    """Scan rows ``[start, stop)`` as events; position ``p`` (row-major within the block) holds
+    ``indices[indptr[p]:indptr[p+1]]`` (flat pixel ``det_y * det_x_size + det_x``, ascending, unique)
+    with ``counts`` (all > 0) at the same places. ``dtype`` is the dense data's, what densifying returns.
+    """
+
+    start: int
+    shape: tuple[int, int, int, int]  # the block's dense shape: (rows, scan_x, det_y, det_x)
+    indptr: np.ndarray
+    indices: np.ndarray
+    counts: np.ndarray
+    dtype: np.dtype
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.shape[0]
 
     def positions(self) -> np.ndarray:
         """Block-local scan position of each event (int64), the CSR row index expanded."""
@@ -236,7 +245,7 @@ def _walk(source: Dataset4D, rows: int) -> Iterator[EventBlock]:
 
 
 @dataclass(frozen=True)
-class Events:
+class Events(_CsrCounts):
     """A whole cube's events in memory: bytes grow with the electrons (plus 8 per scan position)."""
 
     shape: tuple[int, int, int, int]
@@ -273,26 +282,6 @@ class Events:
     def from_source(cls, source: Dataset4D, rows: int | None = None) -> Events:
         """Read a whole source into events, one dense block at a time."""
         return cls.from_blocks(iter_events(source, rows), source.shape, source.dtype)
-
-    @property
-    def n_positions(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    @property
-    def n_events(self) -> int:
-        return int(self.indices.size)
-
-    @property
-    def n_electrons(self) -> int:
-        return int(self.counts.sum(dtype=np.uint64))
-
-    @property
-    def max_count(self) -> int:
-        return int(self.counts.max()) if self.counts.size else 0
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.indices.nbytes + self.counts.nbytes)
 
     def block(self, start: int, stop: int) -> EventBlock:
         """Scan rows ``[start, stop)`` as an ``EventBlock`` (views, no copy of the events)."""
