@@ -306,3 +306,11 @@ def test_write_truth_needs_a_truth(tmp_path):
     with pytest.raises(StempressError, match="--truth"):
         write_hdf5(ArraySource(np.ones((1, 1, 2, 2), np.uint8)), tmp_path / "t.h5", truth=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_integer_detector_parameters_are_accepted():
+    spec = SyntheticSpec(kind="diffraction", scan=(2, 2), det=(16, 16), mode="integrating", gain=40, offset=3,
+                         dose=200)
+    assert spec.gain == 40.0 and isinstance(spec.gain, float)
+    data = SyntheticSource(spec).read_rows(0, 2)
+    assert data.shape == (2, 2, 16, 16) and data.max() > 0

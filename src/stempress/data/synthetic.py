@@ -112,6 +112,8 @@ class SyntheticSpec:
             for field, kind in (("scan", int), ("det", int), ("lattice", float), ("descan", float)):
                 object.__setattr__(self, field, tuple(kind(v) for v in getattr(self, field)))
             object.__setattr__(self, "edges", tuple((float(e), float(w)) for e, w in self.edges))
+            for field in ("dose", "gain", "read_noise", "offset"):  # an int gain must not make integer arithmetic
+                object.__setattr__(self, field, float(getattr(self, field)))
         except (TypeError, ValueError) as exc:
             raise StempressError(f"synthetic spec {self.name!r}: malformed scan, det, lattice, descan or "
                                  f"edges ({exc}); give sequences of numbers") from exc
