@@ -1,5 +1,6 @@
 """Counted electrons as events (pixel, count per scan position), and the event files other tools read."""
 
+from stempress.events.counting import CountedSource, CountingParams, count_frames, counting_accuracy
 from stempress.events.libertem import RawCsrSource, raw_csr_files, write_raw_csr
 from stempress.events.representation import (
     EventBlock,
@@ -15,6 +16,8 @@ from stempress.events.representation import (
 from stempress.events.stempy import StempySource, write_stempy
 
 __all__ = [
+    "CountedSource",
+    "CountingParams",
     "EventBlock",
     "EventReader",
     "Events",
@@ -22,6 +25,8 @@ __all__ = [
     "RawCsrSource",
     "StempySource",
     "as_source",
+    "count_frames",
+    "counting_accuracy",
     "dense_from_events",
     "events_from_block",
     "events_from_hits",
