@@ -146,8 +146,10 @@ def test_compress_then_verify_and_a_flipped_byte_is_named(tmp_path):
 
 def test_reduce_writes_targets_with_provenance_and_plan_names_a_choice(tmp_path):
     out = tmp_path / "reduced.h5"
-    result = stempress("reduce", "synthetic:smoke/4D_Diff", "--target", "bf", "--target", "com", "--out", str(out))
+    result = stempress("reduce", "synthetic:smoke/4D_Diff", "--target", "bf", "--target", "com", "--out", str(out),
+                       "--figures", str(tmp_path / "figures"))
     assert result.returncode == 0, result.stderr
+    assert (tmp_path / "figures" / "mean_pattern.png").exists() and (tmp_path / "figures" / "dpc_field.svg").exists()
     with h5py.File(out) as f:
         assert f["reduced/bf/BF"].shape == (8, 8) and f["reduced/com/com_x"].shape == (8, 8)
         assert json.loads(f.attrs["stempress_provenance"])["targets"] == ["bf", "com"]

@@ -212,6 +212,8 @@ def reduce(
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    figures: Annotated[Path | None, typer.Option(help="Also draw virtual images, DPC, iDPC and the mean pattern "
+                                                 "with its detectors into this folder (PNG + SVG).")] = None,
 ) -> None:
     """Compute the targets in one streaming pass and write them with provenance."""
     from stempress.reduce.output import reduce_to_file
@@ -223,6 +225,12 @@ def reduce(
         path = reduce_to_file(cube, target, out, overwrite=force,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"wrote {path}: {', '.join(target)}")
+    if figures is not None:
+        from stempress.report.reduce_figures import figures_from_source
+
+        with open_cli_source(source, dataset, scan_shape) as cube:
+            drawn = figures_from_source(cube, figures)
+        console.print(f"figures: {', '.join(str(p) for p in drawn)}", soft_wrap=True)
 
 
 @app.command()
