@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from scipy.special import erf, erfc
 
 from stempress.data.base import SourceBase
-from stempress.errors import StempressError
+from stempress.errors import StempressError, require_choice
 
 KINDS = ("diffraction", "eels")
 MODES = ("counting", "integrating")
@@ -149,10 +149,9 @@ def _validate(s: SyntheticSpec) -> None:
     def bad(msg: str) -> StempressError:
         return StempressError(f"synthetic spec {s.name!r}: {msg}")
 
-    if s.kind not in KINDS:
-        raise bad(f"kind {s.kind!r} is unknown; use one of {', '.join(KINDS)}")
-    if s.mode not in MODES:
-        raise bad(f"mode {s.mode!r} is unknown; use one of {', '.join(MODES)}")
+    where = f"synthetic spec {s.name!r}"
+    require_choice(s.kind, KINDS, "kind", where)
+    require_choice(s.mode, MODES, "mode", where)
     if s.dtype not in OUTPUT_DTYPES:
         raise bad(f"dtype {s.dtype!r} is not generated; use one of {', '.join(OUTPUT_DTYPES)}")
     if s.bin not in BINS:

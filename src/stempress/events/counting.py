@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
-from stempress.errors import StempressError
+from stempress.errors import StempressError, require_choice
 
 MODES = ("threshold", "centroid")
 THRESHOLD_UNITS = ("adu", "sigma")
@@ -62,12 +62,9 @@ class CountingParams:
     cluster_count: str = "one"
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise StempressError(f"counting mode {self.mode!r} is unknown; use one of {', '.join(MODES)}")
-        if self.threshold_unit not in THRESHOLD_UNITS:
-            raise StempressError(f"threshold unit {self.threshold_unit!r} is unknown; use adu or sigma")
-        if self.cluster_count not in CLUSTER_COUNTS:
-            raise StempressError(f"cluster_count {self.cluster_count!r} is unknown; use one or sum")
+        require_choice(self.mode, MODES, "counting mode")
+        require_choice(self.threshold_unit, THRESHOLD_UNITS, "threshold unit")
+        require_choice(self.cluster_count, CLUSTER_COUNTS, "cluster_count")
         if self.connectivity not in (1, 2):
             raise StempressError(f"connectivity {self.connectivity} must be 1 (edges) or 2 (edges and corners)")
         if not (np.isfinite(self.threshold) and self.threshold >= 0):
