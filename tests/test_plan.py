@@ -40,8 +40,8 @@ def _row(table, name):
 def test_cost_table_rows_and_columns(table, counted):
     names = list(table["representation"])
     assert names[0] == "raw uint8 cube"
-    for start in ("lossless blosc_zstd", "events (CSR)", "binned 2x2", "binned 4x4", "bf (reducer output)",
-                  "com (reducer output)", "task summaries: bf, com"):
+    for start in ("lossless blosc_zstd", "events (CSR)", "entropy-coded events", "binned 2x2", "binned 4x4",
+                  "bf (reducer output)", "com (reducer output)", "task summaries: bf, com"):
         _row(table, start)
     for column in ("representation", "bytes", "reduction", "recovers", "assumes", "error", "passes"):
         assert column in table.columns
@@ -50,6 +50,8 @@ def test_cost_table_rows_and_columns(table, counted):
     assert raw["reduction"] == 1.0
     np.testing.assert_allclose(table["reduction"], raw["bytes"] / table["bytes"])
     assert _row(table, "bf (reducer output)")["bytes"] == 32 * 32 * 8
+    entropy = _row(table, "entropy-coded events")  # the study's model-based code: smaller than any generic codec
+    assert entropy["recovers"].count("exactly") == 2 and entropy["bytes"] < _row(table, "lossless")["bytes"]
     assert _row(table, "com (reducer output)")["bytes"] == 2 * 32 * 32 * 8
     assert _row(table, "task summaries")["bytes"] == 3 * 32 * 32 * 8
     assert "Poisson" not in _row(table, "raw")["assumes"] and _row(table, "events")["assumes"] == "integer counts"

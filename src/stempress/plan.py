@@ -78,6 +78,7 @@ def cost_table(source: Dataset4D, targets: str | Sequence[str | Target], toleran
     rows += _lossless_rows(source, positions, codecs, from_frames)
     if events or (events is None and _is_counts(source)):
         rows.append(_events_row(source, positions, from_frames))
+        rows.append(_entropy_row(source, positions, from_frames))
     for b in bins:
         if det[0] // b and det[1] // b:
             binned = BinnedSource(view, int(b))
@@ -131,6 +132,19 @@ def _events_row(source: Dataset4D, positions: np.ndarray | None,
     events = Events.from_source(source)
     return _Row("events (CSR)", events.nbytes, ("integer counts",),
                 from_frames(gather(EventsSource(events), positions)))
+
+
+def _entropy_row(source: Dataset4D, positions: np.ndarray | None,
+                 from_frames: Callable[..., list[Check]]) -> _Row:
+    """The counts through the Poisson-model entropy code, read back from the real file it writes."""
+    from stempress.events.entropy import EntropyCodedSource, write_entropy_coded
+
+    with tempfile.TemporaryDirectory(prefix="stempress-plan-") as folder:
+        path = write_entropy_coded(source, Path(folder) / "events.h5")
+        with EntropyCodedSource(path) as back:
+            checks = from_frames(gather(back, positions))
+        size = path.stat().st_size
+    return _Row("entropy-coded events (Poisson model)", int(size), ("integer counts",), checks)
 
 
 def _summary_row(own: Target, chosen: list[Target], shape: tuple[int, int, int, int], cal: Calibration,
