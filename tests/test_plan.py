@@ -146,3 +146,29 @@ def test_target_parsing():
             parse_targets(bad) if bad == "" else parse_target(bad)
     with pytest.raises(StempressError):
         parse_targets(["bf", "bf"])
+
+
+@pytest.mark.parametrize(("representation", "targets"), [
+    ("task summaries: bf, com", ["bf", "com"]),
+    ("bf (reducer output)", ["bf", "com"]),
+    ("entropy-coded events (Poisson model)", ["bf"]),
+    ("binned 4x4 (float32 means)", ["bf"]),
+])
+def test_write_representation_writes_what_the_plan_names(counted, tmp_path, representation, targets):
+    import h5py
+
+    from stempress.plan import write_representation
+
+    out = write_representation(counted, representation, targets, tmp_path / "chosen.h5")
+    assert out.exists()
+    with h5py.File(out) as f:
+        names: list[str] = []
+        f.visit(names.append)
+    if representation.startswith("task"):
+        assert "reduced/bf/BF" in names and "reduced/com/com_x" in names
+    elif representation.startswith("bf"):
+        assert "reduced/bf/BF" in names and not any(n.startswith("reduced/com") for n in names)
+    else:
+        assert names
+    with pytest.raises(StempressError, match="--force"):
+        write_representation(counted, representation, targets, out)

@@ -241,12 +241,16 @@ def plan(
     max_positions: Annotated[int, typer.Option(help="Scan positions sampled for the checks.")] = 1024,
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+    write: Annotated[Path | None, typer.Option(help="Write the chosen representation to this file.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --write file if it exists.")] = False,
 ) -> None:
     """Cost table of representations and the least burdensome one whose sufficiency checks all pass."""
     from stempress.plan import plan as make_plan
+    from stempress.plan import write_representation
 
     with open_cli_source(source, dataset, scan_shape) as cube:
         table, choice = make_plan(cube, target, tolerance, max_positions=max_positions)
+        written = write_representation(cube, choice, target, write, overwrite=force) if write else None
     shown = Table(title=f"Cost table (tolerance {tolerance:g} relative RMS)")
     for column in ("representation", "bytes", "reduction", "recovers", "assumes", "error", "passes"):
         shown.add_column(column, justify="right" if column in ("bytes", "reduction", "error") else "left")
@@ -255,6 +259,8 @@ def plan(
                       str(row.assumes), f"{row.error:.3g}", "yes" if row.passes else "[red]no[/]")
     console.print(shown)
     console.print(f"least burdensome representation that passes every check: [green]{choice}[/]")
+    if written is not None:
+        console.print(f"wrote {written}", soft_wrap=True)
 
 
 @app.command()

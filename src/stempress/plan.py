@@ -107,6 +107,35 @@ def plan(source: Dataset4D, targets: str | Sequence[str | Target], tolerance: To
     return table, str(passing.sort_values("bytes", kind="stable").iloc[0]["representation"])
 
 
+def write_representation(source: Dataset4D, representation: str, targets: str | Sequence[str | Target],
+                         out: Path, *, overwrite: bool = False) -> Path:
+    """Write the representation a plan chose (its cost-table label) to ``out``: the plan's ``--write``."""
+    from stempress.data.write import write_hdf5
+    from stempress.events.entropy import write_entropy_coded
+    from stempress.events.libertem import write_raw_csr
+    from stempress.reduce.output import reduce_to_file
+    from stempress.store.compress import compress
+
+    out = Path(out)
+    chosen = parse_targets(targets)
+    own = [t for t in chosen if f"{t.label} (reducer output)" == representation]
+    if representation.startswith("raw "):
+        return compress(source, out, codec="none", force=overwrite).path
+    if representation.startswith("lossless "):
+        return compress(source, out, codec=representation.split()[1], force=overwrite).path
+    if representation.startswith("entropy-coded events"):
+        return write_entropy_coded(source, out, overwrite=overwrite)
+    if representation.startswith("events (CSR)"):
+        return write_raw_csr(source, out.with_suffix(".toml"), overwrite=overwrite)
+    if representation.startswith("binned "):
+        scale = int(representation.split()[1].split("x")[0])
+        binned = BinnedSource(source, scale, name=f"{source.name}-binned{scale}", metadata=dict(source.metadata))
+        return write_hdf5(binned, out, overwrite=overwrite)
+    if representation.startswith("task summaries") or own:
+        return reduce_to_file(source, own or chosen, out, overwrite=overwrite)
+    raise StempressError(f"representation {representation!r} is not one a plan writes; pick a cost-table row")
+
+
 # -- rows --------------------------------------------------------------------------------------------------
 def _lossless_rows(source: Dataset4D, positions: np.ndarray | None, codecs: Sequence[str],
                    from_frames: Callable[..., list[Check]]) -> list[_Row]:
@@ -233,4 +262,4 @@ def _digest(source: Dataset4D, path: Any) -> dict[str, Any]:
     return {"sha256": None, "sha256_of": "not computed (no file, cube larger than the hash budget)"}
 
 
-__all__ = ["EXACTLY", "LOSSLESS_CODECS", "cost_table", "plan", "provenance"]
+__all__ = ["EXACTLY", "LOSSLESS_CODECS", "cost_table", "plan", "provenance", "write_representation"]
