@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -63,6 +64,13 @@ def check_shape_dtype(shape: tuple[int, ...], dtype: np.dtype, where: str) -> tu
             + ", ".join(str(d) for d in SUPPORTED_DTYPES)
         )
     return tuple(int(n) for n in shape)  # type: ignore[return-value]
+
+
+def require_file(path: Path) -> Path:
+    """A missing input is the commonest user error: say so in one line before any reader tries it."""
+    if not path.is_file():
+        raise StempressError(f"{path}: no such file; check the path")
+    return path
 
 
 def checked_scan_shape(scan_shape: tuple[int, int], n_frames: int, where: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape
+from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
 
 try:  # Registers Blosc, LZ4, Bitshuffle, Zstd, ... with HDF5; without it those chunks cannot be decoded.
@@ -66,8 +66,7 @@ def attr_str(obj: h5py.HLObject, key: str) -> str | None:
 
 def open_hdf5(path: Path) -> h5py.File:
     """Open read-only, turning HDF5's multi-line failures into one actionable line."""
-    if not path.is_file():
-        raise StempressError(f"{path}: no such file; check the path")
+    require_file(path)
     try:
         return h5py.File(path, "r")
     except OSError as exc:

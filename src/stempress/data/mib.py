@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from rsciio.quantumdetector import load_mib_data, parse_exposures, parse_timestamps
 
-from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape
+from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
 
 _MAX_HEADERS = 10_000  # frame headers scanned for timestamps (enough for one line of any real scan)
@@ -136,8 +136,7 @@ class MibSource(SourceBase):
         self.path = Path(path)
         self.name = self.path.stem
         self.flip_det_y = flip_det_y
-        if not self.path.is_file():
-            raise StempressError(f"{self.path}: no such file; check the path")
+        require_file(self.path)
         fields = _header_fields(self.path)
         pixel_type = fields[6]
         if pixel_type == "R64":

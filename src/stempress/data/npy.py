@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape
+from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
 
 
@@ -17,8 +17,7 @@ class NpySource(SourceBase):
     def __init__(self, path: str | Path, scan_shape: tuple[int, int] | None = None) -> None:
         self.path = Path(path)
         self.name = self.path.stem
-        if not self.path.is_file():
-            raise StempressError(f"{self.path}: no such file; check the path")
+        require_file(self.path)
         try:
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from stempress.atomic import atomic_output
-from stempress.data.base import Dataset4D, SourceBase, check_shape_dtype, checked_scan_shape
+from stempress.data.base import Dataset4D, SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
 from stempress.events.representation import (
     EventBlock,
@@ -146,8 +146,7 @@ class RawCsrSource(SourceBase):
     def __init__(self, toml_path: str | Path, scan_shape: tuple[int, int] | None = None) -> None:
         self.path = Path(toml_path)
         self.name = self.path.stem
-        if not self.path.is_file():
-            raise StempressError(f"{self.path}: no such file; check the path")
+        require_file(self.path)
         try:
             with open(self.path, "rb") as fh:
                 conf = tomllib.load(fh)
