@@ -22,7 +22,7 @@ from stempress.codecs.baselines import file_format
 from stempress.codecs.catalog import Codec
 from stempress.codecs.chunking import PAPER_CHUNKINGS, chunk_shape, chunking_label
 from stempress.codecs.hdf5_store import read_cube_blocks, write_cube
-from stempress.data.base import Block, Dataset4D, iter_blocks, nbytes, rows_for_budget
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, iter_blocks, nbytes, rows_for_budget
 
 GIB = 1024**3
 MIB = 1024**2
@@ -33,9 +33,6 @@ NO_CHUNKING = "n/a"
 #: Write paths: HDF5's single-threaded filter pipeline (the study's) or our parallel direct-chunk writer.
 FILTER, PARALLEL = "filter", "parallel"
 PATHS = (FILTER, PARALLEL)
-
-#: Bytes per block streamed through a writer: large enough to amortise per-call cost, small enough to bound memory.
-BLOCK_BYTES = 64 * MIB
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,7 @@ def unavailable_reason(method: Method, dtype: Any = None) -> str | None:
 
 def block_rows(source: Dataset4D, chunks: tuple[int, ...] | None) -> int:
     """Rows per block, whole chunk rows so no chunk is written twice."""
-    return rows_for_budget(source, BLOCK_BYTES, multiple=chunks[0] if chunks else 1)
+    return rows_for_budget(source, DEFAULT_BLOCK_BYTES, multiple=chunks[0] if chunks else 1)
 
 
 def measure(
