@@ -338,7 +338,8 @@ def _bitshuffle_openmp() -> ctypes.CDLL | None:
 
 def _one_openmp_thread() -> None:
     """Run bitshuffle's OpenMP loop on this thread only: the caller's pool is the parallelism, and nested OpenMP
-    teams oversubscribe the cores (measured 2-6x slower per call on 2 cores). The setting is per thread."""
+    teams oversubscribe the cores (seen as several times slower per call on 2 cores, not a benchmark).
+    The setting is per thread."""
     if getattr(_omp_state, "done", False):
         return
     runtime = _bitshuffle_openmp()

@@ -23,8 +23,8 @@ Model (fitted once, stored in the file, shared by every chunk):
   exactly the encoder's numbers on any platform.
 
 Coding: per chunk of ``chunk_rows`` scan rows, all symbols of one class form one i.i.d. run coded with a single
-vectorised ``encode_reverse(symbols, Categorical(table))`` call (a probability-matrix call per symbol was slower
-and needs n_symbols x K floats). Each chunk is its own ANS stream, so any scan-row range decodes alone.
+vectorised ``encode_reverse(symbols, Categorical(table))`` call (a probability-matrix call per symbol would need
+n_symbols x K floats; it was not timed). Each chunk is its own ANS stream, so any scan-row range decodes alone.
 
 File: HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``; ``model/class_of_pixel`` (gzip'd, the detector
 shape), ``model/class_lambda``, ``model/lo``, ``model/table_offsets``, ``model/tables``;

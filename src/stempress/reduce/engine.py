@@ -154,7 +154,8 @@ def _digit_columns(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @contextlib.contextmanager
 def single_blas_thread() -> Iterator[None]:
     """One BLAS thread while reducing: the products are short and thin, and OpenBLAS's own threads cost
-    more than they bring on them (up to 10x slower, measured on 2 cores); parallelism comes from partitions.
+    more than they bring on them (seen as several times slower on 2 cores, not a benchmark); parallelism comes
+    from partitions.
     The limit is process-wide while it lasts (OpenBLAS has one setting)."""
     try:
         from threadpoolctl import threadpool_limits
