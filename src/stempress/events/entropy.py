@@ -5,29 +5,23 @@ spends bits on structure it must rediscover in every chunk, while the physics al
 to Poisson(lambda_i) around the mean pattern. Coding against that model approaches the Poisson entropy bound
 (PAPER.md, "Useful limits"). The arithmetic is constriction's ANS coder (a maintained library), not ours.
 
-Model (fitted once, stored in the file, shared by every chunk):
+Model (fitted once, stored in the file, shared by every chunk; see ``entropy_model``):
 
-* ``lambda_i``: the mean count of detector pixel ``i`` over the scan positions the model saw, smoothed toward the
-  frame's overall mean (``(S_i + mean_j lambda_j) / (n + 1)``, one prior frame) so a pixel never hit while
-  fitting stays cheap to code later.
-  ``write_entropy_coded`` fits it on the whole cube (a first pass; it reads the source twice); the
-  ``EntropyCodedFormat`` file codec, which sees its blocks once, fits it on the first block only. The cost of that
-  choice is small when the first block holds many positions (the bench's 64 MiB blocks hold the whole counted
-  cube) and grows as the first block shrinks; the benchmark prints both.
-* Pixels are grouped into classes of near-equal lambda (``CLASSES_PER_OCTAVE`` log steps, ~4 % apart, which
-  costs well under 1 % of the bound); each class has one categorical table over a window of counts
-  ``[lo, lo + K)`` (Poisson(lambda_class) mass, +-``WINDOW_SIGMAS`` sigma, at most ``MAX_ALPHABET``) plus an
-  escape symbol that gets the tail mass and at least ``ESCAPE_FLOOR``. Counts outside the window are escaped and
-  stored raw (in the cube's dtype, gzip'd), so any non-negative integers round-trip, however large.
-* The tables themselves are stored (float32) (not recomputed from lambda), so the decoder feeds constriction
-  exactly the encoder's numbers on any platform.
+* ``lambda_i``: the mean count of detector pixel ``i`` over the scan positions the model saw, smoothed so a pixel
+  never hit while fitting stays codable. ``write_entropy_coded`` fits it on the whole cube (a first pass; it reads
+  the source twice); the ``EntropyCodedFormat`` file codec, which sees its blocks once, fits it on the first block
+  only (the benchmark prints both).
+* Pixels are grouped into classes of near-equal lambda. Bright classes code every pixel's count against a
+  Poisson table; dark (sparse) classes code only their events: how many, the gap before each (geometric, split
+  Golomb-style into a tabled quotient, tabled high bits and uniform low bits) and each count. Values outside a
+  table's window are escaped and stored raw (uint64, gzip'd), so any non-negative integers round-trip.
 
-Coding: per chunk of ``chunk_rows`` scan rows, all symbols of one class form one i.i.d. run coded with a single
-vectorised ``encode_reverse(symbols, Categorical(table))`` call (a probability-matrix call per symbol would need
-n_symbols x K floats; it was not timed). Each chunk is its own ANS stream, so any scan-row range decodes alone.
+Coding: per chunk of ``chunk_rows`` scan rows, each run of symbols that share a table is one vectorised
+``encode_reverse`` call into constriction's ANS coder; each chunk is its own ANS stream, so any scan-row range
+decodes alone. The work per chunk grows with the bright pixels and the electrons, not with the dark zeros.
 
-File: HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``; ``model/class_of_pixel`` (gzip'd, the detector
-shape), ``model/class_lambda``, ``model/lo``, ``model/table_offsets``, ``model/tables``;
+File (format version 2): HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``, ``constriction_version``;
+``model/class_of_pixel`` (gzip'd, the detector shape) and the per-class arrays of ``MODEL_ARRAYS``;
 ``chunks/row_starts`` (n_chunks + 1), ``chunks/word_offsets`` + ``chunks/words`` (uint32 ANS words),
 ``chunks/escape_offsets`` + ``chunks/escapes``.
 """
@@ -36,97 +30,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-from scipy.special import gammaln
 
 from stempress.atomic import atomic_output
 from stempress.data.base import Block, Dataset4D, SourceBase, check_shape_dtype, iter_blocks, rows_for_budget
 from stempress.errors import StempressError
+from stempress.events.entropy_model import (
+    CLASSES_PER_OCTAVE,
+    LAMBDA_FLOOR,
+    SPARSE_BELOW,
+    SPARSE_CLASSES_PER_OCTAVE,
+    PoissonModel,
+    fit_model,
+)
 from stempress.events.representation import check_counts_dtype, refuse_non_counts
 
+#: The model's per-class arrays and tables, as stored under ``model/``.
+MODEL_ARRAYS = ("class_lambda", "sparse", "p_event", "lo", "golomb_bits", "low_bits", "first_table",
+                "table_offsets", "tables")
+
 FORMAT_NAME = "stempress-entropy"
-FORMAT_VERSION = 1
-#: Log-spaced lambda classes per factor of two.
-CLASSES_PER_OCTAVE = 16
-#: Lambdas below this share the lowest class (a never-hit pixel still keeps every count codable).
-LAMBDA_FLOOR = 1e-7
-#: Half-width of each class's coded window in Poisson sigmas (plus a few counts for tiny lambda).
-WINDOW_SIGMAS = 8.0
-#: Largest table per class: huge counts (integrating detectors, uint32) are escaped rather than tabled.
-MAX_ALPHABET = 4096
-#: Smallest escape probability: every count stays codable; costs ~1.4e-6 bits per count.
-ESCAPE_FLOOR = 1e-6
+FORMAT_VERSION = 2
 #: Default dense bytes per coded chunk (the unit of random access).
 DEFAULT_CHUNK_BYTES = 4 * 1024**2
-
-
-@dataclass(frozen=True)
-class PoissonModel:
-    """Per-pixel classes and each class's categorical table (last entry = escape)."""
-
-    lam: np.ndarray  # (n_pixels,) float64: the fitted mean pattern, flat (a file keeps only the class lambdas)
-    class_of_pixel: np.ndarray  # (n_pixels,) int32 into the class arrays
-    class_lambda: np.ndarray  # (n_classes,) float64
-    lo: np.ndarray  # (n_classes,) int64: first count of each window
-    table_offsets: np.ndarray  # (n_classes + 1,) int64 into ``tables``
-    tables: np.ndarray  # float64 holding float32 values (what the file keeps), concatenated tables
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.class_lambda.size)
-
-    def table(self, c: int) -> np.ndarray:
-        return self.tables[self.table_offsets[c]:self.table_offsets[c + 1]]
-
-    def order(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels sorted by class (stable) and the class boundaries in that order."""
-        order = np.argsort(self.class_of_pixel, kind="stable")
-        bounds = np.searchsorted(self.class_of_pixel[order], np.arange(self.n_classes + 1))
-        return order, bounds
-
-    def bound_bits(self) -> float:
-        """Poisson entropy (bits per frame) of the model's own class lambdas: what an ideal coder of it spends."""
-        from stempress.bench.bounds import poisson_entropy_bits
-
-        return float(np.sum(poisson_entropy_bits(self.class_lambda[self.class_of_pixel])))
-
-
-def _poisson_table(lam: float) -> tuple[int, np.ndarray]:
-    """Window start and the (K + 1) probabilities of counts lo..lo+K-1 and escape under Poisson(lam)."""
-    sd = math.sqrt(lam)
-    lo = max(0, math.floor(lam - WINDOW_SIGMAS * sd))
-    hi = math.ceil(lam + WINDOW_SIGMAS * sd + 8)
-    if hi - lo > MAX_ALPHABET:
-        lo = max(0, round(lam) - MAX_ALPHABET // 2)
-        hi = lo + MAX_ALPHABET
-    k = np.arange(lo, hi, dtype=np.float64)
-    p = np.exp(k * math.log(lam) - lam - gammaln(k + 1.0))
-    escape = max(ESCAPE_FLOOR, 1.0 - float(p.sum()))
-    # float32 is what the file stores; the encoder uses the same rounded numbers as any decoder will
-    return lo, np.append(p, escape).astype(np.float32).astype(np.float64)
-
-
-def fit_model(total: np.ndarray, n_positions: int) -> PoissonModel:
-    """The model from per-pixel count sums over ``n_positions`` frames (see the module doc for the smoothing)."""
-    total = np.asarray(total, dtype=np.float64).reshape(-1)
-    if n_positions < 1:
-        raise ValueError("the model needs at least one frame")
-    lam = (total + total.mean() / n_positions) / (n_positions + 1)  # one extra frame of the mean pattern's mean
-    level = np.floor(np.log2(np.maximum(lam, LAMBDA_FLOOR) / LAMBDA_FLOOR) * CLASSES_PER_OCTAVE).astype(np.int64)
-    _, class_of_pixel = np.unique(level, return_inverse=True)
-    # each class codes with its members' mean lambda: the Poisson closest to them in KL
-    class_lambda = np.bincount(class_of_pixel, weights=lam) / np.bincount(class_of_pixel)
-    class_lambda = np.maximum(class_lambda, LAMBDA_FLOOR)
-    los, tables = zip(*(_poisson_table(float(v)) for v in class_lambda), strict=True)
-    offsets = np.zeros(len(tables) + 1, dtype=np.int64)
-    np.cumsum([t.size for t in tables], out=offsets[1:])
-    return PoissonModel(lam=lam, class_of_pixel=class_of_pixel.astype(np.int32), class_lambda=class_lambda,
-                        lo=np.asarray(los, dtype=np.int64), table_offsets=offsets, tables=np.concatenate(tables))
 
 
 def _constriction() -> Any:
@@ -146,62 +76,191 @@ def _version() -> str:
         return "unknown"
 
 
+def _corrupt(what: str) -> StempressError:
+    return StempressError(f"entropy-coded chunk {what}; the file is corrupt, rewrite it")
+
+
+def _zigzag(d: int) -> int:
+    return 2 * d if d >= 0 else -2 * d - 1
+
+
+def _unzigzag(u: int) -> int:
+    return u // 2 if u % 2 == 0 else -(u + 1) // 2
+
+
+def _count_scale(length: int, p: float) -> tuple[int, int]:
+    """Expected events and the count's scale bits ``k`` (``2**k <= sigma``), from exact IEEE operations only."""
+    mu = length * p
+    sigma = math.sqrt(mu * (1.0 - p))
+    return round(mu), (math.frexp(sigma)[1] - 1 if sigma >= 1.0 else 0)
+
+
 class _Coder:
-    """Encodes and decodes chunks with one model; the per-class models are built once."""
+    """Encodes and decodes chunks with one model; the constriction models are built once."""
 
     def __init__(self, model: PoissonModel):
         cs = _constriction()
-        self.model = model
+        self.model, self._cs = model, cs
         self.order, self.bounds = model.order()
-        self.inverse = np.argsort(self.order)
-        self.models = [cs.stream.model.Categorical(model.table(c), perfect=False) for c in range(model.n_classes)]
-        self.alphabet = np.diff(model.table_offsets) - 1  # K per class; symbol K = escape
-        self._cs = cs
+        self.slot_of_pixel = np.argsort(self.order)
+        self.n_sparse_pixels = int(self.bounds[int(np.count_nonzero(model.sparse))])  # sparse classes come first
+        self.sparse_pixel = model.sparse[model.class_of_pixel]
+        self.dense_pixels = self.order[self.n_sparse_pixels:]
+        self.models = [cs.stream.model.Categorical(model.table(t), perfect=False) for t in range(model.n_tables)]
+        self.sizes = np.diff(model.table_offsets) - 1  # symbols before the escape (the gap-high table has none)
+        self.count_model = self.models[-1]
+        self._uniform: dict[int, Any] = {}
+
+    def uniform(self, bits: int) -> Any:
+        if bits not in self._uniform:
+            self._uniform[bits] = self._cs.stream.model.Uniform(1 << bits)
+        return self._uniform[bits]
+
+    def _escaped(self, values: np.ndarray, table: int, lo: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Symbols of ``values - lo`` under a table with an escape, and the raw values the escape stands for."""
+        k = int(self.sizes[table])
+        small = values.dtype.itemsize <= 2 and abs(lo) < 2**30  # int32 arithmetic is exact: half the traffic
+        shifted = values.astype(np.int32 if small else np.int64)
+        if lo:
+            shifted -= lo
+        escaped = shifted.view(np.uint32 if small else np.uint64) >= k  # negatives wrap to huge: one compare
+        if escaped.any():
+            shifted[escaped] = k
+            return shifted.astype(np.int32, copy=False), values[escaped]
+        return shifted.astype(np.int32, copy=False), values[:0]
+
+    def _sparse_events(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Events of the sparse pixels in class-major order: gaps before each, counts, per-class boundaries."""
+        n = frames.shape[0]
+        nz = np.flatnonzero(frames)
+        pos, pix = np.divmod(nz, frames.shape[1])
+        keep = self.sparse_pixel[pix]
+        keys = self.slot_of_pixel[pix[keep]] * n + pos[keep]
+        sort = np.argsort(keys)
+        keys, values = keys[sort], frames.reshape(-1)[nz[keep][sort]]
+        n_sparse = int(np.count_nonzero(self.model.sparse))
+        starts = self.bounds[:n_sparse + 1].astype(np.int64) * n
+        edges = np.searchsorted(keys, starts)
+        gaps = np.empty_like(keys)
+        gaps[1:] = keys[1:] - keys[:-1] - 1
+        firsts = edges[:-1][edges[:-1] < edges[1:]]
+        gaps[firsts] = keys[firsts] - starts[:-1][edges[:-1] < edges[1:]]
+        return gaps, values, edges
 
     def encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, pixels) counts -> ANS words and the escaped raw values (class-major order)."""
-        by_class = np.ascontiguousarray(frames.T[self.order])  # (pixels, positions), classes contiguous
+        """(positions, pixels) counts -> ANS words and the escaped raw values (in decoding order)."""
+        m, n = self.model, frames.shape[0]
+        gaps, values, edges = self._sparse_events(frames)
+        dense = np.ascontiguousarray(frames[:, self.dense_pixels].T)  # (dense pixels, positions), class-major
         coder = self._cs.stream.stack.AnsCoder()
-        escapes: list[np.ndarray] = []
-        for c in range(self.model.n_classes - 1, -1, -1):  # a stack: encode backwards, decode forwards
-            values = by_class[self.bounds[c]:self.bounds[c + 1]].reshape(-1)
-            if values.size == 0:
+        escapes: list[list[np.ndarray]] = []
+        for c in range(m.n_classes - 1, -1, -1):  # a stack: encode backwards, decode forwards
+            t = int(m.first_table[c])
+            members = int(self.bounds[c + 1] - self.bounds[c])
+            if not m.sparse[c]:
+                a = int(self.bounds[c]) - self.n_sparse_pixels
+                symbols, raw = self._escaped(dense[a:a + members].reshape(-1), t, int(m.lo[c]))
+                coder.encode_reverse(symbols, self.models[t])
+                escapes.append([raw])
                 continue
-            k = int(self.alphabet[c])
-            shifted = values.astype(np.int64) - int(self.model.lo[c])
-            escaped = (shifted < 0) | (shifted >= k)
-            symbols = np.where(escaped, k, shifted).astype(np.int32)
-            coder.encode_reverse(symbols, self.models[c])
-            escapes.append(values[escaped])
+            a, b = int(edges[c]), int(edges[c + 1])
+            gbits, low = int(m.golomb_bits[c]), int(m.low_bits[c])
+            symbols, raw_values = self._escaped(values[a:b], t, 1)
+            coder.encode_reverse(symbols, self.models[t])
+            g = gaps[a:b]
+            if low:
+                coder.encode_reverse((g & ((1 << low) - 1)).astype(np.int32), self.uniform(low))
+            if gbits > low:
+                coder.encode_reverse(((g >> low) & ((1 << (gbits - low)) - 1)).astype(np.int32), self.models[t + 2])
+            symbols, raw_gaps = self._escaped(g >> gbits, t + 1)
+            coder.encode_reverse(symbols, self.models[t + 1])
+            expected, k = _count_scale(members * n, float(m.p_event[c]))
+            u = _zigzag((b - a) - expected)
+            if k:
+                coder.encode_reverse(np.array([u & ((1 << k) - 1)], np.int32), self.uniform(k))
+            symbol, raw_count = self._escaped(np.array([u >> k], np.int64), m.n_tables - 1)
+            coder.encode_reverse(symbol, self.count_model)
+            escapes.append([raw_count, raw_gaps, raw_values])
         escapes.reverse()
-        raw = np.concatenate(escapes) if escapes else np.zeros(0, frames.dtype)
+        parts = [np.asarray(part, np.uint64) for group in escapes for part in group]
+        raw = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
         return np.asarray(coder.get_compressed(), dtype=np.uint32), raw
 
-    def decode(self, words: np.ndarray, escapes: np.ndarray, n_positions: int, dtype: np.dtype) -> np.ndarray:
+    def decode(self, words: np.ndarray, escapes: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
         """The inverse of ``encode``: (positions, pixels) counts in ``dtype``."""
-        by_class = np.empty((self.order.size, n_positions), dtype=dtype)
+        m = self.model
         coder = self._cs.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+        dense = np.empty((self.dense_pixels.size, n), dtype=dtype)
         used = 0
-        for c in range(self.model.n_classes):
-            a, b = int(self.bounds[c]), int(self.bounds[c + 1])
-            if a == b:
-                continue
-            k = int(self.alphabet[c])
-            symbols = coder.decode(self.models[c], (b - a) * n_positions)
-            escaped = symbols == k
+
+        def unescape(symbols: np.ndarray, table: int, lo: int = 0) -> np.ndarray:
+            nonlocal used
+            escaped = symbols == self.sizes[table]
+            values = symbols.astype(np.int64) if lo + self.sizes[table] >= 2**31 else symbols
+            if lo:
+                values += lo
             n_esc = int(np.count_nonzero(escaped))
-            if used + n_esc > escapes.size:
-                raise StempressError("entropy-coded chunk holds fewer escaped values than its symbols need; "
-                                     "the file is corrupt, rewrite it")
-            values = symbols.astype(np.int64) + int(self.model.lo[c])
-            out = by_class[a:b].reshape(-1)
-            out[:] = values.astype(dtype, copy=False) if n_esc == 0 else np.where(escaped, 0, values).astype(dtype)
             if n_esc:
-                out[escaped] = escapes[used:used + n_esc]
-            used += n_esc
+                if used + n_esc > escapes.size:
+                    raise _corrupt("holds fewer escaped values than its symbols need")
+                values = values.astype(np.int64)
+                values[escaped] = escapes[used:used + n_esc].astype(np.int64)
+                used += n_esc
+            return values
+
+        gap_parts: list[np.ndarray] = []
+        value_parts: list[np.ndarray] = []
+        spans: list[tuple[int, int]] = []
+        for c in range(m.n_classes):
+            t = int(m.first_table[c])
+            members = int(self.bounds[c + 1] - self.bounds[c])
+            if not m.sparse[c]:
+                a = int(self.bounds[c]) - self.n_sparse_pixels
+                values = unescape(coder.decode(self.models[t], members * n), t, int(m.lo[c]))
+                dense[a:a + members] = values.reshape(members, n).astype(dtype, copy=False)
+                continue
+            expected, k = _count_scale(members * n, float(m.p_event[c]))
+            u = int(unescape(coder.decode(self.count_model, 1), m.n_tables - 1)[0]) << k
+            if k:
+                u |= int(coder.decode(self.uniform(k), 1)[0])
+            count = expected + _unzigzag(u)
+            if not 0 <= count <= members * n:
+                raise _corrupt(f"declares {count} events in a class of {members * n} pixels")
+            if count == 0:
+                continue
+            gbits, low = int(m.golomb_bits[c]), int(m.low_bits[c])
+            g = unescape(coder.decode(self.models[t + 1], count), t + 1).astype(np.int64) << gbits
+            if gbits > low:
+                g |= coder.decode(self.models[t + 2], count).astype(np.int64) << low
+            if low:
+                g |= coder.decode(self.uniform(low), count).astype(np.int64)
+            gap_parts.append(g)
+            value_parts.append(unescape(coder.decode(self.models[t], count), t, 1))
+            spans.append((int(self.bounds[c]) * n, int(self.bounds[c + 1]) * n))
         if used != escapes.size:
-            raise StempressError("entropy-coded chunk has unused escaped values; the file is corrupt, rewrite it")
-        return np.ascontiguousarray(by_class[self.inverse].T)
+            raise _corrupt("has unused escaped values")
+        out = np.zeros((n, self.order.size), dtype=dtype)
+        out[:, self.dense_pixels] = dense.T
+        if gap_parts:
+            self._scatter(out, gap_parts, value_parts, spans)
+        return out
+
+    def _scatter(self, out: np.ndarray, gap_parts: list[np.ndarray], value_parts: list[np.ndarray],
+                 spans: list[tuple[int, int]]) -> None:
+        """Gaps back to (position, pixel) keys per class, then the counts into the frame."""
+        sizes = np.array([g.size for g in gap_parts])
+        steps = np.concatenate(gap_parts) + 1
+        if np.any(steps <= 0):
+            raise _corrupt("holds a negative gap")
+        keys = np.cumsum(steps)
+        ends = np.cumsum(sizes)
+        before = np.concatenate(([0], keys[ends[:-1] - 1]))  # running sum where each class starts
+        first, stop = (np.asarray(v, np.int64) for v in zip(*spans, strict=True))
+        keys += np.repeat(first - before - 1, sizes)
+        if np.any(keys[ends - 1] >= stop):  # keys grow within a class, so its last one must stay inside it
+            raise _corrupt("places an event outside its class")
+        slot, pos = np.divmod(keys, out.shape[0])
+        out[pos, self.order[slot]] = np.concatenate(value_parts).astype(out.dtype, copy=False)
 
 
 def _check_block(data: np.ndarray, start: int, where: str) -> None:
@@ -228,14 +287,14 @@ class _Writer:
         class_dtype = np.uint8 if model.n_classes <= 256 else np.uint16
         m.create_dataset("class_of_pixel", data=model.class_of_pixel.reshape(shape[2:]).astype(class_dtype),
                          **small)
-        for name in ("class_lambda", "lo", "table_offsets", "tables"):
+        for name in MODEL_ARRAYS:
             values = getattr(model, name)
-            m.create_dataset(name, data=values.astype(np.float32) if name == "tables" else values)
-        m.attrs.update({"classes_per_octave": CLASSES_PER_OCTAVE, "lambda_floor": LAMBDA_FLOOR,
-                        "escape_floor": ESCAPE_FLOOR, "window_sigmas": WINDOW_SIGMAS})
+            m.create_dataset(name, data=values.astype(np.float32) if name == "tables" else values, **small)
+        m.attrs.update({"classes_per_octave": CLASSES_PER_OCTAVE, "sparse_classes_per_octave":
+                        SPARSE_CLASSES_PER_OCTAVE, "sparse_below": SPARSE_BELOW, "lambda_floor": LAMBDA_FLOOR})
         self.chunks = f.create_group("chunks")
         self.words: list[np.ndarray] = []  # held until finish: one contiguous dataset wastes no chunk tail
-        self.escapes = self.chunks.create_dataset("escapes", shape=(0,), maxshape=(None,), dtype=dtype,
+        self.escapes = self.chunks.create_dataset("escapes", shape=(0,), maxshape=(None,), dtype=np.uint64,
                                                   chunks=(1 << 14,), **small)
         self.row_starts, self.word_offsets, self.escape_offsets = [0], [0], [0]
 
@@ -334,10 +393,10 @@ def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int |
 def _load_model(f: h5py.File) -> PoissonModel:
     m = f["model"]
     class_of_pixel = m["class_of_pixel"][...].reshape(-1).astype(np.int32)
-    class_lambda = m["class_lambda"][...]
-    return PoissonModel(lam=class_lambda[class_of_pixel], class_of_pixel=class_of_pixel,
-                        class_lambda=class_lambda, lo=m["lo"][...],
-                        table_offsets=m["table_offsets"][...], tables=m["tables"][...].astype(np.float64))
+    arrays = {name: m[name][...] for name in MODEL_ARRAYS}
+    arrays["tables"] = arrays["tables"].astype(np.float64)
+    arrays["sparse"] = arrays["sparse"].astype(bool)
+    return PoissonModel(lam=arrays["class_lambda"][class_of_pixel], class_of_pixel=class_of_pixel, **arrays)
 
 
 class EntropyCodedSource(SourceBase):
@@ -353,10 +412,12 @@ class EntropyCodedSource(SourceBase):
         if f.attrs.get("format") != FORMAT_NAME:
             f.close()
             raise StempressError(f"{self.path}: not a stempress entropy-coded file")
-        if int(f.attrs["version"]) > FORMAT_VERSION:
+        if int(f.attrs["version"]) != FORMAT_VERSION:
             f.close()
-            raise StempressError(f"{self.path}: format version {int(f.attrs['version'])} is newer than this "
-                                 f"stempress reads ({FORMAT_VERSION}); upgrade stempress")
+            newer = int(f.attrs["version"]) > FORMAT_VERSION
+            raise StempressError(f"{self.path}: entropy-code format version {int(f.attrs['version'])}, this stempress "
+                                 f"reads version {FORMAT_VERSION}; " + ("upgrade stempress" if newer else
+                                 "re-encode the data with this stempress"))
         self.name = self.path.stem
         self.shape = tuple(int(v) for v in f.attrs["shape"])  # type: ignore[assignment]
         self.dtype = np.dtype(str(f.attrs["dtype"]))

@@ -1,0 +1,197 @@
+"""The Poisson model behind the entropy code: per-pixel mean counts grouped into classes, and each class's tables.
+
+Why two kinds of class: a pixel that is hit often (the bright-field disk, lambda >= ``SPARSE_BELOW``) is cheapest
+to code as one symbol per pixel, but most of a counted detector is dark (lambda ~1e-3), and coding every one of
+its zeros would cost a symbol each for almost no information. Dark ("sparse") classes code only their events:
+the number of events in a chunk, the gap before each event (geometric for i.i.d. Poisson pixels, so coding gaps
+loses nothing against the per-pixel bound) and each event's count (zero-truncated Poisson). The work then grows
+with the number of electrons, not of pixels.
+
+Tables are computed once when the model is fitted, rounded to float32 and stored in the file, so a decoder feeds
+constriction exactly the encoder's numbers on any platform; every number the decoder derives at run time is an
+integer or a correctly rounded IEEE operation (product, square root, ``frexp``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import gammaln, ndtr
+
+#: Log-spaced lambda classes per factor of two for bright (per-pixel coded) classes: ~4 % apart.
+CLASSES_PER_OCTAVE = 16
+#: Coarser steps for dark classes: the mismatch costs ~lambda * delta^2 / 2 nats per pixel, far below their
+#: ~lambda * ln(1/lambda) entropy, while each class adds a count per chunk.
+SPARSE_CLASSES_PER_OCTAVE = 8
+#: Lambdas below this share the lowest class (a never-hit pixel still keeps every count codable).
+LAMBDA_FLOOR = 1e-7
+#: Classes whose mean count is below this code their events (gaps) instead of every pixel.
+SPARSE_BELOW = 0.2
+#: Half-width of each count window in Poisson sigmas (plus a few counts for tiny lambda).
+WINDOW_SIGMAS = 8.0
+#: Largest table per class: huge counts (integrating detectors, uint32) are escaped rather than tabled.
+MAX_ALPHABET = 4096
+#: Smallest escape probability: every value stays codable; costs ~1.4e-6 bits per symbol.
+ESCAPE_FLOOR = 1e-6
+#: Gaps split as ``q * 2**m + r`` (Golomb); ``m`` is at most this, so a remainder fits constriction's Uniform.
+MAX_GOLOMB_BITS = 22
+#: The top bits of a gap remainder get a table (its geometric slope); the rest are uniform (their slope is < 1 %).
+HIGH_BITS = 4
+#: Gap quotients are tabled until their tail mass falls below this; longer ones are escaped.
+GAP_TAIL = 1e-7
+#: Entries of the shared table for a chunk's event-count deviation (in units of ~sigma/2).
+COUNT_TABLE_SIZE = 64
+
+DENSE_LEVEL_OFFSET = 1 << 30  # dense class levels sort after every sparse one
+
+
+@dataclass(frozen=True)
+class PoissonModel:
+    """Pixel classes and their tables; the last table is the shared event-count table.
+
+    A dense class has one table (counts ``lo .. lo+K-1`` + escape). A sparse class has three consecutive tables
+    starting at ``first_table``: event counts minus one (+ escape), gap quotients (+ escape), gap remainder high
+    bits (no escape).
+    """
+
+    lam: np.ndarray  # (n_pixels,) float64: the fitted mean pattern, flat (a file keeps only the class lambdas)
+    class_of_pixel: np.ndarray  # (n_pixels,) int32 into the class arrays; sparse classes first
+    class_lambda: np.ndarray  # (n_classes,) float64
+    sparse: np.ndarray  # (n_classes,) bool
+    p_event: np.ndarray  # (n_classes,) float64: P(count > 0), the stored number the count coding starts from
+    lo: np.ndarray  # (n_classes,) int64: first count of a dense class's window
+    golomb_bits: np.ndarray  # (n_classes,) int64: m of a sparse class's gaps
+    low_bits: np.ndarray  # (n_classes,) int64: uniform low bits of a gap remainder
+    first_table: np.ndarray  # (n_classes,) int64
+    table_offsets: np.ndarray  # (n_tables + 1,) int64 into ``tables``
+    tables: np.ndarray  # float64 holding float32 values (what the file keeps), concatenated
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.class_lambda.size)
+
+    @property
+    def n_tables(self) -> int:
+        return int(self.table_offsets.size - 1)
+
+    def table(self, t: int) -> np.ndarray:
+        return self.tables[self.table_offsets[t]:self.table_offsets[t + 1]]
+
+    def order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels sorted by class (stable) and the class boundaries in that order."""
+        order = np.argsort(self.class_of_pixel, kind="stable")
+        bounds = np.searchsorted(self.class_of_pixel[order], np.arange(self.n_classes + 1))
+        return order, bounds
+
+    def bound_bits(self) -> float:
+        """Poisson entropy (bits per frame) of the model's own class lambdas: what an ideal coder of it spends."""
+        from stempress.bench.bounds import poisson_entropy_bits
+
+        return float(np.sum(poisson_entropy_bits(self.class_lambda[self.class_of_pixel])))
+
+
+def _with_escape(p: np.ndarray, tail: float) -> np.ndarray:
+    """Append the escape mass and round to float32, the precision the file stores."""
+    return np.append(p, max(ESCAPE_FLOOR, tail)).astype(np.float32).astype(np.float64)
+
+
+def _poisson_pmf(k: np.ndarray, lam: float) -> np.ndarray:
+    return np.exp(k * math.log(lam) - lam - gammaln(k + 1.0))
+
+
+def _window(lam: float, first: int) -> tuple[int, int]:
+    sd = math.sqrt(lam)
+    lo = max(first, math.floor(lam - WINDOW_SIGMAS * sd))
+    hi = math.ceil(lam + WINDOW_SIGMAS * sd + 8)
+    if hi - lo > MAX_ALPHABET:
+        lo = max(first, round(lam) - MAX_ALPHABET // 2)
+        hi = lo + MAX_ALPHABET
+    return lo, hi
+
+
+def dense_table(lam: float) -> tuple[int, np.ndarray]:
+    """Window start and the probabilities of counts lo..lo+K-1 and escape under Poisson(lam)."""
+    lo, hi = _window(lam, 0)
+    p = _poisson_pmf(np.arange(lo, hi, dtype=np.float64), lam)
+    return lo, _with_escape(p, 1.0 - float(p.sum()))
+
+
+def event_count_table(lam: float) -> np.ndarray:
+    """Probabilities of an event's count minus one (zero-truncated Poisson(lam)) and escape."""
+    _, hi = _window(lam, 1)  # symbols are count - 1 from 1 up: sparse lambdas are small, the window starts at 1
+    p = _poisson_pmf(np.arange(1, hi, dtype=np.float64), lam) / -math.expm1(-lam)
+    return _with_escape(p, 1.0 - float(p.sum()))
+
+
+def gap_tables(lam: float) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Golomb bits m, uniform low bits, the quotient table (+ escape) and the remainder's high-bits table.
+
+    A gap (zeros before an event) is geometric with ratio theta = exp(-lam); choosing 2**m ~ ln 2 / lam makes the
+    quotient's ratio ~1/2, and quotient and remainder are independent, so the split costs nothing.
+    """
+    m = int(min(MAX_GOLOMB_BITS, max(0, round(math.log2(math.log(2.0) / lam)))))
+    rho = math.exp(-lam * 2.0**m)
+    n_q = int(min(MAX_ALPHABET, max(1, math.ceil(math.log(GAP_TAIL) / math.log(rho)))))
+    q = (1.0 - rho) * rho ** np.arange(n_q, dtype=np.float64)
+    high = min(m, HIGH_BITS)
+    low = m - high
+    w = np.exp(-lam * 2.0**low * np.arange(2**high, dtype=np.float64))
+    return m, low, _with_escape(q, rho**n_q), (w / w.sum()).astype(np.float32).astype(np.float64)
+
+
+def count_table() -> np.ndarray:
+    """The shared table of ``zigzag(N - round(mu)) >> k`` for a chunk's event count N of a sparse class.
+
+    N is ~Normal(mu, sigma) and ``2**k <= sigma < 2**(k+1)``, so the symbol is ~``2|z| sigma / 2**k``: its law is
+    averaged over that octave of sigma (log-uniform), which keeps the table one fixed, stored array.
+    """
+    edges = np.arange(COUNT_TABLE_SIZE + 1, dtype=np.float64)
+    p = np.zeros(COUNT_TABLE_SIZE)
+    scales = 2.0 ** np.linspace(0.0, 1.0, 17)
+    for s in scales:
+        p += 2.0 * (ndtr((edges[1:]) / (2.0 * s)) - ndtr(edges[:-1] / (2.0 * s)))
+    p /= scales.size
+    return _with_escape(p, 1.0 - float(p.sum()))
+
+
+def class_levels(lam: np.ndarray) -> np.ndarray:
+    """Class level of each pixel: coarse log steps for sparse lambdas, fine ones (sorted after) for dense."""
+    octaves = np.log2(np.maximum(lam, LAMBDA_FLOOR) / LAMBDA_FLOOR)
+    sparse = np.floor(octaves * SPARSE_CLASSES_PER_OCTAVE).astype(np.int64)
+    dense = DENSE_LEVEL_OFFSET + np.floor(octaves * CLASSES_PER_OCTAVE).astype(np.int64)
+    return np.where(lam < SPARSE_BELOW, sparse, dense)
+
+
+def fit_model(total: np.ndarray, n_positions: int) -> PoissonModel:
+    """The model from per-pixel count sums over ``n_positions`` frames.
+
+    Smoothing: ``(S_i + mean_j S_j / n) / (n + 1)``, one prior frame of the overall mean, so a pixel never hit
+    while fitting stays cheap to code later.
+    """
+    total = np.asarray(total, dtype=np.float64).reshape(-1)
+    if n_positions < 1:
+        raise ValueError("the model needs at least one frame")
+    lam = (total + total.mean() / n_positions) / (n_positions + 1)
+    levels, class_of_pixel = np.unique(class_levels(lam), return_inverse=True)
+    sparse = levels < DENSE_LEVEL_OFFSET
+    # each class codes with its members' mean lambda: the Poisson closest to them in KL
+    class_lambda = np.maximum(np.bincount(class_of_pixel, weights=lam) / np.bincount(class_of_pixel), LAMBDA_FLOOR)
+    n = class_lambda.size
+    lo, golomb, low, first = (np.zeros(n, np.int64) for _ in range(4))
+    tables: list[np.ndarray] = []
+    for c, value in enumerate(class_lambda.tolist()):
+        first[c] = len(tables)
+        if sparse[c]:
+            golomb[c], low[c], q, high = gap_tables(value)
+            tables += [event_count_table(value), q, high]
+        else:
+            lo[c], table = dense_table(value)
+            tables.append(table)
+    tables.append(count_table())
+    offsets = np.zeros(len(tables) + 1, dtype=np.int64)
+    np.cumsum([t.size for t in tables], out=offsets[1:])
+    return PoissonModel(lam=lam, class_of_pixel=class_of_pixel.astype(np.int32), class_lambda=class_lambda,
+                        sparse=sparse, p_event=-np.expm1(-class_lambda), lo=lo, golomb_bits=golomb, low_bits=low,
+                        first_table=first, table_offsets=offsets, tables=np.concatenate(tables))
