@@ -45,6 +45,18 @@ def test_grid_has_a_row_per_cell_and_verified_numbers(source, tmp_path):
         assert r["write_throughput_gbs"] == pytest.approx(r["raw_bytes"] / 1024**3 / r["write_time"])
 
 
+def test_event_codecs_run_in_the_grid_and_leave_no_files(source, tmp_path):
+    """Counted-electron file codecs (several files each, a .toml sidecar) are measured and cleaned up."""
+    config = BenchConfig(codecs=select_codecs(["events_raw_csr", "entropy_poisson"]), chunkings=["balanced"],
+                         runs=1, workdir=tmp_path, time_limit_s=None)
+    rows = run_grid([source], config)
+    assert {r["method"]: r["status"] for r in rows} == {"events_raw_csr": "ok", "entropy_poisson": "ok"}
+    assert all(r["verified"] for r in rows)
+    ratios = {r["method"]: r["compression_ratio"] for r in rows}
+    assert ratios["entropy_poisson"] > ratios["events_raw_csr"] > 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ratio_equals_a_plain_h5py_write(source, tmp_path):
     cube = source.array
     for name in ("gzip_6", "lzf", "blosc_zstd", "bitshuffle_lz4", "lz4_hdf5", "none"):

@@ -190,7 +190,7 @@ def test_all_is_a_superset_with_the_required_extras() -> None:
     for codec in CATALOG.values():
         assert "all" in codec.sets and codec.description.strip()
         assert codec.storage in ("hdf5", "file")
-        assert (codec.storage == "file") == (codec.family in ("baseline", "entropy"))
+        assert (codec.storage == "file") == (codec.family in ("baseline", "events", "entropy"))
 
 
 def test_excluded_filters_are_not_in_the_catalog() -> None:

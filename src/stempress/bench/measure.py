@@ -121,7 +121,8 @@ def measure(
     rows = block_rows(source, chunks)
     raw_bytes = nbytes(source)
     reference = reference or Reference(shape, dtype)
-    path = workdir / f".stempress-bench-{uuid.uuid4().hex}.{'h5' if chunks is not None else 'bin'}"
+    suffix = ".h5" if chunks is not None else file_format(method.codec).suffix  # raw_csr insists on .toml
+    path = workdir / f".stempress-bench-{uuid.uuid4().hex}{suffix}"
     written: list[Path] = [path]
     peak_reset = reset_peak_rss()
     try:

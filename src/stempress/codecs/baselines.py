@@ -242,11 +242,47 @@ class SimpleGzip:
                 yield Block(start, np.frombuffer(buf, dtype=dtype).reshape(stop - start, *shape[1:]))
 
 
+class RawCsrEvents:
+    """Counted electrons as events (pixel index, count per scan position) in LiberTEM's raw_csr layout.
+
+    Why in the catalog: the event list is the representation counting detectors produce and LiberTEM reads
+    directly; measuring it beside the HDF5 codecs shows what sparsity alone buys before any entropy coding.
+    """
+
+    name = "events_raw_csr"
+    suffix = ".toml"
+
+    def write(self, path: Path, blocks: Iterable[Block], shape: Shape, dtype: Any) -> list[Path]:
+        from stempress.events.libertem import raw_csr_files, write_raw_csr_events
+        from stempress.events.representation import check_counts_dtype, events_from_block
+
+        path, dtype = Path(path), np.dtype(dtype)
+        check_counts_dtype(dtype, self.name)
+        events = (events_from_block(b, where=self.name) for b in _checked(blocks, shape, dtype, self.name))
+        write_raw_csr_events(events, path, shape, dtype, overwrite=True)  # atomic: all four files or none
+        return [path, *raw_csr_files(path).values()]
+
+    def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:
+        from stempress.events.libertem import RawCsrSource
+
+        dtype = np.dtype(dtype)
+        source = RawCsrSource(path)
+        try:
+            if tuple(source.shape) != tuple(shape) or source.dtype != dtype:
+                raise StempressError(f"{path}: holds {source.shape} {source.dtype}, not {tuple(shape)} {dtype}; "
+                                     "give the shape and dtype it was written with")
+            step = _read_rows(shape, dtype, rows)
+            for start in range(0, shape[0], step):
+                yield Block(start, source.read_rows(start, min(start + step, shape[0])))
+        finally:
+            source.close()
+
+
 #: The file-stored codecs by catalog name.
 def _file_formats() -> dict[str, FileFormat]:
     from stempress.events.entropy import EntropyCodedFormat  # counted-electron code; constriction loads lazily
 
-    return {f.name: f for f in (SparseCSR(), Uint8Overflow(), SimpleGzip(), EntropyCodedFormat())}
+    return {f.name: f for f in (SparseCSR(), Uint8Overflow(), SimpleGzip(), RawCsrEvents(), EntropyCodedFormat())}
 
 
 FILE_FORMATS: dict[str, FileFormat] = _file_formats()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,18 @@ def write_raw_csr(source: Dataset4D | Events, toml_path: str | Path, *, overwrit
     """
     src = as_source(source)
     check_counts_dtype(src.dtype, src.name)
+    events = iter_events(src, rows)  # refuses a float source before any file is created
+    return write_raw_csr_events(events, toml_path, src.shape, src.dtype, overwrite=overwrite)
+
+
+def write_raw_csr_events(events: Iterable[EventBlock], toml_path: str | Path, shape: tuple[int, int, int, int],
+                         dtype: Any, *, overwrite: bool = False) -> Path:
+    """Write consecutive event blocks (seen once, top to bottom) as raw_csr, atomically like ``write_raw_csr``."""
     toml_path = Path(toml_path)
     if toml_path.suffix.lower() != ".toml":
         raise StempressError(f"{toml_path}: the raw_csr sidecar must be a .toml file; give a name like scan.toml")
     files = raw_csr_files(toml_path)
-    data_dtype = src.dtype.newbyteorder("<")
-    events = iter_events(src, rows)  # refuses a float source before any file is created
+    data_dtype = np.dtype(dtype).newbyteorder("<")
     with ExitStack() as stack:
         tmp_toml = stack.enter_context(atomic_output(toml_path, overwrite=overwrite))  # renamed last
         tmp = {part: stack.enter_context(atomic_output(path, overwrite=overwrite)) for part, path in files.items()}
@@ -102,7 +109,7 @@ def write_raw_csr(source: Dataset4D | Events, toml_path: str | Path, *, overwrit
             if offset == 0:  # numpy (so LiberTEM) cannot map an empty file: one value no position points at
                 indices.write(np.zeros(1, INDICES_DTYPE).tobytes())
                 data.write(np.zeros(1, data_dtype).tobytes())
-        tmp_toml.write_text(_sidecar(src.shape, files, data_dtype), encoding="utf-8")
+        tmp_toml.write_text(_sidecar(shape, files, data_dtype), encoding="utf-8")
     return toml_path
 
 
