@@ -33,6 +33,7 @@ from stempress.reduce import (
     radius_map,
     run_reducers,
 )
+from stempress.reduce.imaging import COM_MASK_BF, find_dpc_rotation, fit_dpc_rotation
 
 DIFFRACTION = [("smoke", "4D_Diff"), ("smoke", "4D_Diff-2x2-binning"), ("smoke", "4D_Diff-4x4-binning"),
                ("counted", "counted")]
@@ -64,9 +65,9 @@ def test_virtual_images_and_com_equal_direct_numpy(source):
     cal = calibrate(source, sample_rows=None)
     detectors = [*default_detectors(cal), abf(), Mask("weighted", np.linspace(0, 2, math.prod(source.shape[2:]))
                                                      .reshape(source.shape[2:]))]
-    reducers = [VirtualDetectors(detectors, calibration=cal), CenterOfMass(calibration=cal),
+    reducers = [VirtualDetectors(detectors, calibration=cal), CenterOfMass(mask_radius=None, calibration=cal),
                 CenterOfMass(mask_radius=1.5, units="bf", calibration=cal, name="com_masked"),
-                MeanPattern(), MaxPattern()]
+                CenterOfMass(calibration=cal, name="com_default"), MeanPattern(), MaxPattern()]
     got = run_reducers(source, reducers, rows=3)
     cube = source.array
     exact = cube.astype(np.int64) if cube.dtype.kind == "u" else cube.astype(np.float64)
@@ -79,14 +80,17 @@ def test_virtual_images_and_com_equal_direct_numpy(source):
             assert np.array_equal(got["virtual"][name], want.astype(np.float64)), name
     yy, xx = np.indices(source.shape[2:], dtype=np.float64)
     frames = cube.astype(np.float64)
-    for key, mask in (("com", np.ones(source.shape[2:])),
-                      ("com_masked", radius_map(source.shape[2:], cal) < 1.5 * cal.bf_radius_px)):
+    r = radius_map(source.shape[2:], cal)
+    for key, mask in (("com", np.ones(source.shape[2:])), ("com_masked", r < 1.5 * cal.bf_radius_px),
+                      ("com_default", r < COM_MASK_BF * cal.bf_radius_px)):
         total = np.einsum("abij,ij->ab", frames, mask)
         com_y = np.einsum("abij,ij->ab", frames, mask * (yy - cal.centre_y)) / total
         com_x = np.einsum("abij,ij->ab", frames, mask * (xx - cal.centre_x)) / total
         np.testing.assert_allclose(got[key]["com_y"], com_y, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(got[key]["com_x"], com_x, rtol=1e-10, atol=1e-12)
         assert np.array_equal(got[key]["intensity"], total)
+    assert float(got["com"]["mask_radius_px"]) == math.inf
+    assert float(got["com_default"]["mask_radius_px"]) == COM_MASK_BF * cal.bf_radius_px
     assert np.array_equal(got["mean_pattern"]["mean"], frames.sum(axis=(0, 1)) / (cube.shape[0] * cube.shape[1]))
     assert np.array_equal(got["max_pattern"]["max"], cube.max(axis=(0, 1)))
     assert got["max_pattern"]["max"].dtype == cube.dtype
@@ -210,3 +214,131 @@ def test_curl_of_a_gradient_vanishes_and_rotation_shows_up_in_it():
     np.testing.assert_array_equal((ty, tx), (gy, gx))
     lap = divergence(ny_, nx_)
     assert lap[20, 25] < 0 < lap[30, 45]  # a positive blob is a sink of its gradient, a negative one a source
+
+
+def _atoms(ny: int = 40, nx: int = 48, spacing: float = 8.0, seed: int = 0) -> np.ndarray:
+    """An atom-like phase: jittered Gaussian peaks on a lattice (potential maxima sharper than minima)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((ny, nx), dtype=float)
+    phi = np.zeros((ny, nx))
+    for cy in np.arange(spacing / 2, ny, spacing):
+        for cx in np.arange(spacing / 2, nx, spacing):
+            y0, x0 = cy + rng.normal(0, 0.5), cx + rng.normal(0, 0.5)
+            phi += rng.uniform(0.7, 1.3) * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * 1.5**2))
+    return phi
+
+
+def _measured(g_y: np.ndarray, g_x: np.ndarray, rotation_deg: float, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The CoM maps a detector turned by ``rotation_deg`` (then transposed) records for the field ``g``: the
+    inverse of ``dpc_field``."""
+    t = math.radians(-rotation_deg)
+    d_x, d_y = math.cos(t) * g_x - math.sin(t) * g_y, math.sin(t) * g_x + math.cos(t) * g_y
+    return (d_x, d_y) if transpose else (d_y, d_x)
+
+
+@pytest.mark.parametrize(("angle", "transpose"), [(0.0, False), (37.0, False), (-120.0, True), (171.5, False),
+                                                  (-95.0, True), (180.0, True)])
+def test_find_dpc_rotation_recovers_a_known_rotation_and_transpose(angle, transpose):
+    phi = _atoms()
+    g_y, g_x = np.gradient(phi)
+    com_y, com_x = _measured(g_y, g_x, angle, transpose)
+    rng = np.random.default_rng(1)
+    noise = 0.05 * float(np.abs(g_x).max())
+    com_y = com_y + rng.normal(0, noise, com_y.shape)
+    com_x = com_x + rng.normal(0, noise, com_x.shape)
+    fit = fit_dpc_rotation(com_y, com_x)
+    assert fit.transpose == transpose
+    assert abs(math.remainder(fit.rotation_deg - angle, 360.0)) < 1.0
+    assert 0 <= fit.curl_fraction < 0.1  # a clean gradient plus noise: little curl left
+    assert find_dpc_rotation(com_y, com_x) == (fit.rotation_deg, fit.transpose)
+    iy, ix = np.indices(com_y.shape)
+    drift = fit_dpc_rotation(com_y + 0.3 + 0.004 * ix - 0.002 * iy, com_x - 0.2 - 0.003 * iy)  # linear descan
+    assert drift.transpose == transpose and abs(math.remainder(drift.rotation_deg - fit.rotation_deg, 360)) < 1e-6
+    # iDPC of the corrected field is the phase (relative RMS error); of the raw maps, turned, it is not
+    want = phi - phi.mean()
+
+    def error(phase: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((phase - want) ** 2)) / np.std(want))
+
+    fixed = error(integrated_phase(com_y, com_x, rotation_deg=fit.rotation_deg, transpose=fit.transpose))
+    raw = error(integrated_phase(com_y, com_x))
+    assert fixed < 0.2  # the floor: integrated noise
+    assert raw > 1.5 * fixed if angle or transpose else raw == pytest.approx(fixed, abs=0.01)
+
+
+def test_dpc_rotation_of_noise_or_of_a_tiny_scan_says_so():
+    rng = np.random.default_rng(2)
+    noise = fit_dpc_rotation(rng.normal(size=(30, 30)), rng.normal(size=(30, 30)))
+    assert 0.3 < noise.curl_fraction <= 0.5  # no rotation makes noise curl-free
+    tiny = fit_dpc_rotation(np.ones((1, 5)), np.ones((1, 5)))
+    assert math.isnan(tiny.rotation_deg) and math.isnan(tiny.curl_fraction) and not tiny.transpose
+    flat = fit_dpc_rotation(np.full((4, 4), 0.5), np.zeros((4, 4)))  # a uniform shift: no structure to fit
+    assert math.isnan(flat.rotation_deg)
+    with pytest.raises(StempressError, match="2-D"):
+        fit_dpc_rotation(np.ones((3, 3)), np.ones((3, 4)))
+
+
+def _deflected_cube(g_y: np.ndarray, g_x: np.ndarray, cal: Calibration, det: tuple[int, int]) -> np.ndarray:
+    """Counts of an antialiased BF disk shifted by (g_y, g_x) px at each position (CoM = shift to ~0.01 px)."""
+    yy, xx = np.indices(det, dtype=float)
+    r = np.hypot(yy - (cal.centre_y + g_y[..., None, None]), xx - (cal.centre_x + g_x[..., None, None]))
+    return np.rint(400 * np.clip(cal.bf_radius_px + 0.5 - r, 0, 1)).astype(np.uint16)
+
+
+def test_com_reducer_reports_the_rotation_of_a_turned_detector():
+    phi = _atoms(24, 24, spacing=6.0, seed=3)
+    g_y, g_x = np.gradient(phi)
+    scale = 1.5 / float(np.hypot(g_y, g_x).max())  # deflections up to 1.5 px
+    cal = Calibration(20.0, 19.0, 6.0, det_shape=(40, 40))
+    d_y, d_x = _measured(g_y * scale, g_x * scale, -64.0, True)
+    cube = _deflected_cube(d_y, d_x, cal, (40, 40))
+    out = run_reducers(cube, [CenterOfMass(calibration=cal)], rows=5)["com"]
+    np.testing.assert_allclose(out["com_y"], d_y, atol=0.05)
+    assert bool(out["transpose"]) and abs(math.remainder(float(out["rotation_deg"]) + 64.0, 360.0)) < 1.0
+    assert out["rotation_deg"].shape == () and out["transpose"].dtype == bool
+    assert float(out["curl_fraction"]) < 0.05
+    plain = run_reducers(cube, [CenterOfMass(calibration=cal, rotation=False)])["com"]
+    assert set(plain) == {"com_y", "com_x", "intensity", "mask_radius_px"}
+    assert np.array_equal(plain["com_y"], out["com_y"])
+
+
+def _disk_cube(seed: int = 4) -> tuple[np.ndarray, Calibration]:
+    """Poisson counts of a BF disk (radius 4 px) on a faint background, 32 x 32 detector."""
+    cal = Calibration(15.5, 16.0, 4.0, det_shape=(32, 32))
+    lam = np.where(radius_map((32, 32), cal) < 4.0, 20.0, 0.05)
+    return np.random.default_rng(seed).poisson(lam, size=(6, 7, 32, 32)).astype(np.uint16), cal
+
+
+def test_default_com_mask_ignores_a_hot_pixel_outside_it_and_unmasked_still_sees_it():
+    clean, cal = _disk_cube()
+    hot = clean.copy()
+    hot[:, :, 30, 2] = 3000  # 20 px from the centre: beyond COM_MASK_BF * 4 px = 12 px
+    assert radius_map((32, 32), cal)[30, 2] > COM_MASK_BF * cal.bf_radius_px
+    reducers = [CenterOfMass(calibration=cal), CenterOfMass(mask_radius=None, calibration=cal, name="all"),
+                CenterOfMass(mask_radius=math.inf, calibration=cal, name="inf")]
+    a, b = run_reducers(clean, reducers), run_reducers(hot, reducers)
+    for key in ("com_y", "com_x", "intensity"):
+        assert np.array_equal(a["com"][key], b["com"][key]), key  # the hot pixel is outside the default mask
+        assert np.array_equal(b["all"][key], b["inf"][key])
+    assert np.abs(b["all"]["com_y"] - a["all"]["com_y"]).min() > 5.0  # unmasked, every CoM is dragged
+    frames = hot.astype(np.float64)
+    yy, xx = np.indices((32, 32), dtype=np.float64)
+    total = frames.sum(axis=(2, 3))
+    want_y = np.einsum("abij,ij->ab", frames, yy - cal.centre_y) / total
+    want_x = np.einsum("abij,ij->ab", frames, xx - cal.centre_x) / total
+    np.testing.assert_allclose(b["all"]["com_y"], want_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b["all"]["com_x"], want_x, rtol=1e-12, atol=1e-12)
+    assert float(b["com"]["mask_radius_px"]) == COM_MASK_BF * cal.bf_radius_px
+    assert float(b["all"]["mask_radius_px"]) == math.inf
+
+
+def test_com_mask_settings_and_the_fallback_without_a_bf_radius():
+    no_radius = Calibration(15.5, 16.0, None, det_shape=(32, 32))
+    assert CenterOfMass().mask_radius_px(no_radius) == math.inf  # "auto" needs a BF radius; else whole detector
+    assert CenterOfMass(mask_radius=2.0, units="bf").mask_radius_px(Calibration(1, 1, 3.0)) == 6.0
+    assert CenterOfMass(mask_radius=5).mask_radius_px(no_radius) == 5.0
+    for bad in ("big", 0, -1.0, math.nan):
+        with pytest.raises(StempressError, match="mask_radius"):
+            CenterOfMass(mask_radius=bad)
+    with pytest.raises(StempressError, match="covers no pixel"):
+        CenterOfMass(mask_radius=0.1, calibration=Calibration(15.2, 16.3, 4.0)).start((2, 2, 32, 32), np.uint16)

@@ -115,7 +115,7 @@ def test_incomplete_duplicated_or_misshapen_streams_are_refused():
 
 def test_partition_states_hold_only_their_rows_and_merge_only_when_adjacent():
     src = _source("counted")
-    reducer = CenterOfMass()
+    reducer = CenterOfMass(calibration=Calibration.from_metadata(src.metadata, src.shape[2:]))  # the engine's
     a = reducer.start(src.shape, src.dtype, None, rows=(0, 10))
     b = reducer.start(src.shape, src.dtype, None, rows=(10, 32))
     c = reducer.start(src.shape, src.dtype, None, rows=(20, 32))

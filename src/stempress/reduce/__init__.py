@@ -7,9 +7,11 @@ mean pattern; ``run_partitioned`` gives the same results from independently redu
 from stempress.reduce.calibration import Calibration, calibrate, estimate_calibration, find_bf_disk
 from stempress.reduce.engine import Projection, partition_rows, run_partitioned, run_reducers, single_blas_thread
 from stempress.reduce.imaging import (
+    COM_MASK_BF,
     Annulus,
     CenterOfMass,
     Detector,
+    DpcRotation,
     Mask,
     MaxPattern,
     MeanPattern,
@@ -22,6 +24,8 @@ from stempress.reduce.imaging import (
     default_reducers,
     divergence,
     dpc_field,
+    find_dpc_rotation,
+    fit_dpc_rotation,
     haadf,
     integrated_phase,
     radius_map,
@@ -29,10 +33,12 @@ from stempress.reduce.imaging import (
 from stempress.reduce.protocol import LinearReducer, OutputSpec, Reducer, State
 
 __all__ = [
+    "COM_MASK_BF",
     "Annulus",
     "Calibration",
     "CenterOfMass",
     "Detector",
+    "DpcRotation",
     "LinearReducer",
     "Mask",
     "MaxPattern",
@@ -53,6 +59,8 @@ __all__ = [
     "dpc_field",
     "estimate_calibration",
     "find_bf_disk",
+    "find_dpc_rotation",
+    "fit_dpc_rotation",
     "haadf",
     "integrated_phase",
     "partition_rows",

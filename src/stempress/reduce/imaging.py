@@ -237,37 +237,85 @@ class VirtualDetectors(LinearReducer):
 
 
 # -- centre of mass ----------------------------------------------------------------------------------------
+#: The default CoM mask radius in BF radii: the pixels the default BF and ADF detectors see.
+COM_MASK_BF = 3.0
+#: ``CenterOfMass(mask_radius=AUTO)``: ``COM_MASK_BF`` BF radii when the calibration knows the BF radius.
+AUTO = "auto"
+
+
 class CenterOfMass(LinearReducer):
     """Per-position centre of mass of each frame relative to the beam centre, in detector pixels.
 
-    Computed in the shared product from three columns: the (optionally masked) frame sum and its first
-    moments about the nearest whole pixel to the centre (integer weights keep the counts exact). A frame
-    with no counts inside the mask gets a CoM of 0 (no deflection), not NaN, so DPC maps stay finite.
+    Computed in the shared product from three columns: the masked frame sum and its first moments about the
+    nearest whole pixel to the centre (integer weights keep the counts exact). A frame with no counts inside
+    the mask gets a CoM of 0 (no deflection), not NaN, so DPC maps stay finite.
+
+    Why a mask by default: a pixel at distance r holding h counts moves the CoM of a frame of N counts by
+    h r / N, so one hot pixel near the detector edge shifts every CoM of the scan by the same vector, and dark
+    noise adds variance growing with r**2 per pixel. The default (``mask_radius="auto"``) keeps the pixels
+    within ``COM_MASK_BF`` BF radii of the calibrated centre (where the default BF and ADF detectors look: the
+    shifted BF disk and the low-angle scattering that carry the deflection) and drops the high angles (few
+    electrons; for the CoM mostly noise and hot pixels). LiberTEM's CoM takes a mask radius too; py4DSTEM uses
+    the whole pattern of data it has hot-pixel corrected first. Without a BF radius in the calibration
+    (run ``calibrate(source)``) "auto" falls back to the whole detector; ``mask_radius=None`` (or ``inf``)
+    asks for the whole detector always; a number is a radius in ``units``. The radius used comes back as the
+    output ``mask_radius_px`` (inf: unmasked).
+
+    With ``rotation=True`` (default) the finished outputs also hold the scan/detector rotation and transpose
+    that make the CoM field curl-free (``fit_dpc_rotation`` on the finished maps): pass them to ``dpc_field``
+    or ``integrated_phase``; ``curl_fraction`` near 0 means a confident fit, near 0.5 a field of noise.
     """
 
-    def __init__(self, *, mask_radius: float | None = None, units: str = "px",
-                 calibration: Calibration | None = None, name: str = "com"):
+    def __init__(self, *, mask_radius: float | str | None = AUTO, units: str = "px",
+                 calibration: Calibration | None = None, name: str = "com", rotation: bool = True):
+        if isinstance(mask_radius, str) and mask_radius != AUTO:
+            raise StempressError(f"CoM mask_radius {mask_radius!r}: give a radius, None (whole detector) or 'auto'")
+        if isinstance(mask_radius, int | float) and not mask_radius > 0:
+            raise StempressError(f"CoM mask_radius must be positive, got {mask_radius}")
         self.mask_radius, self.units, self.calibration, self.name = mask_radius, units, calibration, name
+        self.rotation = bool(rotation)
 
     def outputs(self, shape: Shape4, dtype: np.dtype) -> dict[str, OutputSpec]:
+        out = {**self.accumulators(shape, dtype),
+               "mask_radius_px": OutputSpec("single", "float64", units="px", description="CoM mask radius (inf: none)")}
+        if self.rotation:
+            out["rotation_deg"] = OutputSpec("single", "float64", units="deg",
+                                             description="scan/detector rotation for dpc_field (NaN: unknown)")
+            out["transpose"] = OutputSpec("single", "bool", description="detector axes swapped, for dpc_field")
+            out["curl_fraction"] = OutputSpec("single", "float64",
+                                              description="curl left at the best rotation, of curl + div (0..1)")
+        return out
+
+    def accumulators(self, shape: Shape4, dtype: np.dtype) -> dict[str, OutputSpec]:
         return {"com_y": OutputSpec("position", "float64", units="px", description="CoM shift along det_y"),
                 "com_x": OutputSpec("position", "float64", units="px", description="CoM shift along det_x"),
                 "intensity": OutputSpec("position", "float64", units="counts", description="counts in the mask")}
 
+    def mask_radius_px(self, calibration: Calibration) -> float:
+        """The mask radius in pixels for this calibration (inf: the whole detector)."""
+        if self.mask_radius is None:
+            return math.inf
+        if self.mask_radius == AUTO:
+            bf_px = calibration.bf_radius_px
+            return math.inf if bf_px is None else COM_MASK_BF * bf_px
+        return calibration.to_pixels(float(self.mask_radius), self.units)
+
     def prepare(self, shape: Shape4, dtype: np.dtype, calibration: Calibration | None) -> dict[str, Any]:
         cal = _calibration(self.calibration, calibration, shape[2:])
         det = shape[2:]
-        if self.mask_radius is None:
+        radius = self.mask_radius_px(cal)
+        if math.isinf(radius):
             mask = np.ones(det, np.float64)
         else:
-            mask = (radius_map(det, cal) < cal.to_pixels(self.mask_radius, self.units)).astype(np.float64)
+            mask = (radius_map(det, cal) < radius).astype(np.float64)
             if not mask.any():
                 raise StempressError(f"the CoM mask of radius {self.mask_radius} {self.units} covers no pixel; "
                                      "give a larger mask_radius")
         y0, x0 = round(cal.centre_y), round(cal.centre_x)
         yy, xx = np.indices(det, dtype=np.float64)
         weights = np.stack([mask.ravel(), (mask * (yy - y0)).ravel(), (mask * (xx - x0)).ravel()], axis=1)
-        return {"weights": weights, "offset": (y0 - cal.centre_y, x0 - cal.centre_x), "calibration": cal}
+        return {"weights": weights, "offset": (y0 - cal.centre_y, x0 - cal.centre_x), "calibration": cal,
+                "mask_radius_px": radius}
 
     def weights(self, state: State) -> np.ndarray:
         return state.context["weights"]
@@ -282,8 +330,18 @@ class CenterOfMass(LinearReducer):
         state.buffers["com_x"][rows] = np.where(lit, products[..., 2] / safe + ox, 0.0)
         state.buffers["intensity"][rows] = total
 
+    def finish(self, state: State) -> dict[str, np.ndarray]:
+        out = {key: state.buffers[key] for key in ("com_y", "com_x", "intensity")}
+        out["mask_radius_px"] = np.asarray(state.context["mask_radius_px"], np.float64)
+        if self.rotation:
+            fit = fit_dpc_rotation(out["com_y"], out["com_x"])
+            out["rotation_deg"] = np.asarray(fit.rotation_deg, np.float64)
+            out["transpose"] = np.asarray(fit.transpose, bool)
+            out["curl_fraction"] = np.asarray(fit.curl_fraction, np.float64)
+        return out
+
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "mask_radius": self.mask_radius, "units": self.units,
+        return {**super().params(), "mask_radius": self.mask_radius, "units": self.units, "rotation": self.rotation,
                 "calibration": None if self.calibration is None else self.calibration.to_dict()}
 
 
@@ -301,7 +359,7 @@ def dpc_field(com_y: np.ndarray, com_x: np.ndarray, *, rotation_deg: float = 0.0
     Convention: ``transpose`` first swaps the detector axes (a scan/detector transpose, py4DSTEM's
     QR_flip); then the vector is rotated by ``rotation_deg`` in (x right, y down) image coordinates, positive
     turning +x towards +y: ``g_x = cos t d_x - sin t d_y``, ``g_y = sin t d_x + cos t d_y``. With the right
-    rotation the field is the phase gradient (curl-free); pick it by minimising ``curl``.
+    rotation the field is the phase gradient (curl-free); ``find_dpc_rotation`` finds it.
     """
     dy, dx = (np.asarray(com_x, np.float64), np.asarray(com_y, np.float64)) if transpose else \
         (np.asarray(com_y, np.float64), np.asarray(com_x, np.float64))
@@ -319,8 +377,82 @@ def curl(g_y: np.ndarray, g_x: np.ndarray, step: tuple[float, float] = (1.0, 1.0
     return np.gradient(g_x, step[0], axis=0) - np.gradient(g_y, step[1], axis=1)
 
 
+@dataclass(frozen=True)
+class DpcRotation:
+    """The rotation (degrees, ``dpc_field``'s convention) and transpose that make a CoM field curl-free.
+
+    ``curl_fraction``: the curl variance left at that rotation over curl + divergence variance (which no
+    rotation changes): ~0 for a clean phase gradient, ~0.5 for noise; NaN where the scan is too small (under
+    2 x 2) or the field has no structure, and then ``rotation_deg`` is NaN too.
+    """
+
+    rotation_deg: float
+    transpose: bool
+    curl_fraction: float
+
+
+def _centred(a: np.ndarray) -> np.ndarray:
+    return (a - a.mean()).ravel()
+
+
+def _best_rotation(d_y: np.ndarray, d_x: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The rotation (radians, modulo pi) minimising the curl variance of one (untransposed) field.
+
+    Why no grid search: rotating the field by t gives curl = cos t c0 - sin t v0 and divergence = cos t v0 +
+    sin t c0, with c0, v0 the curl and divergence unrotated (the finite differences are linear), so the curl
+    variance is a quadratic form in (cos t, sin t): its smallest eigenvector is the exact minimum. Variances,
+    not raw second moments, so a linear descan drift (constant curl and divergence) does not pull the angle.
+    """
+    c0, v0 = _centred(curl(d_y, d_x)), _centred(divergence(d_y, d_x))
+    form = np.array([[c0 @ c0, -(c0 @ v0)], [-(c0 @ v0), v0 @ v0]])
+    values, vectors = np.linalg.eigh(form)
+    total = float(values.sum())
+    if not total > 0:
+        return math.nan, math.nan, c0, v0
+    cos_t, sin_t = vectors[:, 0]
+    return math.atan2(sin_t, cos_t), max(0.0, float(values[0])) / total, c0, v0
+
+
+def fit_dpc_rotation(com_y: np.ndarray, com_x: np.ndarray) -> DpcRotation:
+    """The rotation and transpose (a flip of the detector against the scan) making the CoM field curl-free.
+
+    The standard criterion (py4DSTEM's ``solve_for_center_of_mass_relative_rotation``; the deflection of a
+    non-magnetic sample is a potential gradient), solved exactly for both transposes; the transpose with the
+    smaller curl fraction wins (no transpose on a tie: a phase varying along one direction only cannot tell).
+    The curl cannot tell t from t + 180 degrees; the choice taken makes potential maxima sharper than minima
+    (atoms and particles on a thinner support), i.e. the divergence, the phase's Laplacian, skews negative;
+    for a sample of holes in a film turn the result by 180 degrees.
+    """
+    cy, cx = np.asarray(com_y, np.float64), np.asarray(com_x, np.float64)
+    if cy.shape != cx.shape or cy.ndim != 2:
+        raise StempressError(f"the CoM maps must be 2-D images of one shape, got {cy.shape} and {cx.shape}")
+    if min(cy.shape) < 2 or not (np.isfinite(cy).all() and np.isfinite(cx).all()):
+        return DpcRotation(math.nan, False, math.nan)
+    best: tuple[float, float, bool, np.ndarray, np.ndarray] | None = None
+    for transpose in (False, True):
+        d_y, d_x = dpc_field(cy, cx, transpose=transpose)
+        t, fraction, c0, v0 = _best_rotation(d_y, d_x)
+        if math.isfinite(fraction) and (best is None or fraction < best[1]):
+            best = (t, fraction, transpose, c0, v0)
+    if best is None:
+        return DpcRotation(math.nan, False, math.nan)
+    t, fraction, transpose, c0, v0 = best
+    div = math.cos(t) * v0 + math.sin(t) * c0
+    if float(np.mean(div**3)) > 0:
+        t += math.pi
+    degrees = math.degrees(math.remainder(t, 2 * math.pi))
+    return DpcRotation(180.0 if degrees == -180.0 else degrees, transpose, fraction)
+
+
+def find_dpc_rotation(com_y: np.ndarray, com_x: np.ndarray) -> tuple[float, bool]:
+    """``(rotation_deg, transpose)`` for ``dpc_field`` / ``integrated_phase``: see ``fit_dpc_rotation``."""
+    fit = fit_dpc_rotation(com_y, com_x)
+    return fit.rotation_deg, fit.transpose
+
+
 def integrated_phase(g_y: np.ndarray, g_x: np.ndarray, *, step: tuple[float, float] = (1.0, 1.0),
-                     highpass: float = 0.0, mirror: bool = True) -> np.ndarray:
+                     highpass: float = 0.0, mirror: bool = True, rotation_deg: float = 0.0,
+                     transpose: bool = False) -> np.ndarray:
     """iDPC: the potential ``phi`` whose gradient is the field, by Fourier integration, mean zero.
 
     Sign: ``g = +grad(phi)`` (the beam is deflected towards higher projected potential), so ``phi`` comes out in
@@ -328,11 +460,14 @@ def integrated_phase(g_y: np.ndarray, g_x: np.ndarray, *, step: tuple[float, flo
     wavelength`` with the wavelength in scan-step units. ``phi_k = (k_y G_y + k_x G_x) / (2 pi i (|k|^2 +
     highpass^2))``: ``highpass`` (cycles per scan-step unit, e.g. 0.5 / field of view) damps the low
     frequencies where scan noise and drift accumulate. ``mirror`` integrates the even extension of the
-    field (4x the area), so a non-periodic scan gives no edge artefacts.
+    field (4x the area), so a non-periodic scan gives no edge artefacts. ``rotation_deg`` / ``transpose``
+    turn the inputs with ``dpc_field`` first, so raw CoM maps and ``find_dpc_rotation``'s answer go straight in.
     """
     gy, gx = np.asarray(g_y, np.float64), np.asarray(g_x, np.float64)
     if gy.shape != gx.shape or gy.ndim != 2:
         raise StempressError(f"the field components must be 2-D images of one shape, got {gy.shape} and {gx.shape}")
+    if rotation_deg or transpose:
+        gy, gx = dpc_field(gy, gx, rotation_deg=rotation_deg, transpose=transpose)
     ny, nx = gy.shape
     if mirror:  # phi extended evenly: its x-derivative flips sign in the x-mirror, its y-derivative in the y-mirror
         gy = np.block([[gy, gy[:, ::-1]], [-gy[::-1], -gy[::-1, ::-1]]])

@@ -21,7 +21,7 @@ from stempress.errors import StempressError
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import RadialProfile
 from stempress.reduce.engine import run_reducers
-from stempress.reduce.imaging import Annulus, CenterOfMass, MeanPattern, VirtualDetectors, radius_map
+from stempress.reduce.imaging import AUTO, Annulus, CenterOfMass, MeanPattern, VirtualDetectors, radius_map
 from stempress.reduce.protocol import Reducer, Shape4
 
 EXACTLY, WITHIN, NOT = "exactly", "within tolerance", "not"
@@ -53,6 +53,8 @@ class Target:
         """What computing this target from frames takes as given."""
         if self.kind == "mean_pattern":
             return ()
+        if self.kind == "com" and "mask_radius" not in self.params:  # the default mask is 3 BF radii wide
+            return ("calibrated centre", "BF radius")
         units = self.params.get("units", _DETECTORS.get(self.kind, (0, 0, "px"))[2])
         return ("calibrated centre", "BF radius") if units == "bf" else ("calibrated centre",)
 
@@ -70,7 +72,7 @@ class Target:
         if self.kind == "com":
             radius = self.params.get("mask_radius")
             units = self.params.get("units", "px")
-            px = None if radius is None else cal.to_pixels(float(radius), units) / scale
+            px = AUTO if radius is None else cal.to_pixels(float(radius), units) / scale
             return CenterOfMass(mask_radius=px, calibration=binned, name=name)
         if self.kind == "radial":
             top = self.params.get("max_radius")
