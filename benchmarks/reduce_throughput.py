@@ -20,8 +20,9 @@ from stempress.data.base import ArraySource, iter_blocks
 from stempress.reduce import calibrate, default_reducers, run_reducers
 
 
-def numpy_reference(source: ArraySource, masks: dict[str, np.ndarray], centre: tuple[float, float]) -> dict:
-    """The same images the obvious way, block by block."""
+def numpy_reference(source: ArraySource, masks: dict[str, np.ndarray], centre: tuple[float, float],
+                    com_mask: np.ndarray) -> dict:
+    """The same images the obvious way, block by block (the CoM over the same mask as ours)."""
     det_y, det_x = source.shape[2:]
     yy, xx = np.mgrid[:det_y, :det_x]
     images = {name: np.zeros(source.shape[:2]) for name in masks}
@@ -32,10 +33,11 @@ def numpy_reference(source: ArraySource, masks: dict[str, np.ndarray], centre: t
         rows = slice(block.start, block.stop)
         for name, mask in masks.items():
             images[name][rows] = (data * mask).sum(axis=(2, 3))
-        total = data.sum(axis=(2, 3))
+        inside = data * com_mask
+        total = inside.sum(axis=(2, 3))
         with np.errstate(invalid="ignore", divide="ignore"):
-            com_y[rows] = np.where(total > 0, (data * yy).sum(axis=(2, 3)) / total - centre[0], 0)
-            com_x[rows] = np.where(total > 0, (data * xx).sum(axis=(2, 3)) / total - centre[1], 0)
+            com_y[rows] = np.where(total > 0, (inside * yy).sum(axis=(2, 3)) / total - centre[0], 0)
+            com_x[rows] = np.where(total > 0, (inside * xx).sum(axis=(2, 3)) / total - centre[1], 0)
         pattern += data.sum(axis=(0, 1))
     return {"images": images, "com_y": com_y, "com_x": com_x, "mean": pattern / np.prod(source.shape[:2])}
 
@@ -63,13 +65,16 @@ def main() -> None:
         ours = run_reducers(source, reducers)
         ours_s.append(time.perf_counter() - t0)
     masks = {name: ours_mask for name, ours_mask in _masks(reducers, cal, cube.shape[2:]).items()}
+    # our default CoM keeps the pixels within its mask radius (r < R) of the centre: the reference does the same
+    com_mask = np.hypot(yy - cal.centre_y, xx - cal.centre_x) < float(ours["com"]["mask_radius_px"])
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        ref = numpy_reference(source, masks, (cal.centre_y, cal.centre_x))
+        ref = numpy_reference(source, masks, (cal.centre_y, cal.centre_x), com_mask)
         ref_s.append(time.perf_counter() - t0)
 
     worst = max(float(np.max(np.abs(ours["virtual"][name] - ref["images"][name]))) for name in masks)
     worst = max(worst, float(np.max(np.abs(ours["com"]["com_y"] - ref["com_y"]))),
+                float(np.max(np.abs(ours["com"]["com_x"] - ref["com_x"]))),
                 float(np.max(np.abs(ours["mean_pattern"]["mean"] - ref["mean"]))))
     ours_gbs, ref_gbs = nbytes / min(ours_s) / 1e9, nbytes / min(ref_s) / 1e9
     print(f"cube {cube.shape} uint16, {nbytes / 2**20:.0f} MiB in memory; best of {args.repeat}")
