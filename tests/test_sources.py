@@ -302,3 +302,20 @@ def test_sources_pickle_by_reopening(name):
             np.testing.assert_array_equal(clone.read_rows(0, 1), src.read_rows(0, 1))
         finally:
             clone.close()
+
+
+def test_a_written_cube_keeps_its_calibration(tmp_path):
+    """write_hdf5 stores the pixel sizes beside the data; reading the file gives them back (mrad, nm)."""
+    from stempress.data.suites import open_synthetic
+    from stempress.data.write import write_hdf5
+    from stempress.reduce.calibration import source_calibration
+
+    spec = "synthetic:diffraction?scan=4x4&det=32x32"
+    with open_synthetic(spec) as synthetic:
+        write_hdf5(synthetic, tmp_path / "c.h5")
+        expected = synthetic.metadata
+    with Hdf5Source(tmp_path / "c.h5") as source:
+        for key in ("Q_pixel_size", "Q_pixel_units", "R_pixel_size", "R_pixel_units"):
+            assert source.metadata[key] == expected[key]
+        calibration = source_calibration(source)
+    assert calibration.q_units == "mrad" and calibration.q_pixel_size == pytest.approx(expected["Q_pixel_size"])

@@ -226,6 +226,16 @@ def _emdfile_metadata(dset: h5py.Dataset) -> dict[str, Any]:
     return {"dims": dims, "calibration": calibration, "emd": emd}
 
 
+#: Scalar metadata ``write_hdf5`` also stores as attributes of the datacube's group, and reads back from there.
+CALIBRATION_KEYS = ("R_pixel_size", "R_pixel_units", "Q_pixel_size", "Q_pixel_units", "synthetic")
+
+
+def _group_calibration(dset: h5py.Dataset) -> dict[str, Any]:
+    """The calibration attributes a stempress write left beside the data, so a written cube keeps its mrad."""
+    attrs = dset.parent.attrs
+    return {key: as_python(attrs[key]) for key in CALIBRATION_KEYS if key in attrs}
+
+
 class Hdf5Source(SourceBase):
     """A 4-D HDF5 dataset (EMD 1.0 or plain); with ``scan_shape``, a 3-D frame stack viewed as 4-D."""
 
@@ -276,6 +286,8 @@ class Hdf5Source(SourceBase):
             self.metadata["frame_stack"] = True
         if fmt == "emd-emdfile":
             self.metadata.update(_emdfile_metadata(dset))
+        else:
+            self.metadata.update(_group_calibration(dset))
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``[start, stop)``; only the chunks those rows touch are read."""

@@ -16,13 +16,11 @@ import numpy as np
 
 from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, check_shape_dtype, iter_blocks, nbytes, rows_for_budget
-from stempress.data.hdf5 import STUDY_EMD_PATH
+from stempress.data.hdf5 import CALIBRATION_KEYS, STUDY_EMD_PATH
 from stempress.errors import StempressError
 
 #: Attribute holding the source's whole metadata as a JSON string.
 METADATA_ATTR = "stempress_metadata"
-#: Scalar metadata also written as plain attributes of the datacube group (emdfile-style calibration).
-CALIBRATION_KEYS = ("R_pixel_size", "R_pixel_units", "Q_pixel_size", "Q_pixel_units", "synthetic")
 
 Progress = Callable[[int, int], None]
 
