@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared_data import real_file
 from stempress.bench.bounds import poisson_entropy_bits
 from stempress.data.base import Block, iter_blocks
+from stempress.data.open import open_source
 from stempress.data.suites import suite
 from stempress.errors import StempressError
 from stempress.events.entropy import (
@@ -158,3 +160,40 @@ def test_model_from_first_block_keeps_unseen_pixels_codable(tmp_path: Path) -> N
     fmt = EntropyCodedFormat(chunk_rows=1)
     fmt.write(tmp_path / "u.h5", iter_blocks(ArraySource(cube), 1), cube.shape, cube.dtype)
     assert np.array_equal(next(fmt.read(tmp_path / "u.h5", cube.shape, cube.dtype, rows=4)).data, cube)
+
+
+@pytest.mark.parametrize("name", ["001_4x2_6bit.mib", "002_4x2_6bit_roi128.mib"])
+def test_real_merlin_files_round_trip_bit_exact(name: str, tmp_path: Path) -> None:
+    with open_source(real_file(name), scan_shape=(2, 4)) as source:
+        cube = source.read_rows(0, source.shape[0])
+        write_entropy_coded(source, tmp_path / "m.h5", chunk_rows=1)
+    with EntropyCodedSource(tmp_path / "m.h5") as back:
+        assert back.dtype == cube.dtype and np.array_equal(back.read_rows(0, 2), cube)
+    assert cube.nbytes / (tmp_path / "m.h5").stat().st_size > 1
+
+
+def test_sparse_and_dense_classes_both_code_exactly_at_every_rate(tmp_path: Path) -> None:
+    """Lambdas from 1e-6 to 50 span tiny gap-coded classes, the switch at SPARSE_BELOW, and bright tables."""
+    from stempress.events.entropy_model import SPARSE_BELOW
+
+    rng = np.random.default_rng(5)
+    lam = np.geomspace(1e-6, 50, 40 * 30).reshape(40, 30)
+    cube = rng.poisson(lam, size=(7, 9, 40, 30)).astype(np.uint16)
+    path = tmp_path / "s.h5"
+    assert np.array_equal(_round_trip(cube, path, chunk_rows=2), cube)
+    with EntropyCodedSource(path) as src:
+        sparse = src.model.sparse
+        assert sparse.any() and not sparse.all()
+        assert np.all(src.model.class_lambda[sparse] < SPARSE_BELOW)
+
+
+def test_a_corrupt_event_count_is_named_not_decoded_into_garbage(counted: np.ndarray, tmp_path: Path) -> None:
+    import h5py
+
+    path = tmp_path / "c.h5"
+    write_entropy_coded(ArraySource(counted), path, chunk_rows=8)
+    with h5py.File(path, "r+") as f:
+        words = f["chunks/words"]
+        words[:8] = np.uint32(0xFFFFFFFF)
+    with EntropyCodedSource(path) as src, pytest.raises(StempressError, match="corrupt"):
+        src.read_rows(0, 8)
