@@ -1,9 +1,16 @@
-"""Figures of a reduction: written as valid PNG/SVG, one circle pair per detector, pixel axes without R calibration."""
+"""Figures of a reduction: written as valid PNG/SVG, one circle pair per detector, pixel axes without R calibration;
+drawn from a reduced file alone; the reduce report page and its section in the benchmark report."""
 
 from __future__ import annotations
 
 import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +23,19 @@ from stempress.errors import StempressError
 from stempress.reduce.calibration import source_calibration
 from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import VirtualDetectors, default_reducers
+from stempress.reduce.output import read_reduced, reduce_to_file
+from stempress.reduce.sufficiency import parse_targets
 from stempress.report.reduce_figures import (
     detector_radii,
+    figures_from_reduced,
     figures_from_source,
     mean_pattern_figure,
+    reduced_view,
     reduction_figures,
     scan_axes,
     virtual_images_figure,
 )
+from stempress.report.reduce_report import FIGURES, REPORT_HTML, write_reduced_report
 
 SMOKE = "synthetic:smoke/4D_Diff"
 KEYS = ("virtual_images", "dpc_field", "idpc_phase", "mean_pattern")
@@ -109,3 +121,149 @@ def test_partial_results_draw_what_they_can(smoke, tmp_path: Path):
     assert sorted(p.stem for p in written) == ["dpc_field", "dpc_field", "idpc_phase", "idpc_phase"]
     with pytest.raises(StempressError, match="nothing to draw"):
         reduction_figures({"other": {}}, cal, virtual.detectors, tmp_path)
+
+
+# -- from a reduced file ------------------------------------------------------------------------------------
+FULL = ["bf", "adf:inner=1.1,outer=2", "haadf:inner=2", "com", "mean_pattern"]
+
+
+@pytest.fixture(scope="module")
+def reduced_files(tmp_path_factory) -> dict[str, Path]:
+    """A file with every drawable target, and one with a BF image and radial profiles only."""
+    folder = tmp_path_factory.mktemp("reduced")
+    return {"full": reduce_to_file(open_source(SMOKE), FULL, folder / "full.h5"),
+            "bf": reduce_to_file(open_source(SMOKE), ["bf", "radial:bins=8"], folder / "bf.h5")}
+
+
+def test_figures_from_a_reduced_file_draw_the_detectors_the_reduction_used(reduced_files, tmp_path: Path):
+    written = figures_from_reduced(reduced_files["full"], tmp_path)
+    assert sorted(p.name for p in written) == sorted(f"{k}.{ext}" for k in KEYS for ext in ("png", "svg"))
+    assert all(p.stat().st_size > 1000 for p in written)
+    view = reduced_view(*read_reduced(reduced_files["full"]))
+    cal = view.calibration
+    assert cal == source_calibration(open_source(SMOKE))
+    want = {t.kind.upper(): t.reducer(cal).detectors[0].radii_px(cal) for t in parse_targets(FULL[:3])}
+    assert {d.name: d.radii_px(cal) for d in view.detectors} == want
+    assert want["ADF"] == pytest.approx((1.1 * cal.bf_radius_px, 2.0 * cal.bf_radius_px))
+    svg = (tmp_path / "mean_pattern.svg").read_text()
+    for name in want:
+        assert f'id="detector:{name}:inner"' in svg and f'id="detector:{name}:outer"' in svg
+    assert set(view.results) == {"virtual", "com", "mean_pattern"} and list(view.results["virtual"]) == list(want)
+
+
+def test_two_targets_with_one_output_name_keep_their_labels(tmp_path: Path):
+    path = reduce_to_file(open_source(SMOKE), ["adf:inner=1,outer=2", "adf:inner=2,outer=3"], tmp_path / "r.h5")
+    view = reduced_view(*read_reduced(path))
+    assert list(view.results["virtual"]) == ["adf:inner=1.0,outer=2.0", "adf:inner=2.0,outer=3.0"]
+    assert [d.name for d in view.detectors] == list(view.results["virtual"])
+    assert view.detectors[0].radii_px(view.calibration)[1] == view.detectors[1].radii_px(view.calibration)[0]
+
+
+def test_the_dpc_rotation_comes_from_the_record_when_there_is_one(reduced_files):
+    results, record = read_reduced(reduced_files["full"])
+    fitted = dict(record, derived={"com": {"rotation_deg": 30.0, "transpose": True, "curl_fraction": 0.1}})
+    view = reduced_view(results, fitted)
+    assert (view.rotation_deg, view.transpose, view.rotation_fitted, view.curl_fraction) == (30.0, True, True, 0.1)
+    unknown = reduced_view(results, dict(record, derived={"com": {"rotation_deg": math.nan}}))
+    assert (unknown.rotation_deg, unknown.transpose, unknown.rotation_fitted) == (0.0, False, False)
+
+
+class _Page(HTMLParser):
+    """Headings, notes, embedded images and table cells of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.figures: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "img":
+            self.images.append(found.get("src") or "")
+        if tag == "figure":
+            self.figures.append(found.get("id") or "")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse_page(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_reduce_report_embeds_every_figure_and_tables_the_provenance(reduced_files, tmp_path: Path):
+    html = write_reduced_report(reduced_files["full"], tmp_path)
+    assert html == tmp_path / REPORT_HTML
+    page = parse_page(html)
+    assert page.figures == [f"reduced-{k}" for k in FIGURES]
+    assert len(page.images) == 4 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    text = " ".join(page.text)
+    _, record = read_reduced(reduced_files["full"])
+    assert record["source"]["sha256"] in text and "calibration: r_pixel_size" in text
+    assert "com_x" in text and "adf:inner=1.1,outer=2.0" in text
+    assert "Recommendations" not in text and "not drawn" not in text
+    assert "fitted on the CoM maps" in text or "rotation 0°" in text
+    assert (tmp_path / "figures" / "mean_pattern.svg").is_file()
+
+
+def test_reduce_report_says_why_a_figure_is_absent_and_drops_stale_ones(reduced_files, tmp_path: Path):
+    write_reduced_report(reduced_files["full"], tmp_path)
+    page = parse_page(write_reduced_report(reduced_files["bf"], tmp_path))  # rebuilt in the same folder
+    assert page.figures == ["reduced-virtual_images"]
+    text = " ".join(page.text)
+    assert "no mean_pattern target" in text and "no com target" in text and "Radial profiles" in text
+    assert sorted(p.stem for p in (tmp_path / "figures").iterdir()) == ["virtual_images", "virtual_images"]
+
+
+def test_a_reduced_file_with_nothing_to_draw_still_gets_its_tables(tmp_path: Path):
+    path = reduce_to_file(open_source(SMOKE), ["radial:bins=4"], tmp_path / "r.h5")
+    page = parse_page(write_reduced_report(path, tmp_path / "report"))
+    assert page.figures == [] and "radial:bins=4" in " ".join(page.text)
+
+
+def stempress(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stempress", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_reduce_report_and_benchmark_report_with_reduced_sections(reduced_files, tmp_path: Path):
+    from stempress.bench.api import run_bench
+
+    out = tmp_path / "reduced.h5"
+    made = stempress("reduce", SMOKE, "--target", "bf", "--target", "com", "--out", str(out), "--report",
+                     str(tmp_path / "view"))
+    assert made.returncode == 0, made.stderr
+    page = parse_page(tmp_path / "view" / REPORT_HTML)
+    assert page.figures == ["reduced-virtual_images", "reduced-dpc_field", "reduced-idpc_phase"]
+
+    results = tmp_path / "bench"
+    run_bench(suite="smoke", runs=1, methods="gzip_1", chunkings=["balanced"], out=results)
+    built = stempress("report", str(results), "--reduced", str(out), "--reduced", str(reduced_files["full"]))
+    assert built.returncode == 0, built.stderr
+    html = results / "report" / "report.html"
+    page = parse_page(html)
+    assert [f for f in page.figures if f.startswith("reduced")] == (
+        ["reduced1-virtual_images", "reduced1-dpc_field", "reduced1-idpc_phase"]
+        + [f"reduced2-{k}" for k in FIGURES])
+    text = html.read_text()
+    assert "Reduction: reduced.h5" in text and "Reduction: full.h5" in text
+    assert 'href="figures/reduced2/mean_pattern.svg"' in text
+    assert (results / "report" / "figures" / "reduced2" / "mean_pattern.svg").is_file()
+    bad = stempress("report", str(results), "--reduced", str(results / "results.csv"))
+    assert bad.returncode == 1 and "cannot open" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium not installed (apt-get install chromium) - the HTML is checked without it")
+def test_reduce_report_renders_in_headless_chromium(reduced_files, tmp_path: Path):
+    html = write_reduced_report(reduced_files["full"], tmp_path)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0"]
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(["chromium", *flags, f"--user-data-dir={profile}", "--dump-dom", html.as_uri()],
+                             capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert len(re.findall(r"<img ", dom.stdout)) == 4 and "Mean pattern with the virtual detectors" in dom.stdout
+    assert ":CONSOLE(" not in dom.stderr

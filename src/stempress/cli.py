@@ -213,9 +213,13 @@ def reduce(
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     figures: Annotated[Path | None, typer.Option(help="Also draw virtual images, DPC, iDPC and the mean pattern "
-                                                 "with its detectors into this folder (PNG + SVG).")] = None,
+                                                 "with the default detectors, recomputed from SOURCE in a second "
+                                                 "pass, into this folder (PNG + SVG).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write DIR/index.html (self-contained) with the figures of "
+                                                "OUT itself (what the targets computed) and its provenance.")] = None,
 ) -> None:
-    """Compute the targets in one streaming pass and write them with provenance."""
+    """Compute the targets in one streaming pass and write them with provenance, in an HDF5 file that
+    py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy")) open."""
     from stempress.reduce.output import reduce_to_file
 
     with open_cli_source(source, dataset, scan_shape) as cube, \
@@ -231,6 +235,10 @@ def reduce(
         with open_cli_source(source, dataset, scan_shape) as cube:
             drawn = figures_from_source(cube, figures)
         console.print(f"figures: {', '.join(str(p) for p in drawn)}", soft_wrap=True)
+    if report is not None:
+        from stempress.report.reduce_report import write_reduced_report
+
+        console.print(f"report: {write_reduced_report(path, report)}", soft_wrap=True)
 
 
 @app.command()
@@ -308,11 +316,13 @@ def recommend(
 def report(
     results_dir: Annotated[Path, typer.Argument(help="A folder written by stempress bench.")],
     paper_dir: Annotated[Path | None, typer.Option(help="The study's tables (default: ../shared/paper).")] = None,
+    reduced: Annotated[list[Path] | None, typer.Option(help="A file written by stempress reduce: adds its figures "
+                                                       "and provenance as a section; repeat for several.")] = None,
 ) -> None:
     """Tables, figures and a self-contained HTML report from benchmark results."""
     from stempress.report import build_report
 
-    html = build_report(results_dir, paper_dir)
+    html = build_report(results_dir, paper_dir, reduced or [])
     console.print(f"report: {html}")
 
 

@@ -9,7 +9,7 @@ that does not need the inventory, with a note saying what is missing and why.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,12 +159,17 @@ class _Writer:
                     (self.out / folder / f"{name}{suffix}").unlink(missing_ok=True)
 
 
-def build_report(results_dir: Path, paper_dir: Path | None = None) -> Path:
-    """Write ``results_dir/report/`` and return the path of ``report.html``."""
+def build_report(results_dir: Path, paper_dir: Path | None = None, reduced: Sequence[Path] = ()) -> Path:
+    """Write ``results_dir/report/`` and return the path of ``report.html``; each ``reduced`` file (written by
+    ``stempress reduce``) adds a section with its figures and provenance."""
     results_dir = Path(results_dir)
     inputs = load_inputs(results_dir)
     study = load_study(paper_dir)
     out = results_dir / REPORT_DIR
+    if reduced:  # first: a file that is not a reduction stops the build before the tables are written
+        from stempress.report.reduce_report import reduced_section  # the reduce stack only when asked for
+    reductions = [reduced_section(path, out / f"{FIGURES_DIR}/reduced{i}", f"{FIGURES_DIR}/reduced{i}",
+                                  key=f"reduced{i}") for i, path in enumerate(reduced, 1)]
     writer = _Writer(out)
     notes = list(inputs.notes) + ([study.note] if study.note else [])
     recommendations, rec_notes = _recommendations(inputs.rankable)
@@ -188,6 +193,7 @@ def build_report(results_dir: Path, paper_dir: Path | None = None) -> Path:
             "Every (dataset, method) both have: ours, the study's, and ours / the study's. Ratios compare only "
             "where the data resemble the study's; speeds depend on the machine.",
             compare_with_study(inputs.stats, study.stats), collapsed=True)]))
+    sections += reductions
     problems = tabs.problems_table(inputs.results)
     if not problems.empty:
         sections.append(Section("Problems", [writer.table(

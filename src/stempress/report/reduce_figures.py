@@ -3,13 +3,16 @@
 Why: a reduced file is only trusted once someone has looked at it; these show each summary with its scan
 axes in physical units (nm when the scan is calibrated, else pixels) and the detector geometry that made
 it, so a misplaced centre or a mis-sized annulus is visible at a glance. Built on ``Figure`` (no pyplot),
-like the benchmark report, and written as PNG + SVG with ``save_figure``.
+like the benchmark report, and written as PNG + SVG with ``save_figure``. ``figures_from_reduced`` draws
+them from a reduced file alone (what was computed, with its own calibration and detectors);
+``figures_from_source`` recomputes the default detectors from the cube.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from matplotlib.patches import Circle
 from stempress.data.base import Dataset4D
 from stempress.errors import StempressError
 from stempress.reduce.calibration import PIXEL_UNITS, Calibration, source_calibration
-from stempress.reduce.engine import run_reducers
+from stempress.reduce.engine import Results, run_reducers
 from stempress.reduce.imaging import (
     Annulus,
     VirtualDetectors,
@@ -32,6 +35,8 @@ from stempress.reduce.imaging import (
     integrated_phase,
     radius_map,
 )
+from stempress.reduce.output import read_reduced, reduced_calibration
+from stempress.reduce.sufficiency import parse_target
 from stempress.report.figures import new_figure, save_figure
 
 #: Scan length units converted to nm for the axes.
@@ -243,3 +248,66 @@ def figures_from_source(source: Dataset4D | str, out_dir: Path, *, rows: int | N
     results = run_reducers(source, reducers, rows=rows, calibration=calibration)
     detectors = next(r.detectors for r in reducers if isinstance(r, VirtualDetectors))
     return reduction_figures(results, calibration, [d for d in detectors if isinstance(d, Annulus)], out_dir)
+
+
+@dataclass(frozen=True)
+class ReducedView:
+    """What a reduced file offers the figures, in ``reduction_figures``'s terms: detector images by display
+    name, the first CoM target's maps, the mean pattern, and each detector as an ``Annulus`` in pixels."""
+
+    results: Results
+    calibration: Calibration
+    detectors: list[Annulus]
+    #: The scan/detector rotation the reduction fitted on the CoM maps (0 and False where none was recorded).
+    rotation_deg: float = 0.0
+    transpose: bool = False
+    rotation_fitted: bool = False
+    #: How much curl the fitted rotation leaves (0: confident; near 0.5: the maps are mostly noise).
+    curl_fraction: float | None = None
+
+
+def reduced_view(results: Mapping[str, Mapping[str, np.ndarray]], record: Mapping[str, Any]) -> ReducedView:
+    """Regroup ``read_reduced``'s output: the detector targets' images under ``"virtual"`` (named by their
+    output, e.g. ``ADF``, or by their target label when two share one), the first ``com`` target under
+    ``"com"``, ``mean_pattern`` under ``"mean_pattern"``; each detector's radii come from its target and the
+    file's calibration, exactly as the reduction computed them."""
+    calibration = reduced_calibration(record)
+    targets = [(parse_target(label), arrays) for label, arrays in results.items()]
+    rings = {t.label: r.detectors[0] for t, _ in targets
+             if isinstance(r := t.reducer(calibration), VirtualDetectors) and isinstance(r.detectors[0], Annulus)}
+    names = [key for t, arrays in targets if t.label in rings for key in arrays]
+    regrouped: dict[str, dict[str, np.ndarray]] = {}
+    virtual: dict[str, np.ndarray] = {}
+    detectors: list[Annulus] = []
+    com: str | None = None
+    for target, arrays in targets:
+        if target.label in rings:
+            for key, image in arrays.items():
+                name = key if names.count(key) == 1 else target.label
+                virtual[name] = image
+                detectors.append(Annulus(name, *rings[target.label].radii_px(calibration), "px"))
+        elif target.kind == "com" and com is None:
+            com, regrouped["com"] = target.label, dict(arrays)
+        elif target.kind == "mean_pattern":
+            regrouped["mean_pattern"] = dict(arrays)
+    if virtual:
+        regrouped["virtual"] = virtual
+    fitted = dict(record.get("derived", {}).get(com, {})) if com is not None else {}
+    rotation, curl = fitted.get("rotation_deg"), fitted.get("curl_fraction")
+    if isinstance(rotation, int | float) and math.isfinite(rotation):
+        return ReducedView(regrouped, calibration, detectors, float(rotation), bool(fitted.get("transpose")), True,
+                           float(curl) if isinstance(curl, int | float) else None)
+    return ReducedView(regrouped, calibration, detectors)
+
+
+def figures_from_reduced(path: Path | str, out_dir: Path) -> list[Path]:
+    """Every figure a reduced file allows, drawn from the file alone into ``out_dir`` (PNG + SVG): the mean
+    pattern only when the file holds the ``mean_pattern`` target, the DPC figures only with ``com`` (at the
+    rotation the reduction fitted, where it recorded one)."""
+    return draw_reduced(reduced_view(*read_reduced(path)), out_dir)
+
+
+def draw_reduced(view: ReducedView, out_dir: Path) -> list[Path]:
+    """``reduction_figures`` for a reduced file's view."""
+    return reduction_figures(view.results, view.calibration, view.detectors, out_dir, rotation_deg=view.rotation_deg,
+                             transpose=view.transpose)

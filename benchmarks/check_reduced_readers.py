@@ -1,0 +1,235 @@
+"""Check that files written by ``stempress reduce`` open in py4DSTEM and HyperSpy WITHOUT stempress.
+
+    python benchmarks/check_reduced_readers.py                       # temp venv, default sources
+    python benchmarks/check_reduced_readers.py --venv /tmp/readers   # reuse (or create) a venv there
+    python benchmarks/check_reduced_readers.py --keep /tmp/files
+
+Reduces each source to a few files (several targets; a single target, which py4DSTEM returns as a Node, not
+a Root), saves what ``read_reduced`` gives as ``.npz`` plus the expected calibration, then creates a separate
+virtual environment with ``h5py rosettasciio`` and, if they install, ``py4DSTEM`` (which needs numpy < 2) and
+``hyperspy``, and in it, in isolated mode, opens every file with
+
+- ``rsciio.hspy.file_reader``: one signal per output, bit-equal data, axes scales/units/offsets as calibrated,
+  the provenance's sha256 in ``original_metadata``;
+- ``hyperspy.api.load(path, file_format="hspy")``: the same through HyperSpy (Signal2D images, Signal1D
+  profiles over the scan);
+- ``py4DSTEM.read``: each output at ``root.tree("<target>/<output>")`` as RealSlice / DiffractionSlice / Array
+  with bit-equal data, the root calibration's R/Q pixel sizes and units, and the provenance JSON in the root
+  metadata.
+
+Prints PASS / FAIL / SKIP per file and reader; exits 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from check_plain_readers import REAL_EXAMPLE, make_venv
+from stempress.data.open import open_source
+from stempress.errors import StempressError
+from stempress.reduce.calibration import Calibration
+from stempress.reduce.output import read_reduced, reduce_to_file, reduced_calibration
+from stempress.reduce.sufficiency import parse_target
+
+DEFAULT_SOURCES = ["synthetic:smoke/4D_Diff",
+                   "synthetic:diffraction?scan=24x20&det=64x64&dtype=uint16&dose=2000&seed=3", str(REAL_EXAMPLE)]
+TARGET_SETS = {"all": ["bf", "adf:inner=1.1,outer=3", "com", "mean_pattern", "radial:bins=16"], "bf": ["bf"]}
+EXTRA_PACKAGES = ["hyperspy"]
+
+CHECK = textwrap.dedent('''
+    """Runs inside the plain venv: no stempress here, only what a colleague would have."""
+    import importlib.util, json, sys, traceback, warnings
+    import numpy as np
+
+    assert importlib.util.find_spec("stempress") is None, "stempress is importable: the check is not independent"
+    warnings.simplefilter("ignore")
+    manifest = json.load(open(sys.argv[1]))
+    imported, missing = {}, {}
+    for name in ("py4DSTEM", "hyperspy.api"):
+        try:
+            imported[name] = __import__(name, fromlist=["_"])
+        except Exception as exc:  # not installed, or broken on this Python
+            missing[name] = f"{type(exc).__name__}: {exc}"
+    from rsciio.hspy import file_reader
+
+    def same(got, want):
+        got = np.asarray(got)
+        if got.dtype != want.dtype or got.shape != want.shape:
+            return f"{got.dtype}{got.shape} vs {want.dtype}{want.shape}"
+        return None if np.array_equal(got, want, equal_nan=True) else "values differ"
+
+    def axes_problem(axes, want):
+        got = [(a["name"], a["size"], a["scale"], a["offset"], a["units"], bool(a["navigate"])) for a in axes]
+        for g, w in zip(got, want):
+            if g[0] != w[0] or g[1] != w[1] or not np.allclose(g[2:4], w[2:4]) or g[4] != w[4] or g[5] != w[5]:
+                return f"axes {got}, expected {want}"
+        return None if len(got) == len(want) else f"{len(got)} axes, expected {len(want)}"
+
+    def rsciio(entry, arrays):
+        signals = {s["metadata"]["General"]["title"]: s for s in file_reader(entry["file"])}
+        if sorted(signals) != sorted(entry["outputs"]):
+            return f"signals {sorted(signals)}, expected {sorted(entry['outputs'])}"
+        for title, out in entry["outputs"].items():
+            s = signals[title]
+            problem = same(s["data"], arrays[out["npz"]]) or axes_problem(s["axes"], out["axes"])
+            sha = s["original_metadata"]["stempress"]["provenance"]["source"]["sha256"]
+            if problem is None and sha != entry["sha256"]:
+                problem = f"provenance sha256 {sha}"
+            if problem:
+                return f"{title}: {problem}"
+        return None
+
+    def hyperspy(entry, arrays):
+        hs = imported["hyperspy.api"]
+        loaded = hs.load(entry["file"], file_format="hspy")
+        loaded = loaded if isinstance(loaded, list) else [loaded]
+        signals = {s.metadata.General.title: s for s in loaded}
+        if sorted(signals) != sorted(entry["outputs"]):
+            return f"signals {sorted(signals)}, expected {sorted(entry['outputs'])}"
+        for title, out in entry["outputs"].items():
+            s = signals[title]
+            axes = [a.get_axis_dictionary() for a in sorted(s.axes_manager._axes, key=lambda a: a.index_in_array)]
+            problem = same(s.data, arrays[out["npz"]]) or axes_problem(axes, out["axes"])
+            kind = type(s).__name__
+            if problem is None and kind != out["hyperspy_class"]:
+                problem = f"a {kind}, expected {out['hyperspy_class']}"
+            if problem:
+                return f"{title}: {problem}"
+        return None
+
+    def py4dstem(entry, arrays):
+        data = imported["py4DSTEM"].read(entry["file"])
+        root = data.root
+        for title, out in entry["outputs"].items():
+            node = root.tree(out["tree"])
+            problem = same(node.data, arrays[out["npz"]])
+            if problem is None and type(node).__name__ != out["py4dstem_class"]:
+                problem = f"a {type(node).__name__}, expected {out['py4dstem_class']}"
+            if problem:
+                return f"{title}: {problem}"
+        cal = root.metadata["calibration"]
+        got = [cal.get_R_pixel_size(), cal.get_Q_pixel_size()]
+        units = [cal.get_R_pixel_units(), cal.get_Q_pixel_units()]
+        if not np.allclose(got, entry["pixel_sizes"]) or units != entry["units"]:
+            return f"calibration {got} {units}, expected {entry['pixel_sizes']} {entry['units']}"
+        record = json.loads(root.metadata["stempress_provenance"]["json"])
+        if record["source"]["sha256"] != entry["sha256"]:
+            return "provenance json differs"
+        if len(entry["outputs"]) == 1 and type(data).__name__ != "Node":
+            return f"read a {type(data).__name__} for a single target, expected its Node"
+        return None
+
+    readers = {"rsciio.hspy": rsciio, "hyperspy.load": hyperspy, "py4DSTEM.read": py4dstem}
+    needs = {"hyperspy.load": "hyperspy.api", "py4DSTEM.read": "py4DSTEM"}
+    failed = 0
+    for entry in manifest:
+        arrays = dict(np.load(entry["npz"]))
+        for name, check in readers.items():
+            label = f"{entry['label']:<48} {name:<14}"
+            if needs.get(name) in missing:
+                print(f"SKIP {label} not importable: {missing[needs[name]]}")
+                continue
+            try:
+                problem = check(entry, arrays)
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc(limit=3)
+            failed += problem is not None
+            print(("PASS " if problem is None else "FAIL ") + label + ("" if problem is None else " " + problem))
+    from importlib.metadata import version
+    import h5py
+    packages = ["numpy", "h5py", "rosettasciio"] + [p for p, m in (("py4DSTEM", "py4DSTEM"), ("emdfile", "py4DSTEM"),
+                                                                  ("hyperspy", "hyperspy.api")) if m not in missing]
+    print("plain venv:", ", ".join(f"{p} {version(p)}" for p in packages), f"HDF5 {h5py.version.hdf5_version}")
+    sys.exit(1 if failed else 0)
+''')
+
+
+def write_files(sources: list[str], folder: Path) -> list[dict]:
+    """Reduce every source with every target set; the manifest tells the checker what each file must hold."""
+    manifest = []
+    for spec in sources:
+        if not spec.startswith("synthetic:") and not Path(spec).exists():
+            print(f"skip source {spec}: not found")
+            continue
+        for name, targets in TARGET_SETS.items():
+            out = folder / f"{len(manifest):02d}_{name}.h5"
+            try:
+                with open_source(spec) as source:
+                    reduce_to_file(source, targets, out)
+            except StempressError as exc:  # e.g. a detector too small for a BF disk to be found
+                print(f"skip {spec} {name}: {exc}")
+                continue
+            results, record = read_reduced(out)
+            cal = reduced_calibration(record)
+            npz = out.with_suffix(".npz")
+            outputs, arrays = {}, {}
+            for label, found in results.items():
+                for key, array in found.items():
+                    arrays[f"a{len(arrays)}"] = array
+                    outputs[f"{label} {key}"] = {"npz": f"a{len(arrays) - 1}", "tree": f"{label}/{key}",
+                                                 **_expected(array, label, key, cal)}
+            np.savez(npz, **arrays)
+            print(f"wrote {out.name}: {record['source']['name']} {tuple(record['source']['shape'])}, "
+                  f"{', '.join(results)}")
+            manifest.append({"label": f"{record['source']['name'][:30]} {name}", "file": str(out), "npz": str(npz),
+                             "sha256": record["source"]["sha256"], "outputs": outputs,
+                             "pixel_sizes": [cal.r_pixel_size, cal.q_pixel_size], "units": [cal.r_units, cal.q_units]})
+    return manifest
+
+
+def _expected(array: np.ndarray, label: str, key: str, cal: Calibration) -> dict:
+    """Axes (name, size, scale, offset, units, navigate), classes: what the layout promises for one output.
+    A radial profile's ring axis: ring centres from the target's own ring edges, in mrad when calibrated."""
+    ny, nx = array.shape[:2]
+    if key == "mean":
+        q = cal.q_pixel_size
+        axes = [("Qx", ny, q, -cal.centre_y * q, cal.q_units, False), ("Qy", nx, q, -cal.centre_x * q, cal.q_units,
+                                                                          False)]
+        return {"axes": axes, "py4dstem_class": "DiffractionSlice", "hyperspy_class": "Signal2D"}
+    scan = [("Rx", ny, cal.r_pixel_size, 0.0, cal.r_units), ("Ry", nx, cal.r_pixel_size, 0.0, cal.r_units)]
+    if array.ndim == 2:
+        return {"axes": [(*a, False) for a in scan], "py4dstem_class": "RealSlice", "hyperspy_class": "Signal2D"}
+    edges = parse_target(label).reducer(cal).edges(cal.det_shape, cal)  # type: ignore[attr-defined]
+    step = float(edges[1] - edges[0]) * (cal.q_pixel_size if cal.angular else 1.0)
+    return {"axes": [(*a, True) for a in scan] + [("r", array.shape[2], step, step / 2, cal.angle_units, False)],
+            "py4dstem_class": "Array", "hyperspy_class": "Signal1D"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sources", default=";".join(DEFAULT_SOURCES), help="sources separated by ';'")
+    parser.add_argument("--venv", type=Path, default=None, help="venv folder to create or reuse (default: temp)")
+    parser.add_argument("--keep", type=Path, default=None, help="write the files here and keep them")
+    args = parser.parse_args()
+    sources = [s for s in args.sources.split(";") if s]
+    with tempfile.TemporaryDirectory(prefix="stempress-reduced-readers-") as scratch:
+        files = args.keep or Path(scratch) / "files"
+        files.mkdir(parents=True, exist_ok=True)
+        manifest = write_files(sources, files)
+        (files / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (files / "check.py").write_text(CHECK)
+        python, py4dstem_problem = make_venv(args.venv or Path(scratch) / "venv")
+        if py4dstem_problem:
+            print(f"py4DSTEM could not be installed in the plain venv: {py4dstem_problem}")
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *EXTRA_PACKAGES]
+        extra = subprocess.run(pip, capture_output=True, text=True)
+        if extra.returncode != 0:
+            print(f"{' '.join(EXTRA_PACKAGES)} could not be installed in the plain venv: "
+                  f"{(extra.stderr or extra.stdout).strip().splitlines()[-1:]}")
+        # -I: isolated mode, so neither PYTHONPATH nor this repository can put stempress on the path
+        done = subprocess.run([str(python), "-I", str(files / "check.py"), str(files / "manifest.json")], cwd=files)
+    print("ALL PASS" if done.returncode == 0 else "SOME READERS FAILED")
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
