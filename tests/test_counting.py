@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import json
+import sys
+import tomllib
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
+from stempress.cli import main
 from stempress.data.base import ArraySource, iter_blocks
 from stempress.data.open import open_source
 from stempress.data.synthetic import SyntheticSource, SyntheticSpec
 from stempress.errors import StempressError
+from stempress.events import counting, write_stempy
 from stempress.events.counting import (
+    METHODS,
     CountedSource,
     CountingParams,
     count_frames,
+    count_to_file,
     counting_accuracy,
+    load_reference,
+    read_counting_record,
     true_counts,
 )
 
@@ -93,7 +103,7 @@ def test_per_pixel_dark_and_gain_references() -> None:
     assert acc["exact_fraction_hit"] < 0.8 and acc["pixel_rms"] > 0.3
 
 
-def test_centroid_mode_merges_charge_shared_electrons() -> None:
+def test_cluster_method_merges_charge_shared_electrons() -> None:
     frames = np.zeros((2, 1, 12, 12), np.float32)
     # frame 0: one electron split 60/40 over two pixels, one whole electron elsewhere
     frames[0, 0, 3, 3], frames[0, 0, 3, 4] = 0.6 * GAIN, 0.4 * GAIN
@@ -104,9 +114,9 @@ def test_centroid_mode_merges_charge_shared_electrons() -> None:
     src = ArraySource(frames + OFFSET)
     thr = GAIN / 4
     threshold = CountedSource(src, _params(threshold=thr)).read_rows(0, 2)
-    one = CountedSource(src, _params(threshold=thr, mode="centroid")).read_rows(0, 2)
-    diag = CountedSource(src, _params(threshold=thr, mode="centroid", connectivity=2)).read_rows(0, 2)
-    summed = CountedSource(src, _params(threshold=thr, mode="centroid", cluster_count="sum")).read_rows(0, 2)
+    one = CountedSource(src, _params(threshold=thr, method="cluster")).read_rows(0, 2)
+    diag = CountedSource(src, _params(threshold=thr, method="cluster", connectivity=2)).read_rows(0, 2)
+    summed = CountedSource(src, _params(threshold=thr, method="cluster", cluster_count="sum")).read_rows(0, 2)
     assert threshold[0, 0, 3, 3] == 1 and threshold[0, 0, 3, 4] == 0  # per-pixel rounding splits badly
     assert one[0, 0, 3, 3] == 1 and one[0, 0].sum() == 2  # centroid at the heavier pixel
     assert one[1, 0].sum() == 3 and diag[1, 0].sum() == 2  # diagonal pair is one electron at connectivity 2
@@ -116,17 +126,26 @@ def test_centroid_mode_merges_charge_shared_electrons() -> None:
 
 def test_blocks_and_metadata() -> None:
     src = _integrating(2.0)
-    counted = CountedSource(src, _params(dark=np.full((64, 64), OFFSET), mode="centroid", connectivity=2))
+    counted = CountedSource(src, _params(dark=np.full((64, 64), OFFSET), method="cluster", connectivity=2))
     assert counted.shape == src.shape and counted.dtype == np.uint16
     whole = counted.read_rows(0, 8)
     np.testing.assert_array_equal(np.concatenate([b.data for b in iter_blocks(counted, rows=3)]), whole)
     md = counted.metadata["counting"]
-    assert md["lossy"] == "ADC values are not kept"
-    assert md["mode"] == "centroid" and md["connectivity"] == 2 and md["gain"] == GAIN
+    assert "lossy with respect to ADC values" in md["lossy"]
+    assert md["method"] == "cluster" and md["connectivity"] == 2 and md["gain"] == GAIN
     assert md["dark"]["per_pixel"] == [64, 64] and md["dark"]["mean"] == OFFSET
     assert md["threshold"] == GAIN / 2 and md["threshold_unit"] == "adu"
     assert counted.metadata["synthetic"] is True  # the source's metadata is kept
     json.dumps(counted.metadata)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_counting_in_chunks_of_frames_changes_nothing(monkeypatch, method: str) -> None:
+    frames = _integrating(4.0).read_rows(0, 8)
+    whole = count_frames(frames, _params(method=method))
+    assert whole.sum() > 1000
+    monkeypatch.setattr(counting, "_CHUNK_PIXELS", 3 * 64 * 64)  # 3 frames a chunk; 64 frames leave a remainder
+    np.testing.assert_array_equal(count_frames(frames, _params(method=method)), whole)
 
 
 @pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
@@ -155,7 +174,7 @@ def test_wrong_references_are_refused_before_reading(kw) -> None:
 
 
 @pytest.mark.parametrize("kw", [
-    {"mode": "fast"}, {"connectivity": 3}, {"threshold": -1.0}, {"threshold_unit": "e"},
+    {"method": "fast"}, {"connectivity": 3}, {"threshold": -1.0}, {"threshold_unit": "e"},
     {"threshold_unit": "sigma"}, {"cluster_count": "all"},
 ])
 def test_bad_params_are_refused(kw) -> None:
@@ -171,3 +190,209 @@ def test_accuracy_checks_shapes_and_truth_source() -> None:
     spec = SyntheticSpec(scan=(2, 2), det=(16, 16), dose=50.0, mode="counting")
     exact = counting_accuracy(SyntheticSource(spec), SyntheticSource(spec))
     assert exact["total_error_percent"] == 0 and exact["exact_fraction"] == 1.0 and exact["pixel_rms"] == 0
+
+
+def test_accuracy_matches_electrons_within_one_pixel() -> None:
+    truth = np.zeros((1, 2, 8, 8), np.uint16)
+    truth[0, 0, 3, 3] = 1  # counted one pixel off: not at the right pixel, but within 1 px
+    truth[0, 0, 6, 1] = 2  # one of two counted in place, the other missed
+    truth[0, 1, 0, 0] = 1  # counted far away: one missed, one false
+    counted = np.zeros_like(truth)
+    counted[0, 0, 3, 4] = 1
+    counted[0, 0, 6, 1] = 1
+    counted[0, 1, 7, 7] = 1
+    acc = counting_accuracy(counted, truth)
+    assert acc["right_pixel_fraction"] == pytest.approx(1 / 4)
+    assert acc["within_1px_fraction"] == pytest.approx(2 / 4)
+    assert acc["false_per_frame"] == pytest.approx(1 / 2) and acc["missed_per_frame"] == pytest.approx(2 / 2)
+    assert acc["frame_rms"] == pytest.approx(np.sqrt((1**2 + 0**2) / 2))  # frame 0: 2 of 3; frame 1: 1 of 1
+    # a counted electron is matched once: two true electrons next to one counted one leave one missed
+    pair = np.zeros((1, 1, 8, 8), np.uint16)
+    pair[0, 0, 2, 2] = pair[0, 0, 2, 4] = 1
+    one = np.zeros_like(pair)
+    one[0, 0, 2, 3] = 1
+    assert counting_accuracy(one, pair)["within_1px_fraction"] == pytest.approx(1 / 2)
+
+
+# ---------------------------------------------------------------- counting to a file, and the command
+
+
+def _adu(tmp_path: Path, rows: int = 6, nan_row: int | None = None) -> Path:
+    """Integrating frames of a synthetic source saved as float32 .npy (a file source, as a user has)."""
+    frames = _integrating(2.0).read_rows(0, rows).astype(np.float32)
+    if nan_row is not None:
+        frames[nan_row, 2, 10, 10] = np.nan
+    path = tmp_path / "frames.npy"
+    np.save(path, frames)
+    return path
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """``stempress count ...`` in this process, through the entry point that turns errors into one line."""
+    monkeypatch.setattr(sys, "argv", ["stempress", "count", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("fmt, name", [("stempy", "ev.h5"), ("raw_csr", "ev.toml")])
+def test_count_to_file_reads_back_as_counted_source(tmp_path: Path, fmt: str, name: str) -> None:
+    src = ArraySource(np.load(_adu(tmp_path)), name="frames")
+    params = _params(dark=np.full((64, 64), OFFSET), method="cluster", connectivity=2)
+    expected = CountedSource(src, params).read_rows(0, src.shape[0])
+    done: list[int] = []
+    report = count_to_file(src, tmp_path / name, params, rows=4, progress=lambda d, t: done.append(d))
+    assert report.format == fmt and done == [4, 6]
+    with open_source(tmp_path / name) as back:
+        assert back.dtype == np.uint16
+        np.testing.assert_array_equal(back.read_rows(0, back.shape[0]), expected)
+    assert report.n_electrons == expected.sum() and report.n_events == np.count_nonzero(expected)
+    assert not [p for p in _listing(tmp_path) if p.endswith(".partial")]
+
+
+def test_count_to_file_records_parameters_where_readers_look(tmp_path: Path) -> None:
+    src = ArraySource(np.load(_adu(tmp_path)), name="frames")
+    params = _params(dark=np.full((64, 64), OFFSET), threshold=5.0, threshold_unit="sigma", read_noise=2.0)
+    count_to_file(src, tmp_path / "ev.h5", params, inputs={"dark": "dark.npy"})
+    count_to_file(src, tmp_path / "ev.toml", params, inputs={"dark": "dark.npy"})
+    for name in ("ev.h5", "ev.toml"):
+        record = read_counting_record(tmp_path / name)
+        assert record["method"] == "pixel" and record["threshold"] == 5.0 and record["threshold_unit"] == "sigma"
+        assert record["read_noise"] == 2.0 and record["gain"] == GAIN
+        assert record["dark"] == {"per_pixel": [64, 64], "mean": OFFSET, "min": OFFSET, "max": OFFSET}
+        assert record["inputs"] == {"dark": "dark.npy"} and record["source_shape"] == [6, 8, 64, 64]
+        assert "lossy with respect to ADC values" in record["lossy"]
+        assert record["electrons"] == CountedSource(src, params).read_rows(0, 6).sum()
+    # LiberTEM reads only [params] and [raw_csr]; they are untouched, the record is its own table
+    conf = tomllib.loads((tmp_path / "ev.toml").read_text())
+    assert conf["params"]["filetype"] == "raw_csr" and conf["raw_csr"]["data_dtype"] == "<u2"
+    assert set(conf) == {"params", "raw_csr", "stempress"}
+    # stempy loads metadata/ (attributes and sub-groups) into SparseArray.metadata; the dtype is still there
+    with h5py.File(tmp_path / "ev.h5", "r") as f:
+        assert int(f.attrs["version"]) == 3 and f["metadata/stempress"].attrs["dtype"] == "uint16"
+        assert f["metadata/stempress/counting"].attrs["method"] == "pixel"
+    with pytest.raises(StempressError, match="no counting record"):
+        read_counting_record(_plain_stempy(tmp_path))
+
+
+def _plain_stempy(tmp_path: Path) -> Path:
+    return write_stempy(ArraySource(np.ones((1, 1, 4, 4), np.uint8)), tmp_path / "plain.h5")
+
+
+def test_count_command_writes_and_force_replaces(tmp_path: Path, monkeypatch, capsys) -> None:
+    frames = _adu(tmp_path)
+    np.save(tmp_path / "dark.npy", np.full((64, 64), OFFSET))
+    out = tmp_path / "ev.h5"
+    args = [frames, "--out", out, "--dark", tmp_path / "dark.npy", "--gain", "40", "--threshold", 20]
+    code, stdout, err = _cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "lossy with respect to ADC values" in stdout
+    expected = CountedSource(ArraySource(np.load(frames)), _params()).read_rows(0, 6)
+    with open_source(out) as back:
+        np.testing.assert_array_equal(back.read_rows(0, 6), expected)
+    record = read_counting_record(out)
+    assert record["inputs"]["dark"] == str(tmp_path / "dark.npy") and record["inputs"]["gain"] == "40"
+    before = out.read_bytes()
+    code, _, err = _cli(monkeypatch, capsys, *args[:-1], 60)
+    assert code == 1 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before
+    code, _, err = _cli(monkeypatch, capsys, *args[:-1], 60, "--force", "--method", "cluster")
+    assert code == 0, err
+    record = read_counting_record(out)
+    assert record["threshold"] == 60 and record["method"] == "cluster"
+    assert _listing(tmp_path) == ["dark.npy", "ev.h5", "frames.npy"]
+
+
+def test_count_command_help_says_lossy(monkeypatch, capsys) -> None:
+    code, stdout, _ = _cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    text = " ".join(stdout.replace("│", " ").split())
+    assert "lossy with respect to ADC values" in text
+    assert "sub-threshold signal" in text and "coincident" in text and "ADC amplitudes" in text
+
+
+@pytest.mark.parametrize("extra, words, nan_row", [
+    (["--dark", "missing.npy"], ["dark reference", "no such file"], None),
+    (["--dark", "{bad_dark}"], ["dark reference has shape (63, 64)", "(64, 64)"], None),
+    (["--gain", "{zero_gain}"], ["gain reference has values <= 0"], None),
+    (["--gain", "0"], ["gain reference has values <= 0"], None),
+    (["--gain", "{h5}:/nothing"], ["no dataset"], None),
+    (["--threshold", "-1"], ["threshold -1.0 must be", ">= 0"], None),
+    (["--threshold-unit", "sigma"], ["needs read_noise"], None),
+    (["--method", "blob"], ["counting method 'blob' is unknown"], None),
+    (["--format", "raw_csr"], ["must be a .toml"], None),
+    (["--out", "{tmp}/ev.toml", "--format", "stempy"], ["not .toml"], None),
+    ([], ["NaN or infinite values", "rows [0, 6)"], 3),
+])
+def test_count_command_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, monkeypatch, capsys, extra, words,
+                                                                nan_row) -> None:
+    frames = _adu(tmp_path, nan_row=nan_row)
+    np.save(tmp_path / "bad_dark.npy", np.zeros((63, 64)))
+    zero_gain = np.full((64, 64), GAIN)
+    zero_gain[5, 5] = 0
+    np.save(tmp_path / "zero_gain.npy", zero_gain)
+    with h5py.File(tmp_path / "refs.h5", "w") as f:
+        f["gain"] = np.full((64, 64), GAIN)
+    fill = {"bad_dark": tmp_path / "bad_dark.npy", "zero_gain": tmp_path / "zero_gain.npy", "h5": tmp_path / "refs.h5",
+            "tmp": tmp_path}
+    before = _listing(tmp_path)
+    args = [frames, "--out", tmp_path / "out" / "ev.h5", "--dark", OFFSET, "--gain", GAIN, "--threshold", 20,
+            *(e.format(**fill) for e in extra)]
+    code, _, err = _cli(monkeypatch, capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error:"), err
+    for word in words:
+        assert word in lines[0]
+    assert _listing(tmp_path) == before or _listing(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("name", ["ev.h5", "ev.toml"])
+def test_failure_halfway_leaves_no_partial_output(tmp_path: Path, name: str) -> None:
+    src = ArraySource(np.load(_adu(tmp_path, nan_row=4)), name="frames")
+    with pytest.raises(StempressError, match=r"rows \[4, 5\)"):
+        count_to_file(src, tmp_path / "out" / name, _params(), rows=1)
+    assert _listing(tmp_path / "out") == []
+
+
+def test_load_reference_forms(tmp_path: Path) -> None:
+    assert load_reference("40", "gain") == 40.0
+    np.save(tmp_path / "g.npy", np.full((4, 4), 2.0))
+    np.testing.assert_array_equal(load_reference(str(tmp_path / "g.npy"), "gain"), np.full((4, 4), 2.0))
+    with h5py.File(tmp_path / "refs.h5", "w") as f:
+        f["cal/dark"] = np.arange(16.0).reshape(4, 4)
+    np.testing.assert_array_equal(load_reference(f"{tmp_path}/refs.h5:/cal/dark", "dark"),
+                                  np.arange(16.0).reshape(4, 4))
+    with pytest.raises(StempressError, match="name the dataset"):
+        load_reference(str(tmp_path / "refs.h5"), "dark")
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    with pytest.raises(StempressError, match="not numeric"):
+        load_reference(str(tmp_path / "s.npy"), "dark")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(StempressError, match=r"not a readable \.npy"):
+        load_reference(str(tmp_path / "junk.npy"), "dark")
+
+
+def test_real_stempy_reads_count_output_and_its_record(tmp_path: Path) -> None:
+    sparse_array = pytest.importorskip("stempy.io.sparse_array", reason="stempy is not installed here")
+    src = ArraySource(np.load(_adu(tmp_path)), name="frames")
+    count_to_file(src, tmp_path / "ev.h5", _params())
+    array = sparse_array.SparseArray.from_hdf5(str(tmp_path / "ev.h5"))
+    np.testing.assert_array_equal(array.to_dense(), CountedSource(src, _params()).read_rows(0, 6))
+    assert array.metadata["stempress"]["counting"]["method"] == "pixel"
+
+
+def test_real_libertem_reads_count_output(tmp_path: Path) -> None:
+    api = pytest.importorskip("libertem.api", reason="LiberTEM is not installed here")
+    from libertem.udf.sum import SumUDF
+
+    src = ArraySource(np.load(_adu(tmp_path)), name="frames")
+    count_to_file(src, tmp_path / "ev.toml", _params())
+    ctx = api.Context.make_with("inline")
+    dataset = ctx.load("raw_csr", path=str(tmp_path / "ev.toml"))
+    expected = CountedSource(src, _params()).read_rows(0, 6).sum((0, 1))
+    np.testing.assert_array_equal(ctx.run_udf(dataset=dataset, udf=SumUDF())["intensity"].data, expected)

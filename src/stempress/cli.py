@@ -364,6 +364,51 @@ def simulate(
     console.print(f"wrote {path}: {source.shape} {source.dtype}")
 
 
+@app.command()
+def count(
+    source: Annotated[str, typer.Argument(help="Integrating-detector frames in ADU: EMD/HDF5, NXmx, .mib, .npy, "
+                                         "synthetic:...")],
+    out: Annotated[Path, typer.Option(help="Output events: a stempy .h5 file or a LiberTEM raw_csr .toml.")],
+    threshold: Annotated[float, typer.Option(help="A pixel is hit when its ADU above dark exceed this (ADU, or "
+                                             "read-noise sigmas with --threshold-unit sigma).")],
+    threshold_unit: Annotated[str, typer.Option(help="adu, or sigma (multiples of --read-noise).")] = "adu",
+    read_noise: Annotated[str | None, typer.Option(help="Read-noise sigma in ADU for --threshold-unit sigma: a "
+                                                   "number, a .npy or file.h5:/dataset (det_y, det_x).")] = None,
+    dark: Annotated[str, typer.Option(help="Dark reference in ADU: a number, a .npy or file.h5:/dataset "
+                                      "(det_y, det_x).")] = "0",
+    gain: Annotated[str, typer.Option(help="Gain in ADU per electron: a number, a .npy or file.h5:/dataset "
+                                      "(det_y, det_x).")] = "1",
+    method: Annotated[str, typer.Option(help="pixel (round each hit pixel to electrons) or cluster (one electron "
+                                        "per connected cluster, at its centroid).")] = "pixel",
+    connectivity: Annotated[int, typer.Option(help="cluster: 1 joins edge neighbours, 2 also corners.")] = 1,
+    cluster_count: Annotated[str, typer.Option(help="cluster: one electron per cluster, or the rounded sum.")]
+    = "one",
+    fmt: Annotated[str | None, typer.Option("--format", help="stempy or raw_csr (default: raw_csr for a .toml "
+                                            "OUT, else stempy).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Count electrons in integrating-detector frames, block by block, and write them as events.
+
+    Counting is lossy with respect to ADC values: ADC amplitudes, sub-threshold signal and coincident
+    (overlapping) electrons cannot be recovered from the counts. The parameters are recorded in OUT.
+    """
+    from stempress.events.counting import CountingParams, count_to_file, load_reference
+
+    references = {"dark": dark, "gain": gain, **({"read_noise": read_noise} if read_noise is not None else {})}
+    params = CountingParams(**{k: load_reference(v, k) for k, v in references.items()}, threshold=threshold,
+                            threshold_unit=threshold_unit, method=method, connectivity=connectivity,
+                            cluster_count=cluster_count)
+    with open_cli_source(source, dataset, scan_shape) as cube, \
+            Progress(TextColumn("[bold]count (scan rows)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console, transient=True) as bar:
+        task = bar.add_task("count", total=cube.shape[0])
+        report = count_to_file(cube, out, params, fmt=fmt, overwrite=force, inputs={"source": source, **references},
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit status 1."""
     try:

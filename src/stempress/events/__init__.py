@@ -1,6 +1,13 @@
 """Counted electrons as events (pixel, count per scan position), and the event files other tools read."""
 
-from stempress.events.counting import CountedSource, CountingParams, count_frames, counting_accuracy
+from stempress.events.counting import (
+    CountedSource,
+    CountingParams,
+    count_frames,
+    count_to_file,
+    counting_accuracy,
+    read_counting_record,
+)
 from stempress.events.libertem import RawCsrSource, raw_csr_files, write_raw_csr
 from stempress.events.representation import (
     EventBlock,
@@ -26,12 +33,14 @@ __all__ = [
     "StempySource",
     "as_source",
     "count_frames",
+    "count_to_file",
     "counting_accuracy",
     "dense_from_events",
     "events_from_block",
     "events_from_hits",
     "iter_events",
     "raw_csr_files",
+    "read_counting_record",
     "write_raw_csr",
     "write_stempy",
 ]

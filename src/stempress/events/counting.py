@@ -1,16 +1,26 @@
 """Electron counting: integrating-detector frames (ADU) -> counted electrons (uint16), block by block.
 
-Counting is LOSSY with respect to the ADC values: dark subtraction, gain division, the threshold and the
-rounding throw away read noise and sub-electron signal, and ``centroid`` mode also moves electrons to
-their cluster's centroid pixel. The ADU cube cannot be rebuilt from the counts; what is gained is a cube
-that is ~99 % zeros (events, entropy coding) with the detector's noise removed. What was done is written
-to ``metadata["counting"]`` so a reader knows the counts are derived data.
+Counting is LOSSY with respect to the ADC values, and the loss cannot be undone:
 
-Two modes:
+* ADC amplitudes: each hit becomes a whole number of electrons; the ADU it had (and so the read noise,
+  the gain variation within a pixel, the energy an electron deposited) are gone;
+* sub-threshold signal: anything not above the threshold (a weak electron, the low-charge tail of a
+  charge-shared one) becomes 0;
+* coincidence losses: electrons that overlap in one frame (the same pixel, or neighbouring pixels in
+  ``cluster`` mode) are merged, so bright regions are undercounted.
 
-* ``threshold``: per pixel, ``round((adu - dark) / gain)`` where ``adu - dark`` exceeds the threshold,
-  else 0. Right for detectors whose electrons land in one pixel (no charge sharing).
-* ``centroid``: per frame, pixels above threshold are grouped into connected clusters
+What is gained is a cube that is ~99 % zeros (events, entropy coding) with the detector's noise removed.
+What was done is written to ``metadata["counting"]``, and ``count_to_file`` (the ``stempress count``
+command) writes it into the event file (stempy: group ``metadata/stempress/counting``; raw_csr: table
+``[stempress.counting]`` of the TOML), so a reader knows the counts are derived data.
+
+Two methods:
+
+* ``pixel``: per pixel, ``round((adu - dark) / gain)`` where ``adu - dark`` exceeds the threshold, else 0.
+  Right for detectors whose electrons land in one pixel (no charge sharing). Because hits are rounded, a
+  threshold below half an electron acts as half an electron, and a charge-shared electron whose pieces
+  are all below half an electron is lost.
+* ``cluster``: per frame, pixels above threshold are grouped into connected clusters
   (``scipy.ndimage.label``) and each cluster becomes one electron (``cluster_count="one"``) or
   ``round(cluster sum)`` electrons (``"sum"``) at its intensity-weighted centroid pixel. Right for
   sparse frames with charge sharing; it undercounts (``"one"``) or blurs (``"sum"``) where electrons
@@ -20,26 +30,53 @@ Truth for synthetic data: ``SyntheticSource.expected_rows`` is the Poisson *expe
 An integrating-mode synthetic source draws its Poisson counts from the same per-row RNG stream as the
 counting-mode source of the same spec (read noise is drawn after the counts), so ``true_counts(source)``
 (the counting-mode twin) gives the exact electrons per pixel behind the ADU values.
+``benchmarks/counting_accuracy.py`` reports the accuracy against it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 from scipy import ndimage
 
+from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
+from stempress.data.hdf5 import as_python, one_line, open_hdf5
 from stempress.errors import StempressError, require_choice
+from stempress.events.libertem import RawCsrSource, raw_csr_files, write_raw_csr
+from stempress.events.stempy import METADATA as STEMPY_METADATA
+from stempress.events.stempy import write_stempy
 
-MODES = ("threshold", "centroid")
+METHODS = ("pixel", "cluster")
 THRESHOLD_UNITS = ("adu", "sigma")
 CLUSTER_COUNTS = ("one", "sum")
 OUT_DTYPE = np.dtype(np.uint16)
 _OUT_MAX = int(np.iinfo(OUT_DTYPE).max)
+#: What every record of counted data says about what was lost.
+LOSSY_NOTE = ("lossy with respect to ADC values: ADC amplitudes, sub-threshold signal and coincident "
+              "(overlapping) electrons are not recoverable from the counts")
+#: Event files ``count_to_file`` writes: stempy's HDF5 and LiberTEM's raw_csr (a .toml and three .bin).
+EVENT_FORMATS = ("stempy", "raw_csr")
+#: Where the record goes: a group inside stempy's metadata group, a table in the raw_csr TOML.
+RECORD_GROUP = f"{STEMPY_METADATA}/counting"
+RECORD_TABLE = ("stempress", "counting")
+#: Pixels counted at once: count_frames' float64 temporaries stay a few x 32 MiB whatever the block size.
+_CHUNK_PIXELS = 1 << 22
+_REFERENCE_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".nxs")
 
 Reference = float | np.ndarray
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -49,7 +86,7 @@ class CountingParams:
     ``dark`` (ADU) and ``gain`` (ADU per electron) are scalars or per-pixel ``(det_y, det_x)`` arrays.
     ``threshold`` is in ADU above dark (``threshold_unit="adu"``) or in multiples of the read-noise
     sigma ``read_noise`` (ADU, scalar or per-pixel; ``threshold_unit="sigma"``). ``connectivity`` 1 joins
-    edge neighbours only, 2 also diagonal ones (centroid mode).
+    edge neighbours only, 2 also diagonal ones (cluster method).
     """
 
     dark: Reference = 0.0
@@ -57,12 +94,12 @@ class CountingParams:
     threshold: float = 0.5
     threshold_unit: str = "adu"
     read_noise: Reference | None = None
-    mode: str = "threshold"
+    method: str = "pixel"
     connectivity: int = 1
     cluster_count: str = "one"
 
     def __post_init__(self) -> None:
-        require_choice(self.mode, MODES, "counting mode")
+        require_choice(self.method, METHODS, "counting method")
         require_choice(self.threshold_unit, THRESHOLD_UNITS, "threshold unit")
         require_choice(self.cluster_count, CLUSTER_COUNTS, "cluster_count")
         if self.connectivity not in (1, 2):
@@ -90,16 +127,16 @@ class CountingParams:
     def describe(self) -> dict[str, Any]:
         """JSON-friendly record of the parameters (arrays summarised, not copied)."""
         return {
-            "mode": self.mode,
+            "method": self.method,
             "dark": _summary(self.dark),
             "gain": _summary(self.gain),
             "threshold": float(self.threshold),
             "threshold_unit": self.threshold_unit,
             "read_noise": None if self.read_noise is None else _summary(self.read_noise),
-            "connectivity": self.connectivity,
-            "cluster_count": self.cluster_count if self.mode == "centroid" else None,
+            "connectivity": self.connectivity if self.method == "cluster" else None,
+            "cluster_count": self.cluster_count if self.method == "cluster" else None,
             "output_dtype": str(OUT_DTYPE),
-            "lossy": "ADC values are not kept",
+            "lossy": LOSSY_NOTE,
         }
 
 
@@ -122,6 +159,43 @@ def _summary(value: Any) -> float | dict[str, Any]:
             "max": float(arr.max())}
 
 
+def load_reference(text: str, what: str) -> Reference:
+    """A reference as the user wrote it: a number, a ``.npy`` file, or ``file.h5:/dataset``.
+
+    Only reading happens here; the shape and values are checked against the detector by ``CountingParams``.
+    """
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    path, dataset = Path(text), None
+    head, sep, tail = text.rpartition(":")
+    if sep and Path(head).suffix.lower() in _REFERENCE_SUFFIXES:
+        path, dataset = Path(head), tail
+    if not path.is_file():
+        raise StempressError(f"{what} reference {text!r}: no such file; give a number, a .npy file or "
+                             "file.h5:/dataset holding one value per detector pixel")
+    array = _read_reference(path, dataset, text, what)
+    if array.dtype.kind not in "uif":
+        raise StempressError(f"{what} reference {text}: dtype {array.dtype} is not numeric; save it as float32")
+    return array
+
+
+def _read_reference(path: Path, dataset: str | None, text: str, what: str) -> np.ndarray:
+    if path.suffix.lower() in _REFERENCE_SUFFIXES:
+        if dataset is None:
+            raise StempressError(f"{what} reference {text}: name the dataset, e.g. {text}:/dark")
+        with open_hdf5(path) as f:
+            if not isinstance(f.get(dataset), h5py.Dataset):
+                raise StempressError(f"{what} reference {text}: no dataset {dataset!r} in {path.name}")
+            return np.asarray(f[dataset][()])
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise StempressError(f"{what} reference {text}: not a readable .npy file ({one_line(exc)}); "
+                             "save it with numpy.save") from None
+
+
 def _check_input(block: np.ndarray, where: str) -> None:
     """ADU are finite and non-negative; anything else means the input is not raw detector frames."""
     if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
@@ -132,22 +206,34 @@ def _check_input(block: np.ndarray, where: str) -> None:
 
 
 def count_frames(frames: np.ndarray, params: CountingParams) -> np.ndarray:
-    """Count electrons in ``(..., det_y, det_x)`` ADU frames; returns uint16 of the same shape."""
+    """Count electrons in ``(..., det_y, det_x)`` ADU frames; returns uint16 of the same shape.
+
+    Frames are counted a chunk at a time, so the float temporaries do not grow with the block (one scan row
+    of a large detector is already gigabytes in float64).
+    """
     frames = np.asarray(frames)
     det = frames.shape[-2:]
     _check_input(frames, "count_frames")
     dark, gain, threshold = params.resolved(det)
+    flat = frames.reshape(-1, *det)
+    out = np.empty(flat.shape, OUT_DTYPE)
+    step = max(1, _CHUNK_PIXELS // max(1, det[0] * det[1]))
+    for i in range(0, flat.shape[0], step):
+        out[i:i + step] = _count(flat[i:i + step], dark, gain, threshold, params)
+    return out.reshape(frames.shape)
+
+
+def _count(frames: np.ndarray, dark: np.ndarray, gain: np.ndarray, threshold: np.ndarray,
+           params: CountingParams) -> np.ndarray:
+    """``(frames, det_y, det_x)`` ADU -> electrons, uint16."""
     adu = frames.astype(np.float64) - dark
     hit = adu > threshold
     electrons = np.where(hit, adu / gain, 0.0)
-    if params.mode == "threshold":
-        counts = np.rint(electrons)
-    else:
-        counts = _centroid(electrons.reshape(-1, *det), hit.reshape(-1, *det), params).reshape(frames.shape)
+    counts = np.rint(electrons) if params.method == "pixel" else _clusters(electrons, hit, params)
     return np.clip(counts, 0, _OUT_MAX).astype(OUT_DTYPE)
 
 
-def _centroid(electrons: np.ndarray, hit: np.ndarray, params: CountingParams) -> np.ndarray:
+def _clusters(electrons: np.ndarray, hit: np.ndarray, params: CountingParams) -> np.ndarray:
     """Clusters within each frame (no links across frames) -> electrons at intensity-weighted centroids."""
     structure = np.zeros((3, 3, 3), bool)
     structure[1] = ndimage.generate_binary_structure(2, params.connectivity)
@@ -190,6 +276,167 @@ class CountedSource(SourceBase):
         self.source.close()
 
 
+# -- counting to an event file -------------------------------------------------------------------------------
+@dataclass
+class CountReport:
+    """What ``count_to_file`` wrote: the file(s), how many electrons, and the record stored with them."""
+
+    path: Path
+    format: str
+    files: list[Path]
+    shape: tuple[int, int, int, int]
+    n_events: int
+    n_electrons: int
+    record: dict[str, Any] = field(repr=False)
+
+    def summary(self) -> str:
+        positions = self.shape[0] * self.shape[1]
+        return (f"wrote {self.path} ({self.format}): {self.n_electrons:,} electrons in {self.n_events:,} events, "
+                f"{self.n_electrons / positions:.3g} per scan position; counting is {LOSSY_NOTE}")
+
+
+class _Tally(SourceBase):
+    """Passes counted rows through, adding up electrons and events and reporting the rows done."""
+
+    def __init__(self, source: Dataset4D, progress: Progress | None):
+        self.source, self.progress = source, progress
+        self.name, self.shape, self.dtype = source.name, source.shape, source.dtype
+        self.metadata = source.metadata
+        self.n_events = self.n_electrons = 0
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        block = self.source.read_rows(start, stop)
+        self.n_events += int(np.count_nonzero(block))
+        self.n_electrons += int(block.sum(dtype=np.uint64))
+        if self.progress is not None:
+            self.progress(stop, self.shape[0])
+        return block
+
+
+def event_format(out: str | Path, fmt: str | None = None) -> str:
+    """The format asked for, else the one ``out``'s suffix names (.toml: raw_csr); the suffix must fit it."""
+    suffix = Path(out).suffix.lower()
+    fmt = fmt if fmt is not None else ("raw_csr" if suffix == ".toml" else "stempy")
+    require_choice(fmt, EVENT_FORMATS, "event format")
+    if fmt == "raw_csr" and suffix != ".toml":
+        raise StempressError(f"{out}: the raw_csr sidecar must be a .toml file; give a name like scan.toml")
+    if fmt == "stempy" and suffix == ".toml":
+        raise StempressError(f"{out}: a stempy file is HDF5, not .toml; give a name like scan.h5 or use "
+                             "--format raw_csr")
+    return fmt
+
+
+def count_to_file(source: Dataset4D, out: str | Path, params: CountingParams, *, fmt: str | None = None,
+                  overwrite: bool = False, rows: int | None = None, inputs: Mapping[str, str] | None = None,
+                  progress: Progress | None = None) -> CountReport:
+    """Count ``source`` block by block and write the electrons as events, with the parameters recorded.
+
+    Everything is checked (format, references against the detector, existing outputs) before any frame
+    is read. The counts are staged once as raw_csr beside ``out`` (so a stempy file, which needs the
+    largest count first, does not count twice) and the outputs appear whole or not at all.
+    ``inputs`` (e.g. the reference files the user named) is stored in the record as given.
+    """
+    out = Path(out)
+    fmt = event_format(out, fmt)
+    counted = CountedSource(source, params)
+    targets = [out, *raw_csr_files(out).values()] if fmt == "raw_csr" else [out]
+    with ExitStack() as stack:
+        tmp = {path: stack.enter_context(atomic_output(path, overwrite=overwrite)) for path in targets}
+        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.",
+                                                                       suffix=".partial")))
+        tally = _Tally(counted, progress)
+        staged = write_raw_csr(tally, staging / out.with_suffix(".toml").name, rows=rows)
+        record = _record(counted, tally, inputs)
+        if fmt == "raw_csr":
+            with open(staged, "a", encoding="utf-8") as fh:
+                fh.write(_toml_table(RECORD_TABLE, record))
+            for path, partial in tmp.items():  # atomic_output renames them, the TOML last
+                os.replace(staging / path.name, partial)
+        else:
+            with RawCsrSource(staged) as events:
+                write_stempy(events, tmp[out], overwrite=True, rows=rows)
+            with h5py.File(tmp[out], "a") as f:
+                f[STEMPY_METADATA].attrs["source"] = counted.name
+                _h5_record(f.require_group(RECORD_GROUP), record)
+    return CountReport(path=out, format=fmt, files=targets, shape=counted.shape, n_events=tally.n_events,
+                       n_electrons=tally.n_electrons, record=record)
+
+
+def _record(counted: CountedSource, tally: _Tally, inputs: Mapping[str, str] | None) -> dict[str, Any]:
+    from stempress import __version__
+
+    record = {**counted.metadata["counting"], "source_shape": list(counted.shape),
+              "events": tally.n_events, "electrons": tally.n_electrons, "stempress_version": __version__}
+    if inputs:
+        record["inputs"] = {str(k): str(v) for k, v in inputs.items()}
+    return record
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # JSON's string escapes are a subset of TOML's
+
+
+def _toml_table(name: tuple[str, ...], record: Mapping[str, Any]) -> str:
+    """``record`` as a TOML table (sub-dicts as sub-tables; None has no TOML form and is left out)."""
+    lines = ["", f"[{'.'.join(_toml_key(k) for k in name)}]"]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in record.items()
+              if v is not None and not isinstance(v, Mapping)]
+    text = "\n".join(lines) + "\n"
+    for k, v in record.items():
+        if isinstance(v, Mapping):
+            text += _toml_table((*name, str(k)), v)
+    return text
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _h5_record(group: h5py.Group, record: Mapping[str, Any]) -> None:
+    """``record`` as attributes, sub-dicts as sub-groups: the layout stempy loads into ``SparseArray.metadata``."""
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            _h5_record(group.require_group(key), value)
+        elif value is not None:
+            group.attrs[key] = value
+
+
+def _h5_dict(group: h5py.Group) -> dict[str, Any]:
+    out: dict[str, Any] = {k: as_python(v) for k, v in group.attrs.items()}
+    out.update({k: _h5_dict(v) for k, v in group.items() if isinstance(v, h5py.Group)})
+    return out
+
+
+def read_counting_record(path: str | Path) -> dict[str, Any]:
+    """The record ``count_to_file`` stored in an event file (raw_csr .toml or stempy HDF5)."""
+    path = Path(path)
+    if path.suffix.lower() == ".toml":
+        try:
+            with open(path, "rb") as fh:
+                table: Any = tomllib.load(fh)
+        except FileNotFoundError:
+            raise StempressError(f"{path}: no such file; check the path") from None
+        for key in RECORD_TABLE:
+            table = table.get(key) if isinstance(table, dict) else None
+    else:
+        with open_hdf5(path) as f:
+            group = f.get(RECORD_GROUP)
+            table = _h5_dict(group) if isinstance(group, h5py.Group) else None
+    if not isinstance(table, dict):
+        raise StempressError(f"{path}: holds no counting record; it was not written by stempress count")
+    return table
+
+
+# -- accuracy against known counts ---------------------------------------------------------------------------
 def true_counts(source: Any) -> Any:
     """The counting-mode twin of an integrating synthetic source: the Poisson electrons behind its ADU.
 
@@ -211,42 +458,80 @@ def _blocks(cube: np.ndarray | Dataset4D) -> tuple[tuple[int, ...], Any]:
     return tuple(cube.shape), (b.data for b in iter_blocks(cube))
 
 
+#: Offsets tried after the exact pixel when matching counted to true electrons: edges first, then corners.
+_NEIGHBOURS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+
+
+def _matched(truth: np.ndarray, counted: np.ndarray) -> tuple[int, int]:
+    """Electrons counted at their true pixel, and within one pixel of it (greedy: each one used once).
+
+    Integer ``(frames, det_y, det_x)`` arrays; a counted electron one pixel away (8-neighbourhood) from an
+    unmatched true one is a hit, which is how a centroid that rounds to the next pixel should score.
+    """
+    exact = np.minimum(truth, counted)
+    t, c = truth - exact, counted - exact
+    h, w = t.shape[-2:]
+    near = 0
+    for dy, dx in _NEIGHBOURS:
+        ts = t[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+        cs = c[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+        m = np.minimum(ts, cs)
+        ts -= m
+        cs -= m
+        near += int(m.sum())
+    return int(exact.sum()), int(exact.sum()) + near
+
+
 def counting_accuracy(counted: np.ndarray | Dataset4D, truth: np.ndarray | Dataset4D) -> dict[str, float]:
     """How close counts are to the true electrons (arrays or sources of the same shape, read in blocks).
 
     Keys: ``total_counted``, ``total_true``, ``total_error_percent`` (signed), ``pixel_rms`` (electrons),
-    ``exact_fraction`` (all pixels), ``exact_fraction_hit`` (pixels with true electrons: zeros dominate
-    ``exact_fraction`` in sparse cubes).
+    ``frame_rms`` (electrons per frame), ``exact_fraction`` (all pixels), ``exact_fraction_hit`` (pixels
+    with true electrons: zeros dominate ``exact_fraction`` in sparse cubes), ``right_pixel_fraction`` and
+    ``within_1px_fraction`` (true electrons with a counted one at their pixel / within one pixel, each
+    counted one used once), ``false_per_frame`` and ``missed_per_frame`` (counted electrons with no true
+    one within a pixel, and the reverse), ``frames``.
     """
     shape_c, blocks_c = _blocks(counted)
     shape_t, blocks_t = _blocks(truth)
     if shape_c != shape_t:
         raise StempressError(f"counted shape {shape_c} differs from truth shape {shape_t}; compare the same cube")
-    total_c = total_t = sq = exact = hit = exact_hit = n = 0.0
+    total_c = total_t = sq = frame_sq = exact = hit = exact_hit = n = frames = right = near = 0
     for c, t in zip(_rows(blocks_c), _rows(blocks_t), strict=True):
-        c = c.astype(np.float64)
-        t = t.astype(np.float64)
-        total_c += c.sum()
-        total_t += t.sum()
-        sq += np.square(c - t).sum()
+        c = c.astype(np.int64)
+        t = t.astype(np.int64)
+        total_c += int(c.sum())
+        total_t += int(t.sum())
+        sq += int(np.square(c - t).sum())
+        frame_sq += int(np.square(c.sum(axis=(-2, -1)) - t.sum(axis=(-2, -1))).sum())
         same = c == t
-        exact += same.sum()
+        exact += int(same.sum())
         nz = t > 0
-        hit += nz.sum()
-        exact_hit += (same & nz).sum()
+        hit += int(nz.sum())
+        exact_hit += int((same & nz).sum())
         n += c.size
+        frames += c.size // (c.shape[-2] * c.shape[-1])
+        at, within = _matched(t.reshape(-1, *t.shape[-2:]), c.reshape(-1, *c.shape[-2:]))
+        right += at
+        near += within
     err = 100.0 * (total_c - total_t) / total_t if total_t else (0.0 if total_c == 0 else float("inf"))
     return {
         "total_counted": float(total_c),
         "total_true": float(total_t),
         "total_error_percent": float(err),
         "pixel_rms": float(np.sqrt(sq / n)),
+        "frame_rms": float(np.sqrt(frame_sq / frames)),
         "exact_fraction": float(exact / n),
         "exact_fraction_hit": float(exact_hit / hit) if hit else 1.0,
+        "right_pixel_fraction": float(right / total_t) if total_t else 1.0,
+        "within_1px_fraction": float(near / total_t) if total_t else 1.0,
+        "false_per_frame": float((total_c - near) / frames),
+        "missed_per_frame": float((total_t - near) / frames),
+        "frames": float(frames),
     }
 
 
-def _rows(blocks: Any) -> Any:
+def _rows(blocks: Any) -> Iterator[np.ndarray]:
     """Single scan rows from blocks of any height, so two sources with different block sizes line up."""
     for block in blocks:
         yield from block
