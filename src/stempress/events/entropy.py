@@ -21,9 +21,10 @@ Coding: per chunk of ``chunk_rows`` scan rows, each run of symbols that share a 
 decodes alone. The work per chunk grows with the bright pixels and the electrons, not with the dark zeros.
 
 File (format version 2): HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``, ``constriction_version``;
-``model/class_of_pixel`` (gzip'd, the detector shape) and the per-class arrays of ``MODEL_ARRAYS``;
-``chunks/row_starts`` (n_chunks + 1), ``chunks/word_offsets`` + ``chunks/words`` (uint32 ANS words),
-``chunks/escape_offsets`` + ``chunks/escapes``.
+``model/class_of_pixel`` (gzip'd, the detector shape), ``model/class_int`` (one row per class: the columns of
+``CLASS_INT``), ``model/class_float`` (``CLASS_FLOAT``), ``model/table_offsets`` + ``model/tables`` (float16);
+``chunks/index`` (n_chunks + 1 rows: first scan row, first word, first escape), ``chunks/words`` (uint32 ANS
+words), ``chunks/escapes`` (uint64). Few datasets on purpose: each costs ~0.5 kB of HDF5 metadata.
 """
 
 from __future__ import annotations
@@ -44,14 +45,15 @@ from stempress.events.entropy_model import (
     LAMBDA_FLOOR,
     SPARSE_BELOW,
     SPARSE_CLASSES_PER_OCTAVE,
+    TABLE_DTYPE,
     PoissonModel,
     fit_model,
 )
 from stempress.events.representation import check_counts_dtype, refuse_non_counts
 
-#: The model's per-class arrays and tables, as stored under ``model/``.
-MODEL_ARRAYS = ("class_lambda", "sparse", "p_event", "lo", "golomb_bits", "low_bits", "first_table",
-                "table_offsets", "tables")
+#: The model's per-class integer and float arrays: the columns of ``model/class_int`` and ``model/class_float``.
+CLASS_INT = ("sparse", "lo", "golomb_bits", "low_bits", "first_table")
+CLASS_FLOAT = ("class_lambda", "p_event")
 
 FORMAT_NAME = "stempress-entropy"
 FORMAT_VERSION = 2
@@ -106,7 +108,9 @@ class _Coder:
         self.n_sparse_pixels = int(self.bounds[int(np.count_nonzero(model.sparse))])  # sparse classes come first
         self.sparse_pixel = model.sparse[model.class_of_pixel]
         self.dense_pixels = self.order[self.n_sparse_pixels:]
-        self.models = [cs.stream.model.Categorical(model.table(t), perfect=False) for t in range(model.n_tables)]
+        # a one-entry table (gap high bits when a gap has no remainder) codes nothing; constriction refuses it
+        self.models = [cs.stream.model.Categorical(model.table(t), perfect=False) if model.table(t).size > 1
+                       else None for t in range(model.n_tables)]
         self.sizes = np.diff(model.table_offsets) - 1  # symbols before the escape (the gap-high table has none)
         self.count_model = self.models[-1]
         self._uniform: dict[int, Any] = {}
@@ -287,9 +291,11 @@ class _Writer:
         class_dtype = np.uint8 if model.n_classes <= 256 else np.uint16
         m.create_dataset("class_of_pixel", data=model.class_of_pixel.reshape(shape[2:]).astype(class_dtype),
                          **small)
-        for name in MODEL_ARRAYS:
-            values = getattr(model, name)
-            m.create_dataset(name, data=values.astype(np.float32) if name == "tables" else values, **small)
+        m.create_dataset("class_int", data=np.stack([getattr(model, k).astype(np.int64) for k in CLASS_INT], 1),
+                         **small)
+        m.create_dataset("class_float", data=np.stack([getattr(model, k) for k in CLASS_FLOAT], 1), **small)
+        m.create_dataset("table_offsets", data=model.table_offsets, **small)
+        m.create_dataset("tables", data=model.tables.astype(TABLE_DTYPE), **small)
         m.attrs.update({"classes_per_octave": CLASSES_PER_OCTAVE, "sparse_classes_per_octave":
                         SPARSE_CLASSES_PER_OCTAVE, "sparse_below": SPARSE_BELOW, "lambda_floor": LAMBDA_FLOOR})
         self.chunks = f.create_group("chunks")
@@ -327,9 +333,9 @@ class _Writer:
                                  "feed every row")
         words = np.concatenate(self.words) if self.words else np.zeros(0, np.uint32)
         self.chunks.create_dataset("words", data=words)
-        for name, values in (("row_starts", self.row_starts), ("word_offsets", self.word_offsets),
-                             ("escape_offsets", self.escape_offsets)):
-            self.chunks.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+        index = np.stack([np.asarray(v, np.int64) for v in (self.row_starts, self.word_offsets, self.escape_offsets)],
+                         axis=1)
+        self.chunks.create_dataset("index", data=index)
 
 
 def _checked_header(shape: Any, dtype: Any, where: str) -> tuple[tuple[int, int, int, int], np.dtype]:
@@ -393,10 +399,12 @@ def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int |
 def _load_model(f: h5py.File) -> PoissonModel:
     m = f["model"]
     class_of_pixel = m["class_of_pixel"][...].reshape(-1).astype(np.int32)
-    arrays = {name: m[name][...] for name in MODEL_ARRAYS}
-    arrays["tables"] = arrays["tables"].astype(np.float64)
+    ints, floats = m["class_int"][...], m["class_float"][...]
+    arrays: dict[str, np.ndarray] = {k: ints[:, i] for i, k in enumerate(CLASS_INT)}
+    arrays |= {k: floats[:, i] for i, k in enumerate(CLASS_FLOAT)}
     arrays["sparse"] = arrays["sparse"].astype(bool)
-    return PoissonModel(lam=arrays["class_lambda"][class_of_pixel], class_of_pixel=class_of_pixel, **arrays)
+    return PoissonModel(lam=arrays["class_lambda"][class_of_pixel], class_of_pixel=class_of_pixel,
+                        table_offsets=m["table_offsets"][...], tables=m["tables"][...].astype(np.float64), **arrays)
 
 
 class EntropyCodedSource(SourceBase):
@@ -424,8 +432,8 @@ class EntropyCodedSource(SourceBase):
         self.model = _load_model(f)
         self._coder = _Coder(self.model)
         c = f["chunks"]
-        self.row_starts = c["row_starts"][...]
-        self._word_offsets, self._escape_offsets = c["word_offsets"][...], c["escape_offsets"][...]
+        index = c["index"][...]
+        self.row_starts, self._word_offsets, self._escape_offsets = index[:, 0], index[:, 1], index[:, 2]
         self._words, self._escapes = c["words"], c["escapes"]
         self.metadata: dict[str, Any] = {"codec": FORMAT_NAME, "n_chunks": int(self.row_starts.size - 1),
                                          "n_classes": self.model.n_classes}

@@ -7,7 +7,7 @@ the number of events in a chunk, the gap before each event (geometric for i.i.d.
 loses nothing against the per-pixel bound) and each event's count (zero-truncated Poisson). The work then grows
 with the number of electrons, not of pixels.
 
-Tables are computed once when the model is fitted, rounded to float32 and stored in the file, so a decoder feeds
+Tables are computed once when the model is fitted, rounded to float16 and stored in the file, so a decoder feeds
 constriction exactly the encoder's numbers on any platform; every number the decoder derives at run time is an
 integer or a correctly rounded IEEE operation (product, square root, ``frexp``).
 """
@@ -44,6 +44,11 @@ GAP_TAIL = 1e-7
 #: Entries of the shared table for a chunk's event-count deviation (in units of ~sigma/2).
 COUNT_TABLE_SIZE = 64
 
+#: Tables are stored as float16: half of float32's bytes (the model is most of a small file's overhead), and an
+#: 11-bit mantissa costs ~1e-7 bits per symbol; a probability that underflows to 0 still gets constriction's
+#: smallest nonzero probability, so every symbol stays codable.
+TABLE_DTYPE = np.dtype(np.float16)
+
 DENSE_LEVEL_OFFSET = 1 << 30  # dense class levels sort after every sparse one
 
 
@@ -66,7 +71,7 @@ class PoissonModel:
     low_bits: np.ndarray  # (n_classes,) int64: uniform low bits of a gap remainder
     first_table: np.ndarray  # (n_classes,) int64
     table_offsets: np.ndarray  # (n_tables + 1,) int64 into ``tables``
-    tables: np.ndarray  # float64 holding float32 values (what the file keeps), concatenated
+    tables: np.ndarray  # float64 holding TABLE_DTYPE values (what the file keeps), concatenated
 
     @property
     def n_classes(self) -> int:
@@ -92,9 +97,14 @@ class PoissonModel:
         return float(np.sum(poisson_entropy_bits(self.class_lambda[self.class_of_pixel])))
 
 
+def stored(p: np.ndarray) -> np.ndarray:
+    """Round to what the file keeps (``TABLE_DTYPE``), as float64: encoder and decoder then see the same numbers."""
+    return np.asarray(p, dtype=np.float64).astype(TABLE_DTYPE).astype(np.float64)
+
+
 def _with_escape(p: np.ndarray, tail: float) -> np.ndarray:
-    """Append the escape mass and round to float32, the precision the file stores."""
-    return np.append(p, max(ESCAPE_FLOOR, tail)).astype(np.float32).astype(np.float64)
+    """Append the escape mass, rounded to the stored precision."""
+    return stored(np.append(p, max(ESCAPE_FLOOR, tail)))
 
 
 def _poisson_pmf(k: np.ndarray, lam: float) -> np.ndarray:
@@ -138,7 +148,7 @@ def gap_tables(lam: float) -> tuple[int, int, np.ndarray, np.ndarray]:
     high = min(m, HIGH_BITS)
     low = m - high
     w = np.exp(-lam * 2.0**low * np.arange(2**high, dtype=np.float64))
-    return m, low, _with_escape(q, rho**n_q), (w / w.sum()).astype(np.float32).astype(np.float64)
+    return m, low, _with_escape(q, rho**n_q), stored(w / w.sum())
 
 
 def count_table() -> np.ndarray:
