@@ -312,8 +312,8 @@ def test_count_command_help_says_lossy(monkeypatch, capsys) -> None:
     code, stdout, _ = _cli(monkeypatch, capsys, "--help")
     assert code == 0
     text = " ".join(stdout.replace("│", " ").split())
-    assert "lossy with respect to ADC values" in text
-    assert "sub-threshold signal" in text and "coincident" in text and "ADC amplitudes" in text
+    assert "Lossy with respect to ADC values" in text
+    assert "sub-threshold signal" in text and "overlapping electrons" in text and "amplitudes" in text
 
 
 @pytest.mark.parametrize("extra, words, nan_row", [

@@ -391,8 +391,9 @@ def count(
 ) -> None:
     """Count electrons in integrating-detector frames, block by block, and write them as events.
 
-    Counting is lossy with respect to ADC values: ADC amplitudes, sub-threshold signal and coincident
-    (overlapping) electrons cannot be recovered from the counts. The parameters are recorded in OUT.
+    Lossy with respect to ADC values: amplitudes, sub-threshold signal and overlapping electrons are lost.
+
+    The parameters are recorded in OUT.
     """
     from stempress.events.counting import CountingParams, count_to_file, load_reference
 
