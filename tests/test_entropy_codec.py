@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
+import psutil
 import pytest
 
 from shared_data import real_file
@@ -16,9 +23,11 @@ from stempress.errors import StempressError
 from stempress.events.entropy import (
     EntropyCodedFormat,
     EntropyCodedSource,
+    _Coder,
     fit_model,
     write_entropy_coded,
 )
+from stempress.events.entropy_parallel import ChunkPool, get_pool, shutdown_pool
 
 
 class ArraySource:
@@ -197,3 +206,144 @@ def test_a_corrupt_event_count_is_named_not_decoded_into_garbage(counted: np.nda
         words[:8] = np.uint32(0xFFFFFFFF)
     with EntropyCodedSource(path) as src, pytest.raises(StempressError, match="corrupt"):
         src.read_rows(0, 8)
+
+
+# --- several worker processes -------------------------------------------------------------------------------------
+
+def _in_workers_only(m: pytest.MonkeyPatch) -> None:
+    """The calling process's coder refuses to work, so whatever succeeds was coded by the worker processes (they
+    import their own copy of the module, which monkeypatch does not reach)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("coded in the calling process, not in a worker")
+
+    m.setattr(_Coder, "encode", refuse)
+    m.setattr(_Coder, "decode", refuse)
+
+
+def _arena_names(m: pytest.MonkeyPatch) -> list[str]:
+    """The shared-memory names of the arenas the pools open from now on."""
+    names: list[str] = []
+    real = ChunkPool.open.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type[ChunkPool], *args: Any) -> ChunkPool | None:
+        pool = real(cls, *args)
+        if pool is not None:
+            names.append(pool.arena.shm.name)
+        return pool
+
+    m.setattr(ChunkPool, "open", classmethod(spy))
+    return names
+
+
+def _shm_exists(name: str) -> bool:
+    return (Path("/dev/shm") / name).exists()
+
+
+def _contents(path: Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        out: dict[str, Any] = {k: f[k][...] for k in ("chunks/words", "chunks/escapes", "chunks/index",
+                                                      "model/class_of_pixel", "model/tables")}
+        out["attrs"] = {k: np.asarray(v).tolist() for k, v in f.attrs.items()}
+    return out
+
+
+def _same_file(a: Path, b: Path) -> None:
+    ca, cb = _contents(a), _contents(b)
+    assert ca["attrs"] == cb["attrs"]
+    for key in ca:
+        assert np.array_equal(ca[key], cb[key]), key
+    assert a.read_bytes() == b.read_bytes()  # HDF5 writes no time stamps here: the files match byte for byte
+
+
+def test_two_workers_write_the_same_file_as_one_process(counted: np.ndarray, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    one = write_entropy_coded(ArraySource(counted), tmp_path / "one.h5", chunk_rows=3, workers=1)
+    with monkeypatch.context() as m:
+        _in_workers_only(m)
+        two = write_entropy_coded(ArraySource(counted), tmp_path / "two.h5", chunk_rows=3, workers=2)
+    with h5py.File(two, "r") as f:
+        assert f["chunks/index"].shape[0] - 1 == 11  # 32 rows in chunks of 3: the workers had many to share
+    _same_file(one, two)
+
+
+def test_two_workers_read_any_row_range_and_one_chunk_stays_in_process(counted: np.ndarray, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "r.h5", chunk_rows=3, workers=1)
+    with EntropyCodedSource(path, workers=2) as src:
+        with monkeypatch.context() as m:
+            _in_workers_only(m)
+            assert np.array_equal(src.read_rows(0, 32), counted)
+            assert np.array_equal(src.read_rows(1, 8), counted[1:8])  # chunks cut at both ends
+            assert np.array_equal(src.read_rows(7, 14), counted[7:14])  # rows 6-8 from the cache, 2 chunks decoded
+        with monkeypatch.context() as m:
+            m.setattr(ChunkPool, "open", classmethod(lambda *args: pytest.fail("a pool for one chunk")))
+            assert np.array_equal(src.read_rows(15, 17), counted[15:17])
+
+
+def test_a_corrupt_chunk_read_by_workers_raises_the_same_one_line_error(counted: np.ndarray, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "c.h5", chunk_rows=8, workers=1)
+    with h5py.File(path, "r+") as f:
+        f["chunks/words"][:8] = np.uint32(0xFFFFFFFF)
+    with EntropyCodedSource(path, workers=1) as src, pytest.raises(StempressError) as one:
+        src.read_rows(0, 16)
+    with EntropyCodedSource(path, workers=2) as src, monkeypatch.context() as m:
+        _in_workers_only(m)
+        names = _arena_names(m)
+        with pytest.raises(StempressError) as two:
+            src.read_rows(0, 16)
+        assert str(two.value) == str(one.value) and "corrupt, rewrite it" in str(two.value)
+        assert two.value.__cause__ is None and two.value.__suppress_context__  # no remote traceback attached
+        assert names and not _shm_exists(names[0])  # the failed call's shared memory is gone
+        assert np.array_equal(src.read_rows(8, 24), counted[8:24])  # the pool still serves the intact chunks
+
+
+def test_ctrl_c_during_a_parallel_write_leaves_no_file_and_no_shared_memory(counted: np.ndarray, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted() -> Iterator[Block]:
+        yield from list(iter_blocks(ArraySource(counted), 4))[:2]  # 4 chunks of 2 rows: all four slots in flight
+        raise KeyboardInterrupt
+
+    fmt = EntropyCodedFormat(chunk_rows=2, workers=2)
+    with monkeypatch.context() as m:
+        names = _arena_names(m)
+        with pytest.raises(KeyboardInterrupt):
+            fmt.write(tmp_path / "k.h5", interrupted(), counted.shape, counted.dtype)
+    assert names and not _shm_exists(names[0])
+    assert not any(tmp_path.iterdir())
+    again = fmt.write(tmp_path / "k.h5", iter_blocks(ArraySource(counted), 4), counted.shape, counted.dtype)[0]
+    one = EntropyCodedFormat(chunk_rows=2, workers=1).write(tmp_path / "one.h5", iter_blocks(ArraySource(counted), 4),
+                                                            counted.shape, counted.dtype)[0]
+    _same_file(one, again)
+
+
+def test_file_format_with_workers_writes_and_reads_like_one_process(counted: np.ndarray, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    one = EntropyCodedFormat(chunk_rows=4, workers=1).write(tmp_path / "one.h5", iter_blocks(ArraySource(counted), 7),
+                                                            counted.shape, counted.dtype)[0]
+    fmt = EntropyCodedFormat(chunk_rows=4, workers=2)
+    with monkeypatch.context() as m:
+        _in_workers_only(m)
+        two = fmt.write(tmp_path / "two.h5", iter_blocks(ArraySource(counted), 7), counted.shape, counted.dtype)[0]
+        for rows in (10, None):  # blocks across chunk edges (the cache carries the rest), and the format's own
+            blocks = list(fmt.read(two, counted.shape, counted.dtype, rows=rows))
+            assert np.array_equal(np.concatenate([b.data for b in blocks]), counted)
+    _same_file(one, two)
+    with pytest.raises(StempressError, match="workers must be at least 1"):
+        EntropyCodedFormat(workers=0)
+
+
+def test_a_dead_worker_is_replaced_and_shutdown_leaves_no_worker(counted: np.ndarray, tmp_path: Path) -> None:
+    with pytest.raises(BrokenProcessPool):
+        get_pool(2).submit(os._exit, 1).result()
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "d.h5", chunk_rows=3, workers=2)
+    with EntropyCodedSource(path, workers=2) as src:
+        assert np.array_equal(src.read_rows(0, 32), counted)
+    pids = list(get_pool(2)._processes)
+    assert pids
+    shutdown_pool()
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(psutil.pid_exists(pid) for pid in pids)  # exited and reaped: no zombie left

@@ -19,6 +19,11 @@ Model (fitted once, stored in the file, shared by every chunk; see ``entropy_mod
 Coding: per chunk of ``chunk_rows`` scan rows, each run of symbols that share a table is one vectorised
 ``encode_reverse`` call into constriction's ANS coder; each chunk is its own ANS stream, so any scan-row range
 decodes alone. The work per chunk grows with the bright pixels and the electrons, not with the dark zeros.
+constriction holds the GIL, so with ``workers`` > 1 (or None: every usable core) chunks are coded and decoded in
+worker processes (``entropy_parallel``); they are written in order, so the file is the same byte for byte
+whatever the worker count. The default is this process alone (``workers=1``): worker processes import the
+caller's main module, so a script must keep its work under ``if __name__ == "__main__":`` to use them, and a
+library call should not fail in a script that does not.
 
 File (format version 2): HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``, ``constriction_version``;
 ``model/class_of_pixel`` (gzip'd, the detector shape), ``model/class_int`` (one row per class: the columns of
@@ -29,6 +34,8 @@ words), ``chunks/escapes`` (uint64). Few datasets on purpose: each costs ~0.5 kB
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,7 +45,15 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
-from stempress.data.base import Block, Dataset4D, SourceBase, check_shape_dtype, iter_blocks, rows_for_budget
+from stempress.data.base import (
+    DEFAULT_BLOCK_BYTES,
+    Block,
+    Dataset4D,
+    SourceBase,
+    check_shape_dtype,
+    iter_blocks,
+    rows_for_budget,
+)
 from stempress.errors import StempressError
 from stempress.events.entropy_model import (
     CLASSES_PER_OCTAVE,
@@ -49,6 +64,7 @@ from stempress.events.entropy_model import (
     PoissonModel,
     fit_model,
 )
+from stempress.events.entropy_parallel import ChunkPool, ModelBlob, resolve_workers
 from stempress.events.representation import check_counts_dtype, refuse_non_counts
 
 #: The model's per-class integer and float arrays: the columns of ``model/class_int`` and ``model/class_float``.
@@ -57,8 +73,10 @@ CLASS_FLOAT = ("class_lambda", "p_event")
 
 FORMAT_NAME = "stempress-entropy"
 FORMAT_VERSION = 2
-#: Default dense bytes per coded chunk (the unit of random access).
+#: Default dense bytes per coded chunk (the unit of random access, and of the work a process is handed).
 DEFAULT_CHUNK_BYTES = 4 * 1024**2
+#: Dense bytes per worker in one ``EntropyCodedFormat.read`` block: several chunks each, so no worker idles.
+READ_BYTES_PER_WORKER = 16 * 1024**2
 
 
 def _constriction() -> Any:
@@ -190,8 +208,10 @@ class _Coder:
         raw = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
         return np.asarray(coder.get_compressed(), dtype=np.uint32), raw
 
-    def decode(self, words: np.ndarray, escapes: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
-        """The inverse of ``encode``: (positions, pixels) counts in ``dtype``."""
+    def decode(self, words: np.ndarray, escapes: np.ndarray, n: int, dtype: np.dtype,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """The inverse of ``encode``: (positions, pixels) counts in ``dtype``, into ``out`` if given (a worker
+        decodes straight into shared memory)."""
         m = self.model
         coder = self._cs.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
         dense = np.empty((self.dense_pixels.size, n), dtype=dtype)
@@ -243,7 +263,10 @@ class _Coder:
             spans.append((int(self.bounds[c]) * n, int(self.bounds[c + 1]) * n))
         if used != escapes.size:
             raise _corrupt("has unused escaped values")
-        out = np.zeros((n, self.order.size), dtype=dtype)
+        if out is None:
+            out = np.zeros((n, self.order.size), dtype=dtype)
+        else:
+            out.fill(0)
         out[:, self.dense_pixels] = dense.T
         if gap_parts:
             self._scatter(out, gap_parts, value_parts, spans)
@@ -279,10 +302,10 @@ def default_chunk_rows(shape: tuple[int, ...], dtype: Any, chunk_bytes: int = DE
 
 
 class _Writer:
-    """Appends coded chunks to an open HDF5 file."""
+    """Appends coded chunks to an open HDF5 file, in scan-row order."""
 
     def __init__(self, f: h5py.File, model: PoissonModel, shape: tuple[int, int, int, int], dtype: np.dtype):
-        self.f, self.shape, self.dtype, self.coder = f, shape, dtype, _Coder(model)
+        self.f, self.shape, self.dtype = f, shape, dtype
         # the coder's version is recorded: its fixed-point quantisation of the tables is part of the bitstream
         f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "shape": np.asarray(shape, np.int64),
                         "dtype": dtype.str, "constriction_version": _version()})
@@ -303,6 +326,7 @@ class _Writer:
         self.escapes = self.chunks.create_dataset("escapes", shape=(0,), maxshape=(None,), dtype=np.uint64,
                                                   chunks=(1 << 14,), **small)
         self.row_starts, self.word_offsets, self.escape_offsets = [0], [0], [0]
+        self.next_row = 0  # rows handed out to be coded (some may still be in a worker)
 
     def _append(self, dataset: h5py.Dataset, values: np.ndarray, offsets: list[int]) -> None:
         n = offsets[-1]
@@ -311,21 +335,27 @@ class _Writer:
             dataset[n:] = values
         offsets.append(n + values.size)
 
-    def add(self, block: Block, chunk_rows: int) -> None:
-        data = np.ascontiguousarray(block.data)
-        if block.start != self.row_starts[-1] or data.shape[1:] != self.shape[1:] or data.dtype != self.dtype:
-            raise StempressError(f"entropy codec: block at row {block.start} of shape {data.shape} {data.dtype} "
-                                 f"does not continue cube {self.shape} {self.dtype} at row {self.row_starts[-1]}; "
-                                 "feed whole scan rows in order, in the declared dtype")
-        _check_block(data, block.start, "entropy codec")
+    def pieces(self, blocks: Iterable[Block], chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Each block checked, then cut into chunks of ``chunk_rows`` scan rows: (rows, (positions, pixels))."""
         frame = self.shape[2] * self.shape[3]
-        for a in range(0, data.shape[0], chunk_rows):
-            part = data[a:a + chunk_rows]
-            words, raw = self.coder.encode(part.reshape(-1, frame))
-            self.words.append(words)
-            self.word_offsets.append(self.word_offsets[-1] + words.size)
-            self._append(self.escapes, raw, self.escape_offsets)
-            self.row_starts.append(self.row_starts[-1] + part.shape[0])
+        for block in blocks:
+            data = np.ascontiguousarray(block.data)
+            if block.start != self.next_row or data.shape[1:] != self.shape[1:] or data.dtype != self.dtype:
+                raise StempressError(f"entropy codec: block at row {block.start} of shape {data.shape} "
+                                     f"{data.dtype} does not continue cube {self.shape} {self.dtype} at row "
+                                     f"{self.next_row}; feed whole scan rows in order, in the declared dtype")
+            _check_block(data, block.start, "entropy codec")
+            for a in range(0, data.shape[0], chunk_rows):
+                part = data[a:a + chunk_rows]
+                self.next_row += part.shape[0]
+                yield part.shape[0], part.reshape(-1, frame)
+
+    def append(self, rows: int, words: np.ndarray, raw: np.ndarray) -> None:
+        """The next chunk's ANS words and escaped values."""
+        self.words.append(words)
+        self.word_offsets.append(self.word_offsets[-1] + words.size)
+        self._append(self.escapes, raw, self.escape_offsets)
+        self.row_starts.append(self.row_starts[-1] + rows)
 
     def finish(self) -> None:
         if self.row_starts[-1] != self.shape[0]:
@@ -346,30 +376,53 @@ def _checked_header(shape: Any, dtype: Any, where: str) -> tuple[tuple[int, int,
 
 
 def encode_blocks(path: Path, blocks: Iterable[Block], shape: Any, dtype: Any, *, model: PoissonModel | None = None,
-                  chunk_rows: int | None = None) -> None:
+                  chunk_rows: int | None = None, workers: int | None = 1) -> None:
     """Code blocks of scan rows into ``path`` (written in place; wrap in ``atomic_output``).
 
-    With no ``model`` it is fitted on the first block (the blocks are seen once).
+    With no ``model`` it is fitted on the first block (the blocks are seen once). ``workers`` processes code the
+    chunks (1: this process, no pool; None: every usable core); the file is the same byte for byte either way.
     """
     shape, dtype = _checked_header(shape, dtype, "entropy codec")
     chunk_rows = chunk_rows or default_chunk_rows(shape, dtype)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    workers = resolve_workers(workers)
+    if shape[0] <= chunk_rows:
+        workers = 1  # one chunk: nothing to share out
     it = iter(blocks)
+    first = next(it, None)
+    if first is None:
+        raise StempressError("entropy codec: no blocks to write; the cube has no scan rows")
+    if model is None:
+        model = _fit_block(first, shape)
     with h5py.File(path, "w", libver=("v110", "latest")) as f:  # compact object headers: a smaller file
-        writer: _Writer | None = None
-        if model is not None:
-            writer = _Writer(f, model, shape, dtype)
-        for block in it:
-            if writer is None:
-                data = np.asarray(block.data)
-                _check_block(data, block.start, "entropy codec")
-                frames = data.reshape(-1, shape[2] * shape[3])
-                writer = _Writer(f, fit_model(frames.sum(axis=0, dtype=np.float64), frames.shape[0]), shape, dtype)
-            writer.add(block, chunk_rows)
-        if writer is None:
-            raise StempressError("entropy codec: no blocks to write; the cube has no scan rows")
+        writer = _Writer(f, model, shape, dtype)
+        pieces = writer.pieces(itertools.chain([first], it), chunk_rows)
+        slot_bytes = chunk_rows * int(np.prod(shape[1:])) * dtype.itemsize
+        with contextlib.closing(_encoded(model, pieces, workers, slot_bytes)) as coded:
+            for rows, (words, raw) in coded:
+                writer.append(rows, words, raw)
         writer.finish()
+
+
+def _fit_block(block: Block, shape: tuple[int, int, int, int]) -> PoissonModel:
+    data = np.asarray(block.data)
+    _check_block(data, block.start, "entropy codec")
+    frames = data.reshape(-1, shape[2] * shape[3])
+    return fit_model(frames.sum(axis=0, dtype=np.float64), frames.shape[0])
+
+
+def _encoded(model: PoissonModel, pieces: Iterable[tuple[int, np.ndarray]], workers: int,
+             slot_bytes: int) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """(rows, frames) -> (rows, (words, escapes)) in order, coded in ``workers`` processes (1: this one)."""
+    pool = ChunkPool.open(ModelBlob.of(model), workers, slot_bytes) if workers > 1 else None
+    if pool is None:
+        coder = _Coder(model)
+        for rows, frames in pieces:
+            yield rows, coder.encode(frames)
+        return
+    with pool:
+        yield from pool.encode(pieces)
 
 
 def fit_source(source: Dataset4D, rows: int | None = None) -> PoissonModel:
@@ -382,9 +435,9 @@ def fit_source(source: Dataset4D, rows: int | None = None) -> PoissonModel:
 
 
 def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int | None = None,
-                        fit: str = "full", overwrite: bool = False) -> Path:
+                        fit: str = "full", overwrite: bool = False, workers: int | None = 1) -> Path:
     """Write ``source`` entropy-coded to ``out`` atomically; ``fit`` is ``"full"`` (two passes, best ratio) or
-    ``"first"`` (model from the first block, one pass)."""
+    ``"first"`` (model from the first block, one pass); ``workers`` as for ``encode_blocks``."""
     shape, dtype = _checked_header(source.shape, source.dtype, source.name)
     if fit not in ("full", "first"):
         raise ValueError(f"fit must be 'full' or 'first', got {fit!r}")
@@ -392,7 +445,8 @@ def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int |
     model = fit_source(source, rows) if fit == "full" else None
     out = Path(out)
     with atomic_output(out, overwrite=overwrite) as tmp:
-        encode_blocks(tmp, iter_blocks(source, rows), shape, dtype, model=model, chunk_rows=chunk_rows)
+        encode_blocks(tmp, iter_blocks(source, rows), shape, dtype, model=model, chunk_rows=chunk_rows,
+                      workers=workers)
     return out
 
 
@@ -408,10 +462,12 @@ def _load_model(f: h5py.File) -> PoissonModel:
 
 
 class EntropyCodedSource(SourceBase):
-    """A ``Dataset4D`` over an entropy-coded file: ``read_rows`` decodes only the chunks it overlaps."""
+    """A ``Dataset4D`` over an entropy-coded file: ``read_rows`` decodes only the chunks it overlaps, in
+    ``workers`` processes when it overlaps several (1: this process only; None: every usable core)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, workers: int | None = 1):
         self.path = Path(path)
+        self.workers = resolve_workers(workers)
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as exc:
@@ -430,7 +486,6 @@ class EntropyCodedSource(SourceBase):
         self.shape = tuple(int(v) for v in f.attrs["shape"])  # type: ignore[assignment]
         self.dtype = np.dtype(str(f.attrs["dtype"]))
         self.model = _load_model(f)
-        self._coder = _Coder(self.model)
         c = f["chunks"]
         index = c["index"][...]
         self.row_starts, self._word_offsets, self._escape_offsets = index[:, 0], index[:, 1], index[:, 2]
@@ -438,30 +493,120 @@ class EntropyCodedSource(SourceBase):
         self.metadata: dict[str, Any] = {"codec": FORMAT_NAME, "n_chunks": int(self.row_starts.size - 1),
                                          "n_classes": self.model.n_classes}
         self._cached: tuple[int, np.ndarray] | None = None  # the last chunk: block reads that straddle reuse it
+        self._coder: _Coder | None = None  # built on the first in-process decode
+        self._blob: ModelBlob | None = None  # the model as the workers get it
+
+    def _coded(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """Chunk ``i``'s words, escapes and (positions, pixels) shape."""
+        w0, w1 = int(self._word_offsets[i]), int(self._word_offsets[i + 1])
+        e0, e1 = int(self._escape_offsets[i]), int(self._escape_offsets[i + 1])
+        rows = int(self.row_starts[i + 1] - self.row_starts[i])
+        return self._words[w0:w1], self._escapes[e0:e1], (rows * self.shape[1], self.shape[2] * self.shape[3])
 
     def _chunk(self, i: int) -> np.ndarray:
         if self._cached is not None and self._cached[0] == i:
             return self._cached[1]
-        w0, w1 = int(self._word_offsets[i]), int(self._word_offsets[i + 1])
-        e0, e1 = int(self._escape_offsets[i]), int(self._escape_offsets[i + 1])
-        r0, r1 = int(self.row_starts[i]), int(self.row_starts[i + 1])
-        frames = self._coder.decode(self._words[w0:w1], self._escapes[e0:e1], (r1 - r0) * self.shape[1], self.dtype)
-        chunk = frames.reshape(r1 - r0, *self.shape[1:])
+        if self._coder is None:
+            self._coder = _Coder(self.model)
+        words, escapes, (n, _) = self._coded(i)
+        chunk = self._coder.decode(words, escapes, n, self.dtype).reshape(-1, *self.shape[1:])
         self._cached = (i, chunk)
         return chunk
+
+    def _spans(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """(chunk, first row, end row) of every chunk that rows ``start:stop`` overlap."""
+        first = max(int(np.searchsorted(self.row_starts, start, side="right")) - 1, 0)
+        last = int(np.searchsorted(self.row_starts, stop, side="left"))
+        return [(i, int(self.row_starts[i]), int(self.row_starts[i + 1])) for i in range(first, last)
+                if self.row_starts[i] < self.row_starts[i + 1]]
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         start, stop = self.check_rows(start, stop)
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
-        first = int(np.searchsorted(self.row_starts, start, side="right")) - 1
-        for i in range(max(first, 0), self.row_starts.size - 1):
-            r0, r1 = int(self.row_starts[i]), int(self.row_starts[i + 1])
-            if r0 >= stop:
-                break
-            a, b = max(r0, start), min(r1, stop)
-            if a < b:
-                out[a - start:b - start] = self._chunk(i)[a - r0:b - r0]
+        spans = self._spans(start, stop) if start < stop else []
+        cached = self._cached[0] if self._cached is not None else -1
+        for span in [span for span in spans if span[0] == cached]:  # first: a parallel decode replaces the cache
+            self._copy(span, start, stop, out)
+        todo = [span for span in spans if span[0] != cached]
+        if len(todo) > 1 and self.workers > 1 and self._decode_parallel(todo, start, stop, out):
+            return out
+        for span in todo:
+            self._copy(span, start, stop, out)
         return out
+
+    def _copy(self, span: tuple[int, int, int], start: int, stop: int, out: np.ndarray) -> None:
+        i, r0, r1 = span
+        a, b = max(r0, start), min(r1, stop)
+        out[a - start:b - start] = self._chunk(i)[a - r0:b - r0]
+
+    def _decode_parallel(self, spans: list[tuple[int, int, int]], start: int, stop: int, out: np.ndarray) -> bool:
+        """Decode the chunks of ``spans`` in the workers into ``out``; False where no pool can be had."""
+        pool = self._pool(spans)
+        if pool is None:
+            return False
+        with pool:
+            self._place(pool.decode(self._items(spans)), start, stop, out)
+        return True
+
+    def _pool(self, spans: list[tuple[int, int, int]]) -> ChunkPool | None:
+        """Workers for these chunks (None where no shared memory can be had: decode here)."""
+        if self._blob is None:
+            self._blob = ModelBlob.of(self.model)
+        rows = max(r1 - r0 for _, r0, r1 in spans)
+        return ChunkPool.open(self._blob, self.workers, rows * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
+
+    def _items(self, spans: list[tuple[int, int, int]]
+               ) -> Iterator[tuple[tuple[int, int, int], np.ndarray, np.ndarray, tuple[int, int], np.dtype]]:
+        """What ``ChunkPool.decode`` takes, per chunk; the words are read only as slots free up."""
+        for span in spans:
+            words, escapes, shape = self._coded(span[0])
+            yield span, words, escapes, shape, self.dtype
+
+    def _place(self, decoded: Iterator[tuple[tuple[int, int, int], np.ndarray]], start: int, stop: int,
+               out: np.ndarray) -> None:
+        """Copy each decoded chunk's rows into ``out``; keep a partly read one (the next block reads the rest).
+        A function of its own so no view of a slot outlives the pool."""
+        for (i, r0, r1), frames in decoded:
+            a, b = max(r0, start), min(r1, stop)
+            chunk = frames.reshape(r1 - r0, *self.shape[1:])
+            out[a - start:b - start] = chunk[a - r0:b - r0]
+            if (a, b) != (r0, r1):
+                self._cached = (i, chunk.copy())
+
+    def blocks(self, rows: int) -> Iterator[Block]:
+        """Blocks of ``rows`` scan rows, top to bottom. With workers it is one stream of chunks, so the workers
+        decode the next chunks while the caller uses a block (``read_rows`` per block would leave them idle)."""
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        spans = self._spans(0, self.shape[0])
+        pool = self._pool(spans) if self.workers > 1 and len(spans) > 1 else None
+        if pool is None:
+            for start in range(0, self.shape[0], rows):
+                yield Block(start, self.read_rows(start, min(start + rows, self.shape[0])))
+            return
+        with pool:
+            yield from self._assemble(pool.decode(self._items(spans)), rows)
+
+    def _assemble(self, decoded: Iterator[tuple[tuple[int, int, int], np.ndarray]], rows: int) -> Iterator[Block]:
+        """Decoded chunks, in order, cut into blocks of ``rows`` scan rows."""
+        start, stop = 0, min(rows, self.shape[0])
+        out = np.empty((stop, *self.shape[1:]), self.dtype)
+        for (_, r0, r1), frames in decoded:
+            chunk = frames.reshape(r1 - r0, *self.shape[1:])
+            r = r0
+            while r < r1:
+                b = min(r1, stop)
+                out[r - start:b - start] = chunk[r - r0:b - r0]
+                r = b
+                if r == stop:  # the slot stays untouched while the block is out: the next is asked for after
+                    yield Block(start, out)
+                    start, stop = stop, min(stop + rows, self.shape[0])
+                    out = np.empty((stop - start, *self.shape[1:]), self.dtype)
+
+    def block_rows(self) -> int:
+        """Scan rows per read that keep every worker busy: whole chunks, at least the default block budget."""
+        chunk = int(self.row_starts[1] - self.row_starts[0]) if self.row_starts.size > 1 else 1
+        return rows_for_budget(self, max(DEFAULT_BLOCK_BYTES, self.workers * READ_BYTES_PER_WORKER), multiple=chunk)
 
     def close(self) -> None:
         self._f.close()
@@ -479,13 +624,16 @@ class EntropyCodedFormat:
     name = "entropy_poisson"
     suffix = ".h5"
 
-    def __init__(self, chunk_rows: int | None = None):
-        self.chunk_rows = chunk_rows
+    def __init__(self, chunk_rows: int | None = None, workers: int | None = 1):
+        """One process by default, like HDF5's filter pipeline that the catalog's other codecs run through."""
+        if workers is not None:
+            resolve_workers(workers)  # refuse a bad count now, not at the first write
+        self.chunk_rows, self.workers = chunk_rows, workers
 
     def write(self, path: Path, blocks: Iterable[Block], shape: Any, dtype: Any) -> list[Path]:
         path = Path(path)
         try:
-            encode_blocks(path, blocks, shape, dtype, chunk_rows=self.chunk_rows)
+            encode_blocks(path, blocks, shape, dtype, chunk_rows=self.chunk_rows, workers=self.workers)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -494,11 +642,8 @@ class EntropyCodedFormat:
     def read(self, path: Path, shape: Any, dtype: Any, rows: int | None = None) -> Iterator[Block]:
         if rows is not None and rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows}")
-        with EntropyCodedSource(path) as src:
+        with EntropyCodedSource(path, workers=self.workers) as src:
             if tuple(src.shape) != tuple(shape) or src.dtype != np.dtype(dtype):
                 raise StempressError(f"{path}: holds {src.shape} {src.dtype}, not {tuple(shape)} {np.dtype(dtype)}; "
                                      "give the shape and dtype it was written with")
-            step = rows or rows_for_budget(src)
-            for start in range(0, src.shape[0], step):
-                stop = min(start + step, src.shape[0])
-                yield Block(start, src.read_rows(start, stop))
+            yield from src.blocks(rows or src.block_rows())
