@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from stempress.bench.environment import usable_cores
 from stempress.bench.runner import BenchConfig, run_grid
 from stempress.codecs.catalog import select_codecs
 from stempress.codecs.chunking import parse_chunk_shape
+from stempress.cores import usable_cores
 from stempress.data.open import open_source
 
 CODECS = "gzip_6,gzip_9,blosc_zstd,bitshuffle_lz4"

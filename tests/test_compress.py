@@ -22,11 +22,12 @@ from shared_data import real_file
 from stempress.codecs.catalog import get_codec
 from stempress.codecs.checksums import CHECKSUM_GROUP
 from stempress.codecs.chunk_codec import direct_chunk_reason
+from stempress.cores import resolve_workers
 from stempress.data.base import ArraySource, Dataset4D
 from stempress.data.open import open_source
 from stempress.errors import StempressError
 from stempress.store import DEFAULT_CODEC, EMD_DATA_PATH, PLAIN_DATA_PATH, compress, verify
-from stempress.store.compress import direct_codecs, resolve_workers
+from stempress.store.compress import direct_codecs
 from stempress.store.emd import CODEC_ATTR, calibration_from
 
 CODECS = ["gzip_6", "blosc_zstd", "bitshuffle_lz4", "zstd_3", "lzf"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stempress.bench.environment import environment, usable_cores
+from stempress.bench.environment import environment
 from stempress.bench.inventory import DatasetProfile, profile_dataset, write_inventory
 from stempress.bench.measure import FILTER, PARALLEL
 from stempress.bench.protocol import Protocol
@@ -16,6 +16,7 @@ from stempress.bench.results import STATISTICS_CSV, atomic_write, prepare_out_di
 from stempress.bench.runner import ERROR, SKIPPED, UNAVAILABLE, BenchConfig, Progress, run_grid
 from stempress.bench.statistics import statistics, summary
 from stempress.codecs.catalog import select_codecs
+from stempress.cores import usable_cores
 from stempress.data.base import Dataset4D
 from stempress.errors import StempressError
 

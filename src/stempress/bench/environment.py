@@ -12,6 +12,8 @@ from typing import Any
 
 import psutil
 
+from stempress.cores import usable_cores
+
 #: Packages whose versions change codec behaviour or speed.
 PACKAGES = ("stempress", "numpy", "scipy", "h5py", "hdf5plugin", "blosc2", "numcodecs", "pandas", "rosettasciio")
 
@@ -57,13 +59,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def environment(protocol: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -45,6 +45,7 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
+from stempress.cores import resolve_workers
 from stempress.data.base import (
     DEFAULT_BLOCK_BYTES,
     Block,
@@ -64,7 +65,7 @@ from stempress.events.entropy_model import (
     PoissonModel,
     fit_model,
 )
-from stempress.events.entropy_parallel import ChunkPool, ModelBlob, resolve_workers
+from stempress.events.entropy_parallel import ChunkPool, ModelBlob
 from stempress.events.representation import check_counts_dtype, refuse_non_counts
 
 #: The model's per-class integer and float arrays: the columns of ``model/class_int`` and ``model/class_float``.

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from stempress.bench.environment import usable_cores
+from stempress.cores import resolve_workers
 from stempress.errors import StempressError
 from stempress.events.entropy_model import PoissonModel
 
@@ -69,15 +69,6 @@ MMAP_THRESHOLD = 32 * 1024**2
 TRIM_THRESHOLD = 64 * 1024**2
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _PAGE = 4096
-
-
-def resolve_workers(workers: int | None) -> int:
-    """``None``: every core this process may use; else at least 1."""
-    if workers is None:
-        return usable_cores()
-    if int(workers) < 1:
-        raise StempressError(f"workers must be at least 1, got {workers}; omit it to use every core")
-    return int(workers)
 
 
 # --- the pool ---------------------------------------------------------------------------------------------------

@@ -28,13 +28,13 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
-from stempress.bench.environment import usable_cores
 from stempress.codecs.catalog import CATALOG, Codec, get_codec
 from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
 from stempress.codecs.parallel import chunk_pieces, full_chunk, write_chunks_parallel
+from stempress.cores import resolve_workers
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype, nbytes, rows_for_budget
 from stempress.errors import StempressError
 from stempress.store.emd import data_path, prepare_layout, write_source_metadata
@@ -163,15 +163,6 @@ def _write(source: Dataset4D, out: Path, force: bool, plan: _Plan, progress: Pro
         if lock is not None:
             os.close(lock)  # after the rename, so the partial is never unlocked while it has its partial name
     _fsync_dir(out.parent)
-
-
-def resolve_workers(workers: int | None) -> int:
-    """All cores this process may use (``sched_getaffinity``: respects taskset and container CPU sets)."""
-    if workers is None:
-        return usable_cores()
-    if int(workers) < 1:
-        raise StempressError(f"workers must be at least 1, got {workers}; omit it to use every core")
-    return int(workers)
 
 
 def direct_codecs() -> list[str]:

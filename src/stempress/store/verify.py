@@ -22,10 +22,10 @@ from stempress.codecs.catalog import Codec, get_codec
 from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
 from stempress.codecs.parallel import chunk_grid, chunk_pieces, full_chunk, read_chunks_parallel
+from stempress.cores import resolve_workers
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
 from stempress.errors import StempressError
-from stempress.store.compress import resolve_workers
 from stempress.store.emd import CODEC_ATTR
 
 
