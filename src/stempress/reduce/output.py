@@ -20,7 +20,6 @@ result in the tool they already use with no stempress installed. The root attrib
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from stempress.reduce.diffraction import RadialProfile
 from stempress.reduce.engine import Results, run_reducers
 from stempress.reduce.protocol import OutputSpec, Reducer
 from stempress.reduce.sufficiency import Target, parse_targets
-from stempress.store.emd import AUTHORING_PROGRAM, DIM_NAMES, _metadata_item
+from stempress.store.emd import DIM_NAMES, create_emd_root, metadata_item, write_emd_header
 
 #: Group holding one subgroup per target: stempress's index of the file.
 REDUCED_GROUP = "reduced"
@@ -172,12 +171,7 @@ def write_reduced(f: h5py.File, outputs: Sequence[Output], record: Mapping[str, 
     reader lists the targets as they were given."""
     f.attrs[PROVENANCE_ATTR] = json.dumps(record, default=jsonable)
     record = json.loads(f.attrs[PROVENANCE_ATTR])  # plain JSON types from here on
-    f.attrs["emd_group_type"] = "file"  # EMD 1.0 header, as store.emd writes it
-    f.attrs["version_major"] = np.int64(1)
-    f.attrs["version_minor"] = np.int64(0)
-    f.attrs["UUID"] = str(uuid.uuid4())
-    f.attrs["authoring_program"] = AUTHORING_PROGRAM
-    f.attrs["authoring_user"] = ""
+    write_emd_header(f)
     f.attrs["file_format"] = "HyperSpy"
     f.attrs["file_format_version"] = HSPY_VERSION
     index = f.create_group(REDUCED_GROUP, track_order=True)
@@ -203,9 +197,7 @@ def _safe(name: str) -> str:
 
 def _emd_root(f: h5py.File, calibration: Calibration, record: Mapping[str, Any]) -> h5py.Group:
     """The EMD root with py4DSTEM's ``calibration`` and the provenance as root metadata."""
-    root = f.create_group(EMD_ROOT, track_order=True)
-    root.attrs["emd_group_type"] = "root"
-    root.attrs["python_class"] = "Root"
+    root = create_emd_root(f, EMD_ROOT, track_order=True)
     bundle = root.create_group("metadatabundle")
     bundle.attrs["emd_group_type"] = "metadatabundle"
     fields: dict[str, Any] = {
@@ -262,9 +254,9 @@ def _emd_items(group: h5py.Group, items: Mapping[str, Any]) -> None:
             if _numbers(value):
                 group.create_dataset(key, data=np.asarray(value)).attrs["type"] = b"array"
             else:
-                _metadata_item(group, key, json.dumps(value, default=jsonable))
+                metadata_item(group, key, json.dumps(value, default=jsonable))
         else:
-            _metadata_item(group, key, value)
+            metadata_item(group, key, value)
 
 
 def _numbers(values: Sequence[Any]) -> bool:

@@ -123,17 +123,28 @@ def prepare_layout(f: h5py.File, layout: str, metadata: Mapping[str, Any],
     return f.require_group(parent or "/"), name
 
 
-def write_emd_tree(f: h5py.File, calibration: Calibration) -> h5py.Group:
-    """Root attributes, root group, calibration and the DataCube group with its dims; returns the DataCube group."""
+def write_emd_header(f: h5py.File) -> None:
+    """The file attributes that make an HDF5 file EMD 1.0 for emdfile (and so py4DSTEM)."""
     f.attrs["emd_group_type"] = "file"
     f.attrs["version_major"] = np.int64(1)
     f.attrs["version_minor"] = np.int64(0)
     f.attrs["UUID"] = str(uuid.uuid4())
     f.attrs["authoring_program"] = AUTHORING_PROGRAM
     f.attrs["authoring_user"] = ""
-    root = f.create_group(EMD_ROOT)
+
+
+def create_emd_root(f: h5py.File, name: str, **kwargs: object) -> h5py.Group:
+    """An emdfile root group (``kwargs`` go to ``create_group``, e.g. ``track_order``)."""
+    root = f.create_group(name, **kwargs)
     root.attrs["emd_group_type"] = "root"
     root.attrs["python_class"] = "Root"
+    return root
+
+
+def write_emd_tree(f: h5py.File, calibration: Calibration) -> h5py.Group:
+    """Root attributes, root group, calibration and the DataCube group with its dims; returns the DataCube group."""
+    write_emd_header(f)
+    root = create_emd_root(f, EMD_ROOT)
     cube = root.create_group(EMD_CUBE)
     cube.attrs["emd_group_type"] = "array"
     cube.attrs["python_class"] = "DataCube"
@@ -157,15 +168,16 @@ def _write_calibration(root: h5py.Group, calibration: Calibration) -> None:
     cal.attrs["emd_group_type"] = "metadata"
     cal.attrs["python_class"] = "Calibration"
     for key, value in calibration.fields().items():
-        _metadata_item(cal, key, value)
-    _metadata_item(cal, "_root_treepath", "")
+        metadata_item(cal, key, value)
+    metadata_item(cal, "_root_treepath", "")
     targets = cal.create_group("_target_paths")
     targets.attrs["type"] = b"list_of_strings"
     targets.attrs["length"] = np.int64(1)
     targets.create_dataset("0", data=f"/{EMD_CUBE}".encode())
 
 
-def _metadata_item(group: h5py.Group, key: str, value: str | int | float | bool) -> None:
+def metadata_item(group: h5py.Group, key: str, value: str | int | float | bool) -> None:
+    """One emdfile Metadata item: a scalar dataset tagged with its type, as emdfile's writer tags it."""
     if isinstance(value, str):
         group.create_dataset(key, data=value.encode("utf-8")).attrs["type"] = b"string"
     elif isinstance(value, bool):
