@@ -170,6 +170,20 @@ def run_facts(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, str(v)) for k, v in facts if v is not None and v != ""]
 
 
+def render_sections(sections: list[Section]) -> str:
+    """Each section's heading (anchored ``s<i>`` for a table of contents), intro and blocks."""
+    return "".join(f'<h2 id="s{i}">{_text(s.title)}</h2>' + (f"<p>{_text(s.intro)}</p>" if s.intro else "")
+                   + "".join(_block(b) for b in s.blocks) for i, s in enumerate(sections))
+
+
+def page_html(title: str, body: str) -> str:
+    """A self-contained page: the shared style, the title as heading, then ``body``."""
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_text(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{_text(title)}</h1>{body}</body></html>\n")
+
+
 def render(page: Page) -> str:
     """The whole page as one string."""
     facts = "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in page.facts)
@@ -180,18 +194,9 @@ def render(page: Page) -> str:
     findings = ("<ul>" + "".join(f"<li>{_text(f)}</li>" for f in page.findings) + "</ul>"
                 if page.findings else '<p class="note">No comparison with the study (see notes).</p>')
     toc = "".join(f'<li><a href="#s{i}">{_text(s.title)}</a></li>' for i, s in enumerate(page.sections))
-    sections = "".join(
-        f'<h2 id="s{i}">{_text(s.title)}</h2>' + (f"<p>{_text(s.intro)}</p>" if s.intro else "")
-        + "".join(_block(b) for b in s.blocks)
-        for i, s in enumerate(page.sections))
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_text(page.title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{_text(page.title)}</h1><dl class=\"facts\">{facts}</dl>{notes}"
-        f"<h2>Recommendations</h2>{recs}<h2>Ours vs the study</h2>{findings}"
-        f"<h2>Contents</h2><ul>{toc}</ul>{sections}</body></html>\n"
-    )
+    return page_html(page.title, f"<dl class=\"facts\">{facts}</dl>{notes}"
+                     f"<h2>Recommendations</h2>{recs}<h2>Ours vs the study</h2>{findings}"
+                     f"<h2>Contents</h2><ul>{toc}</ul>{render_sections(page.sections)}")
 
 
 def write_html(path: Path, page: Page) -> Path:

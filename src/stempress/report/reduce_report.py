@@ -20,7 +20,7 @@ from stempress.bench.results import atomic_write
 from stempress.errors import StempressError
 from stempress.reduce.engine import Results
 from stempress.reduce.output import read_reduced
-from stempress.report.html import CSS, FigureBlock, NoteBlock, Section, TableBlock, _block, _text
+from stempress.report.html import FigureBlock, NoteBlock, Section, TableBlock, page_html, render_sections
 from stempress.report.reduce_figures import ReducedView, draw_reduced, reduced_view
 
 REPORT_HTML = "index.html"
@@ -137,16 +137,6 @@ def write_reduced_report(path: Path | str, out_dir: Path) -> Path:
     """``out_dir/index.html`` (self-contained) and ``out_dir/figures/*.png|svg`` for one reduced file."""
     out_dir = Path(out_dir)
     section = reduced_section(path, out_dir / FIGURES_DIR, FIGURES_DIR)
-    text = render_page(f"stempress reduction: {Path(path).name}", [section])
+    # the benchmark page's recommendation and comparison headings do not apply: sections only
+    text = page_html(f"stempress reduction: {Path(path).name}", render_sections([section]))
     return atomic_write(out_dir / REPORT_HTML, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def render_page(title: str, sections: list[Section]) -> str:
-    """A page of sections only, in the benchmark report's style (``html.render`` adds the benchmark's
-    recommendation and comparison headings, which a reduction does not have)."""
-    body = "".join(f"<h2>{_text(s.title)}</h2>" + (f"<p>{_text(s.intro)}</p>" if s.intro else "")
-                   + "".join(_block(b) for b in s.blocks) for s in sections)
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_text(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{_text(title)}</h1>{body}</body></html>\n")
