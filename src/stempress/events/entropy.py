@@ -291,11 +291,6 @@ class _Coder:
         out[pos, self.order[slot]] = np.concatenate(value_parts).astype(out.dtype, copy=False)
 
 
-def _check_block(data: np.ndarray, start: int, where: str) -> None:
-    """Counts only: floats, negatives and NaN are refused with the events' message."""
-    refuse_non_counts(data, start, where)
-
-
 def default_chunk_rows(shape: tuple[int, ...], dtype: Any, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Scan rows per coded chunk for about ``chunk_bytes`` of dense data (at least one row)."""
     row = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
@@ -345,7 +340,7 @@ class _Writer:
                 raise StempressError(f"entropy codec: block at row {block.start} of shape {data.shape} "
                                      f"{data.dtype} does not continue cube {self.shape} {self.dtype} at row "
                                      f"{self.next_row}; feed whole scan rows in order, in the declared dtype")
-            _check_block(data, block.start, "entropy codec")
+            refuse_non_counts(data, block.start, "entropy codec")  # counts only, with the events' message
             for a in range(0, data.shape[0], chunk_rows):
                 part = data[a:a + chunk_rows]
                 self.next_row += part.shape[0]
@@ -407,8 +402,9 @@ def encode_blocks(path: Path, blocks: Iterable[Block], shape: Any, dtype: Any, *
 
 
 def _fit_block(block: Block, shape: tuple[int, int, int, int]) -> PoissonModel:
+    """The one-pass model, refusing non-counts before the file is created (``pieces`` checks again as it codes)."""
     data = np.asarray(block.data)
-    _check_block(data, block.start, "entropy codec")
+    refuse_non_counts(data, block.start, "entropy codec")
     frames = data.reshape(-1, shape[2] * shape[3])
     return fit_model(frames.sum(axis=0, dtype=np.float64), frames.shape[0])
 
@@ -430,7 +426,7 @@ def fit_source(source: Dataset4D, rows: int | None = None) -> PoissonModel:
     """First pass: the model from the whole cube's mean pattern."""
     total = np.zeros(source.shape[2] * source.shape[3], dtype=np.float64)
     for block in iter_blocks(source, rows):
-        _check_block(block.data, block.start, source.name)
+        refuse_non_counts(block.data, block.start, source.name)
         total += block.data.reshape(-1, total.size).sum(axis=0, dtype=np.float64)
     return fit_model(total, source.shape[0] * source.shape[1])
 
