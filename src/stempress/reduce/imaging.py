@@ -359,7 +359,7 @@ def dpc_field(com_y: np.ndarray, com_x: np.ndarray, *, rotation_deg: float = 0.0
     Convention: ``transpose`` first swaps the detector axes (a scan/detector transpose, py4DSTEM's
     QR_flip); then the vector is rotated by ``rotation_deg`` in (x right, y down) image coordinates, positive
     turning +x towards +y: ``g_x = cos t d_x - sin t d_y``, ``g_y = sin t d_x + cos t d_y``. With the right
-    rotation the field is the phase gradient (curl-free); ``find_dpc_rotation`` finds it.
+    rotation the field is the phase gradient (curl-free); ``fit_dpc_rotation`` finds it.
     """
     dy, dx = (np.asarray(com_x, np.float64), np.asarray(com_y, np.float64)) if transpose else \
         (np.asarray(com_y, np.float64), np.asarray(com_x, np.float64))
@@ -444,12 +444,6 @@ def fit_dpc_rotation(com_y: np.ndarray, com_x: np.ndarray) -> DpcRotation:
     return DpcRotation(180.0 if degrees == -180.0 else degrees, transpose, fraction)
 
 
-def find_dpc_rotation(com_y: np.ndarray, com_x: np.ndarray) -> tuple[float, bool]:
-    """``(rotation_deg, transpose)`` for ``dpc_field`` / ``integrated_phase``: see ``fit_dpc_rotation``."""
-    fit = fit_dpc_rotation(com_y, com_x)
-    return fit.rotation_deg, fit.transpose
-
-
 def integrated_phase(g_y: np.ndarray, g_x: np.ndarray, *, step: tuple[float, float] = (1.0, 1.0),
                      highpass: float = 0.0, mirror: bool = True, rotation_deg: float = 0.0,
                      transpose: bool = False) -> np.ndarray:
@@ -461,7 +455,7 @@ def integrated_phase(g_y: np.ndarray, g_x: np.ndarray, *, step: tuple[float, flo
     highpass^2))``: ``highpass`` (cycles per scan-step unit, e.g. 0.5 / field of view) damps the low
     frequencies where scan noise and drift accumulate. ``mirror`` integrates the even extension of the
     field (4x the area), so a non-periodic scan gives no edge artefacts. ``rotation_deg`` / ``transpose``
-    turn the inputs with ``dpc_field`` first, so raw CoM maps and ``find_dpc_rotation``'s answer go straight in.
+    turn the inputs with ``dpc_field`` first, so raw CoM maps and ``fit_dpc_rotation``'s answer go straight in.
     """
     gy, gx = np.asarray(g_y, np.float64), np.asarray(g_x, np.float64)
     if gy.shape != gx.shape or gy.ndim != 2:
