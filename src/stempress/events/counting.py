@@ -54,7 +54,7 @@ from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
 from stempress.data.hdf5 import as_python, one_line, open_hdf5
 from stempress.errors import StempressError, require_choice
-from stempress.events.libertem import RawCsrSource, raw_csr_files, write_raw_csr
+from stempress.events.libertem import RawCsrSource, raw_csr_files, require_toml_name, write_raw_csr
 from stempress.events.stempy import METADATA as STEMPY_METADATA
 from stempress.events.stempy import write_stempy
 
@@ -318,8 +318,8 @@ def event_format(out: str | Path, fmt: str | None = None) -> str:
     suffix = Path(out).suffix.lower()
     fmt = fmt if fmt is not None else ("raw_csr" if suffix == ".toml" else "stempy")
     require_choice(fmt, EVENT_FORMATS, "event format")
-    if fmt == "raw_csr" and suffix != ".toml":
-        raise StempressError(f"{out}: the raw_csr sidecar must be a .toml file; give a name like scan.toml")
+    if fmt == "raw_csr":
+        require_toml_name(out)
     if fmt == "stempy" and suffix == ".toml":
         raise StempressError(f"{out}: a stempy file is HDF5, not .toml; give a name like scan.h5 or use "
                              "--format raw_csr")

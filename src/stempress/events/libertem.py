@@ -86,12 +86,18 @@ def write_raw_csr(source: Dataset4D | Events, toml_path: str | Path, *, overwrit
     return write_raw_csr_events(events, toml_path, src.shape, src.dtype, overwrite=overwrite)
 
 
-def write_raw_csr_events(events: Iterable[EventBlock], toml_path: str | Path, shape: tuple[int, int, int, int],
-                         dtype: Any, *, overwrite: bool = False) -> Path:
-    """Write consecutive event blocks (seen once, top to bottom) as raw_csr, atomically like ``write_raw_csr``."""
+def require_toml_name(toml_path: str | Path) -> Path:
+    """A raw_csr set is named by its TOML sidecar: refuse any other name before anything is written."""
     toml_path = Path(toml_path)
     if toml_path.suffix.lower() != ".toml":
         raise StempressError(f"{toml_path}: the raw_csr sidecar must be a .toml file; give a name like scan.toml")
+    return toml_path
+
+
+def write_raw_csr_events(events: Iterable[EventBlock], toml_path: str | Path, shape: tuple[int, int, int, int],
+                         dtype: Any, *, overwrite: bool = False) -> Path:
+    """Write consecutive event blocks (seen once, top to bottom) as raw_csr, atomically like ``write_raw_csr``."""
+    toml_path = require_toml_name(toml_path)
     files = raw_csr_files(toml_path)
     data_dtype = np.dtype(dtype).newbyteorder("<")
     with ExitStack() as stack:
