@@ -623,8 +623,7 @@ class EntropyCodedFormat:
 
     def __init__(self, chunk_rows: int | None = None, workers: int | None = 1):
         """One process by default, like HDF5's filter pipeline that the catalog's other codecs run through."""
-        if workers is not None:
-            resolve_workers(workers)  # refuse a bad count now, not at the first write
+        resolve_workers(workers)  # refuse a bad count now, not at the first write
         self.chunk_rows, self.workers = chunk_rows, workers
 
     def write(self, path: Path, blocks: Iterable[Block], shape: Any, dtype: Any) -> list[Path]:

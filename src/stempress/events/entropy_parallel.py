@@ -1,6 +1,7 @@
 """Entropy-code chunks in worker processes: constriction holds the GIL, so only processes put every core to work.
 
-Why it is built this way (timings on a 2-core development machine):
+Why it is built this way. The timings below are one-off observations on the 2-core development machine that
+no script reproduces; ``benchmarks/event_codec.py`` prints the pool's start-up and the end-to-end speeds:
 
 * One pool per process (per worker count asked for), created on first use, reused by every later call and
   shut down at exit. It starts with ``forkserver`` (``spawn`` where there is none): forking a process that may
@@ -191,8 +192,9 @@ def slots_that_fit(slot_bytes: int, head_bytes: int, wanted: int) -> int:
 class _Arena:
     """One shared-memory segment: a pickled model in its head, then ``n_slots`` page-aligned slots.
 
-    Kept between calls (see ``_lease``): touching fresh shared memory costs ~0.7 ms per MiB in the caller and
-    again in each worker, as much as decoding a sparse chunk, while a reused arena is already mapped everywhere.
+    Kept between calls (see ``_lease``): touching fresh shared memory cost ~0.7 ms per MiB (observed once, no
+    script repeats it) in the caller and again in each worker, as much as decoding a sparse chunk, while a reused
+    arena is already mapped everywhere.
     """
 
     def __init__(self, head: int, slot_bytes: int, n_slots: int):
