@@ -174,9 +174,11 @@ def test_emd_tree_is_what_emdfile_reads_and_shares_the_data(reduced, expected):
 def test_existing_output_is_kept_without_overwrite_and_a_failed_write_leaves_nothing(reduced, tmp_path,
                                                                                      monkeypatch):
     before = reduced.read_bytes()
+    progress: list[int] = []
     with pytest.raises(StempressError, match="--force"):
-        reduce_to_file(open_source(SMOKE), ["bf"], reduced)
+        reduce_to_file(open_source(SMOKE), ["bf"], reduced, progress=lambda done, total: progress.append(done))
     assert reduced.read_bytes() == before
+    assert progress == []  # refused before the pass, not after it
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -197,6 +199,8 @@ def test_read_reduced_refuses_files_it_did_not_write(tmp_path):
     text.write_text("not hdf5")
     with pytest.raises(StempressError, match="cannot open"):
         read_reduced(text)
+    with pytest.raises(StempressError, match="no such file"):
+        read_reduced(tmp_path / "missing.h5")
 
 
 def test_a_file_from_before_the_interoperable_layout_still_reads(tmp_path):

@@ -221,12 +221,14 @@ def reduce(
     """Compute the targets in one streaming pass and write them with provenance, in an HDF5 file that
     py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy")) open."""
     from stempress.reduce.output import reduce_to_file
+    from stempress.reduce.sufficiency import parse_targets
 
+    chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn
     with open_cli_source(source, dataset, scan_shape) as cube, \
             Progress(TextColumn("[bold]reduce (scan rows)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console) as bar:
         task = bar.add_task("reduce", total=cube.shape[0])
-        path = reduce_to_file(cube, target, out, overwrite=force,
+        path = reduce_to_file(cube, chosen, out, overwrite=force,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"wrote {path}: {', '.join(target)}")
     if figures is not None:
@@ -395,12 +397,13 @@ def count(
 
     The parameters are recorded in OUT.
     """
-    from stempress.events.counting import CountingParams, count_to_file, load_reference
+    from stempress.events.counting import CountingParams, count_to_file, event_format, load_reference
 
     references = {"dark": dark, "gain": gain, **({"read_noise": read_noise} if read_noise is not None else {})}
     params = CountingParams(**{k: load_reference(v, k) for k, v in references.items()}, threshold=threshold,
                             threshold_unit=threshold_unit, method=method, connectivity=connectivity,
                             cluster_count=cluster_count)
+    fmt = event_format(out, fmt)  # a bad name or format is one line, before any bar is drawn
     with open_cli_source(source, dataset, scan_shape) as cube, \
             Progress(TextColumn("[bold]count (scan rows)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console, transient=True) as bar:

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
-from stempress.data.base import Dataset4D
+from stempress.data.base import Dataset4D, require_file
 from stempress.data.write import jsonable
 from stempress.errors import StempressError
 from stempress.plan import provenance
@@ -99,17 +99,18 @@ def reduce_to_file(
     """Compute every target in one pass and write the file described in the module docstring, whole or not at
     all."""
     chosen = parse_targets(targets)
-    calibration = source_calibration(source)
-    reducers = [t.reducer(calibration, name=t.label) for t in chosen]
-    results = run_reducers(source, reducers, progress=progress)
-    outputs = [o for t, r in zip(chosen, reducers, strict=True)
-               for o in target_outputs(t, r, results[t.label], source, calibration)]
-    units = {t.label: {o.key: o.spec.units for o in outputs if o.target == t} for t in chosen}
-    record = provenance(source, chosen, {}, calibration, outputs={t.label: list(t.keys()) for t in chosen},
-                        units=units)
-    record["derived"] = derived_values(chosen, results)
-    with atomic_output(Path(out), overwrite=overwrite) as tmp, h5py.File(tmp, "w", track_order=True) as f:
-        write_reduced(f, outputs, record, calibration)
+    with atomic_output(Path(out), overwrite=overwrite) as tmp:  # an existing OUT is refused before the pass
+        calibration = source_calibration(source)
+        reducers = [t.reducer(calibration, name=t.label) for t in chosen]
+        results = run_reducers(source, reducers, progress=progress)
+        outputs = [o for t, r in zip(chosen, reducers, strict=True)
+                   for o in target_outputs(t, r, results[t.label], source, calibration)]
+        units = {t.label: {o.key: o.spec.units for o in outputs if o.target == t} for t in chosen}
+        record = provenance(source, chosen, {}, calibration, outputs={t.label: list(t.keys()) for t in chosen},
+                            units=units)
+        record["derived"] = derived_values(chosen, results)
+        with h5py.File(tmp, "w", track_order=True) as f:
+            write_reduced(f, outputs, record, calibration)
     return Path(out)
 
 
@@ -306,7 +307,7 @@ def _hspy_items(group: h5py.Group, items: Mapping[str, Any]) -> None:
 def read_reduced(path: Path | str) -> tuple[Results, dict[str, Any]]:
     """``({target label: {output: array}}, provenance)`` from a file ``reduce_to_file`` wrote, in the order the
     targets were given; the arrays come back exactly as computed."""
-    path = Path(path)
+    path = require_file(Path(path))
     try:
         f = h5py.File(path, "r")
     except (FileNotFoundError, OSError) as exc:
