@@ -208,6 +208,28 @@ def test_a_corrupt_event_count_is_named_not_decoded_into_garbage(counted: np.nda
         src.read_rows(0, 8)
 
 
+def test_escaped_gaps_and_counts_of_dark_pixels_decode_and_a_bad_escape_is_named() -> None:
+    """A dark class whose data strays far from its model: one event after a gap beyond the gap table and a count
+    beyond the count table both go through the escapes; an escaped gap that would leave its class is refused."""
+    model = fit_model(np.full(1000, 0.1 * 64), 64)  # lambda 0.1 everywhere: one dark (event-coded) class
+    assert model.sparse.all()
+    coder = _Coder(model)
+    frames = np.zeros((64, 1000), np.uint16)
+    frames[63, 999] = 200  # the last key of the class: a gap of ~64000 and a count far outside the window
+    frames[0, 3] = 1
+    words, escapes = coder.encode(frames)
+    assert escapes.size >= 2
+    assert np.array_equal(coder.decode(words, escapes, 64, frames.dtype), frames)
+    # in decoding order: the class's event count, the two gap quotients, the count of 200
+    assert escapes.size == 4 and escapes[3] == 200
+    huge = escapes.copy()
+    huge[2] = 10**12  # the second gap now points far outside the class
+    with pytest.raises(StempressError, match="outside its class"):
+        coder.decode(words, huge, 64, frames.dtype)
+    with pytest.raises(StempressError, match="fewer escaped values"):
+        coder.decode(words, escapes[:-1], 64, frames.dtype)
+
+
 # --- several worker processes -------------------------------------------------------------------------------------
 
 def _in_workers_only(m: pytest.MonkeyPatch) -> None:

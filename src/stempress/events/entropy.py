@@ -38,6 +38,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +126,14 @@ class _Coder:
         self.order, self.bounds = model.order()
         self.slot_of_pixel = np.argsort(self.order)
         self.n_sparse_pixels = int(self.bounds[int(np.count_nonzero(model.sparse))])  # sparse classes come first
+        self.classes = _Class.all_of(model, self.bounds)
         self.sparse_pixel = model.sparse[model.class_of_pixel]
         self.dense_pixels = self.order[self.n_sparse_pixels:]
         # a one-entry table (gap high bits when a gap has no remainder) codes nothing; constriction refuses it
         self.models = [cs.stream.model.Categorical(model.table(t), perfect=False) if model.table(t).size > 1
                        else None for t in range(model.n_tables)]
-        self.sizes = np.diff(model.table_offsets) - 1  # symbols before the escape (the gap-high table has none)
+        # symbols before the escape (the gap-high table has none)
+        self.sizes = [int(v) for v in np.diff(model.table_offsets) - 1]
         self.count_model = self.models[-1]
         self._uniform: dict[int, Any] = {}
 
@@ -213,82 +216,140 @@ class _Coder:
                out: np.ndarray | None = None) -> np.ndarray:
         """The inverse of ``encode``: (positions, pixels) counts in ``dtype``, into ``out`` if given (a worker
         decodes straight into shared memory)."""
-        m = self.model
         coder = self._cs.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+        raw = _EscapeReader(escapes)
         dense = np.empty((self.dense_pixels.size, n), dtype=dtype)
-        used = 0
-
-        def unescape(symbols: np.ndarray, table: int, lo: int = 0) -> np.ndarray:
-            nonlocal used
-            escaped = symbols == self.sizes[table]
-            values = symbols.astype(np.int64) if lo + self.sizes[table] >= 2**31 else symbols
-            if lo:
-                values += lo
-            n_esc = int(np.count_nonzero(escaped))
-            if n_esc:
-                if used + n_esc > escapes.size:
-                    raise _corrupt("holds fewer escaped values than its symbols need")
-                values = values.astype(np.int64)
-                values[escaped] = escapes[used:used + n_esc].astype(np.int64)
-                used += n_esc
-            return values
-
-        gap_parts: list[np.ndarray] = []
-        value_parts: list[np.ndarray] = []
-        spans: list[tuple[int, int]] = []
-        for c in range(m.n_classes):
-            t = int(m.first_table[c])
-            members = int(self.bounds[c + 1] - self.bounds[c])
-            if not m.sparse[c]:
-                a = int(self.bounds[c]) - self.n_sparse_pixels
-                values = unescape(coder.decode(self.models[t], members * n), t, int(m.lo[c]))
-                dense[a:a + members] = values.reshape(members, n).astype(dtype, copy=False)
+        events = _SparseEvents(n)
+        for c in self.classes:
+            t = c.table
+            if not c.sparse:
+                values = raw.resolve(coder.decode(self.models[t], c.members * n), self.sizes[t], c.lo)
+                a = c.start - self.n_sparse_pixels
+                np.copyto(dense[a:a + c.members], values.reshape(c.members, n), casting="unsafe")
                 continue
-            expected, k = _count_scale(members * n, float(m.p_event[c]))
-            u = int(unescape(coder.decode(self.count_model, 1), m.n_tables - 1)[0]) << k
-            if k:
-                u |= int(coder.decode(self.uniform(k), 1)[0])
-            count = expected + _unzigzag(u)
-            if not 0 <= count <= members * n:
-                raise _corrupt(f"declares {count} events in a class of {members * n} pixels")
+            count = self._event_count(coder, raw, c, n)
             if count == 0:
                 continue
-            gbits, low = int(m.golomb_bits[c]), int(m.low_bits[c])
-            g = unescape(coder.decode(self.models[t + 1], count), t + 1).astype(np.int64) << gbits
-            if gbits > low:
-                g |= coder.decode(self.models[t + 2], count).astype(np.int64) << low
-            if low:
-                g |= coder.decode(self.uniform(low), count).astype(np.int64)
-            gap_parts.append(g)
-            value_parts.append(unescape(coder.decode(self.models[t], count), t, 1))
-            spans.append((int(self.bounds[c]) * n, int(self.bounds[c + 1]) * n))
-        if used != escapes.size:
-            raise _corrupt("has unused escaped values")
+            gaps = raw.resolve(coder.decode(self.models[t + 1], count), self.sizes[t + 1],
+                               limit=(c.members * n) >> c.golomb_bits).astype(np.int64) << c.golomb_bits
+            gaps |= coder.decode(self.models[t + 2], count) << c.low_bits
+            if c.low_bits:
+                gaps |= coder.decode(self.uniform(c.low_bits), count)
+            events.add(c, gaps, raw.resolve(coder.decode(self.models[t], count), self.sizes[t], 1))
+        raw.finish()
         if out is None:
             out = np.zeros((n, self.order.size), dtype=dtype)
         else:
             out.fill(0)
         out[:, self.dense_pixels] = dense.T
-        if gap_parts:
-            self._scatter(out, gap_parts, value_parts, spans)
+        events.scatter(out, self.order)
         return out
 
-    def _scatter(self, out: np.ndarray, gap_parts: list[np.ndarray], value_parts: list[np.ndarray],
-                 spans: list[tuple[int, int]]) -> None:
-        """Gaps back to (position, pixel) keys per class, then the counts into the frame."""
-        sizes = np.array([g.size for g in gap_parts])
-        steps = np.concatenate(gap_parts) + 1
-        if np.any(steps <= 0):
-            raise _corrupt("holds a negative gap")
-        keys = np.cumsum(steps)
-        ends = np.cumsum(sizes)
-        before = np.concatenate(([0], keys[ends[:-1] - 1]))  # running sum where each class starts
-        first, stop = (np.asarray(v, np.int64) for v in zip(*spans, strict=True))
-        keys += np.repeat(first - before - 1, sizes)
-        if np.any(keys[ends - 1] >= stop):  # keys grow within a class, so its last one must stay inside it
+    def _event_count(self, coder: Any, raw: _EscapeReader, c: _Class, n: int) -> int:
+        """A sparse class's number of events in the chunk: its deviation from the expected number, zigzagged."""
+        expected, k = _count_scale(c.members * n, c.p_event)
+        u = int(raw.resolve(coder.decode(self.count_model, 1), self.sizes[-1])[0]) << k
+        if k:
+            u |= int(coder.decode(self.uniform(k), 1)[0])
+        count = expected + _unzigzag(u)
+        if not 0 <= count <= c.members * n:
+            raise _corrupt(f"declares {count} events in a class of {c.members * n} pixels")
+        return count
+
+
+@dataclass(frozen=True)
+class _Class:
+    """One pixel class as the coder loops over it: plain ints, so the per-class work stays out of numpy."""
+
+    sparse: bool
+    table: int  # its first table
+    start: int  # its first slot in the class-sorted pixel order
+    members: int
+    lo: int
+    golomb_bits: int
+    low_bits: int
+    p_event: float
+
+    @classmethod
+    def all_of(cls, model: PoissonModel, bounds: np.ndarray) -> list[_Class]:
+        return [cls(bool(model.sparse[c]), int(model.first_table[c]), int(bounds[c]), int(bounds[c + 1] - bounds[c]),
+                    int(model.lo[c]), int(model.golomb_bits[c]), int(model.low_bits[c]), float(model.p_event[c]))
+                for c in range(model.n_classes)]
+
+
+class _EscapeReader:
+    """Hands a chunk's escaped raw values to the symbol runs in decoding order, and checks they all get used."""
+
+    def __init__(self, escapes: np.ndarray):
+        self.escapes, self.used = np.asarray(escapes), 0
+
+    def resolve(self, symbols: np.ndarray, size: int, lo: int = 0, limit: int | None = None) -> np.ndarray:
+        """``symbols + lo``, each escape symbol (``size``) replaced by the next raw value (at most ``limit``)."""
+        wide = lo + size >= 2**31
+        if not symbols.size or int(symbols.max()) < size:  # the usual case: one pass to know there is no escape
+            values = symbols.astype(np.int64) if wide else symbols
+            if lo:
+                values += lo
+            return values
+        escaped = symbols == size
+        n_esc = int(np.count_nonzero(escaped))
+        if self.used + n_esc > self.escapes.size:
+            raise _corrupt("holds fewer escaped values than its symbols need")
+        taken = self.escapes[self.used:self.used + n_esc]
+        if limit is not None and taken.size and int(taken.max()) > limit:
             raise _corrupt("places an event outside its class")
-        slot, pos = np.divmod(keys, out.shape[0])
-        out[pos, self.order[slot]] = np.concatenate(value_parts).astype(out.dtype, copy=False)
+        values = symbols.astype(np.int64)
+        values += lo
+        values[escaped] = taken.astype(np.int64)
+        self.used += n_esc
+        return values
+
+    def finish(self) -> None:
+        if self.used != self.escapes.size:
+            raise _corrupt("has unused escaped values")
+
+
+class _SparseEvents:
+    """The sparse classes' decoded events, placed into the frame together (per-class numpy calls cost more than
+    the work on a class's few events)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.gaps: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.first: list[int] = []  # each class's first key (slot * n + position)
+        self.span: list[int] = []  # its number of keys
+
+    def add(self, c: _Class, gaps: np.ndarray, values: np.ndarray) -> None:
+        self.gaps.append(gaps)
+        self.values.append(values)
+        self.first.append(c.start * self.n)
+        self.span.append(c.members * self.n)
+
+    def scatter(self, out: np.ndarray, order: np.ndarray) -> None:
+        """Gaps -> keys (one running sum over every class, each class's first step shifted to its start), then the
+        counts into ``out`` at (position, pixel)."""
+        if not self.gaps:
+            return
+        counts = np.array([g.size for g in self.gaps], dtype=np.int64)
+        heads = np.cumsum(counts) - counts
+        steps = np.concatenate(self.gaps)
+        steps += 1  # a key is the previous one + gap + 1; gaps are >= 0 by construction (escapes are bounded)
+        sums = np.add.reduceat(steps, heads)  # each class's last key + 1 relative to its start
+        if np.any(sums > np.array(self.span)):
+            raise _corrupt("places an event outside its class")
+        # each class's keys must start at its first key, not after the previous class's last one (-1: keys count
+        # from 0): shift its head step by what that takes beyond the shifts of the classes before it
+        steps[heads] += np.diff(np.array(self.first, dtype=np.int64) - (np.cumsum(sums) - sums) - 1, prepend=0)
+        keys = np.cumsum(steps, out=steps)
+        slot = keys // self.n
+        keys -= slot * self.n  # the position within the chunk
+        keys *= out.shape[1]
+        keys += order[slot]
+        flat = out.reshape(-1)
+        if not np.shares_memory(flat, out):  # pragma: no cover - every caller passes a C-contiguous frame
+            raise ValueError("decode needs a C-contiguous output")
+        flat[keys] = np.concatenate(self.values).astype(out.dtype, copy=False)
 
 
 def default_chunk_rows(shape: tuple[int, ...], dtype: Any, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
