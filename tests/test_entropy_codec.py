@@ -21,6 +21,7 @@ from stempress.data.open import open_source
 from stempress.data.suites import suite
 from stempress.errors import StempressError
 from stempress.events.entropy import (
+    STREAM_BLOCK_BYTES,
     EntropyCodedFormat,
     EntropyCodedSource,
     _Coder,
@@ -153,6 +154,13 @@ def test_file_format_streams_blocks_and_checks_header(counted: np.ndarray, tmp_p
     blocks = list(fmt.read(paths[0], counted.shape, counted.dtype, rows=6))
     assert [b.start for b in blocks] == list(range(0, counted.shape[0], 6))
     assert np.array_equal(np.concatenate([b.data for b in blocks]), counted)
+    with EntropyCodedSource(paths[0]) as source:  # the default blocks: whole chunks, within the stream budget
+        rows = source.block_rows()
+        assert rows % 4 == 0 or rows == counted.shape[0]
+        assert rows == 4 or rows * counted[0].nbytes <= STREAM_BLOCK_BYTES
+    default = list(fmt.read(paths[0], counted.shape, counted.dtype))
+    assert {b.stop - b.start for b in default[:-1]} <= {rows}
+    assert np.array_equal(np.concatenate([b.data for b in default]), counted)
     with pytest.raises(StempressError, match="give the shape"):
         list(fmt.read(paths[0], counted.shape, np.uint16))
     with pytest.raises(StempressError, match="continue cube"):  # a gap in the rows

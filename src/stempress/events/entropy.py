@@ -48,7 +48,6 @@ import numpy as np
 from stempress.atomic import atomic_output
 from stempress.cores import resolve_workers
 from stempress.data.base import (
-    DEFAULT_BLOCK_BYTES,
     Block,
     Dataset4D,
     SourceBase,
@@ -76,9 +75,12 @@ CLASS_FLOAT = ("class_lambda", "p_event")
 FORMAT_NAME = "stempress-entropy"
 FORMAT_VERSION = 2
 #: Default dense bytes per coded chunk (the unit of random access, and of the work a process is handed).
-DEFAULT_CHUNK_BYTES = 4 * 1024**2
-#: Dense bytes per worker in one ``EntropyCodedFormat.read`` block: several chunks each, so no worker idles.
-READ_BYTES_PER_WORKER = 16 * 1024**2
+DEFAULT_CHUNK_BYTES = 8 * 1024**2
+#: Dense bytes per block that ``EntropyCodedFormat.read`` hands out: under glibc's 32 MiB ceiling for serving an
+#: allocation from the heap, so a dropped block's memory is reused; a larger block is a fresh mapping faulted in
+#: page by page (a 2-process read was ~10 % slower with 64 MiB blocks; ``benchmarks/event_codec.py`` shows the
+#: speeds, not this comparison).
+STREAM_BLOCK_BYTES = 16 * 1024**2
 
 
 def _constriction() -> Any:
@@ -559,16 +561,20 @@ class EntropyCodedSource(SourceBase):
         w0, w1 = int(self._word_offsets[i]), int(self._word_offsets[i + 1])
         e0, e1 = int(self._escape_offsets[i]), int(self._escape_offsets[i + 1])
         rows = int(self.row_starts[i + 1] - self.row_starts[i])
-        return self._words[w0:w1], self._escapes[e0:e1], (rows * self.shape[1], self.shape[2] * self.shape[3])
+        escapes = self._escapes[e0:e1] if e1 > e0 else np.zeros(0, np.uint64)  # usually none: skip HDF5's call
+        return self._words[w0:w1], escapes, (rows * self.shape[1], self.shape[2] * self.shape[3])
 
-    def _chunk(self, i: int) -> np.ndarray:
+    def _chunk(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Chunk ``i`` decoded (into ``out``, its exact rows, if given; else kept for the next read)."""
         if self._cached is not None and self._cached[0] == i:
             return self._cached[1]
         if self._coder is None:
             self._coder = _Coder(self.model)
-        words, escapes, (n, _) = self._coded(i)
-        chunk = self._coder.decode(words, escapes, n, self.dtype).reshape(-1, *self.shape[1:])
-        self._cached = (i, chunk)
+        words, escapes, (n, pixels) = self._coded(i)
+        frames = None if out is None else out.reshape(n, pixels)  # a view: the rows are whole and contiguous
+        chunk = self._coder.decode(words, escapes, n, self.dtype, out=frames).reshape(-1, *self.shape[1:])
+        if out is None:
+            self._cached = (i, chunk)
         return chunk
 
     def _spans(self, start: int, stop: int) -> list[tuple[int, int, int]]:
@@ -595,7 +601,10 @@ class EntropyCodedSource(SourceBase):
     def _copy(self, span: tuple[int, int, int], start: int, stop: int, out: np.ndarray) -> None:
         i, r0, r1 = span
         a, b = max(r0, start), min(r1, stop)
-        out[a - start:b - start] = self._chunk(i)[a - r0:b - r0]
+        if (a, b) == (r0, r1) and out.flags.c_contiguous and (self._cached is None or self._cached[0] != i):
+            self._chunk(i, out[a - start:b - start])  # a whole chunk: decoded in place, no copy
+        else:
+            out[a - start:b - start] = self._chunk(i)[a - r0:b - r0]
 
     def _decode_parallel(self, spans: list[tuple[int, int, int]], start: int, stop: int, out: np.ndarray) -> bool:
         """Decode the chunks of ``spans`` in the workers into ``out``; False where no pool can be had."""
@@ -662,9 +671,10 @@ class EntropyCodedSource(SourceBase):
                     out = np.empty((stop - start, *self.shape[1:]), self.dtype)
 
     def block_rows(self) -> int:
-        """Scan rows per read that keep every worker busy: whole chunks, at least the default block budget."""
+        """Scan rows per block of ``blocks``: whole chunks, about ``STREAM_BLOCK_BYTES``. The workers stream the
+        chunks whatever the block size, so a block only needs to be small enough for malloc to recycle it."""
         chunk = int(self.row_starts[1] - self.row_starts[0]) if self.row_starts.size > 1 else 1
-        return rows_for_budget(self, max(DEFAULT_BLOCK_BYTES, self.workers * READ_BYTES_PER_WORKER), multiple=chunk)
+        return rows_for_budget(self, STREAM_BLOCK_BYTES, multiple=chunk)
 
     def close(self) -> None:
         self._f.close()
