@@ -101,7 +101,23 @@ def test_derived_scalars_are_the_reducers_unkept_zero_d_outputs(reduced, source_
     for label, values in want.items():
         assert set(got[label]) == set(values)
         for key, value in values.items():
-            assert got[label][key] == value or (math.isnan(value) and math.isnan(got[label][key]))
+            assert got[label][key] == value or (not math.isfinite(value) and got[label][key] is None)
+
+
+def _strict(constant: str) -> None:
+    raise ValueError(f"non-standard JSON constant {constant}")
+
+
+def test_provenance_is_strict_json_with_null_for_an_unmasked_com(source_file, tmp_path):
+    """An unmasked CoM has an infinite mask radius; the provenance says null there, so any JSON parser reads it."""
+    with open_source(str(source_file)) as source:
+        path = reduce_to_file(source, ["com:mask_radius=inf"], tmp_path / "unmasked.h5")
+    with h5py.File(path) as f:
+        record = json.loads(f.attrs[PROVENANCE_ATTR], parse_constant=_strict)
+    derived = record["derived"]["com:mask_radius=inf"]
+    assert "mask_radius_px" in derived and derived["mask_radius_px"] is None
+    results, _ = read_reduced(path)
+    assert np.all(np.isfinite(results["com:mask_radius=inf"]["com_y"]))
 
 
 def test_hyperspy_reader_sees_every_output_with_calibrated_axes(reduced, expected):

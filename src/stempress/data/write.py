@@ -7,6 +7,7 @@ The file appears under its final name only when complete (temporary name in the 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,30 @@ def _fill(f: h5py.File, source: Dataset4D, shape: tuple[int, int, int, int], dat
 
 
 def write_metadata(dset: h5py.Dataset, metadata: dict[str, Any]) -> None:
-    dset.attrs[METADATA_ATTR] = json.dumps(metadata, default=jsonable, sort_keys=True)
+    dset.attrs[METADATA_ATTR] = json_text(metadata, sort_keys=True)
     group = dset.parent
     for key in CALIBRATION_KEYS:
         value = metadata.get(key)
         if isinstance(value, str | int | float | bool | np.generic):
             group.attrs[key] = value
+
+
+def json_text(value: Any, **kwargs: Any) -> str:
+    """JSON that strict parsers read too: NaN and infinities (an unknown rotation, an unmasked radius) become
+    null, as Python's json would otherwise write the non-standard ``NaN`` / ``Infinity``."""
+    return json.dumps(_finite(value), default=jsonable, allow_nan=False, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return _finite(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def jsonable(value: Any) -> Any:

@@ -30,7 +30,7 @@ import numpy as np
 
 from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, require_file
-from stempress.data.write import jsonable
+from stempress.data.write import json_text
 from stempress.errors import StempressError
 from stempress.plan import provenance
 from stempress.reduce.calibration import Calibration, source_calibration
@@ -170,7 +170,7 @@ def write_reduced(f: h5py.File, outputs: Sequence[Output], record: Mapping[str, 
                   calibration: Calibration) -> None:
     """All three views of ``outputs`` into the open (empty) file ``f``. Groups keep creation order, so every
     reader lists the targets as they were given."""
-    f.attrs[PROVENANCE_ATTR] = json.dumps(record, default=jsonable)
+    f.attrs[PROVENANCE_ATTR] = json_text(record)
     record = json.loads(f.attrs[PROVENANCE_ATTR])  # plain JSON types from here on
     write_emd_header(f)
     f.attrs["file_format"] = "HyperSpy"
@@ -255,7 +255,7 @@ def _emd_items(group: h5py.Group, items: Mapping[str, Any]) -> None:
             if _numbers(value):
                 group.create_dataset(key, data=np.asarray(value)).attrs["type"] = b"array"
             else:
-                metadata_item(group, key, json.dumps(value, default=jsonable))
+                metadata_item(group, key, json_text(value))
         else:
             metadata_item(group, key, value)
 
@@ -298,7 +298,7 @@ def _hspy_items(group: h5py.Group, items: Mapping[str, Any]) -> None:
             elif _numbers(value):
                 group.attrs[key] = np.asarray(value)
             else:
-                group.attrs[key] = json.dumps(value, default=jsonable)
+                group.attrs[key] = json_text(value)
         else:
             group.attrs[key] = value
 

@@ -8,7 +8,6 @@ stempress installed. Only the ``data`` dataset is left to the caller, who create
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ import h5py
 import numpy as np
 
 from stempress.data.hdf5 import STUDY_EMD_PATH
-from stempress.data.write import METADATA_ATTR, jsonable, write_metadata
+from stempress.data.write import METADATA_ATTR, json_text, write_metadata
 from stempress.errors import StempressError
 
 Layout = Literal["emd", "plain"]
@@ -194,9 +193,9 @@ def write_source_metadata(dset: h5py.Dataset, layout: str, metadata: Mapping[str
     if layout == "emd":
         for key in NATIVE_KEYS:
             md.pop(key, None)
-        dset.attrs[METADATA_ATTR] = json.dumps(md, default=jsonable, sort_keys=True)
+        dset.attrs[METADATA_ATTR] = json_text(md, sort_keys=True)
         dset.attrs["units"] = "pixel intensity"
     else:
         write_metadata(dset, md)
     if codec_config is not None:
-        dset.attrs[CODEC_ATTR] = json.dumps(dict(codec_config), default=jsonable, sort_keys=True)
+        dset.attrs[CODEC_ATTR] = json_text(dict(codec_config), sort_keys=True)
