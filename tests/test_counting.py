@@ -351,6 +351,19 @@ def test_count_command_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, 
     assert _listing(tmp_path) == before or _listing(tmp_path / "out") == []
 
 
+def test_count_command_names_raw_csr_when_counts_are_too_high_for_stempy(tmp_path: Path, monkeypatch, capsys) -> None:
+    np.save(tmp_path / "bright.npy", np.full((2, 3, 8, 8), 300, np.uint16))  # 300 electrons per pixel at gain 1
+    args = [tmp_path / "bright.npy", "--gain", 1, "--threshold", 0.5]
+    code, _, err = _cli(monkeypatch, capsys, *args, "--out", tmp_path / "out" / "ev.h5")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "up to 300 electrons" in lines[0] and "--format raw_csr" in lines[0], err
+    assert _listing(tmp_path / "out") == []
+    code, _, err = _cli(monkeypatch, capsys, *args, "--out", tmp_path / "out" / "ev.toml")
+    assert code == 0, err
+    with open_source(tmp_path / "out" / "ev.toml") as back:
+        assert int(back.read_rows(0, 2).max()) == 300
+
+
 @pytest.mark.parametrize("name", ["ev.h5", "ev.toml"])
 def test_failure_halfway_leaves_no_partial_output(tmp_path: Path, name: str) -> None:
     src = ArraySource(np.load(_adu(tmp_path, nan_row=4)), name="frames")

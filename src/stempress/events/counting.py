@@ -55,8 +55,8 @@ from stempress.data.base import Dataset4D, SourceBase, iter_blocks
 from stempress.data.hdf5 import as_python, one_line, open_hdf5
 from stempress.errors import StempressError, require_choice
 from stempress.events.libertem import RawCsrSource, raw_csr_files, require_toml_name, write_raw_csr
+from stempress.events.stempy import MAX_AUTO_FRAMES_PER_POSITION, write_stempy
 from stempress.events.stempy import METADATA as STEMPY_METADATA
-from stempress.events.stempy import write_stempy
 
 METHODS = ("pixel", "cluster")
 THRESHOLD_UNITS = ("adu", "sigma")
@@ -302,12 +302,13 @@ class _Tally(SourceBase):
         self.source, self.progress = source, progress
         self.name, self.shape, self.dtype = source.name, source.shape, source.dtype
         self.metadata = source.metadata
-        self.n_events = self.n_electrons = 0
+        self.n_events = self.n_electrons = self.max_count = 0
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         block = self.source.read_rows(start, stop)
         self.n_events += int(np.count_nonzero(block))
         self.n_electrons += int(block.sum(dtype=np.uint64))
+        self.max_count = max(self.max_count, int(block.max(initial=0)))
         if self.progress is not None:
             self.progress(stop, self.shape[0])
         return block
@@ -353,6 +354,11 @@ def count_to_file(source: Dataset4D, out: str | Path, params: CountingParams, *,
             for path, partial in tmp.items():  # atomic_output renames them, the TOML last
                 os.replace(staging / path.name, partial)
         else:
+            if tally.max_count > MAX_AUTO_FRAMES_PER_POSITION:  # known only now: the counts are the pass's result
+                raise StempressError(f"{counted.name}: up to {tally.max_count} electrons counted in one pixel, and "
+                                     f"stempy stores one frame per electron (at most {MAX_AUTO_FRAMES_PER_POSITION} "
+                                     "here); write raw_csr instead: an OUT ending in .toml, or --format raw_csr "
+                                     "(fmt='raw_csr')")
             with RawCsrSource(staged) as events:
                 write_stempy(events, tmp[out], overwrite=True, rows=rows)
             with h5py.File(tmp[out], "a") as f:
