@@ -10,16 +10,16 @@ no script reproduces; ``benchmarks/event_codec.py`` prints the pool's start-up a
   each worker importing stempress).
   As with any ``spawn``/``forkserver`` pool, workers import the main module: a script keeps its work under
   ``if __name__ == "__main__":``. Workers ignore Ctrl-C (the caller handles it) and exit if the caller dies.
-* Dense chunks never go through a pipe (pickling 4 MiB there and back costs ~19 ms, longer than coding it; via
-  shared memory ~0.5 ms): the caller copies a chunk into a slot of a shared-memory arena and a worker encodes it
-  from there, or decodes straight into a slot that the caller copies out. Only the ANS words and escapes (a few
-  % of the dense bytes) are pickled. The arena is kept for the next call (fresh shared memory costs ~0.7 ms per
-  MiB to touch, as much as decoding a sparse chunk) and removed at exit, or at once after an error.
+* Dense chunks never go through a pipe (pickling a 4 MiB chunk, the default then, there and back cost ~19 ms, longer
+  than coding it; via shared memory ~0.5 ms): the caller copies a chunk into a slot of a shared-memory arena and a
+  worker encodes it from there, or decodes straight into a slot that the caller copies out. Only the ANS words and
+  escapes (a few % of the dense bytes) are pickled. The arena is kept for the next call (fresh shared memory costs
+  ~0.7 ms per MiB to touch, as much as decoding a sparse chunk) and removed at exit, or at once after an error.
 * The model travels in the arena's head; each worker keeps the coder built from it keyed by a digest, so
   constriction's tables are built once per model and worker, not per chunk.
 * At most ``IN_FLIGHT_PER_WORKER`` chunks per worker are in flight (memory O(workers x chunk)) and results are
   taken in submission order, so a file is byte-identical whatever the worker count. Each chunk costs the caller
-  ~0.2 ms of pool overhead (a 4 MiB chunk codes in 3-13 ms) plus its copy.
+  ~0.2 ms of pool overhead (a 4 MiB chunk coded in 3-13 ms) plus its copy.
 """
 
 from __future__ import annotations
