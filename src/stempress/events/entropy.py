@@ -146,7 +146,7 @@ class _Coder:
 
     def _escaped(self, values: np.ndarray, table: int, lo: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Symbols of ``values - lo`` under a table with an escape, and the raw values the escape stands for."""
-        k = int(self.sizes[table])
+        k = self.sizes[table]
         small = values.dtype.itemsize <= 2 and abs(lo) < 2**30  # int32 arithmetic is exact: half the traffic
         shifted = values.astype(np.int32 if small else np.int64)
         if lo:
@@ -177,22 +177,21 @@ class _Coder:
 
     def encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, pixels) counts -> ANS words and the escaped raw values (in decoding order)."""
-        m, n = self.model, frames.shape[0]
+        n = frames.shape[0]
         gaps, values, edges = self._sparse_events(frames)
         dense = np.ascontiguousarray(frames[:, self.dense_pixels].T)  # (dense pixels, positions), class-major
         coder = self._cs.stream.stack.AnsCoder()
         escapes: list[list[np.ndarray]] = []
-        for c in range(m.n_classes - 1, -1, -1):  # a stack: encode backwards, decode forwards
-            t = int(m.first_table[c])
-            members = int(self.bounds[c + 1] - self.bounds[c])
-            if not m.sparse[c]:
-                a = int(self.bounds[c]) - self.n_sparse_pixels
-                symbols, raw = self._escaped(dense[a:a + members].reshape(-1), t, int(m.lo[c]))
+        for i in range(len(self.classes) - 1, -1, -1):  # a stack: encode backwards, decode forwards
+            c, t = self.classes[i], self.classes[i].table
+            if not c.sparse:
+                a = c.start - self.n_sparse_pixels
+                symbols, raw = self._escaped(dense[a:a + c.members].reshape(-1), t, c.lo)
                 coder.encode_reverse(symbols, self.models[t])
                 escapes.append([raw])
                 continue
-            a, b = int(edges[c]), int(edges[c + 1])
-            gbits, low = int(m.golomb_bits[c]), int(m.low_bits[c])
+            a, b = int(edges[i]), int(edges[i + 1])
+            gbits, low = c.golomb_bits, c.low_bits
             symbols, raw_values = self._escaped(values[a:b], t, 1)
             coder.encode_reverse(symbols, self.models[t])
             g = gaps[a:b]
@@ -202,11 +201,11 @@ class _Coder:
                 coder.encode_reverse(((g >> low) & ((1 << (gbits - low)) - 1)).astype(np.int32), self.models[t + 2])
             symbols, raw_gaps = self._escaped(g >> gbits, t + 1)
             coder.encode_reverse(symbols, self.models[t + 1])
-            expected, k = _count_scale(members * n, float(m.p_event[c]))
+            expected, k = _count_scale(c.members * n, c.p_event)
             u = _zigzag((b - a) - expected)
             if k:
                 coder.encode_reverse(np.array([u & ((1 << k) - 1)], np.int32), self.uniform(k))
-            symbol, raw_count = self._escaped(np.array([u >> k], np.int64), m.n_tables - 1)
+            symbol, raw_count = self._escaped(np.array([u >> k], np.int64), len(self.models) - 1)
             coder.encode_reverse(symbol, self.count_model)
             escapes.append([raw_count, raw_gaps, raw_values])
         escapes.reverse()
@@ -234,7 +233,8 @@ class _Coder:
                 continue
             gaps = raw.resolve(coder.decode(self.models[t + 1], count), self.sizes[t + 1],
                                limit=(c.members * n) >> c.golomb_bits).astype(np.int64) << c.golomb_bits
-            gaps |= coder.decode(self.models[t + 2], count) << c.low_bits
+            if c.golomb_bits > c.low_bits:  # as the encoder: a gap with no high bits has no table for them
+                gaps |= coder.decode(self.models[t + 2], count) << c.low_bits
             if c.low_bits:
                 gaps |= coder.decode(self.uniform(c.low_bits), count)
             events.add(c, gaps, raw.resolve(coder.decode(self.models[t], count), self.sizes[t], 1))
