@@ -334,7 +334,7 @@ def count_to_file(source: Dataset4D, out: str | Path, params: CountingParams, *,
 
     Everything is checked (format, references against the detector, existing outputs) before any frame
     is read. The counts are staged once as raw_csr beside ``out`` (so a stempy file, which needs the
-    largest count first, does not count twice) and the outputs appear whole or not at all.
+    largest count first, neither counts nor reads the events twice) and the outputs appear whole or not at all.
     ``inputs`` (e.g. the reference files the user named) is stored in the record as given.
     """
     out = Path(out)
@@ -359,8 +359,8 @@ def count_to_file(source: Dataset4D, out: str | Path, params: CountingParams, *,
                                      f"stempy stores one frame per electron (at most {MAX_AUTO_FRAMES_PER_POSITION} "
                                      "here); write raw_csr instead: an OUT ending in .toml, or --format raw_csr "
                                      "(fmt='raw_csr')")
-            with RawCsrSource(staged) as events:
-                write_stempy(events, tmp[out], overwrite=True, rows=rows)
+            with RawCsrSource(staged) as events:  # the tally saw the largest count: no pass to find it again
+                write_stempy(events, tmp[out], overwrite=True, rows=rows, frames_per_position=max(1, tally.max_count))
             with h5py.File(tmp[out], "a") as f:
                 f[STEMPY_METADATA].attrs["source"] = counted.name
                 _h5_record(f.require_group(RECORD_GROUP), record)
