@@ -11,7 +11,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from shared_data import PAPER
+from stempress.bench.compare import DEFAULT_PAPER_DIR
 from stempress.codecs import catalog
 from stempress.codecs.catalog import CATALOG, EXCLUDED, Codec, get_codec, select_codecs
 from stempress.errors import StempressError
@@ -27,7 +27,7 @@ STUDY_ORDER = [
 FORMATS_IDS = {"gzip": 1, "shuffle": 2, "szip": 4, "lzf": 32000, "blosc": 32001, "lz4": 32004,
                "bitshuffle": 32008, "zstd": 32015, "blosc2": 32026, "bzip2": 307}
 
-PAPER_CSV = PAPER / "all_runs.csv"
+PAPER_CSV = DEFAULT_PAPER_DIR / "statistics.csv"
 HDF5_CODECS = [c.name for c in CATALOG.values() if c.storage == "hdf5"]
 DTYPES = ["uint8", "uint16", "uint32", "float32"]
 SHAPE = (5, 4, 12, 16)
@@ -101,8 +101,6 @@ def test_paper_set_is_the_study_in_its_order() -> None:
 
 
 def test_paper_set_matches_the_study_results_table() -> None:
-    if not PAPER_CSV.exists():
-        pytest.skip(f"study results not found at {PAPER_CSV}")
     with PAPER_CSV.open() as f:
         methods = {row["method"] for row in csv.DictReader(f)}
     prefixes = ("real_space_", "balanced_", "single_frame_")

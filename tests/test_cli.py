@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared_data import real_file
+from real_data import real_file
 
 
 def stempress(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rsciio.emd import file_reader as rsciio_emd_reader
 
-from shared_data import real_file
+from real_data import real_file
 from stempress.codecs.catalog import get_codec
 from stempress.codecs.checksums import CHECKSUM_GROUP
 from stempress.codecs.chunk_codec import direct_chunk_reason

@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from shared_data import real_file
+from real_data import real_file
 from stempress.bench.bounds import poisson_entropy_bits
 from stempress.data.base import Block, iter_blocks
 from stempress.data.open import open_source

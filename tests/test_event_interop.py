@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from shared_data import real_file
+from real_data import real_file
 from stempress.data.base import ArraySource, iter_blocks
 from stempress.data.open import open_source
 from stempress.data.suites import suite

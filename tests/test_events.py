@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared_data import real_file
+from real_data import real_file
 from stempress.data.base import ArraySource, Block, Dataset4D, iter_blocks
 from stempress.data.open import open_source
 from stempress.data.suites import suite

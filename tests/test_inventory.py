@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from stempress.bench import inventory as inv
+from stempress.bench.compare import DEFAULT_PAPER_DIR
 from stempress.bench.inventory import (
     COLUMNS,
     INVENTORY_CSV,
@@ -22,7 +23,7 @@ from stempress.data.base import ArraySource
 from stempress.data.suites import STUDY_TABLE1, suite
 from stempress.errors import StempressError
 
-PAPER_DIR = "/work/shared/paper"
+PAPER_DIR = DEFAULT_PAPER_DIR
 
 
 def known_cube() -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stempress.bench.compare import DEFAULT_PAPER_DIR, load_study_statistics
+from stempress.bench.compare import load_study_statistics
 from stempress.bench.measure import split_method
 from stempress.bench.ranking import normalised, pareto_front, per_method, recommend, top_performers
 from stempress.errors import StempressError
@@ -17,8 +17,6 @@ STUDY_SIX = {"balanced_blosc_lz4", "balanced_blosc_blosclz", "balanced_bitshuffl
 
 @pytest.fixture(scope="module")
 def study() -> pd.DataFrame:
-    if not (DEFAULT_PAPER_DIR / "statistics.csv").is_file():
-        pytest.skip(f"the study's statistics.csv is not at {DEFAULT_PAPER_DIR}")
     return load_study_statistics()
 
 
@@ -123,11 +121,7 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_top_performers_ranks_a_missing_speed_last():
-    from stempress.bench.compare import DEFAULT_PAPER_DIR, load_study_statistics
-
-    if not DEFAULT_PAPER_DIR.exists():
-        pytest.skip(f"study tables not found at {DEFAULT_PAPER_DIR}")
-    study = load_study_statistics(DEFAULT_PAPER_DIR)
+    study = load_study_statistics()
     study.loc[study["method"] == "balanced_gzip_1", "read_throughput_gbs_mean"] = float("nan")
     top = top_performers(study).set_index("codec")
     assert not top.loc["gzip_1", "top_read_all"]

@@ -28,7 +28,6 @@ from stempress.report import tables as tabs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-HAS_STUDY = (Path(DEFAULT_PAPER_DIR) / "statistics.csv").is_file()
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +80,7 @@ def test_every_table_and_figure_file_is_written_and_valid(built):
         assert width > 500 and height > 300, name
         assert ET.parse(svg).getroot().tag.endswith("svg"), name
     expected = {"table1_datasets", "table3_best_per_dataset", "table4_families", "table5_chunking",
-                "top_performers", "recommendations", "methods_per_dataset"}
-    expected |= {"study_comparison"} if HAS_STUDY else set()
+                "top_performers", "recommendations", "methods_per_dataset", "study_comparison"}
     for name in expected:
         csv, md = out / TABLES_DIR / f"{name}.csv", out / TABLES_DIR / f"{name}.md"
         frame = pd.read_csv(csv)
@@ -110,10 +108,9 @@ def test_html_states_machine_recommendations_and_study_findings(built):
     assert ">protocol<" in html and ">warm<" in html
     for use_case in USE_CASES:
         assert f"<h3>{use_case}</h3>" in html
-    if HAS_STUDY:
-        stats = normalised(pd.read_csv(folder / STATISTICS_CSV))
-        for sentence in study_findings(stats, load_study_statistics(DEFAULT_PAPER_DIR)):
-            assert escape(sentence, quote=True) in html
+    stats = normalised(pd.read_csv(folder / STATISTICS_CSV))
+    for sentence in study_findings(stats, load_study_statistics(DEFAULT_PAPER_DIR)):
+        assert escape(sentence, quote=True) in html
 
 
 def test_best_table_matches_statistics_and_bounds(built):

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from shared_data import real_file
+from real_data import real_file
 from stempress.data import Hdf5Source, MibSource, NpySource, NxmxSource, open_source
 from stempress.errors import StempressError
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from rsciio.quantumdetector import file_reader as rsciio_mib_reader
 
-from shared_data import real_file
+from real_data import real_file
 from stempress.data import (
     ArraySource,
     Dataset4D,

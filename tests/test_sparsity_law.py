@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from stempress.bench.compare import DEFAULT_PAPER_DIR
 from stempress.bench.measure import split_method
 from stempress.bench.sparsity_law import (
     best_per_dataset,
@@ -18,11 +17,9 @@ from stempress.bench.sparsity_law import (
 )
 from stempress.errors import StempressError
 
-PAPER_DIR = Path("/work/shared/paper")
-needs_paper = pytest.mark.skipif(not (PAPER_DIR / "statistics.csv").exists(), reason="study CSVs not here")
+PAPER_DIR = DEFAULT_PAPER_DIR
 
 
-@needs_paper
 def test_study_fit_reproduces_the_published_law():
     fit = study_fit(PAPER_DIR)
     # published: C = 50.0 * s^6.90 + 5.0, R^2 = 0.991 (best mean ratio over all 41 methods per dataset)
@@ -35,7 +32,6 @@ def test_study_fit_reproduces_the_published_law():
     assert fit.predict(0.928317) == pytest.approx(34.92, abs=1.0)
 
 
-@needs_paper
 def test_study_best_ratios_per_dataset():
     best = best_per_dataset(pd.read_csv(PAPER_DIR / "statistics.csv")).set_index("dataset")
     assert best["compression_ratio_mean"].round(1).to_dict() == {

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from shared_data import real_file
+from real_data import real_file
 from stempress.codecs.catalog import get_codec
 from stempress.codecs.checksums import CHECKSUM_GROUP, checksum_group_path
 from stempress.codecs.chunk_codec import direct_chunk_reason

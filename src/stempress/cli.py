@@ -82,6 +82,9 @@ def bench(
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the randomised order.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite results already in --out.")] = False,
+    paper_dir: Annotated[Path | None, typer.Option(help="Folder with the study's statistics.csv and "
+                                                   "dataset_inventory.csv to compare with (default: the study's "
+                                                   "published tables, shipped with stempress).")] = None,
 ) -> None:
     """Benchmark lossless codecs: write, read back, verify, time. No arguments: the paper-like suite."""
     from stempress.bench.api import run_bench
@@ -106,7 +109,7 @@ def bench(
             sources=sources or [], suite=suite, methods=methods, chunkings=chosen_chunkings,
             paths=chosen_paths, workers=workers, runs=runs,
             protocol=protocol, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
-            scan_shape=scan, seed=seed, force=force, on_progress=show,
+            scan_shape=scan, seed=seed, force=force, paper_dir=paper_dir, on_progress=show,
         )
     render_summary(report.summary)
     for line in report.problems:
@@ -317,7 +320,8 @@ def recommend(
 @app.command()
 def report(
     results_dir: Annotated[Path, typer.Argument(help="A folder written by stempress bench.")],
-    paper_dir: Annotated[Path | None, typer.Option(help="The study's tables (default: ../shared/paper).")] = None,
+    paper_dir: Annotated[Path | None, typer.Option(help="The study's tables (default: its published "
+                                                  "tables, shipped with stempress).")] = None,
     reduced: Annotated[list[Path] | None, typer.Option(help="A file written by stempress reduce: adds its figures "
                                                        "and provenance as a section; repeat for several.")] = None,
 ) -> None:

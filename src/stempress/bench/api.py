@@ -71,9 +71,11 @@ def run_bench(
     warmup: bool = True,
     stage_limit_bytes: int | None = None,
     report: bool = True,
+    paper_dir: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> BenchReport:
-    """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv, metadata.json and the report."""
+    """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv, metadata.json and the report
+    (compared with the study's tables in ``paper_dir``, by default those shipped with stempress)."""
     codecs = select_codecs(methods)
     opened = open_sources(sources, suite, dataset, scan_shape)
     prepare_out_dir(out, force)
@@ -102,7 +104,7 @@ def run_bench(
     if report:
         from stempress.report import build_report
 
-        html = build_report(out)
+        html = build_report(out, paper_dir)
     problems = [f"{r['dataset']} {r['method']} run {r['run_number']}: {r['status']}: {r['reason']}"
                 for r in rows if r["status"] in (ERROR, SKIPPED)]
     unavailable = sorted({f"{r['codec']}: {r['reason']}" for r in rows if r["status"] == UNAVAILABLE})

@@ -16,8 +16,8 @@ from stempress.bench.ranking import RATIO, READ, WRITE, normalised
 from stempress.bench.results import read_table
 from stempress.errors import StempressError
 
-#: The study's aggregated results, shipped beside the repository (``/work/shared/paper``).
-DEFAULT_PAPER_DIR = (Path(__file__).resolve().parents[3] / ".." / "shared" / "paper").resolve()
+#: The study's published tables, shipped with stempress (source, commit and licence in its README.md).
+DEFAULT_PAPER_DIR = Path(__file__).resolve().parent / "study_tables"
 
 #: What the paper states (PAPER.md), quoted beside what its table and ours give.
 PAPER_CLAIMS = {
@@ -34,7 +34,7 @@ def load_study_statistics(paper_dir: Path | str = DEFAULT_PAPER_DIR) -> pd.DataF
     path = Path(paper_dir) / "statistics.csv"
     if not path.is_file():
         raise StempressError(f"{path} not found; pass the folder holding the study's statistics.csv "
-                             "(its aggregated results, shared/paper)")
+                             "(its results/aggregated folder)")
     study = normalised(read_table(path))
     study["protocol"] = "warm"
     return study
