@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
 
+from stempress.bench import protocol
 from stempress.bench.measure import Method, measure, methods_for
 from stempress.bench.runner import BenchConfig, run_grid
 from stempress.bench.statistics import statistics, summary
@@ -14,6 +17,7 @@ from stempress.codecs.catalog import get_codec, select_codecs
 from stempress.codecs.chunking import chunk_shape
 from stempress.data.base import ArraySource, Block
 from stempress.data.hdf5 import STUDY_EMD_PATH
+from stempress.errors import StempressError
 
 
 def counted_cube(shape=(6, 5, 24, 32), dtype=np.uint16, seed=3) -> np.ndarray:
@@ -57,15 +61,20 @@ def test_event_codecs_run_in_the_grid_and_leave_no_files(source, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ratio_equals_a_plain_h5py_write(source, tmp_path):
+@pytest.mark.parametrize(("layout", "dataset_path"), [("study", "data"), ("emd", STUDY_EMD_PATH)])
+def test_file_equals_a_plain_h5py_write_of_its_layout(source, tmp_path, layout, dataset_path):
+    """The study's script writes ``create_dataset("data", data=cube, chunks=..., **filter)`` at the file root:
+    under the default layout our file has exactly its size, so the ratios are the study script's."""
     cube = source.array
-    for name in ("gzip_6", "lzf", "blosc_zstd", "bitshuffle_lz4", "lz4_hdf5", "none"):
+    for name in ("gzip_6", "lzf", "szip", "blosc_zstd", "bitshuffle_lz4", "lz4_hdf5", "none"):
         codec = get_codec(name)
+        if codec.unavailable_reason():
+            continue
         for chunking in ("real_space", "balanced", "single_frame"):
-            numbers = measure(source, Method(codec, chunking), tmp_path)
+            numbers = measure(source, Method(codec, chunking), tmp_path, layout=layout)
             plain = tmp_path / "plain.h5"
             with h5py.File(plain, "w") as f:
-                f.create_dataset(STUDY_EMD_PATH, data=cube, chunks=chunk_shape(chunking, cube.shape),
+                f.create_dataset(dataset_path, data=cube, chunks=chunk_shape(chunking, cube.shape),
                                  **codec.h5_kwargs())
             if name == "lzf":
                 # h5py's LZF output differs by a few bytes between identical writes in different process
@@ -73,7 +82,43 @@ def test_ratio_equals_a_plain_h5py_write(source, tmp_path):
                 assert numbers["file_bytes"] == pytest.approx(plain.stat().st_size, rel=1e-3), chunking
             else:
                 assert numbers["file_bytes"] == plain.stat().st_size, (name, chunking)
+            assert numbers["compression_ratio"] == pytest.approx(cube.nbytes / numbers["file_bytes"])
             plain.unlink()
+
+
+def test_the_emd_layout_costs_its_groups_and_an_unknown_layout_is_refused(source, tmp_path):
+    method = Method(get_codec("blosc_zstd"), "balanced")
+    study = measure(source, method, tmp_path, layout="study")["file_bytes"]
+    emd = measure(source, method, tmp_path, layout="emd")["file_bytes"]
+    assert emd > study  # four groups of metadata: the bytes the issue measured (4,128 on a real cube)
+    with pytest.raises(StempressError, match=r"--layout 'flat'.*study or emd"):
+        measure(source, method, tmp_path, layout="flat")
+
+
+@pytest.mark.parametrize("path", ["filter", "parallel"])
+def test_read_time_leaves_out_opening_and_closing_the_file(source, tmp_path, monkeypatch, path):
+    """The study times ``dset[:]`` only. A clock that jumps 100 s whenever an HDF5 file is opened or closed
+    for reading must leave the read time untouched; the write (create, fill, close) is timed whole."""
+    now = [0.0]
+
+    def tick() -> float:
+        now[0] += 1e-6
+        return now[0]
+
+    class SlowToOpen(h5py.File):
+        def __init__(self, name, mode="r", *args, **kwargs):
+            super().__init__(name, mode, *args, **kwargs)
+            now[0] += 100.0 if mode == "r" else 0.0
+
+        def close(self):
+            now[0] += 100.0 if self.id.valid and self.mode == "r" else 0.0
+            super().close()
+
+    monkeypatch.setattr(protocol, "clock", tick)
+    monkeypatch.setattr(h5py, "File", SlowToOpen)
+    numbers = measure(source, Method(get_codec("gzip_1"), "balanced", path, 2), tmp_path)
+    assert numbers["verified"] and now[0] > 200  # the file was opened and closed, on the jumping clock
+    assert numbers["read_time"] < 1
 
 
 def test_streamed_cube_is_verified_by_row_digests(source, tmp_path):
@@ -168,3 +213,53 @@ def test_parallel_path_is_measured_beside_the_filter_path(source, tmp_path):
     lzf = rows[("balanced_lzf", "parallel")]
     assert lzf["status"] == "unavailable" and "filter path" in lzf["reason"]
     assert rows[("balanced_lzf", "filter")]["status"] == "ok"
+
+
+def test_too_little_disk_space_says_how_much_and_leaves_no_folder(tmp_path, monkeypatch):
+    """A near-full disk: the message names the cube and sizes in units that show them, and --out is not left
+    behind (neither is the folder above it that the run would have made)."""
+    from stempress.bench import runner
+    from stempress.bench.api import run_bench
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(runner.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    out = tmp_path / "new" / "results"
+    with pytest.raises(StempressError) as err:
+        run_bench(suite="smoke", methods=["none", "gzip_1"], chunkings=["balanced"], runs=1, out=out)
+    message = str(err.value)
+    assert "1000 B free" in message and "needs 1.10 MiB" in message
+    assert "0.0 GiB" not in message and "--workdir" in message and "\n" not in message
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
+    from stempress.bench import runner
+    from stempress.bench.api import run_bench
+
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return measure_cell(*args, **kwargs)
+
+    measure_cell = runner.measure_cell
+    monkeypatch.setattr(runner, "measure_cell", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(suite="smoke", methods=["gzip_1"], runs=1, out=tmp_path / "out", workdir=tmp_path / "work")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nothing_measured_gives_the_table_of_reasons_not_a_traceback(tmp_path):
+    from stempress.bench.api import run_bench
+    from stempress.report import build_report
+
+    report = run_bench(suite="smoke", methods=["gzip_9"], chunkings=["balanced"], runs=1, time_limit_s=0.0,
+                       out=tmp_path / "out")
+    assert report.statistics.empty and "no measurement succeeded (5 skipped" in report.nothing_measured
+    table = report.problems_table
+    assert set(table["status"]) == {"skipped"} and len(table) == 5
+    assert table["reason"].str.contains("time limit").all()
+    html = build_report(tmp_path / "out").read_text()  # `stempress report` on the folder works too
+    assert "no measurement succeeded" in html and "exceeded the 0 s time limit" in html

@@ -60,6 +60,17 @@ def test_bench_on_the_smoke_suite_writes_tidy_results(tmp_path):
     assert html.exists()
 
 
+def test_bench_where_nothing_succeeds_prints_the_reasons_and_one_error_line(tmp_path):
+    out = tmp_path / "res"
+    result = stempress("bench", "--suite", "smoke", "--runs", "1", "--methods", "gzip_9", "--chunks", "balanced",
+                       "--time-limit", "0", "--out", str(out))
+    assert_one_line_error(result, "no measurement succeeded", "5 skipped", "--time-limit")
+    assert "Cells without a number" in result.stdout and "time limit" in result.stdout
+    assert "Traceback" not in result.stderr
+    rebuilt = stempress("report", str(out))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+
+
 def test_report_on_a_folder_without_results(tmp_path):
     assert_one_line_error(stempress("report", str(tmp_path)), "results.csv")
 

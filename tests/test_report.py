@@ -106,6 +106,7 @@ def test_html_states_machine_recommendations_and_study_findings(built):
     folder = built.parent.parent
     assert "AMD EPYC" in html or "CPU" in html
     assert ">protocol<" in html and ">warm<" in html
+    assert ">HDF5 layout<" in html and "study: dataset data (as the study&#x27;s script writes it)" in html
     for use_case in USE_CASES:
         assert f"<h3>{use_case}</h3>" in html
     stats = normalised(pd.read_csv(folder / STATISTICS_CSV))

@@ -73,6 +73,9 @@ def bench(
     = None,
     runs: Annotated[int, typer.Option(min=1, help="Runs of the whole grid.")] = 3,
     protocol: Annotated[str, typer.Option(help="warm (the study's: page cache) or cold (fsync + evict).")] = "warm",
+    layout: Annotated[str, typer.Option(help="Where each HDF5 test file holds the cube: study (dataset 'data' at "
+                                        "the root, as the study's script: its ratios to the byte) or emd (the "
+                                        "EMD 1.0 path; a few kB of groups more per file).")] = "study",
     out: Annotated[Path | None, typer.Option(help="Results folder (default results/bench-DATE-TIME).")] = None,
     workdir: Annotated[Path | None, typer.Option(help="Where the test files are written (default: --out).")] = None,
     time_limit: Annotated[
@@ -108,17 +111,32 @@ def bench(
         report = run_bench(
             sources=sources or [], suite=suite, methods=methods, chunkings=chosen_chunkings,
             paths=chosen_paths, workers=workers, runs=runs,
-            protocol=protocol, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
+            protocol=protocol, layout=layout, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
             scan_shape=scan, seed=seed, force=force, paper_dir=paper_dir, on_progress=show,
         )
-    render_summary(report.summary)
-    for line in report.problems:
-        errors.print(f"[yellow]{line}[/]")
+    if report.nothing_measured:
+        render_frame(report.problems_table, "Cells without a number")
+    else:
+        render_summary(report.summary)
+        for line in report.problems:
+            errors.print(f"[yellow]{line}[/]")
     console.print(f"results: {report.out}")
     if report.report is not None:
         console.print(f"report: {report.report}")
+    if report.nothing_measured:
+        raise StempressError(report.nothing_measured)
     if report.errors:
         raise StempressError(f"{report.errors} measurement(s) failed (see 'reason' in {report.out}/results.csv)")
+
+
+def render_frame(frame, title: str) -> None:
+    """Any small table as text, one column per field."""
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
 
 
 def render_summary(summary) -> None:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from stempress.bench.environment import environment
 from stempress.bench.inventory import DatasetProfile, profile_dataset, write_inventory
-from stempress.bench.measure import FILTER, PARALLEL
+from stempress.bench.measure import DEFAULT_LAYOUT, FILTER, PARALLEL, Layout, layout_path
 from stempress.bench.protocol import Protocol
-from stempress.bench.results import STATISTICS_CSV, atomic_write, prepare_out_dir, save_results
+from stempress.bench.results import (
+    RESULTS_CSV,
+    STATISTICS_CSV,
+    atomic_write,
+    missing_root,
+    prepare_out_dir,
+    problems_table,
+    save_results,
+)
 from stempress.bench.runner import ERROR, SKIPPED, UNAVAILABLE, BenchConfig, Progress, run_grid
 from stempress.bench.statistics import statistics, summary
 from stempress.codecs.catalog import select_codecs
@@ -32,6 +42,21 @@ class BenchReport:
     summary: pd.DataFrame
     errors: int
     problems: list[str]
+
+    @property
+    def problems_table(self) -> pd.DataFrame:
+        """The cells without a number: status, dataset, method, reason and how many runs."""
+        return problems_table(self.results)
+
+    @property
+    def nothing_measured(self) -> str | None:
+        """Why no cell has a number, and what to change; None when something was measured."""
+        if not self.statistics.empty:
+            return None
+        counts = self.results["status"].value_counts()
+        found = ", ".join(f"{counts[s]} {s}" for s in (SKIPPED, UNAVAILABLE, ERROR) if s in counts) or "no cells"
+        return (f"no measurement succeeded ({found}; reasons in {self.out / RESULTS_CSV}); raise --time-limit, "
+                "or choose methods this machine has (stempress codecs)")
 
 
 def open_sources(
@@ -61,6 +86,7 @@ def run_bench(
     workers: int | None = None,
     runs: int = 3,
     protocol: Protocol = "warm",
+    layout: Layout = DEFAULT_LAYOUT,
     out: Path,
     workdir: Path | None = None,
     time_limit_s: float | None = 60.0,
@@ -75,31 +101,31 @@ def run_bench(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> BenchReport:
     """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv, metadata.json and the report
-    (compared with the study's tables in ``paper_dir``, by default those shipped with stempress)."""
+    (compared with the study's tables in ``paper_dir``, by default those shipped with stempress).
+
+    A run that stops before its results are saved (bad input, too little disk space, an error, Ctrl-C) removes
+    the folders it made, so an early stop leaves nothing behind.
+    """
     codecs = select_codecs(methods)
+    layout_path(layout)  # an unknown layout is one line, before anything is opened
     opened = open_sources(sources, suite, dataset, scan_shape)
-    prepare_out_dir(out, force)
     config = BenchConfig(codecs=codecs, chunkings=list(chunkings), paths=list(paths),
-                         workers=workers or usable_cores(), runs=runs, protocol=protocol,
+                         workers=workers or usable_cores(), runs=runs, protocol=protocol, layout=layout,
                          time_limit_s=time_limit_s, workdir=workdir or out, seed=seed, warmup=warmup,
                          stage_limit_bytes=stage_limit_bytes)
     profiles: list[DatasetProfile] = []
+    made = [root for root in dict.fromkeys(map(missing_root, (out, config.workdir))) if root is not None]
     try:
+        prepare_out_dir(out, force)
         rows = run_grid(opened, config, on_progress, on_staged=lambda cube: profiles.append(profile_dataset(cube)))
+        frame, stats = _save(out, rows, profiles, _metadata(config, opened, paths))
+    except BaseException:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     finally:
         for source in opened:
             source.close()
-    meta = environment(protocol, {
-        "runs": runs, "seed": seed, "time_limit_s": time_limit_s, "warmup": "each method once on a sample "
-        "of the first dataset, discarded" if warmup else "none",
-        "methods": [c.config() for c in codecs], "chunkings": [str(c) for c in chunkings],
-        "paths": list(paths), "parallel_workers": config.workers if PARALLEL in paths else None,
-        "datasets": [{"name": s.name, "shape": s.shape, "dtype": str(s.dtype)} for s in opened],
-    })
-    frame = save_results(out, rows, meta)
-    write_inventory(out, profiles)
-    stats = statistics(frame)
-    atomic_write(out / STATISTICS_CSV, lambda p: stats.to_csv(p, index=False))
     html = None
     if report:
         from stempress.report import build_report
@@ -110,3 +136,25 @@ def run_bench(
     unavailable = sorted({f"{r['codec']}: {r['reason']}" for r in rows if r["status"] == UNAVAILABLE})
     problems += [f"unavailable {line}" for line in unavailable]
     return BenchReport(out, html, frame, stats, summary(stats), sum(r["status"] == ERROR for r in rows), problems)
+
+
+def _metadata(config: BenchConfig, opened: Sequence[Dataset4D], paths: Sequence[str]) -> dict[str, Any]:
+    """metadata.json: the machine and libraries, and every setting the numbers depend on."""
+    return environment(config.protocol, {
+        "runs": config.runs, "seed": config.seed, "time_limit_s": config.time_limit_s,
+        "warmup": "each method once on a sample of the first dataset, discarded" if config.warmup else "none",
+        "layout": config.layout, "dataset_path": layout_path(config.layout),
+        "methods": [c.config() for c in config.codecs], "chunkings": [str(c) for c in config.chunkings],
+        "paths": list(paths), "parallel_workers": config.workers if PARALLEL in paths else None,
+        "datasets": [{"name": s.name, "shape": s.shape, "dtype": str(s.dtype)} for s in opened],
+    })
+
+
+def _save(out: Path, rows: list[dict[str, Any]], profiles: list[DatasetProfile], meta: dict[str, Any]
+          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The results folder's tables: results, metadata, inventory and statistics (empty when nothing succeeded)."""
+    frame = save_results(out, rows, meta)
+    write_inventory(out, profiles)
+    stats = statistics(frame)
+    atomic_write(out / STATISTICS_CSV, lambda p: stats.to_csv(p, index=False))
+    return frame, stats

@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import h5py
 
 from stempress.bench.protocol import (
     Protocol,
@@ -21,8 +23,10 @@ from stempress.bench.verify import Reference
 from stempress.codecs.baselines import file_format
 from stempress.codecs.catalog import Codec
 from stempress.codecs.chunking import PAPER_CHUNKINGS, chunk_shape, chunking_label
-from stempress.codecs.hdf5_store import read_cube_blocks, write_cube
+from stempress.codecs.hdf5_store import dataset_blocks, write_cube
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, iter_blocks, nbytes, rows_for_budget
+from stempress.data.hdf5 import STUDY_EMD_PATH
+from stempress.errors import StempressError
 
 GIB = 1024**3
 MIB = 1024**2
@@ -33,6 +37,20 @@ NO_CHUNKING = "n/a"
 #: Write paths: HDF5's single-threaded filter pipeline (the study's) or our parallel direct-chunk writer.
 FILTER, PARALLEL = "filter", "parallel"
 PATHS = (FILTER, PARALLEL)
+
+#: Where the test file holds the cube. ``study``: a dataset ``data`` at the file root, as the study's benchmark
+#: script writes it (so ratios equal its script's to the byte); ``emd``: the EMD 1.0 path its cubes are read
+#: from, whose groups add a few kB per file (a few % of the ratio on small, sparse cubes).
+Layout = Literal["study", "emd"]
+LAYOUTS: dict[str, str] = {"study": "data", "emd": STUDY_EMD_PATH}
+DEFAULT_LAYOUT: Layout = "study"
+
+
+def layout_path(layout: str) -> str:
+    """The dataset path of a layout, or a one-line error naming the choices."""
+    if layout not in LAYOUTS:
+        raise StempressError(f"--layout {layout!r} is unknown; use {' or '.join(LAYOUTS)}")
+    return LAYOUTS[layout]
 
 
 @dataclass(frozen=True)
@@ -114,8 +132,14 @@ def measure(
     protocol: Protocol = "warm",
     time_limit_s: float | None = None,
     reference: Reference | None = None,
+    layout: Layout = DEFAULT_LAYOUT,
 ) -> dict[str, Any]:
-    """Write, read back and verify once; returns the measured numbers (raises on a mismatch or time limit)."""
+    """Write, read back and verify once; returns the measured numbers (raises on a mismatch or time limit).
+
+    Timed as the study: the write from creating the file to closing it; the read of the data only (HDF5 files
+    are opened before the clock starts and closed after it stops, as the study times ``dset[:]``).
+    """
+    dataset_path = layout_path(layout)
     shape, dtype = source.shape, source.dtype
     chunks = method.chunks_for(shape)
     rows = block_rows(source, chunks)
@@ -133,9 +157,9 @@ def measure(
             elif method.path == PARALLEL:
                 from stempress.codecs.parallel import write_parallel_cube
 
-                write_parallel_cube(path, blocks, shape, dtype, chunks, method.codec, method.workers)
+                write_parallel_cube(path, blocks, shape, dtype, chunks, method.codec, method.workers, dataset_path)
             else:
-                write_cube(path, blocks, shape, dtype, chunks, method.codec.h5_kwargs())
+                write_cube(path, blocks, shape, dtype, chunks, method.codec.h5_kwargs(), dataset_path)
             if protocol == "cold":
                 for p in written:
                     fsync_path(p)
@@ -145,18 +169,12 @@ def measure(
             evicted = None if None in results else all(results)
         file_bytes = sum(p.stat().st_size for p in written)
 
-        with Stopwatch("read", time_limit_s, shape[0]) as read_watch:
-            if chunks is None:
-                reader = file_format(method.codec).read(path, shape, dtype)
-            elif method.path == PARALLEL:
-                from stempress.codecs.parallel import read_parallel_cube_blocks
-
-                reader = read_parallel_cube_blocks(path, rows, method.codec, method.workers)
-            else:
-                reader = read_cube_blocks(path, rows)
-            for block in read_watch.timed(reader, _rows):
-                with read_watch.excluding():
-                    reference.check(block)
+        with contextlib.ExitStack() as opened:
+            dataset = None if chunks is None else opened.enter_context(h5py.File(path, "r"))[dataset_path]
+            with Stopwatch("read", time_limit_s, shape[0]) as read_watch:
+                for block in read_watch.timed(_reader(method, path, dataset, shape, dtype, rows), _rows):
+                    with read_watch.excluding():
+                        reference.check(block)
         reference.finish()
         peak = peak_rss_bytes()
     finally:
@@ -179,6 +197,21 @@ def measure(
         "evicted": evicted,
         "verified": True,
     }
+
+
+def _reader(method: Method, path: Path, dataset: h5py.Dataset | None, shape: tuple[int, ...], dtype: Any,
+            rows: int) -> Iterator[Block]:
+    """The blocks a method reads back: from the open HDF5 dataset, or from the baseline's own files."""
+    if dataset is None:
+        return file_format(method.codec).read(path, shape, dtype)
+    if method.path == PARALLEL:
+        from stempress.codecs.chunk_codec import chunk_codec_for
+        from stempress.codecs.parallel import read_chunks_parallel
+
+        chunk_codec = chunk_codec_for(method.codec, dataset.dtype)
+        if chunk_codec is not None:
+            return read_chunks_parallel(dataset, chunk_codec, workers=method.workers, rows=rows)
+    return dataset_blocks(dataset, rows)
 
 
 def _rows(block: Block) -> int:

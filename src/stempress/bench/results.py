@@ -28,6 +28,15 @@ def prepare_out_dir(out: Path, force: bool) -> Path:
     return out
 
 
+def missing_root(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what making ``path`` would create), or None."""
+    path = Path(path).absolute()
+    root = None
+    while not path.exists():
+        root, path = path, path.parent
+    return root
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Write a results file whole or not at all (results folders are replaced as a whole, so overwrite)."""
     with atomic_output(path, overwrite=True) as tmp:
@@ -37,11 +46,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 #: Yes/no columns that may be unknown (None) in some rows.
 FLAG_COLUMNS = ("evicted", "verified", "in_memory")
+#: The columns a measured row adds (``measure``); present, empty, in a table where nothing was measured.
+MEASURED_COLUMNS = ("file_bytes", "compression_ratio", "file_size_mb", "write_time", "read_time",
+                    "write_throughput_gbs", "read_throughput_gbs", "peak_rss_mb", "evicted", "verified")
 
 
 def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The tidy table; flags become nullable booleans so CSV and Parquet agree."""
+    """The tidy table, every column present; flags become nullable booleans so CSV and Parquet agree."""
     frame = pd.DataFrame(rows)
+    frame = frame.reindex(columns=[*frame.columns, *(c for c in MEASURED_COLUMNS if c not in frame.columns)])
     for column in FLAG_COLUMNS:
         if column in frame:
             frame[column] = frame[column].map({True: True, False: False}).astype("boolean")
@@ -67,3 +80,16 @@ def load_results(out: Path) -> pd.DataFrame:
     if not path.exists():
         raise StempressError(f"{out}: no {RESULTS_CSV}; run `stempress bench --out {out}` first")
     return read_table(path)
+
+
+def problems_table(results: pd.DataFrame) -> pd.DataFrame:
+    """What did not produce a number, and why (skipped by the time limit, unavailable filter, error)."""
+    columns = ["status", "dataset", "method", "reason", "runs"]
+    if "status" not in results:
+        return pd.DataFrame(columns=columns)
+    bad = results[results["status"] != "ok"].copy()
+    if bad.empty:
+        return pd.DataFrame(columns=columns)
+    bad["reason"] = bad["reason"].fillna("").astype(str)
+    table = bad.groupby(["status", "dataset", "method", "reason"], dropna=False).size().rename("runs")
+    return table.reset_index()[columns]

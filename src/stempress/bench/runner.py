@@ -17,15 +17,30 @@ from typing import Any
 import numpy as np
 import psutil
 
-from stempress.bench.measure import FILTER, PARALLEL, Method, measure, methods_for, unavailable_reason
+from stempress.bench.measure import (
+    DEFAULT_LAYOUT,
+    FILTER,
+    NO_CHUNKING,
+    PARALLEL,
+    Layout,
+    Method,
+    measure,
+    methods_for,
+    unavailable_reason,
+)
 from stempress.bench.protocol import Protocol, TimeLimitExceeded
+from stempress.bench.results import missing_root
 from stempress.bench.verify import Reference, VerificationError
 from stempress.codecs.catalog import Codec
 from stempress.data.base import ArraySource, Dataset4D, iter_blocks, nbytes, row_nbytes
 from stempress.errors import StempressError
+from stempress.units import size_text
 
 #: Rows of the results table that hold numbers; the others say why there are none.
 OK, SKIPPED, UNAVAILABLE, ERROR = "ok", "skipped", "unavailable", "error"
+
+#: Free space asked for beyond the largest cube, as a factor (HDF5 metadata, other files on the disk).
+DISK_MARGIN = 1.1
 
 #: Size of the discarded warm-up sample.
 WARMUP_BYTES = 8 * 1024**2
@@ -41,6 +56,8 @@ class BenchConfig:
     workers: int = 1
     runs: int = 3
     protocol: Protocol = "warm"
+    #: Where the cube sits in each HDF5 test file (``study``: ``data`` at the root, as the study's script).
+    layout: Layout = DEFAULT_LAYOUT
     time_limit_s: float | None = 60.0
     workdir: Path = field(default_factory=Path.cwd)
     seed: int = 0
@@ -91,9 +108,9 @@ def run_grid(
     total = grid_size(sources, config)
     rows: list[dict[str, Any]] = []
     notify = on_progress or (lambda event: None)
-    config.workdir.mkdir(parents=True, exist_ok=True)
     if any(codec.name == "none" for codec in config.codecs):
-        check_disk_space(config.workdir, max((nbytes(s) for s in sources), default=0))
+        check_disk_space(config.workdir, sources)
+    config.workdir.mkdir(parents=True, exist_ok=True)
     limit = stage_limit(config)
 
     if config.warmup and sources:
@@ -137,7 +154,7 @@ def measure_cell(
         return row | {"status": SKIPPED, "reason": over_limit[key]}
     try:
         numbers = measure(source, method, config.workdir, protocol=config.protocol,
-                          time_limit_s=config.time_limit_s, reference=reference)
+                          time_limit_s=config.time_limit_s, reference=reference, layout=config.layout)
     except TimeLimitExceeded as exc:
         over_limit[key] = f"{exc.phase} exceeded the {exc.limit_s:g} s time limit in run {run}"
         return row | {"status": SKIPPED, "reason": str(exc)}
@@ -162,6 +179,7 @@ def describe(source: Dataset4D, method: Method, run: int, config: BenchConfig) -
         "chunk_size": str(tuple(chunks)) if chunks is not None else "",
         "run_number": run,
         "protocol": config.protocol,
+        "layout": config.layout if chunks is not None else NO_CHUNKING,
         "dtype": str(source.dtype),
         "shape": str(tuple(source.shape)),
         "raw_bytes": nbytes(source),
@@ -177,16 +195,24 @@ def warm_up(source: Dataset4D, methods: Sequence[Method], config: BenchConfig) -
         if unavailable_reason(method, source.dtype):
             continue
         try:
-            measure(sample, method, config.workdir, protocol="warm", time_limit_s=config.time_limit_s)
+            measure(sample, method, config.workdir, protocol="warm", time_limit_s=config.time_limit_s,
+                    layout=config.layout)
         except Exception:  # the real measurement will record what goes wrong, with its reason
             continue
 
 
-def check_disk_space(workdir: Path, largest_cube_bytes: int) -> None:
-    """Refuse to start a grid that would fill the disk with an uncompressed write."""
-    free = shutil.disk_usage(workdir).free
-    if free < 1.1 * largest_cube_bytes:
+def check_disk_space(workdir: Path, sources: Sequence[Dataset4D]) -> None:
+    """Refuse to start a grid that would fill the disk with an uncompressed write of the largest cube."""
+    if not sources:
+        return
+    largest = max(sources, key=nbytes)
+    needed = int(DISK_MARGIN * nbytes(largest))
+    missing = missing_root(workdir)  # the folder may not exist yet: ask the disk it will be made on
+    free = shutil.disk_usage(missing.parent if missing is not None else workdir).free
+    if free < needed:
         raise StempressError(
-            f"{workdir}: {free / 1024**3:.1f} GiB free, the uncompressed method needs "
-            f"{largest_cube_bytes / 1024**3:.1f} GiB; choose another --workdir or drop method 'none'"
+            f"{workdir}: {size_text(free)} free, but method 'none' writes {largest.name} uncompressed and needs "
+            f"{size_text(needed)} ({size_text(nbytes(largest))} plus {DISK_MARGIN - 1:.0%}); free some space, "
+            "choose another --workdir, or drop none from --methods"
         )
+

@@ -9,12 +9,15 @@ import pandas as pd
 QUANTITIES = ("compression_ratio", "file_size_mb", "write_time", "read_time",
               "write_throughput_gbs", "read_throughput_gbs")
 KEYS = ("dataset", "method", "path", "protocol")
+SUMMARIES = ("mean", "std", "min", "max", "median", "cv_percent")
 
 
 def statistics(results: pd.DataFrame) -> pd.DataFrame:
     """mean, std (sample, as the study), min, max, median and CV % of each quantity per dataset and method."""
-    ok = results[results["status"] == "ok"]
+    ok = results[results["status"] == "ok"] if "status" in results else results.iloc[:0]
     keys = [k for k in KEYS if k in ok.columns]
+    columns = [*keys, "codec", "chunking", "n_runs", *(f"{q}_{s}" for q in QUANTITIES for s in SUMMARIES),
+               "chunk_size"]
     parts = []
     for key, group in ok.groupby(keys, sort=True):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
@@ -31,7 +34,7 @@ def statistics(results: pd.DataFrame) -> pd.DataFrame:
             }
         row["chunk_size"] = group["chunk_size"].iloc[0]
         parts.append(row)
-    return pd.DataFrame(parts)
+    return pd.DataFrame(parts, columns=columns)  # with its header even when nothing succeeded
 
 
 def summary(stats: pd.DataFrame) -> pd.DataFrame:

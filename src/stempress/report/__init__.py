@@ -21,7 +21,7 @@ from stempress.bench.compare import DEFAULT_PAPER_DIR, compare_with_study, load_
 from stempress.bench.inventory import INVENTORY_CSV, read_inventory
 from stempress.bench.measure import PARALLEL
 from stempress.bench.ranking import USE_CASES, normalised, pareto_front, recommend, top_performers
-from stempress.bench.results import METADATA_JSON, STATISTICS_CSV, load_results, read_table
+from stempress.bench.results import METADATA_JSON, STATISTICS_CSV, load_results, problems_table, read_table
 from stempress.bench.sparsity_law import best_per_dataset, fit_sparsity_law, study_fit
 from stempress.bench.statistics import statistics
 from stempress.errors import StempressError
@@ -194,7 +194,7 @@ def build_report(results_dir: Path, paper_dir: Path | None = None, reduced: Sequ
             "where the data resemble the study's; speeds depend on the machine.",
             compare_with_study(inputs.stats, study.stats), collapsed=True)]))
     sections += reductions
-    problems = tabs.problems_table(inputs.results)
+    problems = problems_table(inputs.results)
     if not problems.empty:
         sections.append(Section("Problems", [writer.table(
             "problems", "Cells without a number", "Skipped (time limit), unavailable (filter missing here) or "

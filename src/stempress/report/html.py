@@ -150,6 +150,7 @@ def run_facts(metadata: dict[str, Any]) -> list[tuple[str, str]]:
         ("date", metadata.get("date")),
         ("stempress", packages.get("stempress")),
         ("protocol", metadata.get("protocol")),
+        ("HDF5 layout", layout_fact(metadata)),
         ("runs", metadata.get("runs")),
         ("seed", metadata.get("seed")),
         ("time limit (s)", metadata.get("time_limit_s")),
@@ -168,6 +169,18 @@ def run_facts(metadata: dict[str, Any]) -> list[tuple[str, str]]:
         ("command", " ".join(map(str, metadata.get("command_line", []))) or None),
     ]
     return [(k, str(v)) for k, v in facts if v is not None and v != ""]
+
+
+def layout_fact(metadata: dict[str, Any]) -> str | None:
+    """Where the measured HDF5 files held the cube: the ratios depend on it by a few kB per file."""
+    if not metadata:
+        return None
+    layout, path = metadata.get("layout"), metadata.get("dataset_path")
+    if layout is None:
+        return ("not recorded: results written before the layout was, with the cube at the EMD 1.0 path "
+                "/version_1/data/datacubes/datacube_000/data")
+    told = {"study": "as the study's script writes it", "emd": "the EMD 1.0 path, as the study's cubes are stored"}
+    return f"{layout}: dataset {path} ({told.get(layout, 'as chosen')})"
 
 
 def render_sections(sections: list[Section]) -> str:

@@ -281,19 +281,6 @@ def recommendations_table(recommendations: Iterable[Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=fields)
 
 
-def problems_table(results: pd.DataFrame) -> pd.DataFrame:
-    """What did not produce a number, and why (skipped by the time limit, unavailable filter, error)."""
-    columns = ["status", "dataset", "method", "reason", "runs"]
-    if "status" not in results:
-        return pd.DataFrame(columns=columns)
-    bad = results[results["status"] != "ok"].copy()
-    if bad.empty:
-        return pd.DataFrame(columns=columns)
-    bad["reason"] = bad["reason"].fillna("").astype(str)
-    table = bad.groupby(["status", "dataset", "method", "reason"], dropna=False).size().rename("runs")
-    return table.reset_index()[columns]
-
-
 def paths_table(stats: pd.DataFrame) -> pd.DataFrame:
     """The filter pipeline and the parallel writer side by side, per dataset and method (same codec and chunks)."""
     from stempress.bench.measure import FILTER, PARALLEL
