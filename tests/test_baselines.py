@@ -96,22 +96,40 @@ def test_hdf5_codec_has_no_file_format() -> None:
         file_format("gzip_6")
 
 
-def test_sparse_csr_is_one_pickled_csr_matrix_per_frame(tmp_path: Path) -> None:
-    cube = make_cube(np.dtype("uint16"))
-    [path] = roundtrip("sparse_csr", cube, tmp_path)
-    frames = []
+def pickled_lists(path: Path) -> list[list]:
+    lists = []
     with path.open("rb") as f:
         while True:
             try:
-                frames.append(pickle.load(f))
+                lists.append(pickle.load(f))
             except EOFError:
-                break
+                return lists
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_sparse_csr_is_the_studys_file(dtype: str, tmp_path: Path) -> None:
+    """The study pickles the list of every frame's ``csr_matrix(frame.astype(uint16))`` in one dump: our file
+    has its size to the byte (no per-frame pickle headers), its uint16 values, and the same matrices."""
+    cube = make_cube(np.dtype(dtype))
+    [path] = roundtrip("sparse_csr", cube, tmp_path)
+    study = [csr_matrix(frame.astype(np.uint16)) for frame in cube.reshape(-1, *SHAPE[2:])]
+    assert path.stat().st_size == len(pickle.dumps(study))
+    [frames] = pickled_lists(path)
     assert len(frames) == SHAPE[0] * SHAPE[1]
-    assert all(isinstance(m, csr_matrix) and m.dtype == np.uint16 for m in frames)
-    flat = cube.reshape(-1, *SHAPE[2:])
-    for m, frame in zip(frames, flat, strict=True):
-        assert m.nnz == np.count_nonzero(frame)
-        np.testing.assert_array_equal(m.toarray(), frame)
+    for m, theirs in zip(frames, study, strict=True):
+        assert isinstance(m, csr_matrix) and m.dtype == np.uint16 and m.nnz == theirs.nnz
+        np.testing.assert_array_equal(m.toarray(), theirs.toarray())
+
+
+def test_sparse_csr_of_a_large_cube_is_several_lists(tmp_path: Path, monkeypatch) -> None:
+    import stempress.codecs.baselines as baselines
+
+    monkeypatch.setattr(baselines, "PICKLE_BYTES", 200)  # a few frames per list
+    cube = make_cube(np.dtype("float32"))
+    [path] = roundtrip("sparse_csr", cube, tmp_path)
+    lists = pickled_lists(path)
+    assert len(lists) > 3 and sum(map(len, lists)) == SHAPE[0] * SHAPE[1]
+    assert all(m.dtype == np.float32 for frames in lists for m in frames)  # lossless: not the study's uint16
 
 
 def test_uint8_overflow_stores_only_what_uint8_cannot_hold(tmp_path: Path) -> None:
@@ -145,6 +163,11 @@ def test_simple_gzip_is_np_save_through_gzip(tmp_path: Path) -> None:
     assert gzip.decompress(path.read_bytes()) == expected.getvalue()
     with gzip.open(path, "rb") as f:
         np.testing.assert_array_equal(np.load(f), cube)
+    study = tmp_path / "simple_gzip.npy.gz"  # the study's: np.save into gzip.open, named like this
+    with gzip.open(study, "wb") as f:
+        np.save(f, cube)
+    ours, theirs = path.read_bytes(), study.read_bytes()
+    assert len(ours) == len(theirs) and ours[:4] + ours[8:] == theirs[:4] + theirs[8:]  # bytes 4-8: the time
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -197,3 +220,15 @@ def test_truncated_file_is_reported(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", COUNT_FORMATS)
 def test_counts_only_formats_roundtrip_counts(name: str, dtype: str, tmp_path: Path) -> None:
     roundtrip(name, make_cube(np.dtype(dtype)), tmp_path)
+
+
+def test_each_baseline_says_how_it_differs_from_the_studys() -> None:
+    from stempress.codecs.baselines import study_difference
+
+    assert study_difference("gzip_6", "uint16") is None and study_difference("events_raw_csr", "uint8") is None
+    assert study_difference("sparse_csr", "uint8").startswith("same file as the study's")
+    floats = study_difference("sparse_csr", "float32")
+    assert "loses fractions" in floats and "lossless" in floats and "2 frames" in floats
+    assert "zip-compressed" in study_difference("uint8_overflow", "uint16")
+    assert "loses the negative values" in study_difference("uint8_overflow", "int16")
+    assert "does not time the read" in study_difference("simple_gzip", "float64")

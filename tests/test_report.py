@@ -127,6 +127,20 @@ def test_best_table_matches_statistics_and_bounds(built):
     assert len(methods) == len(stats) and methods["fraction_of_bound"].notna().all()
 
 
+def test_baselines_table_states_per_row_how_each_differs_from_the_study(built):
+    folder = built.parent.parent
+    table = pd.read_csv(built.parent / TABLES_DIR / "baselines_vs_study.csv")
+    results = pd.read_csv(folder / RESULTS_CSV)
+    measured = results[results["method"].isin(["sparse_csr", "uint8_overflow", "simple_gzip"])]
+    assert len(table) == len(measured.drop_duplicates(["dataset", "method"]))
+    by_row = table.set_index(["dataset", "method"])["differs_from_study"]
+    assert "loses fractions" in by_row[("4D_Diff-2x2-binning", "sparse_csr")]  # float32: the study's cast
+    assert by_row[("4D_Diff", "sparse_csr")].startswith("same file as the study's")  # uint16: its file
+    assert table["ratio_study"].notna().all()  # the smoke suite's datasets carry the study's names
+    html = built.read_text()
+    assert "Non-HDF5 baselines: ours vs the study" in html
+
+
 def test_chunking_and_family_tables(built):
     chunking = pd.read_csv(built.parent / TABLES_DIR / "table5_chunking.csv")
     assert list(chunking["chunking"][:3]) == ["real_space", "balanced", "single_frame"]
@@ -160,8 +174,10 @@ def test_missing_inventory_skips_table1_and_figure3_and_removes_stale_files(smok
     html = build_report(folder).read_text()
     assert "inventory.csv is missing" in html
     assert not (folder / "report" / FIGURES_DIR / "fig3_sparsity.png").exists()  # not left from the first build
+    assert not (folder / "report" / FIGURES_DIR / "fig3b_law_residuals.png").exists()
     assert not (folder / "report" / TABLES_DIR / "table1_datasets.csv").exists()
-    assert len(embedded_pngs(html)) == len(FIGURE_NAMES) - 1
+    assert not (folder / "report" / TABLES_DIR / "sparsity_law.csv").exists()
+    assert len(embedded_pngs(html)) == len(FIGURE_NAMES) - 2  # Figures 3 and 3b need each dataset's sparsity
     best = pd.read_csv(folder / "report" / TABLES_DIR / "table3_best_per_dataset.csv")
     assert "fraction_of_bound" not in best.columns
 
@@ -171,6 +187,22 @@ def test_missing_study_folder_skips_the_comparison(smoke_results, tmp_path):
     html = build_report(folder, paper_dir=tmp_path / "no-such-study").read_text()
     assert "comparison with the study is skipped" in html
     assert not (folder / "report" / TABLES_DIR / "study_comparison.csv").exists()
+    # Figure 3 promises only what it draws: the study's law as published, its tables being absent
+    assert "dashed: the study&#x27;s law, as published (the study&#x27;s tables were not found" in html
+    assert "red line: the law C = a·s^b + c fitted" in html
+    law = pd.read_csv(folder / "report" / TABLES_DIR / "sparsity_law.csv")
+    assert law["law_ratio"].notna().all()
+
+
+def test_the_studys_law_is_checked_on_our_datasets_with_residuals(built):
+    law = pd.read_csv(built.parent / TABLES_DIR / "sparsity_law.csv")
+    best = pd.read_csv(built.parent / TABLES_DIR / "table3_best_per_dataset.csv")
+    assert sorted(law["dataset"]) == sorted(best["dataset"])
+    assert np.allclose(law["ratio_over_law"], law["ratio"] / law["law_ratio"])
+    html = built.read_text()
+    assert "The study&#x27;s sparsity law C = 49.9·s^6.91 + 4.99 (fitted to the study&#x27;s own tables" in html
+    assert ("holds on all" in html) == bool(law["law_holds"].all())  # the sentence follows the table
+    assert "Figure 3b. The study&#x27;s law and our fit: residuals" in html
 
 
 def test_skipped_cells_are_reported_not_averaged(smoke_results, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,10 +11,15 @@ import pytest
 from stempress.bench.compare import DEFAULT_PAPER_DIR
 from stempress.bench.measure import split_method
 from stempress.bench.sparsity_law import (
+    PUBLISHED_LAW,
+    PUBLISHED_SCATTER,
     best_per_dataset,
     fit_best,
     fit_sparsity_law,
+    law_check,
+    law_summary,
     study_fit,
+    study_law,
     with_sparsity,
 )
 from stempress.errors import StempressError
@@ -107,3 +114,35 @@ def test_fit_best_joins_an_inventory():
 def test_study_fit_names_missing_files(tmp_path):
     with pytest.raises(StempressError, match=r"statistics\.csv"):
         study_fit(tmp_path)
+
+
+def test_a_dense_dataset_fits_without_a_divide_by_zero_warning():
+    """Sparsity 0 (no exact zeros) is a real dataset; a negative exponent tried by the fit made 0 ** b divide."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = fit_sparsity_law([0.0, 0.0, 0.5, 0.9], [1.0, 1.2, 5.0, 30.0])
+        assert fit.b >= 0 and np.isfinite(fit.predict(0.0))
+
+
+def test_the_studys_law_comes_from_its_tables_or_as_published(tmp_path):
+    law = study_law()
+    assert (law.fit.a, law.fit.b, law.fit.c) == pytest.approx((49.909, 6.905, 4.995), abs=1e-3)
+    assert "own tables" in law.source
+    assert law.scatter == pytest.approx(PUBLISHED_SCATTER, abs=1e-3)  # the constant used without the tables
+    absent = study_law(tmp_path)  # e.g. --paper-dir pointing to a folder without them
+    assert absent.fit == PUBLISHED_LAW and "as published" in absent.source and str(tmp_path) in absent.source
+
+
+def test_law_check_says_plainly_where_the_law_does_not_hold():
+    """Like four real Merlin cubes: at s = 0.96 the best ratios are 2-4x what the study's law predicts."""
+    law = study_law()
+    best = pd.DataFrame({"dataset": ["merlin1", "merlin2", "lookalike"], "method": ["balanced_gzip_9"] * 3,
+                         "sparsity": [0.96, 0.962, 0.928], "ratio": [105.8, 160.0, 34.0]})
+    check = law_check(best, law, None).set_index("dataset")
+    assert check.loc["merlin1", "law_ratio"] == pytest.approx(law.fit.predict(0.96))
+    assert check.loc["merlin1", "ratio_over_law"] == pytest.approx(105.8 / law.fit.predict(0.96))
+    assert list(check["law_holds"]) == [True, False, False]  # sorted by sparsity: lookalike first
+    assert check["fit_ratio"].isna().all()
+    text = law_summary(check.reset_index(), law)
+    assert "holds on 1 of 3 datasets here and does not hold on merlin1 (s = 0.960: measured 105.8x" in text
+    assert "more than it predicts" in text and "lookalike" not in text

@@ -22,7 +22,15 @@ from stempress.bench.inventory import INVENTORY_CSV, read_inventory
 from stempress.bench.measure import PARALLEL
 from stempress.bench.ranking import USE_CASES, normalised, pareto_front, recommend, top_performers
 from stempress.bench.results import METADATA_JSON, STATISTICS_CSV, load_results, problems_table, read_table
-from stempress.bench.sparsity_law import best_per_dataset, fit_sparsity_law, study_fit
+from stempress.bench.sparsity_law import (
+    SparsityFit,
+    StudyLaw,
+    best_per_dataset,
+    fit_sparsity_law,
+    law_check,
+    law_summary,
+    study_law,
+)
 from stempress.bench.statistics import statistics
 from stempress.errors import StempressError
 from stempress.report import figures as figs
@@ -40,10 +48,10 @@ RANKED = ("compression_ratio_mean", "write_throughput_gbs_mean", "read_throughpu
 #: The bound the study drew in Figure 3 (16 bits: its uint16 cubes).
 STUDY_BOUND_BITS = 16
 
-TABLE_NAMES = ("table1_datasets", "table3_best_per_dataset", "table4_families", "table5_chunking",
-               "top_performers", "recommendations", "study_comparison", "methods_per_dataset", "problems",
-               "write_paths")
-FIGURE_NAMES = ("fig1_top10", "fig2_radar", "fig3_sparsity", "fig4_chunking", "fig5_pareto")
+TABLE_NAMES = ("table1_datasets", "table3_best_per_dataset", "table4_families", "baselines_vs_study",
+               "table5_chunking", "top_performers", "recommendations", "study_comparison", "sparsity_law",
+               "methods_per_dataset", "problems", "write_paths")
+FIGURE_NAMES = ("fig1_top10", "fig2_radar", "fig3_sparsity", "fig3b_law_residuals", "fig4_chunking", "fig5_pareto")
 
 
 @dataclass
@@ -106,27 +114,25 @@ def load_inputs(results_dir: Path) -> Inputs:
 
 @dataclass
 class Study:
-    """The study's statistics and fitted law, or why they are absent."""
+    """The study's statistics (or why they are absent) and its sparsity law (as published when its tables are
+    absent, so Figure 3 and the law check always have the law they name)."""
+    law: StudyLaw
     stats: pd.DataFrame | None = None
-    fit: Any | None = None
     note: str | None = None
 
 
 def load_study(paper_dir: Path | None) -> Study:
     """The study's statistics.csv from ``paper_dir`` (default: the copy stempress knows); absent -> a note."""
     where = Path(paper_dir) if paper_dir is not None else Path(DEFAULT_PAPER_DIR)
+    law = study_law(where)
     if not where.is_dir():
-        return Study(note=f"the study's results folder {where} was not found: the comparison with the study "
-                          "is skipped (pass the folder holding its statistics.csv).")
+        return Study(law, note=f"the study's results folder {where} was not found: the comparison with the study "
+                               "is skipped (pass the folder holding its statistics.csv).")
     try:
         stats = load_study_statistics(where)
     except (StempressError, FileNotFoundError) as err:
-        return Study(note=f"the study's statistics could not be read ({err}): the comparison is skipped.")
-    try:
-        fit = study_fit(where)
-    except (StempressError, FileNotFoundError, ValueError):
-        fit = None
-    return Study(stats=stats, fit=fit)
+        return Study(law, note=f"the study's statistics could not be read ({err}): the comparison is skipped.")
+    return Study(law, stats=stats)
 
 
 class _Writer:
@@ -176,8 +182,9 @@ def build_report(results_dir: Path, paper_dir: Path | None = None, reduced: Sequ
     notes += rec_notes
     findings: list[str] = []
     sections = [_datasets_section(writer, inputs)]
-    sections += _method_sections(writer, inputs, recommendations, notes)
-    sections.append(_figure_section(writer, inputs, study))
+    sections += _method_sections(writer, inputs, recommendations, notes, study)
+    law = sparsity_inputs(inputs, study)
+    sections.append(_figure_section(writer, inputs, study, law))
     if inputs.paths is not None:
         workers = sorted(set(inputs.results.get("workers", pd.Series([1])).dropna().astype(int)) - {1}) or [1]
         sections.append(Section("Write paths", [writer.table(
@@ -186,8 +193,10 @@ def build_report(results_dir: Path, paper_dir: Path | None = None, reduced: Sequ
             f"compresses chunks on {', '.join(map(str, workers))} worker thread(s) and stores them with "
             "write_direct_chunk, declaring the same filter so any HDF5 reader decodes the file. Ratios should "
             "match; speed-up = parallel / filter throughput.", tabs.paths_table(inputs.paths))]))
+    if law is not None:
+        findings.append(law_summary(law.check, study.law))
     if study.stats is not None and not inputs.stats.empty:
-        findings = list(study_findings(inputs.stats, study.stats))
+        findings = list(study_findings(inputs.stats, study.stats)) + findings
         sections.append(Section("Comparison with the study", [writer.table(
             "study_comparison", "Our numbers next to the study's",
             "Every (dataset, method) both have: ours, the study's, and ours / the study's. Ratios compare only "
@@ -233,8 +242,8 @@ def _datasets_section(writer: _Writer, inputs: Inputs) -> Section:
     return section
 
 
-def _method_sections(writer: _Writer, inputs: Inputs, recommendations: list[Any], notes: list[str]
-                     ) -> list[Section]:
+def _method_sections(writer: _Writer, inputs: Inputs, recommendations: list[Any], notes: list[str],
+                     study: Study) -> list[Section]:
 
     stats = inputs.stats
     if stats.empty:
@@ -257,6 +266,13 @@ def _method_sections(writer: _Writer, inputs: Inputs, recommendations: list[Any]
         "Mean, smallest and largest ratio over the family's codecs and all datasets; mean write time (s) and "
         "throughput. Non-HDF5 baselines have no chunking and are listed as measured.",
         tabs.families_table(stats, family_of)))
+    baselines = tabs.baselines_table(stats, inputs.results, study.stats)
+    if not baselines.empty:
+        blocks.append(writer.table(
+            "baselines_vs_study", "Non-HDF5 baselines: ours vs the study's",
+            "The study's three baselines outside HDF5, as we measure them, per dataset: where its casts would "
+            "lose data we keep every value (a ratio is never bought with lost values), and what each times "
+            "differs; its ratio is shown where it measured the same dataset.", baselines))
     chunking = tabs.chunking_table(stats)
     blocks.append(writer.table("table5_chunking", "Table 5. Chunking summary", _chunking_caption(chunking),
                                chunking))
@@ -290,7 +306,7 @@ def _chunking_caption(table: pd.DataFrame) -> str:
     return text
 
 
-def _figure_section(writer: _Writer, inputs: Inputs, study: Study) -> Section:
+def _figure_section(writer: _Writer, inputs: Inputs, study: Study, law: LawInputs | None) -> Section:
 
     stats = inputs.stats
     section = Section("Figures")
@@ -313,7 +329,7 @@ def _figure_section(writer: _Writer, inputs: Inputs, study: Study) -> Section:
                       "throughput, and timing stability 1/(1 + CV %) of writes and reads.",
                       lambda: figs.radar_figure(stats, selected) if selected else None,
                       "no top performer was selected"),
-        _sparsity_block(writer, inputs, study),
+        *_sparsity_blocks(writer, law, study),
         writer.figure("fig4_chunking", "Figure 4. Effect of chunking",
                       "Per codec, mean over datasets of the ratio and the write/read throughput under each "
                       "chunking (throughput on log axes).", lambda: figs.chunking_figure(stats),
@@ -326,12 +342,21 @@ def _figure_section(writer: _Writer, inputs: Inputs, study: Study) -> Section:
     return section
 
 
-def _sparsity_block(writer: _Writer, inputs: Inputs, study: Study) -> FigureBlock | NoteBlock:
+@dataclass
+class LawInputs:
+    """Figure 3's points, our fit of the law to them, and the study's law checked on them."""
+    points: pd.DataFrame
+    best: pd.DataFrame
+    fit: SparsityFit | None
+    fit_note: str | None
+    check: pd.DataFrame
+    bounds: pd.DataFrame | None
 
-    title = "Figure 3. Compression ratio vs sparsity"
-    if inputs.inventory is None:
-        return NoteBlock(f"{title}: not drawn, the sparsity of each dataset comes from inventory.csv, which "
-                         "this results folder lacks.")
+
+def sparsity_inputs(inputs: Inputs, study: Study) -> LawInputs | None:
+    """Every method's and the best ratio per dataset against its sparsity; None without an inventory."""
+    if inputs.inventory is None or inputs.stats.empty:
+        return None
     inv = inputs.inventory.rename(columns={"dataset_id": "dataset", "sparsity_fraction": "sparsity"})
     sparsity = inv[["dataset", "sparsity"]]
     points = inputs.stats.rename(columns={"compression_ratio_mean": "ratio"}).merge(sparsity, on="dataset")
@@ -343,14 +368,44 @@ def _sparsity_block(writer: _Writer, inputs: Inputs, study: Study) -> FigureBloc
         fit_note = fit.warning
     except StempressError as err:  # too few datasets, one sparsity, no convergence: draw the rest anyway
         fit_note = f"not fitted: {err}"
-    caption = ("Faint: every method's mean ratio per dataset; red: the best per dataset, with the law "
-               "C = a·s^b + c fitted to them (start [50, 7, 5], as the study); dashed: the study's fit; dotted: "
-               "the study's bound 16 / H₂(s); green bars: each dataset's tightest bound (Table 1).")
-    if fit_note:
-        caption += f" Fit: {fit_note}."
     bounds = inv[["dataset", "sparsity", "tightest_bound_ratio"]] if "tightest_bound_ratio" in inv else None
-    return writer.figure("fig3_sparsity", title, caption,
-                         lambda: figs.sparsity_figure(points, best, fit, study.fit,
-                                                      lambda s: float(sparsity_bound(s, STUDY_BOUND_BITS)), bounds,
-                                                      fit_note),
-                         "no dataset has both a ratio and a sparsity")
+    return LawInputs(points, best, fit, fit_note, law_check(best, study.law, fit), bounds)
+
+
+def _sparsity_blocks(writer: _Writer, law: LawInputs | None, study: Study) -> list[FigureBlock | NoteBlock
+                                                                                   | TableBlock]:
+    """Figure 3, then the study's law checked on these datasets: a table and its residual plot."""
+    title = "Figure 3. Compression ratio vs sparsity"
+    if law is None:
+        return [NoteBlock(f"{title}: not drawn, the sparsity of each dataset comes from inventory.csv, which "
+                          "this results folder lacks.")]
+    drawn = ["faint: every method's mean ratio per dataset", "red dots: the best per dataset"]
+    if law.fit is not None:
+        drawn.append("red line: the law C = a·s^b + c fitted to them (start [50, 7, 5], as the study)")
+    drawn += [f"dashed: the study's law, {study.law.source}", "dotted: the study's bound 16 / H₂(s)"]
+    if law.bounds is not None:
+        drawn.append("green bars: each dataset's tightest bound (Table 1)")
+    text = "; ".join(drawn)
+    caption = text[0].upper() + text[1:] + "." + (f" Our fit: {law.fit_note}." if law.fit_note else "")
+    blocks: list[FigureBlock | NoteBlock | TableBlock] = [writer.figure(
+        "fig3_sparsity", title, caption,
+        lambda: figs.sparsity_figure(law.points, law.best, law.fit, study.law.fit,
+                                     lambda s: float(sparsity_bound(s, STUDY_BOUND_BITS)), law.bounds, law.fit_note,
+                                     study_label=f"study's law ({study.law.source})"),
+        "no dataset has both a ratio and a sparsity")]
+    if law.check.empty:
+        return blocks
+    scatter = study.law.scatter
+    blocks.append(writer.table(
+        "sparsity_law", "The study's sparsity law on these datasets",
+        law_summary(law.check, study.law) + f" Factor = measured / predicted; the law holds where the factor "
+        f"lies within {1 / scatter:.2f}-{scatter:.2f}x, the spread of the study's own datasets around it. 'fit' "
+        "is the law fitted to these datasets (Figure 3's red line).", law.check))
+    blocks.append(writer.figure(
+        "fig3b_law_residuals", "Figure 3b. The study's law and our fit: residuals on these datasets",
+        "Top: the best ratio per dataset with the study's law (dashed), its own spread (band) and our fit. "
+        "Bottom: measured / predicted for each dataset; outside the band the study's law does not hold.",
+        lambda: figs.law_residuals_figure(law.check, study.law.fit, scatter, law.fit,
+                                          f"study's law ({study.law.source})"),
+        "no dataset has both a ratio and a sparsity"))
+    return blocks

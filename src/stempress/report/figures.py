@@ -171,7 +171,7 @@ def radar_figure(stats: pd.DataFrame, codecs: Sequence[str], chunking: str = "ba
 
 def sparsity_figure(points: pd.DataFrame, best: pd.DataFrame, fit: Any | None, study_fit: Any | None,
                     bound: Callable[[float], float] | None, dataset_bounds: pd.DataFrame | None,
-                    fit_note: str | None = None) -> Figure | None:
+                    fit_note: str | None = None, study_label: str = "study's fit") -> Figure | None:
     """Figure 3: ratio vs sparsity, the fitted law, the study's law, the 16/H2(s) curve and per-dataset bounds.
 
     ``points``: dataset, sparsity, ratio (every method); ``best``: the same for the best method per dataset;
@@ -202,8 +202,8 @@ def sparsity_figure(points: pd.DataFrame, best: pd.DataFrame, fit: Any | None, s
         ax.plot([], [], " ", label=textwrap.fill(f"fit: {note}", 70))
     if study_fit is not None and np.all(np.isfinite([study_fit.a, study_fit.b, study_fit.c])):
         ax.plot(grid, study_fit.predict(grid), "--", color="#1f77b4", linewidth=1.5,
-                label=f"study's fit: C = {study_fit.a:.1f}·s^{study_fit.b:.2f} + {study_fit.c:.2f}  "
-                      f"(R² = {study_fit.r_squared:.3f})")
+                label=textwrap.fill(f"{study_label}: C = {study_fit.a:.1f}·s^{study_fit.b:.2f} + "
+                                    f"{study_fit.c:.2f}  (R² = {study_fit.r_squared:.3f})", 70))
     if bound is not None:
         ax.plot(grid, [bound(s) for s in grid], ":", color="k", linewidth=1.5,
                 label="bound 16 / H₂(s) (the study's, uint16)")
@@ -226,6 +226,62 @@ def sparsity_figure(points: pd.DataFrame, best: pd.DataFrame, fit: Any | None, s
     place_labels(ax, list(ordered["sparsity"]), list(ordered["ratio"]),
                  [f"{r.dataset}: {r.method}" for r in ordered.itertuples()])
     fig.suptitle("Figure 3. Compression ratio vs sparsity: the sparsity law C = a·s^b + c and its bounds")
+    return fig
+
+
+def law_residuals_figure(check: pd.DataFrame, law: Any, scatter: float, fit: Any | None,
+                         law_label: str = "study's law") -> Figure | None:
+    """The study's law against each dataset's best ratio (top) and measured / predicted per dataset (bottom),
+    with the band the study's own datasets span around it: a point outside it is where the law does not hold.
+
+    ``check``: :func:`stempress.bench.sparsity_law.law_check`'s table.
+    """
+    check = check.dropna(subset=["sparsity", "ratio"])
+    if check.empty:
+        return None
+    fig = new_figure(10, 8.5)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    s = check["sparsity"].to_numpy(float)
+    pad = max(0.04, (0.3 - np.ptp(s)) / 2)
+    grid = np.linspace(max(0.0, s.min() - pad), min(0.999, s.max() + pad), 200)
+    predicted = np.asarray(law.predict(grid), dtype=float)
+    top.fill_between(grid, predicted / scatter, predicted * scatter, color="#1f77b4", alpha=0.15, linewidth=0,
+                     label=f"the study's own spread around its law (x{1 / scatter:.2f} to x{scatter:.2f})")
+    top.plot(grid, predicted, "--", color="#1f77b4", linewidth=1.8,
+             label=textwrap.fill(f"{law_label}: C = {law.a:.1f}·s^{law.b:.2f} + {law.c:.2f}", 70))
+    if fit is not None and np.all(np.isfinite([fit.a, fit.b, fit.c])):
+        top.plot(grid, fit.predict(grid), color="#d62728", linewidth=1.5,
+                 label=f"our fit: C = {fit.a:.1f}·s^{fit.b:.2f} + {fit.c:.2f}")
+    holds = check["law_holds"].astype(bool).to_numpy()
+    for mask, colour, label in ((holds, "#2ca02c", "law holds"), (~holds, "#d62728", "law does not hold")):
+        if mask.any():
+            top.scatter(s[mask], check["ratio"][mask], s=80, color=colour, edgecolors="k", zorder=5, label=label)
+            bottom.scatter(s[mask], check["ratio_over_law"][mask], s=80, color=colour, edgecolors="k", zorder=5)
+    if fit is not None:
+        bottom.scatter(s, check["ratio_over_fit"], marker="x", color="#d62728", zorder=4,
+                       label="measured / our fit")
+    top.set_yscale("log")
+    plain_log_axis(top.yaxis)
+    top.set_ylabel("best compression ratio (log)")
+    top.grid(alpha=0.3, which="both")
+    top.legend(fontsize=8, loc="upper left")
+    bottom.axhspan(1 / scatter, scatter, color="#1f77b4", alpha=0.15, linewidth=0)
+    bottom.axhline(1, color="#1f77b4", linestyle="--", linewidth=1)
+    bottom.set_yscale("log")
+    plain_log_axis(bottom.yaxis)
+    factors = np.concatenate([check["ratio_over_law"].to_numpy(float), [1 / scatter, scatter]])
+    factors = factors[np.isfinite(factors) & (factors > 0)]
+    bottom.set_ylim(factors.min() / 1.4, factors.max() * 1.4)
+    bottom.set_xlabel("sparsity s (fraction of exact zeros)")
+    bottom.set_ylabel("measured / predicted (log)")
+    bottom.grid(alpha=0.3, which="both")
+    if fit is not None:
+        bottom.legend(fontsize=8, loc="upper left")
+    fig.canvas.draw()
+    place_labels(top, list(s), list(check["ratio"]), [str(d) for d in check["dataset"]])
+    place_labels(bottom, list(s), list(check["ratio_over_law"]),
+                 [f"{f:.2f}x" for f in check["ratio_over_law"]])
+    fig.suptitle("Figure 3b. The study's sparsity law on these datasets: measured against predicted")
     return fig
 
 

@@ -29,6 +29,7 @@ COLUMN_LABELS: dict[str, str] = {
     "ratio": "ratio", "ratio_min": "ratio min", "ratio_max": "ratio max", "ratio_cv_percent": "ratio CV %",
     "write_gibs": "write (GiB/s)", "read_gibs": "read (GiB/s)", "write_time_s": "write time (s)",
     "write_cv_percent": "write CV %", "read_cv_percent": "read CV %", "fraction_of_bound": "fraction of bound",
+    "ratio_study": "study's ratio", "differs_from_study": "differs from the study's",
     "n_runs": "runs", "n_datasets": "datasets", "n_codecs": "codecs", "n_cells": "cells", "runs": "runs",
 }
 
@@ -279,6 +280,26 @@ def recommendations_table(recommendations: Iterable[Any]) -> pd.DataFrame:
         if isinstance(row["alternatives"], list | tuple):
             row["alternatives"] = ", ".join(str(a) for a in row["alternatives"])
     return pd.DataFrame(rows, columns=fields)
+
+
+def baselines_table(stats: pd.DataFrame, results: pd.DataFrame, study: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per measured non-HDF5 baseline and dataset: our ratio, the study's where it has the dataset, and
+    how the two baselines differ on that dataset's dtype (the study's casts lose data on some)."""
+    from stempress.codecs.baselines import study_difference
+
+    columns = ["dataset", "dtype", "method", "ratio", "ratio_study", "differs_from_study"]
+    dtypes = results.drop_duplicates("dataset").set_index("dataset")["dtype"] if "dtype" in results else {}
+    rows = []
+    theirs = {} if study is None else study.set_index(["dataset", "method"])["compression_ratio_mean"].to_dict()
+    for row in stats.itertuples():
+        dtype = dtypes.get(row.dataset)
+        note = study_difference(str(row.codec), dtype) if dtype is not None else None
+        if note is None:
+            continue
+        rows.append({"dataset": row.dataset, "dtype": dtype, "method": row.method,
+                     "ratio": row.compression_ratio_mean, "ratio_study": theirs.get((row.dataset, row.method)),
+                     "differs_from_study": note})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def paths_table(stats: pd.DataFrame) -> pd.DataFrame:
