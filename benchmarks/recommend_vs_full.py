@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stempress.bench.ranking import USE_CASES, recommend
+from stempress.bench.ranking import USE_CASES, compress_writes, recommend
 from stempress.bench.recommend import recommend_source
 from stempress.bench.runner import BenchConfig, run_grid
 from stempress.bench.statistics import statistics
@@ -47,7 +47,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="stempress-recommend-vs-full-") as scratch:
         for cube in suite(args.suite):
-            config = BenchConfig(codecs=select_codecs(args.methods), chunkings=["balanced"], runs=args.runs,
+            codecs = [c for c in select_codecs(args.methods) if compress_writes(c.name)]  # what recommend ranks
+            config = BenchConfig(codecs=codecs, chunkings=["balanced"], runs=args.runs,
                                  workdir=Path(scratch), time_limit_s=120.0)
             full = statistics(pd.DataFrame(run_grid([cube], config)))
             for use_case in USE_CASES:

@@ -71,10 +71,58 @@ def test_acquisition_rate_must_be_met_on_every_dataset(stats):
     assert recommend(stats, "acquisition", required_write_gibs=0.5).method == "balanced_blosc_zstd"
 
 
-def test_acquisition_rate_nobody_meets_says_so(stats):
-    rec = recommend(stats, "acquisition", required_write_gibs=100)
-    assert rec.method == "balanced_none"
-    assert rec.why.startswith("no method writes 100 GiB/s") and "5 GiB/s on its slowest dataset" in rec.why
+#: The issue's 3x3x512x512 Merlin cube, balanced chunking (ratio, write, read): nothing writes 1.5 GiB/s.
+MERLIN = {
+    "uint8_overflow": [(1.98, 0.9, 1.2)],                     # the fastest writer, but a 2x cast
+    "simple_gzip": [(94.7, 0.005, 0.3)],                      # a file format: compress refuses it
+    "balanced_none": [(1.0, 1.1, 3.0)],
+    "balanced_gzip_9": [(105.8, 0.004, 0.5)],
+    "balanced_blosc_zstd": [(80.2, 0.21, 1.1)],
+    "balanced_blosc_lz4": [(39.6, 0.39, 1.6)],
+    "balanced_bitshuffle_lz4": [(52.0, 0.33, 0.9)],
+}
+
+
+def test_acquisition_rate_nobody_meets_says_so_and_picks_a_fast_useful_codec():
+    rec = recommend(stats_table(MERLIN), "acquisition", required_write_gibs=1.5)
+    assert rec.method == "balanced_blosc_lz4" and rec.meets_rate is False
+    assert rec.why.startswith("no method writes 1.5 GiB/s on every dataset (the fastest of all, balanced_none, "
+                              "manages 1.1 GiB/s but only 1.00x)")
+    assert "useful ratio (at least a quarter of the best, >= 26.45x)" in rec.why
+    assert "uint8_overflow" not in rec.alternatives and "balanced_none" not in rec.alternatives
+    met = recommend(stats_table(MERLIN), "acquisition", required_write_gibs=0.3)
+    assert met.method == "balanced_bitshuffle_lz4" and met.meets_rate is True  # best ratio that keeps up
+    assert recommend(stats_table(MERLIN), "archive").meets_rate is None
+
+
+@pytest.mark.parametrize("use_case", USE_CASES)
+def test_recommendations_are_what_compress_writes(use_case):
+    """The file baselines may be fastest or smallest; compress refuses them, so they are never recommended."""
+    from stempress.store.compress import resolve_codec
+
+    rec = recommend(stats_table(MERLIN), use_case, required_write_gibs=2.0 if use_case == "acquisition" else None)
+    assert rec.codec not in ("uint8_overflow", "simple_gzip")
+    assert resolve_codec(rec.codec, None, None, None)[0].name == rec.codec  # compress accepts it
+    assert "compress cannot write them: simple_gzip, uint8_overflow" in rec.why
+    assert not {"uint8_overflow", "simple_gzip"} & set(rec.alternatives)
+
+
+def test_compress_writes_agrees_with_compress_on_every_codec():
+    from stempress.bench.ranking import compress_writes
+    from stempress.codecs.catalog import CATALOG
+    from stempress.store.compress import resolve_codec
+
+    for name, codec in CATALOG.items():
+        if codec.unavailable_reason():
+            continue
+        try:
+            resolve_codec(name, None, None, None)
+            accepted = True
+        except StempressError:
+            accepted = False
+        assert compress_writes(name) == accepted, name
+    with pytest.raises(StempressError, match="no measured method can be written by stempress compress"):
+        recommend(stats_table({"sparse_csr": [(3, 1, 1)]}), "archive")
 
 
 def test_analysis_is_fastest_reader_but_not_raw(stats):
@@ -187,3 +235,12 @@ def test_recommend_source_benchmarks_a_spread_sample(tmp_path):
     assert stats["verified"].all() and rec.method in {"balanced_blosc_lz4", "balanced_blosc_zstd"}
     with pytest.raises(StempressError, match="unknown use case"):
         recommend_source(source, "fastest", workdir=tmp_path)
+
+
+def test_recommend_source_measures_only_what_compress_writes(tmp_path):
+    source = suite("smoke")[1]
+    rec, stats = recommend_source(source, "acquisition", methods="blosc_lz4,uint8_overflow,simple_gzip", runs=1,
+                                  workdir=tmp_path, time_limit_s=None)
+    assert set(stats["method"]) == {"balanced_blosc_lz4"} and rec.codec == "blosc_lz4"
+    with pytest.raises(StempressError, match="compress can write none of them"):
+        recommend_source(source, "archive", methods="sparse_csr,uint8_overflow", workdir=tmp_path)

@@ -326,6 +326,9 @@ def recommend(
             max_sample_bytes=int(sample_mib * 1024**2), required_write_gibs=rate, time_limit_s=time_limit,
             on_progress=lambda e: bar.update(task, completed=e.done, total=e.total),
         )
+    if choice.meets_rate is False:
+        errors.print(f"[yellow]no method measured here writes --rate {rate:g} GiB/s; the choice below is the "
+                     "fastest with a useful ratio[/]", highlight=False)
     console.print(f"[bold]{use}:[/] [green]{choice.method}[/]  ratio {choice.ratio:.2f}x, write "
                   f"{gibs(choice.write_gibs)} GiB/s, read {gibs(choice.read_gibs)} GiB/s")
     console.print(choice.why, highlight=False)

@@ -165,6 +165,8 @@ class Recommendation:
     read_gibs: float
     why: str
     alternatives: list[str] = field(default_factory=list)
+    #: For acquisition at a rate: whether the method keeps up with it (None without a rate).
+    meets_rate: bool | None = None
 
 
 def recommend(stats: pd.DataFrame, use_case: str, required_write_gibs: float | None = None) -> Recommendation:
@@ -181,7 +183,8 @@ def recommend(stats: pd.DataFrame, use_case: str, required_write_gibs: float | N
     - balanced: among the top half of ratio, the best geometric mean of ratio, write and read, each divided by
       the best candidate's value, so all three count equally whatever their units.
 
-    Candidates are methods measured on every dataset; a method skipped on one dataset has no fair mean.
+    Candidates are methods measured on every dataset (a method skipped on one dataset has no fair mean) that
+    ``stempress compress`` can write (HDF5 codecs; the study's file baselines are measured, never recommended).
     """
     if use_case not in USE_CASES:
         raise StempressError(f"unknown use case {use_case!r}; choose one of {', '.join(USE_CASES)}")
@@ -193,6 +196,11 @@ def recommend(stats: pd.DataFrame, use_case: str, required_write_gibs: float | N
     if table.empty:
         raise StempressError("the statistics hold no measured method (every cell skipped or failed); "
                              "rerun the benchmark with a longer time limit or other methods")
+    refused = sorted(set(table.loc[~table["codec"].map(compress_writes), "method"]))
+    table = table[table["codec"].map(compress_writes)]
+    if table.empty:
+        raise StempressError(f"no measured method can be written by stempress compress (measured only "
+                             f"{', '.join(refused)}); benchmark HDF5 codecs, e.g. --methods paper")
     n_datasets = int(normalised(stats)["dataset"].nunique())
     pool = table[table["datasets"] == n_datasets]
     if pool.empty:
@@ -202,11 +210,23 @@ def recommend(stats: pd.DataFrame, use_case: str, required_write_gibs: float | N
     best = ranked.iloc[0]
     if left_out:
         why += f" (left out, not measured on every dataset: {', '.join(left_out)})"
+    if refused:
+        why += f" (left out, stempress compress cannot write them: {', '.join(refused)})"
+    meets = None if required_write_gibs is None else bool(best["min_write_gibs"] >= required_write_gibs)
     return Recommendation(
         use_case=use_case, codec=str(best["codec"]), chunking=str(best["chunking"]), method=str(best["method"]),
         ratio=float(best["ratio"]), write_gibs=float(best["write_gibs"]), read_gibs=float(best["read_gibs"]),
-        why=why, alternatives=[str(m) for m in ranked["method"].iloc[1:4]],
+        why=why, alternatives=[str(m) for m in ranked["method"].iloc[1:4]], meets_rate=meets,
     )
+
+
+def compress_writes(codec: str) -> bool:
+    """Whether ``stempress compress --codec CODEC`` accepts it: a catalog codec stored in HDF5 (the study's
+    non-HDF5 baselines are files of their own, which compress refuses)."""
+    from stempress.codecs.catalog import CATALOG
+
+    known = CATALOG.get(codec)
+    return known is not None and known.storage == "hdf5"
 
 
 def gibs(value: float) -> str:
@@ -259,12 +279,30 @@ def _acquisition(pool: pd.DataFrame, n: int, rate: float | None) -> tuple[pd.Dat
                f"{b['method']} has the best ratio among them, {b['ratio']:.2f}x (slowest dataset "
                f"{gibs(b['min_write_gibs'])} GiB/s, mean {gibs(b['write_gibs'])} GiB/s)")
         return ranked, why + _runner_up(ranked, "{ratio:.2f}x at {min_write_gibs:.3g} GiB/s slowest")
-    ranked = _sort(pool, ["min_write_gibs", "ratio"])
+    useful, among = _useful(pool)
+    ranked = _sort(useful, ["min_write_gibs", "ratio"])
     b = ranked.iloc[0]
-    why = (f"no method writes {gibs(rate)} GiB/s on every dataset; the fastest writer, {b['method']}, manages "
-           f"{gibs(b['min_write_gibs'])} GiB/s on its slowest dataset (mean {gibs(b['write_gibs'])} GiB/s) "
-           f"at {b['ratio']:.2f}x: buffer, bin or reduce on the fly to keep up")
+    fastest = _sort(pool, ["min_write_gibs", "ratio"]).iloc[0]
+    also = "" if fastest["method"] == b["method"] else (
+        f" (the fastest of all, {fastest['method']}, manages {gibs(fastest['min_write_gibs'])} GiB/s but only "
+        f"{fastest['ratio']:.2f}x)")
+    why = (f"no method writes {gibs(rate)} GiB/s on every dataset{also}; the fastest writer among {among} is "
+           f"{b['method']}: {gibs(b['min_write_gibs'])} GiB/s on its slowest dataset (mean "
+           f"{gibs(b['write_gibs'])} GiB/s) at {b['ratio']:.2f}x; buffer, bin or reduce on the fly to keep up")
     return ranked, why + _runner_up(ranked, "{min_write_gibs:.3g} GiB/s slowest at {ratio:.2f}x")
+
+
+#: When no method keeps up with the rate, speed counts most: a ratio down to this fraction of the best is useful.
+USEFUL_RATIO_FRACTION = 0.25
+
+
+def _useful(pool: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Methods with at least a quarter of the best ratio (files at most four times the smallest): looser than
+    the top half, since a detector out of reach makes speed worth more, yet 'none' or a 2x cast never wins."""
+    floor = pool["ratio"].max() * USEFUL_RATIO_FRACTION
+    kept = pool[pool["ratio"] >= floor]
+    return kept, (f"the {len(kept)} of {len(pool)} methods with a useful ratio (at least a quarter of the best, "
+                  f">= {floor:.2f}x)")
 
 
 def _analysis(pool: pd.DataFrame, n: int, rate: float | None) -> tuple[pd.DataFrame, str]:

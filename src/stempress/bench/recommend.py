@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stempress.bench.ranking import USE_CASES, Recommendation, recommend
+from stempress.bench.ranking import USE_CASES, Recommendation, compress_writes, recommend
 from stempress.bench.runner import OK, BenchConfig, Progress, run_grid
 from stempress.bench.sample import spread_sample
 from stempress.bench.statistics import statistics
@@ -46,7 +46,11 @@ def recommend_source(
         raise StempressError(f"unknown use case {use_case!r}; choose one of {', '.join(USE_CASES)}")
     if runs < 1:
         raise StempressError(f"runs must be at least 1, got {runs}")
-    codecs = select_codecs(methods)
+    chosen = select_codecs(methods)
+    codecs = [c for c in chosen if compress_writes(c.name)]  # the file baselines cannot be recommended
+    if not codecs:
+        raise StempressError(f"--methods {', '.join(c.name for c in chosen)}: stempress compress can write none "
+                             "of them, so none can be recommended; choose HDF5 codecs (stempress codecs)")
     sample = spread_sample(source, max_sample_bytes)
     config = BenchConfig(codecs=codecs, chunkings=list(chunkings), runs=runs, protocol="warm",
                          time_limit_s=time_limit_s, workdir=Path(workdir))
