@@ -1,9 +1,11 @@
 """The study's three non-HDF5 baselines, as streaming file formats that are lossless on every dtype.
 
-The study cast float cubes to uint8 for its uint8+overflow baseline, which loses data; here every format
-round-trips bit for bit (fractions, NaN, inf, -0.0 included), so a ratio is never bought with lost values.
+Each writes the study's own files where the study's version is lossless (counts: unsigned integers), so the
+ratios are its script's; where its casts lose data (uint16 values in CSR, uint8 clipping of fractions and
+signs) ours keep every value, bit for bit (NaN, inf, -0.0 included): a ratio is never bought with lost values.
+``study_difference`` says, per dtype, how each differs from the study's, what is timed included.
 Each writer consumes blocks of scan rows and each reader yields them, so no format holds a whole cube.
-Files are raw binary plus ``.npy`` headers and pickles: only read files this toolkit wrote (pickle runs code).
+Files are ``.npy``, zip and pickle: only read files this toolkit wrote (pickle runs code).
 """
 
 from __future__ import annotations
@@ -182,58 +184,114 @@ def csr_value_dtype(dtype: Any) -> np.dtype:
 
 
 class Uint8Overflow:
-    """A uint8 ``.npy`` cube plus raw side files listing every element uint8 cannot hold exactly.
+    """The study's uint8 + overflow map: a uint8 ``.npy`` (values 0-254 as they are, 255 marking an overflow) and
+    beside it ``<path>.overflow.npz`` in ``np.savez_compressed``'s layout: ``coords`` (one row of 4 int64 scan and
+    detector indices per overflow, in C order) and ``values`` (the original values, the cube's dtype).
 
-    ``<path>.ovf_index`` holds little-endian int64 flat indices (ascending) and ``<path>.ovf_values`` the
-    original values in the cube's dtype; both grow as blocks arrive, so the count need not be known first.
+    The study flags values >= 255 and clips the rest, which loses fractions and negative values; here every value
+    that uint8 cannot hold exactly is an overflow, so the pair is lossless, and on counts (unsigned integers) it
+    is the study's pair byte for byte apart from the zip's time stamps. The overflows are staged in raw side files
+    while blocks arrive and zipped at the end, so memory does not grow with their number.
     """
 
     name = "uint8_overflow"
     suffix = ".npy"
+    #: Overflows converted or copied at a time while zipping and reading.
+    chunk = 1 << 20
 
     @staticmethod
-    def side_files(path: Path) -> tuple[Path, Path]:
+    def side_file(path: Path) -> Path:
         path = Path(path)
-        return path.with_name(path.name + ".ovf_index"), path.with_name(path.name + ".ovf_values")
+        return path.with_name(path.name + ".overflow.npz")
 
     def write(self, path: Path, blocks: Iterable[Block], shape: Shape, dtype: Any) -> list[Path]:
         path, dtype = Path(path), np.dtype(dtype)
-        idx_path, val_path = self.side_files(path)
+        npz = self.side_file(path)
+        staged = [path.with_name(f".{path.name}.{part}.partial") for part in ("index", "values")]
         row_size = int(np.prod(shape[1:]))
-        stored = dtype.newbyteorder("<")
 
         def run() -> None:
-            with open(path, "wb") as fu, open(idx_path, "wb") as fi, open(val_path, "wb") as fv:
-                np.lib.format.write_array_header_1_0(fu, _npy_header(shape, np.dtype(np.uint8)))
-                for block in _checked(blocks, shape, dtype, self.name):
-                    data = block.data
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        small = np.clip(data, 0, 255).astype(np.uint8) if data.dtype != np.uint8 else data
-                    overflow = np.flatnonzero(_bits(small.astype(dtype)) != _bits(data))
-                    fu.write(small.reshape(-1).data)
-                    (overflow + block.start * row_size).astype("<i8").tofile(fi)
-                    data.reshape(-1)[overflow].astype(stored).tofile(fv)
+            try:
+                with open(path, "wb") as fu, open(staged[0], "wb") as fi, open(staged[1], "wb") as fv:
+                    np.lib.format.write_array_header_1_0(fu, _npy_header(shape, np.dtype(np.uint8)))
+                    for block in _checked(blocks, shape, dtype, self.name):
+                        data = block.data
+                        with np.errstate(invalid="ignore", over="ignore"):
+                            small = np.clip(data, 0, 254).astype(np.uint8)
+                        overflow = np.flatnonzero(_bits(small.astype(dtype)) != _bits(data))
+                        small.reshape(-1)[overflow] = 255
+                        fu.write(small.reshape(-1).data)
+                        (overflow + block.start * row_size).astype("<i8").tofile(fi)
+                        data.reshape(-1)[overflow].tofile(fv)
+                self._zip(npz, staged, shape, dtype)
+            finally:
+                for p in staged:
+                    p.unlink(missing_ok=True)
 
-        return _cleanup_on_error([path, idx_path, val_path], run)
+        return _cleanup_on_error([path, npz], run)
+
+    def _zip(self, npz: Path, staged: list[Path], shape: Shape, dtype: np.dtype) -> None:
+        """``np.savez_compressed(npz, coords=..., values=...)``, streamed from the staged raw files."""
+        import zipfile
+
+        index, values = _map(staged[0], np.dtype("<i8")), _map(staged[1], dtype)
+        k = index.size
+        with zipfile.ZipFile(npz, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            with zf.open("coords.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, _npy_header((k, 4), np.dtype(np.int64)))
+                for at in range(0, k, self.chunk):
+                    coords = np.unravel_index(np.asarray(index[at:at + self.chunk]), shape)
+                    f.write(np.column_stack(coords).astype(np.int64, copy=False).tobytes())
+            with zf.open("values.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, _npy_header((k,), dtype))
+                for at in range(0, k, self.chunk):
+                    f.write(np.ascontiguousarray(values[at:at + self.chunk]).tobytes())
+        del index, values  # close the maps before the staged files are removed
 
     def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:
+        import zipfile
+
         path, dtype = Path(path), np.dtype(dtype)
-        idx_path, val_path = self.side_files(path)
         small = np.load(path, mmap_mode="r")
         if small.shape != tuple(shape) or small.dtype != np.uint8:
             raise StempressError(f"{path}: holds {small.dtype} {small.shape}, expected uint8 {tuple(shape)}; "
                                  "give the shape it was written with")
-        index, values = _map(idx_path, np.dtype("<i8")), _map(val_path, dtype.newbyteorder("<"))
-        if index.size != values.size:
-            raise StempressError(f"{path}: overflow index and values differ in length; rewrite the file")
         row_size = int(np.prod(shape[1:]))
         step = _read_rows(shape, dtype, rows)
-        for start in range(0, shape[0], step):
-            stop = min(start + step, shape[0])
-            out = np.array(small[start:stop], dtype=dtype)
-            lo, hi = np.searchsorted(index, [start * row_size, stop * row_size])
-            out.reshape(-1)[index[lo:hi] - start * row_size] = values[lo:hi]
-            yield Block(start, out)
+        with zipfile.ZipFile(self.side_file(path)) as zf, zf.open("coords.npy") as fc, zf.open("values.npy") as fv:
+            overflows = self._overflows(fc, fv, path, shape, dtype)
+            flat, vals = np.empty(0, np.int64), np.empty(0, dtype)
+            for start in range(0, shape[0], step):
+                stop = min(start + step, shape[0])
+                out = np.array(small[start:stop], dtype=dtype)
+                while (flat.size == 0 or flat[-1] < stop * row_size) and (more := next(overflows, None)):
+                    flat, vals = np.concatenate([flat, more[0]]), np.concatenate([vals, more[1]])
+                cut = int(np.searchsorted(flat, stop * row_size))
+                out.reshape(-1)[flat[:cut] - start * row_size] = vals[:cut]
+                flat, vals = flat[cut:], vals[cut:]
+                yield Block(start, out)
+
+    def _overflows(self, fc: IO[bytes], fv: IO[bytes], path: Path, shape: Shape, dtype: np.dtype
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The overflow map in chunks: flat indices (ascending) and their values."""
+        k = _stream_header(fc, (4,), np.dtype(np.int64), path)
+        if _stream_header(fv, (), dtype, path) != k:
+            raise StempressError(f"{path}: overflow coordinates and values differ in length; rewrite the file")
+        for at in range(0, k, self.chunk):
+            n = min(self.chunk, k - at)
+            coords = np.frombuffer(_read_exact(fc, n * 32, str(path)), dtype=np.int64).reshape(n, 4)
+            values = np.frombuffer(_read_exact(fv, n * dtype.itemsize, str(path)), dtype=dtype)
+            yield np.ravel_multi_index(tuple(coords.T), shape), values
+
+
+def _stream_header(f: IO[bytes], tail: tuple[int, ...], dtype: np.dtype, path: Path) -> int:
+    """Read an ``.npy`` header from a stream; the array's length, refused unless shaped (k, *tail) of dtype."""
+    np.lib.format.read_magic(f)
+    got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
+    if tuple(got_shape[1:]) != tail or got_dtype != dtype or fortran:
+        raise StempressError(f"{path}: holds an overflow map of {got_dtype} {got_shape}, not {dtype} (k, "
+                             f"{', '.join(map(str, tail))}); give the dtype it was written with")
+    return int(got_shape[0])
 
 
 def _map(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -349,13 +407,12 @@ def study_difference(name: str, dtype: Any) -> str | None:
                     f"{dtype} values, lossless, so its file differs")
     elif name == "uint8_overflow":
         if counts:
-            file = ("lossless in both; the study's map of values >= 255 is zip-compressed (4 int64 coordinates "
-                    "+ value each), ours is raw (int64 flat index + value), so ours is larger when many values "
-                    "exceed 254")
+            file = ("same files as the study's (uint8 .npy with 255 marking values >= 255, and their zip-compressed "
+                    "map) apart from the zip's time stamps")
         else:
             lost = "fractions and negative values" if dtype.kind == "f" else "negative values"
-            file = (f"the study's clip to 0-254 loses the {lost} of this {dtype} cube; ours also maps every "
-                    "value uint8 cannot hold exactly, lossless, so its file differs")
+            file = (f"the study's clip to 0-254 loses the {lost} of this {dtype} cube; ours maps every value "
+                    "uint8 cannot hold exactly, lossless, so its file differs")
     else:
         file = "same bytes as the study's (np.save into gzip level 9) apart from the gzip header's time"
     return f"{file}; {_STUDY_TIMING[name]}."
