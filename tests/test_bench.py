@@ -263,3 +263,19 @@ def test_nothing_measured_gives_the_table_of_reasons_not_a_traceback(tmp_path):
     assert table["reason"].str.contains("time limit").all()
     html = build_report(tmp_path / "out").read_text()  # `stempress report` on the folder works too
     assert "no measurement succeeded" in html and "exceeded the 0 s time limit" in html
+
+
+def test_the_default_run_is_the_one_the_readme_promises():
+    """The README's first command runs `stempress bench` with its defaults; the time it promises was measured
+    for DEFAULT_RUNS runs, and it says how to run the study's full protocol."""
+    import inspect
+    from pathlib import Path
+
+    from stempress.bench.api import DEFAULT_RUNS, STUDY_RUNS, run_bench
+    from stempress.cli import bench
+
+    assert inspect.signature(run_bench).parameters["runs"].default == DEFAULT_RUNS
+    assert inspect.signature(bench).parameters["runs"].default == DEFAULT_RUNS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first = readme[readme.index("The first command"):readme.index("The second command")]
+    assert f"x {DEFAULT_RUNS} runs" in first and f"--runs {STUDY_RUNS}" in first

@@ -71,7 +71,8 @@ def bench(
                                        "filter,parallel")] = "filter",
     workers: Annotated[int | None, typer.Option(help="Threads of the parallel path (default: all usable cores).")]
     = None,
-    runs: Annotated[int, typer.Option(min=1, help="Runs of the whole grid.")] = 3,
+    runs: Annotated[int, typer.Option(min=1, help="Runs of the whole grid (the study's protocol: --runs 10).")]
+    = 2,
     protocol: Annotated[str, typer.Option(help="warm (the study's: page cache) or cold (fsync + evict).")] = "warm",
     layout: Annotated[str, typer.Option(help="Where each HDF5 test file holds the cube: study (dataset 'data' at "
                                         "the root, as the study's script: its ratios to the byte) or emd (the "
