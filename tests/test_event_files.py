@@ -23,6 +23,7 @@ from stempress.events.entropy_file import write_entropy_events
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced, reduce_to_file
 from stempress.store.compress import compress
+from test_verify import flip_byte
 
 #: A counting-mode synthetic cube with calibration (0.5 nm scan step, mrad detector, known beam centre).
 COUNTED = "synthetic:diffraction?scan=6x5&det=24x24&dose=40&dtype=uint8&seed=4"
@@ -43,13 +44,9 @@ def counted() -> np.ndarray:
         return source.read_rows(0, source.shape[0])
 
 
-def flip(path: Path, offset: int, mask: int = 1) -> None:
-    """XOR one byte of a file in place, as bit rot would."""
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)[0]
-        fh.seek(offset)
-        fh.write(bytes([byte ^ mask]))
+def flip(path: Path, offset: int) -> None:
+    """Flip the lowest bit of one byte: an index or count that stays plausible."""
+    flip_byte(path, offset, 1)
 
 
 # ---------------------------------------------------------------- calibration and provenance

@@ -30,18 +30,22 @@ def write(tmp_path: Path, data: np.ndarray, codec: str = "blosc_zstd", name: str
     return compress(ArraySource(data), tmp_path / name, codec=codec, chunks=CHUNKS, workers=2).path
 
 
+def flip_byte(path: Path, at: int, mask: int = 0xFF) -> None:
+    """XOR the byte at offset ``at`` of a file with ``mask``, in place, as bit rot on disk would."""
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)[0]
+        fh.seek(at)
+        fh.write(bytes([byte ^ mask]))
+
+
 def flip_byte_in_chunk(path: Path, index: tuple[int, ...], dataset: str = EMD_DATA_PATH) -> None:
-    """Invert one byte in the middle of a stored chunk, in place, as bit rot on disk would."""
+    """Invert one byte in the middle of a stored chunk."""
     with h5py.File(path, "r") as f:
         dset = f[dataset]
         offset = tuple(i * c for i, c in zip(index, dset.chunks, strict=True))
         info = dset.id.get_chunk_info_by_coord(offset)
-    with open(path, "r+b") as fh:
-        at = info.byte_offset + info.size // 2
-        fh.seek(at)
-        byte = fh.read(1)[0]
-        fh.seek(at)
-        fh.write(bytes([byte ^ 0xFF]))
+    flip_byte(path, info.byte_offset + info.size // 2)
 
 
 @pytest.mark.parametrize("codec", ["blosc_zstd", "gzip_6", "bitshuffle_lz4", "zstd_3", "lzf"])
@@ -218,11 +222,7 @@ def test_event_files_are_verified_chunk_by_chunk_and_a_flipped_byte_is_named(tmp
         assert all(blob.count(first) == 1 for first in firsts)
         offsets = [blob.index(first) for first in firsts]
     for at in offsets:
-        with open(target, "r+b") as fh:
-            fh.seek(at)
-            byte = fh.read(1)[0]
-            fh.seek(at)
-            fh.write(bytes([byte ^ 1]))
+        flip_byte(target, at, 1)
     report = verify(path)
     assert not report.ok and report.bad_chunks == 2 and report.problem.kind == "stored"
     assert report.problem.rows == (2, 3) and "FAILED at scan row 2, columns 0-5 (chunk (2,))" in report.summary()
@@ -267,11 +267,7 @@ def test_a_flipped_byte_in_an_entropy_coded_file_is_reported(tmp_path):
     with h5py.File(path, "r") as f:
         words = f["chunks/words"]
         at = words.id.get_offset() + words.nbytes // 2
-    with open(path, "r+b") as fh:
-        fh.seek(at)
-        byte = fh.read(1)[0]
-        fh.seek(at)
-        fh.write(bytes([byte ^ 0x10]))
+    flip_byte(path, at, 0x10)
     report = verify(path)
     assert not report.ok and report.problem.kind in ("stored", "decoded") and report.problem.rows is not None
 
@@ -286,10 +282,8 @@ def test_verify_on_the_command_line_covers_event_files(tmp_path):
     run = [sys.executable, "-m", "stempress", "verify", str(path)]
     ok = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and "(raw_csr)" in ok.stdout and ok.stdout.strip().endswith("OK"), ok.stderr
-    data = raw_csr_files(path)["indices"]
-    raw = bytearray(data.read_bytes())
-    raw[-4] ^= 1
-    data.write_bytes(bytes(raw))
+    indices = raw_csr_files(path)["indices"]
+    flip_byte(indices, indices.stat().st_size - 4, 1)  # the last position's last pixel index
     bad = subprocess.run(run, capture_output=True, text=True, timeout=300)
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode == 1 and len(lines) == 1 and "FAILED at scan row 7" in lines[0], bad.stderr
