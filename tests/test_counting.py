@@ -409,3 +409,59 @@ def test_real_libertem_reads_count_output(tmp_path: Path) -> None:
     dataset = ctx.load("raw_csr", path=str(tmp_path / "ev.toml"))
     expected = CountedSource(src, _params()).read_rows(0, 6).sum((0, 1))
     np.testing.assert_array_equal(ctx.run_udf(dataset=dataset, udf=SumUDF())["intensity"].data, expected)
+
+
+# ---------------------------------------------------------------- what looks wrong is said, not written silently
+
+
+def test_counting_nothing_warns_with_the_values_and_the_options_to_check(tmp_path: Path, monkeypatch, capsys) -> None:
+    frames = np.random.default_rng(2).uniform(0, 0.4, (2, 3, 8, 8)).astype(np.float32)  # normalised, not ADU
+    np.save(tmp_path / "norm.npy", frames)
+    code, stdout, err = _cli(monkeypatch, capsys, tmp_path / "norm.npy", "--threshold", 20, "--out", tmp_path / "ev.h5")
+    assert code == 0 and "0 electrons" in stdout
+    warning = " ".join(err.split())
+    assert "warning:" in warning and "no electrons counted" in warning
+    assert f"the largest frame value is {frames.max():.4g}" in warning
+    assert "exceeds 20 ADU" in warning and "--gain" in warning and "floats and the gain is the default 1" in warning
+    report = count_to_file(ArraySource(np.full((1, 2, 4, 4), 90, np.uint16)), tmp_path / "dark.toml",
+                           _params(dark=100.0))
+    assert report.n_electrons == 0 and len(report.warnings) == 1 and "floats" not in report.warnings[0]
+    assert "dark (100)" in report.warnings[0]
+
+
+def test_a_guessed_scan_shape_is_reported(tmp_path: Path) -> None:
+    from real_data import real_file
+
+    params = CountingParams(gain=1.0, threshold=0.5)
+    with open_source(real_file("001_4x2_6bit.mib")) as guessed:
+        report = count_to_file(guessed, tmp_path / "guessed.toml", params)
+    assert any("scan shape 2x4 was not given but inferred" in w and "--scan-shape" in w for w in report.warnings)
+    with open_source(real_file("001_4x2_6bit.mib"), scan_shape=(4, 2)) as given:
+        assert not count_to_file(given, tmp_path / "given.toml", params).warnings
+
+
+def test_a_hot_pixel_that_pulls_the_beam_centre_is_named(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    frames = np.zeros((4, 5, 24, 24), np.uint16)
+    frames[..., 9:15, 9:15] = rng.poisson(0.01, (4, 5, 6, 6))  # a BF disk of a few electrons in all
+    frames[..., 3, 20] = 3  # a hot pixel: 60 electrons, most of the file
+    report = count_to_file(ArraySource(frames, name="sparse"), tmp_path / "ev.toml", CountingParams(threshold=0.5))
+    (warning,) = report.warnings
+    assert "detector pixel (3, 20) holds 60 of" in warning and "hot pixel" in warning and "--dark" in warning
+    assert "sits next to it" in warning  # the mean pattern's centre lands on the hot pixel
+    frames[..., 3, 20] = 0
+    frames[..., 9:15, 9:15] += 1  # a bright disk, no hot pixel: nothing to say
+    assert not count_to_file(ArraySource(frames), tmp_path / "fine.toml", CountingParams(threshold=0.5)).warnings
+
+
+def test_stempy_much_larger_than_raw_csr_is_a_warning(tmp_path: Path, monkeypatch, capsys) -> None:
+    from real_data import real_file
+
+    mib = real_file("001_4x2_6bit.mib")  # counts up to 63: stempy writes 63 frames per position
+    args = [mib, "--scan-shape", "4x2", "--gain", 1, "--threshold", 0.5]
+    code, _, err = _cli(monkeypatch, capsys, *args, "--out", tmp_path / "ev.h5")
+    warning = " ".join(err.split())
+    assert code == 0 and "warning:" in warning and "(stempy) takes" in warning
+    assert "the bytes of the same counts as raw_csr" in warning and "--format raw_csr" in warning
+    code, _, err = _cli(monkeypatch, capsys, *args, "--out", tmp_path / "ev.toml")
+    assert code == 0 and "warning" not in err

@@ -160,49 +160,66 @@ def render_summary(summary) -> None:
 def compress(
     source: Annotated[str, typer.Argument(help="Any source: EMD/HDF5, NXmx master, .mib, .npy, synthetic:...")],
     out: Annotated[Path, typer.Argument(help="Output HDF5 file.")],
-    codec: Annotated[str, typer.Option(help="Codec name (stempress codecs) or auto (benchmark a sample).")]
+    codec: Annotated[str, typer.Option(help="Codec name (stempress codecs), auto (benchmark a sample), or "
+                                       "entropy_poisson (integer counts entropy-coded: the smallest lossless file "
+                                       "for counted electrons, read back by every stempress command).")]
     = "blosc_zstd",
-    chunks: Annotated[str, typer.Option(help="Chunking: balanced, real_space, single_frame or 16x16x128x128.")]
-    = "balanced",
-    workers: Annotated[int | None, typer.Option(help="Compression threads (default: all usable cores).")] = None,
-    layout: Annotated[str, typer.Option(help="emd (py4DSTEM/emdfile layout with calibration) or plain.")] = "emd",
+    chunks: Annotated[str | None, typer.Option(help="Chunking: balanced (default), real_space, single_frame or "
+                                               "16x16x128x128; for entropy_poisson its scan rows set the coded "
+                                               "chunks (default about 8 MiB of frames).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Compression threads, processes for entropy_poisson "
+                                                "(default: all usable cores).")] = None,
+    layout: Annotated[str, typer.Option(help="emd (py4DSTEM/emdfile layout with calibration) or plain (HDF5 "
+                                        "codecs; entropy_poisson has its own layout, with the calibration).")]
+    = "emd",
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Compress a cube into a standard HDF5 file on all cores, with per-chunk checksums; never a half file."""
+    from stempress.data.open import scan_shape_note
     from stempress.store.compress import compress as compress_cube
 
-    chunking = parse_chunkings(chunks)
+    chunking = parse_chunkings(chunks) if chunks is not None else [None]
     if len(chunking) != 1:
         raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
     with open_cli_source(source, dataset, scan_shape) as cube, transfer_progress("compress") as (bar, task):
         report = compress_cube(cube, out, codec=codec, chunks=chunking[0], workers=workers, layout=layout,
                                force=force, progress=lambda done, total: bar.update(task, completed=done,
                                                                                     total=total))
+        note = scan_shape_note(cube)
     if report.chosen_why:
         console.print(report.chosen_why, highlight=False, soft_wrap=True)
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    warn([note] if note else [])
 
 
 @app.command()
 def verify(
-    path: Annotated[Path, typer.Argument(help="A file written by stempress compress (or any chunked HDF5 cube).")],
+    path: Annotated[Path, typer.Argument(help="A file written by stempress compress or count (or any cube file "
+                                         "stempress reads).")],
     against: Annotated[str | None, typer.Option(help="Source to compare with bit for bit.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside PATH (default: auto-detect).")] = None,
     against_dataset: Annotated[str | None, typer.Option(help="Dataset path inside the --against source.")] = None,
-    scan_shape: Annotated[str | None, typer.Option(help="Scan shape of the --against source (.mib / NXmx).")]
-    = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding threads (default: all usable cores).")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS of a .mib / NXmx frame stack (the "
+                                                   "--against source, or PATH).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads, processes for an entropy-coded file "
+                                                "(default: all usable cores).")] = None,
 ) -> None:
-    """Re-read every chunk, check its checksums and (with --against) compare bit-exact; names the first bad chunk."""
+    """Re-read every chunk, check its checksums and (with --against) compare bit-exact; names the first bad chunk.
+
+    PATH: a stempress HDF5 cube (or any chunked HDF5 cube), an event file (stempy .h5, raw_csr .toml,
+    entropy-coded .h5), or a .mib / .npy / NXmx file (decoded whole). Without stored checksums and without
+    --against the result is "decoded, not verified", never OK.
+    """
     from contextlib import nullcontext
 
     from stempress.store.verify import verify as verify_file
 
+    shape = parse_scan_shape(scan_shape)
     reference = open_cli_source(against, against_dataset, scan_shape) if against else nullcontext()
     with reference as source:
-        report = verify_file(path, against=source, workers=workers, dataset=dataset)
+        report = verify_file(path, against=source, workers=workers, dataset=dataset, scan_shape=shape)
     if not report.ok:
         raise StempressError(report.summary())
     console.print(report.summary(), highlight=False, soft_wrap=True)
@@ -396,7 +413,9 @@ def simulate(
 def count(
     source: Annotated[str, typer.Argument(help="Integrating-detector frames in ADU: EMD/HDF5, NXmx, .mib, .npy, "
                                          "synthetic:...")],
-    out: Annotated[Path, typer.Option(help="Output events: a stempy .h5 file or a LiberTEM raw_csr .toml.")],
+    out: Annotated[Path, typer.Option(help="Output events: a stempy .h5 file, a LiberTEM raw_csr .toml, or with "
+                                      "--format entropy an entropy-coded .h5 (smallest; every stempress command "
+                                      "reads all three).")],
     threshold: Annotated[float, typer.Option(help="A pixel is hit when its ADU above dark exceed this (ADU, or "
                                              "read-noise sigmas with --threshold-unit sigma).")],
     threshold_unit: Annotated[str, typer.Option(help="adu, or sigma (multiples of --read-noise).")] = "adu",
@@ -411,8 +430,8 @@ def count(
     connectivity: Annotated[int, typer.Option(help="cluster: 1 joins edge neighbours, 2 also corners.")] = 1,
     cluster_count: Annotated[str, typer.Option(help="cluster: one electron per cluster, or the rounded sum.")]
     = "one",
-    fmt: Annotated[str | None, typer.Option("--format", help="stempy or raw_csr (default: raw_csr for a .toml "
-                                            "OUT, else stempy).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="stempy, raw_csr or entropy (default: raw_csr for a "
+                                            ".toml OUT, else stempy).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
@@ -421,7 +440,7 @@ def count(
 
     Lossy with respect to ADC values: amplitudes, sub-threshold signal and overlapping electrons are lost.
 
-    The parameters are recorded in OUT.
+    The parameters, the source's calibration and the provenance are recorded in OUT, with a checksum per chunk.
     """
     from stempress.events.counting import CountingParams, count_to_file, event_format, load_reference
 
@@ -437,6 +456,13 @@ def count(
         report = count_to_file(cube, out, params, fmt=fmt, overwrite=force, inputs={"source": source, **references},
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    warn(report.warnings)
+
+
+def warn(lines: list[str]) -> None:
+    """Things that look wrong but stopped nothing: one yellow line each, on stderr."""
+    for line in lines:
+        errors.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

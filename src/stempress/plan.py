@@ -111,7 +111,7 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
                          out: Path, *, overwrite: bool = False) -> Path:
     """Write the representation a plan chose (its cost-table label) to ``out``: the plan's ``--write``."""
     from stempress.data.write import write_hdf5
-    from stempress.events.entropy import write_entropy_coded
+    from stempress.events.entropy_file import write_entropy_events
     from stempress.events.libertem import write_raw_csr
     from stempress.reduce.output import reduce_to_file
     from stempress.store.compress import compress
@@ -124,7 +124,7 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
     if representation.startswith("lossless "):
         return compress(source, out, codec=representation.split()[1], force=overwrite).path
     if representation.startswith("entropy-coded events"):
-        return write_entropy_coded(source, out, overwrite=overwrite)
+        return write_entropy_events(source, out, overwrite=overwrite)  # with the calibration and provenance
     if representation.startswith("events (CSR)"):
         return write_raw_csr(source, out.with_suffix(".toml"), overwrite=overwrite)
     if representation.startswith("binned "):

@@ -16,8 +16,13 @@ from stempress.data.nxmx import NxmxSource, is_nxmx_master
 from stempress.errors import StempressError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".nxs")
-SUPPORTED = ("HDF5/EMD 1.0 (.h5 .hdf5 .hdf .emd .nxs, a Dectris NXmx master and stempy's sparse files "
-             "included), Merlin .mib, numpy .npy, LiberTEM raw_csr (.toml), or synthetic:NAME")
+SUPPORTED = ("HDF5/EMD 1.0 (.h5 .hdf5 .hdf .emd .nxs, a Dectris NXmx master, stempy's sparse files and "
+             "stempress entropy-coded files included), Merlin .mib, numpy .npy, LiberTEM raw_csr (.toml), "
+             "or synthetic:NAME")
+#: What ``file_kind`` can say: the HDF5 kinds first, then the others.
+HDF5_KINDS = ("hdf5", "nxmx", "stempy", "entropy")
+#: Kinds holding counted electrons as events or their entropy code (not a dense cube).
+EVENT_KINDS = ("stempy", "raw_csr", "entropy")
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _DATASET_SPEC = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5|hdf|emd|nxs)):(?P<dataset>.+)$", re.IGNORECASE)
@@ -50,15 +55,44 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def _is_nxmx(path: Path) -> bool:
+def _hdf5_kind(path: Path) -> str:
+    """Which HDF5 file: an NXmx master, stempy's sparse events, our entropy code, or a plain (EMD) cube."""
     with open_hdf5(path) as f:
-        return is_nxmx_master(f)
+        if is_nxmx_master(f):
+            return "nxmx"
+        if "electron_events" in f and "frames" in f["electron_events"]:
+            return "stempy"
+        if "format" in f.attrs:
+            from stempress.events.entropy_file import is_entropy_file  # the codec's modules: only when it may be
+
+            if is_entropy_file(f):
+                return "entropy"
+    return "hdf5"
 
 
-def _is_stempy(path: Path) -> bool:
-    """stempy's sparse layout: electron events per scan position, not a dense dataset."""
-    with open_hdf5(path) as f:
-        return "electron_events" in f and "frames" in f["electron_events"]
+def _container(path: Path) -> str:
+    """The container from the suffix, else the first bytes: hdf5, mib, npy, raw_csr or unknown."""
+    suffix = path.suffix.lower()
+    return ("hdf5" if suffix in HDF5_SUFFIXES else "mib" if suffix == ".mib"
+            else "npy" if suffix == ".npy" else "raw_csr" if suffix == ".toml" else _sniff(path))
+
+
+def file_kind(path: Path) -> str:
+    """The format of an existing file: HDF5 files are looked into (one of ``HDF5_KINDS``), others are
+    ``raw_csr``, ``mib``, ``npy`` or ``unknown``."""
+    kind = _container(path)
+    return _hdf5_kind(path) if kind == "hdf5" else kind
+
+
+def scan_shape_note(source: Dataset4D) -> str | None:
+    """A warning when the source guessed its scan shape (a square, a header...) rather than being told it."""
+    md = source.metadata
+    if not md.get("scan_shape_inferred"):
+        return None
+    sy, sx = source.shape[:2]
+    how = md.get("scan_shape_source") or "guessed"
+    return (f"{source.name}: the scan shape {sy}x{sx} was not given but inferred from the file ({how}, "
+            f"{sy * sx} frames); if it is wrong, give --scan-shape ROWSxCOLUMNS")
 
 
 def _open_synthetic(spec: str) -> Dataset4D:
@@ -90,18 +124,22 @@ def open_source(spec: str | Path | np.ndarray, *, dataset: str | None = None,
         raise StempressError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise StempressError(f"{path}: is a directory; give the data file inside it")
-    suffix = path.suffix.lower()
-    kind = ("hdf5" if suffix in HDF5_SUFFIXES else "mib" if suffix == ".mib"
-            else "npy" if suffix == ".npy" else "raw_csr" if suffix == ".toml" else _sniff(path))
+    kind = _container(path)
     if kind != "hdf5" and dataset is not None:
         raise StempressError(f"{path}: --dataset applies to HDF5 files only; drop it for this {kind} file")
-    if kind == "hdf5":
-        if dataset is None and _is_nxmx(path):
-            return NxmxSource(path, scan_shape)
-        if dataset is None and _is_stempy(path):
-            from stempress.events.stempy import StempySource
+    if kind == "hdf5" and dataset is None:
+        kind = _hdf5_kind(path)
+    if kind == "nxmx":
+        return NxmxSource(path, scan_shape)
+    if kind == "stempy":
+        from stempress.events.stempy import StempySource
 
-            return StempySource(path)
+        return StempySource(path)
+    if kind == "entropy":
+        from stempress.events.entropy_file import open_entropy
+
+        return open_entropy(path)
+    if kind == "hdf5":
         return Hdf5Source(path, dataset, scan_shape)
     if kind == "raw_csr":
         from stempress.events.libertem import RawCsrSource
@@ -111,5 +149,6 @@ def open_source(spec: str | Path | np.ndarray, *, dataset: str | None = None,
         return MibSource(path, scan_shape)
     if kind == "npy":
         return NpySource(path, scan_shape)
+    suffix = path.suffix.lower()
     hint = "; open the .mib beside it" if suffix == ".hdr" else ""
     raise StempressError(f"{path}: unknown format {suffix or '(no suffix)'}; supported: {SUPPORTED}{hint}")

@@ -1,5 +1,6 @@
 """Counted electrons as events (pixel, count per scan position), and the event files other tools read."""
 
+from stempress.events.checksums import ChecksumError
 from stempress.events.counting import (
     CountedSource,
     CountingParams,
@@ -23,6 +24,7 @@ from stempress.events.representation import (
 from stempress.events.stempy import StempySource, write_stempy
 
 __all__ = [
+    "ChecksumError",
     "CountedSource",
     "CountingParams",
     "EventBlock",
@@ -39,8 +41,19 @@ __all__ = [
     "events_from_block",
     "events_from_hits",
     "iter_events",
+    "open_entropy",
     "raw_csr_files",
     "read_counting_record",
+    "write_entropy_events",
     "write_raw_csr",
     "write_stempy",
 ]
+
+
+def __getattr__(name: str):
+    """The entropy-coded format's entry points, imported only when asked for (they load the codec's modules)."""
+    if name in ("open_entropy", "write_entropy_events"):
+        from stempress.events import entropy_file
+
+        return getattr(entropy_file, name)
+    raise AttributeError(f"module 'stempress.events' has no attribute {name!r}")

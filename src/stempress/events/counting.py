@@ -11,8 +11,11 @@ Counting is LOSSY with respect to the ADC values, and the loss cannot be undone:
 
 What is gained is a cube that is ~99 % zeros (events, entropy coding) with the detector's noise removed.
 What was done is written to ``metadata["counting"]``, and ``count_to_file`` (the ``stempress count``
-command) writes it into the event file (stempy: group ``metadata/stempress/counting``; raw_csr: table
-``[stempress.counting]`` of the TOML), so a reader knows the counts are derived data.
+command) writes it into the event file beside the source's calibration and provenance (``events.record``:
+stempy and entropy-coded files: groups ``metadata/stempress/counting`` etc.; raw_csr: tables
+``[stempress.counting]`` etc. of the TOML), so a reader knows the counts are derived data and where they came from.
+``count_to_file`` also says what looks wrong (``CountReport.warnings``): no electrons at all, a guessed scan
+shape, a hot pixel, a stempy file much larger than raw_csr would be.
 
 Two methods:
 
@@ -35,9 +38,7 @@ counting-mode source of the same spec (read noise is drawn after the counts), so
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -52,9 +53,10 @@ from scipy import ndimage
 
 from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
-from stempress.data.hdf5 import as_python, one_line, open_hdf5
+from stempress.data.hdf5 import one_line, open_hdf5
 from stempress.errors import StempressError, require_choice
 from stempress.events.libertem import RawCsrSource, raw_csr_files, require_toml_name, write_raw_csr
+from stempress.events.record import event_record, read_h5_record, read_toml_record, record_toml
 from stempress.events.stempy import MAX_AUTO_FRAMES_PER_POSITION, write_stempy
 from stempress.events.stempy import METADATA as STEMPY_METADATA
 
@@ -66,11 +68,16 @@ _OUT_MAX = int(np.iinfo(OUT_DTYPE).max)
 #: What every record of counted data says about what was lost.
 LOSSY_NOTE = ("lossy with respect to ADC values: ADC amplitudes, sub-threshold signal and coincident "
               "(overlapping) electrons are not recoverable from the counts")
-#: Event files ``count_to_file`` writes: stempy's HDF5 and LiberTEM's raw_csr (a .toml and three .bin).
-EVENT_FORMATS = ("stempy", "raw_csr")
-#: Where the record goes: a group inside stempy's metadata group, a table in the raw_csr TOML.
-RECORD_GROUP = f"{STEMPY_METADATA}/counting"
-RECORD_TABLE = ("stempress", "counting")
+#: Event files ``count_to_file`` writes: stempy's HDF5, LiberTEM's raw_csr (a .toml and three .bin) and the
+#: entropy-coded HDF5 file (``events.entropy_file``, the smallest; lossless for the counts).
+EVENT_FORMATS = ("stempy", "raw_csr", "entropy")
+#: A stempy file this many times the size of the raw_csr set of the same counts, and at least this many bytes
+#: larger (small files are mostly HDF5 overhead), is worth a warning.
+STEMPY_SIZE_WARNING = 2.0
+STEMPY_SIZE_WARNING_BYTES = 1024**2
+#: A pixel with at least this many electrons and this many times the brightest of its 8 neighbours is called hot.
+HOT_MIN_ELECTRONS = 20
+HOT_FACTOR = 10.0
 #: Pixels counted at once: count_frames' float64 temporaries stay a few x 32 MiB whatever the block size.
 _CHUNK_PIXELS = 1 << 22
 _REFERENCE_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".nxs")
@@ -252,7 +259,10 @@ def _clusters(electrons: np.ndarray, hit: np.ndarray, params: CountingParams) ->
 
 
 class CountedSource(SourceBase):
-    """An integrating source seen as counted electrons (uint16), computed block by block on read."""
+    """An integrating source seen as counted electrons (uint16), computed block by block on read.
+
+    ``max_input`` is the largest frame value read so far: what a user needs to see when nothing was counted.
+    """
 
     def __init__(self, source: Dataset4D, params: CountingParams):
         self.source = source
@@ -265,11 +275,15 @@ class CountedSource(SourceBase):
         self.metadata: dict[str, Any] = dict(source.metadata)
         self.metadata["counting"] = {**params.describe(), "source": source.name,
                                      "source_dtype": str(np.dtype(source.dtype))}
+        self.max_input: float | None = None
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         start, stop = self.check_rows(start, stop)
         block = np.asarray(self.source.read_rows(start, stop))
         _check_input(block, f"{self.source.name} rows [{start}, {stop})")
+        if block.size:
+            top = float(block.max())
+            self.max_input = top if self.max_input is None else max(self.max_input, top)
         return count_frames(block, self.params)
 
     def close(self) -> None:
@@ -279,7 +293,8 @@ class CountedSource(SourceBase):
 # -- counting to an event file -------------------------------------------------------------------------------
 @dataclass
 class CountReport:
-    """What ``count_to_file`` wrote: the file(s), how many electrons, and the record stored with them."""
+    """What ``count_to_file`` wrote: the file(s), how many electrons, the record stored with them, and what looks
+    wrong (``warnings``, one line each: the file is written, but the user should look)."""
 
     path: Path
     format: str
@@ -288,6 +303,7 @@ class CountReport:
     n_events: int
     n_electrons: int
     record: dict[str, Any] = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         positions = self.shape[0] * self.shape[1]
@@ -296,46 +312,51 @@ class CountReport:
 
 
 class _Tally(SourceBase):
-    """Passes counted rows through, adding up electrons and events and reporting the rows done."""
+    """Passes counted rows through, adding up electrons, events and each pixel's electrons, reporting the rows
+    done."""
 
     def __init__(self, source: Dataset4D, progress: Progress | None):
         self.source, self.progress = source, progress
         self.name, self.shape, self.dtype = source.name, source.shape, source.dtype
         self.metadata = source.metadata
         self.n_events = self.n_electrons = self.max_count = 0
+        self.pattern = np.zeros(source.shape[2:], np.uint64)  # electrons per detector pixel, over the scan
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         block = self.source.read_rows(start, stop)
         self.n_events += int(np.count_nonzero(block))
         self.n_electrons += int(block.sum(dtype=np.uint64))
         self.max_count = max(self.max_count, int(block.max(initial=0)))
+        self.pattern += block.sum(axis=(0, 1), dtype=np.uint64)
         if self.progress is not None:
             self.progress(stop, self.shape[0])
         return block
 
 
 def event_format(out: str | Path, fmt: str | None = None) -> str:
-    """The format asked for, else the one ``out``'s suffix names (.toml: raw_csr); the suffix must fit it."""
+    """The format asked for, else the one ``out``'s suffix names (.toml: raw_csr, else stempy); the suffix must
+    fit it (raw_csr is named by its .toml, the HDF5 formats are not)."""
     suffix = Path(out).suffix.lower()
     fmt = fmt if fmt is not None else ("raw_csr" if suffix == ".toml" else "stempy")
     require_choice(fmt, EVENT_FORMATS, "event format")
     if fmt == "raw_csr":
         require_toml_name(out)
-    if fmt == "stempy" and suffix == ".toml":
-        raise StempressError(f"{out}: a stempy file is HDF5, not .toml; give a name like scan.h5 or use "
-                             "--format raw_csr")
+    if fmt != "raw_csr" and suffix == ".toml":
+        raise StempressError(f"{out}: the {fmt} format is an HDF5 file, not .toml; give a name like scan.h5 or "
+                             "use --format raw_csr")
     return fmt
 
 
 def count_to_file(source: Dataset4D, out: str | Path, params: CountingParams, *, fmt: str | None = None,
                   overwrite: bool = False, rows: int | None = None, inputs: Mapping[str, str] | None = None,
                   progress: Progress | None = None) -> CountReport:
-    """Count ``source`` block by block and write the electrons as events, with the parameters recorded.
+    """Count ``source`` block by block and write the electrons as events, with the parameters, the source's
+    calibration and the provenance recorded.
 
     Everything is checked (format, references against the detector, existing outputs) before any frame
-    is read. The counts are staged once as raw_csr beside ``out`` (so a stempy file, which needs the
-    largest count first, neither counts nor reads the events twice) and the outputs appear whole or not at all.
-    ``inputs`` (e.g. the reference files the user named) is stored in the record as given.
+    is read. The counts are staged once as raw_csr beside ``out`` (so a stempy or entropy-coded file, which needs
+    a pass over the counts first, neither counts nor reads the frames twice) and the outputs appear whole or not
+    at all. ``inputs`` (e.g. the reference files the user named) is stored in the record as given.
     """
     out = Path(out)
     fmt = event_format(out, fmt)
@@ -346,26 +367,49 @@ def count_to_file(source: Dataset4D, out: str | Path, params: CountingParams, *,
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.",
                                                                        suffix=".partial")))
         tally = _Tally(counted, progress)
-        staged = write_raw_csr(tally, staging / out.with_suffix(".toml").name, rows=rows)
-        record = _record(counted, tally, inputs)
+        staged = write_raw_csr(tally, staging / out.with_suffix(".toml").name, rows=rows, record={})
+        record = {**event_record(counted, fmt), "counting": _record(counted, tally, inputs)}
+        warnings = _warnings(counted, tally)
         if fmt == "raw_csr":
             with open(staged, "a", encoding="utf-8") as fh:
-                fh.write(_toml_table(RECORD_TABLE, record))
+                fh.write(record_toml(record))
             for path, partial in tmp.items():  # atomic_output renames them, the TOML last
                 os.replace(staging / path.name, partial)
+        elif fmt == "stempy":
+            _write_stempy(counted, tally, staged, tmp[out], rows, record)
+            warnings += _stempy_size_warning(out, tmp[out], staged)
         else:
-            if tally.max_count > MAX_AUTO_FRAMES_PER_POSITION:  # known only now: the counts are the pass's result
-                raise StempressError(f"{counted.name}: up to {tally.max_count} electrons counted in one pixel, and "
-                                     f"stempy stores one frame per electron (at most {MAX_AUTO_FRAMES_PER_POSITION} "
-                                     "here); write raw_csr instead: an OUT ending in .toml, or --format raw_csr "
-                                     "(fmt='raw_csr')")
-            with RawCsrSource(staged) as events:  # the tally saw the largest count: no pass to find it again
-                write_stempy(events, tmp[out], overwrite=True, rows=rows, frames_per_position=max(1, tally.max_count))
-            with h5py.File(tmp[out], "a") as f:
-                f[STEMPY_METADATA].attrs["source"] = counted.name
-                _h5_record(f.require_group(RECORD_GROUP), record)
+            from stempress.events.entropy_file import write_entropy_events  # the codec loads only when used
+
+            with RawCsrSource(staged) as events:
+                write_entropy_events(events, tmp[out], overwrite=True, record=record)
     return CountReport(path=out, format=fmt, files=targets, shape=counted.shape, n_events=tally.n_events,
-                       n_electrons=tally.n_electrons, record=record)
+                       n_electrons=tally.n_electrons, record=record["counting"], warnings=warnings)
+
+
+def _write_stempy(counted: CountedSource, tally: _Tally, staged: Path, out: Path, rows: int | None,
+                  record: dict[str, Any]) -> None:
+    if tally.max_count > MAX_AUTO_FRAMES_PER_POSITION:  # known only now: the counts are the pass's result
+        raise StempressError(f"{counted.name}: up to {tally.max_count} electrons counted in one pixel, and "
+                             f"stempy stores one frame per electron (at most {MAX_AUTO_FRAMES_PER_POSITION} "
+                             "here); write raw_csr instead: an OUT ending in .toml, or --format raw_csr "
+                             "(fmt='raw_csr'), or --format entropy")
+    with RawCsrSource(staged) as events:  # the tally saw the largest count: no pass to find it again
+        write_stempy(events, out, overwrite=True, rows=rows, frames_per_position=max(1, tally.max_count),
+                     record=record)
+    with h5py.File(out, "a") as f:
+        f[STEMPY_METADATA].attrs["source"] = counted.name
+
+
+def _stempy_size_warning(out: Path, written: Path, staged: Path) -> list[str]:
+    """stempy stores 4 bytes per electron and one entry per count level: say so when that costs a lot."""
+    stempy = written.stat().st_size
+    raw_csr = sum(p.stat().st_size for p in (staged, *raw_csr_files(staged).values()))
+    if stempy <= STEMPY_SIZE_WARNING * raw_csr or stempy - raw_csr < STEMPY_SIZE_WARNING_BYTES:
+        return []
+    return [f"{out} (stempy) takes {stempy / raw_csr:.1f}x the bytes of the same counts as raw_csr ({stempy:,} B "
+            f"vs {raw_csr:,} B): stempy stores every electron and every count level separately; for counts this "
+            "high write --format raw_csr (or an OUT ending in .toml), or --format entropy (smallest)"]
 
 
 def _record(counted: CountedSource, tally: _Tally, inputs: Mapping[str, str] | None) -> dict[str, Any]:
@@ -378,65 +422,82 @@ def _record(counted: CountedSource, tally: _Tally, inputs: Mapping[str, str] | N
     return record
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+def _warnings(counted: CountedSource, tally: _Tally) -> list[str]:
+    """What looks wrong once the counts are known, one actionable line each."""
+    from stempress.data.open import scan_shape_note
+
+    found = [note] if (note := scan_shape_note(counted.source)) is not None else []
+    if tally.n_electrons == 0:
+        found.append(_nothing_counted(counted))
+    hot = _hot_pixel(tally.pattern)
+    if hot is not None:
+        found.append(_hot_pixel_warning(tally.pattern, hot))
+    return found
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)  # JSON's string escapes are a subset of TOML's
+def _nothing_counted(counted: CountedSource) -> str:
+    params = counted.params
+    threshold = f"{params.threshold:g} {'ADU' if params.threshold_unit == 'adu' else 'read-noise sigmas'}"
+    largest = "no frames" if counted.max_input is None else f"the largest frame value is {counted.max_input:.4g}"
+    line = (f"{counted.source.name}: no electrons counted: {largest}, and a pixel counts when its value above "
+            f"dark ({_in_words(params.dark)}) exceeds {threshold}, then is divided by the gain "
+            f"({_in_words(params.gain)} ADU per electron) and rounded; check --dark, --threshold and --gain")
+    gain = np.asarray(params.gain)
+    if np.dtype(counted.source.dtype).kind == "f" and gain.ndim == 0 and float(gain) == 1.0:
+        line += (" (these frames are floats and the gain is the default 1: give --gain in ADU per electron; frames "
+                 "already normalised to electrons need a threshold below one electron)")
+    return line
 
 
-def _toml_table(name: tuple[str, ...], record: Mapping[str, Any]) -> str:
-    """``record`` as a TOML table (sub-dicts as sub-tables; None has no TOML form and is left out)."""
-    lines = ["", f"[{'.'.join(_toml_key(k) for k in name)}]"]
-    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in record.items()
-              if v is not None and not isinstance(v, Mapping)]
-    text = "\n".join(lines) + "\n"
-    for k, v in record.items():
-        if isinstance(v, Mapping):
-            text += _toml_table((*name, str(k)), v)
-    return text
+def _in_words(value: Reference) -> str:
+    summary = _summary(value)
+    return f"{summary:g}" if isinstance(summary, float) else f"per pixel, mean {summary['mean']:.4g}"
 
 
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
+def _hot_pixel(pattern: np.ndarray) -> tuple[int, int] | None:
+    """The pixel that stands out most from all of its 8 neighbours, if any stands out enough to be a hot pixel."""
+    if pattern.size < 9 or min(pattern.shape) < 3:
+        return None
+    totals = pattern.astype(np.float64)
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    neighbours = ndimage.maximum_filter(totals, footprint=ring, mode="nearest")  # a disk's rim has a bright one
+    excess = np.where(totals >= HOT_MIN_ELECTRONS, totals / (neighbours + 1.0), 0.0)
+    y, x = (int(v) for v in np.unravel_index(int(np.argmax(excess)), excess.shape))
+    return (y, x) if excess[y, x] >= HOT_FACTOR else None
 
 
-def _h5_record(group: h5py.Group, record: Mapping[str, Any]) -> None:
-    """``record`` as attributes, sub-dicts as sub-groups: the layout stempy loads into ``SparseArray.metadata``."""
-    for key, value in record.items():
-        if isinstance(value, Mapping):
-            _h5_record(group.require_group(key), value)
-        elif value is not None:
-            group.attrs[key] = value
+def _hot_pixel_warning(pattern: np.ndarray, hot: tuple[int, int]) -> str:
+    """Name the hot pixel and, where it pulls the beam centre found on the counts, say so."""
+    from stempress.reduce.calibration import find_bf_disk
 
-
-def _h5_dict(group: h5py.Group) -> dict[str, Any]:
-    out: dict[str, Any] = {k: as_python(v) for k, v in group.attrs.items()}
-    out.update({k: _h5_dict(v) for k, v in group.items() if isinstance(v, h5py.Group)})
-    return out
+    total = int(pattern.sum())
+    y, x = hot
+    line = (f"detector pixel ({y}, {x}) holds {int(pattern[y, x]):,} of {total:,} electrons, far more than its "
+            "neighbours: a hot pixel? Mask it before counting (a dark reference with a high value there, --dark)")
+    try:
+        cy, cx, _radius = find_bf_disk(pattern)
+    except StempressError:
+        return line
+    if np.hypot(cy - y, cx - x) <= 2.0:
+        line += (f"; the beam centre measured on these counts, ({cy:.1f}, {cx:.1f}), sits next to it, so reduce "
+                 "would centre its detectors on the hot pixel")
+    return line
 
 
 def read_counting_record(path: str | Path) -> dict[str, Any]:
-    """The record ``count_to_file`` stored in an event file (raw_csr .toml or stempy HDF5)."""
+    """The record ``count_to_file`` stored in an event file (raw_csr .toml, stempy or entropy-coded HDF5)."""
     path = Path(path)
     if path.suffix.lower() == ".toml":
         try:
             with open(path, "rb") as fh:
-                table: Any = tomllib.load(fh)
+                found = read_toml_record(tomllib.load(fh))
         except FileNotFoundError:
             raise StempressError(f"{path}: no such file; check the path") from None
-        for key in RECORD_TABLE:
-            table = table.get(key) if isinstance(table, dict) else None
     else:
         with open_hdf5(path) as f:
-            group = f.get(RECORD_GROUP)
-            table = _h5_dict(group) if isinstance(group, h5py.Group) else None
+            found = read_h5_record(f)
+    table = found.get("counting")
     if not isinstance(table, dict):
         raise StempressError(f"{path}: holds no counting record; it was not written by stempress count")
     return table

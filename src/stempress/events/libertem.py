@@ -7,6 +7,11 @@ and the three files are memory-mapped with the dtypes the TOML gives. We write `
 ``<u4`` pixel indices and the source's own dtype for the counts, so a round trip is bit-exact. A cube
 with no electrons at all gets one unreferenced (pixel 0, count 0) entry, because numpy, and so LiberTEM,
 cannot memory-map an empty file.
+
+Ours, in tables LiberTEM does not read: ``[stempress.checksums]``, a CRC of each chunk's ``indptr``, ``indices``
+and ``data`` bytes (``events.checksums``; every read checks the chunks it touches), and the record of
+``events.record`` (``[stempress.calibration]``, ``[stempress.provenance]``, ``[stempress.counting]``). Sets
+without them (LiberTEM's own, older ones) read as before, and ``metadata["checksums"]`` says ``none``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
+from stempress.events.checksums import ChunkGuard, EventChecksums, positions_per_chunk
+from stempress.events.record import TOML_TABLE, Record, event_record, read_toml_record, record_toml, toml_table
 from stempress.events.representation import (
     EventBlock,
     Events,
@@ -37,6 +44,9 @@ FILETYPE = "raw_csr"
 INDPTR_DTYPE = np.dtype("<i8")
 INDICES_DTYPE = np.dtype("<u4")
 _KEYS = ("indptr_file", "indptr_dtype", "indices_file", "indices_dtype", "data_file", "data_dtype")
+#: The byte parts a chunk's checksums cover, in the order they are checked (indptr first: it locates the rest).
+PARTS = ("indptr", "indices", "data")
+CHECKSUM_TABLE = (TOML_TABLE, "checksums")
 
 
 def raw_csr_files(toml_path: str | Path) -> dict[str, Path]:
@@ -73,17 +83,18 @@ def _sidecar(shape: tuple[int, int, int, int], files: dict[str, Path], data_dtyp
 
 
 def write_raw_csr(source: Dataset4D | Events, toml_path: str | Path, *, overwrite: bool = False,
-                  rows: int | None = None) -> Path:
+                  rows: int | None = None, record: Record | None = None) -> Path:
     """Write a counted cube (or its events) as LiberTEM raw_csr, one block of scan rows at a time.
 
     All four files are written under temporary names and renamed only when every one is complete
     (the TOML last), so a failure leaves none of them, and no existing file is replaced without
-    ``overwrite``.
+    ``overwrite``. ``record`` (default: the source's calibration and provenance) goes into the TOML.
     """
     src = as_source(source)
     check_counts_dtype(src.dtype, src.name)
     events = iter_events(src, rows)  # refuses a float source before any file is created
-    return write_raw_csr_events(events, toml_path, src.shape, src.dtype, overwrite=overwrite)
+    record = event_record(src, FILETYPE) if record is None else record
+    return write_raw_csr_events(events, toml_path, src.shape, src.dtype, overwrite=overwrite, record=record)
 
 
 def require_toml_name(toml_path: str | Path) -> Path:
@@ -95,8 +106,9 @@ def require_toml_name(toml_path: str | Path) -> Path:
 
 
 def write_raw_csr_events(events: Iterable[EventBlock], toml_path: str | Path, shape: tuple[int, int, int, int],
-                         dtype: Any, *, overwrite: bool = False) -> Path:
-    """Write consecutive event blocks (seen once, top to bottom) as raw_csr, atomically like ``write_raw_csr``."""
+                         dtype: Any, *, overwrite: bool = False, record: Record | None = None) -> Path:
+    """Write consecutive event blocks (seen once, top to bottom) as raw_csr, atomically like ``write_raw_csr``,
+    with the checksums of every chunk and ``record`` (if given) in the TOML."""
     toml_path = require_toml_name(toml_path)
     files = raw_csr_files(toml_path)
     data_dtype = np.dtype(dtype).newbyteorder("<")
@@ -115,8 +127,26 @@ def write_raw_csr_events(events: Iterable[EventBlock], toml_path: str | Path, sh
             if offset == 0:  # numpy (so LiberTEM) cannot map an empty file: one value no position points at
                 indices.write(np.zeros(1, INDICES_DTYPE).tobytes())
                 data.write(np.zeros(1, data_dtype).tobytes())
-        tmp_toml.write_text(_sidecar(shape, files, data_dtype), encoding="utf-8")
+        dtypes = {"indptr": INDPTR_DTYPE, "indices": INDICES_DTYPE, "data": data_dtype}
+        maps = {part: np.memmap(tmp[part], dtypes[part], "r") for part in PARTS}  # the bytes as on disk
+        sums = EventChecksums.compute(shape[0] * shape[1], positions_per_chunk(shape), _parts_of(maps), PARTS)
+        text = _sidecar(shape, files, data_dtype) + toml_table(CHECKSUM_TABLE, sums.to_dict())
+        tmp_toml.write_text(text + (record_toml(record) if record else ""), encoding="utf-8")
     return toml_path
+
+
+def _parts_of(maps: dict[str, np.ndarray]) -> Any:
+    """``parts(first, end)``: the bytes of scan positions ``[first, end)`` in the three files (a corrupt indptr
+    gives clipped, wrong slices, which its own checksum has already flagged)."""
+
+    def parts(first: int, end: int) -> dict[str, np.ndarray]:
+        ptr = maps["indptr"][first:end + 1]
+        size = maps["indices"].size
+        lo = min(max(int(ptr[0]), 0), size) if ptr.size else 0
+        hi = min(max(int(ptr[-1]), lo), size) if ptr.size else 0
+        return {"indptr": ptr, "indices": maps["indices"][lo:hi], "data": maps["data"][lo:hi]}
+
+    return parts
 
 
 def _map(path: Path, dtype: np.dtype, what: str, toml_path: Path) -> np.ndarray:
@@ -148,6 +178,13 @@ def _shape(params: dict[str, Any], key: str, toml_path: Path) -> tuple[int, ...]
         raise StempressError(f"{toml_path}: [params] {key} = {value!r} is not a list of positive integers; "
                              f"write e.g. {key} = [256, 256]")
     return tuple(value)
+
+
+def _checksums(conf: dict[str, Any], n_positions: int, where: Path) -> EventChecksums | None:
+    """The sidecar's ``[stempress.checksums]``, or None for a set written without them."""
+    ours = conf.get(CHECKSUM_TABLE[0])
+    table = ours.get(CHECKSUM_TABLE[1]) if isinstance(ours, dict) else None
+    return None if table is None else EventChecksums.from_dict(table, n_positions, PARTS, str(where))
 
 
 class RawCsrSource(SourceBase):
@@ -200,9 +237,12 @@ class RawCsrSource(SourceBase):
                                  f"there are {self._indices.size} values; the files are truncated")
         self.dtype = data_dtype.newbyteorder("=")
         self.shape = check_shape_dtype((*nav, *sig), self.dtype, str(self.path))
+        self._maps = {"indptr": self._indptr, "indices": self._indices, "data": self._data}
+        self.guard = ChunkGuard(_checksums(conf, n, self.path), _parts_of(self._maps), str(self.path), self.shape[1])
         self.metadata: dict[str, Any] = {
             "format": "raw_csr", "file": str(self.path), "files": {k: str(v) for k, v in self.files.items()},
             "indptr_dtype": indptr_dtype.str, "indices_dtype": indices_dtype.str, "data_dtype": data_dtype.str,
+            "checksums": self.guard.state, **read_toml_record(conf),
         }
 
     def read_events(self, start: int, stop: int) -> EventBlock:
@@ -211,6 +251,7 @@ class RawCsrSource(SourceBase):
         if self._indptr is None:
             raise StempressError(f"{self.path}: source is closed; open it again")
         scan_x = self.shape[1]
+        self.guard.ensure(start * scan_x, stop * scan_x)
         ptr = np.asarray(self._indptr[start * scan_x : stop * scan_x + 1]).astype(np.int64)
         steps = np.diff(ptr)
         if (steps.size and steps.min() < 0) or ptr[-1] > self._indices.size:
@@ -227,3 +268,4 @@ class RawCsrSource(SourceBase):
 
     def close(self) -> None:
         self._indptr = self._indices = self._data = None  # type: ignore[assignment]
+        self._maps.clear()

@@ -21,7 +21,13 @@ The reader also accepts repeats inside one entry (version 1/2 files, other write
 
 vlen data live in HDF5's global heap, where filters do not apply, so ``frames`` is stored uncompressed,
 as stempy does. Our source dtype is kept under ``metadata/stempress`` (stempy loads that group into
-``SparseArray.metadata``), so a round trip gives back the same dtype.
+``SparseArray.metadata``), so a round trip gives back the same dtype, with the record of ``events.record``
+(calibration, provenance, counting) in its sub-groups.
+
+Checksums (``events.checksums``): a CRC of each chunk's entry ``lengths`` (``<i8``) and pixel ``indices`` (``<u4``),
+as attributes of ``stempress/checksums/electron_events/frames`` (the HDF5 path's checksum group, which stempy never
+opens). Every read checks the chunks it touches; files without them read as before (``metadata["checksums"]``
+is ``none``).
 """
 
 from __future__ import annotations
@@ -33,9 +39,12 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
-from stempress.data.base import Dataset4D, SourceBase, check_shape_dtype
+from stempress.codecs.checksums import checksum_group_path
+from stempress.data.base import Dataset4D, SourceBase, check_shape_dtype, rows_for_budget
 from stempress.data.hdf5 import as_python, open_hdf5
 from stempress.errors import StempressError
+from stempress.events.checksums import ChunkGuard, EventChecksums, Parts, positions_per_chunk
+from stempress.events.record import Record, event_record, read_h5_record, write_h5_record
 from stempress.events.representation import (
     INDEX_DTYPE,
     EventBlock,
@@ -58,6 +67,9 @@ METADATA = "metadata/stempress"
 MAX_AUTO_FRAMES_PER_POSITION = 255
 #: stempy's expansion dtype, used for files that do not say which dtype they came from.
 DEFAULT_DTYPE = np.dtype(np.uint32)
+#: Where the checksums of ``frames`` live, and the byte parts they cover.
+CHECKSUMS = checksum_group_path(FRAMES)
+PARTS = ("lengths", "indices")
 
 
 def _largest_count(source: Dataset4D, rows: int | None) -> int:
@@ -114,11 +126,13 @@ def _put(frames: h5py.Dataset, first: int, entries: np.ndarray) -> None:
 
 
 def write_stempy(source: Dataset4D | Events, out: str | Path, *, overwrite: bool = False,
-                 rows: int | None = None, frames_per_position: int | None = None) -> Path:
+                 rows: int | None = None, frames_per_position: int | None = None,
+                 record: Record | None = None) -> Path:
     """Write a counted cube (or its events) as a stempy version-3 file, ``rows`` scan rows at a time.
 
     The file appears whole or not at all. Without ``frames_per_position`` a dense source is read
     twice: once for its largest count (stempy needs the same number of frames at every position).
+    ``record`` (default: the source's calibration and provenance) goes under ``metadata/stempress``.
     """
     src = as_source(source)
     check_counts_dtype(src.dtype, src.name)
@@ -127,13 +141,25 @@ def write_stempy(source: Dataset4D | Events, out: str | Path, *, overwrite: bool
         k = _frames_per_position(src, rows, frames_per_position)
         with h5py.File(tmp, "w") as f:
             _write(f, src, rows, k)
+            write_h5_record(f, event_record(src, "stempy") if record is None else record)
     return out
 
 
+def _entry_parts(entries: np.ndarray) -> Parts:
+    """The bytes a chunk's checksums cover: each entry's length, and every pixel index, as stored."""
+    lengths = np.fromiter((e.size for e in entries), dtype="<i8", count=len(entries))
+    indices = np.concatenate(entries).astype("<u4", copy=False) if lengths.sum() else np.zeros(0, "<u4")
+    return {"lengths": lengths, "indices": indices}
+
+
 def _write(f: h5py.File, src: Dataset4D, rows: int | None, k: int) -> None:
-    """The layout of the module docstring, filled one block of scan rows at a time."""
+    """The layout of the module docstring, filled one block of scan rows at a time (whole checksum chunks)."""
     scan_y, scan_x, det_y, det_x = src.shape
     n = scan_y * scan_x
+    per_chunk = positions_per_chunk(src.shape)
+    chunk_rows = per_chunk // scan_x
+    rows = -(-(rows or rows_for_budget(src)) // chunk_rows) * chunk_rows  # each block holds whole chunks
+    sums = EventChecksums.empty(n, per_chunk, PARTS)
     f.attrs["version"] = STEMPY_VERSION
     group = f.create_group(GROUP)
     scan_positions = group.create_dataset("scan_positions", shape=(n,), dtype=np.int64)
@@ -145,7 +171,12 @@ def _write(f: h5py.File, src: Dataset4D, rows: int | None, k: int) -> None:
     for block in iter_events(src, rows):
         first, last = block.start * scan_x, block.stop * scan_x
         scan_positions[first:last] = np.arange(first, last, dtype=np.int64)
-        _put(frames, first * k, _entries(block, k, src.name))
+        entries = _entries(block, k, src.name)
+        _put(frames, first * k, entries)
+        for chunk in sums.chunks(first, last):
+            a, b = sums.positions(chunk)
+            sums.record(chunk, _entry_parts(entries[(a - first) * k:(b - first) * k]))
+    f.require_group(CHECKSUMS).attrs.update(sums.to_dict())
     ours = f.require_group(METADATA)
     ours.attrs["dtype"] = str(src.dtype)
     ours.attrs["source"] = str(src.name)
@@ -207,11 +238,20 @@ class StempySource(SourceBase):
         check_counts_dtype(self.dtype, str(self.path))
         self.shape = check_shape_dtype((*scan_shape, *frame_shape), self.dtype, str(self.path))
         self._frames = frames
+        stored = f.get(CHECKSUMS)
+        sums = None if stored is None else EventChecksums.from_dict(
+            {k: as_python(v) for k, v in stored.attrs.items()}, n, PARTS, str(self.path))
+        self.guard = ChunkGuard(sums, self._parts, str(self.path), scan_shape[1])
         self.metadata: dict[str, Any] = {
             "format": "stempy", "file": str(self.path), "stempy_version": self.version,
-            "frames_per_position": self.frames_per_position,
-            **{f"stempress_{k}": as_python(v) for k, v in ours.items()},
+            "frames_per_position": self.frames_per_position, "checksums": self.guard.state,
+            **{f"stempress_{k}": as_python(v) for k, v in ours.items()}, **read_h5_record(f),
         }
+
+    def _parts(self, first: int, end: int) -> Parts:
+        """The checksummed bytes of scan positions ``[first, end)``, read from the file."""
+        k = self.frames_per_position
+        return _entry_parts(self._frames[first * k:end * k])
 
     def read_events(self, start: int, stop: int) -> EventBlock:
         """Scan rows ``[start, stop)`` as events: the positions' entries read and summed per pixel."""
@@ -219,13 +259,26 @@ class StempySource(SourceBase):
         if self._file is None:
             raise StempressError(f"{self.path}: source is closed; open it again")
         scan_x, k = self.shape[1], self.frames_per_position
-        entries = self._frames[start * scan_x * k : stop * scan_x * k]
+        entries = self._checked_entries(start * scan_x, stop * scan_x)
         lengths = np.fromiter((e.size for e in entries), dtype=np.int64, count=len(entries))
         pixels = np.concatenate(entries) if lengths.sum() else np.zeros(0, INDEX_DTYPE)
         per_position = lengths.reshape(-1, k).sum(axis=1)
         positions = np.repeat(np.arange(per_position.size, dtype=np.int64), per_position)
         return events_from_hits(start, (stop - start, *self.shape[1:]), self.dtype, positions, pixels,
                                 where=str(self.path))
+
+    def _checked_entries(self, first: int, end: int) -> np.ndarray:
+        """The entries of positions ``[first, end)``, after checking every chunk they touch: entries read once,
+        widened to whole chunks only for chunks not checked yet."""
+        k, pending = self.frames_per_position, self.guard.pending(first, end)
+        if not pending:
+            return self._frames[first * k:end * k]
+        assert self.guard.checksums is not None
+        a = min(first, self.guard.checksums.positions(pending[0])[0])
+        b = max(end, self.guard.checksums.positions(pending[-1])[1])
+        entries = self._frames[a * k:b * k]
+        self.guard.ensure(first, end, lambda p, q: _entry_parts(entries[(p - a) * k:(q - a) * k]))
+        return entries[(first - a) * k:(end - a) * k]
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return dense_from_events(self.read_events(start, stop))

@@ -45,6 +45,9 @@ from stempress.store.emd import data_path, prepare_layout, write_source_metadata
 #: parallel, so the write runs on every core.
 DEFAULT_CODEC = "blosc_zstd"
 AUTO = "auto"
+#: The one file-format codec compress writes: counted electrons entropy-coded (lossless for integer counts), a
+#: file of its own (``events.entropy_file``) rather than an HDF5 dataset with a filter.
+ENTROPY_CODEC = "entropy_poisson"
 #: Chunk bytes per worker in one block, so every worker has chunks to compress while the next block is read.
 BLOCK_BYTES_PER_WORKER = 16 * 1024**2
 GIB = 1024**3
@@ -81,7 +84,8 @@ class CompressReport:
         return self.raw_bytes / GIB / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
-        path = "parallel direct-chunk" if self.direct else f"filter pipeline ({self.fallback_reason})"
+        path = ("entropy-coded counts (Poisson model)" if self.layout == ENTROPY_CODEC
+                else "parallel direct-chunk" if self.direct else f"filter pipeline ({self.fallback_reason})")
         chunks = "x".join(str(c) for c in self.chunks)
         return (f"{self.path}: {self.codec}, chunks {chunks}, {self.workers} workers, {path}; "
                 f"{_size(self.raw_bytes)} -> {_size(self.file_bytes)} (ratio {self.ratio:.2f}) "
@@ -96,17 +100,24 @@ def _size(nbytes: int) -> str:
 
 
 def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
-             chunks: str | tuple[int, ...] = "balanced", workers: int | None = None, layout: str = "emd",
+             chunks: str | tuple[int, ...] | None = None, workers: int | None = None, layout: str = "emd",
              dataset_path: str | None = None, force: bool = False,
              progress: Progress | None = None) -> CompressReport:
     """Write ``source`` to ``out`` compressed with ``codec`` and return what happened.
 
     ``codec="auto"`` benchmarks a sample of the source (``recommend_source``, use case "balanced") among the
     codecs that compress in parallel and uses the winner. ``workers`` defaults to the cores this process may
-    run on. ``progress(bytes_done, bytes_total)`` counts raw bytes written.
+    run on. ``progress(bytes_done, bytes_total)`` counts raw bytes written. ``chunks`` defaults to ``balanced``.
+
+    ``codec="entropy_poisson"`` writes integer counts as the entropy-coded event file instead (``layout`` does not
+    apply; ``chunks``' scan rows, default about 8 MiB of frames, set its coded chunks); its ``workers`` are
+    processes, so a script using them keeps its work under ``if __name__ == "__main__":``.
     """
     out = Path(out)
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
+    if codec.strip().lower() == ENTROPY_CODEC:
+        return _compress_entropy(source, out, chunks, workers, force, progress)
+    chunks = "balanced" if chunks is None else chunks
     target = data_path(layout, dataset_path)
     if out.is_dir():
         raise StempressError(f"{out} is a folder; give a file name for the output")
@@ -124,6 +135,34 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
                           direct=chunk_codec is not None, fallback_reason=reason, layout=layout,
                           dataset_path=target, raw_bytes=nbytes(source), file_bytes=out.stat().st_size,
                           seconds=time.perf_counter() - started, chosen_why=why, removed_partials=removed)
+
+
+def _compress_entropy(source: Dataset4D, out: Path, chunks: str | tuple[int, ...] | None, workers: int | None,
+                      force: bool, progress: Progress | None) -> CompressReport:
+    """``codec="entropy_poisson"``: the counts entropy-coded, with the source's calibration and provenance."""
+    from stempress.events.entropy import default_chunk_rows  # the codec's modules load only when asked for
+    from stempress.events.entropy_file import write_entropy_events
+
+    codec = get_codec(ENTROPY_CODEC)
+    problem = codec.unavailable_reason()
+    if problem:
+        raise StempressError(f"codec {codec.name!r} cannot write here: {problem}")
+    dtype = np.dtype(source.dtype)
+    if dtype.kind not in "ui":
+        raise StempressError(f"{source.name}: codec {codec.name} codes integer electron counts, not {dtype} data; "
+                             f"choose an HDF5 codec such as {DEFAULT_CODEC}")
+    shape = tuple(source.shape)
+    rows = default_chunk_rows(shape, dtype) if chunks is None else chunk_shape(chunks, shape)[0]
+    n_workers = resolve_workers(workers)
+    removed = remove_stale_partials(out)
+    started = time.perf_counter()
+    write_entropy_events(source, out, overwrite=force, workers=n_workers, chunk_rows=rows)
+    if progress is not None:
+        progress(nbytes(source), nbytes(source))
+    return CompressReport(path=out, codec=codec.name, chunks=(rows, shape[1], shape[2], shape[3]), workers=n_workers,
+                          direct=True, fallback_reason=None, layout=ENTROPY_CODEC, dataset_path="/",
+                          raw_bytes=nbytes(source), file_bytes=out.stat().st_size,
+                          seconds=time.perf_counter() - started, removed_partials=removed)
 
 
 @dataclass(frozen=True)
@@ -179,7 +218,8 @@ def resolve_codec(name: str, source: Dataset4D, chunks: tuple[int, int, int, int
     codec = get_codec(name)
     if codec.storage != "hdf5":
         raise StempressError(f"codec {codec.name!r} is a file format, not an HDF5 filter, so it cannot store an "
-                             f"HDF5 cube; choose an HDF5 codec such as {DEFAULT_CODEC} (list: stempress codecs)")
+                             f"HDF5 cube; choose an HDF5 codec such as {DEFAULT_CODEC} (list: stempress codecs), "
+                             f"or {ENTROPY_CODEC} for integer counts")
     problem = codec.unavailable_reason()
     if problem:
         raise StempressError(f"codec {codec.name!r} cannot write here: {problem}")

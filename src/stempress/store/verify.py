@@ -4,7 +4,12 @@ Three checks, cheapest first, so a corrupt file is named by the most precise rea
 stored (compressed) bytes, which needs no decoding; then decoding every chunk (in parallel where the codec
 allows) and the CRC of the decoded chunk; then, with ``against``, a bit-for-bit comparison with the source.
 Problems are named by scan position, which is what a user can look at; a file without stored checksums is
-still decoded (and compared), and the report says the checksums were missing.
+still decoded (and compared), and the report says so: "decoded, not verified", never OK, unless it was compared.
+
+Every other format stempress reads is verified as a source (``_SourceVerifier``): the event files (stempy and
+raw_csr with the CRC of each chunk of scan rows, ``events.checksums``; the entropy-coded file, whose reader checks
+its own chunks), and frame files without checksums (.mib, .npy, NXmx), which are decoded whole (a truncated file
+fails) and compared with ``against``. The report says which checks it could make.
 """
 
 from __future__ import annotations
@@ -23,10 +28,15 @@ from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
 from stempress.codecs.parallel import chunk_grid, chunk_pieces, full_chunk, read_chunks_parallel
 from stempress.cores import resolve_workers
-from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, require_file, rows_for_budget
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
 from stempress.errors import StempressError
 from stempress.store.emd import CODEC_ATTR
+
+#: What a report says instead of OK when nothing could prove the data right.
+NOT_VERIFIED = "decoded, not verified (no checksums; pass --against)"
+#: Kinds of PATH that are frame stacks whose scan shape the user may have to give (``scan_shape``).
+_FRAME_STACKS = ("mib", "npy", "nxmx")
 
 
 @dataclass(frozen=True)
@@ -46,12 +56,15 @@ class Problem:
         if r1 - r0 == 1 and c1 - c0 == 1:
             return f"scan position ({r0}, {c0})"
         chunk = f" (chunk {self.chunk})" if self.chunk is not None else ""
-        return f"scan rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1}{chunk}"
+        rows = f"scan row {r0}" if r1 - r0 == 1 else f"scan rows {r0}-{r1 - 1}"
+        return f"{rows}, columns {c0}-{c1 - 1}{chunk}"
 
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """What was checked and the first problem, if any."""
+    """What was checked and the first problem, if any. ``codec`` is the HDF5 codec, or the format of a file
+    verified as a source (``direct`` False, ``dataset_path`` empty); ``unit`` is what ``chunks_*`` count, and
+    ``checks`` says in words which checksums were checked (default: the HDF5 path's)."""
 
     path: Path
     dataset_path: str
@@ -64,28 +77,51 @@ class VerifyReport:
     bad_chunks: int
     problem: Problem | None
     seconds: float
+    unit: str = "chunks"
+    checks: str | None = None
 
     @property
     def ok(self) -> bool:
+        """Nothing was found wrong (see ``verified`` for whether anything proved it right)."""
         return self.problem is None
 
+    @property
+    def verified(self) -> bool:
+        """Stored checksums matched or the source compared equal: more than "it decodes"."""
+        return self.checksums or self.compared
+
     def summary(self) -> str:
-        how = "parallel" if self.direct else "HDF5 filter path"
-        sums = "stored and decoded CRCs" if self.checksums else "no stored checksums (decoded only)"
+        if self.dataset_path:
+            how = "parallel" if self.direct else "HDF5 filter path"
+            head = f"{self.path}:{self.dataset_path} ({self.codec}, {how})"
+        else:
+            head = f"{self.path} ({self.codec})"
+        if self.problem is not None and self.chunks_checked == 0 and self.problem.rows is None:
+            return f"{head}: FAILED before any {self.unit[:-1]} was read: {self.problem.reason}"
+        sums = self.checks or ("stored and decoded CRCs" if self.checksums else "no stored checksums")
         against = ", compared bit-exact with the source" if self.compared else ""
-        head = f"{self.path}:{self.dataset_path} ({self.codec}, {how}): {self.chunks_checked}/{self.chunks_total} " \
-               f"chunks checked, {sums}{against}"
+        head = f"{head}: {self.chunks_checked}/{self.chunks_total} {self.unit} checked, {sums}{against}"
         if self.ok:
-            return f"{head}: OK"
+            return f"{head}: {'OK' if self.verified else NOT_VERIFIED}"
         extra = f" ({self.bad_chunks} chunks with bad stored bytes)" if self.bad_chunks > 1 else ""
         return f"{head}: FAILED at {self.problem.where()}: {self.problem.reason}{extra}"  # type: ignore[union-attr]
 
 
 def verify(path: Path | str, *, against: Dataset4D | None = None, workers: int | None = None,
-           dataset: str | None = None) -> VerifyReport:
-    """Check every chunk of the cube in ``path`` (auto-detected like any source, or ``dataset``)."""
+           dataset: str | None = None, scan_shape: tuple[int, int] | None = None) -> VerifyReport:
+    """Check every chunk of the cube in ``path`` (auto-detected like any source, or ``dataset``).
+
+    HDF5 cubes: stored and decoded CRCs per chunk (``workers`` threads). Event files and frame files: see
+    ``_SourceVerifier`` (``workers`` processes decode an entropy-coded file; ``scan_shape`` reads a .mib, .npy
+    frame stack or NXmx master).
+    """
+    from stempress.data.open import file_kind
+
     path = Path(path)
     started = time.perf_counter()
+    kind = "hdf5" if dataset is not None else file_kind(require_file(path))
+    if kind != "hdf5":
+        return _verify_source(path, kind, against, workers, scan_shape, started)
     with Hdf5Source(path, dataset) as located:  # missing file, not HDF5, no 4-D cube: one-line errors
         dataset_path = located.dataset_path
     n_workers = resolve_workers(workers)
@@ -127,11 +163,7 @@ class _Verifier:
             return Problem("stored", f"the stored checksums describe chunks {self.record.chunk_shape} in a grid "
                                      f"{self.record.grid_shape}, the dataset has {self.chunks} in {self.grid}; "
                                      "the file was altered after it was written")
-        src = self.against
-        if src is not None and (tuple(src.shape) != self.shape or np.dtype(src.dtype) != self.dset.dtype):
-            return Problem("shape", f"the source {src.name!r} is {tuple(src.shape)} {np.dtype(src.dtype)}, the "
-                                    f"file holds {self.shape} {self.dset.dtype}; compare with the source it came from")
-        return None
+        return _shape_problem(self.against, self.shape, self.dset.dtype)
 
     def _at_chunk(self, index: tuple[int, ...], kind: str, reason: str) -> Problem:
         """A problem with one chunk, located by the scan rows and columns the chunk covers."""
@@ -230,6 +262,19 @@ class _Verifier:
         return self.record.check_chunk(index, raw=full_chunk(piece, self.chunks, self.dset.fillvalue))
 
 
+def _shape_problem(src: Dataset4D | None, shape: tuple[int, ...], dtype: np.dtype) -> Problem | None:
+    """A source of another shape or dtype cannot be compared; when only its scan is cut differently, say how to
+    read it as the file's."""
+    if src is None or (tuple(src.shape) == tuple(shape) and np.dtype(src.dtype) == dtype):
+        return None
+    fix = "compare with the source it came from"
+    same_frames = tuple(src.shape[2:]) == tuple(shape[2:]) and np.dtype(src.dtype) == dtype
+    if same_frames and src.shape[0] * src.shape[1] == shape[0] * shape[1]:
+        fix = f"if it is the same scan cut differently, read the source with --scan-shape {shape[0]}x{shape[1]}"
+    return Problem("shape", f"the source {src.name!r} is {tuple(src.shape)} {np.dtype(src.dtype)}, the file holds "
+                            f"{tuple(shape)} {np.dtype(dtype)}; {fix}")
+
+
 def _codec_of(dset: h5py.Dataset) -> tuple[Codec | None, ChunkCodec | None]:
     """The codec stempress recorded for this dataset, and a parallel decoder when its pipeline is exactly that
     codec's; anything else (foreign files, edited pipelines) decodes through HDF5's filter path."""
@@ -272,3 +317,108 @@ def _compare(block: Block, against: Dataset4D) -> Problem | None:
     reason = (f"differs from the source {against.name!r}: detector pixel ({qy}, {qx}) is "
               f"{block.data[y, x, qy, qx].item()!r} in the file, {want[y, x, qy, qx].item()!r} in the source")
     return Problem("differs", reason, (row, row + 1), (x, x + 1))
+
+
+# -- any other format, verified as a source ---------------------------------------------------------------------
+def _verify_source(path: Path, kind: str, against: Dataset4D | None, workers: int | None,
+                   scan_shape: tuple[int, int] | None, started: float) -> VerifyReport:
+    from stempress.data.open import open_source
+
+    if kind == "entropy":
+        from stempress.events.entropy_file import open_entropy
+
+        source = open_entropy(path, workers=resolve_workers(workers))
+    else:
+        source = open_source(path, scan_shape=scan_shape if kind in _FRAME_STACKS else None)
+    with source:
+        return _SourceVerifier(path, kind, source, against, started).run()
+
+
+class _SourceVerifier:
+    """A file read through its source: every chunk checksum it carries (stempy, raw_csr: all of them, without
+    decoding, so every bad chunk is counted), then every scan row decoded (an entropy-coded file's reader checks
+    its own chunks) and, with ``against``, compared bit for bit."""
+
+    def __init__(self, path: Path, kind: str, source: Dataset4D, against: Dataset4D | None, started: float) -> None:
+        from stempress.events.entropy_file import CODEC, has_checksums
+
+        self.path, self.kind, self.source, self.against, self.started = path, kind, source, against, started
+        self.guard = getattr(source, "guard", None)  # events.checksums.ChunkGuard of a stempy / raw_csr source
+        self.sums = None if self.guard is None else self.guard.checksums
+        self.label = CODEC if kind == "entropy" else kind
+        self.reader_checksums = kind == "entropy" and has_checksums(path)
+        self.rows_done = self.bad = 0
+
+    def run(self) -> VerifyReport:
+        problem = (_shape_problem(self.against, self.source.shape, np.dtype(self.source.dtype))
+                   or self._check_stored() or self._check_decoded())
+        return self._report(problem)
+
+    def _at(self, positions: tuple[int, int], kind: str, reason: str, chunk: int | None = None) -> Problem:
+        """A problem at scan positions ``[first, end)``, as the scan rows (and columns, within one row) they span."""
+        scan_x = self.source.shape[1]
+        (r0, c0), (r1, c1) = divmod(positions[0], scan_x), divmod(positions[1] - 1, scan_x)
+        cols = (c0, c1 + 1) if r0 == r1 else (0, scan_x)
+        return Problem(kind, reason, (r0, r1 + 1), cols, None if chunk is None else (chunk,))
+
+    def _check_stored(self) -> Problem | None:
+        if self.sums is None:
+            return None
+        first: Problem | None = None
+        for chunk in range(self.sums.n_chunks):
+            try:
+                reason = self.guard.chunk_problem(chunk)  # type: ignore[union-attr]
+            except (StempressError, OSError, ValueError) as exc:  # an unreadable chunk is as bad as a wrong one
+                reason = f"chunk {chunk} unreadable: {one_line(exc)}"
+            if reason is not None:
+                self.bad += 1
+                first = first or self._at(self.sums.positions(chunk), "stored", reason, chunk)
+        return first
+
+    def _check_decoded(self) -> Problem | None:
+        from stempress.events.checksums import ChecksumError
+
+        total = self.source.shape[0]
+        rows = rows_for_budget(self.source)
+        for start in range(0, total, rows):
+            stop = min(start + rows, total)
+            try:
+                data = self.source.read_rows(start, stop)
+            except ChecksumError as exc:
+                return self._at(exc.positions, "stored", str(exc), exc.chunk)
+            except StempressError as exc:
+                return self._first_bad_row(start, stop, exc)
+            if self.against is not None:
+                problem = _compare(Block(start, data), self.against)
+                if problem is not None:
+                    return problem
+            self.rows_done = stop
+        return None
+
+    def _first_bad_row(self, start: int, stop: int, error: StempressError) -> Problem:
+        """After a failed block, the first row that fails alone (a reader's message names what it could)."""
+        scan_x = self.source.shape[1]
+        for row in range(start, stop):
+            try:
+                self.source.read_rows(row, row + 1)
+            except StempressError as exc:
+                return Problem("decoded", str(exc), (row, row + 1), (0, scan_x))
+        return Problem("decoded", str(error), (start, stop), (0, scan_x))
+
+    def _report(self, problem: Problem | None) -> VerifyReport:
+        scan_x = self.source.shape[1]
+        if self.sums is not None:
+            done = self.rows_done * scan_x
+            total = self.sums.n_chunks
+            checked = total if self.rows_done == self.source.shape[0] else min(total, done // self.sums.per_chunk)
+            checks = f"stored {self.sums.algorithm} of {', '.join(self.sums.crcs)}"
+            unit = "chunks"
+        else:
+            total, checked, unit = self.source.shape[0], self.rows_done, "scan rows"
+            checks = ("the entropy reader's per-chunk checksums" if self.reader_checksums
+                      else f"no stored checksums ({self.kind} files carry none)" if self.kind in _FRAME_STACKS
+                      else "no stored checksums")
+        return VerifyReport(path=self.path, dataset_path="", codec=self.label, direct=False, chunks_total=total,
+                            chunks_checked=checked, checksums=self.sums is not None or self.reader_checksums,
+                            compared=self.against is not None, bad_chunks=self.bad, problem=problem,
+                            seconds=time.perf_counter() - self.started, unit=unit, checks=checks)
