@@ -221,12 +221,13 @@ def recommend(stats: pd.DataFrame, use_case: str, required_write_gibs: float | N
 
 
 def compress_writes(codec: str) -> bool:
-    """Whether ``stempress compress --codec CODEC`` accepts it: a catalog codec stored in HDF5 (the study's
-    non-HDF5 baselines are files of their own, which compress refuses)."""
+    """Whether ``stempress compress --codec CODEC`` accepts it: a catalog codec stored in HDF5, or the entropy
+    code of counts, which compress writes as a file of its own (it refuses the study's non-HDF5 baselines)."""
     from stempress.codecs.catalog import CATALOG
+    from stempress.store.compress import ENTROPY_CODEC
 
     known = CATALOG.get(codec)
-    return known is not None and known.storage == "hdf5"
+    return known is not None and (known.storage == "hdf5" or known.name == ENTROPY_CODEC)
 
 
 def gibs(value: float) -> str:
