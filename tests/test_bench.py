@@ -263,6 +263,8 @@ def test_nothing_measured_gives_the_table_of_reasons_not_a_traceback(tmp_path):
     assert table["reason"].str.contains("time limit").all()
     html = build_report(tmp_path / "out").read_text()  # `stempress report` on the folder works too
     assert "no measurement succeeded" in html and "exceeded the 0 s time limit" in html
+    (tmp_path / "out" / "statistics.csv").write_text("\n")  # as such a run wrote it before: blank
+    assert "no measurement succeeded" in build_report(tmp_path / "out").read_text()
 
 
 def test_the_default_run_is_the_one_the_readme_promises():

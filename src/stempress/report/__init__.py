@@ -85,7 +85,8 @@ def load_inputs(results_dir: Path) -> Inputs:
     if not metadata:
         notes.append(f"{METADATA_JSON} is missing or unreadable: machine, protocol and versions are unknown.")
     stats_path = results_dir / STATISTICS_CSV
-    stats = read_table(stats_path) if stats_path.exists() else statistics(results)
+    # recomputed when absent or empty: before it kept its header, a run where nothing succeeded wrote a blank file
+    stats = read_table(stats_path) if stats_path.exists() and stats_path.read_text().strip() else statistics(results)
     if "protocol" in stats and stats["protocol"].nunique() > 1:
         chosen = metadata.get("protocol") or sorted(stats["protocol"].unique())[0]
         notes.append(f"statistics hold several protocols; this report shows {chosen!r} only.")
