@@ -200,8 +200,10 @@ def test_nxmx_rows_span_two_data_files(tmp_path):
 # --- Merlin .mib --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "det"), [("001_4x2_6bit.mib", (256, 256)),
-                                           ("002_4x2_6bit_roi128.mib", (128, 256))])
+MIB_FILES = [("001_4x2_6bit.mib", (256, 256)), ("002_4x2_6bit_roi128.mib", (128, 256))]
+
+
+@pytest.mark.parametrize(("name", "det"), MIB_FILES)
 def test_mib_matches_rosettasciio(name, det):
     path = real_file(name)
     # RosettaSciIO's tests read these as navigation (x, y) = (4, 2): 2 scan rows of 4
@@ -210,8 +212,7 @@ def test_mib_matches_rosettasciio(name, det):
     with open_source(path) as src:
         assert isinstance(src, MibSource)
         assert src.dtype == np.uint8
-        # rsciio's file_reader flips det_y; the source keeps the stored order by default
-        check_blocks(src, np.flip(reference, axis=-2))
+        check_blocks(src, reference)  # the frames HyperSpy and pyxem show, row for row
         meta = src.metadata
     assert meta["scan_shape_inferred"] is True
     assert meta["scan_shape_source"] == "frame timestamps"
@@ -219,8 +220,34 @@ def test_mib_matches_rosettasciio(name, det):
     assert meta["header_bytes"] == 384
     assert meta["exposure_ms"] == pytest.approx(100.0)
     assert meta["hdr"]["Counter Depth (number)"] == "6"
-    with MibSource(path, flip_det_y=True) as flipped:
-        check_blocks(flipped, reference)
+    assert meta["det_y_flipped"] is True and meta["orientation"].startswith("RosettaSciIO")
+    with MibSource(path, flip_det_y=False) as stored:
+        check_blocks(stored, np.flip(reference, axis=-2))
+        assert stored.metadata["det_y_flipped"] is False
+
+
+@pytest.mark.parametrize(("name", "det"), MIB_FILES)
+def test_mib_orientation_is_the_stored_rows_upside_down(name, det):
+    """Pinned without any reader: frame 0's first stored row (right after its 384-byte header) is our last."""
+    raw = np.frombuffer(real_file(name).read_bytes(), np.uint8, count=det[0] * det[1], offset=384).reshape(det)
+    with open_source(real_file(name)) as src:
+        first = src.read_rows(0, 1)[0, 0]
+    assert not np.array_equal(raw, raw[::-1])  # the test can tell the two orientations apart
+    np.testing.assert_array_equal(first, raw[::-1])
+
+
+@pytest.mark.parametrize(("name", "det"), MIB_FILES)
+def test_libertem_keeps_the_stored_mib_order(name, det):
+    """LiberTEM 0.16 reads the same file in the stored order: its frames are ours flipped along det_y."""
+    api = pytest.importorskip("libertem.api", reason="LiberTEM is not installed here")
+    from libertem.udf.raw import PickUDF
+
+    with open_source(real_file(name)) as src:
+        ours = src.read_rows(0, src.shape[0])
+    with api.Context.make_with("inline") as ctx:
+        dataset = ctx.load("mib", path=str(real_file(name)), nav_shape=ours.shape[:2])
+        picked = ctx.run_udf(dataset=dataset, udf=PickUDF(), roi=np.ones(ours.shape[:2], bool))["intensity"].data
+    np.testing.assert_array_equal(np.asarray(picked).reshape(ours.shape), np.flip(ours, axis=-2))
 
 
 def test_mib_user_scan_shape():
