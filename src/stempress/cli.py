@@ -189,6 +189,18 @@ def verify(
     console.print(report.summary(), highlight=False, soft_wrap=True)
 
 
+@app.command("plugin-path")
+def plugin_path(
+    folder_only: Annotated[bool, typer.Option("--folder", help="Print only the folder (MATLAB's setenv, Windows' "
+                                              "set HDF5_PLUGIN_PATH=...).")] = False,
+) -> None:
+    """Print the HDF5_PLUGIN_PATH line that lets HyperSpy, py4DSTEM, h5dump, HDFView and MATLAB decode Blosc, Zstd,
+    LZ4, Bitshuffle and BZip2 files: eval "$(stempress plugin-path)" (or add the line to your shell profile)."""
+    from stempress.store.readers import export_line
+    from stempress.store.readers import plugin_path as folder
+
+    typer.echo(str(folder()) if folder_only else export_line())  # plain text: no wrapping of a long path
+
 def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
     """A source from the command line's words."""
     from stempress.data.open import open_source
