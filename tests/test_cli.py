@@ -108,8 +108,10 @@ def test_simulate_streams_to_a_file_and_never_overwrites(tmp_path):
     result = stempress("simulate", "smoke/4D_Diff", str(out), "--truth")
     assert result.returncode == 0, result.stderr
     with h5py.File(out) as f:
-        data = f["version_1/data/datacubes/datacube_000/data"]
+        data = f["datacube_root/datacube/data"]
         assert data.ndim == 4 and data.dtype == np.uint16 and data[...].any()
+        assert f.attrs["emd_group_type"] == "file" and "expected" in data.parent
+    assert f"py4DSTEM.read({str(out)!r})" in result.stdout and "file_format='emd'" in result.stdout
     before = out.read_bytes()
     assert_one_line_error(stempress("simulate", "smoke/4D_Diff", str(out)), "--force")
     assert out.read_bytes() == before

@@ -332,7 +332,7 @@ def test_sources_pickle_by_reopening(name):
 
 
 def test_a_written_cube_keeps_its_calibration(tmp_path):
-    """write_hdf5 stores the pixel sizes beside the data; reading the file gives them back (mrad, nm)."""
+    """write_hdf5 stores the pixel sizes in the EMD calibration; reading the file gives them back (mrad, nm)."""
     from stempress.data.suites import open_synthetic
     from stempress.data.write import write_hdf5
     from stempress.reduce.calibration import source_calibration
@@ -343,6 +343,6 @@ def test_a_written_cube_keeps_its_calibration(tmp_path):
         expected = synthetic.metadata
     with Hdf5Source(tmp_path / "c.h5") as source:
         for key in ("Q_pixel_size", "Q_pixel_units", "R_pixel_size", "R_pixel_units"):
-            assert source.metadata[key] == expected[key]
+            assert source.metadata["calibration"][key] == expected[key]
         calibration = source_calibration(source)
     assert calibration.q_units == "mrad" and calibration.q_pixel_size == pytest.approx(expected["Q_pixel_size"])

@@ -234,9 +234,11 @@ def reduce(
                                                 "OUT itself (what the targets computed) and its provenance.")] = None,
 ) -> None:
     """Compute the targets in one streaming pass and write them with provenance, in an HDF5 file that
-    py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy")) open."""
+    py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy"); an OUT named .hspy needs no
+    file_format) open."""
     from stempress.reduce.output import reduce_to_file
     from stempress.reduce.sufficiency import parse_targets
+    from stempress.store.readers import reduced_open_line
 
     chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn
     with open_cli_source(source, dataset, scan_shape) as cube, \
@@ -246,6 +248,7 @@ def reduce(
         path = reduce_to_file(cube, chosen, out, overwrite=force,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"wrote {path}: {', '.join(target)}")
+    console.print(reduced_open_line(path), highlight=False, soft_wrap=True)
     if figures is not None:
         from stempress.report.reduce_figures import figures_from_source
 
@@ -365,13 +368,16 @@ def codecs(
 @app.command()
 def simulate(
     spec: Annotated[str, typer.Argument(help="Suite member (smoke/4D_Diff) or synthetic:diffraction?scan=..&det=..")],
-    out: Annotated[Path, typer.Argument(help="Output HDF5 file (EMD 1.0 layout).")],
+    out: Annotated[Path, typer.Argument(help="Output HDF5 file, EMD 1.0 as py4DSTEM writes it (name it .emd and "
+                                        "HyperSpy's hs.load opens it without file_format).")],
     truth: Annotated[bool, typer.Option(help="Also save the true expected-count map.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Generate a synthetic cube to a file, block by block (works for cubes larger than memory)."""
     from stempress.data.open import open_source
     from stempress.data.write import write_hdf5
+    from stempress.store.emd import EMD_DATA_PATH
+    from stempress.store.readers import cube_open_lines
 
     source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")
     with Progress(TextColumn("[bold]simulate"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -380,6 +386,8 @@ def simulate(
         path = write_hdf5(source, out, truth=truth, overwrite=force,
                           progress=lambda done, total: bar.update(task, completed=done / max(total, 1)))
     console.print(f"wrote {path}: {source.shape} {source.dtype}")
+    for line in cube_open_lines(path, "emd", EMD_DATA_PATH, ()):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
