@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from rsciio.quantumdetector import file_reader as rsciio_mib_reader
 
+from prismatic_file import Q_STEP_PER_A, R_STEP_A, write_prismatic
 from real_data import real_file
 from stempress.data import (
     ArraySource,
@@ -149,6 +150,64 @@ def test_nxmx_master_reads_like_its_data_file():
     assert meta["detector_units"]["count_time"] == "s"
     assert meta["filters"][0]["id"] == 32008
 
+
+
+def test_arina_camera_length_energy_and_pixel_size_become_a_calibration():
+    """100 um pixels at the sidecar's 0.115 m camera length: 0.8696 mrad per pixel; 300 kV: lambda 0.01969 A;
+    the scan's Pixel Size in nm, as RosettaSciIO and py4DSTEM read it (they give it x10 in A)."""
+    with open_source(real_file("test_00_master.h5")) as src:
+        cal = src.metadata["calibration"]
+    assert (cal["Q_pixel_units"], cal["R_pixel_units"]) == ("mrad", "nm")
+    assert cal["Q_pixel_size"] == pytest.approx(1e3 * 1e-4 / 0.115)
+    assert cal["camera_length_m"] == 0.115 and cal["camera_length_from"] == "sidecar Camera Length"
+    assert cal["beam_energy_eV"] == 300e3 and cal["wavelength_A"] == pytest.approx(0.019687, rel=1e-4)
+    with h5py.File(real_file("test_00.h5"), "r") as f:
+        assert cal["R_pixel_size"] == pytest.approx(f["STEM Metadata"].attrs["Pixel Size"][0])
+    calibration = source_calibration_of(real_file("test_00_master.h5"))
+    assert calibration.angular and calibration.q_pixel_size == pytest.approx(cal["Q_pixel_size"])
+
+
+def source_calibration_of(path: Path):
+    from stempress.reduce.calibration import Calibration
+
+    with open_source(path) as src:
+        return Calibration.from_metadata(src.metadata, src.shape[2:])
+
+
+def test_nxmx_detector_distance_wins_over_the_sidecar(tmp_path):
+    for name in ("test_00_master.h5", "test_00_data_000001.h5", "test_00.h5"):
+        shutil.copyfile(real_file(name), tmp_path / name)
+    with h5py.File(tmp_path / "test_00_master.h5", "r+") as f:
+        f["entry/instrument/detector/detector_distance"][()] = 0.2
+        f["entry/instrument/detector/x_pixel_size"][()] = 55e-6
+        f["entry/instrument/detector/y_pixel_size"][()] = 55e-6
+    with open_source(tmp_path / "test_00_master.h5") as src:
+        cal = src.metadata["calibration"]
+    assert cal["Q_pixel_size"] == pytest.approx(1e3 * 55e-6 / 0.2) and cal["camera_length_from"] == "detector_distance"
+
+
+def test_prismatic_dims_become_the_calibration(tmp_path):
+    """Prismatic's Si100-like sampling (5 A probe steps, 0.0184 A^-1 pixels) read from its dim vectors, not 1 px."""
+    cube = np.random.default_rng(1).random((4, 3, 8, 6)).astype(np.float32)
+    path = write_prismatic(tmp_path / "si100.h5", cube)
+    with open_source(path) as src:
+        assert isinstance(src, Hdf5Source) and src.metadata["format"] == "emd-prismatic"
+        assert src.metadata["dataset_path"] == "/4DSTEM_simulation/data/datacubes/CBED_array_depth0000/data"
+        check_blocks(src, cube)  # (Rx, Ry, Qx, Qy) as stored, as py4DSTEM's DataCube orders it
+        cal = src.metadata["calibration"]
+        assert [d["name"] for d in src.metadata["dims"]] == ["R_x", "R_y", "Q_x", "Q_y"]
+        assert src.metadata["simulation_parameters"]["E"] == 300.0
+    assert cal == {"R_pixel_size": R_STEP_A, "R_pixel_units": "A", "Q_pixel_size": Q_STEP_PER_A,
+                   "Q_pixel_units": "A^-1"}
+
+
+def test_dims_that_are_not_one_linear_step_leave_that_space_in_pixels(tmp_path):
+    cube = np.zeros((4, 3, 8, 6), np.float32)
+    path = write_prismatic(tmp_path / "p.h5", cube)
+    with h5py.File(path, "r+") as f:
+        f["4DSTEM_simulation/data/datacubes/CBED_array_depth0000/dim2"][...] = [0, 1, 5]  # R_y not linear
+    with open_source(path) as src:
+        assert src.metadata["calibration"] == {"Q_pixel_size": Q_STEP_PER_A, "Q_pixel_units": "A^-1"}
 
 def test_nxmx_user_scan_shape_and_square_inference(tmp_path):
     with NxmxSource(real_file("test_00_master.h5"), scan_shape=(2, 8)) as src:
