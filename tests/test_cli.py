@@ -155,6 +155,7 @@ def test_reduce_writes_targets_with_provenance_and_plan_names_a_choice(tmp_path)
     with h5py.File(out) as f:
         assert f["reduced/bf/BF"].shape == (8, 8) and f["reduced/com/com_x"].shape == (8, 8)
         assert json.loads(f.attrs["stempress_provenance"])["targets"] == ["bf", "com"]
+    assert f"hs.load({str(out)!r}, file_format='hspy')" in result.stdout  # .h5: HyperSpy needs the reader named
     assert_one_line_error(stempress("reduce", "synthetic:smoke/4D_Diff", "--target", "bf", "--out", str(out)),
                           "--force")
     planned = stempress("plan", "synthetic:smoke/4D_Diff", "--target", "bf", "--tolerance", "0.05")

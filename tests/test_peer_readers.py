@@ -17,7 +17,7 @@ import pytest
 from rsciio import IO_PLUGINS
 
 from stempress.data.open import open_source
-from stempress.store.readers import H5PY_ONLY, HDF5_BUILTIN, hyperspy_call, plugin_filters
+from stempress.store.readers import H5PY_ONLY, HDF5_BUILTIN, hyperspy_call, plugin_filters, py4dstem_call
 
 SOURCE = "synthetic:smoke/4D_Diff"
 #: A child that reads the cube with plain h5py and proves hdf5plugin was never imported.
@@ -99,3 +99,5 @@ def test_hyperspy_picks_readers_by_extension_as_the_hints_assume():
     assert hyperspy_call(Path("r.hspy"), "hspy") == "hs.load('r.hspy')"
     assert hyperspy_call(Path("p.h5"), "nexus", "/x") == "hs.load('p.h5', file_format='nexus', dataset_path='/x')"
     assert not (HDF5_BUILTIN & H5PY_ONLY)
+    assert py4dstem_call(Path("a.emd")) == "py4DSTEM.read('a.emd')"
+    assert "rename" in py4dstem_call(Path("r.hspy"))  # py4DSTEM.read goes by the extension as well

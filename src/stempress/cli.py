@@ -194,8 +194,8 @@ def plugin_path(
     folder_only: Annotated[bool, typer.Option("--folder", help="Print only the folder (MATLAB's setenv, Windows' "
                                               "set HDF5_PLUGIN_PATH=...).")] = False,
 ) -> None:
-    """Print the HDF5_PLUGIN_PATH line that lets HyperSpy, py4DSTEM, h5dump, HDFView and MATLAB decode Blosc, Zstd,
-    LZ4, Bitshuffle and BZip2 files: eval "$(stempress plugin-path)" (or add the line to your shell profile)."""
+    """Print the HDF5_PLUGIN_PATH line that lets HyperSpy, h5dump, HDFView and MATLAB decode Blosc, Zstd, LZ4,
+    Bitshuffle and BZip2 files: eval "$(stempress plugin-path)" (or add the line to your shell profile)."""
     from stempress.store.readers import export_line
     from stempress.store.readers import plugin_path as folder
 

@@ -3,16 +3,19 @@
 Two things decide it, and neither is visible in the file's name:
 
 - Filters. gzip and shuffle are in every HDF5 library; lzf is registered by h5py when it is imported, so only
-  h5py-based programs (HyperSpy, py4DSTEM) decode it; every other codec of the catalog (Blosc, Blosc2, LZ4,
-  Bitshuffle, Zstd, BZip2) is an hdf5plugin filter. h5py programs decode those after ``import hdf5plugin``;
-  HyperSpy's EMD reader, py4DSTEM, h5dump, HDFView and MATLAB do not import it, so HDF5 must find the filter
-  where ``HDF5_PLUGIN_PATH`` points: hdf5plugin's own plugin folder, which ``stempress plugin-path`` prints as a
+  h5py-based programs (HyperSpy, py4DSTEM, LiberTEM) decode it; every other codec of the catalog (Blosc, Blosc2,
+  LZ4, Bitshuffle, Zstd, BZip2) is an hdf5plugin filter. h5py programs decode those after ``import hdf5plugin``
+  (py4DSTEM 0.14 and LiberTEM 0.16 import it themselves); HyperSpy's EMD and NeXus readers, h5dump, HDFView and
+  MATLAB do not, so HDF5 must find the filter where ``HDF5_PLUGIN_PATH`` points: hdf5plugin's own plugin
+  folder, which ``stempress plugin-path`` prints as a
   line to ``export`` (the field's fix, hdf5plugin's ``PLUGIN_PATH``); ``benchmarks/check_plain_readers.py`` runs
   each of those readers that way, h5dump of the system's HDF5 1.10 included.
 - The extension. HyperSpy picks a reader from the extension alone: ``.emd`` is RosettaSciIO's EMD reader,
   ``.hspy`` its hspy reader, while ``.h5`` is claimed by four readers (Tofwerk, Delmic, Arina, USID), so
-  ``hs.load("x.h5")`` refuses and needs ``file_format``. py4DSTEM reads EMD 1.0 whatever the extension, so
-  naming an EMD file ``.emd`` (a reduced file ``.hspy``) is what lets ``hs.load(path)`` work as it is.
+  ``hs.load("x.h5")`` refuses and needs ``file_format``; no attribute in the file changes that. py4DSTEM goes by
+  the extension too, and takes ``.h5``, ``.hdf5``, ``.emd`` and ``.py4dstem`` only. So an EMD file named
+  ``.emd`` opens in both with no option, while a reduced file needs ``file_format="hspy"`` in HyperSpy (a
+  ``.hspy`` name would drop it, and py4DSTEM would then refuse the file).
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ HDF5_BUILTIN = frozenset({1, 2, 3, 4, 5, 6})
 H5PY_ONLY = frozenset({32000})
 #: HyperSpy reader each stempress layout opens with, and the extension that selects it without ``file_format``.
 HYPERSPY_EXTENSIONS = {"emd": ".emd", "hspy": ".hspy"}
-#: Programs that need ``HDF5_PLUGIN_PATH`` for an hdf5plugin filter (h5py needs ``import hdf5plugin`` instead).
-PLUGIN_USERS = "HyperSpy, py4DSTEM, h5dump, HDFView and MATLAB"
+#: Extensions ``py4DSTEM.read`` accepts for HDF5 files (py4DSTEM 0.14's ``_parse_filetype``).
+PY4DSTEM_EXTENSIONS = (".h5", ".hdf5", ".emd", ".py4dstem")
+#: What precedes the ``hs.load`` call in the lines below, so a script can take the call verbatim.
+HS_CALL_PREFIX = "HyperSpy: "
+#: Programs that need ``HDF5_PLUGIN_PATH`` for an hdf5plugin filter (h5py needs ``import hdf5plugin`` instead;
+#: py4DSTEM and LiberTEM import it themselves).
+PLUGIN_USERS = "HyperSpy, h5dump, HDFView and MATLAB"
 
 
 def plugin_path() -> Path:
@@ -66,6 +74,13 @@ def hyperspy_call(path: Path, reader: str, dataset_path: str | None = None) -> s
     return f"hs.load({name}, file_format={reader!r})"
 
 
+def py4dstem_call(path: Path) -> str:
+    """``py4DSTEM.read(path)``, or why py4DSTEM will not take this name."""
+    if Path(path).suffix.lower() in PY4DSTEM_EXTENSIONS:
+        return f"py4DSTEM.read({str(path)!r})"
+    return f"rename it .h5 or .emd first (py4DSTEM.read accepts only {', '.join(PY4DSTEM_EXTENSIONS)})"
+
+
 def filter_notes(filter_ids: Iterable[int]) -> list[str]:
     """What readers other than stempress need for these filters, one line each (none for gzip)."""
     ids = list(filter_ids)
@@ -76,21 +91,21 @@ def filter_notes(filter_ids: Iterable[int]) -> list[str]:
                      f"has run `{export_line()}` (`stempress plugin-path` prints it); h5py scripts can "
                      "`import hdf5plugin` instead")
     if any(fid in H5PY_ONLY for fid in ids):
-        notes.append("lzf (32000) ships with h5py only: h5py, HyperSpy and py4DSTEM read it; h5dump, HDFView and "
-                     "MATLAB cannot (use gzip_6 or an hdf5plugin codec for them)")
+        notes.append("lzf (32000) ships with h5py only: h5py, HyperSpy, py4DSTEM and LiberTEM read it; h5dump, "
+                     "HDFView and MATLAB cannot (use gzip_6 or an hdf5plugin codec for them)")
     return notes
 
 
 def cube_open_lines(path: Path, layout: str, dataset_path: str, filter_ids: Iterable[int]) -> list[str]:
     """How to open a cube ``compress`` (or ``simulate``) wrote: the calls, then what its filters need."""
     if layout == "emd":
-        calls = f"open with py4DSTEM.read({str(path)!r}); HyperSpy: {hyperspy_call(path, 'emd')}"
+        calls = f"py4DSTEM: {py4dstem_call(path)}; {HS_CALL_PREFIX}{hyperspy_call(path, 'emd')}"
     else:
-        calls = (f"open with h5py.File({str(path)!r})[{dataset_path!r}]; "
-                 f"HyperSpy: {hyperspy_call(path, 'nexus', dataset_path)}")
+        calls = (f"h5py: h5py.File({str(path)!r})[{dataset_path!r}]; "
+                 f"{HS_CALL_PREFIX}{hyperspy_call(path, 'nexus', dataset_path)}")
     return [calls, *filter_notes(filter_ids)]
 
 
 def reduced_open_line(path: Path) -> str:
     """How to open a ``reduce`` output in py4DSTEM and HyperSpy."""
-    return f"open with py4DSTEM.read({str(path)!r}); HyperSpy: {hyperspy_call(path, 'hspy')}"
+    return f"py4DSTEM: {py4dstem_call(path)}; {HS_CALL_PREFIX}{hyperspy_call(path, 'hspy')}"
