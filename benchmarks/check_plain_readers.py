@@ -1,191 +1,331 @@
-"""Check that files written by ``stempress.store.compress`` open in the field's readers WITHOUT stempress.
+"""Check that every cube file stempress writes opens in the field's tools exactly as their users call them.
 
-    python benchmarks/check_plain_readers.py                       # temp venv, default codecs and sources
-    python benchmarks/check_plain_readers.py --venv /tmp/readers   # reuse (or create) a venv there
+    python benchmarks/check_plain_readers.py --venv /work/venvs/peers     # create (or reuse) the peer venv there
     python benchmarks/check_plain_readers.py --codecs gzip_6,blosc_zstd --keep /tmp/files
 
-Writes each source with each codec (parallel direct-chunk path where the codec has one, EMD 1.0 layout),
-saves the source as ``.npy``, then creates a separate virtual environment with only ``h5py hdf5plugin
-rosettasciio`` (and, if it installs, ``py4DSTEM``) and in it, in isolated mode, opens every file with
+Writes files with the stempress command line, as a user would (named ``.h5`` as most users name them, plus one
+``.emd``): ``compress`` of a synthetic cube with each codec of ``--codecs`` (EMD layout), gzip_6 and blosc_zstd in
+the plain layout, and conversions of the real py4DSTEM example, the real Merlin ``.mib``, the real ARINA NXmx
+acquisition and a file in Prismatic 2.0's layout (``tests/prismatic_file.py``); ``simulate`` with ``--truth``.
+What each file must hold comes from stempress's own reading of the source (``.npy``) and its calibration.
 
-- plain h5py + hdf5plugin: the cube equals the ``.npy`` bit for bit;
-- ``rsciio.emd.file_reader``: same data, axes Rx/Ry/Qx/Qy with the source's pixel sizes;
-- ``py4DSTEM.read``: a DataCube with the same data and R/Q pixel sizes and units.
+Then, in a virtual environment with py4DSTEM 0.14, HyperSpy 2.5, RosettaSciIO 0.15, LiberTEM 0.16, h5py and
+hdf5plugin but WITHOUT stempress (run with ``python -I``), one fresh process per file and reader does what that
+reader's users do, and nothing else (no ``import hdf5plugin``):
 
-Prints PASS / FAIL / SKIP per file and reader; exits 1 if anything failed.
+- ``h5py``: ``h5py.File(path)[dataset][()]``, bit-exact;
+- ``py4DSTEM``: ``py4DSTEM.read(path)`` gives a DataCube with the data and the R/Q pixel sizes and units;
+- ``hs.load``: the HyperSpy call stempress printed for the file, verbatim: the data, and for EMD the axis scales;
+- ``nexus``: ``hs.load(path, file_format="nexus")`` (every array dataset as a signal) shows nothing of stempress's
+  own bookkeeping (``/stempress``);
+- ``LiberTEM``: ``ctx.load("hdf5", path=..., ds_path=...)`` and a PickUDF over every position, bit-exact;
+- ``h5dump`` (the system's HDF5 tools, when on PATH): ``h5dump -d dataset -b LE``, byte-exact;
+- ``hs bare``, the control: the same HyperSpy call WITHOUT ``HDF5_PLUGIN_PATH`` must fail exactly for the files
+  whose message asked for it (so the message names every codec that needs it, and only those).
+
+A process gets ``HDF5_PLUGIN_PATH`` only where stempress's message for that file told the user to set it, and
+then exactly as ``stempress plugin-path`` printed it. Where the message says a tool cannot read the file (lzf
+outside h5py), that cell is SKIP with the reason. Prints a PASS / FAIL / SKIP table; exits 1 if anything failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 import venv
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from stempress.data.open import open_source
-from stempress.store import compress
 from stempress.store.emd import calibration_from
+from stempress.store.readers import HS_CALL_PREFIX
 
 HERE = Path(__file__).resolve()
-REAL_EXAMPLE = HERE.parents[2] / "shared" / "data" / "real" / "py4DSTEM_size2x3x4x5.h5"
-DEFAULT_SOURCES = ["synthetic:diffraction?scan=24x20&det=64x64&dtype=uint16&dose=2000&seed=3",
-                   "synthetic:smoke/3D_EELS", str(REAL_EXAMPLE)]
-DEFAULT_CODECS = "blosc_zstd,gzip_6,bitshuffle_lz4,zstd_3,lz4_hdf5,lzf"
-BASE_PACKAGES = ["h5py", "hdf5plugin", "rosettasciio"]
+REPO = HERE.parents[1]
+REAL = REPO / "tests" / "data" / "real"
+REAL_EXAMPLE = REAL / "py4DSTEM_size2x3x4x5.h5"
+SYNTHETIC = "synthetic:diffraction?scan=24x20&det=64x64&dtype=uint16&dose=2000&seed=3"
+DEFAULT_CODECS = "blosc_zstd,gzip_6,bitshuffle_lz4,zstd_3,lz4_hdf5,blosc2_zstd,bzip2_9,lzf"
+#: The peer tools, as ``benchmarks/requirements-external.txt`` resolves them (py4DSTEM 0.14 needs numpy < 2).
+PEER_PACKAGES = ["py4DSTEM==0.14.*", "numpy<2", "hyperspy==2.5.*", "rosettasciio==0.15.*", "libertem==0.16.*",
+                 "h5py", "hdf5plugin"]
+READERS = ["h5py", "py4DSTEM", "hs.load", "nexus", "LiberTEM", "h5dump", "hs bare"]
+#: The line compress/simulate print for an hdf5plugin filter, and the HyperSpy call they print.
+EXPORT = re.compile(r"`(export HDF5_PLUGIN_PATH=[^`]+)`")
+HS_CALL = re.compile(re.escape(HS_CALL_PREFIX) + r"(hs\.load\(.*\))\s*$", re.MULTILINE)
 
 CHECK = textwrap.dedent('''
-    """Runs inside the plain venv: no stempress here, only what a colleague would have."""
-    import importlib.util, json, sys, traceback
+    """One reader on one file, inside the peer venv: no stempress here, only what a colleague would have."""
+    import importlib.util, json, os, subprocess, sys, tempfile, warnings
     import numpy as np
-    import h5py, hdf5plugin  # noqa: F401  registers the plugin filters
 
     assert importlib.util.find_spec("stempress") is None, "stempress is importable: the check is not independent"
-    manifest = json.load(open(sys.argv[1]))
-    try:
-        import py4DSTEM
-        py4dstem_error = None
-    except Exception as exc:  # not installed, or broken on this Python
-        py4DSTEM, py4dstem_error = None, f"{type(exc).__name__}: {exc}"
-    from rsciio.emd import file_reader
+    warnings.simplefilter("ignore")
+    reader, entry = sys.argv[1], json.loads(sys.argv[2])
+    want = np.load(entry["npy"])
 
-    def same(got, want):
-        got, want = np.ascontiguousarray(got), np.ascontiguousarray(want)
+    def same(got):
+        got = np.ascontiguousarray(got)
         if got.dtype != want.dtype or got.shape != want.shape:
             return f"{got.dtype}{got.shape} vs {want.dtype}{want.shape}"
         size = want.dtype.itemsize
         return None if np.array_equal(got.view(f"u{size}"), want.view(f"u{size}")) else "values differ"
 
-    def plain(entry, want):
+    def close(got, expected):
+        return np.allclose(got, expected, rtol=1e-6)
+
+    def h5py_reader():
+        import h5py
         with h5py.File(entry["file"], "r") as f:
-            return same(f[entry["dataset_path"]][()], want)
+            return same(f[entry["dataset"]][()])
 
-    def rsciio(entry, want):
-        signals = file_reader(entry["file"])
-        if len(signals) != 1:
-            return f"{len(signals)} signals, expected 1"
-        problem = same(np.asarray(signals[0]["data"]), want)
-        axes = signals[0]["axes"]
-        names = [a["name"] for a in axes]
-        scales = [a["scale"] for a in axes]
-        if problem is None and names != ["Rx", "Ry", "Qx", "Qy"]:
-            problem = f"axes {names}"
-        if problem is None and not np.allclose(scales, entry["scales"]):
-            problem = f"scales {scales}, expected {entry['scales']}"
-        return problem
-
-    def py4dstem(entry, want):
+    def py4dstem_reader():
+        import py4DSTEM
         cube = py4DSTEM.read(entry["file"])
         if type(cube).__name__ != "DataCube":
             return f"read a {type(cube).__name__}, expected a DataCube"
-        problem = same(cube.data, want)
         cal = cube.calibration
-        got = [cal.get_R_pixel_size(), cal.get_Q_pixel_size()]
+        sizes = [cal.get_R_pixel_size(), cal.get_Q_pixel_size()]
         units = [cal.get_R_pixel_units(), cal.get_Q_pixel_units()]
-        if problem is None and not np.allclose(got, entry["pixel_sizes"]):
-            problem = f"pixel sizes {got}, expected {entry['pixel_sizes']}"
-        if problem is None and units != entry["units"]:
-            problem = f"units {units}, expected {entry['units']}"
+        return (same(cube.data) or (None if close(sizes, entry["sizes"]) else f"pixel sizes {sizes}")
+                or (None if units == entry["units"] else f"units {units}"))
+
+    def hyperspy_reader():
+        import hyperspy.api as hs
+        loaded = eval(entry["hs_call"], {"hs": hs})
+        signals = loaded if isinstance(loaded, list) else [loaded]
+        if len(signals) != 1:
+            return f"{len(signals)} signals, expected 1"
+        problem = same(signals[0].data)
+        if problem is None and entry["layout"] == "emd":
+            axes = sorted(signals[0].axes_manager._axes, key=lambda a: a.index_in_array)
+            scales = [a.scale for a in axes]
+            expected = [entry["sizes"][0]] * 2 + [entry["sizes"][1]] * 2
+            problem = None if close(scales, expected) else f"axis scales {scales}, expected {expected}"
         return problem
 
-    readers = {"h5py+hdf5plugin": plain, "rsciio.emd": rsciio, "py4DSTEM.read": py4dstem}
-    failed = 0
-    for entry in manifest:
-        want = np.load(entry["npy"])
-        for name, check in readers.items():
-            label = f"{entry['label']:<58} {name:<16}"
-            if name == "py4DSTEM.read" and py4DSTEM is None:
-                print(f"SKIP {label} py4DSTEM not importable: {py4dstem_error}")
-                continue
-            try:
-                problem = check(entry, want)
-            except Exception as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc(limit=2)
-            failed += problem is not None
-            print(("PASS " if problem is None else "FAIL ") + label + ("" if problem is None else " " + problem))
-    from importlib.metadata import version
-    packages = ("numpy", "h5py", "hdf5plugin", "rosettasciio") + (("py4DSTEM",) if py4DSTEM is not None else ())
-    versions = {p: version(p) for p in packages}
-    versions["HDF5"] = h5py.version.hdf5_version
-    print("plain venv:", ", ".join(f"{k} {v}" for k, v in versions.items()))
-    sys.exit(1 if failed else 0)
+    def nexus_reader():
+        import hyperspy.api as hs
+        loaded = hs.load(entry["file"], file_format="nexus")
+        titles = [s.metadata.General.title for s in (loaded if isinstance(loaded, list) else [loaded])]
+        ours = [t for t in titles if t.startswith("stempress")]
+        return f"lists {ours}" if ours else None
+
+    def libertem_reader():
+        from libertem.api import Context
+        from libertem.udf.raw import PickUDF
+        with Context.make_with("inline") as ctx:
+            ds = ctx.load("hdf5", path=entry["file"], ds_path=entry["dataset"])
+            roi = np.ones(want.shape[:2], bool)
+            got = ctx.run_udf(dataset=ds, udf=PickUDF(), roi=roi)["intensity"].data
+        return same(np.asarray(got).reshape(want.shape))
+
+    def h5dump_reader():
+        with tempfile.TemporaryDirectory() as scratch:
+            out = os.path.join(scratch, "dump.bin")
+            done = subprocess.run(["h5dump", "-d", entry["dataset"], "-b", "LE", "-o", out, entry["file"]],
+                                  capture_output=True, text=True)
+            if done.returncode != 0 or not os.path.exists(out):
+                lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+                return f"h5dump exit {done.returncode}: {lines[-1] if lines else ''}"
+            got = np.fromfile(out, dtype=want.dtype.newbyteorder("<")).reshape(want.shape)
+        return same(got.astype(want.dtype))
+
+    readers = {"h5py": h5py_reader, "py4DSTEM": py4dstem_reader, "hs.load": hyperspy_reader, "nexus": nexus_reader,
+               "LiberTEM": libertem_reader, "h5dump": h5dump_reader}
+    problem = readers[reader]()
+    print(json.dumps({"problem": problem, "hdf5plugin_imported": "hdf5plugin" in sys.modules}))
 ''')
 
 
-def write_files(sources: list[str], codecs: list[str], folder: Path) -> list[dict]:
-    """Compress every source with every codec; the manifest tells the checker what each file must hold."""
-    manifest = []
-    for spec in sources:
-        if not spec.startswith("synthetic:") and not Path(spec).exists():
-            print(f"skip source {spec}: not found")
-            continue
-        with open_source(spec) as source:
-            npy = folder / f"{len(manifest):02d}_source.npy"
-            np.save(npy, source.read_rows(0, source.shape[0]))
-            cal = calibration_from(source.metadata)
-            for codec in codecs:
-                out = folder / f"{len(manifest):02d}_{codec}.emd"
-                report = compress(source, out, codec=codec, chunks=(16, 16, 48, 48))
-                path = "parallel" if report.direct else "filter path"
-                print(f"wrote {out.name}: {source.name} {source.shape} {source.dtype}, {codec} ({path}), "
-                      f"ratio {report.ratio:.2f}")
-                manifest.append({
-                    "label": f"{source.name[:28]} {codec}", "file": str(out), "npy": str(npy),
-                    "dataset_path": report.dataset_path,
-                    "scales": [cal.R_pixel_size] * 2 + [cal.Q_pixel_size] * 2,
-                    "pixel_sizes": [cal.R_pixel_size, cal.Q_pixel_size],
-                    "units": [cal.R_pixel_units, cal.Q_pixel_units],
-                })
-    return manifest
+@dataclass
+class Written:
+    """One file written by the stempress CLI and what its readers must find in it."""
+
+    label: str
+    file: Path
+    npy: Path
+    dataset: str
+    layout: str
+    message: str
+    sizes: list[float] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+
+    @property
+    def hs_call(self) -> str | None:
+        found = HS_CALL.search(self.message)
+        return found.group(1) if found else None
+
+    @property
+    def plugin_env(self) -> dict[str, str]:
+        """The variables the message told the user to export (none for gzip, lzf)."""
+        found = EXPORT.search(self.message)
+        if not found:
+            return {}
+        words = shlex.split(found.group(1))
+        return dict(word.split("=", 1) for word in words[1:])
+
+    def entry(self) -> dict:
+        return {"label": self.label, "file": str(self.file), "npy": str(self.npy), "dataset": self.dataset,
+                "layout": self.layout, "hs_call": self.hs_call, "sizes": self.sizes, "units": self.units}
 
 
-def make_venv(folder: Path) -> tuple[Path, str | None]:
-    """A venv with the plain readers; returns its python and why py4DSTEM could not be installed (or None)."""
+def stempress_cli(*args: str) -> str:
+    """Run the stempress command line as a user does; its stdout (the message the user reads)."""
+    done = subprocess.run([sys.executable, "-m", "stempress", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "400"})
+    if done.returncode != 0:
+        sys.exit(f"stempress {' '.join(args)} failed: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+def expected(spec: str, scan: str | None, npy: Path) -> tuple[list[float], list[str]]:
+    """Save the cube stempress reads from ``spec`` (what every reader must find) and return its calibration."""
+    shape = tuple(int(v) for v in scan.split("x")) if scan else None
+    with open_source(spec, scan_shape=shape) as source:
+        np.save(npy, source.read_rows(0, source.shape[0]))
+        cal = calibration_from(source.metadata)
+    return [cal.R_pixel_size, cal.Q_pixel_size], [cal.R_pixel_units, cal.Q_pixel_units]
+
+
+def write_files(codecs: list[str], folder: Path) -> list[Written]:
+    """Every kind of cube file stempress writes, through its command line."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from prismatic_file import write_prismatic  # the tests' Prismatic 2.0 layout (no third-party data shipped)
+
+    prismatic = write_prismatic(folder / "source_prismatic.h5",
+                                np.random.default_rng(5).random((6, 5, 24, 20)).astype(np.float32))
+    jobs: list[tuple[str, str, str | None, str, list[str]]] = []  # label, source, scan, out name, extra args
+    jobs += [(f"synthetic {c}", SYNTHETIC, None, f"syn_{c}.h5", ["--codec", c]) for c in codecs]
+    jobs += [("synthetic blosc_zstd .emd", SYNTHETIC, None, "syn_blosc_zstd.emd", [])]
+    jobs += [(f"synthetic {c} plain", SYNTHETIC, None, f"plain_{c}.h5", ["--codec", c, "--layout", "plain"])
+             for c in ("gzip_6", "blosc_zstd")]
+    jobs += [("py4DSTEM example", str(REAL_EXAMPLE), None, "example.h5", []),
+             ("Merlin .mib", str(REAL / "001_4x2_6bit.mib"), "2x4", "merlin.h5", []),
+             ("ARINA NXmx", str(REAL / "test_00_master.h5"), None, "arina.h5", []),
+             ("Prismatic", str(prismatic), None, "prismatic.h5", [])]
+    written = []
+    for label, spec, scan, name, extra in jobs:
+        out, npy = folder / name, folder / f"{Path(name).stem}_{Path(name).suffix[1:]}.npy"
+        message = stempress_cli("compress", spec, str(out), *extra, "--chunks", "8x8x32x32",
+                                *(["--scan-shape", scan] if scan else []))
+        sizes, units = expected(spec, scan, npy)
+        plain = "--layout" in extra
+        written.append(Written(label, out, npy, "/version_1/data/datacubes/datacube_000/data" if plain
+                               else "/datacube_root/datacube/data", "plain" if plain else "emd", message, sizes, units))
+        print(f"wrote {name}: {label}")
+    spec = "synthetic:smoke/4D_Diff"
+    message = stempress_cli("simulate", spec, str(folder / "simulated.h5"), "--truth")
+    sizes, units = expected(spec, None, folder / "simulated.npy")
+    written.append(Written("simulate --truth", folder / "simulated.h5", folder / "simulated.npy",
+                           "/datacube_root/datacube/data", "emd", message, sizes, units))
+    print("wrote simulated.h5: simulate")
+    return written
+
+
+def make_venv(folder: Path, packages: list[str] = PEER_PACKAGES) -> Path:
+    """A venv with the peer tools (and never stempress); returns its python."""
     python = folder / "bin" / "python"
     if not python.exists():
         print(f"creating venv {folder} ...", flush=True)
         venv.EnvBuilder(with_pip=True, clear=False).create(folder)
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    base = subprocess.run([*pip, *BASE_PACKAGES], capture_output=True, text=True)
-    if base.returncode != 0:
-        sys.exit(f"pip install {' '.join(BASE_PACKAGES)} failed in {folder}:\n{base.stderr or base.stdout}")
-    result = subprocess.run([*pip, "py4DSTEM"], capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        return python, lines[-1] if lines else f"pip exited {result.returncode}"
-    return python, None
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages]
+    done = subprocess.run(pip, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"pip install {' '.join(packages)} failed in {folder}:\n{done.stderr or done.stdout}")
+    return python
+
+
+def skip_reason(file: Written, reader: str) -> str | None:
+    """Cells that do not apply, or that stempress's own message rules out."""
+    if reader == "py4DSTEM" and file.layout == "plain":
+        return "plain layout: not EMD (stempress points to h5py and HyperSpy's nexus reader)"
+    if reader == "h5dump" and "h5dump, HDFView and MATLAB cannot" in file.message:
+        return "lzf: stempress says h5dump cannot read it"
+    if reader == "h5dump" and shutil.which("h5dump") is None:
+        return "h5dump not on PATH"
+    if reader == "hs.load" and file.hs_call is None:
+        return "stempress printed no HyperSpy call"
+    return None
+
+
+def run_cell(python: Path, script: Path, file: Written, reader: str) -> tuple[str, str]:
+    reason = skip_reason(file, "hs.load" if reader == "hs bare" else reader)
+    if reason:
+        return "SKIP", reason
+    env = {k: v for k, v in os.environ.items() if k not in ("HDF5_PLUGIN_PATH", "PYTHONPATH")}
+    if reader == "hs bare":
+        status, why = _run(python, script, file, "hs.load", env)
+        if (status == "FAIL") == bool(file.plugin_env):
+            return "PASS", why and "fails without HDF5_PLUGIN_PATH, as stempress says"
+        return "FAIL", why or "reads without HDF5_PLUGIN_PATH although stempress said it needs it"
+    return _run(python, script, file, reader, {**env, **file.plugin_env})
+
+
+def _run(python: Path, script: Path, file: Written, reader: str, env: dict[str, str]) -> tuple[str, str]:
+    done = subprocess.run([str(python), "-I", str(script), reader, json.dumps(file.entry())], capture_output=True,
+                          text=True, env=env, cwd=file.file.parent, timeout=600)
+    lines = done.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        last = [line for line in done.stderr.splitlines() if line.strip()]
+        return "FAIL", last[-1] if last else f"exit {done.returncode}"
+    itself = " (the reader imported hdf5plugin itself)" if result["hdf5plugin_imported"] else ""
+    if result["problem"] is None:
+        return "PASS", "imported hdf5plugin itself" if itself else ""
+    return "FAIL", result["problem"] + itself
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codecs", default=DEFAULT_CODECS)
-    parser.add_argument("--sources", default=";".join(DEFAULT_SOURCES),
-                        help="sources separated by ';'")
     parser.add_argument("--venv", type=Path, default=None, help="venv folder to create or reuse (default: temp)")
     parser.add_argument("--keep", type=Path, default=None, help="write the files here and keep them")
+    parser.add_argument("--workers", type=int, default=2, help="reader processes at once")
     args = parser.parse_args()
-    sources = [s for s in args.sources.split(";") if s]
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     with tempfile.TemporaryDirectory(prefix="stempress-readers-") as scratch:
-        files = args.keep or Path(scratch) / "files"
-        files.mkdir(parents=True, exist_ok=True)
-        manifest = write_files(sources, codecs, files)
-        (files / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        (files / "check.py").write_text(CHECK)
-        python, py4dstem_problem = make_venv(args.venv or Path(scratch) / "venv")
-        if py4dstem_problem:
-            print(f"py4DSTEM could not be installed in the plain venv: {py4dstem_problem}")
-        # -I: isolated mode, so neither PYTHONPATH nor this repository can put stempress on the path
-        done = subprocess.run([str(python), "-I", str(files / "check.py"), str(files / "manifest.json")],
-                              cwd=files)
-    print("ALL PASS" if done.returncode == 0 else "SOME READERS FAILED")
-    return done.returncode
+        files_dir = args.keep or Path(scratch) / "files"
+        files_dir.mkdir(parents=True, exist_ok=True)
+        files = write_files(codecs, files_dir)
+        script = files_dir / "check_reader.py"
+        script.write_text(CHECK)
+        python = make_venv(args.venv or Path(scratch) / "venv")
+        cells = [(f, r) for f in files for r in READERS]
+        with ThreadPoolExecutor(max(1, args.workers)) as pool:
+            results = list(pool.map(lambda cell: run_cell(python, script, *cell), cells))
+        versions = subprocess.run([str(python), "-I", "-c", "from importlib.metadata import version as v; import h5py;"
+                                   "print(', '.join(f'{p} {v(p)}' for p in ('py4DSTEM','hyperspy','rosettasciio',"
+                                   "'libertem','h5py','hdf5plugin','numpy')), 'HDF5', h5py.version.hdf5_version)"],
+                                  capture_output=True, text=True).stdout.strip()
+    table = {(f.label, r): res for (f, r), res in zip(cells, results, strict=True)}
+    width = max(len(f.label) for f in files)
+    print("\n" + " " * width + " | " + " | ".join(f"{r:8}" for r in READERS))
+    for f in files:
+        print(f"{f.label:{width}} | " + " | ".join(f"{table[f.label, r][0]:8}" for r in READERS))
+    for (label, reader), (status, why) in table.items():
+        if why and not (status == "PASS" and why.startswith("imported hdf5plugin")):
+            print(f"{status} {label} / {reader}: {why}")
+    itself = sorted({reader for (_, reader), (_, why) in table.items() if why.startswith("imported hdf5plugin")})
+    print(f"readers that imported hdf5plugin themselves: {', '.join(itself) or 'none'}")
+    h5dump = subprocess.run(["h5dump", "--version"], capture_output=True, text=True).stdout.strip() \
+        if shutil.which("h5dump") else "no h5dump"
+    print(f"peer venv: {versions}; {h5dump}")
+    failed = sum(status == "FAIL" for status, _ in results)
+    print("ALL PASS" if not failed else f"{failed} READER CHECK(S) FAILED")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -4,17 +4,20 @@
     python benchmarks/check_reduced_readers.py --venv /tmp/readers   # reuse (or create) a venv there
     python benchmarks/check_reduced_readers.py --keep /tmp/files
 
-Reduces each source to a few files (several targets; a single target, which py4DSTEM returns as a Node, not
-a Root), saves what ``read_reduced`` gives as ``.npz`` plus the expected calibration, then creates a separate
-virtual environment with ``h5py rosettasciio`` and, if they install, ``py4DSTEM`` (which needs numpy < 2) and
-``hyperspy``, and in it, in isolated mode, opens every file with
+Reduces each source to a few files (several targets, in a ``.h5`` and a ``.hspy``; a single target, which
+py4DSTEM returns as a Node, not a Root), saves what ``read_reduced`` gives as ``.npz`` plus the expected
+calibration and the line ``stempress reduce`` prints on how to open the file, then, in the peer venv of
+``check_plain_readers.py`` (py4DSTEM 0.14, HyperSpy 2.5, RosettaSciIO 0.15; no stempress, ``python -I``, no
+``import hdf5plugin``), opens every file with
 
 - ``rsciio.hspy.file_reader``: one signal per output, bit-equal data, axes scales/units/offsets as calibrated,
   the provenance's sha256 in ``original_metadata``;
-- ``hyperspy.api.load(path, file_format="hspy")``: the same through HyperSpy (Signal2D images, Signal1D
-  profiles over the scan);
+- HyperSpy, with the ``hs.load`` call stempress printed, verbatim (``file_format="hspy"`` for ``.h5``, none for
+  ``.hspy``): the same (Signal2D images, Signal1D profiles over the scan);
 - ``py4DSTEM.read``: each output at ``root.tree("<target>/<output>")`` as RealSlice / DiffractionSlice / Array
-  with bit-equal data, the root calibration's R/Q pixel sizes and units, and the provenance JSON in the root
+  with bit-equal data, the calibration py4DSTEM gives each (a RealSlice's or DiffractionSlice's ``.calibration``,
+  the root's, which ``py4DSTEM.show`` draws scale bars from; py4DSTEM 0.14 does not read those classes' dims,
+  its own saved virtual images have pixel dims too; an Array's ``.dims``), and the provenance JSON in the root
   metadata.
 
 Prints PASS / FAIL / SKIP per file and reader; exits 1 if anything failed.
@@ -38,11 +41,14 @@ from stempress.errors import StempressError
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced, reduce_to_file, reduced_calibration
 from stempress.reduce.sufficiency import parse_target
+from stempress.store.readers import HS_CALL_PREFIX, reduced_open_line
 
 DEFAULT_SOURCES = ["synthetic:smoke/4D_Diff",
                    "synthetic:diffraction?scan=24x20&det=64x64&dtype=uint16&dose=2000&seed=3", str(REAL_EXAMPLE)]
-TARGET_SETS = {"all": ["bf", "adf:inner=1.1,outer=3", "com", "mean_pattern", "radial:bins=16"], "bf": ["bf"]}
-EXTRA_PACKAGES = ["hyperspy"]
+#: Target sets, and the extension of the file each goes to (.hspy: HyperSpy's hs.load needs no file_format).
+TARGET_SETS = {"all": (["bf", "adf:inner=1.1,outer=3", "com", "mean_pattern", "radial:bins=16"], ".h5"),
+               "all-hspy": (["bf", "adf:inner=1.1,outer=3", "com", "mean_pattern", "radial:bins=16"], ".hspy"),
+               "bf": (["bf"], ".h5")}
 
 CHECK = textwrap.dedent('''
     """Runs inside the plain venv: no stempress here, only what a colleague would have."""
@@ -89,7 +95,7 @@ CHECK = textwrap.dedent('''
 
     def hyperspy(entry, arrays):
         hs = imported["hyperspy.api"]
-        loaded = hs.load(entry["file"], file_format="hspy")
+        loaded = eval(entry["hs_call"], {"hs": hs})  # verbatim what `stempress reduce` told the user
         loaded = loaded if isinstance(loaded, list) else [loaded]
         signals = {s.metadata.General.title: s for s in loaded}
         if sorted(signals) != sorted(entry["outputs"]):
@@ -113,6 +119,8 @@ CHECK = textwrap.dedent('''
             problem = same(node.data, arrays[out["npz"]])
             if problem is None and type(node).__name__ != out["py4dstem_class"]:
                 problem = f"a {type(node).__name__}, expected {out['py4dstem_class']}"
+            if problem is None:
+                problem = node_calibration(node, out)
             if problem:
                 return f"{title}: {problem}"
         cal = root.metadata["calibration"]
@@ -127,6 +135,20 @@ CHECK = textwrap.dedent('''
             return f"read a {type(data).__name__} for a single target, expected its Node"
         return None
 
+    def node_calibration(node, out):
+        """What py4DSTEM itself uses: a slice's .calibration (scale bars), an Array's dims."""
+        if out["py4dstem_class"] in ("RealSlice", "DiffractionSlice"):
+            cal = node.calibration
+            space = "R" if out["py4dstem_class"] == "RealSlice" else "Q"
+            size, units = getattr(cal, f"get_{space}_pixel_size")(), getattr(cal, f"get_{space}_pixel_units")()
+            want = out["axes"][0]
+            return None if np.isclose(size, want[2]) and units == want[4] else f".calibration {size} {units}"
+        for n, want in enumerate(out["axes"]):
+            step = float(node.dims[n][1] - node.dims[n][0])
+            if not np.isclose(step, want[2]) or node.dim_units[n] != want[4]:
+                return f"dim{n} step {step} {node.dim_units[n]}, expected {want[2]} {want[4]}"
+        return None
+
     readers = {"rsciio.hspy": rsciio, "hyperspy.load": hyperspy, "py4DSTEM.read": py4dstem}
     needs = {"hyperspy.load": "hyperspy.api", "py4DSTEM.read": "py4DSTEM"}
     failed = 0
@@ -136,6 +158,9 @@ CHECK = textwrap.dedent('''
             label = f"{entry['label']:<48} {name:<14}"
             if needs.get(name) in missing:
                 print(f"SKIP {label} not importable: {missing[needs[name]]}")
+                continue
+            if name == "py4DSTEM.read" and "py4DSTEM.read(" not in entry["told"]:
+                print(f"SKIP {label} stempress says: {entry['told']}")
                 continue
             try:
                 problem = check(entry, arrays)
@@ -160,8 +185,8 @@ def write_files(sources: list[str], folder: Path) -> list[dict]:
         if not spec.startswith("synthetic:") and not Path(spec).exists():
             print(f"skip source {spec}: not found")
             continue
-        for name, targets in TARGET_SETS.items():
-            out = folder / f"{len(manifest):02d}_{name}.h5"
+        for name, (targets, suffix) in TARGET_SETS.items():
+            out = folder / f"{len(manifest):02d}_{name}{suffix}"
             try:
                 with open_source(spec) as source:
                     reduce_to_file(source, targets, out)
@@ -180,7 +205,9 @@ def write_files(sources: list[str], folder: Path) -> list[dict]:
             np.savez(npz, **arrays)
             print(f"wrote {out.name}: {record['source']['name']} {tuple(record['source']['shape'])}, "
                   f"{', '.join(results)}")
+            told = reduced_open_line(out)  # what `stempress reduce` prints
             manifest.append({"label": f"{record['source']['name'][:30]} {name}", "file": str(out), "npz": str(npz),
+                             "told": told, "hs_call": told[told.index(HS_CALL_PREFIX) + len(HS_CALL_PREFIX):],
                              "sha256": record["source"]["sha256"], "outputs": outputs,
                              "pixel_sizes": [cal.r_pixel_size, cal.q_pixel_size], "units": [cal.r_units, cal.q_units]})
     return manifest
@@ -217,14 +244,7 @@ def main() -> int:
         manifest = write_files(sources, files)
         (files / "manifest.json").write_text(json.dumps(manifest, indent=1))
         (files / "check.py").write_text(CHECK)
-        python, py4dstem_problem = make_venv(args.venv or Path(scratch) / "venv")
-        if py4dstem_problem:
-            print(f"py4DSTEM could not be installed in the plain venv: {py4dstem_problem}")
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *EXTRA_PACKAGES]
-        extra = subprocess.run(pip, capture_output=True, text=True)
-        if extra.returncode != 0:
-            print(f"{' '.join(EXTRA_PACKAGES)} could not be installed in the plain venv: "
-                  f"{(extra.stderr or extra.stdout).strip().splitlines()[-1:]}")
+        python = make_venv(args.venv or Path(scratch) / "venv")
         # -I: isolated mode, so neither PYTHONPATH nor this repository can put stempress on the path
         done = subprocess.run([str(python), "-I", str(files / "check.py"), str(files / "manifest.json")], cwd=files)
     print("ALL PASS" if done.returncode == 0 else "SOME READERS FAILED")

@@ -119,8 +119,10 @@ def test_simulate_streams_to_a_file_and_never_overwrites(tmp_path):
     result = stempress("simulate", "smoke/4D_Diff", str(out), "--truth")
     assert result.returncode == 0, result.stderr
     with h5py.File(out) as f:
-        data = f["version_1/data/datacubes/datacube_000/data"]
+        data = f["datacube_root/datacube/data"]
         assert data.ndim == 4 and data.dtype == np.uint16 and data[...].any()
+        assert f.attrs["emd_group_type"] == "file" and "expected" in data.parent
+    assert f"py4DSTEM.read({str(out)!r})" in result.stdout and "file_format='emd'" in result.stdout
     before = out.read_bytes()
     assert_one_line_error(stempress("simulate", "smoke/4D_Diff", str(out)), "--force")
     assert out.read_bytes() == before
@@ -164,6 +166,7 @@ def test_reduce_writes_targets_with_provenance_and_plan_names_a_choice(tmp_path)
     with h5py.File(out) as f:
         assert f["reduced/bf/BF"].shape == (8, 8) and f["reduced/com/com_x"].shape == (8, 8)
         assert json.loads(f.attrs["stempress_provenance"])["targets"] == ["bf", "com"]
+    assert f"hs.load({str(out)!r}, file_format='hspy')" in result.stdout  # .h5: HyperSpy needs the reader named
     assert_one_line_error(stempress("reduce", "synthetic:smoke/4D_Diff", "--target", "bf", "--out", str(out)),
                           "--force")
     planned = stempress("plan", "synthetic:smoke/4D_Diff", "--target", "bf", "--tolerance", "0.05")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from rsciio.emd import file_reader as rsciio_emd_reader
 
+from prismatic_file import Q_STEP_PER_A, R_STEP_A, write_prismatic
 from real_data import real_file
 from stempress.codecs.catalog import get_codec
 from stempress.codecs.checksums import CHECKSUM_GROUP
@@ -191,6 +192,24 @@ def test_rosettasciio_opens_our_emd_file_with_data_and_axes(tmp_path, spec):
     assert [a["scale"] for a in axes] == pytest.approx([cal.R_pixel_size] * 2 + [cal.Q_pixel_size] * 2)
     assert [a["size"] for a in axes] == list(source.shape)
 
+
+
+def test_prismatic_and_arina_calibration_survive_into_the_emd_file(tmp_path):
+    """Converted files keep the calibration their source implied: Prismatic's 5 A / 0.0184 A^-1 and ARINA's
+    0.8696 mrad, with the beam energy, in the EMD calibration every reader sees (RosettaSciIO's axes here)."""
+    prismatic = write_prismatic(tmp_path / "si100.h5", np.random.default_rng(2).random((4, 3, 8, 6), np.float32))
+    cases = [(prismatic, (R_STEP_A, Q_STEP_PER_A), ("Å", "1 / Å")),
+             (real_file("test_00_master.h5"), (0.13915206, 0.1 / 0.115), ("nm", "mrad"))]
+    for path, (r, q), units in cases:
+        with open_source(path) as source:
+            report = compress(source, tmp_path / f"{path.stem}.emd", codec="gzip_6")
+        axes = rsciio_emd_reader(str(report.path))[0]["axes"]
+        assert [a["scale"] for a in axes] == pytest.approx([r, r, q, q], rel=1e-6), path.name
+        assert [a["units"] for a in axes] == [units[0]] * 2 + [units[1]] * 2, path.name
+        with open_source(report.path) as again:
+            cal = again.metadata["calibration"]
+        assert (cal["R_pixel_size"], cal["Q_pixel_size"]) == pytest.approx((r, q), rel=1e-6)
+    assert cal["beam_energy_eV"] == 300e3 and cal["camera_length_m"] == 0.115  # ARINA's, carried along
 
 def test_refuses_to_overwrite_without_force_and_replaces_with_it(tmp_path):
     out = tmp_path / "cube.h5"

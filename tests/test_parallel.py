@@ -166,8 +166,9 @@ def test_checksums_record_stored_and_raw_bytes(tmp_path: Path) -> None:
         group = f[checksum_group_path(DSET)]
         assert group.attrs["algorithm"] == ALGORITHM
         assert tuple(group.attrs["chunk_shape"]) == CHUNKS
-        assert group["stored_crc"].shape == group["raw_crc"].shape == (4, 2, 3, 2)
-        assert group["stored_crc"].dtype == np.uint32
+        assert group.attrs["stored_crc"].shape == group.attrs["raw_crc"].shape == (4, 2, 3, 2)
+        assert group.attrs["stored_crc"].dtype == np.uint32
+        assert list(group) == []  # attributes, not datasets: no reader lists them as data
         record = ChunkChecksums.load(f, DSET)
         dset = f[DSET]
         _, stored = dset.id.read_direct_chunk((6, 4, 16, 16))  # the corner edge chunk
@@ -187,6 +188,22 @@ def test_checksums_refuse_to_save_a_partial_record(tmp_path: Path) -> None:
         with pytest.raises(StempressError, match="miss 3 of 4"):
             record.save(f)
 
+
+
+def test_checksums_of_a_large_grid_fit_in_attributes(tmp_path: Path) -> None:
+    """A 256 x 256 scan in single-frame chunks: 65536 chunks, 256 KiB per CRC array, beyond HDF5's 64 KiB limit
+    for attributes stored in an object header of version 1."""
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        dset = f.create_dataset("d", shape=(256, 256, 2, 2), dtype="u1", chunks=(1, 1, 2, 2))
+        record = ChunkChecksums.for_dataset(dset)
+        values = np.arange(record.stored.size, dtype=np.uint32).reshape(record.grid_shape)
+        for index in np.ndindex(*record.grid_shape):
+            record.add_values(index, int(values[index]), int(values[index]) ^ 1)
+        record.save(f)
+    with h5py.File(tmp_path / "g.h5", "r") as f:
+        back = ChunkChecksums.load(f, "/d")
+    np.testing.assert_array_equal(back.stored, values)
+    np.testing.assert_array_equal(back.raw, values ^ 1)
 
 def test_unwritten_chunks_read_as_the_fill_value(tmp_path: Path) -> None:
     codec = chunk_codec_for(CATALOG["gzip_1"], np.dtype("uint16"))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from rsciio.quantumdetector import file_reader as rsciio_mib_reader
 
+from prismatic_file import Q_STEP_PER_A, R_STEP_A, write_prismatic
 from real_data import real_file
 from stempress.data import (
     ArraySource,
@@ -150,6 +151,64 @@ def test_nxmx_master_reads_like_its_data_file():
     assert meta["filters"][0]["id"] == 32008
 
 
+
+def test_arina_camera_length_energy_and_pixel_size_become_a_calibration():
+    """100 um pixels at the sidecar's 0.115 m camera length: 0.8696 mrad per pixel; 300 kV: lambda 0.01969 A;
+    the scan's Pixel Size in nm, as RosettaSciIO and py4DSTEM read it (they give it x10 in A)."""
+    with open_source(real_file("test_00_master.h5")) as src:
+        cal = src.metadata["calibration"]
+    assert (cal["Q_pixel_units"], cal["R_pixel_units"]) == ("mrad", "nm")
+    assert cal["Q_pixel_size"] == pytest.approx(1e3 * 1e-4 / 0.115)
+    assert cal["camera_length_m"] == 0.115 and cal["camera_length_from"] == "sidecar Camera Length"
+    assert cal["beam_energy_eV"] == 300e3 and cal["wavelength_A"] == pytest.approx(0.019687, rel=1e-4)
+    with h5py.File(real_file("test_00.h5"), "r") as f:
+        assert cal["R_pixel_size"] == pytest.approx(f["STEM Metadata"].attrs["Pixel Size"][0])
+    calibration = source_calibration_of(real_file("test_00_master.h5"))
+    assert calibration.angular and calibration.q_pixel_size == pytest.approx(cal["Q_pixel_size"])
+
+
+def source_calibration_of(path: Path):
+    from stempress.reduce.calibration import Calibration
+
+    with open_source(path) as src:
+        return Calibration.from_metadata(src.metadata, src.shape[2:])
+
+
+def test_nxmx_detector_distance_wins_over_the_sidecar(tmp_path):
+    for name in ("test_00_master.h5", "test_00_data_000001.h5", "test_00.h5"):
+        shutil.copyfile(real_file(name), tmp_path / name)
+    with h5py.File(tmp_path / "test_00_master.h5", "r+") as f:
+        f["entry/instrument/detector/detector_distance"][()] = 0.2
+        f["entry/instrument/detector/x_pixel_size"][()] = 55e-6
+        f["entry/instrument/detector/y_pixel_size"][()] = 55e-6
+    with open_source(tmp_path / "test_00_master.h5") as src:
+        cal = src.metadata["calibration"]
+    assert cal["Q_pixel_size"] == pytest.approx(1e3 * 55e-6 / 0.2) and cal["camera_length_from"] == "detector_distance"
+
+
+def test_prismatic_dims_become_the_calibration(tmp_path):
+    """Prismatic's Si100-like sampling (5 A probe steps, 0.0184 A^-1 pixels) read from its dim vectors, not 1 px."""
+    cube = np.random.default_rng(1).random((4, 3, 8, 6)).astype(np.float32)
+    path = write_prismatic(tmp_path / "si100.h5", cube)
+    with open_source(path) as src:
+        assert isinstance(src, Hdf5Source) and src.metadata["format"] == "emd-prismatic"
+        assert src.metadata["dataset_path"] == "/4DSTEM_simulation/data/datacubes/CBED_array_depth0000/data"
+        check_blocks(src, cube)  # (Rx, Ry, Qx, Qy) as stored, as py4DSTEM's DataCube orders it
+        cal = src.metadata["calibration"]
+        assert [d["name"] for d in src.metadata["dims"]] == ["R_x", "R_y", "Q_x", "Q_y"]
+        assert src.metadata["simulation_parameters"]["E"] == 300.0
+    assert cal == {"R_pixel_size": R_STEP_A, "R_pixel_units": "A", "Q_pixel_size": Q_STEP_PER_A,
+                   "Q_pixel_units": "A^-1"}
+
+
+def test_dims_that_are_not_one_linear_step_leave_that_space_in_pixels(tmp_path):
+    cube = np.zeros((4, 3, 8, 6), np.float32)
+    path = write_prismatic(tmp_path / "p.h5", cube)
+    with h5py.File(path, "r+") as f:
+        f["4DSTEM_simulation/data/datacubes/CBED_array_depth0000/dim2"][...] = [0, 1, 5]  # R_y not linear
+    with open_source(path) as src:
+        assert src.metadata["calibration"] == {"Q_pixel_size": Q_STEP_PER_A, "Q_pixel_units": "A^-1"}
+
 def test_nxmx_user_scan_shape_and_square_inference(tmp_path):
     with NxmxSource(real_file("test_00_master.h5"), scan_shape=(2, 8)) as src:
         assert src.shape == (2, 8, 192, 192)
@@ -200,8 +259,10 @@ def test_nxmx_rows_span_two_data_files(tmp_path):
 # --- Merlin .mib --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "det"), [("001_4x2_6bit.mib", (256, 256)),
-                                           ("002_4x2_6bit_roi128.mib", (128, 256))])
+MIB_FILES = [("001_4x2_6bit.mib", (256, 256)), ("002_4x2_6bit_roi128.mib", (128, 256))]
+
+
+@pytest.mark.parametrize(("name", "det"), MIB_FILES)
 def test_mib_matches_rosettasciio(name, det):
     path = real_file(name)
     # RosettaSciIO's tests read these as navigation (x, y) = (4, 2): 2 scan rows of 4
@@ -210,8 +271,7 @@ def test_mib_matches_rosettasciio(name, det):
     with open_source(path) as src:
         assert isinstance(src, MibSource)
         assert src.dtype == np.uint8
-        # rsciio's file_reader flips det_y; the source keeps the stored order by default
-        check_blocks(src, np.flip(reference, axis=-2))
+        check_blocks(src, reference)  # the frames HyperSpy and pyxem show, row for row
         meta = src.metadata
     assert meta["scan_shape_inferred"] is True
     assert meta["scan_shape_source"] == "frame timestamps"
@@ -219,8 +279,34 @@ def test_mib_matches_rosettasciio(name, det):
     assert meta["header_bytes"] == 384
     assert meta["exposure_ms"] == pytest.approx(100.0)
     assert meta["hdr"]["Counter Depth (number)"] == "6"
-    with MibSource(path, flip_det_y=True) as flipped:
-        check_blocks(flipped, reference)
+    assert meta["det_y_flipped"] is True and meta["orientation"].startswith("RosettaSciIO")
+    with MibSource(path, flip_det_y=False) as stored:
+        check_blocks(stored, np.flip(reference, axis=-2))
+        assert stored.metadata["det_y_flipped"] is False
+
+
+@pytest.mark.parametrize(("name", "det"), MIB_FILES)
+def test_mib_orientation_is_the_stored_rows_upside_down(name, det):
+    """Pinned without any reader: frame 0's first stored row (right after its 384-byte header) is our last."""
+    raw = np.frombuffer(real_file(name).read_bytes(), np.uint8, count=det[0] * det[1], offset=384).reshape(det)
+    with open_source(real_file(name)) as src:
+        first = src.read_rows(0, 1)[0, 0]
+    assert not np.array_equal(raw, raw[::-1])  # the test can tell the two orientations apart
+    np.testing.assert_array_equal(first, raw[::-1])
+
+
+@pytest.mark.parametrize(("name", "det"), MIB_FILES)
+def test_libertem_keeps_the_stored_mib_order(name, det):
+    """LiberTEM 0.16 reads the same file in the stored order: its frames are ours flipped along det_y."""
+    api = pytest.importorskip("libertem.api", reason="LiberTEM is not installed here")
+    from libertem.udf.raw import PickUDF
+
+    with open_source(real_file(name)) as src:
+        ours = src.read_rows(0, src.shape[0])
+    with api.Context.make_with("inline") as ctx:
+        dataset = ctx.load("mib", path=str(real_file(name)), nav_shape=ours.shape[:2])
+        picked = ctx.run_udf(dataset=dataset, udf=PickUDF(), roi=np.ones(ours.shape[:2], bool))["intensity"].data
+    np.testing.assert_array_equal(np.asarray(picked).reshape(ours.shape), np.flip(ours, axis=-2))
 
 
 def test_mib_user_scan_shape():
@@ -305,7 +391,7 @@ def test_sources_pickle_by_reopening(name):
 
 
 def test_a_written_cube_keeps_its_calibration(tmp_path):
-    """write_hdf5 stores the pixel sizes beside the data; reading the file gives them back (mrad, nm)."""
+    """write_hdf5 stores the pixel sizes in the EMD calibration; reading the file gives them back (mrad, nm)."""
     from stempress.data.suites import open_synthetic
     from stempress.data.write import write_hdf5
     from stempress.reduce.calibration import source_calibration
@@ -316,6 +402,6 @@ def test_a_written_cube_keeps_its_calibration(tmp_path):
         expected = synthetic.metadata
     with Hdf5Source(tmp_path / "c.h5") as source:
         for key in ("Q_pixel_size", "Q_pixel_units", "R_pixel_size", "R_pixel_units"):
-            assert source.metadata[key] == expected[key]
+            assert source.metadata["calibration"][key] == expected[key]
         calibration = source_calibration(source)
     assert calibration.q_units == "mrad" and calibration.q_pixel_size == pytest.approx(expected["Q_pixel_size"])

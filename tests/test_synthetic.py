@@ -11,10 +11,12 @@ import pytest
 from stempress.data import synthetic
 from stempress.data.base import ArraySource, Dataset4D
 from stempress.data.hdf5 import STUDY_EMD_PATH
+from stempress.data.open import open_source
 from stempress.data.suites import STUDY_TABLE1, SUITES, open_synthetic, parse_synthetic, suite, suite_spec
 from stempress.data.synthetic import SyntheticSource, SyntheticSpec, sample_poisson
 from stempress.data.write import METADATA_ATTR, read_metadata, write_hdf5
 from stempress.errors import StempressError
+from stempress.store.emd import EMD_DATA_PATH
 
 DIFF = suite_spec("smoke", "4D_Diff")
 EELS = suite_spec("smoke", "4D_EELS")
@@ -254,17 +256,47 @@ def test_write_round_trip_is_bit_exact_with_truth_and_metadata(tmp_path):
                      truth=True, progress=lambda done, total: seen.append((done, total)))
     assert out == tmp_path / "d.emd"
     with h5py.File(out, "r") as f:
-        dset = f[STUDY_EMD_PATH]
+        dset = f[EMD_DATA_PATH]
         assert dset.chunks == (3, 3, 32, 64) and dset.compression == "gzip"
         np.testing.assert_array_equal(dset[:], SyntheticSource(DIFF).read_rows(0, 8))
-        np.testing.assert_array_equal(f[STUDY_EMD_PATH.rsplit("/", 1)[0] + "/expected"][:],
-                                      SyntheticSource(DIFF).expected_rows(0, 8))
+        np.testing.assert_array_equal(dset.parent["expected"][:], SyntheticSource(DIFF).expected_rows(0, 8))
         assert json.loads(dset.attrs[METADATA_ATTR])["clip_rows_counted"] == 8
-        assert dset.parent.attrs["Q_pixel_units"] == "mrad"
+    with open_source(out) as again:
+        assert again.metadata["format"] == "emd-emdfile"
+        assert again.metadata["calibration"]["Q_pixel_units"] == "mrad"
+        assert again.metadata["calibration"]["R_pixel_size"] == src.metadata["R_pixel_size"]
     assert read_metadata(out)["spec"]["seed"] == DIFF.seed
     done = [d for d, _ in seen]
     assert done == sorted(done) and done[-1] == seen[-1][1]
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_simulate_output_is_emd_that_hyperspys_reader_opens_calibrated(tmp_path):
+    """The layout py4DSTEM writes: EMD 1.0 root attributes, and RosettaSciIO's EMD reader (HyperSpy's
+    ``hs.load(path)`` for a .emd) opens it as one calibrated signal, the truth left aside."""
+    from rsciio.emd import file_reader
+
+    src = SyntheticSource(DIFF)
+    out = write_hdf5(src, tmp_path / "sim.emd", truth=True)
+    with h5py.File(out, "r") as f:
+        assert (f.attrs["emd_group_type"], f.attrs["version_major"], f.attrs["version_minor"]) == ("file", 1, 0)
+    signals = file_reader(str(out))
+    assert len(signals) == 1
+    np.testing.assert_array_equal(signals[0]["data"], src.read_rows(0, 8))
+    scales = [axis["scale"] for axis in signals[0]["axes"]]
+    units = [axis["units"] for axis in signals[0]["axes"]]
+    assert scales == pytest.approx([src.metadata["R_pixel_size"]] * 2 + [src.metadata["Q_pixel_size"]] * 2)
+    assert units == ["nm", "nm", "mrad", "mrad"]
+
+
+def test_plain_layout_writes_only_the_dataset_with_calibration_beside_it(tmp_path):
+    out = write_hdf5(SyntheticSource(DIFF), tmp_path / "p.h5", layout="plain")
+    with h5py.File(out, "r") as f:
+        assert list(f) == ["version_1"] and "emd_group_type" not in f.attrs
+        assert f[STUDY_EMD_PATH].parent.attrs["Q_pixel_units"] == "mrad"
+    with pytest.raises(StempressError, match="plain layout"):
+        write_hdf5(SyntheticSource(DIFF), tmp_path / "q.h5", dataset_path="data")
+    assert not (tmp_path / "q.h5").exists()
 
 
 def test_write_blocks_are_whole_chunk_rows(tmp_path, monkeypatch):
@@ -282,7 +314,7 @@ def test_write_refuses_to_overwrite_unless_asked(tmp_path):
     write_hdf5(ArraySource(np.ones((2, 2, 4, 4), np.uint16)), out)
     with pytest.raises(StempressError, match=r"x\.h5.*--force"):
         write_hdf5(ArraySource(np.zeros((2, 2, 4, 4), np.uint16)), out)
-    write_hdf5(ArraySource(np.zeros((2, 2, 4, 4), np.uint16)), out, overwrite=True,
+    write_hdf5(ArraySource(np.zeros((2, 2, 4, 4), np.uint16)), out, overwrite=True, layout="plain",
                dataset_path="data")
     with h5py.File(out, "r") as f:
         assert list(f) == ["data"] and not f["data"][:].any()

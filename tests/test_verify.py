@@ -99,7 +99,10 @@ def test_without_checksums_a_clean_file_passes_and_says_so(tmp_path):
 def test_a_wrong_raw_checksum_is_named_as_a_decoding_problem(tmp_path):
     path = write(tmp_path, cube())
     with h5py.File(path, "r+") as f:
-        f[checksum_group_path(EMD_DATA_PATH) + "/raw_crc"][3, 0, 0, 0] ^= 1
+        group = f[checksum_group_path(EMD_DATA_PATH)]
+        raw = group.attrs["raw_crc"]
+        raw[3, 0, 0, 0] ^= 1
+        group.attrs["raw_crc"] = raw
     report = verify(path)
     assert report.problem.kind == "decoded" and report.problem.chunk == (3, 0, 0, 0)
     assert report.problem.rows == (6, 8) and "decoded" in report.problem.reason
@@ -287,3 +290,35 @@ def test_verify_on_the_command_line_covers_event_files(tmp_path):
     bad = subprocess.run(run, capture_output=True, text=True, timeout=300)
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode == 1 and len(lines) == 1 and "FAILED at scan row 7" in lines[0], bad.stderr
+
+
+def test_hyperspys_nexus_reader_shows_the_cube_not_the_checksums(tmp_path):
+    """RosettaSciIO's NeXus reader (``hs.load(path, file_format="nexus")``) lists every array dataset as a signal;
+    the chunk checksums are attributes, so only the cube is listed (here the 4 x 2 grid's 8 CRCs would be)."""
+    from rsciio.nexus import file_reader
+
+    data = cube()
+    for layout in ("plain", "emd"):
+        path = compress(ArraySource(data), tmp_path / f"{layout}.h5", codec="gzip_6", chunks=CHUNKS, workers=2,
+                        layout=layout).path
+        titles = [s["metadata"]["General"]["title"] for s in file_reader(str(path))]
+        assert not [t for t in titles if "stempress" in t], titles
+        cubes = [s for s in file_reader(str(path)) if np.shape(s["data"]) == SHAPE]
+        assert len(cubes) == 1 and np.array_equal(cubes[0]["data"], data)
+        assert verify(path, against=ArraySource(data)).checksums
+
+
+def test_files_with_checksums_as_datasets_still_verify(tmp_path):
+    """Files written before the checksums became attributes hold them as datasets of the same group."""
+    data = cube()
+    path = write(tmp_path, data)
+    with h5py.File(path, "r+") as f:
+        group = f[checksum_group_path(EMD_DATA_PATH)]
+        for key in ("stored_crc", "raw_crc"):
+            values = group.attrs[key]
+            del group.attrs[key]
+            group.create_dataset(key, data=values)
+    assert verify(path, against=ArraySource(data)).checksums
+    flip_byte_in_chunk(path, (1, 1, 0, 0))
+    report = verify(path)
+    assert report.problem.kind == "stored" and report.problem.chunk == (1, 1, 0, 0)

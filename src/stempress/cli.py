@@ -225,6 +225,18 @@ def verify(
     console.print(report.summary(), highlight=False, soft_wrap=True)
 
 
+@app.command("plugin-path")
+def plugin_path(
+    folder_only: Annotated[bool, typer.Option("--folder", help="Print only the folder (MATLAB's setenv, Windows' "
+                                              "set HDF5_PLUGIN_PATH=...).")] = False,
+) -> None:
+    """Print the HDF5_PLUGIN_PATH line that lets HyperSpy, h5dump, HDFView and MATLAB decode Blosc, Zstd, LZ4,
+    Bitshuffle and BZip2 files: eval "$(stempress plugin-path)" (or add the line to your shell profile)."""
+    from stempress.store.readers import export_line
+    from stempress.store.readers import plugin_path as folder
+
+    typer.echo(str(folder()) if folder_only else export_line())  # plain text: no wrapping of a long path
+
 def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
     """A source from the command line's words."""
     from stempress.data.open import open_source
@@ -258,9 +270,11 @@ def reduce(
                                                 "OUT itself (what the targets computed) and its provenance.")] = None,
 ) -> None:
     """Compute the targets in one streaming pass and write them with provenance, in an HDF5 file that
-    py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy")) open."""
+    py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy"); an OUT named .hspy needs no
+    file_format) open."""
     from stempress.reduce.output import reduce_to_file
     from stempress.reduce.sufficiency import parse_targets
+    from stempress.store.readers import reduced_open_line
 
     chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn
     with open_cli_source(source, dataset, scan_shape) as cube, \
@@ -270,6 +284,7 @@ def reduce(
         path = reduce_to_file(cube, chosen, out, overwrite=force,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"wrote {path}: {', '.join(target)}")
+    console.print(reduced_open_line(path), highlight=False, soft_wrap=True)
     if figures is not None:
         from stempress.report.reduce_figures import figures_from_source
 
@@ -392,13 +407,16 @@ def codecs(
 @app.command()
 def simulate(
     spec: Annotated[str, typer.Argument(help="Suite member (smoke/4D_Diff) or synthetic:diffraction?scan=..&det=..")],
-    out: Annotated[Path, typer.Argument(help="Output HDF5 file (EMD 1.0 layout).")],
+    out: Annotated[Path, typer.Argument(help="Output HDF5 file, EMD 1.0 as py4DSTEM writes it (name it .emd and "
+                                        "HyperSpy's hs.load opens it without file_format).")],
     truth: Annotated[bool, typer.Option(help="Also save the true expected-count map.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Generate a synthetic cube to a file, block by block (works for cubes larger than memory)."""
     from stempress.data.open import open_source
     from stempress.data.write import write_hdf5
+    from stempress.store.emd import EMD_DATA_PATH
+    from stempress.store.readers import cube_open_lines
 
     source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")
     with Progress(TextColumn("[bold]simulate"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -407,6 +425,8 @@ def simulate(
         path = write_hdf5(source, out, truth=truth, overwrite=force,
                           progress=lambda done, total: bar.update(task, completed=done / max(total, 1)))
     console.print(f"wrote {path}: {source.shape} {source.dtype}")
+    for line in cube_open_lines(path, "emd", EMD_DATA_PATH, ()):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

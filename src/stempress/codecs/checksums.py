@@ -3,7 +3,12 @@
 Two checksums because they answer different questions: the stored one proves the bytes on disk are the ones
 written (checkable without decoding, e.g. after a copy), the raw one proves a decoder gave back the data that
 went in. They live in a separate root group ``stempress/checksums/<dataset path>`` so readers that walk the
-EMD / py4DSTEM tree (which look for their own groups and attributes) never meet them.
+EMD / py4DSTEM tree (which look for their own groups and attributes) never meet them, and they are that group's
+ATTRIBUTES (``stored_crc``, ``raw_crc``: arrays over the chunk grid), not datasets: readers that list every
+array dataset as data (HyperSpy's NeXus reader, ``hs.load(path, file_format="nexus")``) would otherwise show
+them as signals, while attributes are metadata to every HDF5 reader. The group tracks attribute order, which
+gives it HDF5's version-2 object header and so dense attribute storage: no 64 KiB limit on a large grid.
+Files written before keep the arrays as datasets in the same group; ``load`` reads both.
 
 CRC32C (hardware accelerated, releases the GIL on large buffers) when ``google-crc32c`` is installed, else
 ``zlib.crc32``; the algorithm is recorded with the values so a file is always checked with the one it used.
@@ -24,6 +29,8 @@ from stempress.errors import StempressError
 
 #: Root group holding the checksums of every dataset that has them.
 CHECKSUM_GROUP = f"{BOOKKEEPING_GROUP}/checksums"
+#: Names of the two CRC arrays (attributes of the dataset's checksum group; datasets in older files).
+_STORED, _RAW = "stored_crc", "raw_crc"
 
 _Buffer = bytes | bytearray | memoryview | np.ndarray
 
@@ -143,10 +150,11 @@ class ChunkChecksums:
         path = checksum_group_path(self.dataset_path)
         if path in root:
             del root[path]
-        group = root.require_group(path)
-        group.create_dataset("stored_crc", data=self.stored)
-        group.create_dataset("raw_crc", data=self.raw)
+        parent, _, name = path.rpartition("/")
+        group = root.require_group(parent).create_group(name, track_order=True)  # dense attributes: any grid size
         group.attrs.update(self._attrs())
+        group.attrs[_STORED] = self.stored
+        group.attrs[_RAW] = self.raw
         return group
 
     def _attrs(self) -> dict[str, Any]:
@@ -166,7 +174,8 @@ class ChunkChecksums:
             return None
         group = file[path]
         try:
-            stored, raw = group["stored_crc"][()], group["raw_crc"][()]
+            stored, raw = (np.asarray(group.attrs[key] if key in group.attrs else group[key][()])
+                           for key in (_STORED, _RAW))  # attributes; datasets in files written before
             record = cls(str(group.attrs["dataset_path"]), tuple(group.attrs["chunk_shape"]), stored.shape,
                          str(group.attrs["algorithm"]))
         except KeyError as exc:

@@ -1,13 +1,16 @@
 """HDF5 / EMD 1.0 source: one 4-D dataset (or a frame stack plus a scan shape) read a few scan rows at a time.
 
 Auto-detection follows the layouts the field writes (see docs/FORMATS.md): the study's EMD 1.0 path,
-emdfile/py4DSTEM ``DataCube`` groups (with their calibration), then "the only 4-D dataset". The
+emdfile/py4DSTEM ``DataCube`` groups (with their calibration), then "the only 4-D dataset". Dim vectors
+beside any other cube (EMD 0.x as Prismatic and older py4DSTEM write it: ``dim1..dim4`` with ``name`` and
+``units``, e.g. ``4DSTEM_simulation/data/datacubes/CBED_array_depth0000``) become its calibration. The
 helpers here (``open_hdf5``, ``read_into``, ``dataset_filters``) are shared with the NXmx source so
 every HDF5 failure reads the same way: one line naming the file, the problem and the fix.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ BOOKKEEPING_GROUP = "stempress"
 
 #: Where the study's own writer put the cube.
 STUDY_EMD_PATH = "/version_1/data/datacubes/datacube_000/data"
+#: Prismatic's EMD 0.x root group (its 4-D output: ``data/datacubes/CBED_array_depthNNNN/data``).
+PRISMATIC_ROOT = "4DSTEM_simulation"
 
 #: Names for filter ids, so an error can say "bitshuffle (32008)" rather than a bare number.
 FILTER_NAMES: dict[int, str] = {
@@ -203,15 +208,79 @@ def _named(f: h5py.File, path: Path, dataset: str) -> h5py.Dataset:
     raise StempressError(f"{path}: dataset {dataset!r} {kind}; {available}")
 
 
+def normalise_units(text: str | None) -> str:
+    """A unit as py4DSTEM spells it: EMD 0.x brackets dropped, Å written A ('[Å^-1]' -> 'A^-1', '1/Å' -> 'A^-1')."""
+    unit = (text or "").strip().strip("[]").strip().replace("Å", "A")
+    return {"1/A": "A^-1", "A-1": "A^-1", "1/nm": "nm^-1", "px": "pixels", "pixel": "pixels", "": "pixels"}.get(
+        unit, unit)
+
+
+def dim_vectors(group: h5py.Group, rank: int) -> list[dict[str, Any]] | None:
+    """The 1-D ``dim`` datasets that label each axis of an EMD array (emdfile counts from ``dim0``, EMD 0.x and
+    Prismatic from ``dim1``): name, units and values; None when the group lacks a numeric one for some axis."""
+    for first in (0, 1):
+        found = [group.get(f"dim{first + axis}") for axis in range(rank)]
+        if all(isinstance(d, h5py.Dataset) and d.ndim == 1 and d.dtype.kind in "iuf" and d.size for d in found):
+            return [{"name": attr_str(d, "name"), "units": attr_str(d, "units"), "digits": _digits(d.dtype),
+                     "values": [float(v) for v in np.asarray(d[()], np.float64)]} for d in found]
+    return None
+
+
+def _digits(dtype: np.dtype) -> int:
+    """Significant decimal digits a dim's dtype holds (float32: 6), so a step is not quoted beyond them."""
+    return int(np.finfo(dtype).precision) if dtype.kind == "f" else 15
+
+
+def _linear_step(dim: dict[str, Any], size: int) -> float | None:
+    """The step of a linear axis of ``size`` samples (emdfile stores only its first two values), else None."""
+    v = np.asarray(dim["values"], np.float64)
+    if v.size < 2 or not np.isfinite(v).all():
+        return None
+    step = float(v[1] - v[0])
+    if v.size > 2 and (v.size != size or not np.allclose(np.diff(v), step, rtol=1e-4, atol=0)):
+        return None
+    return float(f"{step:.{dim.get('digits', 15)}g}") if step > 0 else None
+
+
+def calibration_from_dims(dims: list[dict[str, Any]], shape: tuple[int, ...]) -> dict[str, Any]:
+    """R (scan) and Q (detector) pixel sizes from a 4-D array's dim vectors, for each space whose two axes are
+    linear with one step and one unit; a space in pixels, or whose axes disagree, stays uncalibrated."""
+    found: dict[str, Any] = {}
+    for space, axes in (("R", (0, 1)), ("Q", (2, 3))):
+        steps = [_linear_step(dims[a], shape[a]) for a in axes]
+        units = {normalise_units(dims[a]["units"]) for a in axes}
+        if None in steps or len(units) != 1 or units == {"pixels"}:
+            continue
+        if not math.isclose(steps[0], steps[1], rel_tol=1e-4):  # type: ignore[arg-type]
+            continue
+        found[f"{space}_pixel_size"] = steps[0]
+        found[f"{space}_pixel_units"] = units.pop()
+    return found
+
+
+def _prismatic_parameters(f: h5py.File) -> dict[str, Any]:
+    """Prismatic's simulation parameters (attributes under its metadata group, its short names: E in keV, ...)."""
+    group = f.get(f"{PRISMATIC_ROOT}/metadata/metadata_0/original/simulation_parameters")
+    if not isinstance(group, h5py.Group):
+        return {}
+    return {key: as_python(value) for key, value in group.attrs.items()}
+
+
+def _dim_metadata(dset: h5py.Dataset, fmt: str) -> dict[str, Any]:
+    """Dims and the calibration they imply for a cube outside emdfile's tree (EMD 0.x, Prismatic), if labelled."""
+    dims = dim_vectors(dset.parent, dset.ndim) if dset.ndim == 4 else None
+    if dims is None:
+        return {}
+    found: dict[str, Any] = {"dims": dims, "calibration": calibration_from_dims(dims, dset.shape)}
+    if fmt == "emd-prismatic":
+        found["simulation_parameters"] = _prismatic_parameters(dset.file)
+    return found
+
+
 def _emdfile_metadata(dset: h5py.Dataset) -> dict[str, Any]:
     """Dims and calibration as py4DSTEM stores them beside the DataCube, so conversions keep them."""
     group = dset.parent
-    dims = []
-    for i in range(4):
-        dim = group.get(f"dim{i}")
-        if isinstance(dim, h5py.Dataset):
-            dims.append({"name": attr_str(dim, "name"), "units": attr_str(dim, "units"),
-                         "values": as_python(dim[()])})
+    dims = dim_vectors(group, dset.ndim) or []
     calibration: dict[str, Any] = {}
     for holder in (group, group.parent):
         cal = holder.get("metadatabundle/calibration")
@@ -257,6 +326,8 @@ class Hdf5Source(SourceBase):
             dset = _named(self._file, self.path, dataset)
             fmt = ("emd-study" if dset.name == STUDY_EMD_PATH
                    else "emd-emdfile" if _is_datacube_group(dset.parent) else "hdf5")
+        if fmt == "hdf5" and dset.name.startswith(f"/{PRISMATIC_ROOT}/"):
+            fmt = "emd-prismatic"
         self._dset = dset
         self.dataset_path = dset.name
         self._where = f"{self.path}:{dset.name}"
@@ -288,6 +359,7 @@ class Hdf5Source(SourceBase):
             self.metadata.update(_emdfile_metadata(dset))
         else:
             self.metadata.update(_group_calibration(dset))
+            self.metadata.update(_dim_metadata(dset, fmt))
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Scan rows ``[start, stop)``; only the chunks those rows touch are read."""

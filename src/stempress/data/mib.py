@@ -16,9 +16,13 @@ Scan shape policy (the file does not store it), first match wins:
 
 Any of 2-5 sets ``metadata["scan_shape_inferred"] = True`` and names the rule in ``scan_shape_source``.
 
-Orientation: frames are returned as stored. RosettaSciIO's ``file_reader`` (and pyxem) flip det_y so
-the pattern shows upright; pass ``flip_det_y=True`` for that view. The stored order is the default so
-that a lossless copy reproduces the detector's bytes.
+Orientation: frames are returned as RosettaSciIO's ``file_reader`` returns them, so HyperSpy, pyxem and
+stempress show the same pattern: det_y flipped from the order Merlin stores the rows in (RosettaSciIO has
+done so since pyxem#385, which found the stored order upside down). Frame ``f`` of a stored file holds
+``frames[f, ::-1, :]`` of the file's rows. LiberTEM 0.16 (``ctx.load("mib")``) and py4DSTEM's own
+``.mib`` reader keep the stored order, so their frames are ours flipped along det_y; ``flip_det_y=False``
+gives that stored order. ``metadata["det_y_flipped"]`` records which one a source (and every file written
+from it) holds. The copy is lossless either way: the flip only reorders rows.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shap
 from stempress.errors import StempressError
 
 _MAX_HEADERS = 10_000  # frame headers scanned for timestamps (enough for one line of any real scan)
+#: How the default source orients frames, recorded in its metadata (and so in every file written from it).
+ORIENTATION = "RosettaSciIO (det_y flipped from the stored order, as HyperSpy and pyxem show it)"
 
 
 _PIXEL_TYPES = {"U08": np.uint8, "U16": np.uint16, "U32": np.uint32}
@@ -129,10 +135,11 @@ def _first(parse: Any, headers: np.ndarray) -> Any:
 
 
 class MibSource(SourceBase):
-    """A Merlin ``.mib`` acquisition as ``(scan_y, scan_x, det_y, det_x)`` of native uint8/16/32."""
+    """A Merlin ``.mib`` acquisition as ``(scan_y, scan_x, det_y, det_x)`` of native uint8/16/32, oriented as
+    RosettaSciIO shows it (``flip_det_y=False``: as stored, as LiberTEM shows it)."""
 
     def __init__(self, path: str | Path, scan_shape: tuple[int, int] | None = None, *,
-                 flip_det_y: bool = False) -> None:
+                 flip_det_y: bool = True) -> None:
         self.path = Path(path)
         self.name = self.path.stem
         self.flip_det_y = flip_det_y
@@ -177,6 +184,7 @@ class MibSource(SourceBase):
             "exposure_ms": _first(parse_exposures, first),
             "timestamp": _first(parse_timestamps, first),
             "det_y_flipped": flip_det_y,
+            "orientation": ORIENTATION if flip_det_y else "stored (det_y as in the file, as LiberTEM reads it)",
         }
         if hdr is not None:
             self.metadata["hdr"] = hdr

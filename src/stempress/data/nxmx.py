@@ -4,6 +4,13 @@ The files hold frames, not a scan: the scan shape comes from the user, else from
 metadata sidecar (``<name>.h5`` beside ``<name>_master.h5``, group ``STEM Metadata``, the file
 RosettaSciIO's arina reader also consults), else a perfect square (flagged as inferred).
 Scan rows map to frame ranges that may straddle two data files.
+
+Calibration (``metadata["calibration"]``, what ``compress`` writes as the EMD calibration): a detector pixel
+subtends ``x_pixel_size / camera length`` rad, given in mrad; the camera length is the master's
+``detector_distance`` when set, else the sidecar's nominal ``Camera Length`` (m). The beam energy
+(``photon_energy``, else the sidecar's ``High Tension``) and its electron wavelength go beside it, so the angles
+convert to spatial frequency (q = angle / wavelength). The scan pixel is the sidecar's ``Pixel Size`` in nm, as
+RosettaSciIO and py4DSTEM read it. Nominal values: calibrate on a known pattern when angles must be exact.
 """
 
 from __future__ import annotations
@@ -56,6 +63,56 @@ def _scalars(group: h5py.Group) -> tuple[dict[str, Any], dict[str, str]]:
             if unit:
                 units[key] = unit
     return values, units
+
+
+_METRES = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
+
+
+def _metres(value: Any, unit: str | None) -> float | None:
+    """A positive length in metres (NXmx writes units beside each value), else None."""
+    scale = _METRES.get((unit or "m").strip())
+    if scale is None or isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return None
+    return float(value) * scale
+
+
+def electron_wavelength_angstrom(energy_ev: float) -> float:
+    """Relativistic de Broglie wavelength of an electron of kinetic energy ``energy_ev`` (300 keV: 0.01969 Å)."""
+    from scipy.constants import c, e, h, m_e
+
+    work = e * energy_ev
+    return h / math.sqrt(2 * m_e * work * (1 + work / (2 * m_e * c**2))) * 1e10
+
+
+def _positive(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+
+
+def detector_calibration(detector: dict[str, Any], units: dict[str, str],
+                         scan: dict[str, Any] | None) -> dict[str, Any]:
+    """Q in mrad per pixel from pixel size and camera length, the beam energy, R from the ARINA sidecar, and the
+    beam centre where the master sets one; only what the files actually give."""
+    scan = scan or {}
+    found: dict[str, Any] = {}
+    pixel = _metres(detector.get("x_pixel_size"), units.get("x_pixel_size"))
+    pixel_y = _metres(detector.get("y_pixel_size"), units.get("y_pixel_size"))
+    length = _metres(detector.get("detector_distance"), units.get("detector_distance"))
+    source = "detector_distance"
+    if length is None:
+        length, source = _metres(scan.get("Camera Length"), "m"), "sidecar Camera Length"
+    if pixel and length and (pixel_y is None or math.isclose(pixel, pixel_y, rel_tol=1e-6)):
+        found.update(Q_pixel_size=1000 * pixel / length, Q_pixel_units="mrad", camera_length_m=length,
+                     camera_length_from=source, detector_pixel_size_m=pixel)
+    energy = _positive(detector.get("photon_energy")) or _positive(scan.get("High Tension"))
+    if energy:
+        found.update(beam_energy_eV=energy, wavelength_A=electron_wavelength_angstrom(energy))
+    step = _positive(scan.get("Pixel Size"))
+    if step:
+        found.update(R_pixel_size=step, R_pixel_units="nm")
+    cx, cy = _positive(detector.get("beam_center_x")), _positive(detector.get("beam_center_y"))
+    if cx and cy:
+        found.update(qx0_mean=cy, qy0_mean=cx)  # py4DSTEM's qx runs along rows (det_y); NXmx's x along columns
+    return found
 
 
 def _sidecar_scan(master: Path) -> tuple[dict[str, Any], Path] | None:
@@ -146,6 +203,10 @@ class NxmxSource(SourceBase):
             self.metadata["detector_units"] = units
         if sidecar is not None:
             self.metadata["scan_metadata"] = sidecar
+        calibration = detector_calibration(self.metadata.get("detector", {}), self.metadata.get("detector_units", {}),
+                                           sidecar)
+        if calibration:
+            self.metadata["calibration"] = calibration
 
     def _open_part(self, group: h5py.Group, key: str) -> h5py.Dataset:
         link = group.get(key, getlink=True)

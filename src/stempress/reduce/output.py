@@ -7,10 +7,14 @@ so the array has one home: a tree walk such as h5py's ``visit`` meets it there, 
 - ``/reduced_root/<target>/<output>/data``: an EMD 1.0 tree as emdfile writes one, so ``py4DSTEM.read(path)``
   gives a Root holding one Node per target and under it a RealSlice (scan image), DiffractionSlice (mean
   pattern) or Array (radial profiles) per output; the root calibration carries the scan and detector pixel
-  sizes and the beam centre (``qx0_mean``/``qy0_mean``), the root metadata the provenance;
+  sizes and the beam centre (``qx0_mean``/``qy0_mean``), the root metadata the provenance. Each array's
+  ``dim<n>`` is calibrated too, but py4DSTEM 0.14 reads dims only for an Array: a RealSlice or DiffractionSlice
+  comes back with pixel-index dims (as py4DSTEM's own saved virtual images do) and its calibration is its
+  ``.calibration`` (the root's), which ``py4DSTEM.show`` uses for scale bars;
 - ``/Experiments/<target> <output>/data``: HyperSpy's hspy layout, one signal per output with calibrated axes
   and the provenance in ``original_metadata`` (``hs.load(path, file_format="hspy")``: several hdf5 readers
-  claim ``.h5``; ``rsciio.hspy.file_reader(path)``).
+  claim ``.h5``; ``rsciio.hspy.file_reader(path)``; ``stempress.store.readers`` says why, and ``reduce``
+  prints the call).
 
 Why one file for all three: reduced outputs are small, the links cost nothing, and a colleague opens the
 result in the tool they already use with no stempress installed. The root attribute ``stempress_provenance``

@@ -38,6 +38,7 @@ from stempress.cores import resolve_workers
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype, nbytes, rows_for_budget
 from stempress.errors import StempressError
 from stempress.store.emd import data_path, prepare_layout, write_source_metadata
+from stempress.store.readers import cube_open_lines
 
 #: Blosc1 zstd (clevel 3, byte shuffle): the study's recommended replacement for gzip-9, close to or above
 #: its ratio and tens of times faster (rerun `stempress bench --methods gzip_9,blosc_zstd` on your data to see
@@ -84,12 +85,17 @@ class CompressReport:
         return self.raw_bytes / GIB / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
+        """What was written, then how each peer tool opens it (the filters some of them need first)."""
         path = ("entropy-coded counts (Poisson model)" if self.layout == ENTROPY_CODEC
                 else "parallel direct-chunk" if self.direct else f"filter pipeline ({self.fallback_reason})")
         chunks = "x".join(str(c) for c in self.chunks)
-        return (f"{self.path}: {self.codec}, chunks {chunks}, {self.workers} workers, {path}; "
+        done = (f"{self.path}: {self.codec}, chunks {chunks}, {self.workers} workers, {path}; "
                 f"{_size(self.raw_bytes)} -> {_size(self.file_bytes)} (ratio {self.ratio:.2f}) "
                 f"in {self.seconds:.2f} s, {self.gibs:.3f} GiB/s")
+        if self.layout == ENTROPY_CODEC:  # stempress's own format: only stempress reads it
+            return done
+        opening = cube_open_lines(self.path, self.layout, self.dataset_path, get_codec(self.codec).filters)
+        return "\n".join([done, *opening])
 
 
 def _size(nbytes: int) -> str:
