@@ -1,0 +1,104 @@
+"""The codec registry: configurations and filter pipelines rebuild codecs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+
+from stempress.codecs.base import Codec
+from stempress.codecs.catalog import CATALOG, get_codec, identify
+from stempress.codecs.registry import REGISTRY, codec_from_config, codec_from_pipeline
+from stempress.data.hdf5 import dataset_filters
+from stempress.errors import StempressError
+
+SHAPE = (4, 6, 16, 16)
+CHUNKS = (2, 4, 16, 16)  # edge chunks in x
+
+
+def cube(dtype: str = "uint16") -> np.ndarray:
+    return np.random.default_rng(7).poisson(1.5, size=SHAPE).astype(dtype)
+
+
+def pipeline_of(dset: h5py.Dataset) -> list[tuple[int, list[int]]]:
+    return [(f["id"], f["options"]) for f in dataset_filters(dset)]
+
+
+# -- configurations ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("codec", list(CATALOG.values()), ids=list(CATALOG))
+def test_every_catalog_codec_round_trips_its_config(codec: Codec) -> None:
+    config = codec.get_config()
+    assert config["id"] in REGISTRY and config["name"] == codec.name
+    assert json.loads(json.dumps(config)) == config
+    rebuilt = codec_from_config(json.loads(json.dumps(config)))
+    assert rebuilt == codec and type(rebuilt) is type(codec)
+    assert rebuilt.params == codec.params and rebuilt.filters == codec.filters
+    if codec.storage == "hdf5" and codec.available:
+        assert rebuilt.h5_kwargs() == codec.h5_kwargs()
+
+
+@pytest.mark.parametrize("codec", list(CATALOG.values()), ids=list(CATALOG))
+def test_the_stored_provenance_record_rebuilds_the_codec(codec: Codec) -> None:
+    """``config()`` is what compress stores with a cube: its derived keys are read back and ignored."""
+    assert codec_from_config(json.loads(json.dumps(codec.config()))) == codec
+
+
+def test_a_changed_setting_makes_another_codec() -> None:
+    stored = replace(get_codec("blosc_zstd"), clevel=9).get_config()
+    rebuilt = codec_from_config(stored)
+    assert rebuilt.name == "blosc_zstd" and rebuilt != get_codec("blosc_zstd")
+    assert rebuilt.h5_kwargs()["compression_opts"][4] == 9
+
+
+@pytest.mark.parametrize("config", [{"id": "snappy9", "name": "x"}, {"name": "gzip_6", "level": 6}, {"id": 3}])
+def test_unknown_ids_name_the_known_ones_in_one_line(config: dict) -> None:
+    with pytest.raises(StempressError) as err:
+        codec_from_config(config)
+    message = str(err.value)
+    assert "\n" not in message and "unknown codec id" in message
+    assert all(codec_id in message for codec_id in REGISTRY)
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    ({"id": "zstd", "name": "z", "clevel": 3, "speed": 1}, "speed"),  # a key the codec does not take
+    ({"id": "blosc", "name": "b", "cname": "zstd"}, "clevel"),  # a setting missing
+    ({"id": "blosc", "name": "b", "cname": "brotli", "clevel": 5}, "brotli"),  # a value the filter lacks
+    (["id", "zstd"], "mapping"),
+])
+def test_bad_configurations_give_one_line_errors(config: object, words: str) -> None:
+    with pytest.raises(StempressError, match=words) as err:
+        codec_from_config(config)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+
+
+# -- filter pipelines -------------------------------------------------------------------------------------------
+
+HDF5_AVAILABLE = [c.name for c in CATALOG.values() if c.storage == "hdf5" and c.available]
+
+
+@pytest.mark.parametrize("name", HDF5_AVAILABLE)
+def test_every_hdf5_codec_is_recognised_from_the_pipeline_it_writes(name: str, tmp_path: Path) -> None:
+    codec = CATALOG[name]
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        dset = f.create_dataset("d", data=cube(), chunks=CHUNKS, **codec.h5_kwargs())
+        found = codec_from_pipeline(pipeline_of(dset))
+    assert found is not None and identify(found) is codec
+
+
+def test_a_configuration_outside_the_catalog_is_named_by_its_settings(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        dset = f.create_dataset("d", data=cube(), chunks=CHUNKS, **hdf5plugin.Zstd(clevel=7))
+        found = codec_from_pipeline(pipeline_of(dset))
+    assert found is not None and found.name == "zstd(clevel=7)" and identify(found) is found
+
+
+def test_a_pipeline_with_a_filter_no_codec_declares_is_not_guessed(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        dset = f.create_dataset("d", data=cube(), chunks=CHUNKS, compression="gzip", fletcher32=True)
+        assert codec_from_pipeline(pipeline_of(dset)) is None
