@@ -1,4 +1,4 @@
-"""The codec registry: configurations and filter pipelines rebuild codecs."""
+"""The codec registry: configurations and filter pipelines rebuild codecs, and verify uses them, not names."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ import pytest
 
 from stempress.codecs.base import Codec
 from stempress.codecs.catalog import CATALOG, get_codec, identify
+from stempress.codecs.parallel import write_parallel_cube
 from stempress.codecs.registry import REGISTRY, codec_from_config, codec_from_pipeline
-from stempress.data.hdf5 import dataset_filters
+from stempress.data.base import ArraySource, Block
+from stempress.data.hdf5 import STUDY_EMD_PATH, dataset_filters
 from stempress.errors import StempressError
+from stempress.store import compress, verify
+from stempress.store.emd import CODEC_ATTR
 
 SHAPE = (4, 6, 16, 16)
 CHUNKS = (2, 4, 16, 16)  # edge chunks in x
@@ -102,3 +106,76 @@ def test_a_pipeline_with_a_filter_no_codec_declares_is_not_guessed(tmp_path: Pat
     with h5py.File(tmp_path / "p.h5", "w") as f:
         dset = f.create_dataset("d", data=cube(), chunks=CHUNKS, compression="gzip", fletcher32=True)
         assert codec_from_pipeline(pipeline_of(dset)) is None
+
+
+# -- verify: from the stored configuration, else from the pipeline ----------------------------------------------
+
+def write_with(path: Path, data: np.ndarray, codec: Codec) -> Path:
+    """A cube written as compress writes it (direct chunks, checksums, the codec's config stored beside it)."""
+    write_parallel_cube(path, [Block(0, data)], data.shape, data.dtype, CHUNKS, codec, workers=2, checksums=True)
+    with h5py.File(path, "r+") as f:
+        f[STUDY_EMD_PATH].attrs[CODEC_ATTR] = json.dumps(codec.config())
+    return path
+
+
+def test_verify_uses_the_stored_config_not_the_catalog_entry_of_its_name(tmp_path: Path) -> None:
+    data = cube()
+    codec = replace(get_codec("blosc_zstd"), clevel=9)
+    report = verify(write_with(tmp_path / "c.h5", data, codec), against=ArraySource(data))
+    assert report.ok and report.checksums and report.direct, report.summary()
+    assert report.codec == "blosc_zstd" and report.codec_config == codec.get_config()
+    assert report.codec_config["clevel"] == 9
+
+
+def test_verify_decodes_with_the_stored_compressor_where_the_name_says_another(tmp_path: Path) -> None:
+    """Same filter (32008), same name, but zstd inside: decoding as the catalog's bitshuffle_lz4 would fail."""
+    data = cube()
+    codec = replace(get_codec("bitshuffle_lz4"), cname="zstd", clevel=3)
+    if codec.direct_chunk_reason(data.dtype):
+        pytest.skip(codec.direct_chunk_reason(data.dtype))
+    report = verify(write_with(tmp_path / "b.h5", data, codec), against=ArraySource(data))
+    assert report.ok and report.direct, report.summary()
+    assert report.codec_config["cname"] == "zstd"
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    (dict(hdf5plugin.Blosc(cname="zstd", clevel=3, shuffle=hdf5plugin.Blosc.SHUFFLE)), "blosc_zstd"),
+    ({"compression": "gzip", "compression_opts": 6, "shuffle": True}, "shuffle_gzip_6"),
+    (dict(hdf5plugin.Bitshuffle(cname="lz4")), "bitshuffle_lz4"),
+    (dict(hdf5plugin.Zstd(clevel=7)), "zstd(clevel=7)"),
+])
+def test_verify_reads_a_plain_h5py_file_from_its_filter_pipeline(kwargs: dict, name: str, tmp_path: Path) -> None:
+    data = cube()
+    with h5py.File(tmp_path / "plain.h5", "w") as f:  # no stempress attributes at all
+        f.create_dataset("scan", data=data, chunks=CHUNKS, **kwargs)
+    report = verify(tmp_path / "plain.h5", against=ArraySource(data))
+    assert report.ok and report.compared, report.summary()
+    assert report.codec == name and report.direct and report.codec_config is not None
+    assert report.chunks_checked == report.chunks_total == 4
+
+
+def test_verify_of_a_pipeline_no_codec_declares_goes_through_hdf5(tmp_path: Path) -> None:
+    data = cube()
+    with h5py.File(tmp_path / "f32.h5", "w") as f:
+        f.create_dataset("scan", data=data, chunks=CHUNKS, compression="gzip", fletcher32=True)
+    report = verify(tmp_path / "f32.h5", against=ArraySource(data))
+    assert report.ok and not report.direct and report.codec_config is None
+    assert "fletcher32" in report.codec
+
+
+def test_verify_reads_a_config_without_id_from_the_pipeline(tmp_path: Path) -> None:
+    """Files written before configurations carried an ``id`` (or edited by hand) still verify in parallel."""
+    data = cube()
+    path = compress(ArraySource(data), tmp_path / "old.h5", codec="gzip_6", chunks=CHUNKS, workers=2).path
+    with h5py.File(path, "r+") as f:
+        dset = next(d for d in _datasets(f) if CODEC_ATTR in d.attrs)
+        old = {k: v for k, v in json.loads(dset.attrs[CODEC_ATTR]).items() if k != "id"}
+        dset.attrs[CODEC_ATTR] = json.dumps(old)
+    report = verify(path, against=ArraySource(data))
+    assert report.ok and report.direct and report.codec == "gzip_6", report.summary()
+
+
+def _datasets(f: h5py.File) -> list[h5py.Dataset]:
+    found: list[h5py.Dataset] = []
+    f.visititems(lambda _name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
