@@ -246,6 +246,7 @@ def test_codec_is_immutable_and_hashable() -> None:
 class FakePlugin(Zstd):
     """A plugin family whose filter id nothing registers."""
 
+    family = "fake"
     filter_ids = (32099,)
 
 
