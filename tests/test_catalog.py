@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from stempress.bench.compare import DEFAULT_PAPER_DIR
-from stempress.codecs import catalog
 from stempress.codecs.catalog import CATALOG, EXCLUDED, Codec, get_codec, select_codecs
+from stempress.codecs.zstd import Zstd
 from stempress.errors import StempressError
 
 #: The study's 16 methods in the order its runs list them (all_runs.csv, one run).
@@ -241,15 +242,21 @@ def test_codec_is_immutable_and_hashable() -> None:
     assert len({codec, get_codec("gzip_6"), get_codec("lzf")}) == 2
 
 
-def test_unregistered_filter_is_reported_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass(frozen=True)
+class FakePlugin(Zstd):
+    """A plugin family whose filter id nothing registers."""
+
+    family = "fake"
+    filter_ids = (32099,)
+
+
+def test_unregistered_filter_is_reported_with_a_reason() -> None:
     assert not h5py.h5z.filter_avail(32099)  # a real HDF5 query: nothing registers this id
-    monkeypatch.setitem(catalog._PLUGIN_IDS, "fake", 32099)
-    reason = Codec("fake_1", "fake", "hdf5").unavailable_reason()
+    reason = FakePlugin("fake_1", 1).unavailable_reason()
     assert reason and "32099" in reason and "hdf5plugin" in reason
 
 
-def test_missing_baseline_library_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(catalog._BASELINE_NEEDS, "sparse_csr", "no_such_module_xyz")
-    reason = get_codec("sparse_csr").unavailable_reason()
+def test_missing_baseline_library_is_reported() -> None:
+    reason = replace(get_codec("sparse_csr"), needs="no_such_module_xyz").unavailable_reason()
     assert reason and "no_such_module_xyz" in reason
     assert get_codec("simple_gzip").unavailable_reason() is None

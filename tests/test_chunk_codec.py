@@ -11,17 +11,13 @@ import hdf5plugin  # noqa: F401  (registers the plugin filters)
 import numpy as np
 import pytest
 
-from stempress.codecs import chunk_codec as cc
+from stempress.codecs import bitshuffle as bitshuffle_module
+from stempress.codecs.bitshuffle import bitshuffle_block_size
+from stempress.codecs.blosc2 import b2nd_block_shape
 from stempress.codecs.catalog import CATALOG, Codec
-from stempress.codecs.chunk_codec import (
-    ChunkCodec,
-    b2nd_block_shape,
-    bitshuffle_block_size,
-    chunk_codec_for,
-    direct_chunk_reason,
-    hdf5_shuffle,
-    hdf5_unshuffle,
-)
+from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
+from stempress.codecs.deflate import hdf5_shuffle, hdf5_unshuffle
+from stempress.codecs.lz4 import Lz4
 
 HDF5_CODECS = [c for c in CATALOG.values() if c.storage == "hdf5" and c.available]
 DIRECT = [c.name for c in HDF5_CODECS if direct_chunk_reason(c) is None]
@@ -128,7 +124,7 @@ def test_fallback_codecs_say_why(name: str) -> None:
 
 
 def test_bitshuffle_without_its_package_falls_back_naming_the_requirement(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cc, "bitshuffle", None)
+    monkeypatch.setattr(bitshuffle_module, "bitshuffle", None)
     reason = direct_chunk_reason(CATALOG["bitshuffle_lz4"])
     assert reason and "pip install" in reason and "bitshuffle" in reason
     assert chunk_codec_for(CATALOG["bitshuffle_lz4"], np.dtype("uint16")) is None
@@ -161,7 +157,7 @@ def _filter_chunk(tmp_path: Path, codec: Codec, chunk: np.ndarray) -> bytes:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lz4_header_and_multi_block_layout_match_the_filter(dtype: str, tmp_path: Path) -> None:
     """Small blocks exercise the per-block lengths and the raw-copy of a block LZ4 cannot shrink."""
-    codec = Codec("lz4_small", "lz4", "hdf5", {"nbytes": 1000})
+    codec = Lz4("lz4_small", nbytes=1000)
     chunk = make_cube(dtype, shape=(1, 2, 16, 32))
     chunk[0, 1] = np.random.default_rng(5).integers(0, 2**8, size=(16, 32)).astype(dtype)  # incompressible part
     stored = _filter_chunk(tmp_path, codec, chunk)

@@ -146,13 +146,13 @@ def test_comparison_is_by_bit_pattern_so_nan_is_nan_and_signed_zero_counts(tmp_p
     assert verify(path, against=ArraySource(payload)).problem.cols == (1, 2)
 
 
-def test_a_foreign_file_decodes_through_the_filter_path(tmp_path):
-    path = real_file("smoke_test.emd")  # the study's own writer: gzip, no stempress checksums
+def test_a_foreign_file_decodes_in_parallel_from_its_filter_pipeline(tmp_path):
+    path = real_file("smoke_test.emd")  # the study's own writer: gzip level 4, no stempress attributes or checksums
     with h5py.File(path, "r") as f:
         data = f["version_1/data/datacubes/datacube_000/data"][()]
     report = verify(path, against=ArraySource(data))
-    assert report.ok and not report.checksums and not report.direct and report.chunks_checked == report.chunks_total
-    assert report.codec == "gzip"
+    assert report.ok and not report.checksums and report.direct and report.chunks_checked == report.chunks_total
+    assert report.codec == "deflate(level=4)"
 
 
 def test_missing_unreadable_and_cubeless_files_are_one_line_errors(tmp_path):

@@ -21,8 +21,9 @@ import numpy as np
 
 from stempress.codecs.catalog import Codec
 from stempress.codecs.checksums import ChunkChecksums
-from stempress.codecs.chunk_codec import ChunkCodec, RawChunks, chunk_codec_for, direct_chunk_reason
+from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.hdf5_store import create_cube_dataset, write_blocks
+from stempress.codecs.none import Uncompressed as RawChunks
 from stempress.data.base import Block
 from stempress.data.hdf5 import STUDY_EMD_PATH
 from stempress.errors import StempressError

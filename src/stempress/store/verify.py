@@ -19,14 +19,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from stempress.codecs.catalog import Codec, get_codec
+from stempress.codecs.base import Codec, Pipeline
+from stempress.codecs.catalog import identify
 from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
 from stempress.codecs.parallel import chunk_grid, chunk_pieces, full_chunk, read_chunks_parallel
+from stempress.codecs.registry import codec_from_config, codec_from_pipeline
 from stempress.cores import resolve_workers
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, require_file, rows_for_budget
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
@@ -79,6 +82,8 @@ class VerifyReport:
     seconds: float
     unit: str = "chunks"
     checks: str | None = None
+    #: The configuration (``get_config()``) the cube was decoded with, when stempress could rebuild its codec.
+    codec_config: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -155,7 +160,8 @@ class _Verifier:
                             direct=self.chunk_codec is not None, chunks_total=self.total,
                             chunks_checked=self.checked, checksums=self.record is not None,
                             compared=self.against is not None, bad_chunks=self.bad_chunks, problem=problem,
-                            seconds=time.perf_counter() - self.started)
+                            seconds=time.perf_counter() - self.started,
+                            codec_config=self.codec.get_config() if self.codec else None)
 
     def _check_geometry(self) -> Problem | None:
         if self.record is not None and (self.record.grid_shape != self.grid
@@ -276,18 +282,32 @@ def _shape_problem(src: Dataset4D | None, shape: tuple[int, ...], dtype: np.dtyp
 
 
 def _codec_of(dset: h5py.Dataset) -> tuple[Codec | None, ChunkCodec | None]:
-    """The codec stempress recorded for this dataset, and a parallel decoder when its pipeline is exactly that
-    codec's; anything else (foreign files, edited pipelines) decodes through HDF5's filter path."""
-    raw = dset.attrs.get(CODEC_ATTR)
-    if raw is None or not dset.chunks:
+    """The codec that wrote this dataset, and its parallel decoder where it has one: rebuilt from the
+    configuration stempress stores with the cube when that matches the dataset's filters, else from the filter
+    pipeline itself (files from other tools or older stempress, edited pipelines), never from a name alone.
+    None when neither describes it (filters stempress does not know): HDF5's filter path decodes those."""
+    if not dset.chunks:
         return None, None
-    try:
-        codec = get_codec(json.loads(raw)["name"])
-    except (ValueError, KeyError, TypeError, StempressError):
-        return None, None
-    if tuple(f["id"] for f in dataset_filters(dset)) != codec.filters:
+    pipeline = [(f["id"], f["options"]) for f in dataset_filters(dset)]
+    codec = _stored_codec(dset, pipeline)
+    if codec is None:
+        found = codec_from_pipeline(pipeline)
+        codec = identify(found) if found is not None else None
+    if codec is None:
         return None, None
     return codec, chunk_codec_for(codec, dset.dtype)
+
+
+def _stored_codec(dset: h5py.Dataset, pipeline: Pipeline) -> Codec | None:
+    """The codec the configuration attribute describes, if it declares exactly the dataset's filters."""
+    raw = dset.attrs.get(CODEC_ATTR)
+    if raw is None:
+        return None
+    try:
+        codec = codec_from_config(json.loads(raw))
+    except (ValueError, TypeError, StempressError):  # not JSON, or a configuration this version cannot read
+        return None
+    return codec if codec.filters == tuple(fid for fid, _ in pipeline) else None
 
 
 def _block_rows(shape: tuple[int, ...], dtype: np.dtype, multiple: int) -> int:
