@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from numcodecs import blosc as nc_blosc
@@ -32,10 +32,18 @@ from numcodecs import zstd as nc_zstd
 
 from stempress.codecs.catalog import Codec
 
-try:
+if TYPE_CHECKING:
     import blosc2
-except ImportError:  # pragma: no cover - a dependency; Blosc2 then falls back to the filter path
-    blosc2 = None
+
+
+@cache
+def _blosc2() -> Any:
+    """python-blosc2, imported on first use: it takes ~0.1 s to import, which a Blosc1 or gzip write never needs."""
+    try:
+        import blosc2
+    except ImportError:  # pragma: no cover - a dependency; Blosc2 then falls back to the filter path
+        return None
+    return blosc2
 
 try:  # optional: the bitshuffle transform + LZ4/Zstd exactly as the 32008 filter applies them
     import bitshuffle
@@ -246,9 +254,10 @@ class BloscChunks:
 @cache
 def _blosc2_blocksize(nbytes: int, typesize: int, clevel: int, cname: str) -> int:
     """The block size the filter asks c-blosc2 for (``compute_blosc2_blocksize``: default params, zero chunk)."""
-    probe = blosc2.compress2(bytes(nbytes), typesize=typesize, clevel=clevel, codec=blosc2.Codec[cname.upper()],
-                             splitmode=blosc2.SplitMode.FORWARD_COMPAT_SPLIT, nthreads=1)
-    return int(blosc2.get_cbuffer_sizes(probe)[2])
+    b2 = _blosc2()
+    probe = b2.compress2(bytes(nbytes), typesize=typesize, clevel=clevel, codec=b2.Codec[cname.upper()],
+                         splitmode=b2.SplitMode.FORWARD_COMPAT_SPLIT, nthreads=1)
+    return int(b2.get_cbuffer_sizes(probe)[2])
 
 
 def b2nd_block_shape(block_nbytes: int, typesize: int, chunk_shape: Sequence[int]) -> tuple[int, ...]:
@@ -290,10 +299,11 @@ class Blosc2Chunks:
     threads: int = 1
 
     def _cparams(self, typesize: int) -> blosc2.CParams:
-        return blosc2.CParams(
-            codec=blosc2.Codec[self.cname.upper()], clevel=self.clevel, typesize=typesize, nthreads=self.threads,
-            filters=[blosc2.Filter.NOFILTER] * 5 + [blosc2.Filter(_BLOSC_SHUFFLE[self.shuffle])],
-            filters_meta=[0] * 6, splitmode=blosc2.SplitMode.FORWARD_COMPAT_SPLIT,
+        b2 = _blosc2()
+        return b2.CParams(
+            codec=b2.Codec[self.cname.upper()], clevel=self.clevel, typesize=typesize, nthreads=self.threads,
+            filters=[b2.Filter.NOFILTER] * 5 + [b2.Filter(_BLOSC_SHUFFLE[self.shuffle])],
+            filters_meta=[0] * 6, splitmode=b2.SplitMode.FORWARD_COMPAT_SPLIT,
         )
 
     def encode(self, chunk: np.ndarray) -> bytes:
@@ -303,14 +313,14 @@ class Blosc2Chunks:
         if 1 < chunk.ndim <= 8:
             block = _blosc2_blocksize(chunk.nbytes, typesize, self.clevel, self.cname)
             blocks = b2nd_block_shape(block, typesize, chunk.shape)
-            return bytes(blosc2.asarray(chunk, chunks=chunk.shape, blocks=blocks, cparams=cparams).to_cframe())
-        schunk = blosc2.SChunk(chunksize=chunk.nbytes, data=chunk.reshape(-1).view(np.uint8), cparams=cparams)
+            return bytes(_blosc2().asarray(chunk, chunks=chunk.shape, blocks=blocks, cparams=cparams).to_cframe())
+        schunk = _blosc2().SChunk(chunksize=chunk.nbytes, data=chunk.reshape(-1).view(np.uint8), cparams=cparams)
         return bytes(schunk.to_cframe())
 
     def decode(self, data: bytes, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-        schunk = blosc2.schunk_from_cframe(data, copy=False)
+        schunk = _blosc2().schunk_from_cframe(data, copy=False)
         if "b2nd" in schunk.meta:
-            array = blosc2.ndarray_from_cframe(data)
+            array = _blosc2().ndarray_from_cframe(data)
             if tuple(array.shape) != tuple(shape):
                 raise ValueError(f"{self.name} chunk holds shape {tuple(array.shape)}, expected {tuple(shape)}")
             return _as_chunk(np.ascontiguousarray(array[...]), shape, dtype, self.name)
@@ -421,9 +431,9 @@ def direct_chunk_reason(codec: Codec, dtype: np.dtype | None = None) -> str | No
             return f"numcodecs' Blosc here lacks the {p['cname']!r} compressor"
         return None
     if family == "blosc2":
-        if blosc2 is None:
+        if _blosc2() is None:
             return "python-blosc2 is not installed; pip install blosc2"
-        if p["cname"].upper() not in blosc2.Codec.__members__:
+        if p["cname"].upper() not in _blosc2().Codec.__members__:
             return f"python-blosc2 here lacks the {p['cname']!r} codec"
         return None
     if family == "bitshuffle":
