@@ -558,15 +558,16 @@ def _command(argv: list[str]) -> str:
     return next((a for a in argv if not a.startswith("-")), "")
 
 
-def _outputs_said(journal) -> str:
-    """What a stopped command leaves: nothing, or the outputs that were complete before it stopped."""
+def _outputs_said(journal, removed: bool = True) -> str:
+    """What a stopped command leaves: nothing, or the outputs that were complete before it stopped (and, with
+    ``removed``, which unfinished ones were deleted)."""
     gone = [str(p) for p in dict.fromkeys(journal.discarded) if p not in journal.written]
-    removed = f" (the unfinished {', '.join(gone)} removed)" if gone else ""
+    removed = f"; the unfinished {', '.join(gone)} removed" if gone and removed else ""
     if not journal.written:
         return "no output was written" + removed
     kept = list(dict.fromkeys(journal.written))
     if len(kept) > 3:
-        return f"kept the {len(kept)} files complete before that, in {os.path.commonpath(kept)}" + removed
+        return f"kept the {len(kept)} files complete before that in {os.path.commonpath(kept)}" + removed
     return "kept what was complete: " + ", ".join(map(str, kept)) + removed
 
 
@@ -606,7 +607,7 @@ def main() -> None:
         try:
             app()
         except StempressError as exc:
-            kept = f" ({_outputs_said(journal)})" if journal.written else ""
+            kept = f"; {_outputs_said(journal, removed=False)}" if journal.written else ""
             _fail(f"{_escape(str(exc))}{_escape(kept)}")
         except Interrupted as exc:
             name = signal.Signals(exc.signum).name
@@ -616,9 +617,23 @@ def main() -> None:
         except OSError as exc:  # the environment, met outside an output's own checks (a results folder, a source)
             if os.environ.get("STEMPRESS_TRACEBACK"):
                 raise
-            path = exc.filename or "?"
-            _fail(_escape(os_error_message(exc, path, role="output") if exc.errno in WRITE_ERRNOS else
-                          f"{path}: {exc.strerror or str(exc).splitlines()[0]} (STEMPRESS_TRACEBACK=1 shows where)"))
+            _fail(_escape(_os_error_line(exc, WRITE_ERRNOS, os_error_message)))
+
+
+def _os_error_line(exc: OSError, write_errnos: set[int], os_error_message) -> str:
+    """One line for an OS error no output check caught: about writing when only a write can cause it (a full
+    disk, a read-only disk, a file where a folder should be, no permission for a path that does not exist yet),
+    else about the path as it is."""
+    import errno
+
+    path = exc.filename
+    if path is None:
+        return f"{exc.strerror or str(exc).splitlines()[0]} (STEMPRESS_TRACEBACK=1 shows where)"
+    writing = exc.errno in write_errnos or exc.errno in (errno.ENOTDIR, errno.EEXIST) or (
+        exc.errno in (errno.EACCES, errno.EPERM) and not Path(path).exists())
+    if writing:
+        return os_error_message(exc, path, role="output")
+    return f"{path}: {exc.strerror or str(exc).splitlines()[0]}; check the path and its permissions"
 
 
 def _escape(text: str) -> str:

@@ -24,11 +24,11 @@ def os_error_message(exc: OSError, path: object, role: str = "output") -> str:
     parent = where.parent if str(where.parent) else Path(".")
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return (f"no space left on the device holding {where} (the disk or your quota is full); nothing was "
-                f"written: free some space or choose another path for the {role}")
+        return (f"no space left on the device holding {where} (the disk or your quota is full), so it was not "
+                f"written; free some space or choose another path for the {role}")
     if code == errno.EFBIG:
-        return (f"{where} grew past the largest file allowed here (ulimit -f, or the file system's limit); "
-                f"nothing was written: raise the limit or choose another path for the {role}")
+        return (f"{where} grew past the largest file allowed here (ulimit -f, or the file system's limit), so it "
+                f"was not written; raise the limit or choose another path for the {role}")
     if code == errno.EROFS:
         return f"{where}: the file system is read-only; choose a path on a writable disk for the {role}"
     if code in (errno.EACCES, errno.EPERM):
