@@ -73,6 +73,8 @@ BENCH = ("bench", "--suite", "smoke", "--runs", "1", "--methods", "gzip_1", "--c
     ((*COUNT, "existing.h5"), ["existing.h5", "--force"]),
     ((*REDUCE, "existing.h5"), ["existing.h5 already exists", "--force"]),
     ((*PLAN, "existing.h5"), ["existing.h5 already exists", "--force"]),
+    ((*REDUCE, "r.h5", "--report", "."), ["--report would replace", "--force"]),
+    ((*REDUCE, "r.h5", "--figures", "."), ["--figures would replace", "--force"]),
     # options a CLI user can act on, not Python API names
     (("count", "small.npy", "--threshold", "3", "--threshold-unit", "sigma", "--out", "ev.h5"),
      ["--read-noise", "--threshold-unit adu"]),

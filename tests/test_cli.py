@@ -313,3 +313,19 @@ def test_start_up_loads_no_heavy_module_it_does_not_need(tmp_path):
     loaded = _loaded("compress", "small.npy", "small.h5", cwd=tmp_path)
     assert "h5py" in loaded  # the probe sees what the command really imported
     assert not loaded & (HEAVY | {"blosc2"}), loaded & (HEAVY | {"blosc2"})
+
+
+def test_an_interrupted_bench_leaves_no_empty_results_folder(tmp_path):
+    out = tmp_path / "results" / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stempress", "bench", "--suite", "smoke", "--runs", "3",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the benchmark finished before the interrupt")
+    assert proc.returncode == 130, err
+    assert "interrupted: stempress bench stopped by SIGINT; no output was written" in err, err
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -213,7 +214,7 @@ def bench(
         raise StempressError(f"--protocol {protocol!r} is unknown; use warm or cold")
     out = out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
     chosen_chunkings, chosen_paths, scan = parse_chunkings(chunks), parse_paths(paths), parse_scan_shape(scan_shape)
-    with saying_new_folders(out), progress_reporter("benchmark") as bar:
+    with saying_new_folders(folder=out), progress_reporter("benchmark") as bar:
 
         def show(event) -> None:
             last = ""
@@ -307,6 +308,15 @@ def verify(
     console.print(report.summary(), highlight=False, soft_wrap=True)
 
 
+def refuse_filled_folders(force: bool, **folders: Path | None) -> None:
+    """Folders of figures or a report replace files of the same names: refuse a folder that already holds files,
+    before any work, unless --force."""
+    for option, folder in folders.items():
+        if folder is not None and not force and Path(folder).is_dir() and any(Path(folder).iterdir()):
+            raise StempressError(f"{folder} already holds files that --{option} would replace; pass --force to "
+                                 "replace them, or choose an empty or new folder")
+
+
 def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
     """A source from the command line's words."""
     from stempress.data.open import open_source
@@ -327,7 +337,8 @@ def reduce(
     out: Annotated[Path, typer.Option(help="Output HDF5 file.")],
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
-    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace OUT, and files in the --figures / --report folders.")]
+    = False,
     figures: Annotated[Path | None, typer.Option(help="Also draw virtual images, DPC, iDPC and the mean pattern "
                                                  "with the default detectors, recomputed from SOURCE in a second "
                                                  "pass, into this folder (PNG + SVG).")] = None,
@@ -343,6 +354,7 @@ def reduce(
 
     chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn
     parse_centre(centre)
+    refuse_filled_folders(figures=figures, report=report, force=force)
     with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
             progress_reporter("reduce (scan rows)") as bar:
         path = reduce_to_file(cube, chosen, out, overwrite=force, progress=bar,
@@ -572,13 +584,23 @@ def _outputs_said(journal, removed: bool = True) -> str:
 
 
 @contextmanager
-def saying_new_folders(*outputs: Path | None) -> Iterator[None]:
-    """Around a command that writes ``outputs`` (files or folders the user named): after it succeeds, say which
-    missing folders it created for them (a mistyped path should not grow a folder tree unnoticed)."""
+def saying_new_folders(*outputs: Path | None, folder: Path | None = None) -> Iterator[None]:
+    """Around a command that writes the files ``outputs`` (or the results ``folder``) the user named: after it
+    succeeds, say which missing folders it created for them (a mistyped path should not grow a folder tree
+    unnoticed); if it fails or is interrupted, remove those it created that stayed empty."""
     from stempress.atomic import missing_folders
 
-    missing = {p: missing_folders(Path(p).parent) for p in outputs if p is not None}
-    yield
+    missing = {Path(p): missing_folders(Path(p).parent) for p in outputs if p is not None}
+    own = missing_folders(Path(folder)) if folder is not None else []
+    if folder is not None:
+        missing[Path(folder)] = own[:-1]
+    try:
+        yield
+    except BaseException:
+        for made in sorted({*own, *(f for fs in missing.values() for f in fs)}, key=lambda f: -len(f.parts)):
+            with contextlib.suppress(OSError):
+                made.rmdir()  # only an empty folder goes
+        raise
     for path, folders in missing.items():
         if folders and folders[0].is_dir():
             errors.print(f"[yellow]note:[/] created folder {_escape(str(folders[0]))} for {_escape(str(path))}",
