@@ -329,3 +329,21 @@ def test_an_interrupted_bench_leaves_no_empty_results_folder(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted: stempress bench stopped by SIGINT; no output was written" in err, err
     assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
+def test_two_benchmarks_cannot_write_one_results_folder_at_once(tmp_path):
+    out = tmp_path / "res"
+    first = subprocess.Popen([sys.executable, "-m", "stempress", "bench", "--suite", "smoke", "--runs", "1",
+                              "--methods", "gzip_1", "--out", str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = stempress("bench", "--suite", "smoke", "--runs", "1", "--methods", "gzip_1", "--out", str(out))
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    if second.returncode == 0:
+        pytest.skip("the first benchmark finished before the second started")
+    assert_one_line_error(second, "being written by another stempress command")
+    frame = pd.read_csv(out / "results.csv")
+    assert set(frame["codec"]) == {"gzip_1"} and set(frame["status"]) == {"ok"}

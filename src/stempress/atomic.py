@@ -17,6 +17,7 @@ become one ``StempressError`` line naming the output and the fix; see ``stempres
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -246,6 +247,29 @@ def _claim_then_replace(tmp: Path, out: Path) -> None:
 def _appeared(out: Path) -> StempressError:
     return StempressError(f"{out} appeared while this write was running (another process wrote it) and was left "
                           "as it is; pass --force to replace it, or choose another name")
+
+
+@contextmanager
+def exclusive_folder(folder: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (made if missing) while a command writes files into it, so two
+    commands writing one results folder cannot mix or replace each other's files. The lock is an ``flock`` on
+    the folder itself: nothing is left inside it, and a killed holder's lock goes with its process."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise StempressError(os_error_message(exc, folder, role="results folder")) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StempressError(f"{folder} is being written by another stempress command right now; wait for it to "
+                             "finish or choose another folder (--out)") from None
+    try:
+        yield folder
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -208,13 +208,14 @@ def bench(
                                                    "published tables, shipped with stempress).")] = None,
 ) -> None:
     """Benchmark lossless codecs: write, read back, verify, time. No arguments: the paper-like suite."""
+    from stempress.atomic import exclusive_folder
     from stempress.bench.api import run_bench
 
     if protocol not in ("warm", "cold"):
         raise StempressError(f"--protocol {protocol!r} is unknown; use warm or cold")
     out = out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
     chosen_chunkings, chosen_paths, scan = parse_chunkings(chunks), parse_paths(paths), parse_scan_shape(scan_shape)
-    with saying_new_folders(folder=out), progress_reporter("benchmark") as bar:
+    with saying_new_folders(folder=out), exclusive_folder(out), progress_reporter("benchmark") as bar:
 
         def show(event) -> None:
             last = ""

@@ -34,7 +34,7 @@ def os_error_message(exc: OSError, path: object, role: str = "output") -> str:
     if code in (errno.EACCES, errno.EPERM):
         return f"{where}: no permission to write in {parent}; choose a folder you can write to for the {role}"
     if code in (errno.ENOTDIR, errno.EEXIST):
-        blocker = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), parent)
+        blocker = next((p for p in [where, parent, *parent.parents] if p.exists() and not p.is_dir()), parent)
         return f"{where}: {blocker} is a file, not a folder; choose another path for the {role}"
     if code == errno.ENOENT:
         return (f"{where}: files cannot be created in {parent} (it is missing or not an ordinary folder); "
