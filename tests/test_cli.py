@@ -234,7 +234,7 @@ def test_a_killed_writers_leftover_is_removed_by_the_next_run_which_says_so(tmp_
 def test_progress_is_printed_as_plain_lines_when_output_is_not_a_terminal(tmp_path):
     result = stempress("simulate", "smoke/4D_Diff", str(tmp_path / "diff.h5"))
     assert result.returncode == 0, result.stderr
-    assert "simulate: 512.0 KiB of 512.0 KiB (100%)" in result.stdout, result.stdout
+    assert "simulate: 512.00 KiB of 512.00 KiB (100%)" in result.stdout, result.stdout
     assert "\x1b" not in result.stdout and "\r" not in result.stdout
 
 

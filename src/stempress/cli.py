@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stempress.errors import StempressError
+from stempress.sizes import human_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure, store and reduce 4D-STEM data.", pretty_exceptions_enable=False)
@@ -91,19 +92,12 @@ class ProgressReporter:
     def _amount(self, done: float, total: float | None) -> str:
         share = f" ({100 * done / total:.0f}%)" if total else ""
         if self.unit == "bytes":
-            return f"{_size(done)}" + (f" of {_size(total)}" if total else "") + share
+            return f"{human_size(done)}" + (f" of {human_size(total)}" if total else "") + share
         return f"{done:g}" + (f"/{total:g}" if total is not None else "") + share
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-def _size(nbytes: float) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes:.0f} B"
 
 
 @contextmanager
@@ -390,6 +384,10 @@ def plan(
     from stempress.plan import plan as make_plan
     from stempress.plan import write_representation
 
+    if write is not None:
+        from stempress.atomic import check_new_output
+
+        check_new_output(write, force)  # before the checks run, not after minutes of them
     with saying_new_folders(write), open_cli_source(source, dataset, scan_shape) as cube:
         calibration = cli_calibration(cube, centre, bf_radius)
         table, choice = make_plan(cube, target, tolerance, max_positions=max_positions, calibration=calibration)

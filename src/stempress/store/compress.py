@@ -31,6 +31,7 @@ from stempress.codecs.parallel import chunk_pieces, full_chunk, write_chunks_par
 from stempress.cores import resolve_workers
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype, nbytes, rows_for_budget
 from stempress.errors import StempressError
+from stempress.sizes import GIB, human_size
 from stempress.store.emd import data_path, prepare_layout, write_source_metadata
 
 #: Blosc1 zstd (clevel 3, byte shuffle): the study's recommended replacement for gzip-9, close to or above
@@ -41,7 +42,6 @@ DEFAULT_CODEC = "blosc_zstd"
 AUTO = "auto"
 #: Chunk bytes per worker in one block, so every worker has chunks to compress while the next block is read.
 BLOCK_BYTES_PER_WORKER = 16 * 1024**2
-GIB = 1024**3
 
 Progress = Callable[[int, int], None]
 
@@ -78,15 +78,8 @@ class CompressReport:
         path = "parallel direct-chunk" if self.direct else f"filter pipeline ({self.fallback_reason})"
         chunks = "x".join(str(c) for c in self.chunks)
         return (f"{self.path}: {self.codec}, chunks {chunks}, {self.workers} workers, {path}; "
-                f"{_size(self.raw_bytes)} -> {_size(self.file_bytes)} (ratio {self.ratio:.2f}) "
+                f"{human_size(self.raw_bytes)} -> {human_size(self.file_bytes)} (ratio {self.ratio:.2f}) "
                 f"in {self.seconds:.2f} s, {self.gibs:.3f} GiB/s")
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes} B"
 
 
 def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
