@@ -266,6 +266,9 @@ def test_nan_pixels_are_left_out_and_said_and_negative_means_are_allowed(tmp_pat
     assert negative.returncode == 0, negative.stderr
     planned = stempress("plan", "masked.npy", "--target", "bf", "--target", "com", cwd=tmp_path)
     assert planned.returncode == 0 and "NaN or infinite" in planned.stderr, planned.stderr
+    np.save(tmp_path / "offset.npy", cube.astype(np.int16) - 2)  # integers below 0: no event rows, said so
+    offset = stempress("plan", "offset.npy", "--target", "bf", cwd=tmp_path)
+    assert offset.returncode == 0 and "no event rows" in offset.stderr and "negative" in offset.stderr, offset.stderr
 
 
 def test_centre_and_bf_radius_replace_what_cannot_be_measured(tmp_path):

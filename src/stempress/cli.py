@@ -574,9 +574,9 @@ def _outputs_said(journal, removed: bool = True) -> str:
     ``removed``, which unfinished ones were deleted)."""
     gone = [str(p) for p in dict.fromkeys(journal.discarded) if p not in journal.written]
     removed = f"; the unfinished {', '.join(gone)} removed" if gone and removed else ""
-    if not journal.written:
+    if not any(p.exists() for p in journal.written):
         return "no output was written" + removed
-    kept = list(dict.fromkeys(journal.written))
+    kept = [p for p in dict.fromkeys(journal.written) if p.exists()]  # not a scratch file deleted since
     if len(kept) > 3:
         return f"kept the {len(kept)} files complete before that in {os.path.commonpath(kept)}" + removed
     return "kept what was complete: " + ", ".join(map(str, kept)) + removed
@@ -628,7 +628,7 @@ def main() -> None:
         try:
             app()
         except StempressError as exc:
-            kept = f"; {_outputs_said(journal, removed=False)}" if journal.written else ""
+            kept = f"; {_outputs_said(journal, removed=False)}" if any(p.exists() for p in journal.written) else ""
             _fail(f"{_escape(str(exc))}{_escape(kept)}")
         except Interrupted as exc:
             name = signal.Signals(exc.signum).name

@@ -83,8 +83,12 @@ def cost_table(source: Dataset4D, targets: str | Sequence[str | Target], toleran
     rows = [_Row(f"raw {np.dtype(source.dtype).name} cube", raw_bytes, (), from_frames(view))]
     rows += _lossless_rows(source, positions, codecs, from_frames)
     if events or (events is None and _is_counts(source)):
-        rows.append(_events_row(source, positions, from_frames))
-        rows.append(_entropy_row(source, positions, from_frames))
+        try:
+            rows += [_events_row(source, positions, from_frames), _entropy_row(source, positions, from_frames)]
+        except StempressError as exc:
+            if events:  # asked for: the reason is the answer
+                raise
+            log.warning("%s: no event rows: %s", source.name, exc)  # e.g. negative values in integrating data
     for b in bins:
         if det[0] // b and det[1] // b:
             binned = BinnedSource(view, int(b))
