@@ -29,6 +29,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -148,13 +150,19 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-@pytest.mark.parametrize(("line", "words"), COMMANDS, ids=[f"L{line}-{Path(w[0]).name}-{w[1] if len(w) > 1 else ''}"
-                                                          for line, w in COMMANDS])
-def test_readme_command_runs(workspace, tmp_path, line, words):
+@dataclass
+class Run:
+    args: list[str]
+    work: Path
+    done: subprocess.CompletedProcess[str]
+
+
+def _run(workspace: Path, root: Path, index: int, words: list[str]) -> Run | None:
+    """One README command in its own copy of the workspace."""
     args = as_run(words)
     if args is None:
-        pytest.skip(f"README line {line} ({' '.join(words)}): not run, {NOT_RUN[words[0]]}")
-    work = tmp_path / "w"
+        return None
+    work = root / f"cmd{index}"
     shutil.copytree(workspace, work)
     for name in outputs(args):
         target = work / name
@@ -164,7 +172,27 @@ def test_readme_command_runs(workspace, tmp_path, line, words):
             target.unlink(missing_ok=True)
     done = subprocess.run([sys.executable, "-m", "stempress", *args], capture_output=True, text=True, cwd=work,
                           timeout=600)
-    assert done.returncode == 0, f"README line {line}: stempress {' '.join(args)}\n{done.stdout}\n{done.stderr}"
+    return Run(args, work, done)
+
+
+@pytest.fixture(scope="module")
+def runs(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Run | None]:
+    """Every README command, two at a time (each is one mostly single-threaded process; this machine has two
+    cores), so the README costs the suite about half the time; each test below checks its own."""
+    root = tmp_path_factory.mktemp("readme-runs")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda item: _run(workspace, root, *item), enumerate(w for _, w in COMMANDS)))
+
+
+@pytest.mark.parametrize("index", range(len(COMMANDS)),
+                         ids=[f"L{line}-{Path(w[0]).name}-{w[1] if len(w) > 1 else ''}" for line, w in COMMANDS])
+def test_readme_command_runs(runs, index):
+    line, words = COMMANDS[index]
+    run = runs[index]
+    if run is None:
+        pytest.skip(f"README line {line} ({' '.join(words)}): not run, {NOT_RUN[words[0]]}")
+    done = run.done
+    assert done.returncode == 0, f"README line {line}: stempress {' '.join(run.args)}\n{done.stdout}\n{done.stderr}"
     assert "Traceback" not in done.stderr
-    for name in outputs(args):
-        assert (work / name).exists(), f"README line {line}: {name} was not written"
+    for name in outputs(run.args):
+        assert (run.work / name).exists(), f"README line {line}: {name} was not written"
