@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -173,3 +176,191 @@ def test_reduce_writes_targets_with_provenance_and_plan_names_a_choice(tmp_path)
     assert planned.returncode == 0, planned.stderr
     assert "least burdensome representation that passes every check" in planned.stdout
     assert_one_line_error(stempress("plan", "synthetic:smoke/4D_Diff", "--target", "sharpness"), "sharpness")
+
+
+# -- nothing lost, nothing silent ---------------------------------------------------------------------------
+def _filter_ids(path: Path) -> set[int]:
+    with h5py.File(path) as f:
+        found: list[int] = []
+        f.visititems(lambda _n, o: found.extend(int(k) for k in o._filters) if isinstance(o, h5py.Dataset)
+                     and o.ndim == 4 else None)
+        return set(found)
+
+
+def test_two_writers_of_one_output_never_replace_each_other(tmp_path):
+    """Both compresses pass the start-up check (OUT does not exist yet); the one that finishes second must fail
+    and leave the first one's file as it is, instead of silently replacing it."""
+    np.save(tmp_path / "big.npy", np.random.default_rng(5).poisson(2.0, (32, 32, 64, 64)).astype(np.uint16))
+    out = tmp_path / "race.h5"
+    args = {"blosc_lz4": {32001}, "gzip_1": {1}}
+    procs = {codec: subprocess.Popen([sys.executable, "-m", "stempress", "compress", "big.npy", out.name, "--codec",
+                                      codec, "--workers", "1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True) for codec in args}
+    results = {codec: (p.wait(timeout=300), p.stderr.read()) for codec, p in procs.items()}
+    winners = [codec for codec, (code, _) in results.items() if code == 0]
+    assert len(winners) == 1, results
+    loser = next(c for c in args if c not in winners)
+    code, err = results[loser]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "race.h5" in lines[0] and "--force" in lines[0], err
+    assert "appeared while this write was running" in lines[0] or "already exists" in lines[0]
+    assert _filter_ids(out) & args[winners[0]], "OUT is not the file of the writer that succeeded"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy", "race.h5"]
+
+
+def _wait_for_partial(folder: Path, proc: subprocess.Popen[str], seconds: float = 60) -> Path:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = [p for p in folder.iterdir() if p.name.endswith(".partial")]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError("the writer made no partial file")
+
+
+def test_ctrl_c_says_what_stopped_and_that_nothing_was_written(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "stempress", "simulate", "paper-like/4D_Diff", "diff.h5"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_partial(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err
+    assert lines == ["interrupted: stempress simulate stopped by SIGINT; no output was written; the unfinished "
+                     "diff.h5 removed"], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_writers_leftover_is_removed_by_the_next_run_which_says_so(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "stempress", "simulate", "paper-like/4D_Diff", "diff.h5"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = _wait_for_partial(tmp_path, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert partial.exists()
+    again = stempress("simulate", "smoke/4D_Diff", "diff.h5", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"note: removed {partial.name}" in again.stderr.replace(str(tmp_path) + "/", ""), again.stderr
+    assert "killed" in again.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["diff.h5"]
+
+
+def test_progress_is_printed_as_plain_lines_when_output_is_not_a_terminal(tmp_path):
+    result = stempress("simulate", "smoke/4D_Diff", str(tmp_path / "diff.h5"))
+    assert result.returncode == 0, result.stderr
+    assert "simulate: 512.00 KiB of 512.00 KiB (100%)" in result.stdout, result.stdout
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+
+
+def test_a_missing_output_folder_is_created_and_said(tmp_path):
+    out = tmp_path / "new" / "deeper" / "diff.h5"
+    result = stempress("simulate", "smoke/4D_Diff", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"note: created folder {tmp_path / 'new'}" in result.stderr.replace("\n", ""), result.stderr
+    assert out.exists()
+
+
+def test_nan_pixels_are_left_out_and_said_and_negative_means_are_allowed(tmp_path):
+    """A dead-pixel mask (NaN) and dark-subtracted data (negative background) reduce; the NaNs are reported in
+    a note and in the provenance, and every image stays finite."""
+    from stempress.data.open import open_source
+
+    cube = open_source("synthetic:smoke/4D_Diff").read_rows(0, 8).astype(np.float32)
+    masked = cube.copy()
+    masked[:, :, 5, 7] = np.nan
+    np.save(tmp_path / "masked.npy", masked)
+    np.save(tmp_path / "dark_subtracted.npy", cube - 1.2 * cube.mean())
+    result = stempress("reduce", "masked.npy", "--target", "bf", "--target", "com", "--out", "m.h5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "64 NaN or infinite value(s) at 1 detector pixel(s) [(y, x) (5, 7)]" in result.stderr.replace("\n", "")
+    with h5py.File(tmp_path / "m.h5") as f:
+        assert np.isfinite(f["reduced/bf/BF"][...]).all() and np.isfinite(f["reduced/com/com_x"][...]).all()
+        assert json.loads(f.attrs["stempress_provenance"])["excluded"]["detector_pixels"] == 1
+    negative = stempress("reduce", "dark_subtracted.npy", "--target", "bf", "--out", "n.h5", cwd=tmp_path)
+    assert negative.returncode == 0, negative.stderr
+    planned = stempress("plan", "masked.npy", "--target", "bf", "--target", "com", cwd=tmp_path)
+    assert planned.returncode == 0 and "NaN or infinite" in planned.stderr, planned.stderr
+    np.save(tmp_path / "offset.npy", cube.astype(np.int16) - 2)  # integers below 0: no event rows, said so
+    offset = stempress("plan", "offset.npy", "--target", "bf", cwd=tmp_path)
+    assert offset.returncode == 0 and "no event rows" in offset.stderr and "negative" in offset.stderr, offset.stderr
+
+
+def test_centre_and_bf_radius_replace_what_cannot_be_measured(tmp_path):
+    np.save(tmp_path / "zero.npy", np.zeros((2, 2, 16, 16), np.uint16))
+    result = stempress("reduce", "zero.npy", "--target", "bf", "--out", "r.h5", "--centre", "7.5,7.5",
+                       "--bf-radius", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "r.h5") as f:
+        calibration = json.loads(f.attrs["stempress_provenance"])["calibration"]
+    assert (calibration["centre_y"], calibration["centre_x"], calibration["bf_radius_px"]) == (7.5, 7.5, 3.0)
+    assert calibration["origin"] == "given"
+
+
+def test_chunks_take_names_and_shapes_separated_by_commas():
+    from stempress.cli import parse_chunkings
+
+    assert parse_chunkings("balanced,16x16x64x64") == ["balanced", (16, 16, 64, 64)]
+    assert parse_chunkings("16,16,64,64") == [(16, 16, 64, 64)]
+    assert parse_chunkings("balanced single_frame") == ["balanced", "single_frame"]
+
+
+HEAVY = {"pandas", "scipy", "matplotlib", "rsciio"}
+PROBE = textwrap.dedent("""
+    import atexit, runpy, sys
+    atexit.register(lambda: print("MODULES", " ".join(sorted({m.split(".")[0] for m in sys.modules})),
+                                  file=sys.stderr))
+    sys.argv = ["stempress", *sys.argv[1:]]
+    runpy.run_module("stempress", run_name="__main__")
+""")
+
+
+def _loaded(*args: str, cwd: Path) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stderr.splitlines() if line.startswith("MODULES "))
+    return set(line.split()[1:])
+
+
+def test_start_up_loads_no_heavy_module_it_does_not_need(tmp_path):
+    """`stempress --help` loads neither numpy nor h5py; `compress --help` and compressing a small .npy load none
+    of pandas, SciPy, Matplotlib, RosettaSciIO (nor Blosc2 for a Blosc1 codec). A module-set check, not timing."""
+    np.save(tmp_path / "small.npy", np.ones((2, 2, 8, 8), np.uint16))
+    assert not _loaded("--help", cwd=tmp_path) & (HEAVY | {"numpy", "h5py"})
+    assert not _loaded("compress", "--help", cwd=tmp_path) & HEAVY
+    loaded = _loaded("compress", "small.npy", "small.h5", cwd=tmp_path)
+    assert "h5py" in loaded  # the probe sees what the command really imported
+    assert not loaded & (HEAVY | {"blosc2"}), loaded & (HEAVY | {"blosc2"})
+
+
+def test_an_interrupted_bench_leaves_no_empty_results_folder(tmp_path):
+    out = tmp_path / "results" / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stempress", "bench", "--suite", "smoke", "--runs", "3",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the benchmark finished before the interrupt")
+    assert proc.returncode == 130, err
+    assert "interrupted: stempress bench stopped by SIGINT; no output was written" in err, err
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
+def test_two_benchmarks_cannot_write_one_results_folder_at_once(tmp_path):
+    out = tmp_path / "res"
+    first = subprocess.Popen([sys.executable, "-m", "stempress", "bench", "--suite", "smoke", "--runs", "1",
+                              "--methods", "gzip_1", "--out", str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = stempress("bench", "--suite", "smoke", "--runs", "1", "--methods", "gzip_1", "--out", str(out))
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    if second.returncode == 0:
+        pytest.skip("the first benchmark finished before the second started")
+    assert_one_line_error(second, "being written by another stempress command")
+    frame = pd.read_csv(out / "results.csv")
+    assert set(frame["codec"]) == {"gzip_1"} and set(frame["status"]) == {"ok"}

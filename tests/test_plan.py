@@ -172,3 +172,14 @@ def test_write_representation_writes_what_the_plan_names(counted, tmp_path, repr
         assert names
     with pytest.raises(StempressError, match="--force"):
         write_representation(counted, representation, targets, out)
+
+
+def test_error_column_does_not_depend_on_target_order(counted, table):
+    """A reducer output cannot compute the other target: its error is NaN (not computable) in either order, never
+    the 0 a max over [0, NaN] gave when NaN came second."""
+    swapped = cost_table(counted, ["com", "bf"], 0.2, **FAST)
+    for frame in (table, swapped):
+        for name in ("bf (reducer output)", "com (reducer output)"):
+            row = _row(frame, name)
+            assert np.isnan(row["error"]) and not row["passes"], (name, row["error"])
+        assert _row(frame, "raw")["error"] == 0

@@ -2,22 +2,112 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from stempress.errors import StempressError
+from stempress.sizes import human_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure, store and reduce 4D-STEM data.", pretty_exceptions_enable=False)
 console = Console()
 errors = Console(stderr=True)
+
+#: Seconds between plain progress lines when the output is not a terminal (a log file, CI, nohup).
+PLAIN_PROGRESS_EVERY_S = 30.0
+
+
+# -- progress ------------------------------------------------------------------------------------------------
+class ProgressReporter:
+    """``update(done, total, last="")`` for a long step: a Rich bar on a terminal, plain lines elsewhere.
+
+    Nothing is drawn before the first update, so a command that refuses its input (checked before the work
+    starts) shows no bar above its one-line error. Off a terminal a line is printed at the first update, then
+    at most every ``PLAIN_PROGRESS_EVERY_S`` seconds, and when the step completes. ``unit`` is ``items``
+    (done/total) or ``bytes`` (sizes, and the rate on a bar). Thread-safe: writers report from worker threads.
+    """
+
+    def __init__(self, label: str, unit: str = "items", transient: bool = False) -> None:
+        self.label, self.unit, self.transient = label, unit, transient
+        self._lock = threading.Lock()
+        self._bar = None
+        self._task = None
+        self._started = time.monotonic()
+        self._last_line = -float("inf")
+        self._finished = False
+
+    def __call__(self, done: float, total: float | None = None, last: str = "") -> None:
+        with self._lock:
+            if console.is_terminal:
+                self._draw(done, total, last)
+            else:
+                self._print(done, total, last)
+
+    def _draw(self, done: float, total: float | None, last: str) -> None:
+        if self._bar is None:
+            self._bar = self._make_bar()
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=total, last="")
+        self._bar.update(self._task, completed=done, total=total, last=last)
+
+    def _make_bar(self):
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
+        count = ([DownloadColumn(binary_units=True), TransferSpeedColumn()] if self.unit == "bytes"
+                 else [MofNCompleteColumn()])
+        return Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), *count, TimeElapsedColumn(),
+                        TextColumn("{task.fields[last]}"), console=console, transient=self.transient)
+
+    def _print(self, done: float, total: float | None, last: str) -> None:
+        now = time.monotonic()
+        complete = total is not None and done >= total
+        if self._finished or not (complete or now - self._last_line >= PLAIN_PROGRESS_EVERY_S):
+            return
+        self._last_line, self._finished = now, complete
+        elapsed = time.strftime("%H:%M:%S", time.gmtime(now - self._started))
+        console.print(f"{self.label}: {self._amount(done, total)} {elapsed}" + (f" {last}" if last else ""),
+                      markup=False, highlight=False, soft_wrap=True)
+
+    def _amount(self, done: float, total: float | None) -> str:
+        share = f" ({100 * done / total:.0f}%)" if total else ""
+        if self.unit == "bytes":
+            return f"{human_size(done)}" + (f" of {human_size(total)}" if total else "") + share
+        return f"{done:g}" + (f"/{total:g}" if total is not None else "") + share
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+@contextmanager
+def progress_reporter(label: str, *, unit: str = "items", transient: bool = False) -> Iterator[ProgressReporter]:
+    """The one progress display of every command (see ``ProgressReporter``); stopped however the block ends."""
+    reporter = ProgressReporter(label, unit, transient)
+    try:
+        yield reporter
+    finally:
+        reporter.close()
 
 
 def parse_scan_shape(text: str | None) -> tuple[int, int] | None:
@@ -28,6 +118,28 @@ def parse_scan_shape(text: str | None) -> tuple[int, int] | None:
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise StempressError(f"--scan-shape {text!r} is not a scan shape; write it as ROWSxCOLUMNS, e.g. 256x256")
     return int(parts[0]), int(parts[1])
+
+
+def parse_centre(text: str | None) -> tuple[float, float] | None:
+    """'63.5,64' -> (63.5, 64.0): the beam centre (detector row, column) in pixels."""
+    if text is None:
+        return None
+    parts = text.replace("x", ",").split(",")
+    try:
+        y, x = (float(p) for p in parts)
+    except ValueError:
+        raise StempressError(f"--centre {text!r} is not a detector position; write it as ROW,COLUMN in pixels, "
+                             "e.g. 63.5,64") from None
+    return y, x
+
+
+def cli_calibration(cube, centre: str | None, bf_radius: float | None):
+    """The calibration the user gave with --centre / --bf-radius, the rest from the source; None if neither."""
+    if centre is None and bf_radius is None:
+        return None
+    from stempress.reduce.calibration import source_calibration
+
+    return source_calibration(cube, centre=parse_centre(centre), bf_radius=bf_radius)
 
 
 def parse_paths(text: str) -> list[str]:
@@ -49,7 +161,10 @@ def parse_chunkings(text: str) -> list[str | tuple[int, ...]]:
         return list(PAPER_CHUNKINGS)
     chosen: list[str | tuple[int, ...]] = []
     for item in text.replace(";", " ").split():
-        for part in item.split(",") if "x" not in item else [item]:
+        parts = [p for p in item.split(",") if p]
+        if len(parts) > 1 and all(p.strip("()").isdigit() for p in parts):
+            parts = [item]  # one shape written with commas: 16,16,128,128
+        for part in parts:
             shape = parse_chunk_shape(part)
             chosen.append(shape if shape is not None else part)
     for chunking in chosen:
@@ -91,15 +206,14 @@ def bench(
                                                    "published tables, shipped with stempress).")] = None,
 ) -> None:
     """Benchmark lossless codecs: write, read back, verify, time. No arguments: the paper-like suite."""
+    from stempress.atomic import exclusive_folder
     from stempress.bench.api import run_bench
 
     if protocol not in ("warm", "cold"):
         raise StempressError(f"--protocol {protocol!r} is unknown; use warm or cold")
     out = out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
     chosen_chunkings, chosen_paths, scan = parse_chunkings(chunks), parse_paths(paths), parse_scan_shape(scan_shape)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console) as bar:
-        task = bar.add_task("benchmark", total=None, last="")
+    with saying_new_folders(folder=out), exclusive_folder(out), progress_reporter("benchmark") as bar:
 
         def show(event) -> None:
             last = ""
@@ -107,7 +221,7 @@ def bench(
                 r = event.row
                 last = f"{r['dataset']} {r['method']}: " + (
                     f"{r['compression_ratio']:.2f}x" if r["status"] == "ok" else r["status"])
-            bar.update(task, completed=event.done, total=event.total, last=last or event.message)
+            bar(event.done, event.total, last or event.message)
 
         report = run_bench(
             sources=sources or [], suite=suite, methods=methods, chunkings=chosen_chunkings,
@@ -183,10 +297,10 @@ def compress(
     chunking = parse_chunkings(chunks) if chunks is not None else [None]
     if len(chunking) != 1:
         raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
-    with open_cli_source(source, dataset, scan_shape) as cube, transfer_progress("compress") as (bar, task):
+    with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
+            progress_reporter("compress", unit="bytes") as bar:
         report = compress_cube(cube, out, codec=codec, chunks=chunking[0], workers=workers, layout=layout,
-                               force=force, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                    total=total))
+                               force=force, progress=bar)
         note = scan_shape_note(cube)
     if report.chosen_why:
         console.print(report.chosen_why, highlight=False, soft_wrap=True)
@@ -237,6 +351,16 @@ def plugin_path(
 
     typer.echo(str(folder()) if folder_only else export_line())  # plain text: no wrapping of a long path
 
+
+def refuse_filled_folders(force: bool, **folders: Path | None) -> None:
+    """Folders of figures or a report replace files of the same names: refuse a folder that already holds files,
+    before any work, unless --force."""
+    for option, folder in folders.items():
+        if folder is not None and not force and Path(folder).is_dir() and any(Path(folder).iterdir()):
+            raise StempressError(f"{folder} already holds files that --{option} would replace; pass --force to "
+                                 "replace them, or choose an empty or new folder")
+
+
 def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
     """A source from the command line's words."""
     from stempress.data.open import open_source
@@ -244,14 +368,9 @@ def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
     return open_source(spec, dataset=dataset, scan_shape=parse_scan_shape(scan_shape))
 
 
-@contextmanager
-def transfer_progress(label: str):
-    """A progress bar in bytes with the rate, for long writes."""
-    from rich.progress import DownloadColumn, TransferSpeedColumn
-
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(binary_units=True),
-                  TransferSpeedColumn(), TimeElapsedColumn(), console=console) as bar:
-        yield bar, bar.add_task(label, total=None)
+CENTRE_HELP = ("Beam centre ROW,COLUMN in detector pixels, e.g. 63.5,64 (default: from the file's metadata, else "
+               "measured on the mean pattern).")
+BF_RADIUS_HELP = "Bright-field disk radius in detector pixels (default: from the metadata, else measured)."
 
 
 @app.command()
@@ -262,12 +381,15 @@ def reduce(
     out: Annotated[Path, typer.Option(help="Output HDF5 file.")],
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
-    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace OUT, and files in the --figures / --report folders.")]
+    = False,
     figures: Annotated[Path | None, typer.Option(help="Also draw virtual images, DPC, iDPC and the mean pattern "
                                                  "with the default detectors, recomputed from SOURCE in a second "
                                                  "pass, into this folder (PNG + SVG).")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write DIR/index.html (self-contained) with the figures of "
                                                 "OUT itself (what the targets computed) and its provenance.")] = None,
+    centre: Annotated[str | None, typer.Option(help=CENTRE_HELP)] = None,
+    bf_radius: Annotated[float | None, typer.Option(help=BF_RADIUS_HELP)] = None,
 ) -> None:
     """Compute the targets in one streaming pass and write them with provenance, in an HDF5 file that
     py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy"); an OUT named .hspy needs no
@@ -277,12 +399,12 @@ def reduce(
     from stempress.store.readers import reduced_open_line
 
     chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn
-    with open_cli_source(source, dataset, scan_shape) as cube, \
-            Progress(TextColumn("[bold]reduce (scan rows)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                     console=console) as bar:
-        task = bar.add_task("reduce", total=cube.shape[0])
-        path = reduce_to_file(cube, chosen, out, overwrite=force,
-                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    parse_centre(centre)
+    refuse_filled_folders(figures=figures, report=report, force=force)
+    with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
+            progress_reporter("reduce (scan rows)") as bar:
+        path = reduce_to_file(cube, chosen, out, overwrite=force, progress=bar,
+                              calibration=cli_calibration(cube, centre, bf_radius))
     console.print(f"wrote {path}: {', '.join(target)}")
     console.print(reduced_open_line(path), highlight=False, soft_wrap=True)
     if figures is not None:
@@ -307,20 +429,29 @@ def plan(
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     write: Annotated[Path | None, typer.Option(help="Write the chosen representation to this file.")] = None,
     force: Annotated[bool, typer.Option(help="Replace the --write file if it exists.")] = False,
+    centre: Annotated[str | None, typer.Option(help=CENTRE_HELP)] = None,
+    bf_radius: Annotated[float | None, typer.Option(help=BF_RADIUS_HELP)] = None,
 ) -> None:
     """Cost table of representations and the least burdensome one whose sufficiency checks all pass."""
     from stempress.plan import plan as make_plan
     from stempress.plan import write_representation
 
-    with open_cli_source(source, dataset, scan_shape) as cube:
-        table, choice = make_plan(cube, target, tolerance, max_positions=max_positions)
-        written = write_representation(cube, choice, target, write, overwrite=force) if write else None
+    if write is not None:
+        from stempress.atomic import check_new_output
+
+        check_new_output(write, force)  # before the checks run, not after minutes of them
+    with saying_new_folders(write), open_cli_source(source, dataset, scan_shape) as cube:
+        calibration = cli_calibration(cube, centre, bf_radius)
+        table, choice = make_plan(cube, target, tolerance, max_positions=max_positions, calibration=calibration)
+        written = (write_representation(cube, choice, target, write, overwrite=force, calibration=calibration)
+                   if write else None)
     shown = Table(title=f"Cost table (tolerance {tolerance:g} relative RMS)")
     for column in ("representation", "bytes", "reduction", "recovers", "assumes", "error", "passes"):
         shown.add_column(column, justify="right" if column in ("bytes", "reduction", "error") else "left")
     for row in table.itertuples():
         shown.add_row(str(row.representation), f"{row.bytes:,}", f"{row.reduction:,.1f}x", str(row.recovers),
-                      str(row.assumes), f"{row.error:.3g}", "yes" if row.passes else "[red]no[/]")
+                      str(row.assumes), "n/a" if row.error != row.error else f"{row.error:.3g}",
+                      "yes" if row.passes else "[red]no[/]")
     console.print(shown)
     console.print(f"least burdensome representation that passes every check: [green]{choice}[/]")
     if written is not None:
@@ -351,13 +482,11 @@ def recommend(
 
     with open_cli_source(source, dataset, scan_shape) as cube, \
             tempfile.TemporaryDirectory(dir=workdir, prefix=".stempress-recommend-") as scratch, \
-            Progress(TextColumn("[bold]sample benchmark"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                     console=console, transient=True) as bar:
-        task = bar.add_task("recommend", total=None)
+            progress_reporter("sample benchmark", transient=True) as bar:
         choice, stats = recommend_source(
             cube, use, methods=methods, chunkings=parse_chunkings(chunks), runs=runs, workdir=Path(scratch),
             max_sample_bytes=int(sample_mib * 1024**2), required_write_gibs=rate, time_limit_s=time_limit,
-            on_progress=lambda e: bar.update(task, completed=e.done, total=e.total),
+            on_progress=lambda e: bar(e.done, e.total),
         )
     if choice.meets_rate is False:
         errors.print(f"[yellow]no method measured here writes --rate {rate:g} GiB/s; the choice below is the "
@@ -419,11 +548,8 @@ def simulate(
     from stempress.store.readers import cube_open_lines
 
     source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")
-    with Progress(TextColumn("[bold]simulate"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("simulate", total=1.0)
-        path = write_hdf5(source, out, truth=truth, overwrite=force,
-                          progress=lambda done, total: bar.update(task, completed=done / max(total, 1)))
+    with saying_new_folders(out), progress_reporter("simulate", unit="bytes") as bar:
+        path = write_hdf5(source, out, truth=truth, overwrite=force, progress=bar)
     console.print(f"wrote {path}: {source.shape} {source.dtype}")
     for line in cube_open_lines(path, "emd", EMD_DATA_PATH, ()):
         console.print(line, highlight=False, soft_wrap=True)
@@ -469,12 +595,10 @@ def count(
                             threshold_unit=threshold_unit, method=method, connectivity=connectivity,
                             cluster_count=cluster_count)
     fmt = event_format(out, fmt)  # a bad name or format is one line, before any bar is drawn
-    with open_cli_source(source, dataset, scan_shape) as cube, \
-            Progress(TextColumn("[bold]count (scan rows)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                     console=console, transient=True) as bar:
-        task = bar.add_task("count", total=cube.shape[0])
+    with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
+            progress_reporter("count (scan rows)", transient=True) as bar:
         report = count_to_file(cube, out, params, fmt=fmt, overwrite=force, inputs={"source": source, **references},
-                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+                               progress=bar)
     console.print(report.summary(), highlight=False, soft_wrap=True)
     warn(report.warnings)
 
@@ -485,13 +609,124 @@ def warn(lines: list[str]) -> None:
         errors.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 
-def main() -> None:
-    """Entry point: user errors become one red line and exit status 1."""
+# -- errors, notes and interrupts -----------------------------------------------------------------------------
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM, raised where the main thread is, so every ``with`` block (partial files) cleans up.
+
+    Not a KeyboardInterrupt: Typer turns that into a silent exit 130, and the user should hear what stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
+    raise Interrupted(signum)
+
+
+class _Notes(logging.Handler):
+    """The library's notes (``stempress`` logger: a folder created, a dead writer's leftover removed) as one
+    ``note:`` line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        errors.print(f"[yellow]note:[/] {record.getMessage()}", highlight=False, soft_wrap=True)
+
+
+def _command(argv: list[str]) -> str:
+    """The subcommand named on the command line, for messages."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _outputs_said(journal, removed: bool = True) -> str:
+    """What a stopped command leaves: nothing, or the outputs that were complete before it stopped (and, with
+    ``removed``, which unfinished ones were deleted)."""
+    gone = [str(p) for p in dict.fromkeys(journal.discarded) if p not in journal.written]
+    removed = f"; the unfinished {', '.join(gone)} removed" if gone and removed else ""
+    if not any(p.exists() for p in journal.written):
+        return "no output was written" + removed
+    kept = [p for p in dict.fromkeys(journal.written) if p.exists()]  # not a scratch file deleted since
+    if len(kept) > 3:
+        return f"kept the {len(kept)} files complete before that in {os.path.commonpath(kept)}" + removed
+    return "kept what was complete: " + ", ".join(map(str, kept)) + removed
+
+
+@contextmanager
+def saying_new_folders(*outputs: Path | None, folder: Path | None = None) -> Iterator[None]:
+    """Around a command that writes the files ``outputs`` (or the results ``folder``) the user named: after it
+    succeeds, say which missing folders it created for them (a mistyped path should not grow a folder tree
+    unnoticed); if it fails or is interrupted, remove those it created that stayed empty."""
+    from stempress.atomic import missing_folders
+
+    missing = {Path(p): missing_folders(Path(p).parent) for p in outputs if p is not None}
+    own = missing_folders(Path(folder)) if folder is not None else []
+    if folder is not None:
+        missing[Path(folder)] = own[:-1]
     try:
-        app()
-    except StempressError as exc:
-        errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        errors.print("[red]interrupted[/]")
-        raise SystemExit(130) from None
+        yield
+    except BaseException:
+        for made in sorted({*own, *(f for fs in missing.values() for f in fs)}, key=lambda f: -len(f.parts)):
+            with contextlib.suppress(OSError):
+                made.rmdir()  # only an empty folder goes
+        raise
+    for path, folders in missing.items():
+        if folders and folders[0].is_dir():
+            errors.print(f"[yellow]note:[/] created folder {_escape(str(folders[0]))} for {_escape(str(path))}",
+                         highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    errors.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    raise SystemExit(1)
+
+
+def main() -> None:
+    """Entry point: user errors and OS errors become one red line and exit status 1; Ctrl-C or SIGTERM says
+    which command stopped and what it left, and exits 130 or 143."""
+    from stempress.atomic import WRITE_ERRNOS, watch_outputs
+    from stempress.errors import os_error_message
+
+    notes = logging.getLogger("stempress")
+    notes.addHandler(_Notes())
+    notes.setLevel(logging.INFO)
+    notes.propagate = False
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    command = " ".join(filter(None, ("stempress", _command(sys.argv[1:]))))
+    with watch_outputs() as journal:
+        try:
+            app()
+        except StempressError as exc:
+            kept = f"; {_outputs_said(journal, removed=False)}" if any(p.exists() for p in journal.written) else ""
+            _fail(f"{_escape(str(exc))}{_escape(kept)}")
+        except Interrupted as exc:
+            name = signal.Signals(exc.signum).name
+            errors.print(f"[red]interrupted:[/] {command} stopped by {name}; {_escape(_outputs_said(journal))}",
+                         highlight=False, soft_wrap=True)
+            raise SystemExit(128 + exc.signum) from None
+        except OSError as exc:  # the environment, met outside an output's own checks (a results folder, a source)
+            if os.environ.get("STEMPRESS_TRACEBACK"):
+                raise
+            _fail(_escape(_os_error_line(exc, WRITE_ERRNOS, os_error_message)))
+
+
+def _os_error_line(exc: OSError, write_errnos: set[int], os_error_message) -> str:
+    """One line for an OS error no output check caught: about writing when only a write can cause it (a full
+    disk, a read-only disk, a file where a folder should be, no permission for a path that does not exist yet),
+    else about the path as it is."""
+    import errno
+
+    path = exc.filename
+    if path is None:
+        return f"{exc.strerror or str(exc).splitlines()[0]} (STEMPRESS_TRACEBACK=1 shows where)"
+    writing = exc.errno in write_errnos or exc.errno in (errno.ENOTDIR, errno.EEXIST) or (
+        exc.errno in (errno.EACCES, errno.EPERM) and not Path(path).exists())
+    if writing:
+        return os_error_message(exc, path, role="output")
+    return f"{path}: {exc.strerror or str(exc).splitlines()[0]}; check the path and its permissions"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import logging
 import math
 import platform
 import tempfile
@@ -38,6 +39,8 @@ from stempress.reduce.sufficiency import (
     parse_targets,
     sample_positions,
 )
+
+log = logging.getLogger("stempress")
 
 #: Lossless codecs tried for the "best lossless" row (the smallest file wins); unavailable ones are skipped.
 LOSSLESS_CODECS = ("blosc_zstd", "bitshuffle_zstd", "zstd_9")
@@ -68,6 +71,9 @@ def cost_table(source: Dataset4D, targets: str | Sequence[str | Target], toleran
     view = gather(source, positions)
     det = tuple(source.shape[2:])
     reference = compute(chosen, view, cal)
+    excluded = reference.nonfinite.summary() if reference.nonfinite is not None else None
+    if reference.nonfinite is not None:
+        log.warning("%s: %s (in the sampled frames)", source.name, reference.nonfinite.sentence())
 
     def from_frames(frames: Dataset4D, scale: int = 1) -> list[Check]:
         got = compute(chosen, frames, cal, scale)
@@ -77,8 +83,12 @@ def cost_table(source: Dataset4D, targets: str | Sequence[str | Target], toleran
     rows = [_Row(f"raw {np.dtype(source.dtype).name} cube", raw_bytes, (), from_frames(view))]
     rows += _lossless_rows(source, positions, codecs, from_frames)
     if events or (events is None and _is_counts(source)):
-        rows.append(_events_row(source, positions, from_frames))
-        rows.append(_entropy_row(source, positions, from_frames))
+        try:
+            rows += [_events_row(source, positions, from_frames), _entropy_row(source, positions, from_frames)]
+        except StempressError as exc:
+            if events:  # asked for: the reason is the answer
+                raise
+            log.warning("%s: no event rows: %s", source.name, exc)  # e.g. negative values in integrating data
     for b in bins:
         if det[0] // b and det[1] // b:
             binned = BinnedSource(view, int(b))
@@ -94,6 +104,8 @@ def cost_table(source: Dataset4D, targets: str | Sequence[str | Target], toleran
     table = _frame(rows, chosen, raw_bytes)
     table.attrs["provenance"] = provenance(source, chosen, tol, cal, max_positions=max_positions, seed=seed,
                                            codecs=list(codecs), bins=list(bins), sampled=positions is not None)
+    if excluded is not None:
+        table.attrs["provenance"]["excluded"] = excluded
     return table
 
 
@@ -108,8 +120,9 @@ def plan(source: Dataset4D, targets: str | Sequence[str | Target], tolerance: To
 
 
 def write_representation(source: Dataset4D, representation: str, targets: str | Sequence[str | Target],
-                         out: Path, *, overwrite: bool = False) -> Path:
-    """Write the representation a plan chose (its cost-table label) to ``out``: the plan's ``--write``."""
+                         out: Path, *, overwrite: bool = False, calibration: Calibration | None = None) -> Path:
+    """Write the representation a plan chose (its cost-table label) to ``out``: the plan's ``--write``
+    (task summaries with ``calibration``, by default the source's own or measured)."""
     from stempress.data.write import write_hdf5
     from stempress.events.entropy_file import write_entropy_events
     from stempress.events.libertem import write_raw_csr
@@ -132,7 +145,7 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
         binned = BinnedSource(source, scale, name=f"{source.name}-binned{scale}", metadata=dict(source.metadata))
         return write_hdf5(binned, out, overwrite=overwrite)
     if representation.startswith("task summaries") or own:
-        return reduce_to_file(source, own or chosen, out, overwrite=overwrite)
+        return reduce_to_file(source, own or chosen, out, overwrite=overwrite, calibration=calibration)
     raise StempressError(f"representation {representation!r} is not one a plan writes; pick a cost-table row")
 
 
@@ -187,7 +200,7 @@ def _summary_row(own: Target, chosen: list[Target], shape: tuple[int, int, int, 
 def _frame(rows: list[_Row], chosen: list[Target], raw_bytes: int) -> pd.DataFrame:
     records = []
     for row in rows:
-        worst = max((c.rel_rms for c in row.checks), default=0.0)
+        worst = _worst(c.rel_rms for c in row.checks)
         record: dict[str, Any] = {
             "representation": row.representation, "bytes": int(row.bytes),
             "reduction": raw_bytes / row.bytes if row.bytes else math.inf,
@@ -203,6 +216,14 @@ def _frame(rows: list[_Row], chosen: list[Target], raw_bytes: int) -> pd.DataFra
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+def _worst(errors: Any) -> float:
+    """The largest error, NaN (not computable) when any target is: whatever order the targets came in."""
+    values = list(errors)
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return max(values, default=0.0)
+
+
 def _tolerances(chosen: list[Target], tolerance: Tolerance) -> dict[str, float]:
     if isinstance(tolerance, Mapping):
         missing = [t.label for t in chosen if t.label not in tolerance]

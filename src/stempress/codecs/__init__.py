@@ -1,25 +1,27 @@
 """Codecs: one class per codec family, their registry, the catalog of lossless methods, the study's non-HDF5
-baselines, and chunk shapes."""
+baselines, and chunk shapes.
 
-from stempress.codecs.baselines import FILE_FORMATS, FileFormat, file_format
-from stempress.codecs.catalog import CATALOG, EXCLUDED, SETS, Codec, get_codec, select_codecs
-from stempress.codecs.chunking import PAPER_CHUNKINGS, chunk_shape, chunking_label, parse_chunk_shape
-from stempress.codecs.registry import codec_from_config, codec_from_pipeline
+Names are imported on first use (PEP 562), so ``import stempress.codecs.catalog`` (every compress) does not load
+the baselines' file formats and, through them, the event codecs and SciPy.
+"""
 
-__all__ = [
-    "CATALOG",
-    "EXCLUDED",
-    "FILE_FORMATS",
-    "PAPER_CHUNKINGS",
-    "SETS",
-    "Codec",
-    "FileFormat",
-    "chunk_shape",
-    "chunking_label",
-    "codec_from_config",
-    "codec_from_pipeline",
-    "file_format",
-    "get_codec",
-    "parse_chunk_shape",
-    "select_codecs",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "FILE_FORMATS": "baselines", "FileFormat": "baselines", "file_format": "baselines",
+    "CATALOG": "catalog", "EXCLUDED": "catalog", "SETS": "catalog", "Codec": "catalog", "get_codec": "catalog",
+    "select_codecs": "catalog",
+    "PAPER_CHUNKINGS": "chunking", "chunk_shape": "chunking", "chunking_label": "chunking",
+    "parse_chunk_shape": "chunking",
+    "codec_from_config": "registry", "codec_from_pipeline": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+__all__ = sorted(_HOMES)

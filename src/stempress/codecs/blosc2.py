@@ -15,10 +15,16 @@ from stempress.codecs.blosc import CNAME_CODES, SHUFFLE_MODES, name_of
 from stempress.codecs.chunk_codec import ChunkCodec, as_chunk, contiguous
 from stempress.errors import require_choice
 
-try:
-    import blosc2
-except ImportError:  # pragma: no cover - a dependency; Blosc2 then falls back to the filter path
-    blosc2 = None
+
+@cache
+def _blosc2() -> Any:
+    """python-blosc2, imported on first use: it takes ~0.1 s to import, which a Blosc1 or gzip write never needs
+    (and ``compress`` starts up faster without it)."""
+    try:
+        import blosc2
+    except ImportError:  # pragma: no cover - a dependency; Blosc2 then falls back to the filter path
+        return None
+    return blosc2
 
 BLOSC2_ID = 32026
 _CNAMES = tuple(c for c in CNAME_CODES if c != "snappy")  # c-blosc2 dropped snappy
@@ -27,6 +33,7 @@ _CNAMES = tuple(c for c in CNAME_CODES if c != "snappy")  # c-blosc2 dropped sna
 @cache
 def _blosc2_blocksize(nbytes: int, typesize: int, clevel: int, cname: str) -> int:
     """The block size the filter asks c-blosc2 for (``compute_blosc2_blocksize``: default params, zero chunk)."""
+    blosc2 = _blosc2()
     probe = blosc2.compress2(bytes(nbytes), typesize=typesize, clevel=clevel, codec=blosc2.Codec[cname.upper()],
                              splitmode=blosc2.SplitMode.FORWARD_COMPAT_SPLIT, nthreads=1)
     return int(blosc2.get_cbuffer_sizes(probe)[2])
@@ -89,6 +96,7 @@ class Blosc2(Hdf5Codec):
                 "cname": name_of(values[6], CNAME_CODES)}
 
     def encoder_problem(self) -> str | None:
+        blosc2 = _blosc2()
         if blosc2 is None:
             return "python-blosc2 is not installed; pip install blosc2"
         if self.cname.upper() not in blosc2.Codec.__members__:
@@ -100,7 +108,8 @@ class Blosc2(Hdf5Codec):
             return None
         return replace(self, threads=max(1, int(threads)))
 
-    def _cparams(self, typesize: int) -> blosc2.CParams:
+    def _cparams(self, typesize: int) -> Any:
+        blosc2 = _blosc2()
         return blosc2.CParams(
             codec=blosc2.Codec[self.cname.upper()], clevel=self.clevel, typesize=typesize, nthreads=self.threads,
             filters=[blosc2.Filter.NOFILTER] * 5 + [blosc2.Filter(SHUFFLE_MODES[self.shuffle])],
@@ -108,6 +117,7 @@ class Blosc2(Hdf5Codec):
         )
 
     def encode(self, chunk: np.ndarray) -> bytes:
+        blosc2 = _blosc2()
         chunk = contiguous(chunk)
         typesize = chunk.dtype.itemsize
         cparams = self._cparams(typesize)
@@ -119,6 +129,7 @@ class Blosc2(Hdf5Codec):
         return bytes(schunk.to_cframe())
 
     def decode(self, data: bytes, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+        blosc2 = _blosc2()
         schunk = blosc2.schunk_from_cframe(data, copy=False)
         if "b2nd" in schunk.meta:
             array = blosc2.ndarray_from_cframe(data)

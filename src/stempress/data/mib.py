@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rsciio.quantumdetector import load_mib_data, parse_exposures, parse_timestamps
 
 from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
@@ -92,6 +91,8 @@ def _read_hdr(path: Path) -> dict[str, str] | None:
 
 def _line_length_from_timestamps(headers: np.ndarray, n_frames: int) -> int | None:
     """Frames per scan line from the fly-back gaps in the frame timestamps, or None when not clear."""
+    from rsciio.quantumdetector import parse_timestamps  # RosettaSciIO loads only when a .mib is read
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # timezone-aware strings: numpy warns and drops the zone
@@ -158,6 +159,8 @@ class MibSource(SourceBase):
         hdr = _read_hdr(self.path.with_suffix(".hdr"))
         pixels = (_int(fields[4]) or 0) * (_int(fields[5]) or 0) * np.dtype(_PIXEL_TYPES[pixel_type]).itemsize
         self._check_size(int(fields[2]) + pixels, hdr)
+        from rsciio.quantumdetector import load_mib_data, parse_exposures, parse_timestamps  # only for a .mib
+
         try:
             frames, headers = load_mib_data(str(self.path), mmap_mode="r", return_headers=True)
         except (RuntimeError, ValueError, IndexError, TypeError, UnicodeDecodeError) as exc:

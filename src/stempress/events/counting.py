@@ -39,7 +39,6 @@ counting-mode source of the same spec (read noise is drawn after the counts), so
 from __future__ import annotations
 
 import os
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
@@ -51,7 +50,7 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from stempress.atomic import atomic_output
+from stempress.atomic import atomic_output, partial_folder
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
 from stempress.data.hdf5 import one_line, open_hdf5
 from stempress.errors import StempressError, require_choice
@@ -114,7 +113,8 @@ class CountingParams:
         if not (np.isfinite(self.threshold) and self.threshold >= 0):
             raise StempressError(f"threshold {self.threshold} must be a finite number >= 0")
         if self.threshold_unit == "sigma" and self.read_noise is None:
-            raise StempressError("threshold in sigma units needs read_noise (ADU); give it or use threshold_unit=adu")
+            raise StempressError("a threshold in read-noise sigmas needs the read noise: give --read-noise (ADU; "
+                                 "read_noise= in Python), or give the threshold in ADU (--threshold-unit adu)")
 
     def resolved(self, det: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dark, gain and threshold (ADU) as float arrays broadcastable to one frame, checked against it."""
@@ -209,7 +209,8 @@ def _check_input(block: np.ndarray, where: str) -> None:
         raise StempressError(f"{where}: NaN or infinite values in the frames; counting needs raw ADU values")
     if block.dtype.kind in "if" and block.size and block.min() < 0:
         raise StempressError(f"{where}: negative values in the frames; counting needs raw (non-negative) "
-                             "ADU values, subtract dark through CountingParams(dark=...) instead")
+                             "ADU values: give the dark reference with --dark (dark= in Python) instead of "
+                             "subtracting it first")
 
 
 def count_frames(frames: np.ndarray, params: CountingParams) -> np.ndarray:
@@ -364,8 +365,7 @@ def count_to_file(source: Dataset4D, out: str | Path, params: CountingParams, *,
     targets = [out, *raw_csr_files(out).values()] if fmt == "raw_csr" else [out]
     with ExitStack() as stack:
         tmp = {path: stack.enter_context(atomic_output(path, overwrite=overwrite)) for path in targets}
-        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.",
-                                                                       suffix=".partial")))
+        staging = stack.enter_context(partial_folder(out))  # a killed count's leftover is known as such
         tally = _Tally(counted, progress)
         staged = write_raw_csr(tally, staging / out.with_suffix(".toml").name, rows=rows, record={})
         record = {**event_record(counted, fmt), "counting": _record(counted, tally, inputs)}

@@ -61,7 +61,7 @@ class Calibration:
         if units == "bf":
             if self.bf_radius_px is None:
                 raise StempressError("a radius is given in BF-disk units but the calibration has no BF radius; "
-                                     "run calibrate(source) first or give radii in px")
+                                     "give it (--bf-radius; calibrate(source) in Python) or give radii in px")
             return float(value) * self.bf_radius_px
         if units in MRAD_PER_UNIT:
             if not self.angular:
@@ -145,10 +145,10 @@ def find_bf_disk(pattern: np.ndarray, iterations: int = 4) -> tuple[float, float
     rim and the background just outside, turns the pattern into a 0..1 disk fraction, and takes its centre of
     mass and area (r = sqrt(area / pi)): sub-pixel, indifferent to soft edges and to the halo.
     """
-    p = np.asarray(pattern, np.float64)
-    if p.ndim != 2 or p.size == 0 or not np.isfinite(p).all() or p.max() <= 0 or p.min() < 0:
-        raise StempressError("the mean pattern is empty, negative or not finite; cannot find the bright-field "
-                             "disk; check the data or give a Calibration with the centre and radius")
+    p = usable_pattern(pattern)
+    if p.ndim != 2 or p.size == 0 or p.max() <= 0:
+        raise StempressError("the mean pattern has no positive signal, so the bright-field disk cannot be found; "
+                             f"give the beam centre and BF radius in detector pixels ({GIVE_CALIBRATION})")
     smooth = ndimage.median_filter(p, size=3, mode="nearest") if min(p.shape) >= 3 else p
     if smooth.max() <= 0:  # too sparse for a median: fall back to the raw pattern
         smooth = p
@@ -171,6 +171,17 @@ def find_bf_disk(pattern: np.ndarray, iterations: int = 4) -> tuple[float, float
         cy, cx = float((frac * yy).sum() / area), float((frac * xx).sum() / area)
         radius = math.sqrt(area / math.pi)
     return cy, cx, radius
+
+
+#: How a user gives what cannot be measured, on the command line and in Python.
+GIVE_CALIBRATION = "--centre Y,X --bf-radius R; calibration=given_calibration(...) in Python"
+
+
+def usable_pattern(pattern: np.ndarray) -> np.ndarray:
+    """A mean pattern as float64 with NaN / infinite pixels (dead or masked) and negative means (dark-subtracted
+    background, read noise around zero) set to 0: they carry no beam, and the disk is found on the rest."""
+    p = np.asarray(pattern, np.float64)
+    return np.where(np.isfinite(p), np.maximum(p, 0.0), 0.0)
 
 
 def _rim(pattern: np.ndarray, rr: np.ndarray) -> float:
@@ -218,7 +229,32 @@ def calibrate(source: Dataset4D, *, sample_rows: int | None = 16, rows: int | No
     return estimate_calibration(pattern, source.metadata)
 
 
-def source_calibration(source: Dataset4D) -> Calibration:
-    """The source's own centre and BF radius when it carries them, else measured on its mean pattern."""
+def source_calibration(source: Dataset4D, *, centre: tuple[float, float] | None = None,
+                       bf_radius: float | None = None) -> Calibration:
+    """What the user gave (``centre`` (y, x) and ``bf_radius`` in detector pixels), else the source's own centre
+    and BF radius when it carries them, else measured on its mean pattern."""
+    if centre is not None or bf_radius is not None:
+        return given_calibration(source, centre=centre, bf_radius=bf_radius)
     cal = Calibration.from_metadata(source.metadata, source.shape[2:])
     return cal if cal.origin == "metadata" and cal.bf_radius_px is not None else calibrate(source)
+
+
+def given_calibration(source: Dataset4D, *, centre: tuple[float, float] | None = None,
+                      bf_radius: float | None = None) -> Calibration:
+    """The source's calibration with the beam centre and/or BF radius the user gave; a part not given comes from
+    the source's metadata or, failing that, is measured on the mean pattern."""
+    det = (int(source.shape[2]), int(source.shape[3]))
+    if centre is not None and not (len(centre) == 2 and all(math.isfinite(c) for c in centre)):
+        raise StempressError(f"centre {centre} must be two finite numbers Y,X in detector pixels, e.g. --centre "
+                             f"{(det[0] - 1) / 2:g},{(det[1] - 1) / 2:g}")
+    if bf_radius is not None and not (math.isfinite(bf_radius) and bf_radius > 0):
+        raise StempressError(f"BF radius {bf_radius} must be a positive number of detector pixels (--bf-radius)")
+    base = Calibration.from_metadata(source.metadata, det)
+    known = base.origin == "metadata" and base.bf_radius_px is not None
+    if (centre is None or bf_radius is None) and not known:
+        base = calibrate(source)
+    cy, cx = centre if centre is not None else (base.centre_y, base.centre_x)
+    return dataclasses.replace(base, centre_y=float(cy), centre_x=float(cx),
+                               bf_radius_px=float(bf_radius) if bf_radius is not None else base.bf_radius_px,
+                               origin="given" if centre is not None and bf_radius is not None else
+                               f"given {'centre' if centre is not None else 'BF radius'}, rest {base.origin}")

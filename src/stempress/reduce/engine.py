@@ -24,6 +24,50 @@ from stempress.reduce.protocol import LinearReducer, Reducer, Shape4, State
 Progress = Callable[[int, int], None]
 Results = dict[str, dict[str, np.ndarray]]
 
+
+class NonFinite:
+    """NaN and infinite values met in float frames: taken as 0, so a dead or masked pixel (NaN in a hot/dead-pixel
+    masked cube) is left out of every detector, the CoM and the mean pattern instead of making every image NaN.
+    Counted so the output can say how many and where."""
+
+    def __init__(self, det_shape: tuple[int, int]) -> None:
+        self.values = 0
+        self.pixels = np.zeros(det_shape, bool)
+
+    def clean(self, data: np.ndarray) -> np.ndarray:
+        """``data`` with non-finite values set to 0 (a copy only when there are any)."""
+        bad = ~np.isfinite(data)
+        if not bad.any():
+            return data
+        self.values += int(bad.sum())
+        self.pixels |= bad.reshape(-1, *self.pixels.shape).any(axis=0)
+        return np.where(bad, np.zeros((), data.dtype), data)
+
+    def merge(self, other: NonFinite) -> None:
+        self.values += other.values
+        self.pixels |= other.pixels
+
+    def summary(self) -> dict[str, object] | None:
+        """JSON-able record for provenance, or None when every value was finite."""
+        if not self.values:
+            return None
+        where = np.argwhere(self.pixels)
+        return {"values": self.values, "detector_pixels": int(where.shape[0]),
+                "first_pixels_yx": where[:8].tolist(), "taken_as": 0}
+
+    def sentence(self) -> str:
+        n = int(self.pixels.sum())
+        first = ", ".join(f"({y}, {x})" for y, x in np.argwhere(self.pixels)[:3])
+        more = ", ..." if n > 3 else ""
+        return (f"{self.values} NaN or infinite value(s) at {n} detector pixel(s) [(y, x) {first}{more}] were "
+                "taken as 0: left out of every image, the CoM and the mean pattern")
+
+
+class ReducerResults(dict):
+    """``{reducer name: {output name: array}}``, with ``nonfinite``: what was taken as 0 (or None)."""
+
+    nonfinite: NonFinite | None = None
+
 #: float32 holds every integer below this exactly; the fast path stays below it.
 _EXACT_F32 = 2**24
 #: weights up to this magnitude stay one column; larger integer weights (CoM coordinates) are split in two
@@ -185,6 +229,7 @@ class _Pass:
                 offset += w.shape[1]
         self.projection = Projection(np.hstack(weights), self.dtype, shape) if weights else None
         self.seen = np.zeros(rows[1] - rows[0], bool)
+        self.nonfinite = NonFinite((int(shape[2]), int(shape[3]))) if self.dtype.kind in "fc" else None
 
     def process(self, block: Block) -> None:
         data = block.data
@@ -198,6 +243,9 @@ class _Pass:
                                  f"[{self.rows[0]}, {self.rows[1]}) being reduced; check the stream's shape")
         if self.seen[lo:hi].any():
             raise StempressError(f"scan rows [{block.start}, {block.stop}) arrived twice; send each row once")
+        if self.nonfinite is not None:
+            block = Block(block.start, self.nonfinite.clean(data))
+            data = block.data
         if self.projection is not None:
             buffers = []
             for i, _ in self.linear:
@@ -219,6 +267,8 @@ class _Pass:
         self.states = [r.merge(a, b) for r, a, b in zip(self.reducers, self.states, other.states, strict=True)]
         self.rows = (self.rows[0], other.rows[1])
         self.seen = np.concatenate([self.seen, other.seen])
+        if self.nonfinite is not None and other.nonfinite is not None:
+            self.nonfinite.merge(other.nonfinite)
 
     def finish(self) -> Results:
         missing = np.flatnonzero(~self.seen)
@@ -226,11 +276,13 @@ class _Pass:
             raise StempressError(
                 f"{missing.size} of {self.seen.size} scan rows never arrived (first: row {self.rows[0] + missing[0]}); "
                 "results would be incomplete; resend the missing rows or reduce a complete source")
-        results: Results = {}
+        results = ReducerResults()
         for reducer, state in zip(self.reducers, self.states, strict=True):
             out = reducer.finish(state)
             _check_outputs(reducer, out, self.shape, self.dtype)
             results[reducer.name] = out
+        if self.nonfinite is not None and self.nonfinite.values:
+            results.nonfinite = self.nonfinite
         return results
 
 

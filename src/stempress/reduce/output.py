@@ -24,6 +24,7 @@ result in the tool they already use with no stempress installed. The root attrib
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from stempress.reduce.engine import Results, run_reducers
 from stempress.reduce.protocol import OutputSpec, Reducer
 from stempress.reduce.sufficiency import Target, parse_targets
 from stempress.store.emd import DIM_NAMES, create_emd_root, metadata_item, write_emd_header
+
+log = logging.getLogger("stempress")
 
 #: Group holding one subgroup per target: stempress's index of the file.
 REDUCED_GROUP = "reduced"
@@ -99,12 +102,14 @@ def reduce_to_file(
     *,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Compute every target in one pass and write the file described in the module docstring, whole or not at
-    all."""
+    all. ``calibration`` defaults to ``source_calibration(source)``. NaN or infinite values in float frames are
+    taken as 0 (a dead-pixel mask); the file's provenance (``excluded``) and a note say how many and where."""
     chosen = parse_targets(targets)
     with atomic_output(Path(out), overwrite=overwrite) as tmp:  # an existing OUT is refused before the pass
-        calibration = source_calibration(source)
+        calibration = calibration if calibration is not None else source_calibration(source)
         reducers = [t.reducer(calibration, name=t.label) for t in chosen]
         results = run_reducers(source, reducers, progress=progress)
         outputs = [o for t, r in zip(chosen, reducers, strict=True)
@@ -113,6 +118,9 @@ def reduce_to_file(
         record = provenance(source, chosen, {}, calibration, outputs={t.label: list(t.keys()) for t in chosen},
                             units=units)
         record["derived"] = derived_values(chosen, results)
+        if getattr(results, "nonfinite", None) is not None:
+            record["excluded"] = results.nonfinite.summary()
+            log.warning("%s: %s", source.name, results.nonfinite.sentence())
         with h5py.File(tmp, "w", track_order=True) as f:
             write_reduced(f, outputs, record, calibration)
     return Path(out)

@@ -1,22 +1,16 @@
 """Compress a cube into one standard HDF5 file, fast (chunks compressed on every core) and safe.
 
-Safe means: the file appears under its name only when complete and on disk (written as a hidden
-``.OUT.XXXXXXXX.partial`` beside OUT, fsynced, renamed, folder fsynced); an exception or Ctrl-C deletes the
-partial; SIGKILL or a power cut can leave the partial behind but never a wrong OUT. The next ``compress`` to
-the same OUT deletes such leftovers: a partial is taken as stale only when no process holds its lock (every
-stempress writer holds an exclusive ``flock`` on its partial from creation to rename, and HDF5 holds one while
-a file is open for writing), so a write in progress is never touched. Every chunk's checksum (stored and raw
-bytes) goes into the file, so ``verify`` can prove later that nothing changed.
+Safe means (``stempress.atomic.atomic_output``): the file appears under its name only when complete and on
+disk (written as a hidden ``.OUT.PID-HOST.XXXXXXXX.partial`` beside OUT, fsynced, linked or renamed, folder
+fsynced), and never replaces an existing OUT without ``force``, even one another process wrote meanwhile; an
+exception or Ctrl-C deletes the partial; SIGKILL or a power cut can leave the partial behind but never a wrong
+OUT, and the next write of the same OUT deletes such leftovers of dead writers, saying so. Every chunk's checksum
+(stored and raw bytes) goes into the file, so ``verify`` can prove later that nothing changed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import queue
-import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.atomic import atomic_output
+from stempress.atomic import atomic_output, check_new_output, partial_folder, remove_stale_partials
 from stempress.codecs.catalog import CATALOG, Codec, get_codec
 from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
@@ -37,6 +31,7 @@ from stempress.codecs.parallel import chunk_pieces, full_chunk, write_chunks_par
 from stempress.cores import resolve_workers
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype, nbytes, rows_for_budget
 from stempress.errors import StempressError
+from stempress.sizes import GIB, human_size
 from stempress.store.emd import data_path, prepare_layout, write_source_metadata
 from stempress.store.readers import cube_open_lines
 
@@ -51,7 +46,6 @@ AUTO = "auto"
 ENTROPY_CODEC = "entropy_poisson"
 #: Chunk bytes per worker in one block, so every worker has chunks to compress while the next block is read.
 BLOCK_BYTES_PER_WORKER = 16 * 1024**2
-GIB = 1024**3
 
 Progress = Callable[[int, int], None]
 
@@ -90,19 +84,12 @@ class CompressReport:
                 else "parallel direct-chunk" if self.direct else f"filter pipeline ({self.fallback_reason})")
         chunks = "x".join(str(c) for c in self.chunks)
         done = (f"{self.path}: {self.codec}, chunks {chunks}, {self.workers} workers, {path}; "
-                f"{_size(self.raw_bytes)} -> {_size(self.file_bytes)} (ratio {self.ratio:.2f}) "
+                f"{human_size(self.raw_bytes)} -> {human_size(self.file_bytes)} (ratio {self.ratio:.2f}) "
                 f"in {self.seconds:.2f} s, {self.gibs:.3f} GiB/s")
         if self.layout == ENTROPY_CODEC:  # stempress's own format: only stempress reads it
             return done
         opening = cube_open_lines(self.path, self.layout, self.dataset_path, get_codec(self.codec).filters)
         return "\n".join([done, *opening])
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes} B"
 
 
 def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
@@ -125,10 +112,7 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
         return _compress_entropy(source, out, chunks, workers, force, progress)
     chunks = "balanced" if chunks is None else chunks
     target = data_path(layout, dataset_path)
-    if out.is_dir():
-        raise StempressError(f"{out} is a folder; give a file name for the output")
-    if out.exists() and not force:
-        raise StempressError(f"{out} already exists; pass --force to replace it")
+    check_new_output(out, force)
     n_workers = resolve_workers(workers)
     chunks_t = chunk_shape(chunks, shape)
     chosen, why = resolve_codec(codec, source, chunks_t, out)
@@ -184,30 +168,21 @@ class _Plan:
 
 
 def _write(source: Dataset4D, out: Path, force: bool, plan: _Plan, progress: Progress | None) -> None:
-    """Partial file, locked; layout, data, checksums, metadata; fsync; rename; fsync the folder."""
-    lock: int | None = None
-    try:
-        with atomic_output(out, overwrite=force) as tmp:
-            lock = _lock_partial(tmp)
-            with h5py.File(tmp, "w", locking=False) as f:  # our flock guards the partial; HDF5's would clash
-                group, name = prepare_layout(f, plan.layout, source.metadata, plan.dataset_path)
-                dset = create_cube_dataset(group, name, source.shape, np.dtype(source.dtype), plan.chunks,
-                                           plan.codec.h5_kwargs())
-                checksums = ChunkChecksums.for_dataset(dset)
-                done = _Counter(nbytes(source), progress)
-                with _Prefetch(source, _block_rows(source, plan.chunks, plan.workers)) as blocks:
-                    if plan.chunk_codec is not None:
-                        write_chunks_parallel(dset, blocks, plan.chunk_codec, workers=plan.workers,
-                                              checksums=checksums, progress=done.add)
-                    else:
-                        _write_filtered(dset, blocks, checksums, done.add)
-                checksums.save(f)
-                write_source_metadata(dset, plan.layout, source.metadata, plan.codec.config())
-            os.fsync(lock)  # before the rename: OUT must never name a file whose data is not on disk
-    finally:
-        if lock is not None:
-            os.close(lock)  # after the rename, so the partial is never unlocked while it has its partial name
-    _fsync_dir(out.parent)
+    """Partial file: layout, data, checksums, metadata; ``atomic_output`` syncs it and makes it OUT."""
+    with atomic_output(out, overwrite=force) as tmp, h5py.File(tmp, "w") as f:
+        group, name = prepare_layout(f, plan.layout, source.metadata, plan.dataset_path)
+        dset = create_cube_dataset(group, name, source.shape, np.dtype(source.dtype), plan.chunks,
+                                   plan.codec.h5_kwargs())
+        checksums = ChunkChecksums.for_dataset(dset)
+        done = _Counter(nbytes(source), progress)
+        with _Prefetch(source, _block_rows(source, plan.chunks, plan.workers)) as blocks:
+            if plan.chunk_codec is not None:
+                write_chunks_parallel(dset, blocks, plan.chunk_codec, workers=plan.workers,
+                                      checksums=checksums, progress=done.add)
+            else:
+                _write_filtered(dset, blocks, checksums, done.add)
+        checksums.save(f)
+        write_source_metadata(dset, plan.layout, source.metadata, plan.codec.config())
 
 
 def direct_codecs() -> list[str]:
@@ -239,8 +214,7 @@ def _recommended(source: Dataset4D, chunks: tuple[int, int, int, int], out: Path
     if not methods:
         raise StempressError("codec 'auto' found no codec that compresses in parallel here; "
                              f"pip install hdf5plugin or give a codec such as {DEFAULT_CODEC}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.auto-") as workdir:
+    with partial_folder(out) as workdir:
         rec, _stats = recommend_source(source, "balanced", methods=methods, chunkings=[chunks], runs=1,
                                        workdir=Path(workdir))
     return get_codec(rec.codec), rec.why
@@ -327,58 +301,3 @@ class _Counter:
         self.done += int(nbytes)
         if self.progress is not None:
             self.progress(self.done, self.total)
-
-
-def _partial_pattern(out: Path) -> re.Pattern[str]:
-    """``atomic_output``'s temporary names for exactly this OUT (mkstemp: 8 random [a-z0-9_])."""
-    return re.compile(rf"^\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.partial$")
-
-
-def remove_stale_partials(out: Path) -> tuple[Path, ...]:
-    """Delete leftovers of earlier writes of ``out`` that were killed; a partial whose lock is held belongs to a
-    write in progress and stays."""
-    if not out.parent.is_dir():
-        return ()
-    pattern = _partial_pattern(out)
-    removed = []
-    for candidate in sorted(out.parent.iterdir()):
-        if not pattern.match(candidate.name) or not candidate.is_file():
-            continue
-        try:
-            fd = os.open(candidate, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        try:
-            candidate.unlink()
-            removed.append(candidate)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return tuple(removed)
-
-
-def _lock_partial(tmp: Path) -> int:
-    """Open and exclusively lock our partial, so a concurrent ``compress`` of the same OUT leaves it alone."""
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX: a rename is on disk only once its folder is synced)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
