@@ -180,10 +180,16 @@ def test_reduce_writes_targets_with_provenance_and_plan_names_a_choice(tmp_path)
 
 # -- nothing lost, nothing silent ---------------------------------------------------------------------------
 def _filter_ids(path: Path) -> set[int]:
+    """The HDF5 filter ids of the 4-D dataset's pipeline (h5py names built-in filters, 'gzip', so read the ids)."""
     with h5py.File(path) as f:
         found: list[int] = []
-        f.visititems(lambda _n, o: found.extend(int(k) for k in o._filters) if isinstance(o, h5py.Dataset)
-                     and o.ndim == 4 else None)
+
+        def visit(_name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 4:
+                plist = obj.id.get_create_plist()
+                found.extend(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
+
+        f.visititems(visit)
         return set(found)
 
 
