@@ -47,8 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stempress.data.emd import calibration_from
 from stempress.data.open import open_source
-from stempress.store.emd import calibration_from
 from stempress.store.readers import HS_CALL_PREFIX
 
 HERE = Path(__file__).resolve()

@@ -13,13 +13,14 @@ import pytest
 
 from stempress.codecs.base import Codec
 from stempress.codecs.catalog import CATALOG, get_codec, identify
-from stempress.codecs.parallel import write_parallel_cube
 from stempress.codecs.registry import REGISTRY, codec_from_config, codec_from_pipeline
 from stempress.data.base import ArraySource, Block
+from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import STUDY_EMD_PATH, dataset_filters
+from stempress.data.stream import BlockStream
 from stempress.errors import StempressError
+from stempress.sinks.archive import ArchiveSpec, write_archive
 from stempress.store import compress, verify
-from stempress.store.emd import CODEC_ATTR
 
 SHAPE = (4, 6, 16, 16)
 CHUNKS = (2, 4, 16, 16)  # edge chunks in x
@@ -112,7 +113,8 @@ def test_a_pipeline_with_a_filter_no_codec_declares_is_not_guessed(tmp_path: Pat
 
 def write_with(path: Path, data: np.ndarray, codec: Codec) -> Path:
     """A cube written as compress writes it (direct chunks, checksums, the codec's config stored beside it)."""
-    write_parallel_cube(path, [Block(0, data)], data.shape, data.dtype, CHUNKS, codec, workers=2, checksums=True)
+    spec = ArchiveSpec(path, codec, CHUNKS, layout="plain", dataset_path=STUDY_EMD_PATH, provenance=False)
+    write_archive(BlockStream([Block(0, data)], data.shape, data.dtype), spec, workers=2)
     with h5py.File(path, "r+") as f:
         f[STUDY_EMD_PATH].attrs[CODEC_ATTR] = json.dumps(codec.config())
     return path

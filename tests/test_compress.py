@@ -24,11 +24,11 @@ from stempress.codecs.checksums import CHECKSUM_GROUP
 from stempress.codecs.chunk_codec import direct_chunk_reason
 from stempress.cores import resolve_workers
 from stempress.data.base import ArraySource, Dataset4D
+from stempress.data.emd import CODEC_ATTR, calibration_from
 from stempress.data.open import open_source
 from stempress.errors import StempressError
 from stempress.store import DEFAULT_CODEC, EMD_DATA_PATH, PLAIN_DATA_PATH, compress, verify
 from stempress.store.compress import direct_codecs
-from stempress.store.emd import CODEC_ATTR, calibration_from
 
 CODECS = ["gzip_6", "blosc_zstd", "bitshuffle_lz4", "zstd_3", "lzf"]
 EXAMPLE = "py4DSTEM_size2x3x4x5.h5"

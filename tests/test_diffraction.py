@@ -7,9 +7,10 @@ import pytest
 
 from stempress.data.base import ArraySource
 from stempress.errors import StempressError
+from stempress.exec import ThreadExecutor
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import BraggPeaks, RadialProfile, as_records, find_peaks
-from stempress.reduce.engine import run_partitioned, run_reducers
+from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import radius_map
 
 
@@ -44,7 +45,8 @@ def test_radial_profile_default_reach_covers_every_pixel_and_partitions_agree():
     sizes = np.bincount(ring, minlength=8)
     assert sizes.sum() == 20 * 24 and ring.max() == 7
     np.testing.assert_allclose((whole["profile"] * sizes).sum(-1), cube.sum(axis=(2, 3)), rtol=1e-12)
-    parts = run_partitioned(ArraySource(cube), [RadialProfile(8, calibration=cal)], partitions=3)["radial"]
+    with ThreadExecutor(3) as pool:
+        parts = run_reducers(ArraySource(cube), [RadialProfile(8, calibration=cal)], executor=pool)["radial"]
     np.testing.assert_array_equal(parts["profile"], whole["profile"])
     np.testing.assert_array_equal(parts["radii"], whole["radii"])
 

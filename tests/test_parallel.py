@@ -13,14 +13,11 @@ import pytest
 from stempress.codecs.catalog import CATALOG
 from stempress.codecs.checksums import ALGORITHM, ChunkChecksums, checksum_group_path, verify_stored
 from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
-from stempress.codecs.parallel import (
-    read_chunks_parallel,
-    read_parallel_cube_blocks,
-    write_chunks_parallel,
-    write_parallel_cube,
-)
+from stempress.codecs.parallel import block_data, encode_chunk, read_chunks_parallel, read_parallel_cube_blocks
 from stempress.data.base import ArraySource, Block, iter_blocks
+from stempress.data.stream import BlockStream
 from stempress.errors import StempressError
+from stempress.sinks.archive import ArchiveResult, ArchiveSpec, write_archive
 
 DIRECT = [c.name for c in CATALOG.values() if c.storage == "hdf5" and c.available and direct_chunk_reason(c) is None]
 DTYPES = ["uint8", "uint16", "uint32", "float32"]
@@ -48,6 +45,14 @@ def blocks_of(cube: np.ndarray, rows: int = 4):
     return iter_blocks(ArraySource(cube), rows)
 
 
+def write_parallel_cube(path, blocks, shape, dtype, chunks, codec, workers, dataset_path=DSET, *, checksums=False,
+                        progress=None) -> ArchiveResult:
+    """The archive sink writing a bare cube at ``dataset_path``, as the benchmark's parallel path does."""
+    spec = ArchiveSpec(path, codec, tuple(chunks), layout="plain", dataset_path=dataset_path, checksums=checksums,
+                       provenance=False)
+    return write_archive(BlockStream(blocks, shape, dtype), spec, workers=workers, progress=progress)
+
+
 def read_all(blocks) -> np.ndarray:
     parts, expected = [], 0
     for block in blocks:
@@ -71,7 +76,7 @@ def test_parallel_cube_roundtrips_through_h5py_and_our_reader(name: str, dtype: 
     cube = make_cube(dtype)
     path = tmp_path / "cube.h5"
     outcome = write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, codec, workers=2)
-    assert outcome.direct and outcome.reason is None
+    assert outcome.direct and outcome.fallback_reason is None
     with h5py.File(path, "r") as f:  # a plain reader: the declared filter decodes our chunks
         np.testing.assert_array_equal(bits(f[DSET][...]), bits(cube))
     for rows in (2, 3):  # aligned with the chunk rows, and not
@@ -137,7 +142,7 @@ def test_corrupted_chunk_is_found_by_checksums_and_by_the_reader(name: str, tmp_
     path = tmp_path / "c.h5"
     outcome = write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, codec, workers=2,
                                   checksums=True)
-    assert outcome.checksums
+    assert outcome.checksums_saved
     with h5py.File(path, "r") as f:
         assert verify_stored(f, DSET) == []
     flip_byte_in_chunk(path, (2, 4, 8, 0))
@@ -211,7 +216,7 @@ def test_unwritten_chunks_read_as_the_fill_value(tmp_path: Path) -> None:
         dset = f.create_dataset("d", shape=(4, 4, 8, 8), dtype="u2", chunks=(2, 2, 8, 8), fillvalue=7,
                                 **CATALOG["gzip_1"].h5_kwargs())
         cube = np.arange(2 * 4 * 8 * 8, dtype=np.uint16).reshape(2, 4, 8, 8)
-        write_chunks_parallel(dset, [Block(0, cube)], codec, workers=2)
+        dset[:2] = cube
         back = read_all(read_chunks_parallel(dset, codec, workers=2, rows=3))
     np.testing.assert_array_equal(back[:2], cube)
     assert (back[2:] == 7).all()
@@ -222,25 +227,28 @@ def test_edge_chunks_are_padded_with_the_fill_value(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "f.h5", "w") as f:
         dset = f.create_dataset("d", shape=(3, 1, 5, 5), dtype="u2", chunks=(2, 1, 4, 4), fillvalue=9,
                                 **CATALOG["gzip_1"].h5_kwargs())
-        write_chunks_parallel(dset, [Block(0, np.ones((3, 1, 5, 5), np.uint16))], codec, workers=2)
-        chunk = codec.decode(dset.id.read_direct_chunk((2, 0, 4, 4))[1], (2, 1, 4, 4), np.dtype("u2"))
+        piece = block_data(Block(0, np.ones((3, 1, 5, 5), np.uint16)), dset)[2:, :, 4:, 4:]
+        stored = encode_chunk(codec, piece, dset.chunks, dset.fillvalue, (1, 0, 1, 1), None, dset.shape)
+        chunk = codec.decode(stored, (2, 1, 4, 4), np.dtype("u2"))
     assert chunk[0, 0, 0, 0] == 1 and (chunk[1] == 9).all() and (chunk[0, 0, 1:] == 9).all()
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_blocks_must_be_whole_chunk_rows(rows: int, tmp_path: Path) -> None:
+def test_blocks_not_on_chunk_rows_are_regrouped_by_the_engine(rows: int, tmp_path: Path) -> None:
     codec = CATALOG["gzip_1"]
     cube = make_cube("uint16")
-    with pytest.raises(StempressError, match="whole chunk rows"):
-        write_parallel_cube(tmp_path / "b.h5", blocks_of(cube, rows), SHAPE, cube.dtype, CHUNKS, codec, workers=2)
+    write_parallel_cube(tmp_path / "b.h5", blocks_of(cube, rows), SHAPE, cube.dtype, CHUNKS, codec, workers=2)
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        np.testing.assert_array_equal(f[DSET][...], cube)
+    with h5py.File(tmp_path / "c.h5", "w") as f, pytest.raises(StempressError, match="whole chunk rows"):
+        block_data(Block(1, cube[1:3]), f.create_dataset("d", shape=SHAPE, dtype=cube.dtype, chunks=CHUNKS))
 
 
 def test_lossy_dtype_is_refused(tmp_path: Path) -> None:
-    codec = chunk_codec_for(CATALOG["gzip_1"], np.dtype("uint8"))
     with h5py.File(tmp_path / "d.h5", "w") as f:
         dset = f.create_dataset("d", shape=(2, 2, 4, 4), dtype="u1", chunks=(2, 2, 4, 4))
         with pytest.raises(StempressError, match="losslessly"):
-            write_chunks_parallel(dset, [Block(0, np.ones((2, 2, 4, 4), np.uint16))], codec, workers=1)
+            block_data(Block(0, np.ones((2, 2, 4, 4), np.uint16)), dset)
 
 
 @pytest.mark.parametrize("name", ["lzf", "szip"])
@@ -252,9 +260,9 @@ def test_fallback_codecs_use_the_filter_path_and_say_why(name: str, tmp_path: Pa
     path = tmp_path / "f.h5"
     seen: list[int] = []
     outcome = write_parallel_cube(path, blocks_of(cube), SHAPE, cube.dtype, CHUNKS, codec, workers=2,
-                                  progress=seen.append)
-    assert not outcome.direct and outcome.reason and name in outcome.reason
-    assert sum(seen) == cube.nbytes
+                                  progress=lambda done, _total: seen.append(done))
+    assert not outcome.direct and outcome.fallback_reason and name in outcome.fallback_reason
+    assert seen[-1] == cube.nbytes
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f[DSET][...], cube)
     np.testing.assert_array_equal(read_all(read_parallel_cube_blocks(path, 3, codec, workers=2)), cube)
@@ -270,10 +278,10 @@ def test_reading_with_the_wrong_codec_is_refused(tmp_path: Path) -> None:
 
 def test_progress_sums_to_the_cube(tmp_path: Path) -> None:
     cube = make_cube("uint8")
-    seen: list[int] = []
-    write_parallel_cube(tmp_path / "p.h5", blocks_of(cube), SHAPE, cube.dtype, CHUNKS, CATALOG["zstd_1"],
-                        workers=2, progress=seen.append)
-    assert sum(seen) == cube.nbytes and len(seen) == 4 * 2 * 3 * 2
+    seen: list[tuple[int, int]] = []
+    write_parallel_cube(tmp_path / "p.h5", blocks_of(cube, 2), SHAPE, cube.dtype, CHUNKS, CATALOG["zstd_1"],
+                        workers=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (cube.nbytes, cube.nbytes) and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
 class GatedCodec:
@@ -313,40 +321,6 @@ class GatedCodec:
             return self.inner.decode(data, shape, dtype)
         finally:
             self._leave()
-
-
-def test_write_keeps_at_most_the_bound_of_chunks_in_flight(tmp_path: Path) -> None:
-    bound = 4
-    cube = make_cube("uint16", shape=(8, 8, 8, 8))
-    codec = GatedCodec(chunk_codec_for(CATALOG["gzip_1"], cube.dtype), bound)
-    written = 0
-    peak = 0
-
-    def progress(_: int) -> None:
-        nonlocal written, peak
-        written += 1
-
-    def spy(chunk):
-        nonlocal peak
-        peak = max(peak, codec.started - written)
-
-    original = codec._enter
-
-    def enter() -> bool:
-        first = original()
-        spy(None)
-        return first
-
-    codec._enter = enter
-    with h5py.File(tmp_path / "b.h5", "w") as f:
-        dset = f.create_dataset("d", shape=cube.shape, dtype=cube.dtype, chunks=(1, 2, 8, 8),
-                                **CATALOG["gzip_1"].h5_kwargs())
-        count = write_chunks_parallel(dset, blocks_of(cube, 8), codec, workers=2, max_in_flight=bound,
-                                      progress=progress)
-        back = dset[...]
-    assert count == 32 and written == 32
-    assert peak == bound  # reached the bound (the gate held the first chunk) and never passed it
-    np.testing.assert_array_equal(back, cube)
 
 
 class CountingDataset:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from stempress.data.base import ArraySource, Block
 from stempress.data.suites import suite
+from stempress.engine import partition_ranges
 from stempress.errors import StempressError
+from stempress.exec import ThreadExecutor
 from stempress.reduce import (
     Annulus,
     Calibration,
@@ -26,8 +27,6 @@ from stempress.reduce import (
     VirtualDetectors,
     calibrate,
     default_reducers,
-    partition_rows,
-    run_partitioned,
     run_reducers,
 )
 
@@ -74,9 +73,9 @@ def test_results_do_not_depend_on_blocking_or_partitions(source):
     whole = run_reducers(source, reducers)
     for rows in (1, 7):
         _assert_identical(whole, run_reducers(source, reducers, rows=rows))
-    _assert_identical(whole, run_partitioned(source, reducers, partitions=3, rows=2))
-    with ThreadPoolExecutor(2) as pool:
-        _assert_identical(whole, run_partitioned(source, reducers, partitions=3, rows=3, executor=pool))
+    for workers in (2, 3):
+        with ThreadExecutor(workers) as pool:
+            _assert_identical(whole, run_reducers(source, reducers, rows=2, executor=pool))
     cube = source.array
     assert np.array_equal(whole["row_peak"]["peak"], cube.max(axis=(2, 3)))
     assert float(whole["row_peak"]["total"]) == float(cube.sum(dtype=np.float64))
@@ -91,7 +90,8 @@ def test_stream_of_blocks_in_any_order_equals_the_source():
     streamed = run_reducers(iter(blocks), reducers, shape=src.shape, metadata=src.metadata,
                             progress=lambda done, total: seen.append((done, total)))
     _assert_identical(run_reducers(src, reducers, rows=8), streamed)
-    assert seen[-1] == (src.shape[0], src.shape[0])
+    total = int(np.prod(src.shape)) * np.dtype(src.dtype).itemsize  # progress counts raw bytes
+    assert seen[-1] == (total, total)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
@@ -132,11 +132,12 @@ def test_partition_states_hold_only_their_rows_and_merge_only_when_adjacent():
         reducer.process(a, Block(9, src.read_rows(9, 11)))
 
 
-def test_partition_rows_cover_the_scan_without_empty_parts():
-    assert partition_rows(10, 3) == [(0, 3), (3, 7), (7, 10)]
-    assert partition_rows(2, 5) == [(0, 1), (1, 2)]
+def test_partition_ranges_cover_the_scan_without_empty_parts():
+    assert partition_ranges(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert partition_ranges(2, 5) == [(0, 1), (1, 2)]
+    assert partition_ranges(10, 3, multiple=4) == [(0, 4), (4, 8), (8, 10)]
     with pytest.raises(StempressError):
-        partition_rows(4, 0)
+        partition_ranges(4, 0)
 
 
 def test_a_reducer_returning_something_undeclared_is_caught():
@@ -214,7 +215,8 @@ def test_arbitrary_float_data_keeps_block_independent_bits_and_partitions_agree_
     whole = run_reducers(cube, reducers)
     _assert_identical(whole, run_reducers(cube, reducers, rows=1))
     _assert_identical(whole, run_reducers(cube, reducers, rows=7))
-    parts = run_partitioned(cube, reducers, partitions=3, rows=2)
+    with ThreadExecutor(3) as pool:
+        parts = run_reducers(cube, reducers, rows=2, executor=pool)
     for name in whole:
         for key in whole[name]:
             np.testing.assert_allclose(parts[name][key], whole[name][key], rtol=1e-13, atol=0)

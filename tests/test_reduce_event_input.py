@@ -28,9 +28,10 @@ from stempress.events import (
     write_raw_csr,
     write_stempy,
 )
+from stempress.exec import ThreadExecutor
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import BraggPeaks, RadialProfile
-from stempress.reduce.engine import run_partitioned, run_reducers
+from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import (
     CenterOfMass,
     Mask,
@@ -166,8 +167,9 @@ def test_event_input_gives_the_dense_results_bit_for_bit(sources, reference, kin
 @pytest.mark.parametrize("kind", EVENT_KINDS)
 def test_event_input_in_partitions_gives_the_dense_results(sources, reference, kind):
     for key, reducers in _sets(CAL).items():
-        _assert_identical(reference[key], run_partitioned(sources[kind], reducers, partitions=3, rows=2,
-                                                          calibration=CAL))
+        with ThreadExecutor(3) as pool:
+            _assert_identical(reference[key], run_reducers(sources[kind], reducers, rows=2, calibration=CAL,
+                                                           executor=pool))
 
 
 def test_a_stream_of_event_blocks_gives_the_dense_results(sources, reference):

@@ -10,13 +10,13 @@ import pytest
 
 from stempress.data import synthetic
 from stempress.data.base import ArraySource, Dataset4D
+from stempress.data.emd import EMD_DATA_PATH
 from stempress.data.hdf5 import STUDY_EMD_PATH
 from stempress.data.open import open_source
 from stempress.data.suites import STUDY_TABLE1, SUITES, open_synthetic, parse_synthetic, suite, suite_spec
 from stempress.data.synthetic import SyntheticSource, SyntheticSpec, sample_poisson
 from stempress.data.write import METADATA_ATTR, read_metadata, write_hdf5
 from stempress.errors import StempressError
-from stempress.store.emd import EMD_DATA_PATH
 
 DIFF = suite_spec("smoke", "4D_Diff")
 EELS = suite_spec("smoke", "4D_EELS")

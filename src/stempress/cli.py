@@ -402,7 +402,7 @@ def reduce(
     parse_centre(centre)
     refuse_filled_folders(figures=figures, report=report, force=force)
     with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
-            progress_reporter("reduce (scan rows)") as bar:
+            progress_reporter("reduce", unit="bytes") as bar:
         path = reduce_to_file(cube, chosen, out, overwrite=force, progress=bar,
                               calibration=cli_calibration(cube, centre, bf_radius))
     console.print(f"wrote {path}: {', '.join(target)}")
@@ -542,9 +542,9 @@ def simulate(
     force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Generate a synthetic cube to a file, block by block (works for cubes larger than memory)."""
+    from stempress.data.emd import EMD_DATA_PATH
     from stempress.data.open import open_source
     from stempress.data.write import write_hdf5
-    from stempress.store.emd import EMD_DATA_PATH
     from stempress.store.readers import cube_open_lines
 
     source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")

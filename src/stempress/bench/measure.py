@@ -23,10 +23,14 @@ from stempress.bench.verify import Reference
 from stempress.codecs.baselines import file_format
 from stempress.codecs.catalog import Codec
 from stempress.codecs.chunking import PAPER_CHUNKINGS, chunk_shape, chunking_label
-from stempress.codecs.hdf5_store import dataset_blocks, write_cube
+from stempress.codecs.hdf5_store import dataset_blocks
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, iter_blocks, nbytes, rows_for_budget
 from stempress.data.hdf5 import STUDY_EMD_PATH
+from stempress.data.stream import BlockStream
+from stempress.engine import run
 from stempress.errors import StempressError
+from stempress.exec.local import ThreadExecutor
+from stempress.sinks.archive import ArchiveSink, ArchiveSpec
 
 GIB = 1024**3
 MIB = 1024**2
@@ -154,12 +158,13 @@ def measure(
             blocks = write_watch.exclude(_recorded(iter_blocks(source, rows), reference), _rows)
             if chunks is None:
                 written = file_format(method.codec).write(path, blocks, shape, dtype)
-            elif method.path == PARALLEL:
-                from stempress.codecs.parallel import write_parallel_cube
-
-                write_parallel_cube(path, blocks, shape, dtype, chunks, method.codec, method.workers, dataset_path)
             else:
-                write_cube(path, blocks, shape, dtype, chunks, method.codec.h5_kwargs(), dataset_path)
+                parallel = method.path == PARALLEL
+                spec = ArchiveSpec(path, method.codec, tuple(chunks), layout="plain", dataset_path=dataset_path,
+                                   checksums=False, direct=None if parallel else False, provenance=False,
+                                   durable=False)
+                with ThreadExecutor(method.workers if parallel else 1) as executor:
+                    run(BlockStream(blocks, shape, dtype, source.name), [ArchiveSink(spec)], executor=executor)
             if protocol == "cold":
                 for p in written:
                     fsync_path(p)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,6 @@ import numpy as np
 from stempress.codecs.catalog import Codec
 from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
-from stempress.codecs.hdf5_store import create_cube_dataset, write_blocks
 from stempress.codecs.none import Uncompressed as RawChunks
 from stempress.data.base import Block
 from stempress.data.hdf5 import STUDY_EMD_PATH
@@ -61,16 +60,17 @@ def _chunked(dataset: h5py.Dataset) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 # --- writing ----------------------------------------------------------------------------------------------------
 
-def _block_data(block: Block, dataset: h5py.Dataset, shape: tuple[int, ...], chunks: tuple[int, ...]) -> np.ndarray:
+def block_data(block: Block, dataset: h5py.Dataset) -> np.ndarray:
     """The block as the dataset's dtype, refusing blocks that are not whole chunk rows (HDF5 would have to
     read back and recompress a half-written chunk, which direct writes cannot do)."""
+    shape, chunks = _chunked(dataset)
     data = np.asarray(block.data)
     if data.ndim != len(shape) or data.shape[1:] != shape[1:]:
         raise StempressError(f"block of shape {data.shape} does not fit dataset {dataset.name} of shape {shape}")
     if block.start % chunks[0] or (block.stop != shape[0] and data.shape[0] % chunks[0]) or block.stop > shape[0]:
         raise StempressError(
             f"block rows {block.start}-{block.stop} are not whole chunk rows of {chunks[0]} scan rows "
-            f"(dataset has {shape[0]}); use rows_for_budget(..., multiple=chunks[0])"
+            f"(dataset has {shape[0]}); feed blocks through the engine, which cuts them on chunk rows"
         )
     if data.dtype != dataset.dtype:
         if not np.can_cast(data.dtype, dataset.dtype, "safe"):
@@ -101,67 +101,21 @@ def full_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.n
     return full
 
 
-def _encode(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
-            checksums: ChunkChecksums | None) -> bytes:
-    """Worker: pad, compress and checksum one chunk (all GIL-free work, off the HDF5 thread)."""
+def encode_chunk(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
+                 checksums: ChunkChecksums | None, shape: Sequence[int]) -> bytes:
+    """Worker: pad, compress and checksum one chunk (all GIL-free work, off the HDF5 thread); a codec failure
+    names the chunk's place in the scan."""
     chunk = full_chunk(piece, chunks, fill)
-    stored = codec.encode(chunk)
+    try:
+        stored = codec.encode(chunk)
+    except StempressError:
+        raise
+    except Exception as exc:
+        raise StempressError(f"compressing {scan_position(index, chunks, shape)} with {codec.name} failed: {exc}") \
+            from exc
     if checksums is not None:
         checksums.add(index, stored, chunk)
     return stored
-
-
-def write_chunks_parallel(
-    dataset: h5py.Dataset,
-    blocks: Iterable[Block],
-    codec: ChunkCodec,
-    *,
-    workers: int,
-    checksums: ChunkChecksums | None = None,
-    progress: Callable[[int], None] | None = None,
-    max_in_flight: int | None = None,
-) -> int:
-    """Compress the blocks' chunks in ``workers`` threads and store them in chunk-grid order; returns the number
-    of chunks written. ``progress(nbytes)`` is called after each stored chunk with its bytes inside the dataset
-    (padding excluded), so the calls sum to the bytes written. Workers hold views of a block until its chunks
-    are compressed: a source must not refill a block's buffer after yielding it (the project's sources don't)."""
-    shape, chunks = _chunked(dataset)
-    bound = _default_in_flight(workers, max_in_flight)
-    fill = dataset.fillvalue
-    pending: deque[tuple[Index, Index, int, Future[bytes]]] = deque()
-    written = 0
-
-    def store() -> None:
-        nonlocal written
-        index, offset, nbytes, future = pending.popleft()
-        try:
-            stored = future.result()
-        except StempressError:
-            raise
-        except Exception as exc:
-            raise StempressError(
-                f"compressing {scan_position(index, chunks, shape)} with {codec.name} failed: {exc}"
-            ) from exc
-        dataset.id.write_direct_chunk(offset, stored, filter_mask=0)
-        written += 1
-        if progress is not None:
-            progress(nbytes)
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stempress-encode") as pool:
-        try:
-            for block in blocks:
-                data = _block_data(block, dataset, shape, chunks)
-                for index, offset, piece in chunk_pieces(block.start, data, chunks):
-                    while len(pending) >= bound:
-                        store()
-                    future = pool.submit(_encode, codec, piece, chunks, fill, index, checksums)
-                    pending.append((index, offset, piece.nbytes, future))
-            while pending:
-                store()
-        finally:
-            for *_, future in pending:
-                future.cancel()
-    return written
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
@@ -304,51 +258,6 @@ def read_chunks_parallel(
 
 
 # --- whole cubes ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WriteOutcome:
-    """How a cube was written: ``direct`` chunks from the pool, or the filter path and ``reason`` why."""
-
-    direct: bool
-    reason: str | None = None
-    checksums: bool = False
-
-
-def write_parallel_cube(
-    path: Path,
-    blocks: Iterable[Block],
-    shape: Sequence[int],
-    dtype: np.dtype,
-    chunks: Sequence[int] | None,
-    codec: Codec,
-    workers: int,
-    dataset_path: str = STUDY_EMD_PATH,
-    *,
-    checksums: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> WriteOutcome:
-    """Like ``hdf5_store.write_cube``, compressing in ``workers`` threads: the dataset declares ``codec``'s filter
-    pipeline, so any h5py + hdf5plugin reads the file. Codecs without a chunk codec (and contiguous layouts) go
-    through the filter path; the outcome says so and why. ``checksums`` saves per-chunk CRCs (direct path only)."""
-    dtype = np.dtype(dtype)
-    chunk_codec = chunk_codec_for(codec, dtype, threads=workers) if chunks else None
-    reason = None
-    if chunk_codec is None:
-        reason = "the layout is contiguous (no chunks)" if not chunks else direct_chunk_reason(codec, dtype)
-    with h5py.File(path, "w") as f:
-        dataset = create_cube_dataset(f, dataset_path, shape, dtype, chunks, codec.h5_kwargs())
-        if chunk_codec is None:
-            for block in blocks:
-                write_blocks(dataset, [block])
-                if progress is not None:
-                    progress(int(np.asarray(block.data).nbytes))
-            return WriteOutcome(direct=False, reason=reason)
-        record = ChunkChecksums.for_dataset(dataset) if checksums else None
-        write_chunks_parallel(dataset, blocks, chunk_codec, workers=workers, checksums=record, progress=progress)
-        if record is not None:
-            record.save(f)
-    return WriteOutcome(direct=True, checksums=record is not None)
-
 
 def _pipeline_ids(dataset: h5py.Dataset) -> tuple[int, ...]:
     plist = dataset.id.get_create_plist()

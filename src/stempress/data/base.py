@@ -25,10 +25,21 @@ DEFAULT_BLOCK_BYTES = 64 * 1024**2
 
 @dataclass(frozen=True)
 class Block:
-    """Scan rows ``[start, stop)`` of a cube; ``data`` has shape ``(stop-start, scan_x, det_y, det_x)``."""
+    """Scan rows ``[start, stop)`` of a cube; ``data`` has shape ``(stop-start, scan_x, det_y, det_x)``.
+
+    A file's blocks are complete; a live stream's may not be: ``valid`` (shape ``(rows, scan_x)``, None = all)
+    marks the positions whose frame arrived, and ``frame_ids`` (same shape, None = position order) the
+    detector's frame numbers, so every sink sees what a stream lost instead of zeros posing as data.
+    """
 
     start: int
     data: np.ndarray
+    valid: np.ndarray | None = None
+    frame_ids: np.ndarray | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.valid is None or bool(np.all(self.valid))
 
     @property
     def stop(self) -> int:

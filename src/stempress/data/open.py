@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from importlib import import_module
 from pathlib import Path
@@ -13,6 +14,7 @@ from stempress.data.hdf5 import Hdf5Source, open_hdf5
 from stempress.data.mib import MibSource
 from stempress.data.npy import NpySource
 from stempress.data.nxmx import NxmxSource, is_nxmx_master
+from stempress.data.spec import SourceSpec
 from stempress.errors import StempressError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".nxs")
@@ -110,7 +112,16 @@ def _open_synthetic(spec: str) -> Dataset4D:
 
 def open_source(spec: str | Path | np.ndarray, *, dataset: str | None = None,
                 scan_shape: tuple[int, int] | None = None) -> Dataset4D:
-    """Open a cube for block-wise reading; the caller closes it (sources are context managers)."""
+    """Open a cube for block-wise reading; the caller closes it (sources are context managers). A source opened
+    from a file or a ``synthetic:`` name remembers how (``opened_from``), so workers can reopen it."""
+    source = _open(spec, dataset, scan_shape)
+    if not isinstance(spec, np.ndarray):
+        with contextlib.suppress(AttributeError):  # a source with __slots__ simply cannot be reopened elsewhere
+            source.opened_from = SourceSpec(str(spec), dataset, None if scan_shape is None else tuple(scan_shape))
+    return source
+
+
+def _open(spec: str | Path | np.ndarray, dataset: str | None, scan_shape: tuple[int, int] | None) -> Dataset4D:
     if isinstance(spec, np.ndarray):
         source = ArraySource(spec)
         if scan_shape is not None and tuple(scan_shape) != source.shape[:2]:

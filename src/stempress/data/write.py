@@ -1,6 +1,6 @@
 """Stream any source into an HDF5 file block by block, so cubes larger than memory can be written.
 
-The default layout is EMD 1.0 as emdfile/py4DSTEM write it (``stempress.store.emd``: root attributes, root
+The default layout is EMD 1.0 as emdfile/py4DSTEM write it (``stempress.data.emd``: root attributes, root
 group, DataCube with dims and calibration), the layout ``compress`` writes, so ``py4DSTEM.read`` and HyperSpy's
 EMD reader open what ``stempress simulate`` writes; ``layout="plain"`` writes only the dataset (the study's path
 by default). The file appears under its final name only when complete (temporary name in the same directory,
@@ -49,7 +49,7 @@ def write_hdf5(
     readers read only ``data``). Blocks hold a whole number of chunk rows, so no chunk is compressed twice.
     ``progress(bytes_done, bytes_total)`` is called after each block.
     """
-    from stempress.store.emd import data_path  # the store owns the layouts; it builds on this module's helpers
+    from stempress.data.emd import data_path  # the store owns the layouts; it builds on this module's helpers
 
     out = Path(out)
     data_path(layout, dataset_path)  # an unknown layout or a misplaced path is refused before any work
@@ -68,7 +68,7 @@ def write_hdf5(
 def _fill(f: h5py.File, source: Dataset4D, shape: tuple[int, int, int, int], where: tuple[str, str | None],
           chunks: tuple[int, ...] | None, kwargs: dict[str, Any], truth: bool,
           progress: Progress | None) -> None:
-    from stempress.store.emd import prepare_layout, write_source_metadata
+    from stempress.data.emd import prepare_layout, write_source_metadata
 
     layout, dataset_path = where
     group, name = prepare_layout(f, layout, source.metadata, dataset_path)
@@ -137,7 +137,7 @@ def jsonable(value: Any) -> Any:
 def read_metadata(path: Path | str, dataset_path: str | None = None) -> dict[str, Any]:
     """The metadata ``write_hdf5`` stored with a cube (empty when the file has none); by default the cube is the
     EMD layout's, else the study's path."""
-    from stempress.store.emd import EMD_DATA_PATH
+    from stempress.data.emd import EMD_DATA_PATH
 
     with h5py.File(path, "r") as f:
         path_in_file = dataset_path or (EMD_DATA_PATH if EMD_DATA_PATH in f else STUDY_EMD_PATH)

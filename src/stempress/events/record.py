@@ -38,8 +38,8 @@ Record = dict[str, Any]
 def calibration_fields(metadata: Mapping[str, Any], det_shape: tuple[int, ...]) -> dict[str, Any]:
     """The source's calibration as stored fields: scan step and detector pixel size with their units (emdfile's
     names), and the beam centre / BF radius in detector pixels where the source knows them (not measured here)."""
+    from stempress.data.emd import calibration_from
     from stempress.reduce.calibration import Calibration
-    from stempress.store.emd import calibration_from
 
     fields: dict[str, Any] = calibration_from(metadata).fields()
     geometry = Calibration.from_metadata(metadata, det_shape)

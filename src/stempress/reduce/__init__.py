@@ -1,11 +1,12 @@
 """Reducers: task summaries (virtual images, CoM, patterns) computed from blocks of frames in one pass.
 
 ``run_reducers(source, default_reducers(calibrate(source)))`` gives BF/ADF/HAADF images, the CoM map and the
-mean pattern; ``run_partitioned`` gives the same results from independently reduced, merged partitions.
+mean pattern; ``run_reducers(..., executor=ThreadExecutor(4))`` gives the same results from partitions reduced
+on workers.
 """
 
 from stempress.reduce.calibration import Calibration, calibrate, estimate_calibration, find_bf_disk
-from stempress.reduce.engine import Projection, partition_rows, run_partitioned, run_reducers, single_blas_thread
+from stempress.reduce.engine import Projection, run_reducers, single_blas_thread
 from stempress.reduce.imaging import (
     COM_MASK_BF,
     Annulus,
@@ -61,9 +62,7 @@ __all__ = [
     "fit_dpc_rotation",
     "haadf",
     "integrated_phase",
-    "partition_rows",
     "radius_map",
-    "run_partitioned",
     "run_reducers",
     "single_blas_thread",
 ]

@@ -89,7 +89,7 @@ class Calibration:
         """What a source carries: pixel sizes (emdfile ``calibration`` group or top-level keys), and the
         disk centre / radius where known (synthetic ``bf_disk_*_px``, py4DSTEM ``qx0_mean``/``qy0_mean``/
         ``probe_semiangle``); otherwise the detector's geometric centre and no radius."""
-        from stempress.store.emd import calibration_from  # the store owns the metadata conventions
+        from stempress.data.emd import calibration_from  # the store owns the metadata conventions
 
         det = (int(det_shape[0]), int(det_shape[1]))
         pixel = calibration_from(metadata)

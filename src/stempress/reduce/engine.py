@@ -9,19 +9,20 @@ pattern) are fused into one ``Projection``: each block is converted once and mul
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from stempress.data.base import ArraySource, Block, Dataset4D, check_shape_dtype, iter_blocks, rows_for_budget
+from stempress.data.base import ArraySource, Block, Dataset4D
+from stempress.data.stream import BlockStream
 from stempress.errors import StempressError
+from stempress.exec.base import Executor
+from stempress.progress import Progress
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.protocol import LinearReducer, Reducer, Shape4, State
 
-Progress = Callable[[int, int], None]
 Results = dict[str, dict[str, np.ndarray]]
 
 
@@ -210,7 +211,7 @@ def single_blas_thread() -> Iterator[None]:
         yield
 
 
-class _Pass:
+class RowPass:
     """All reducers' states over one range of scan rows, the linear ones fused into one projection."""
 
     def __init__(self, reducers: Sequence[Reducer], shape: Shape4, dtype: np.dtype,
@@ -260,7 +261,7 @@ class _Pass:
                 reducer.process(state, block)
         self.seen[lo:hi] = True
 
-    def merge(self, other: _Pass) -> None:
+    def merge(self, other: RowPass) -> None:
         """Absorb the pass over the next row range."""
         if other.rows[0] != self.rows[1]:
             raise ValueError(f"pass over rows {other.rows} does not follow rows {self.rows}")
@@ -297,7 +298,7 @@ def _check_outputs(reducer: Reducer, out: dict[str, np.ndarray], shape: Shape4, 
                              f"declared {np.dtype(spec.dtype)} {spec.shape(shape)}")
 
 
-def _check_names(reducers: Sequence[Reducer]) -> None:
+def check_names(reducers: Sequence[Reducer]) -> None:
     if not reducers:
         raise StempressError("no reducers given; pass at least one (e.g. default_reducers(calibration))")
     names = [r.name for r in reducers]
@@ -306,109 +307,43 @@ def _check_names(reducers: Sequence[Reducer]) -> None:
         raise StempressError(f"two reducers are named {', '.join(twice)}; give each a distinct name=")
 
 
-def _calibration(calibration: Calibration | None, metadata: dict[str, Any], shape: Shape4) -> Calibration:
-    return calibration if calibration is not None else Calibration.from_metadata(metadata, shape[2:])
-
-
-class _Progress:
-    """Rows done so far, reported after each block; thread-safe for partitions run in parallel."""
-
-    def __init__(self, callback: Progress | None, total: int):
-        self.callback, self.total, self.done = callback, total, 0
-        self.lock = threading.Lock()
-
-    def add(self, rows: int) -> None:
-        if self.callback is None:
-            return
-        with self.lock:
-            self.done += rows
-            self.callback(self.done, self.total)
-
-
 def run_reducers(source_or_blocks: Dataset4D | np.ndarray | Iterable[Block], reducers: Sequence[Reducer], *,
                  rows: int | None = None, progress: Progress | None = None,
                  calibration: Calibration | None = None, shape: Shape4 | None = None,
-                 metadata: dict[str, Any] | None = None) -> Results:
-    """All reducers over every scan row in ONE pass; returns ``{reducer name: {output name: array}}``.
+                 metadata: dict[str, Any] | None = None, executor: Executor | None = None) -> Results:
+    """All reducers over every scan row in ONE pass (``engine.run`` with a ``ReducerSink``); returns
+    ``{reducer name: {output name: array}}``.
 
-    ``source_or_blocks``: a source (read ``rows`` scan rows at a time, default a 64 MiB budget), an in-memory
-    4-D array, or an iterable of ``Block`` s (then ``shape`` is required; blocks may come in any order but
-    must cover every row once; out of order, float sums may differ in the last bit, counts never do).
-    ``calibration`` defaults to what the source's metadata carries.
+    ``source_or_blocks``: a source (read ``rows`` scan rows at a time, default the engine's block budget), an
+    in-memory 4-D array, or an iterable of ``Block`` s (then ``shape`` is required; blocks may come in any order
+    but must cover every row once; out of order, float sums may differ in the last bit, counts never do).
+    ``calibration`` defaults to what the source's metadata carries. ``executor``: several workers reduce
+    partitions that merge in row order, with results identical to one pass (bit for bit for integer data and
+    for sums float64 holds exactly). ``progress(bytes_done, bytes_total)``.
     """
-    _check_names(reducers)
+    from stempress.engine import run
+    from stempress.sinks.reduce import ReducerSink
+
+    check_names(reducers)
+    source = _as_source(source_or_blocks, shape, metadata)
+    if calibration is None and metadata is not None:
+        calibration = Calibration.from_metadata(metadata, source.shape[2:])
+    with single_blas_thread():
+        (results,) = run(source, [ReducerSink(reducers, calibration)], executor=executor, progress=progress,
+                         rows=rows)
+    return results
+
+
+def _as_source(source_or_blocks: Dataset4D | np.ndarray | Iterable[Block], shape: Shape4 | None,
+               metadata: dict[str, Any] | None) -> Dataset4D | BlockStream:
     if isinstance(source_or_blocks, np.ndarray):
-        source_or_blocks = ArraySource(source_or_blocks)
+        return ArraySource(source_or_blocks, metadata=dict(metadata or {}))
     if isinstance(source_or_blocks, Dataset4D):
-        source = source_or_blocks
-        shape, dtype = source.shape, np.dtype(source.dtype)
-        metadata = source.metadata if metadata is None else metadata
-        blocks: Iterator[Block] = iter_blocks(source, rows)
-    else:
-        if shape is None:
-            raise StempressError("reducing a stream of blocks needs the cube's shape=(scan_y, scan_x, det_y, det_x)")
-        blocks = iter(source_or_blocks)
-        first = next(blocks, None)
-        if first is None:
-            raise StempressError("the block stream is empty; nothing to reduce")
-        dtype = np.dtype(first.data.dtype)
-        shape = check_shape_dtype(tuple(shape), dtype, "block stream")
-        blocks = _chain(first, blocks)
-        metadata = metadata or {}
-    calibration = _calibration(calibration, metadata, shape)
-    counter = _Progress(progress, shape[0])
-    with single_blas_thread():
-        run = _Pass(reducers, shape, dtype, calibration, (0, shape[0]))
-        for block in blocks:
-            run.process(block)
-            counter.add(block.data.shape[0])
-        return run.finish()
-
-
-def _chain(first: Block, rest: Iterator[Block]) -> Iterator[Block]:
-    yield first
-    yield from rest
-
-
-def partition_rows(scan_y: int, partitions: int) -> list[tuple[int, int]]:
-    """Split scan rows into at most ``partitions`` contiguous, near-equal, non-empty ranges."""
-    if partitions < 1:
-        raise StempressError(f"partitions must be >= 1, got {partitions}")
-    k = min(int(partitions), int(scan_y))
-    edges = [round(i * scan_y / k) for i in range(k + 1)]
-    return [(edges[i], edges[i + 1]) for i in range(k)]
-
-
-def run_partitioned(source: Dataset4D | np.ndarray, reducers: Sequence[Reducer], partitions: int = 2, *,
-                    rows: int | None = None, executor: Executor | None = None,
-                    calibration: Calibration | None = None, progress: Progress | None = None) -> Results:
-    """Reduce ``partitions`` row ranges independently (in order, or on ``executor``'s workers) and merge them.
-
-    The shape a thread or Dask executor uses; results are identical to ``run_reducers`` (bit for bit for
-    integer data and for sums that float64 holds exactly, such as binned means).
-    """
-    _check_names(reducers)
-    if isinstance(source, np.ndarray):
-        source = ArraySource(source)
-    if not isinstance(source, Dataset4D):
-        raise StempressError("run_partitioned needs a source it can read rows from; for a stream use run_reducers")
-    shape, dtype = source.shape, np.dtype(source.dtype)
-    calibration = _calibration(calibration, source.metadata, shape)
-    step = rows or rows_for_budget(source)
-    counter = _Progress(progress, shape[0])
-
-    def work(bounds: tuple[int, int]) -> _Pass:
-        run = _Pass(reducers, shape, dtype, calibration, bounds)
-        for start in range(bounds[0], bounds[1], step):
-            stop = min(start + step, bounds[1])
-            run.process(Block(start, source.read_rows(start, stop)))
-            counter.add(stop - start)
-        return run
-
-    ranges = partition_rows(shape[0], partitions)
-    with single_blas_thread():
-        passes = list(executor.map(work, ranges)) if executor is not None else [work(r) for r in ranges]
-        merged = passes[0]
-        for other in passes[1:]:
-            merged.merge(other)
-        return merged.finish()
+        return source_or_blocks
+    if shape is None:
+        raise StempressError("reducing a stream of blocks needs the cube's shape=(scan_y, scan_x, det_y, det_x)")
+    blocks = iter(source_or_blocks)
+    first = next(blocks, None)
+    if first is None:
+        raise StempressError("the block stream is empty; nothing to reduce")
+    return BlockStream(itertools.chain([first], blocks), tuple(shape), first.data.dtype, metadata=dict(metadata or {}))

@@ -35,6 +35,7 @@ import numpy as np
 
 from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, require_file
+from stempress.data.emd import DIM_NAMES, create_emd_root, metadata_item, write_emd_header
 from stempress.data.write import json_text
 from stempress.errors import StempressError
 from stempress.plan import provenance
@@ -43,7 +44,6 @@ from stempress.reduce.diffraction import RadialProfile
 from stempress.reduce.engine import Results, run_reducers
 from stempress.reduce.protocol import OutputSpec, Reducer
 from stempress.reduce.sufficiency import Target, parse_targets
-from stempress.store.emd import DIM_NAMES, create_emd_root, metadata_item, write_emd_header
 
 log = logging.getLogger("stempress")
 

@@ -10,29 +10,25 @@ OUT, and the next write of the same OUT deletes such leftovers of dead writers, 
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import h5py
 import numpy as np
 
-from stempress.atomic import atomic_output, check_new_output, partial_folder, remove_stale_partials
+from stempress.atomic import check_new_output, partial_folder, remove_stale_partials
 from stempress.codecs.catalog import CATALOG, Codec, get_codec
-from stempress.codecs.checksums import ChunkChecksums
-from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
+from stempress.codecs.chunk_codec import direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
-from stempress.codecs.hdf5_store import create_cube_dataset
-from stempress.codecs.parallel import chunk_pieces, full_chunk, write_chunks_parallel
 from stempress.cores import resolve_workers
-from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype, nbytes, rows_for_budget
+from stempress.data.base import Dataset4D, check_shape_dtype, nbytes
+from stempress.data.emd import data_path
+from stempress.engine import run
 from stempress.errors import StempressError
+from stempress.exec.local import ThreadExecutor
+from stempress.progress import Progress
+from stempress.sinks.archive import ArchiveSink, ArchiveSpec
 from stempress.sizes import GIB, human_size
-from stempress.store.emd import data_path, prepare_layout, write_source_metadata
 from stempress.store.readers import cube_open_lines
 
 #: Blosc1 zstd (clevel 3, byte shuffle): the study's recommended replacement for gzip-9, close to or above
@@ -44,10 +40,6 @@ AUTO = "auto"
 #: The one file-format codec compress writes: counted electrons entropy-coded (lossless for integer counts), a
 #: file of its own (``events.entropy_file``) rather than an HDF5 dataset with a filter.
 ENTROPY_CODEC = "entropy_poisson"
-#: Chunk bytes per worker in one block, so every worker has chunks to compress while the next block is read.
-BLOCK_BYTES_PER_WORKER = 16 * 1024**2
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -111,19 +103,19 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
     if codec.strip().lower() == ENTROPY_CODEC:
         return _compress_entropy(source, out, chunks, workers, force, progress)
     chunks = "balanced" if chunks is None else chunks
-    target = data_path(layout, dataset_path)
+    data_path(layout, dataset_path)  # a bad layout or path is refused before the codec benchmark of "auto"
     check_new_output(out, force)
     n_workers = resolve_workers(workers)
     chunks_t = chunk_shape(chunks, shape)
     chosen, why = resolve_codec(codec, source, chunks_t, out)
     removed = remove_stale_partials(out)
     started = time.perf_counter()  # the write only: reading the source, compressing, syncing, renaming
-    chunk_codec = chunk_codec_for(chosen, np.dtype(source.dtype), threads=n_workers)
-    _write(source, out, force, _Plan(layout, target, chunks_t, chosen, chunk_codec, n_workers), progress)
-    reason = None if chunk_codec is not None else (direct_chunk_reason(chosen, source.dtype) or "no chunk codec")
-    return CompressReport(path=out, codec=chosen.name, chunks=chunks_t, workers=n_workers,
-                          direct=chunk_codec is not None, fallback_reason=reason, layout=layout,
-                          dataset_path=target, raw_bytes=nbytes(source), file_bytes=out.stat().st_size,
+    spec = ArchiveSpec(out, chosen, chunks_t, layout, dataset_path, force)
+    with ThreadExecutor(n_workers) as executor:
+        (written,) = run(source, [ArchiveSink(spec)], executor=executor, progress=progress)
+    return CompressReport(path=out, codec=chosen.name, chunks=chunks_t, workers=n_workers, direct=written.direct,
+                          fallback_reason=written.fallback_reason, layout=layout, dataset_path=written.dataset_path,
+                          raw_bytes=nbytes(source), file_bytes=written.file_bytes,
                           seconds=time.perf_counter() - started, chosen_why=why, removed_partials=removed)
 
 
@@ -153,36 +145,6 @@ def _compress_entropy(source: Dataset4D, out: Path, chunks: str | tuple[int, ...
                           direct=True, fallback_reason=None, layout=ENTROPY_CODEC, dataset_path="/",
                           raw_bytes=nbytes(source), file_bytes=out.stat().st_size,
                           seconds=time.perf_counter() - started, removed_partials=removed)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How to write: everything decided before the first byte."""
-
-    layout: str
-    dataset_path: str
-    chunks: tuple[int, int, int, int]
-    codec: Codec
-    chunk_codec: ChunkCodec | None
-    workers: int
-
-
-def _write(source: Dataset4D, out: Path, force: bool, plan: _Plan, progress: Progress | None) -> None:
-    """Partial file: layout, data, checksums, metadata; ``atomic_output`` syncs it and makes it OUT."""
-    with atomic_output(out, overwrite=force) as tmp, h5py.File(tmp, "w") as f:
-        group, name = prepare_layout(f, plan.layout, source.metadata, plan.dataset_path)
-        dset = create_cube_dataset(group, name, source.shape, np.dtype(source.dtype), plan.chunks,
-                                   plan.codec.h5_kwargs())
-        checksums = ChunkChecksums.for_dataset(dset)
-        done = _Counter(nbytes(source), progress)
-        with _Prefetch(source, _block_rows(source, plan.chunks, plan.workers)) as blocks:
-            if plan.chunk_codec is not None:
-                write_chunks_parallel(dset, blocks, plan.chunk_codec, workers=plan.workers,
-                                      checksums=checksums, progress=done.add)
-            else:
-                _write_filtered(dset, blocks, checksums, done.add)
-        checksums.save(f)
-        write_source_metadata(dset, plan.layout, source.metadata, plan.codec.config())
 
 
 def direct_codecs() -> list[str]:
@@ -218,86 +180,3 @@ def _recommended(source: Dataset4D, chunks: tuple[int, int, int, int], out: Path
         rec, _stats = recommend_source(source, "balanced", methods=methods, chunkings=[chunks], runs=1,
                                        workdir=Path(workdir))
     return get_codec(rec.codec), rec.why
-
-
-def _block_rows(source: Dataset4D, chunks: tuple[int, int, int, int], workers: int) -> int:
-    """Whole chunk rows per block (no chunk is ever written twice), enough to keep every worker busy."""
-    return rows_for_budget(source, max(DEFAULT_BLOCK_BYTES, workers * BLOCK_BYTES_PER_WORKER), multiple=chunks[0])
-
-
-class _Prefetch:
-    """Blocks of ``rows`` scan rows, the next one read by a thread while the current one is compressed.
-
-    Use as a context manager: leaving it (normally, on an error or on Ctrl-C) stops the reader thread.
-    """
-
-    def __init__(self, source: Dataset4D, rows: int, depth: int = 1) -> None:
-        self.source, self.rows = source, rows
-        self._items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="stempress-prefetch", daemon=True)
-
-    def __enter__(self) -> Iterator[Block]:
-        self._thread.start()
-        return self._blocks()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _put(self, item: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _read(self) -> None:
-        source, total = self.source, self.source.shape[0]
-        try:
-            for start in range(0, total, self.rows):
-                stop = min(start + self.rows, total)
-                data = source.read_rows(start, stop)
-                if data.shape != (stop - start, *source.shape[1:]):
-                    raise StempressError(f"source {source.name!r} returned a block of shape {data.shape} for "
-                                         f"rows {start}..{stop}; fix the source's read_rows")
-                if not self._put(("block", Block(start, data))):
-                    return
-            self._put(("end", None))
-        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
-            self._put(("error", exc))
-
-    def _blocks(self) -> Iterator[Block]:
-        while True:
-            kind, value = self._items.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-
-
-def _write_filtered(dset: h5py.Dataset, blocks: Iterator[Block], checksums: ChunkChecksums,
-                    progress: Callable[[int], None]) -> None:
-    """The fallback: HDF5's one-threaded filter pipeline, then each stored chunk read back for its checksums."""
-    chunks, fill = dset.chunks, dset.fillvalue
-    for block in blocks:
-        dset[block.start:block.stop] = block.data
-        for index, offset, piece in chunk_pieces(block.start, block.data, chunks):
-            _mask, stored = dset.id.read_direct_chunk(offset)
-            checksums.add(index, stored, full_chunk(piece, chunks, fill))
-        progress(block.data.nbytes)
-
-
-class _Counter:
-    """Turns the writers' per-block byte counts into ``progress(done, total)``."""
-
-    def __init__(self, total: int, progress: Progress | None) -> None:
-        self.total, self.done, self.progress = total, 0, progress
-
-    def add(self, nbytes: int) -> None:
-        self.done += int(nbytes)
-        if self.progress is not None:
-            self.progress(self.done, self.total)

@@ -32,9 +32,9 @@ from stempress.codecs.parallel import chunk_grid, chunk_pieces, full_chunk, read
 from stempress.codecs.registry import codec_from_config, codec_from_pipeline
 from stempress.cores import resolve_workers
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, require_file, rows_for_budget
+from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
 from stempress.errors import StempressError
-from stempress.store.emd import CODEC_ATTR
 
 #: What a report says instead of OK when nothing could prove the data right.
 NOT_VERIFIED = "decoded, not verified (no checksums; pass --against)"

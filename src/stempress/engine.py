@@ -1,0 +1,202 @@
+"""The engine: ``run(source, sinks, executor, progress)``, the only code that walks a source.
+
+Two ways through a run, chosen here, never by a command:
+
+- **partitions**: when every sink merges (reducers, statistics, reference digests), the executor has several
+  workers and the source can be reopened or shared, the scan rows are cut into partitions; each worker
+  reads its own rows into partial sinks, which merge in row order (bit-identical for any worker count).
+- **one stream**: otherwise (an archive or event file is written, or the source is a live stream), blocks are
+  read once, ahead of the sinks by a thread, and every sink consumes each block in row order; a writer sink
+  spreads its own work (compressing chunks) over the run's executor.
+
+Either way every byte of the source is read once, whatever the number of sinks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype
+from stempress.data.spec import SourceSpec, spec_of
+from stempress.data.stream import StreamSource, regroup
+from stempress.errors import StempressError
+from stempress.exec.base import Executor
+from stempress.exec.local import InlineExecutor
+from stempress.exec.prefetch import read_ahead
+from stempress.progress import Progress, ProgressCounter
+from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, row_multiple
+
+#: Largest partition: small enough that many fit a run (load balance), large enough to amortise reopening.
+PARTITION_BYTES = 256 * 1024**2
+#: Partitions per worker, so a slow partition does not leave the other workers idle at the end.
+PARTITIONS_PER_WORKER = 4
+
+
+# -- the one rows-per-block rule -----------------------------------------------------------------------------
+def block_rows(shape: Sequence[int], dtype: np.dtype | str, *, multiple: int = 1, budget: int | None = None,
+               rows: int | None = None) -> int:
+    """Scan rows per block: ``rows`` if given (rounded up to ``multiple``), else what fits ``budget`` bytes
+    (default ``DEFAULT_BLOCK_BYTES``) rounded down to ``multiple``, at least one multiple, at most the scan."""
+    row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+    multiple = max(1, int(multiple))
+    if rows is not None:
+        if int(rows) < 1:
+            raise StempressError(f"rows per block must be at least 1, got {rows}")
+        chosen = math.ceil(int(rows) / multiple) * multiple
+    else:
+        chosen = max(1, int(budget or DEFAULT_BLOCK_BYTES) // max(1, row_bytes))
+        chosen = max(multiple, chosen // multiple * multiple)
+    return min(chosen, int(shape[0]))
+
+
+def sinks_multiple(sinks: Sequence[Sink]) -> int:
+    """The row multiple every sink can take: the least common multiple of theirs."""
+    return math.lcm(*(row_multiple(s) for s in sinks)) if sinks else 1
+
+
+def sinks_budget(sinks: Sequence[Sink], workers: int) -> int:
+    """Block bytes: the default, or more when a sink needs work for every worker in one block."""
+    asked = [int(getattr(s, "block_bytes_per_worker", 0)) * workers for s in sinks]
+    return max([DEFAULT_BLOCK_BYTES, *asked])
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+def read_blocks(source: Dataset4D, rows: int, start: int = 0, stop: int | None = None, *,
+                depth: int = 1) -> Iterator[Block]:
+    """Blocks of ``rows`` scan rows over ``[start, stop)``, read ``depth`` blocks ahead by a thread."""
+    stop = source.shape[0] if stop is None else stop
+
+    def blocks() -> Iterator[Block]:
+        for first in range(start, stop, rows):
+            last = min(first + rows, stop)
+            data = source.read_rows(first, last)
+            if data.shape != (last - first, *source.shape[1:]):
+                raise StempressError(f"source {source.name!r} returned a block of shape {data.shape} for rows "
+                                     f"{first}..{last}; fix the source's read_rows")
+            yield Block(first, data)
+
+    return read_ahead(blocks(), depth)
+
+
+def partition_ranges(scan_y: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """At most ``parts`` contiguous, near-equal, non-empty row ranges whose edges fall on ``multiple``."""
+    if parts < 1:
+        raise StempressError(f"partitions must be >= 1, got {parts}")
+    units = math.ceil(scan_y / multiple)
+    k = min(int(parts), units)
+    edges = sorted({min(scan_y, round(i * units / k) * multiple) for i in range(k + 1)})
+    return list(itertools.pairwise(edges))
+
+
+def partitions_for(source: Dataset4D, workers: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """Enough partitions for every worker several times over, none above ``PARTITION_BYTES``."""
+    total = int(np.prod(source.shape)) * np.dtype(source.dtype).itemsize
+    return partition_ranges(source.shape[0], max(PARTITIONS_PER_WORKER * workers,
+                                                 math.ceil(total / PARTITION_BYTES)), multiple)
+
+
+# -- running -----------------------------------------------------------------------------------------------
+def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Executor | None = None,
+        progress: Progress | None = None, rows: int | None = None, read_ahead_blocks: int = 1) -> list[Any]:
+    """Feed every block of ``source`` to every sink once; returns each sink's ``finish()`` in order.
+
+    ``executor`` (default inline) decides where work runs; ``progress(bytes_done, bytes_total)`` counts the
+    source's raw bytes consumed; ``rows`` overrides the rows per block (rounded to what the sinks need). On
+    failure or Ctrl-C every sink is aborted (partial outputs removed) and the error raised.
+    """
+    sinks = list(sinks)
+    if not sinks:
+        raise StempressError("nothing to do: give at least one sink (an archive, events or reducers)")
+    names = [s.name for s in sinks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise StempressError(f"two sinks are named {', '.join(twice)}; give each a distinct name")
+    owned = executor is None
+    executor = executor if executor is not None else InlineExecutor()
+    shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
+    info = RunInfo(source.name, shape, np.dtype(source.dtype), dict(source.metadata), (0, shape[0]), executor)
+    counter = ProgressCounter(progress, int(np.prod(shape)) * info.dtype.itemsize)
+    opened: list[Sink] = []
+    try:
+        for sink in sinks:
+            sink.open(info)
+            opened.append(sink)
+        multiple = sinks_multiple(sinks)  # known once the sinks are open (an archive's chunks depend on the cube)
+        step = block_rows(shape, info.dtype, multiple=multiple, rows=rows,
+                          budget=sinks_budget(sinks, executor.workers))
+        if _can_partition(source, sinks, executor):
+            _run_partitions(source, sinks, info, executor, step, multiple, counter)  # type: ignore[arg-type]
+        else:
+            for block in _stream(source, step, multiple, read_ahead_blocks):
+                for sink in sinks:
+                    sink.consume(block)
+                counter.add(block.data.nbytes)
+        return [sink.finish() for sink in sinks]
+    except BaseException:
+        for sink in opened:
+            abort(sink)
+        raise
+    finally:
+        if owned:
+            executor.close()
+
+
+def _stream(source: Dataset4D | StreamSource, step: int, multiple: int, depth: int) -> Iterator[Block]:
+    if isinstance(source, Dataset4D):
+        return read_blocks(source, step, depth=depth)
+    return regroup(source.blocks(), multiple, source.shape[0])
+
+
+def _can_partition(source: Any, sinks: Sequence[Sink], executor: Executor) -> bool:
+    if executor.workers < 2 or not isinstance(source, Dataset4D) or source.shape[0] < 2:
+        return False
+    if not all(isinstance(s, MergeableSink) for s in sinks):
+        return False
+    return not executor.remote or spec_of(source) is not None
+
+
+def _run_partitions(source: Dataset4D, sinks: Sequence[MergeableSink], info: RunInfo, executor: Executor,
+                    step: int, multiple: int, counter: ProgressCounter) -> None:
+    ranges = partitions_for(source, executor.workers, multiple)
+    where: Dataset4D | SourceSpec = spec_of(source) if executor.remote else source  # type: ignore[assignment]
+    local = None if executor.remote else counter
+    tasks = (_PartitionTask(where, info.for_rows(*r), [s.partial(r) for s in sinks], step, local) for r in ranges)
+    for parts, nbytes in executor.map_ordered(_run_partition, tasks):
+        for sink, part in zip(sinks, parts, strict=True):
+            sink.merge(part)
+        if executor.remote:
+            counter.add(nbytes)
+
+
+class _PartitionTask:
+    """One partition's work, picklable when its source is a ``SourceSpec`` and it carries no counter."""
+
+    def __init__(self, source: Dataset4D | SourceSpec, info: RunInfo, parts: list[MergeableSink], step: int,
+                 counter: ProgressCounter | None) -> None:
+        self.source, self.info, self.parts, self.step, self.counter = source, info, parts, step, counter
+
+
+def _run_partition(task: _PartitionTask) -> tuple[list[MergeableSink], int]:
+    """Worker: open the partition's sinks, feed them its rows, hand them back to be merged."""
+    reopened = isinstance(task.source, SourceSpec)
+    source = task.source.open() if reopened else task.source
+    nbytes = 0
+    try:
+        for part in task.parts:
+            part.open(task.info)
+        start, stop = task.info.row_range
+        for block in read_blocks(source, task.step, start, stop, depth=0):
+            for part in task.parts:
+                part.consume(block)
+            nbytes += block.data.nbytes
+            if task.counter is not None:
+                task.counter.add(block.data.nbytes)
+        return task.parts, nbytes
+    finally:
+        if reopened:
+            source.close()
