@@ -39,8 +39,9 @@ from check_plain_readers import REAL_EXAMPLE, make_venv
 from stempress.data.open import open_source
 from stempress.errors import StempressError
 from stempress.reduce.calibration import Calibration
-from stempress.reduce.output import read_reduced, reduce_to_file, reduced_calibration
+from stempress.reduce.output import read_reduced, reduced_calibration
 from stempress.reduce.sufficiency import parse_target
+from stempress.sinks.reduced import reduce_to_file
 from stempress.store.readers import HS_CALL_PREFIX, reduced_open_line
 
 DEFAULT_SOURCES = ["synthetic:smoke/4D_Diff",

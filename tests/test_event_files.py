@@ -21,7 +21,8 @@ from stempress.events.checksums import MAX_CHUNKS, ChecksumError
 from stempress.events.counting import CountingParams, count_to_file
 from stempress.events.entropy_file import write_entropy_events
 from stempress.reduce.calibration import Calibration
-from stempress.reduce.output import read_reduced, reduce_to_file
+from stempress.reduce.output import read_reduced
+from stempress.sinks.reduced import reduce_to_file
 from stempress.store.compress import compress
 from test_verify import flip_byte
 

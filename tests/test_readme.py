@@ -129,7 +129,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stempress.data.base import ArraySource
     from stempress.data.open import open_source
     from stempress.data.write import write_hdf5
-    from stempress.reduce.output import reduce_to_file
+    from stempress.sinks.reduced import reduce_to_file
     from stempress.store.compress import compress
 
     work = tmp_path_factory.mktemp("readme")

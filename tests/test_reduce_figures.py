@@ -23,7 +23,7 @@ from stempress.errors import StempressError
 from stempress.reduce.calibration import source_calibration
 from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import VirtualDetectors, default_reducers
-from stempress.reduce.output import read_reduced, reduce_to_file
+from stempress.reduce.output import read_reduced
 from stempress.reduce.sufficiency import parse_targets
 from stempress.report.reduce_figures import (
     detector_radii,
@@ -36,6 +36,7 @@ from stempress.report.reduce_figures import (
     virtual_images_figure,
 )
 from stempress.report.reduce_report import FIGURES, REPORT_HTML, write_reduced_report
+from stempress.sinks.reduced import reduce_to_file
 
 SMOKE = "synthetic:smoke/4D_Diff"
 KEYS = ("virtual_images", "dpc_field", "idpc_phase", "mean_pattern")

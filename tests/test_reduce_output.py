@@ -16,7 +16,6 @@ from rsciio.hspy import file_reader
 
 from stempress.data.open import open_source
 from stempress.errors import StempressError
-from stempress.reduce import output
 from stempress.reduce.calibration import source_calibration
 from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import radius_map
@@ -26,10 +25,11 @@ from stempress.reduce.output import (
     PROVENANCE_ATTR,
     REDUCED_GROUP,
     read_reduced,
-    reduce_to_file,
     reduced_calibration,
 )
 from stempress.reduce.sufficiency import compute, parse_targets
+from stempress.sinks import reduced as reduced_sink
+from stempress.sinks.reduced import reduce_to_file
 from stempress.store.compress import compress
 
 SMOKE = "synthetic:smoke/4D_Diff"
@@ -199,7 +199,7 @@ def test_existing_output_is_kept_without_overwrite_and_a_failed_write_leaves_not
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(output, "write_reduced", broken)
+    monkeypatch.setattr(reduced_sink, "write_reduced", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         reduce_to_file(open_source(SMOKE), ["bf"], tmp_path / "new.h5")
     assert list(tmp_path.iterdir()) == []

@@ -309,6 +309,41 @@ def compress(
 
 
 @app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="Any source: EMD/HDF5, NXmx master, .mib, .npy, synthetic:...")],
+    archive: Annotated[Path | None, typer.Option(help="Write the cube compressed here (as compress does).")] = None,
+    codec: Annotated[str, typer.Option(help="Codec of the archive (stempress codecs).")] = "blosc_zstd",
+    chunks: Annotated[str | None, typer.Option(help="Chunking of the archive (default balanced).")] = None,
+    reduce: Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, com, ...")]
+    = None,
+    reduced: Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")] = None,
+    centre: Annotated[str | None, typer.Option(help="Beam centre ROW,COL in detector pixels.")] = None,
+    bf_radius: Annotated[float | None, typer.Option(help="Bright-field disk radius in detector pixels.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Workers (default: all usable cores).")] = None,
+    executor: Annotated[str, typer.Option(help="Where work runs: threads, processes or inline.")] = "threads",
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
+) -> None:
+    """Read a source ONCE and write every output asked for (--archive, --reduce with --reduced), each the file
+    the separate command writes, each atomically."""
+    from stempress.ingest import ingest as ingest_source
+
+    chunking = parse_chunkings(chunks) if chunks is not None else [None]
+    if len(chunking) != 1:
+        raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
+    parse_centre(centre)
+    outputs = [p for p in (archive, reduced) if p is not None]
+    with saying_new_folders(*outputs), open_cli_source(source, dataset, scan_shape) as cube, \
+            progress_reporter("ingest", unit="bytes") as bar:
+        calibration = cli_calibration(cube, centre, bf_radius) if reduced is not None else None
+        report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking[0], reduce=reduce or [],
+                               reduced=reduced, calibration=calibration, workers=workers, executor=executor,
+                               force=force, progress=bar)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+
+
+@app.command()
 def verify(
     path: Annotated[Path, typer.Argument(help="A file written by stempress compress or count (or any cube file "
                                          "stempress reads).")],
@@ -394,8 +429,8 @@ def reduce(
     """Compute the targets in one streaming pass and write them with provenance, in an HDF5 file that
     py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy"); an OUT named .hspy needs no
     file_format) open."""
-    from stempress.reduce.output import reduce_to_file
     from stempress.reduce.sufficiency import parse_targets
+    from stempress.sinks.reduced import reduce_to_file
     from stempress.store.readers import reduced_open_line
 
     chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn

@@ -126,7 +126,7 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
     from stempress.data.write import write_hdf5
     from stempress.events.entropy_file import write_entropy_events
     from stempress.events.libertem import write_raw_csr
-    from stempress.reduce.output import reduce_to_file
+    from stempress.sinks.reduced import reduce_to_file
     from stempress.store.compress import compress
 
     out = Path(out)
@@ -251,15 +251,29 @@ def _union(groups: Any) -> tuple[str, ...]:
 
 # -- provenance --------------------------------------------------------------------------------------------
 def provenance(source: Dataset4D, targets: Sequence[Target], tolerance: Mapping[str, float],
-               calibration: Calibration, **parameters: Any) -> dict[str, Any]:
-    """What a written plan must carry to be reproducible: JSON-able."""
+               calibration: Calibration, *, digest: Mapping[str, Any] | None = None,
+               **parameters: Any) -> dict[str, Any]:
+    """What a written plan must carry to be reproducible: JSON-able. ``digest``: the source's sha256 record when
+    the caller already computed it during its pass (so the cube is not read again for it)."""
     path = getattr(source, "path", None)
+    digest = dict(digest) if digest is not None else _digest(source, path)
     return {"source": {"name": source.name, "path": None if path is None else str(path),
-                       "shape": list(source.shape), "dtype": np.dtype(source.dtype).name, **_digest(source, path)},
+                       "shape": list(source.shape), "dtype": np.dtype(source.dtype).name, **digest},
             "targets": [t.label for t in targets], "tolerance": dict(tolerance), "parameters": parameters,
             "calibration": calibration.to_dict(),
             "software": {"python": platform.python_version(), **package_versions()},
             "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+
+
+def hashes_cube_bytes(source: Dataset4D) -> bool:
+    """Whether ``provenance`` digests the cube's bytes (a small source with no file) rather than its file."""
+    path = getattr(source, "path", None)
+    return not (path is not None and Path(path).is_file()) and nbytes(source) <= HASH_BYTES
+
+
+def cube_digest(digest: Any) -> dict[str, Any]:
+    """The record of a sha256 taken over the cube's bytes in C order (row by row)."""
+    return {"sha256": digest.hexdigest(), "sha256_of": "cube bytes (C order)"}
 
 
 def _digest(source: Dataset4D, path: Any) -> dict[str, Any]:
@@ -279,7 +293,7 @@ def _digest(source: Dataset4D, path: Any) -> dict[str, Any]:
     if nbytes(source) <= HASH_BYTES:
         for r in range(source.shape[0]):
             digest.update(np.ascontiguousarray(source.read_rows(r, r + 1)).tobytes())
-        return {"sha256": digest.hexdigest(), "sha256_of": "cube bytes (C order)"}
+        return cube_digest(digest)
     return {"sha256": None, "sha256_of": "not computed (no file, cube larger than the hash budget)"}
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,17 +33,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D, require_file
 from stempress.data.emd import DIM_NAMES, create_emd_root, metadata_item, write_emd_header
 from stempress.data.write import json_text
 from stempress.errors import StempressError
-from stempress.plan import provenance
-from stempress.reduce.calibration import Calibration, source_calibration
+from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import RadialProfile
-from stempress.reduce.engine import Results, run_reducers
+from stempress.reduce.engine import Results
 from stempress.reduce.protocol import OutputSpec, Reducer
-from stempress.reduce.sufficiency import Target, parse_targets
+from stempress.reduce.sufficiency import Target
 
 log = logging.getLogger("stempress")
 
@@ -93,37 +91,6 @@ class Output:
         if self.data.ndim == 2 and self.spec.kind == "pixel":
             return "DiffractionSlice"
         return "Array"
-
-
-def reduce_to_file(
-    source: Dataset4D,
-    targets: str | Sequence[str | Target],
-    out: Path,
-    *,
-    overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    calibration: Calibration | None = None,
-) -> Path:
-    """Compute every target in one pass and write the file described in the module docstring, whole or not at
-    all. ``calibration`` defaults to ``source_calibration(source)``. NaN or infinite values in float frames are
-    taken as 0 (a dead-pixel mask); the file's provenance (``excluded``) and a note say how many and where."""
-    chosen = parse_targets(targets)
-    with atomic_output(Path(out), overwrite=overwrite) as tmp:  # an existing OUT is refused before the pass
-        calibration = calibration if calibration is not None else source_calibration(source)
-        reducers = [t.reducer(calibration, name=t.label) for t in chosen]
-        results = run_reducers(source, reducers, progress=progress)
-        outputs = [o for t, r in zip(chosen, reducers, strict=True)
-                   for o in target_outputs(t, r, results[t.label], source, calibration)]
-        units = {t.label: {o.key: o.spec.units for o in outputs if o.target == t} for t in chosen}
-        record = provenance(source, chosen, {}, calibration, outputs={t.label: list(t.keys()) for t in chosen},
-                            units=units)
-        record["derived"] = derived_values(chosen, results)
-        if getattr(results, "nonfinite", None) is not None:
-            record["excluded"] = results.nonfinite.summary()
-            log.warning("%s: %s", source.name, results.nonfinite.sentence())
-        with h5py.File(tmp, "w", track_order=True) as f:
-            write_reduced(f, outputs, record, calibration)
-    return Path(out)
 
 
 def derived_values(targets: Sequence[Target], results: Results) -> dict[str, dict[str, Any]]:
