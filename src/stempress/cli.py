@@ -579,8 +579,8 @@ def simulate(
     """Generate a synthetic cube to a file, block by block (works for cubes larger than memory)."""
     from stempress.data.emd import EMD_DATA_PATH
     from stempress.data.open import open_source
-    from stempress.data.write import write_hdf5
     from stempress.store.readers import cube_open_lines
+    from stempress.store.write import write_hdf5
 
     source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")
     with saying_new_folders(out), progress_reporter("simulate", unit="bytes") as bar:

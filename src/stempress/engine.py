@@ -119,7 +119,8 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
     owned = executor is None
     executor = executor if executor is not None else InlineExecutor()
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
-    info = RunInfo(source.name, shape, np.dtype(source.dtype), dict(source.metadata), (0, shape[0]), executor)
+    # the source's own metadata, not a copy: a generator fills some in while producing (clipped counts)
+    info = RunInfo(source.name, shape, np.dtype(source.dtype), source.metadata, (0, shape[0]), executor)
     counter = ProgressCounter(progress, int(np.prod(shape)) * info.dtype.itemsize)
     opened: list[Sink] = []
     try:

@@ -123,11 +123,11 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
                          out: Path, *, overwrite: bool = False, calibration: Calibration | None = None) -> Path:
     """Write the representation a plan chose (its cost-table label) to ``out``: the plan's ``--write``
     (task summaries with ``calibration``, by default the source's own or measured)."""
-    from stempress.data.write import write_hdf5
     from stempress.events.entropy_file import write_entropy_events
     from stempress.events.libertem import write_raw_csr
     from stempress.sinks.reduced import reduce_to_file
     from stempress.store.compress import compress
+    from stempress.store.write import write_hdf5
 
     out = Path(out)
     chosen = parse_targets(targets)

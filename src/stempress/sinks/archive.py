@@ -11,7 +11,7 @@ under a temporary name and appears only complete (``atomic_output``), never repl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,11 @@ class ArchiveSpec:
     ``truth`` is a function of scan rows giving expected counts, stored as float32 ``expected`` beside ``data``;
     ``provenance`` False leaves out the source's metadata and codec configuration (the study's bare file);
     ``durable`` False writes straight to ``path`` without syncing (the benchmark's own scratch files, timed as the
-    study timed them; the path must be new, and a failed write still deletes it)."""
+    study timed them; the path must be new, and a failed write still deletes it); ``filter_kwargs`` instead of a
+    codec: ``create_dataset`` keywords as a user gives them to h5py (written through HDF5's filter pipeline)."""
 
     path: Path
-    codec: Codec
+    codec: Codec | None
     chunks: str | tuple[int, ...] | None = "balanced"
     layout: str = "emd"
     dataset_path: str | None = None
@@ -56,6 +57,7 @@ class ArchiveSpec:
     truth: Callable[[int, int], np.ndarray] | None = None
     provenance: bool = True
     durable: bool = True
+    filter_kwargs: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class ArchiveResult:
     """What was written and how (``fallback_reason``: why the filter path was used, None when direct)."""
 
     path: Path
-    codec: Codec
+    codec: Codec | None
     chunks: tuple[int, int, int, int] | None
     direct: bool
     fallback_reason: str | None
@@ -91,13 +93,14 @@ class ArchiveSink:
         self.info = info
         self.chunks = chunk_shape(spec.chunks, info.shape) if spec.chunks is not None else None
         self.executor: Executor = info.executor or InlineExecutor()
-        wanted = spec.direct is not False and self.chunks is not None
+        wanted = (spec.direct is not False and self.chunks is not None and spec.codec is not None
+                  and spec.filter_kwargs is None)
         self.chunk_codec: ChunkCodec | None = (chunk_codec_for(spec.codec, info.dtype, threads=self.executor.workers)
                                                if wanted else None)
-        self.reason = (None if self.chunk_codec is not None else "asked for the filter path" if spec.direct is False
+        self.reason = (None if self.chunk_codec is not None
+                       else "asked for the filter path" if spec.direct is False or spec.codec is None
                        else "the layout is contiguous (no chunks)" if self.chunks is None
                        else direct_chunk_reason(spec.codec, info.dtype) or "no chunk encoder")
-        self.row_multiple = self.chunks[0] if self.chunks else 1
         self._stack = contextlib.ExitStack()
         if spec.durable:
             tmp = self._stack.enter_context(atomic_output(Path(spec.path), overwrite=spec.force))
@@ -106,12 +109,15 @@ class ArchiveSink:
             self._stack.callback(_delete_unless_finished, self, tmp)
         self.file = self._stack.enter_context(h5py.File(tmp, "w"))
         group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
-        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, spec.codec.h5_kwargs())
+        kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
+            spec.codec.h5_kwargs() if spec.codec is not None else {})
+        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs)
         self.expected = None
         if spec.truth is not None:
-            self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.chunks,
-                                                spec.codec.h5_kwargs())
-        self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.chunks else None
+            self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.dset.chunks,
+                                                kwargs)
+        self.row_multiple = self.dset.chunks[0] if self.dset.chunks else 1  # h5py may chunk for a filter itself
+        self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.dset.chunks else None
 
     def consume(self, block: Block) -> None:
         if self.chunk_codec is not None:
@@ -144,7 +150,8 @@ class ArchiveSink:
         if self.checksums is not None:
             self.checksums.save(self.file)
         if self.spec.provenance:
-            write_source_metadata(self.dset, self.spec.layout, self.info.metadata, self.spec.codec.config())
+            config = self.spec.codec.config() if self.spec.codec is not None else None
+            write_source_metadata(self.dset, self.spec.layout, self.info.metadata, config)
         assert self._stack is not None
         self._finished = True
         self._stack.close()  # closes the file, syncs it and gives it its name
