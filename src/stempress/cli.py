@@ -430,8 +430,8 @@ def reduce(
     py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy"); an OUT named .hspy needs no
     file_format) open."""
     from stempress.reduce.sufficiency import parse_targets
-    from stempress.sinks.reduced import reduce_to_file
     from stempress.store.readers import reduced_open_line
+    from stempress.store.reduced import reduce_to_file
 
     chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn
     parse_centre(centre)

@@ -175,13 +175,3 @@ def _delete_unless_finished(sink: ArchiveSink, path: Path) -> None:
 
 class _Aborted(Exception):
     """Raised into the output's context so ``atomic_output`` deletes the partial file."""
-
-
-def write_archive(source: Any, spec: ArchiveSpec, *, workers: int | None = 1, progress: Any = None) -> ArchiveResult:
-    """``source`` (a source or a ``BlockStream``) written by one ``ArchiveSink`` on ``workers`` threads."""
-    from stempress.engine import run
-    from stempress.exec.local import ThreadExecutor
-
-    with ThreadExecutor(workers) as executor:
-        (result,) = run(source, [ArchiveSink(spec)], executor=executor, progress=progress)
-    return result

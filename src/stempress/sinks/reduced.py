@@ -14,10 +14,8 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output
 from stempress.data.base import Dataset4D
-from stempress.plan import cube_digest, hashes_cube_bytes, provenance
-from stempress.progress import Progress
+from stempress.provenance import cube_digest, hashes_cube_bytes, provenance
 from stempress.reduce.calibration import Calibration, source_calibration
-from stempress.reduce.engine import single_blas_thread
 from stempress.reduce.output import derived_values, target_outputs, write_reduced
 from stempress.reduce.sufficiency import Target, parse_targets
 from stempress.sinks.protocol import RunInfo
@@ -80,17 +78,3 @@ class ReducedFileSink:
         with atomic_output(self.out, overwrite=self.overwrite) as tmp, h5py.File(tmp, "w", track_order=True) as f:
             write_reduced(f, outputs, record, calibration)
         return self.out
-
-
-def reduce_to_file(source: Dataset4D, targets: str | Sequence[str | Target], out: Path | str, *,
-                   overwrite: bool = False, progress: Progress | None = None, calibration: Calibration | None = None,
-                   executor: Any = None) -> Path:
-    """Compute every target in one pass (``engine.run``) and write the reduced file, whole or not at all.
-    ``calibration`` defaults to ``source_calibration(source)``. NaN or infinite values in float frames are taken
-    as 0 (a dead-pixel mask); the file's provenance (``excluded``) and a note say how many and where."""
-    from stempress.engine import run
-
-    sink = ReducedFileSink(source, targets, out, calibration=calibration, overwrite=overwrite)
-    with single_blas_thread():
-        (path,) = run(source, [sink], executor=executor, progress=progress)
-    return path

@@ -20,8 +20,9 @@ from stempress.data.base import Dataset4D, check_shape_dtype
 from stempress.data.emd import data_path
 from stempress.engine import run
 from stempress.errors import StempressError
+from stempress.exec.local import ThreadExecutor
 from stempress.progress import Progress
-from stempress.sinks.archive import ArchiveSink, ArchiveSpec
+from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 
 
 def write_hdf5(
@@ -58,3 +59,11 @@ def write_hdf5(
                        filter_kwargs=dict(compression_kwargs or {}))
     run(source, [ArchiveSink(spec)], progress=progress, rows=rows)
     return out
+
+
+def write_archive(source: Any, spec: ArchiveSpec, *, workers: int | None = 1,
+                  progress: Progress | None = None) -> ArchiveResult:
+    """``source`` (a source or a ``BlockStream``) written by one ``ArchiveSink`` on ``workers`` threads."""
+    with ThreadExecutor(workers) as executor:
+        (result,) = run(source, [ArchiveSink(spec)], executor=executor, progress=progress)
+    return result
