@@ -445,6 +445,12 @@ def test_a_file_written_before_checksums_still_reads_and_says_it_has_none(counte
         assert np.array_equal(src.read_rows(0, counted.shape[0]), counted) and src.checksum_algorithm is None
     report = verify(path)
     assert report.ok and not report.verified
+    with h5py.File(path, "r+") as f:  # a version 3 file that lost its checksums is damaged, not old
+        f.attrs["version"] = 3
+    with pytest.raises(StempressError, match="checksums are missing"):
+        EntropyCodedSource(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["version"] = 2
     assert report.summary().endswith("no stored checksums (written before entropy files had them): "
                                      "decoded, not verified (no checksums; pass --against)")
 

@@ -567,9 +567,9 @@ class EntropyCodedSource(SourceBase):
         if int(f.attrs["version"]) not in READABLE_VERSIONS:
             f.close()
             newer = int(f.attrs["version"]) > FORMAT_VERSION
+            fix = "upgrade stempress" if newer else "re-encode the data with this stempress"
             raise StempressError(f"{self.path}: entropy-code format version {int(f.attrs['version'])}, this stempress "
-                                 f"reads version {FORMAT_VERSION}; " + ("upgrade stempress" if newer else
-                                 "re-encode the data with this stempress"))
+                                 f"reads versions {READABLE_VERSIONS[0]}-{FORMAT_VERSION}; {fix}")
         self.name = self.path.stem
         self.shape = tuple(int(v) for v in f.attrs["shape"])  # type: ignore[assignment]
         self.dtype = np.dtype(str(f.attrs["dtype"]))
@@ -595,6 +595,9 @@ class EntropyCodedSource(SourceBase):
         self._chunk_crcs: np.ndarray | None = None
         self._checked: set[int] = set()  # chunks whose bytes matched: each is checked once per open
         if CHECKSUM_ATTR not in f.attrs:
+            if int(f.attrs["version"]) >= 3:  # written with checksums: their loss is damage, not an old file
+                raise StempressError(f"{self.path}: the entropy file's checksums are missing; the file was altered "
+                                     "after it was written: restore it from a copy or write it again")
             return
         algorithm = str(f.attrs[CHECKSUM_ATTR])
         self._crc = checksum_function(algorithm)  # a one-line error where this machine lacks the algorithm
