@@ -11,8 +11,9 @@ under a temporary name and appears only complete (``atomic_output``), never repl
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,9 @@ class ArchiveResult:
     dataset_path: str
     file_bytes: int
     checksums_saved: bool = False
+    #: Seconds per stage: encode and checksum summed over workers; write (HDF5 calls), wait (the writer waiting
+    #: for encoded chunks) and publish (close, fsync, rename) on the writer's thread.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class ArchiveSink:
@@ -118,6 +122,8 @@ class ArchiveSink:
                                                 kwargs)
         self.row_multiple = self.dset.chunks[0] if self.dset.chunks else 1  # h5py may chunk for a filter itself
         self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.dset.chunks else None
+        self.timings: list[tuple[float, float]] = []
+        self.stages = {"encode": 0.0, "checksum": 0.0, "write": 0.0, "wait": 0.0, "publish": 0.0}
 
     def consume(self, block: Block) -> None:
         if self.chunk_codec is not None:
@@ -132,18 +138,29 @@ class ArchiveSink:
         chunks, fill, codec, sums = self.dset.chunks, self.dset.fillvalue, self.chunk_codec, self.checksums
         pieces = list(chunk_pieces(block.start, data, chunks))
         encoded = self.executor.map_ordered(
-            lambda item: encode_chunk(codec, item[2], chunks, fill, item[0], sums, self.dset.shape), pieces)
-        for (_index, offset, _piece), stored in zip(pieces, encoded, strict=True):
+            lambda item: encode_chunk(codec, item[2], chunks, fill, item[0], sums, self.dset.shape, self.timings),
+            pieces)
+        stages = self.stages
+        for _index, offset, _piece in pieces:
+            t0 = time.perf_counter()
+            stored = next(encoded)
+            t1 = time.perf_counter()
             self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+            stages["wait"] += t1 - t0
+            stages["write"] += time.perf_counter() - t1
 
     def _filtered(self, block: Block) -> None:
-        self.dset[block.start:block.stop] = block.data
+        t0 = time.perf_counter()
+        self.dset[block.start:block.stop] = block.data  # HDF5 encodes and writes in one call
+        self.stages["write"] += time.perf_counter() - t0
         if self.checksums is None:
             return
+        t0 = time.perf_counter()
         chunks, fill = self.dset.chunks, self.dset.fillvalue
         for index, offset, piece in chunk_pieces(block.start, np.asarray(block.data), chunks):
             _mask, stored = self.dset.id.read_direct_chunk(offset)
             self.checksums.add(index, stored, full_chunk(piece, chunks, fill))
+        self.stages["checksum"] += time.perf_counter() - t0
 
     def finish(self) -> ArchiveResult:
         """Checksums and metadata (after the data: sources may add metadata while producing it), then publish."""
@@ -154,11 +171,16 @@ class ArchiveSink:
             write_source_metadata(self.dset, self.spec.layout, self.info.metadata, config)
         assert self._stack is not None
         self._finished = True
+        t0 = time.perf_counter()
         self._stack.close()  # closes the file, syncs it and gives it its name
+        self.stages["publish"] = time.perf_counter() - t0
+        self.stages["encode"] += sum(t for t, _ in self.timings)
+        self.stages["checksum"] += sum(t for _, t in self.timings)
         self._stack = None
         path = Path(self.spec.path)
         return ArchiveResult(path, self.spec.codec, self.chunks, self.chunk_codec is not None, self.reason,
-                             self.spec.layout, self.target, path.stat().st_size, self.checksums is not None)
+                             self.spec.layout, self.target, path.stat().st_size, self.checksums is not None,
+                             dict(self.stages))
 
     def abort(self) -> None:
         """Close and delete the partial file."""
