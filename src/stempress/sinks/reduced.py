@@ -48,16 +48,17 @@ class ReducedFileSink:
 
     def consume(self, block: Any) -> None:
         self.inner.consume(block)
-        if self._hash is not None:
-            if block.start == self._next_row:
-                self._hash.update(np.ascontiguousarray(block.data).tobytes())
-                self._next_row = block.stop
-            else:
-                self._hash = None  # out of order: provenance reads the cube for it
+        self.observe(block)
 
-    def merge(self, other: ReducerSink) -> None:
-        self._hash = None  # partitions: provenance reads the cube for it
-        self.inner.merge(other)
+    def observe(self, block: Any) -> None:
+        """The provenance digest of a small in-memory cube, from blocks in row order (else it is read again)."""
+        if self._hash is None:
+            return
+        if block.start == self._next_row:
+            self._hash.update(np.ascontiguousarray(block.data).tobytes())
+            self._next_row = block.stop
+        else:
+            self._hash = None
 
     def partial(self, rows: tuple[int, int]) -> ReducerSink:
         return self.inner.partial(rows)
