@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, block_rows, check_shape_dtype
 from stempress.data.spec import SourceSpec, spec_of
 from stempress.data.stream import StreamSource, regroup
 from stempress.errors import StempressError
@@ -39,23 +39,7 @@ PARTITION_BYTES = 256 * 1024**2
 PARTITIONS_PER_WORKER = 4
 
 
-# -- the one rows-per-block rule -----------------------------------------------------------------------------
-def block_rows(shape: Sequence[int], dtype: np.dtype | str, *, multiple: int = 1, budget: int | None = None,
-               rows: int | None = None) -> int:
-    """Scan rows per block: ``rows`` if given (rounded up to ``multiple``), else what fits ``budget`` bytes
-    (default ``DEFAULT_BLOCK_BYTES``) rounded down to ``multiple``, at least one multiple, at most the scan."""
-    row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
-    multiple = max(1, int(multiple))
-    if rows is not None:
-        if int(rows) < 1:
-            raise StempressError(f"rows per block must be at least 1, got {rows}")
-        chosen = math.ceil(int(rows) / multiple) * multiple
-    else:
-        chosen = max(1, int(budget or DEFAULT_BLOCK_BYTES) // max(1, row_bytes))
-        chosen = max(multiple, chosen // multiple * multiple)
-    return min(chosen, int(shape[0]))
-
-
+# -- rows per block: data.base.block_rows, the one rule -------------------------------------------------
 def sinks_multiple(sinks: Sequence[Sink]) -> int:
     """The row multiple every sink can take: the least common multiple of theirs."""
     return math.lcm(*(row_multiple(s) for s in sinks)) if sinks else 1
