@@ -26,7 +26,7 @@ import numpy as np
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, block_rows, check_shape_dtype
 from stempress.data.spec import SourceSpec, spec_of
 from stempress.data.stream import StreamSource, regroup
-from stempress.errors import StempressError
+from stempress.errors import StempressError, require_distinct_names
 from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.exec.prefetch import read_ahead
@@ -96,12 +96,8 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
     failure or Ctrl-C every sink is aborted (partial outputs removed) and the error raised.
     """
     sinks = list(sinks)
-    if not sinks:
-        raise StempressError("nothing to do: give at least one sink (an archive, events or reducers)")
-    names = [s.name for s in sinks]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise StempressError(f"two sinks are named {', '.join(twice)}; give each a distinct name")
+    require_distinct_names([s.name for s in sinks], "sinks", "give at least one sink (an archive, events or "
+                           "reducers)", "give each a distinct name")
     owned = executor is None
     executor = executor if executor is not None else InlineExecutor()
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
