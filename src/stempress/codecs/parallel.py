@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from stempress.codecs.catalog import Codec
-from stempress.codecs.checksums import ChunkChecksums
+from stempress.codecs.checksums import ChunkChecksums, chunk_crcs
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.none import Uncompressed as RawChunks
 from stempress.data.base import Block
@@ -105,17 +105,43 @@ def encode_chunk(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], 
                  checksums: ChunkChecksums | None, shape: Sequence[int]) -> bytes:
     """Worker: pad, compress and checksum one chunk (all GIL-free work, off the HDF5 thread); a codec failure
     names the chunk's place in the scan."""
+    chunk, stored = _padded_and_encoded(codec, piece, chunks, fill, index, shape)
+    if checksums is not None:
+        checksums.add(index, stored, chunk)
+    return stored
+
+
+def _padded_and_encoded(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
+                        shape: Sequence[int]) -> tuple[np.ndarray, bytes]:
     chunk = full_chunk(piece, chunks, fill)
     try:
-        stored = codec.encode(chunk)
+        return chunk, codec.encode(chunk)
     except StempressError:
         raise
     except Exception as exc:
         raise StempressError(f"compressing {scan_position(index, chunks, shape)} with {codec.name} failed: {exc}") \
             from exc
-    if checksums is not None:
-        checksums.add(index, stored, chunk)
-    return stored
+
+
+@dataclass(frozen=True)
+class ChunkEncoder:
+    """One chunk's work as a picklable task: ``(index, piece) -> (stored bytes, stored CRC, raw CRC)``.
+
+    Why a module-level class holding only the codec's configuration: a remote executor (processes, Dask) must
+    pickle the task, and a worker there cannot fill the writer's checksum record, so the CRCs travel back with
+    the bytes (``ChunkChecksums.add_values``). ``algorithm`` None: no checksums (both CRCs 0)."""
+
+    codec: ChunkCodec
+    chunks: tuple[int, ...]
+    fill: object
+    shape: tuple[int, ...]
+    algorithm: str | None
+
+    def __call__(self, item: tuple[Index, np.ndarray]) -> tuple[bytes, int, int]:
+        index, piece = item
+        chunk, stored = _padded_and_encoded(self.codec, piece, self.chunks, self.fill, index, self.shape)
+        stored_crc, raw_crc = chunk_crcs(self.algorithm, stored, chunk) if self.algorithm else (0, 0)
+        return stored, stored_crc, raw_crc
 
 
 # --- reading ----------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
-from stempress.codecs.parallel import block_data, chunk_pieces, encode_chunk, full_chunk
+from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk
 from stempress.data.base import Block
 from stempress.data.emd import data_path, prepare_layout, write_source_metadata
 from stempress.exec.base import Executor
@@ -92,7 +92,9 @@ class ArchiveSink:
         self.chunks = chunk_shape(spec.chunks, info.shape) if spec.chunks is not None else None
         self.executor: Executor = info.executor or InlineExecutor()
         wanted = spec.direct is not False and self.chunks is not None
-        self.chunk_codec: ChunkCodec | None = (chunk_codec_for(spec.codec, info.dtype, threads=self.executor.workers)
+        # Blosc2 holds the GIL, so on threads it compresses with its own threads; a remote worker is one thread
+        threads = 1 if self.executor.remote else self.executor.workers
+        self.chunk_codec: ChunkCodec | None = (chunk_codec_for(spec.codec, info.dtype, threads=threads)
                                                if wanted else None)
         self.reason = (None if self.chunk_codec is not None else "asked for the filter path" if spec.direct is False
                        else "the layout is contiguous (no chunks)" if self.chunks is None
@@ -112,6 +114,10 @@ class ArchiveSink:
             self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.chunks,
                                                 spec.codec.h5_kwargs())
         self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.chunks else None
+        # the chunk task holds the codec's configuration only, so it pickles to worker processes and Dask workers
+        self.encoder = (ChunkEncoder(self.chunk_codec, tuple(self.dset.chunks), self.dset.fillvalue,
+                                     tuple(self.dset.shape), self.checksums.algorithm if self.checksums else None)
+                        if self.chunk_codec is not None else None)
 
     def consume(self, block: Block) -> None:
         if self.chunk_codec is not None:
@@ -123,12 +129,12 @@ class ArchiveSink:
 
     def _direct(self, block: Block) -> None:
         data = block_data(block, self.dset)
-        chunks, fill, codec, sums = self.dset.chunks, self.dset.fillvalue, self.chunk_codec, self.checksums
-        pieces = list(chunk_pieces(block.start, data, chunks))
-        encoded = self.executor.map_ordered(
-            lambda item: encode_chunk(codec, item[2], chunks, fill, item[0], sums, self.dset.shape), pieces)
-        for (_index, offset, _piece), stored in zip(pieces, encoded, strict=True):
+        pieces = list(chunk_pieces(block.start, data, self.dset.chunks))
+        encoded = self.executor.map_ordered(self.encoder, [(index, piece) for index, _offset, piece in pieces])
+        for (index, offset, _piece), (stored, stored_crc, raw_crc) in zip(pieces, encoded, strict=True):
             self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+            if self.checksums is not None:
+                self.checksums.add_values(index, stored_crc, raw_crc)
 
     def _filtered(self, block: Block) -> None:
         self.dset[block.start:block.stop] = block.data
