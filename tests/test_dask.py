@@ -3,13 +3,28 @@ processes for the whole module: starting one costs seconds)."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
 import pytest
 
 pytest.importorskip("distributed")
 
+from stempress.data.base import Block
+from stempress.data.open import open_source
+from stempress.data.spec import spec_of
+from stempress.engine import run
 from stempress.errors import StempressError
 from stempress.exec import make_executor
 from stempress.exec.dask import DaskExecutor, parse_dask
+from stempress.reduce import MaxPattern, calibrate, default_reducers, run_reducers
+from stempress.sinks.protocol import RunInfo
+from stempress.sinks.reduced import reduce_to_file
+from stempress.store.compress import compress
+from stempress.store.verify import verify
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +61,100 @@ def test_tasks_come_back_in_order_from_workers_limited_to_one_thread(dask):
     assert len(limits) == 2 and all(counts and set(counts) == {1} for counts in limits.values())
     with pytest.raises(ZeroDivisionError):  # a task's own error is raised as it was
         list(dask.map_ordered(lambda x: 1 // x, [1, 0, 2]))
+
+
+# -- the engine's partitions and the archive writer on the cluster -------------------------------------------
+SCAN = (13, 6, 24, 24)  # 13 scan rows in chunks of 4: the engine's partitions cut through chunks
+CHUNKS = (4, 3, 24, 24)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("dask")
+    cube = np.random.default_rng(5).poisson(2.0, SCAN).astype(np.uint16)
+    np.save(folder / "cube.npy", cube)
+    with open_source(folder / "cube.npy") as source:
+        compress(source, folder / "cube.h5", codec="blosc_zstd", chunks=CHUNKS, workers=1)
+    return {"synthetic": "synthetic:smoke/4D_Diff", "npy": str(folder / "cube.npy"), "h5": str(folder / "cube.h5")}
+
+
+class WorkerPids:
+    """A mergeable sink that records which process read each row (proof the partitions ran on the workers)."""
+
+    name = "pids"
+
+    def open(self, info: RunInfo) -> None:
+        self.start, stop = info.row_range
+        self.pids = np.zeros(stop - self.start, np.int64)
+
+    def consume(self, block: Block) -> None:
+        self.pids[block.start - self.start:block.stop - self.start] = os.getpid()
+
+    def partial(self, rows: tuple[int, int]) -> WorkerPids:
+        return WorkerPids()
+
+    def merge(self, other: WorkerPids) -> None:
+        self.pids[other.start - self.start:other.start - self.start + len(other.pids)] = other.pids
+
+    def finish(self) -> np.ndarray:
+        return self.pids
+
+
+def _same_results(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert a[name][key].dtype == b[name][key].dtype and np.array_equal(a[name][key], b[name][key]), \
+                f"{name}/{key} differs"
+
+
+def _datasets(path: Path) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "npy", "h5"])
+def test_reducers_on_dask_partitions_are_bit_identical_to_inline(dask, files, kind, tmp_path):
+    with open_source(files[kind]) as source:
+        assert spec_of(source) is not None  # workers reopen it; no data is shipped
+        reducers = [*default_reducers(calibrate(source, sample_rows=None)), MaxPattern()]
+        inline = run_reducers(source, reducers)
+        _same_results(inline, run_reducers(source, reducers, executor=dask))
+        (pids,) = run(source, [WorkerPids()], executor=dask)
+        assert os.getpid() not in set(pids.tolist())  # every row was read by a worker process
+        targets = ["bf", "adf", "com", "mean_pattern"]
+        written = [reduce_to_file(source, targets, tmp_path / f"{name}.h5", executor=executor)
+                   for name, executor in (("inline", None), ("dask", dask))]
+    inline_sets, dask_sets = (_datasets(p) for p in written)
+    assert inline_sets.keys() == dask_sets.keys() and inline_sets
+    for key, value in inline_sets.items():
+        if key.endswith("provenance/time"):
+            continue
+        if key.endswith("provenance/json"):  # the same record but for when it was written
+            value, other = ({k: v for k, v in json.loads(x).items() if k != "time"} for x in (value, dask_sets[key]))
+            assert value == other
+        else:
+            assert np.array_equal(value, dask_sets[key]), key
+
+
+def _bytes_but_uuid(path: Path) -> bytes:
+    """The file's bytes with its EMD UUID (new for every file written, by the EMD layout) blanked."""
+    with h5py.File(path, "r") as f:
+        uuid = str(f.attrs["UUID"]).encode()
+    data = path.read_bytes()
+    assert data.count(uuid) == 1
+    return data.replace(uuid, b"-" * len(uuid))
+
+
+@pytest.mark.parametrize("codec", ["blosc_zstd", "gzip_6"])
+def test_compress_on_dask_is_byte_identical_and_verifies(dask, files, codec, tmp_path):
+    with open_source(files["npy"]) as source:
+        inline = compress(source, tmp_path / "inline.h5", codec=codec, chunks=CHUNKS, workers=1)
+        on_dask = compress(source, tmp_path / "dask.h5", codec=codec, chunks=CHUNKS, executor=dask)
+    assert on_dask.direct and on_dask.workers == 2
+    assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_dask.path)
+    report = verify(on_dask.path)
+    assert report.problem is None and report.checksums and report.chunks_checked == report.chunks_total > 0
