@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -158,3 +160,48 @@ def test_compress_on_dask_is_byte_identical_and_verifies(dask, files, codec, tmp
     assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_dask.path)
     report = verify(on_dask.path)
     assert report.problem is None and report.checksums and report.chunks_checked == report.chunks_total > 0
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "stempress", *args], capture_output=True, text=True, cwd=cwd,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _tasks_run(dask: DaskExecutor) -> int:
+    return sum(dask.client.run(lambda dask_worker: dask_worker.state.executed_count).values())
+
+
+def test_dask_option_of_compress_reduce_and_ingest_gives_the_inline_outputs(dask, files, tmp_path):
+    address = dask.client.scheduler.address  # the module's cluster, reached by address as a user's would be
+    source = Path(files["npy"])
+    (tmp_path / source.name).symlink_to(source)  # a path relative to the command's folder: workers get it whole
+    chunks = "x".join(map(str, CHUNKS))
+    for name, extra in (("inline", []), ("dask", ["--dask", address])):
+        ran = _tasks_run(dask)
+        said = _cli("compress", source.name, f"{name}.h5", "--chunks", chunks, "--workers", "1", *extra,
+                    cwd=tmp_path).stdout
+        assert f"{2 if extra else 1} workers" in said
+        assert (_tasks_run(dask) > ran) == bool(extra)
+        ran = _tasks_run(dask)
+        _cli("reduce", source.name, "--target", "bf", "--target", "com", "--out", f"{name}-red.h5", *extra,
+             cwd=tmp_path)
+        assert (_tasks_run(dask) > ran) == bool(extra)
+        _cli("ingest", source.name, "--archive", f"{name}-in.h5", "--chunks", chunks, "--reduce", "adf",
+             "--reduced", f"{name}-in-red.h5", "--workers", "1", *extra, cwd=tmp_path)
+    for archive in ("{}.h5", "{}-in.h5"):
+        inline, on_dask = (_bytes_but_uuid(tmp_path / archive.format(n)) for n in ("inline", "dask"))
+        assert inline == on_dask
+    for reduced in ("{}-red.h5", "{}-in-red.h5"):
+        inline, on_dask = (_datasets(tmp_path / reduced.format(n)) for n in ("inline", "dask"))
+        assert inline.keys() == on_dask.keys()
+        assert all(np.array_equal(v, on_dask[k]) for k, v in inline.items() if not k.endswith(("time", "json")))
+
+
+def test_a_bad_dask_option_is_one_line_before_any_work(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "stempress", "reduce", "synthetic:smoke/4D_Diff", "--target", "bf",
+                             "--out", str(tmp_path / "r.h5"), "--dask", "local:none"], capture_output=True, text=True)
+    assert result.returncode != 0 and "local worker count" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.h5").exists()
