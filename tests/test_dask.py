@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
+from stempress.codecs.parallel import ChunkEncoder
 from stempress.data.base import Block
 from stempress.data.open import open_source
 from stempress.data.spec import spec_of
@@ -23,7 +26,9 @@ from stempress.errors import StempressError
 from stempress.exec import make_executor
 from stempress.exec.dask import DaskExecutor, parse_dask
 from stempress.reduce import MaxPattern, calibrate, default_reducers, run_reducers
+from stempress.sinks import archive as archive_sink
 from stempress.sinks.protocol import RunInfo
+from stempress.sinks.reduce import ReducerSink
 from stempress.sinks.reduced import reduce_to_file
 from stempress.store.compress import compress
 from stempress.store.verify import verify
@@ -205,3 +210,75 @@ def test_a_bad_dask_option_is_one_line_before_any_work(tmp_path):
                              "--out", str(tmp_path / "r.h5"), "--dask", "local:none"], capture_output=True, text=True)
     assert result.returncode != 0 and "local worker count" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.h5").exists()
+
+
+# -- faults: a worker process killed mid-run (last in the module: the nanny restarts it) ----------------------
+class KillOnce:
+    """Wraps a task or a sink's block work: the first call that meets ``when`` kills its own worker process
+    (SIGKILL, as the OOM killer would), once per ``marker`` file; Dask must recompute the lost work."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker, self.client_pid = marker, os.getpid()  # made here, called in a worker: never kill the client
+
+    def strike(self) -> None:
+        if os.getpid() != self.client_pid and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KilledEncoder(KillOnce):
+    """The archive's chunk task, killing its worker on the first chunk of the second chunk row."""
+
+    def __init__(self, marker: Path, inner: Any) -> None:
+        super().__init__(marker)
+        self.inner = inner
+
+    def __call__(self, item: tuple[tuple[int, ...], np.ndarray]) -> tuple[bytes, int, int]:
+        if item[0][0] == 1:
+            self.strike()
+        return self.inner(item)
+
+
+class KilledPids(WorkerPids, KillOnce):
+    """``WorkerPids`` whose partition holding scan row 5 kills its worker half way through."""
+
+    def __init__(self, marker: Path) -> None:
+        KillOnce.__init__(self, marker)
+
+    def partial(self, rows: tuple[int, int]) -> KilledPids:
+        return KilledPids(self.marker)
+
+    def consume(self, block: Block) -> None:
+        super().consume(block)
+        if block.start <= 5 < block.stop:
+            self.strike()
+
+
+def _worker_pids(dask: DaskExecutor) -> set[int]:
+    dask.client.wait_for_workers(2, timeout=60)
+    return set(dask.client.run(os.getpid).values())
+
+
+def test_a_worker_killed_mid_reduce_is_recomputed_and_the_result_identical(dask, files, tmp_path):
+    before = _worker_pids(dask)
+    with open_source(files["h5"]) as source:
+        reducers = [*default_reducers(calibrate(source, sample_rows=None)), MaxPattern()]
+        inline = run_reducers(source, reducers)
+        pids, results = run(source, [KilledPids(tmp_path / "killed"), ReducerSink(reducers)], executor=dask, rows=1)
+    assert (tmp_path / "killed").exists()  # the worker did die
+    assert os.getpid() not in set(pids.tolist())
+    _same_results(inline, results)
+    assert len(_worker_pids(dask) - before) == 1  # the nanny started a new worker process for the dead one
+
+
+def test_a_worker_killed_mid_compress_is_recomputed_and_the_file_identical(dask, files, tmp_path, monkeypatch):
+    before = _worker_pids(dask)
+    with open_source(files["npy"]) as source:
+        inline = compress(source, tmp_path / "inline.h5", codec="gzip_6", chunks=CHUNKS, workers=1)
+        marker = tmp_path / "killed"
+        monkeypatch.setattr(archive_sink, "ChunkEncoder", lambda *a: KilledEncoder(marker, ChunkEncoder(*a)))
+        on_dask = compress(source, tmp_path / "dask.h5", codec="gzip_6", chunks=CHUNKS, executor=dask)
+    assert (tmp_path / "killed").exists()
+    assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_dask.path)
+    assert verify(on_dask.path).problem is None
+    assert len(_worker_pids(dask) - before) == 1
