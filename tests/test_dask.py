@@ -156,10 +156,15 @@ def _bytes_but_uuid(path: Path) -> bytes:
     return data.replace(uuid, b"-" * len(uuid))
 
 
+def _not_here(start: int, stop: int) -> np.ndarray:
+    raise AssertionError(f"rows {start}..{stop} were read by the client, not by a worker")
+
+
 @pytest.mark.parametrize("codec", ["blosc_zstd", "gzip_6"])
-def test_compress_on_dask_is_byte_identical_and_verifies(dask, files, codec, tmp_path):
+def test_compress_on_dask_is_byte_identical_and_verifies(dask, files, codec, tmp_path, monkeypatch):
     with open_source(files["npy"]) as source:
         inline = compress(source, tmp_path / "inline.h5", codec=codec, chunks=CHUNKS, workers=1)
+        monkeypatch.setattr(source, "read_rows", _not_here)  # the workers read and compress; this process writes
         on_dask = compress(source, tmp_path / "dask.h5", codec=codec, chunks=CHUNKS, executor=dask)
     assert on_dask.direct and on_dask.workers == 2
     assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_dask.path)
@@ -233,6 +238,11 @@ class KilledEncoder(KillOnce):
         super().__init__(marker)
         self.inner = inner
 
+    def __getattr__(self, name: str) -> Any:  # the encoder's chunk shape and dataset shape
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def __call__(self, item: tuple[tuple[int, ...], np.ndarray]) -> tuple[bytes, int, int]:
         if item[0][0] == 1:
             self.strike()
@@ -282,3 +292,13 @@ def test_a_worker_killed_mid_compress_is_recomputed_and_the_file_identical(dask,
     assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_dask.path)
     assert verify(on_dask.path).problem is None
     assert len(_worker_pids(dask) - before) == 1
+
+
+def test_compress_on_worker_processes_partitions_the_same_way(files, tmp_path):
+    """Any remote executor, not only Dask: the archive merges partitions encoded by the workers."""
+    with open_source(files["npy"]) as source:
+        inline = compress(source, tmp_path / "inline.h5", codec="blosc_zstd", chunks=CHUNKS, workers=1)
+        with make_executor("processes", 2) as processes:
+            on_processes = compress(source, tmp_path / "processes.h5", codec="blosc_zstd", chunks=CHUNKS,
+                                    executor=processes)
+    assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_processes.path)

@@ -29,7 +29,7 @@ from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor
 from stempress.exec.prefetch import read_ahead
 from stempress.progress import Progress, ProgressCounter
-from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, row_multiple
+from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, merges_on, row_multiple
 
 #: Largest partition: small enough that many fit a run (load balance), large enough to amortise reopening.
 PARTITION_BYTES = 256 * 1024**2
@@ -155,7 +155,7 @@ def _stream(source: Dataset4D | StreamSource, step: int, multiple: int, depth: i
 def _can_partition(source: Any, sinks: Sequence[Sink], executor: Executor) -> bool:
     if executor.workers < 2 or not isinstance(source, Dataset4D) or source.shape[0] < 2:
         return False
-    if not all(isinstance(s, MergeableSink) for s in sinks):
+    if not all(merges_on(s, executor) for s in sinks):
         return False
     return not executor.remote or spec_of(source) is not None
 

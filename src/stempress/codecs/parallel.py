@@ -64,18 +64,25 @@ def block_data(block: Block, dataset: h5py.Dataset) -> np.ndarray:
     """The block as the dataset's dtype, refusing blocks that are not whole chunk rows (HDF5 would have to
     read back and recompress a half-written chunk, which direct writes cannot do)."""
     shape, chunks = _chunked(dataset)
+    return whole_chunk_rows(block, shape, chunks, dataset.dtype, dataset.name)
+
+
+def whole_chunk_rows(block: Block, shape: Sequence[int], chunks: Sequence[int], dtype: np.dtype,
+                     name: str) -> np.ndarray:
+    """``block_data`` from the dataset's shape, chunks and dtype alone (a worker that has no file open)."""
+    shape, chunks = tuple(shape), tuple(chunks)
     data = np.asarray(block.data)
     if data.ndim != len(shape) or data.shape[1:] != shape[1:]:
-        raise StempressError(f"block of shape {data.shape} does not fit dataset {dataset.name} of shape {shape}")
+        raise StempressError(f"block of shape {data.shape} does not fit dataset {name} of shape {shape}")
     if block.start % chunks[0] or (block.stop != shape[0] and data.shape[0] % chunks[0]) or block.stop > shape[0]:
         raise StempressError(
             f"block rows {block.start}-{block.stop} are not whole chunk rows of {chunks[0]} scan rows "
             f"(dataset has {shape[0]}); feed blocks through the engine, which cuts them on chunk rows"
         )
-    if data.dtype != dataset.dtype:
-        if not np.can_cast(data.dtype, dataset.dtype, "safe"):
-            raise StempressError(f"block dtype {data.dtype} cannot be stored losslessly as {dataset.dtype}")
-        data = data.astype(dataset.dtype)
+    if data.dtype != dtype:
+        if not np.can_cast(data.dtype, dtype, "safe"):
+            raise StempressError(f"block dtype {data.dtype} cannot be stored losslessly as {dtype}")
+        data = data.astype(dtype)
     return data
 
 

@@ -25,7 +25,7 @@ from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
-from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk
+from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk, whole_chunk_rows
 from stempress.data.base import Block
 from stempress.data.emd import data_path, prepare_layout, write_source_metadata
 from stempress.exec.base import Executor
@@ -74,7 +74,13 @@ class ArchiveResult:
 
 
 class ArchiveSink:
-    """Writes every block it consumes into ``spec.path``; consumes blocks in row order (not mergeable)."""
+    """Writes every block it consumes into ``spec.path`` in row order.
+
+    On a remote executor (Dask, processes) with a chunk encoder it also merges (``merges_on``): each worker
+    reads its own partition of the scan (the engine sends it the source's spec) and compresses its chunks
+    (``EncodedRows``), and ``merge`` writes them here in row order, so only compressed chunks cross the network
+    and the file is byte for byte the one a single process writes. On threads it streams: one read ahead and
+    chunks compressed on every thread, with no reopening of the source per partition."""
 
     name = "archive"
     block_bytes_per_worker = BLOCK_BYTES_PER_WORKER
@@ -136,6 +142,24 @@ class ArchiveSink:
             if self.checksums is not None:
                 self.checksums.add_values(index, stored_crc, raw_crc)
 
+    # -- partitions, on a remote executor ----------------------------------------------------------------------
+    def merges_on(self, executor: Executor) -> bool:
+        """Partitions only where workers are other processes and chunks are encoded outside HDF5."""
+        return bool(executor.remote) and self.encoder is not None
+
+    def partial(self, rows: tuple[int, int]) -> EncodedRows:
+        assert self.encoder is not None, "open the sink first"
+        return EncodedRows(self.encoder, np.dtype(self.dset.dtype), self.dset.name)
+
+    def merge(self, part: EncodedRows) -> None:
+        """Write a partition's compressed chunks (partitions arrive in row order, so chunks in grid order)."""
+        for index, offset, stored, stored_crc, raw_crc in part.chunks:
+            self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+            if self.checksums is not None:
+                self.checksums.add_values(index, stored_crc, raw_crc)
+        if self.expected is not None:
+            self.expected[part.start:part.stop] = self.spec.truth(part.start, part.stop)  # type: ignore[misc]
+
     def _filtered(self, block: Block) -> None:
         self.dset[block.start:block.stop] = block.data
         if self.checksums is None:
@@ -165,6 +189,29 @@ class ArchiveSink:
             stack, self._stack = self._stack, None
             with contextlib.suppress(_Aborted):
                 stack.__exit__(_Aborted, _Aborted(), None)
+
+
+class EncodedRows:
+    """A worker's share of the archive: its partition's chunks compressed, held until merged by the writer.
+    Picklable (the encoder holds only the codec's configuration; no file is open here)."""
+
+    name = "archive"
+
+    def __init__(self, encoder: ChunkEncoder, dtype: np.dtype, dataset: str) -> None:
+        self.encoder, self.dtype, self.dataset = encoder, dtype, dataset
+
+    def open(self, info: RunInfo) -> None:
+        self.start, self.stop = info.row_range
+        self.chunks: list[tuple[tuple[int, ...], tuple[int, ...], bytes, int, int]] = []
+
+    def consume(self, block: Block) -> None:
+        chunks = self.encoder.chunks
+        data = whole_chunk_rows(block, self.encoder.shape, chunks, self.dtype, self.dataset)
+        for index, offset, piece in chunk_pieces(block.start, data, chunks):
+            self.chunks.append((index, offset, *self.encoder((index, piece))))
+
+    def finish(self) -> EncodedRows:
+        return self
 
 
 def _delete_unless_finished(sink: ArchiveSink, path: Path) -> None:
