@@ -9,8 +9,8 @@ Writes a Poisson cube (a bright disk and a weak halo, as a diffraction pattern) 
 
 - ``reduce``: ``reduce_to_file`` with the default targets (bf, adf, com, mean_pattern): inline (one process,
   one pass), then on Dask, where every worker reopens the file and reduces its own partitions of the scan;
-- ``compress`` for each codec: inline (one thread compresses), then on Dask, where this process reads the cube
-  and writes the one HDF5 file while the workers compress the chunks (which travel to them and back).
+- ``compress`` for each codec: inline (one thread compresses), then on Dask, where every worker reads its own
+  partitions and compresses their chunks, and this process writes them into the one HDF5 file.
 
 The cluster's start is timed apart (it is paid once per command); each run checks its output against inline
 (bit-identical reduced images, byte-identical archive but for the EMD UUID). Prints seconds, GB/s (1e9 raw

@@ -2,12 +2,13 @@
 
 Two ways through a run, chosen here, never by a command:
 
-- **partitions**: when every sink merges (reducers, statistics, reference digests), the executor has several
-  workers and the source can be reopened or shared, the scan rows are cut into partitions; each worker
-  reads its own rows into partial sinks, which merge in row order (bit-identical for any worker count).
-- **one stream**: otherwise (an archive or event file is written, or the source is a live stream), blocks are
-  read once, ahead of the sinks by a thread, and every sink consumes each block in row order; a writer sink
-  spreads its own work (compressing chunks) over the run's executor.
+- **partitions**: when every sink merges on this executor (reducers, statistics, reference digests; the archive
+  writer on remote workers, ``merges_on``), the executor has several workers and the source can be reopened
+  or shared, the scan rows are cut into partitions; each worker reads its own rows into partial sinks, which
+  merge in row order (bit-identical for any worker count; the archive's chunks written in grid order).
+- **one stream**: otherwise (an archive on threads, an event file, or a live stream), blocks are read once,
+  ahead of the sinks by a thread, and every sink consumes each block in row order; a writer sink spreads its
+  own work (compressing chunks) over the run's executor.
 
 Either way every byte of the source is read once, whatever the number of sinks.
 """
