@@ -25,6 +25,7 @@ from stempress.engine import run
 from stempress.errors import StempressError
 from stempress.exec import make_executor
 from stempress.exec.dask import DaskExecutor, parse_dask
+from stempress.ingest import ingest
 from stempress.reduce import MaxPattern, calibrate, default_reducers, run_reducers
 from stempress.sinks import archive as archive_sink
 from stempress.sinks.protocol import RunInfo
@@ -36,7 +37,11 @@ from stempress.store.verify import verify
 
 @pytest.fixture(scope="module")
 def dask() -> DaskExecutor:
+    import dask.config
+
     with DaskExecutor("local:2") as executor:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):  # a task may kill one worker only
+            executor.client  # noqa: B018 - starts the cluster under that setting
         yield executor
 
 
@@ -184,23 +189,28 @@ def _tasks_run(dask: DaskExecutor) -> int:
     return sum(dask.client.run(lambda dask_worker: dask_worker.state.executed_count).values())
 
 
-def test_dask_option_of_compress_reduce_and_ingest_gives_the_inline_outputs(dask, files, tmp_path):
+def test_dask_option_of_compress_reduce_and_ingest_gives_the_inline_outputs(dask, files, tmp_path, monkeypatch):
     address = dask.client.scheduler.address  # the module's cluster, reached by address as a user's would be
     source = Path(files["npy"])
     (tmp_path / source.name).symlink_to(source)  # a path relative to the command's folder: workers get it whole
+    monkeypatch.chdir(tmp_path)  # the source's metadata names the file as given, so give it the same way
+    with open_source(source.name) as cube:  # inline, through the API the commands call
+        compress(cube, tmp_path / "inline.h5", chunks=CHUNKS, workers=1)
+        reduce_to_file(cube, ["bf", "com"], tmp_path / "inline-red.h5")
+        ingest(cube, archive=tmp_path / "inline-in.h5", chunks=CHUNKS, reduce=["adf"],
+               reduced=tmp_path / "inline-in-red.h5", workers=1, executor="inline")
     chunks = "x".join(map(str, CHUNKS))
-    for name, extra in (("inline", []), ("dask", ["--dask", address])):
-        ran = _tasks_run(dask)
-        said = _cli("compress", source.name, f"{name}.h5", "--chunks", chunks, "--workers", "1", *extra,
-                    cwd=tmp_path).stdout
-        assert f"{2 if extra else 1} workers" in said
-        assert (_tasks_run(dask) > ran) == bool(extra)
-        ran = _tasks_run(dask)
-        _cli("reduce", source.name, "--target", "bf", "--target", "com", "--out", f"{name}-red.h5", *extra,
-             cwd=tmp_path)
-        assert (_tasks_run(dask) > ran) == bool(extra)
-        _cli("ingest", source.name, "--archive", f"{name}-in.h5", "--chunks", chunks, "--reduce", "adf",
-             "--reduced", f"{name}-in-red.h5", "--workers", "1", *extra, cwd=tmp_path)
+    ran = _tasks_run(dask)
+    said = _cli("compress", source.name, "dask.h5", "--chunks", chunks, "--dask", address, cwd=tmp_path).stdout
+    assert "2 workers" in said and _tasks_run(dask) > ran
+    ran = _tasks_run(dask)
+    _cli("reduce", source.name, "--target", "bf", "--target", "com", "--out", "dask-red.h5", "--dask", address,
+         cwd=tmp_path)
+    assert _tasks_run(dask) > ran
+    ran = _tasks_run(dask)
+    _cli("ingest", source.name, "--archive", "dask-in.h5", "--chunks", chunks, "--reduce", "adf",
+         "--reduced", "dask-in-red.h5", "--dask", address, cwd=tmp_path)
+    assert _tasks_run(dask) > ran
     for archive in ("{}.h5", "{}-in.h5"):
         inline, on_dask = (_bytes_but_uuid(tmp_path / archive.format(n)) for n in ("inline", "dask"))
         assert inline == on_dask
@@ -302,3 +312,20 @@ def test_compress_on_worker_processes_partitions_the_same_way(files, tmp_path):
             on_processes = compress(source, tmp_path / "processes.h5", codec="blosc_zstd", chunks=CHUNKS,
                                     executor=processes)
     assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_processes.path)
+
+
+class AlwaysKilled(KilledEncoder):
+    """A chunk task that kills every worker that runs it (a chunk that always exhausts a worker's memory)."""
+
+    def strike(self) -> None:
+        if os.getpid() != self.client_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_workers_dying_again_and_again_stop_compress_in_one_line_with_no_output(dask, files, tmp_path, monkeypatch):
+    out = tmp_path / "never.h5"
+    monkeypatch.setattr(archive_sink, "ChunkEncoder", lambda *a: AlwaysKilled(tmp_path / "unused", ChunkEncoder(*a)))
+    with open_source(files["npy"]) as source, pytest.raises(StempressError, match="Dask workers died") as caught:
+        compress(source, out, codec="gzip_6", chunks=CHUNKS, executor=dask)
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary partial
