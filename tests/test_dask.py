@@ -75,6 +75,13 @@ def test_tasks_come_back_in_order_from_workers_limited_to_one_thread(dask):
         list(dask.map_ordered(lambda x: 1 // x, [1, 0, 2]))
 
 
+def test_a_client_given_stays_the_callers(dask):
+    borrowed = DaskExecutor(dask.client)
+    assert borrowed.workers == 2 and list(borrowed.map_ordered(abs, [-1, -2])) == [1, 2]
+    borrowed.close()
+    assert dask.client.status == "running"  # not closed by the executor that borrowed it
+
+
 # -- the engine's partitions and the archive writer on the cluster -------------------------------------------
 SCAN = (13, 6, 24, 24)  # 13 scan rows in chunks of 4: the engine's partitions cut through chunks
 CHUNKS = (4, 3, 24, 24)
