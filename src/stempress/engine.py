@@ -2,12 +2,13 @@
 
 Two ways through a run, chosen here, never by a command:
 
-- **partitions**: when every sink merges (reducers, statistics, reference digests), the executor has several
-  workers and the source can be reopened or shared, the scan rows are cut into partitions; each worker
-  reads its own rows into partial sinks, which merge in row order (bit-identical for any worker count).
-- **one stream**: otherwise (an archive or event file is written, or the source is a live stream), blocks are
-  read once, ahead of the sinks by a thread, and every sink consumes each block in row order; a writer sink
-  spreads its own work (compressing chunks) over the run's executor.
+- **partitions**: when every sink merges on this executor (reducers, statistics, reference digests; the archive
+  writer on remote workers, ``merges_on``), the executor has several workers and the source can be reopened
+  or shared, the scan rows are cut into partitions; each worker reads its own rows into partial sinks, which
+  merge in row order (bit-identical for any worker count; the archive's chunks written in grid order).
+- **one stream**: otherwise (an archive on threads, an event file, or a live stream), blocks are read once,
+  ahead of the sinks by a thread, and every sink consumes each block in row order; a writer sink spreads its
+  own work (compressing chunks) over the run's executor.
 
 Either way every byte of the source is read once, whatever the number of sinks.
 """
@@ -31,7 +32,7 @@ from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.exec.prefetch import read_ahead
 from stempress.progress import Progress, ProgressCounter
-from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, observe, row_multiple
+from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, merges_on, observe, row_multiple
 
 #: Largest partition: small enough that many fit a run (load balance), large enough to amortise reopening.
 PARTITION_BYTES = 256 * 1024**2
@@ -131,7 +132,7 @@ def _run_stream(blocks: Iterator[Block], sinks: Sequence[Sink], info: RunInfo, e
     """Every block to every sink, in row order. With several workers, the mergeable sinks (reducers) take each
     block as a partial on a worker while the writer sinks work on this thread (and spread their own work over the
     same executor); the partials merge in row order, so results equal a one-thread pass."""
-    offload = ([s for s in sinks if isinstance(s, MergeableSink)]
+    offload = ([s for s in sinks if merges_on(s, executor)]  # type: ignore[misc]
                if executor.workers > 1 and not executor.remote else [])
     inline = [s for s in sinks if s not in offload]
     pending: deque[tuple[Future[list[MergeableSink]], int]] = deque()
@@ -175,7 +176,7 @@ def _stream(source: Dataset4D | StreamSource, step: int, multiple: int, depth: i
 def _can_partition(source: Any, sinks: Sequence[Sink], executor: Executor) -> bool:
     if executor.workers < 2 or not isinstance(source, Dataset4D) or source.shape[0] < 2:
         return False
-    if not all(isinstance(s, MergeableSink) for s in sinks):
+    if not all(merges_on(s, executor) for s in sinks):
         return False
     return not executor.remote or spec_of(source) is not None
 
