@@ -1,0 +1,46 @@
+"""``count_to_file`` on the engine writes the bytes the code before the engine wrote (``tests/data/count_main``),
+whatever the rows per block or the executor; only the provenance's write time differs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from stempress.data.open import open_source
+from stempress.events.counting import CountingParams, count_to_file
+from stempress.events.libertem import raw_csr_files
+from stempress.exec.local import ThreadExecutor
+
+DATA = Path(__file__).parent / "data" / "count_main"
+SPEC = ("synthetic:diffraction?scan=4x3&det=16x16&mode=integrating&gain=40&read_noise=2&dose=80"
+        "&dtype=uint16&offset=100&seed=5")
+PARAMS = {"pixel": CountingParams(dark=100.0, gain=40.0, threshold=20.0),
+          "cluster": CountingParams(dark=100.0, gain=40.0, threshold=20.0, method="cluster", cluster_count="sum")}
+CASES = [("stempy", "pixel.h5"), ("raw_csr", "pixel.toml"), ("entropy", "pixel.entropy.h5"), ("stempy", "cluster.h5")]
+_TIME = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")
+
+
+def _files(path: Path) -> list[Path]:
+    return [path, *raw_csr_files(path).values()] if path.suffix == ".toml" else [path]
+
+
+def _timeless(path: Path) -> bytes:
+    data = path.read_bytes()
+    assert len(_TIME.findall(data)) == (0 if path.suffix == ".bin" else 1), f"{path}: one provenance time"
+    return _TIME.sub(b"<time>", data)
+
+
+@pytest.mark.parametrize(("fmt", "name"), CASES)
+@pytest.mark.parametrize("how", ["rows2", "default"])
+def test_count_writes_the_bytes_it_wrote_before_the_engine(tmp_path: Path, fmt: str, name: str, how: str) -> None:
+    kwargs: dict = {"rows": 2} if how == "rows2" else {}
+    if how == "threads":
+        kwargs["executor"] = ThreadExecutor(2)
+    report = count_to_file(open_source(SPEC), tmp_path / name, PARAMS[name.split(".")[0]], fmt=fmt,
+                           inputs={"source": SPEC}, **kwargs)
+    assert report.n_electrons > 900 and report.warnings == []
+    for ours, before in zip(_files(tmp_path / name), _files(DATA / name), strict=True):
+        assert _timeless(ours) == _timeless(before), f"{ours.name} differs from {before}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in _files(tmp_path / name))
