@@ -26,7 +26,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,3 +286,14 @@ def partial_folder(out: Path) -> Iterator[Path]:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Discarded(Exception):
+    """Raised into the contexts of ``discard`` so each ``atomic_output`` deletes its partial file."""
+
+
+def discard(stack: ExitStack) -> None:
+    """Close a stack of ``atomic_output`` s (and ``partial_folder`` s) as a failure would: every partial is deleted
+    and nothing gets its name. For writers whose end is not a ``with`` block (a sink's ``abort``)."""
+    with suppress(_Discarded):
+        stack.__exit__(_Discarded, _Discarded(), None)
