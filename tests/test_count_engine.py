@@ -33,7 +33,7 @@ def _timeless(path: Path) -> bytes:
 
 
 @pytest.mark.parametrize(("fmt", "name"), CASES)
-@pytest.mark.parametrize("how", ["rows2", "default"])
+@pytest.mark.parametrize("how", ["rows2", "default", "threads"])
 def test_count_writes_the_bytes_it_wrote_before_the_engine(tmp_path: Path, fmt: str, name: str, how: str) -> None:
     kwargs: dict = {"rows": 2} if how == "rows2" else {}
     if how == "threads":
