@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from stempress.data.base import Block
 from stempress.data.open import open_source
+from stempress.data.stream import BlockStream
 from stempress.events.counting import CountingParams, count_to_file
 from stempress.events.libertem import raw_csr_files
 from stempress.exec.local import ThreadExecutor
@@ -44,3 +46,13 @@ def test_count_writes_the_bytes_it_wrote_before_the_engine(tmp_path: Path, fmt: 
     for ours, before in zip(_files(tmp_path / name), _files(DATA / name), strict=True):
         assert _timeless(ours) == _timeless(before), f"{ours.name} differs from {before}"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in _files(tmp_path / name))
+
+
+def test_a_stream_of_blocks_counts_to_the_same_file(tmp_path: Path) -> None:
+    """A live stream (blocks once, in arrival order, no random access) is counted like the file it would become."""
+    source = open_source(SPEC)
+    blocks = (Block(start, source.read_rows(start, min(start + 1, 4))) for start in range(4))
+    stream = BlockStream(blocks, source.shape, source.dtype, name=source.name, metadata=dict(source.metadata))
+    count_to_file(stream, tmp_path / "pixel.toml", PARAMS["pixel"], inputs={"source": SPEC})
+    for ours, before in zip(_files(tmp_path / "pixel.toml"), _files(DATA / "pixel.toml"), strict=True):
+        assert _timeless(ours) == _timeless(before), f"{ours.name} differs from {before}"
