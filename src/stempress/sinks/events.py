@@ -16,7 +16,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,6 @@ STEMPY_SIZE_WARNING_BYTES = 1024**2
 COUNT_BYTES_PER_WORKER = 8 * 1024**2
 
 
-@dataclass
-class Cube:
-    """A cube as records and warnings see it (name, shape, dtype, metadata), without its data: the source as the
-    run describes it, or the counts made of it."""
-
-    name: str
-    shape: tuple[int, int, int, int]
-    dtype: np.dtype
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
 class EventSink:
     """Writes the blocks it consumes as the event file ``out`` (format ``fmt``, else named by ``out``'s suffix as
     ``events.counting.event_format`` says), counting them first with ``params`` when given.
@@ -90,10 +79,12 @@ class EventSink:
 
     def open(self, info: RunInfo) -> None:
         """Check the references against the detector and the dtype, then claim the outputs and the staging."""
-        self.source = Cube(info.name, info.shape, np.dtype(info.dtype), dict(info.metadata))
+        # the run's description of the source (name, shape, dtype, metadata) is what the record and the warnings
+        # read; the counts made of it are described the same way
+        self.source = info
         if self.params is not None:
             self.params.resolved(info.shape[2:])  # wrong reference shapes fail before any frame is read
-            self.counts = Cube(f"{info.name}-counted", info.shape, OUT_DTYPE, {
+            self.counts = replace(info, name=f"{info.name}-counted", dtype=OUT_DTYPE, metadata={
                 **info.metadata, "counting": counting_description(self.params, info.name, info.dtype)})
             self.block_bytes_per_worker = COUNT_BYTES_PER_WORKER
         else:
@@ -210,4 +201,4 @@ def _stempy_size_warning(out: Path, written: Path, staged: Path) -> list[str]:
             "high write --format raw_csr (or an OUT ending in .toml), or --format entropy (smallest)"]
 
 
-__all__ = ["Cube", "EventSink"]
+__all__ = ["EventSink"]
