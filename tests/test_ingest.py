@@ -134,6 +134,7 @@ def test_counts_are_written_as_they_are_without_counting(tmp_path, cube):
     source = CountingSource(cube, name="cube")
     report = ingest(source, events=tmp_path / "ev.toml")
     assert source.rows_read == cube.shape[0] and report.events.n_electrons == int(cube.sum())
+    assert not report.events.counted and report.events.record == {} and "lossy" not in report.events.summary()
     write_raw_csr(ArraySource(cube, name="cube"), tmp_path / "direct" / "ev.toml")
     for ours, theirs in zip(_event_files(tmp_path / "ev.toml"), _event_files(tmp_path / "direct" / "ev.toml"),
                             strict=True):

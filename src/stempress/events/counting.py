@@ -313,8 +313,8 @@ class CountedSource(SourceBase):
 # -- counting to an event file -------------------------------------------------------------------------------
 @dataclass
 class CountReport:
-    """What ``count_to_file`` wrote: the file(s), how many electrons, the record stored with them, and what looks
-    wrong (``warnings``, one line each: the file is written, but the user should look)."""
+    """What ``count_to_file`` (an ``EventSink``) wrote: the file(s), how many electrons, the record stored with them,
+    and what looks wrong (``warnings``, one line each: the file is written, but the user should look)."""
 
     path: Path
     format: str
@@ -324,11 +324,13 @@ class CountReport:
     n_electrons: int
     record: dict[str, Any] = field(repr=False)
     warnings: list[str] = field(default_factory=list)
+    counted: bool = True  # False: the frames were counts already, written as they are (nothing lost)
 
     def summary(self) -> str:
         positions = self.shape[0] * self.shape[1]
-        return (f"wrote {self.path} ({self.format}): {self.n_electrons:,} electrons in {self.n_events:,} events, "
-                f"{self.n_electrons / positions:.3g} per scan position; counting is {LOSSY_NOTE}")
+        line = (f"wrote {self.path} ({self.format}): {self.n_electrons:,} electrons in {self.n_events:,} events, "
+                f"{self.n_electrons / positions:.3g} per scan position")
+        return line + (f"; counting is {LOSSY_NOTE}" if self.counted else " (counts as read, lossless)")
 
 
 class CountTally:

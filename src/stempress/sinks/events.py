@@ -166,7 +166,8 @@ class EventSink:
         tally = self.tally
         return CountReport(path=self.out, format=self.fmt, files=list(self.targets), shape=self.source.shape,
                            n_events=tally.n_events, n_electrons=tally.n_electrons,
-                           record=record.get("counting", {}), warnings=warnings)
+                           record=record.get("counting", {}) if self.params is not None else {},
+                           warnings=warnings, counted=self.params is not None)
 
     def _write_stempy(self, staged: Path, out: Path, record: dict[str, Any]) -> None:
         largest = self.tally.max_count
@@ -198,7 +199,8 @@ def _stempy_size_warning(out: Path, written: Path, staged: Path) -> list[str]:
         return []
     return [f"{out} (stempy) takes {stempy / raw_csr:.1f}x the bytes of the same counts as raw_csr ({stempy:,} B "
             f"vs {raw_csr:,} B): stempy stores every electron and every count level separately; for counts this "
-            "high write --format raw_csr (or an OUT ending in .toml), or --format entropy (smallest)"]
+            "high write --format raw_csr (or an OUT ending in .toml), or --format entropy (smallest); ingest: "
+            "--event-format"]
 
 
 __all__ = ["EventSink"]
