@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stempress.atomic import atomic_output, discard
+from stempress.atomic import atomic_output, discard, writing
 from stempress.data.base import Dataset4D, SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
 from stempress.events.checksums import ChunkGuard, EventChecksums, positions_per_chunk
@@ -109,7 +109,7 @@ def write_raw_csr_events(events: Iterable[EventBlock], toml_path: str | Path, sh
                          dtype: Any, *, overwrite: bool = False, record: Record | None = None) -> Path:
     """Write consecutive event blocks (seen once, top to bottom) as raw_csr, atomically like ``write_raw_csr``,
     with the checksums of every chunk and ``record`` (if given) in the TOML."""
-    with RawCsrWriter(toml_path, shape, dtype, overwrite=overwrite) as writer:
+    with writing(Path(toml_path)), RawCsrWriter(toml_path, shape, dtype, overwrite=overwrite) as writer:
         for block in events:
             writer.append(block)
         return writer.close(record)
@@ -181,8 +181,9 @@ class RawCsrWriter:
         return self.path
 
     def abort(self) -> None:
-        """Delete the partial files (nothing of the set appears)."""
-        self._handles.close()
+        """Delete the partial files (nothing of the set appears); never raises over the error that led here."""
+        with suppress(OSError):  # a full disk fails the last flush of files about to be deleted anyway
+            self._handles.close()
         if self._outputs is not None:
             outputs, self._outputs = self._outputs, None
             discard(outputs)

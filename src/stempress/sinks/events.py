@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.atomic import atomic_output, check_new_output, discard, partial_folder
+from stempress.atomic import atomic_output, check_new_output, discard, partial_folder, writing
 from stempress.data.base import Block
 from stempress.errors import StempressError
 from stempress.events.counting import (
@@ -114,7 +114,8 @@ class EventSink:
             data = self._count(data)
         events = events_from_block(Block(block.start, data), where=self.counts.name)
         assert self._writer is not None
-        self._writer.append(events)
+        with writing(self.out):  # the staged set's writes happen here, outside its atomic_output block
+            self._writer.append(events)
         self.tally.add(data)
 
     def _count(self, frames: np.ndarray) -> np.ndarray:
@@ -131,7 +132,8 @@ class EventSink:
     def finish(self) -> CountReport:
         """The record and warnings (known now: they need every count), then the output from the staged set."""
         try:
-            return self._finish()
+            with writing(self.out):
+                return self._finish()
         except BaseException:
             self.abort()
             raise
