@@ -92,7 +92,8 @@ def main() -> None:
 
         separate.append(timed("compress blosc_zstd", path, run_compress))
         if events:
-            from stempress.events.counting import CountingParams, count_to_file
+            from stempress.events.counting import CountingParams
+            from stempress.store.count import count_to_file
 
             def run_count():
                 with open_source(path) as s:

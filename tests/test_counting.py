@@ -22,12 +22,12 @@ from stempress.events.counting import (
     CountedSource,
     CountingParams,
     count_frames,
-    count_to_file,
     counting_accuracy,
     load_reference,
     read_counting_record,
     true_counts,
 )
+from stempress.store.count import count_to_file
 
 GAIN, OFFSET = 40.0, 100.0
 

@@ -360,3 +360,33 @@ def test_open_source_reads_both_event_layouts(tmp_path):
     for name in ("ev.h5", "ev.toml"):
         with open_source(tmp_path / name) as source:
             assert np.array_equal(source.read_rows(0, 3), cube), name
+
+
+def test_raw_csr_writer_takes_blocks_in_row_order_and_publishes_only_whole_sets(tmp_path: Path) -> None:
+    """The push writer the event sink stages into: blocks must continue the scan, a set covering part of the scan
+    is refused at close, and an aborted set leaves no file."""
+    from stempress.data.base import Block
+    from stempress.events.libertem import RawCsrWriter
+    from stempress.events.representation import events_from_block
+
+    cube = crafted()
+    blocks = [events_from_block(Block(r, cube[r:r + 1])) for r in range(cube.shape[0])]
+    with RawCsrWriter(tmp_path / "ev.toml", cube.shape, cube.dtype) as writer:
+        writer.append(blocks[0])
+        with pytest.raises(ValueError, match="does not continue row 1"):
+            writer.append(blocks[2])
+        for block in blocks[1:]:
+            writer.append(block)
+        assert list(tmp_path.glob("ev*")) == []  # nothing has its name before close
+        writer.close()
+    with RawCsrSource(tmp_path / "ev.toml") as back:
+        np.testing.assert_array_equal(back.read_rows(0, cube.shape[0]), cube)
+    with RawCsrWriter(tmp_path / "part.toml", cube.shape, cube.dtype) as writer:
+        writer.append(blocks[0])
+        with pytest.raises(StempressError, match="events for 1 of"):
+            writer.close()
+    writer = RawCsrWriter(tmp_path / "gone.toml", cube.shape, cube.dtype)
+    writer.append(blocks[0])
+    writer.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ev.toml", *(p.name for p in
+                                                                 raw_csr_files(tmp_path / "ev.toml").values())])

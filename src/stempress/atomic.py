@@ -26,7 +26,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,21 +189,29 @@ def atomic_output(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
         os.close(fd)
         tmp = Path(name)
         try:
-            try:
+            with writing(out):
                 yield tmp
                 os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what a plain open() would
                 _fsync(tmp)  # before it gets its name: OUT must never name a file whose data is not on disk
                 publish(tmp, out, overwrite=overwrite)
-            except OSError as exc:
-                if exc.errno not in WRITE_ERRNOS:
-                    raise
-                raise StempressError(os_error_message(exc, out)) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             _record("discarded", out)
             raise
     _fsync(out.parent, folder=True)  # the new name itself is on disk only once its folder is synced
     _record("written", out)
+
+
+@contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """An OS error only a write can cause (a full or read-only disk) becomes one line naming ``out``: around the
+    writes into an ``atomic_output``, and around those a writer makes outside its block (a sink's ``consume``)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise StempressError(os_error_message(exc, out)) from None
 
 
 def _fsync(path: Path, *, folder: bool = False) -> None:
@@ -286,3 +294,14 @@ def partial_folder(out: Path) -> Iterator[Path]:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Discarded(Exception):
+    """Raised into the contexts of ``discard`` so each ``atomic_output`` deletes its partial file."""
+
+
+def discard(stack: ExitStack) -> None:
+    """Close a stack of ``atomic_output`` s (and ``partial_folder`` s) as a failure would: every partial is deleted
+    and nothing gets its name. For writers whose end is not a ``with`` block (a sink's ``abort``)."""
+    with suppress(_Discarded):
+        stack.__exit__(_Discarded, _Discarded(), None)

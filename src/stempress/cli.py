@@ -310,6 +310,21 @@ def compress(
     warn([note] if note else [])
 
 
+# -- counting options, shared by count and ingest --events --------------------------------------------------
+ThresholdUnit = Annotated[str, typer.Option(help="adu, or sigma (multiples of --read-noise).")]
+ReadNoise = Annotated[str | None, typer.Option(help="Read-noise sigma in ADU for --threshold-unit sigma: a number, a "
+                                               ".npy or file.h5:/dataset (det_y, det_x).")]
+Dark = Annotated[str, typer.Option(help="Dark reference in ADU: a number, a .npy or file.h5:/dataset (det_y, det_x).")]
+Gain = Annotated[str, typer.Option(help="Gain in ADU per electron: a number, a .npy or file.h5:/dataset "
+                                   "(det_y, det_x).")]
+Method = Annotated[str, typer.Option(help="pixel (round each hit pixel to electrons) or cluster (one electron per "
+                                     "connected cluster, at its centroid).")]
+Connectivity = Annotated[int, typer.Option(help="cluster: 1 joins edge neighbours, 2 also corners.")]
+ClusterCount = Annotated[str, typer.Option(help="cluster: one electron per cluster, or the rounded sum.")]
+THRESHOLD_HELP = ("A pixel is hit when its ADU above dark exceed this (ADU, or read-noise sigmas with --threshold-unit "
+                  "sigma).")
+
+
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="Any source: EMD/HDF5, NXmx master, .mib, .npy, synthetic:...")],
@@ -319,6 +334,21 @@ def ingest(
     reduce: Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, com, ...")]
     = None,
     reduced: Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")] = None,
+    events: Annotated[Path | None, typer.Option(help="Write the electrons as events here (as count does): a stempy "
+                                                ".h5, a raw_csr .toml, or with --event-format entropy an .h5.")]
+    = None,
+    event_format: Annotated[str | None, typer.Option(help="stempy, raw_csr or entropy (default: raw_csr for a .toml "
+                                                     "--events, else stempy).")] = None,
+    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP + " Given: the frames are counted before "
+                                                    "--events is written; not given: they must be counts already.")]
+    = None,
+    threshold_unit: ThresholdUnit = "adu",
+    read_noise: ReadNoise = None,
+    dark: Dark = "0",
+    gain: Gain = "1",
+    method: Method = "pixel",
+    connectivity: Connectivity = 1,
+    cluster_count: ClusterCount = "one",
     centre: Annotated[str | None, typer.Option(help="Beam centre ROW,COL in detector pixels.")] = None,
     bf_radius: Annotated[float | None, typer.Option(help="Bright-field disk radius in detector pixels.")] = None,
     workers: Annotated[int | None, typer.Option(help="Workers (default: all usable cores).")] = None,
@@ -329,22 +359,28 @@ def ingest(
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
     dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Replaces --executor.")] = None,
 ) -> None:
-    """Read a source ONCE and write every output asked for (--archive, --reduce with --reduced), each the file
-    the separate command writes, each atomically."""
+    """Read a source ONCE and write every output asked for (--archive, --reduce with --reduced, --events), each
+    the file the separate command (compress, reduce, count) writes, each atomically."""
+    from stempress.events.counting import counting_options
     from stempress.ingest import ingest as ingest_source
 
     chunking = parse_chunkings(chunks) if chunks is not None else [None]
     if len(chunking) != 1:
         raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
     parse_centre(centre)
-    outputs = [p for p in (archive, reduced) if p is not None]
+    counting, references = counting_options(threshold, threshold_unit=threshold_unit, read_noise=read_noise,
+                                            dark=dark, gain=gain, method=method, connectivity=connectivity,
+                                            cluster_count=cluster_count)
+    outputs = [p for p in (archive, reduced, events) if p is not None]
     with saying_new_folders(*outputs), dask_executor(dask) as on_dask, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("ingest", unit="bytes") as bar:
         calibration = cli_calibration(cube, centre, bf_radius) if reduced is not None else None
         report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking[0], reduce=reduce or [],
-                               reduced=reduced, calibration=calibration, workers=workers,
+                               reduced=reduced, calibration=calibration, events=events, event_format=event_format,
+                               counting=counting, event_inputs={"source": source, **references}, workers=workers,
                                executor=on_dask or executor, force=force, progress=bar)
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    warn(report.events.warnings if report.events is not None else [])
 
 
 @app.command()
@@ -620,24 +656,19 @@ def count(
     out: Annotated[Path, typer.Option(help="Output events: a stempy .h5 file, a LiberTEM raw_csr .toml, or with "
                                       "--format entropy an entropy-coded .h5 (smallest; every stempress command "
                                       "reads all three).")],
-    threshold: Annotated[float, typer.Option(help="A pixel is hit when its ADU above dark exceed this (ADU, or "
-                                             "read-noise sigmas with --threshold-unit sigma).")],
-    threshold_unit: Annotated[str, typer.Option(help="adu, or sigma (multiples of --read-noise).")] = "adu",
-    read_noise: Annotated[str | None, typer.Option(help="Read-noise sigma in ADU for --threshold-unit sigma: a "
-                                                   "number, a .npy or file.h5:/dataset (det_y, det_x).")] = None,
-    dark: Annotated[str, typer.Option(help="Dark reference in ADU: a number, a .npy or file.h5:/dataset "
-                                      "(det_y, det_x).")] = "0",
-    gain: Annotated[str, typer.Option(help="Gain in ADU per electron: a number, a .npy or file.h5:/dataset "
-                                      "(det_y, det_x).")] = "1",
-    method: Annotated[str, typer.Option(help="pixel (round each hit pixel to electrons) or cluster (one electron "
-                                        "per connected cluster, at its centroid).")] = "pixel",
-    connectivity: Annotated[int, typer.Option(help="cluster: 1 joins edge neighbours, 2 also corners.")] = 1,
-    cluster_count: Annotated[str, typer.Option(help="cluster: one electron per cluster, or the rounded sum.")]
-    = "one",
+    threshold: Annotated[float, typer.Option(help=THRESHOLD_HELP)],
+    threshold_unit: ThresholdUnit = "adu",
+    read_noise: ReadNoise = None,
+    dark: Dark = "0",
+    gain: Gain = "1",
+    method: Method = "pixel",
+    connectivity: Connectivity = 1,
+    cluster_count: ClusterCount = "one",
     fmt: Annotated[str | None, typer.Option("--format", help="stempy, raw_csr or entropy (default: raw_csr for a "
                                             ".toml OUT, else stempy).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Counting threads (default: all usable cores).")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Count electrons in integrating-detector frames, block by block, and write them as events.
@@ -646,17 +677,18 @@ def count(
 
     The parameters, the source's calibration and the provenance are recorded in OUT, with a checksum per chunk.
     """
-    from stempress.events.counting import CountingParams, count_to_file, event_format, load_reference
+    from stempress.events.counting import counting_options, event_format
+    from stempress.exec.select import make_executor
+    from stempress.store.count import count_to_file
 
-    references = {"dark": dark, "gain": gain, **({"read_noise": read_noise} if read_noise is not None else {})}
-    params = CountingParams(**{k: load_reference(v, k) for k, v in references.items()}, threshold=threshold,
-                            threshold_unit=threshold_unit, method=method, connectivity=connectivity,
-                            cluster_count=cluster_count)
+    params, references = counting_options(threshold, threshold_unit=threshold_unit, read_noise=read_noise, dark=dark,
+                                          gain=gain, method=method, connectivity=connectivity,
+                                          cluster_count=cluster_count)
     fmt = event_format(out, fmt)  # a bad name or format is one line, before any bar is drawn
     with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
-            progress_reporter("count (scan rows)", transient=True) as bar:
+            progress_reporter("count (scan rows)", transient=True) as bar, make_executor("threads", workers) as pool:
         report = count_to_file(cube, out, params, fmt=fmt, overwrite=force, inputs={"source": source, **references},
-                               progress=bar)
+                               progress=bar, executor=pool)
     console.print(report.summary(), highlight=False, soft_wrap=True)
     warn(report.warnings)
 

@@ -1,15 +1,15 @@
-"""``ingest``: one read of a source feeds every output asked for (archive, reduced images), each written
-atomically, instead of one read per command.
+"""``ingest``: one read of a source feeds every output asked for (archive, reduced images, counted events), each
+written atomically, instead of one read per command.
 
-Why: a detector file (or a stream) is read at the disk's speed once; ``compress`` then ``reduce`` read it twice.
-The outputs are the same files the separate commands write (the same sinks), so a test can compare them byte
-for byte.
+Why: a detector file (or a stream) is read at the disk's speed once; ``compress``, ``reduce`` and ``count`` read it
+three times. The outputs are the same files the separate commands write (the same sinks), so a test can compare
+them byte for byte.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,14 @@ from stempress.cores import resolve_workers
 from stempress.data.base import Dataset4D, check_shape_dtype, nbytes
 from stempress.engine import run
 from stempress.errors import StempressError
+from stempress.events.counting import CountingParams, CountReport
 from stempress.exec.base import Executor
 from stempress.exec.select import make_executor
 from stempress.progress import Progress
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.engine import single_blas_thread
 from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
+from stempress.sinks.events import EventSink
 from stempress.sinks.reduced import ReducedFileSink
 from stempress.store.compress import DEFAULT_CODEC, resolve_codec
 
@@ -41,6 +43,7 @@ class IngestReport:
     raw_bytes: int
     seconds: float
     outputs: list[Path] = field(default_factory=list)
+    events: CountReport | None = None
 
     def summary(self) -> str:
         lines = [f"read {self.bytes_read / 1024**3:.3f} GiB once ({self.bytes_read / max(1, self.raw_bytes):.2f}x "
@@ -51,28 +54,39 @@ class IngestReport:
                          + ("parallel direct-chunk" if a.direct else f"filter pipeline ({a.fallback_reason})"))
         if self.reduced is not None:
             lines.append(f"reduced {self.reduced}")
+        if self.events is not None:
+            lines.append(self.events.summary())
         return "\n".join(lines)
 
 
 def ingest(source: Dataset4D, *, archive: Path | str | None = None, codec: str = DEFAULT_CODEC,
            chunks: str | tuple[int, ...] | None = None, layout: str = "emd", reduce: Sequence[str] = (),
            reduced: Path | str | None = None, calibration: Calibration | None = None,
-           workers: int | None = None, executor: str | Executor | None = None, force: bool = False,
+           events: Path | str | None = None, event_format: str | None = None, counting: CountingParams | None = None,
+           event_inputs: Mapping[str, str] | None = None, workers: int | None = None,
+           executor: str | Executor | None = None, force: bool = False,
            progress: Progress | None = None) -> IngestReport:
-    """Write ``archive`` (as ``compress`` would) and the ``reduce`` targets into ``reduced`` (as ``reduce`` would)
-    from ONE read of ``source``. Every output is refused before the pass if it exists (unless ``force``)."""
+    """Write ``archive`` (as ``compress`` would), the ``reduce`` targets into ``reduced`` (as ``reduce`` would) and
+    the electrons as ``events`` (as ``count`` would: counted with ``counting`` first when given, else the frames
+    must be counts; ``event_inputs`` go into the counting record) from ONE read of ``source``. Every output is
+    refused before the pass if it exists (unless ``force``)."""
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if bool(reduce) != (reduced is not None):
         raise StempressError("--reduce TARGET and --reduced RED.h5 go together; give both or neither")
-    if archive is None and reduced is None:
-        raise StempressError("ingest needs at least one output: --archive OUT.h5 and/or --reduce TARGET --reduced "
-                             "RED.h5")
+    if archive is None and reduced is None and events is None:
+        raise StempressError("ingest needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5 "
+                             "and/or --events EV.h5")
+    if events is None and (counting is not None or event_format is not None):
+        raise StempressError("counting options and --event-format shape the events: give --events EV.h5 too")
+    _distinct(archive, reduced, events)
     sinks: list[Any] = []
     if archive is not None:
         chosen, _why = resolve_codec(codec, source, chunk_shape(chunks or "balanced", shape), Path(archive))
         sinks.append(ArchiveSink(ArchiveSpec(Path(archive), chosen, chunks or "balanced", layout, force=force)))
     if reduced is not None:
         sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=calibration, overwrite=force))
+    if events is not None:
+        sinks.append(EventSink(events, counting, fmt=event_format, overwrite=force, inputs=event_inputs))
     consumed = [0]
 
     def counted(done: int, total: int) -> None:
@@ -92,8 +106,23 @@ def ingest(source: Dataset4D, *, archive: Path | str | None = None, codec: str =
     written = {type(s).__name__: r for s, r in zip(sinks, results, strict=True)}
     archive_result = written.get("ArchiveSink")
     reduced_path = written.get("ReducedFileSink")
+    event_report = written.get("EventSink")
     outputs = [p for p in (archive_result.path if archive_result else None, reduced_path) if p is not None]
-    return IngestReport(archive_result, reduced_path, consumed[0], nbytes(source), seconds, outputs)
+    outputs += event_report.files if event_report is not None else []
+    return IngestReport(archive_result, reduced_path, consumed[0], nbytes(source), seconds, outputs, event_report)
+
+
+def _distinct(*outputs: Path | str | None) -> None:
+    """Two outputs of one pass cannot share a file (nor a raw_csr set's binary files)."""
+    from stempress.events.libertem import raw_csr_files
+
+    seen: set[Path] = set()
+    for out in (Path(p) for p in outputs if p is not None):
+        files = [out, *raw_csr_files(out).values()] if out.suffix.lower() == ".toml" else [out]
+        for path in (f.resolve() for f in files):
+            if path in seen:
+                raise StempressError(f"{out}: two outputs of this ingest are the same file; give each its own name")
+            seen.add(path)
 
 
 __all__ = ["IngestReport", "ingest"]

@@ -5,7 +5,6 @@ from stempress.events.counting import (
     CountedSource,
     CountingParams,
     count_frames,
-    count_to_file,
     counting_accuracy,
     read_counting_record,
 )
@@ -35,7 +34,6 @@ __all__ = [
     "StempySource",
     "as_source",
     "count_frames",
-    "count_to_file",
     "counting_accuracy",
     "dense_from_events",
     "events_from_block",

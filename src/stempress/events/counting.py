@@ -38,10 +38,8 @@ counting-mode source of the same spec (read noise is drawn after the counts), so
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,14 +48,11 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from stempress.atomic import atomic_output, partial_folder
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
 from stempress.data.hdf5 import one_line, open_hdf5
 from stempress.errors import StempressError, require_choice
-from stempress.events.libertem import RawCsrSource, raw_csr_files, require_toml_name, write_raw_csr
-from stempress.events.record import event_record, read_h5_record, read_toml_record, record_toml
-from stempress.events.stempy import MAX_AUTO_FRAMES_PER_POSITION, write_stempy
-from stempress.events.stempy import METADATA as STEMPY_METADATA
+from stempress.events.libertem import require_toml_name
+from stempress.events.record import read_h5_record, read_toml_record
 
 METHODS = ("pixel", "cluster")
 THRESHOLD_UNITS = ("adu", "sigma")
@@ -70,10 +65,6 @@ LOSSY_NOTE = ("lossy with respect to ADC values: ADC amplitudes, sub-threshold s
 #: Event files ``count_to_file`` writes: stempy's HDF5, LiberTEM's raw_csr (a .toml and three .bin) and the
 #: entropy-coded HDF5 file (``events.entropy_file``, the smallest; lossless for the counts).
 EVENT_FORMATS = ("stempy", "raw_csr", "entropy")
-#: A stempy file this many times the size of the raw_csr set of the same counts, and at least this many bytes
-#: larger (small files are mostly HDF5 overhead), is worth a warning.
-STEMPY_SIZE_WARNING = 2.0
-STEMPY_SIZE_WARNING_BYTES = 1024**2
 #: A pixel with at least this many electrons and this many times the brightest of its 8 neighbours is called hot.
 HOT_MIN_ELECTRONS = 20
 HOT_FACTOR = 10.0
@@ -203,7 +194,7 @@ def _read_reference(path: Path, dataset: str | None, text: str, what: str) -> np
                              "save it with numpy.save") from None
 
 
-def _check_input(block: np.ndarray, where: str) -> None:
+def check_frames(block: np.ndarray, where: str) -> None:
     """ADU are finite and non-negative; anything else means the input is not raw detector frames."""
     if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
         raise StempressError(f"{where}: NaN or infinite values in the frames; counting needs raw ADU values")
@@ -211,6 +202,28 @@ def _check_input(block: np.ndarray, where: str) -> None:
         raise StempressError(f"{where}: negative values in the frames; counting needs raw (non-negative) "
                              "ADU values: give the dark reference with --dark (dark= in Python) instead of "
                              "subtracting it first")
+
+
+def counting_options(threshold: float | None, *, threshold_unit: str = "adu", read_noise: str | None = None,
+                     dark: str = "0", gain: str = "1", method: str = "pixel", connectivity: int = 1,
+                     cluster_count: str = "one") -> tuple[CountingParams | None, dict[str, str]]:
+    """``CountingParams`` from the words a user typed (references as numbers, ``.npy`` or ``file.h5:/dataset``),
+    and the references as typed, for the record's ``inputs``. No ``threshold`` means no counting (the frames are
+    counts already): (None, {}), and any other counting option given with it is refused."""
+    references = {"dark": dark, "gain": gain, **({"read_noise": read_noise} if read_noise is not None else {})}
+    if threshold is None:
+        given = [f"--{k.replace('_', '-')}" for k, v, default in (
+            ("dark", dark, "0"), ("gain", gain, "1"), ("read_noise", read_noise, None),
+            ("threshold_unit", threshold_unit, "adu"), ("method", method, "pixel"),
+            ("connectivity", connectivity, 1), ("cluster_count", cluster_count, "one")) if v != default]
+        if given:
+            raise StempressError(f"{', '.join(given)} count electrons, which needs --threshold (threshold= in "
+                                 "Python); give it, or leave the counting options out to write counts as they are")
+        return None, {}
+    params = CountingParams(**{k: load_reference(v, k) for k, v in references.items()}, threshold=threshold,
+                            threshold_unit=threshold_unit, method=method, connectivity=connectivity,
+                            cluster_count=cluster_count)
+    return params, references
 
 
 def count_frames(frames: np.ndarray, params: CountingParams) -> np.ndarray:
@@ -221,7 +234,7 @@ def count_frames(frames: np.ndarray, params: CountingParams) -> np.ndarray:
     """
     frames = np.asarray(frames)
     det = frames.shape[-2:]
-    _check_input(frames, "count_frames")
+    check_frames(frames, "count_frames")
     dark, gain, threshold = params.resolved(det)
     flat = frames.reshape(-1, *det)
     out = np.empty(flat.shape, OUT_DTYPE)
@@ -259,6 +272,11 @@ def _clusters(electrons: np.ndarray, hit: np.ndarray, params: CountingParams) ->
     return out
 
 
+def counting_description(params: CountingParams, source_name: str, source_dtype: Any) -> dict[str, Any]:
+    """What counted data say about their counting (``metadata["counting"]``): the parameters and the input."""
+    return {**params.describe(), "source": source_name, "source_dtype": str(np.dtype(source_dtype))}
+
+
 class CountedSource(SourceBase):
     """An integrating source seen as counted electrons (uint16), computed block by block on read.
 
@@ -274,14 +292,13 @@ class CountedSource(SourceBase):
         # resolve now so wrong reference shapes fail before any data is read
         params.resolved(self.shape[2:])
         self.metadata: dict[str, Any] = dict(source.metadata)
-        self.metadata["counting"] = {**params.describe(), "source": source.name,
-                                     "source_dtype": str(np.dtype(source.dtype))}
+        self.metadata["counting"] = counting_description(params, source.name, source.dtype)
         self.max_input: float | None = None
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         start, stop = self.check_rows(start, stop)
         block = np.asarray(self.source.read_rows(start, stop))
-        _check_input(block, f"{self.source.name} rows [{start}, {stop})")
+        check_frames(block, f"{self.source.name} rows [{start}, {stop})")
         if block.size:
             top = float(block.max())
             self.max_input = top if self.max_input is None else max(self.max_input, top)
@@ -294,8 +311,8 @@ class CountedSource(SourceBase):
 # -- counting to an event file -------------------------------------------------------------------------------
 @dataclass
 class CountReport:
-    """What ``count_to_file`` wrote: the file(s), how many electrons, the record stored with them, and what looks
-    wrong (``warnings``, one line each: the file is written, but the user should look)."""
+    """What ``count_to_file`` (an ``EventSink``) wrote: the file(s), how many electrons, the record stored with them,
+    and what looks wrong (``warnings``, one line each: the file is written, but the user should look)."""
 
     path: Path
     format: str
@@ -305,33 +322,29 @@ class CountReport:
     n_electrons: int
     record: dict[str, Any] = field(repr=False)
     warnings: list[str] = field(default_factory=list)
+    counted: bool = True  # False: the frames were counts already, written as they are (nothing lost)
 
     def summary(self) -> str:
         positions = self.shape[0] * self.shape[1]
-        return (f"wrote {self.path} ({self.format}): {self.n_electrons:,} electrons in {self.n_events:,} events, "
-                f"{self.n_electrons / positions:.3g} per scan position; counting is {LOSSY_NOTE}")
+        line = (f"wrote {self.path} ({self.format}): {self.n_electrons:,} electrons in {self.n_events:,} events, "
+                f"{self.n_electrons / positions:.3g} per scan position")
+        return line + (f"; counting is {LOSSY_NOTE}" if self.counted else " (counts as read, lossless)")
 
 
-class _Tally(SourceBase):
-    """Passes counted rows through, adding up electrons, events and each pixel's electrons, reporting the rows
-    done."""
+class CountTally:
+    """Electrons, events, the largest count and each pixel's electrons over the scan, added up block by block:
+    what the record, the report and the warnings need, known once the counts have all passed."""
 
-    def __init__(self, source: Dataset4D, progress: Progress | None):
-        self.source, self.progress = source, progress
-        self.name, self.shape, self.dtype = source.name, source.shape, source.dtype
-        self.metadata = source.metadata
+    def __init__(self, det: tuple[int, int]) -> None:
         self.n_events = self.n_electrons = self.max_count = 0
-        self.pattern = np.zeros(source.shape[2:], np.uint64)  # electrons per detector pixel, over the scan
+        self.pattern = np.zeros(tuple(det), np.uint64)  # electrons per detector pixel, over the scan
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        block = self.source.read_rows(start, stop)
-        self.n_events += int(np.count_nonzero(block))
-        self.n_electrons += int(block.sum(dtype=np.uint64))
-        self.max_count = max(self.max_count, int(block.max(initial=0)))
-        self.pattern += block.sum(axis=(0, 1), dtype=np.uint64)
-        if self.progress is not None:
-            self.progress(stop, self.shape[0])
-        return block
+    def add(self, counts: np.ndarray) -> None:
+        """One dense block of counts ``(rows, scan_x, det_y, det_x)``."""
+        self.n_events += int(np.count_nonzero(counts))
+        self.n_electrons += int(counts.sum(dtype=np.uint64))
+        self.max_count = max(self.max_count, int(counts.max(initial=0)))
+        self.pattern += counts.sum(axis=(0, 1), dtype=np.uint64)
 
 
 def event_format(out: str | Path, fmt: str | None = None) -> str:
@@ -348,102 +361,41 @@ def event_format(out: str | Path, fmt: str | None = None) -> str:
     return fmt
 
 
-def count_to_file(source: Dataset4D, out: str | Path, params: CountingParams, *, fmt: str | None = None,
-                  overwrite: bool = False, rows: int | None = None, inputs: Mapping[str, str] | None = None,
-                  progress: Progress | None = None) -> CountReport:
-    """Count ``source`` block by block and write the electrons as events, with the parameters, the source's
-    calibration and the provenance recorded.
-
-    Everything is checked (format, references against the detector, existing outputs) before any frame
-    is read. The counts are staged once as raw_csr beside ``out`` (so a stempy or entropy-coded file, which needs
-    a pass over the counts first, neither counts nor reads the frames twice) and the outputs appear whole or not
-    at all. ``inputs`` (e.g. the reference files the user named) is stored in the record as given.
-    """
-    out = Path(out)
-    fmt = event_format(out, fmt)
-    counted = CountedSource(source, params)
-    targets = [out, *raw_csr_files(out).values()] if fmt == "raw_csr" else [out]
-    with ExitStack() as stack:
-        tmp = {path: stack.enter_context(atomic_output(path, overwrite=overwrite)) for path in targets}
-        staging = stack.enter_context(partial_folder(out))  # a killed count's leftover is known as such
-        tally = _Tally(counted, progress)
-        staged = write_raw_csr(tally, staging / out.with_suffix(".toml").name, rows=rows, record={})
-        record = {**event_record(counted, fmt), "counting": _record(counted, tally, inputs)}
-        warnings = _warnings(counted, tally)
-        if fmt == "raw_csr":
-            with open(staged, "a", encoding="utf-8") as fh:
-                fh.write(record_toml(record))
-            for path, partial in tmp.items():  # atomic_output renames them, the TOML last
-                os.replace(staging / path.name, partial)
-        elif fmt == "stempy":
-            _write_stempy(counted, tally, staged, tmp[out], rows, record)
-            warnings += _stempy_size_warning(out, tmp[out], staged)
-        else:
-            from stempress.events.entropy_file import write_entropy_events  # the codec loads only when used
-
-            with RawCsrSource(staged) as events:
-                write_entropy_events(events, tmp[out], overwrite=True, record=record)
-    return CountReport(path=out, format=fmt, files=targets, shape=counted.shape, n_events=tally.n_events,
-                       n_electrons=tally.n_electrons, record=record["counting"], warnings=warnings)
-
-
-def _write_stempy(counted: CountedSource, tally: _Tally, staged: Path, out: Path, rows: int | None,
-                  record: dict[str, Any]) -> None:
-    if tally.max_count > MAX_AUTO_FRAMES_PER_POSITION:  # known only now: the counts are the pass's result
-        raise StempressError(f"{counted.name}: up to {tally.max_count} electrons counted in one pixel, and "
-                             f"stempy stores one frame per electron (at most {MAX_AUTO_FRAMES_PER_POSITION} "
-                             "here); write raw_csr instead: an OUT ending in .toml, or --format raw_csr "
-                             "(fmt='raw_csr'), or --format entropy")
-    with RawCsrSource(staged) as events:  # the tally saw the largest count: no pass to find it again
-        write_stempy(events, out, overwrite=True, rows=rows, frames_per_position=max(1, tally.max_count),
-                     record=record)
-    with h5py.File(out, "a") as f:
-        f[STEMPY_METADATA].attrs["source"] = counted.name
-
-
-def _stempy_size_warning(out: Path, written: Path, staged: Path) -> list[str]:
-    """stempy stores 4 bytes per electron and one entry per count level: say so when that costs a lot."""
-    stempy = written.stat().st_size
-    raw_csr = sum(p.stat().st_size for p in (staged, *raw_csr_files(staged).values()))
-    if stempy <= STEMPY_SIZE_WARNING * raw_csr or stempy - raw_csr < STEMPY_SIZE_WARNING_BYTES:
-        return []
-    return [f"{out} (stempy) takes {stempy / raw_csr:.1f}x the bytes of the same counts as raw_csr ({stempy:,} B "
-            f"vs {raw_csr:,} B): stempy stores every electron and every count level separately; for counts this "
-            "high write --format raw_csr (or an OUT ending in .toml), or --format entropy (smallest)"]
-
-
-def _record(counted: CountedSource, tally: _Tally, inputs: Mapping[str, str] | None) -> dict[str, Any]:
+def counting_record(description: Mapping[str, Any], shape: tuple[int, ...], tally: CountTally,
+                    inputs: Mapping[str, str] | None) -> dict[str, Any]:
+    """The record of a count, stored in the event file: the parameters, the input and what was counted."""
     from stempress import __version__
 
-    record = {**counted.metadata["counting"], "source_shape": list(counted.shape),
-              "events": tally.n_events, "electrons": tally.n_electrons, "stempress_version": __version__}
+    record = {**description, "source_shape": list(shape), "events": tally.n_events,
+              "electrons": tally.n_electrons, "stempress_version": __version__}
     if inputs:
         record["inputs"] = {str(k): str(v) for k, v in inputs.items()}
     return record
 
 
-def _warnings(counted: CountedSource, tally: _Tally) -> list[str]:
-    """What looks wrong once the counts are known, one actionable line each."""
+def count_warnings(source: Dataset4D, params: CountingParams, tally: CountTally,
+                   max_input: float | None) -> list[str]:
+    """What looks wrong once the counts are known, one actionable line each (``source``: the frames counted;
+    ``max_input``: their largest value, None if there were none)."""
     from stempress.data.open import scan_shape_note
 
-    found = [note] if (note := scan_shape_note(counted.source)) is not None else []
+    found = [note] if (note := scan_shape_note(source)) is not None else []
     if tally.n_electrons == 0:
-        found.append(_nothing_counted(counted))
+        found.append(_nothing_counted(source, params, max_input))
     hot = _hot_pixel(tally.pattern)
     if hot is not None:
         found.append(_hot_pixel_warning(tally.pattern, hot))
     return found
 
 
-def _nothing_counted(counted: CountedSource) -> str:
-    params = counted.params
+def _nothing_counted(source: Dataset4D, params: CountingParams, max_input: float | None) -> str:
     threshold = f"{params.threshold:g} {'ADU' if params.threshold_unit == 'adu' else 'read-noise sigmas'}"
-    largest = "no frames" if counted.max_input is None else f"the largest frame value is {counted.max_input:.4g}"
-    line = (f"{counted.source.name}: no electrons counted: {largest}, and a pixel counts when its value above "
+    largest = "no frames" if max_input is None else f"the largest frame value is {max_input:.4g}"
+    line = (f"{source.name}: no electrons counted: {largest}, and a pixel counts when its value above "
             f"dark ({_in_words(params.dark)}) exceeds {threshold}, then is divided by the gain "
             f"({_in_words(params.gain)} ADU per electron) and rounded; check --dark, --threshold and --gain")
     gain = np.asarray(params.gain)
-    if np.dtype(counted.source.dtype).kind == "f" and gain.ndim == 0 and float(gain) == 1.0:
+    if np.dtype(source.dtype).kind == "f" and gain.ndim == 0 and float(gain) == 1.0:
         line += (" (these frames are floats and the gain is the default 1: give --gain in ADU per electron; frames "
                  "already normalised to electrons need a threshold below one electron)")
     return line

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stempress.atomic import atomic_output
+from stempress.atomic import atomic_output, discard, writing
 from stempress.data.base import Dataset4D, SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
 from stempress.events.checksums import ChunkGuard, EventChecksums, positions_per_chunk
@@ -109,30 +109,90 @@ def write_raw_csr_events(events: Iterable[EventBlock], toml_path: str | Path, sh
                          dtype: Any, *, overwrite: bool = False, record: Record | None = None) -> Path:
     """Write consecutive event blocks (seen once, top to bottom) as raw_csr, atomically like ``write_raw_csr``,
     with the checksums of every chunk and ``record`` (if given) in the TOML."""
-    toml_path = require_toml_name(toml_path)
-    files = raw_csr_files(toml_path)
-    data_dtype = np.dtype(dtype).newbyteorder("<")
-    with ExitStack() as stack:
-        tmp_toml = stack.enter_context(atomic_output(toml_path, overwrite=overwrite))  # renamed last
-        tmp = {part: stack.enter_context(atomic_output(path, overwrite=overwrite)) for part, path in files.items()}
-        with open(tmp["indptr"], "wb") as indptr, open(tmp["indices"], "wb") as indices, \
-                open(tmp["data"], "wb") as data:
-            indptr.write(np.zeros(1, INDPTR_DTYPE).tobytes())
-            offset = 0
-            for block in events:
-                indptr.write((block.indptr[1:] + offset).astype(INDPTR_DTYPE).tobytes())
-                indices.write(block.indices.astype(INDICES_DTYPE, copy=False).tobytes())
-                data.write(block.counts.astype(data_dtype).tobytes())
-                offset += block.n_events
-            if offset == 0:  # numpy (so LiberTEM) cannot map an empty file: one value no position points at
-                indices.write(np.zeros(1, INDICES_DTYPE).tobytes())
-                data.write(np.zeros(1, data_dtype).tobytes())
-        dtypes = {"indptr": INDPTR_DTYPE, "indices": INDICES_DTYPE, "data": data_dtype}
-        maps = {part: np.memmap(tmp[part], dtypes[part], "r") for part in PARTS}  # the bytes as on disk
-        sums = EventChecksums.compute(shape[0] * shape[1], positions_per_chunk(shape), _parts_of(maps), PARTS)
-        text = _sidecar(shape, files, data_dtype) + toml_table(CHECKSUM_TABLE, sums.to_dict())
-        tmp_toml.write_text(text + (record_toml(record) if record else ""), encoding="utf-8")
-    return toml_path
+    with writing(Path(toml_path)), RawCsrWriter(toml_path, shape, dtype, overwrite=overwrite) as writer:
+        for block in events:
+            writer.append(block)
+        return writer.close(record)
+
+
+class RawCsrWriter:
+    """raw_csr written as event blocks arrive: ``append`` each block in row order, then ``close`` once.
+
+    Push, not pull, so a sink of the engine writes it while the engine reads (no thread, no second pass). The
+    four files are written under temporary names from the start and renamed by ``close``, the TOML last;
+    ``abort`` (or leaving the ``with`` block without ``close``) deletes them, so a failure leaves none.
+    """
+
+    def __init__(self, toml_path: str | Path, shape: tuple[int, int, int, int], dtype: Any, *,
+                 overwrite: bool = False) -> None:
+        self.path = require_toml_name(toml_path)
+        self.shape = tuple(int(v) for v in shape)
+        self.files = raw_csr_files(self.path)
+        self.data_dtype = np.dtype(dtype).newbyteorder("<")
+        self._outputs: ExitStack | None = ExitStack()
+        self._handles = ExitStack()
+        try:
+            self._tmp_toml = self._outputs.enter_context(atomic_output(self.path, overwrite=overwrite))  # last
+            self._tmp = {part: self._outputs.enter_context(atomic_output(path, overwrite=overwrite))
+                         for part, path in self.files.items()}
+            self._fh = {part: self._handles.enter_context(open(self._tmp[part], "wb"))  # noqa: SIM115 (closed by close/abort)
+                        for part in PARTS}
+            self._fh["indptr"].write(np.zeros(1, INDPTR_DTYPE).tobytes())
+        except BaseException:
+            self.abort()
+            raise
+        self._offset = 0
+        self._next_row = 0
+
+    def append(self, block: EventBlock) -> None:
+        """The next scan rows' events (``block.start`` continues the last block)."""
+        if block.start != self._next_row or tuple(block.shape[1:]) != self.shape[1:]:
+            raise ValueError(f"event block at row {block.start} with shape {block.shape} does not continue row "
+                             f"{self._next_row} of a {self.shape} cube")
+        self._fh["indptr"].write((block.indptr[1:] + self._offset).astype(INDPTR_DTYPE).tobytes())
+        self._fh["indices"].write(block.indices.astype(INDICES_DTYPE, copy=False).tobytes())
+        self._fh["data"].write(block.counts.astype(self.data_dtype).tobytes())
+        self._offset += block.n_events
+        self._next_row = block.stop
+
+    def close(self, record: Record | None = None) -> Path:
+        """Checksums and ``record`` into the TOML, then every file gets its name (the TOML last)."""
+        if self._outputs is None:
+            raise StempressError(f"{self.path}: the raw_csr writer was already closed or aborted")
+        if self._next_row != self.shape[0]:
+            raise StempressError(f"{self.path}: events for {self._next_row} of {self.shape[0]} scan rows were "
+                                 "written; a raw_csr set must cover the whole scan")
+        if self._offset == 0:  # numpy (so LiberTEM) cannot map an empty file: one value no position points at
+            self._fh["indices"].write(np.zeros(1, INDICES_DTYPE).tobytes())
+            self._fh["data"].write(np.zeros(1, self.data_dtype).tobytes())
+        self._handles.close()
+        dtypes = {"indptr": INDPTR_DTYPE, "indices": INDICES_DTYPE, "data": self.data_dtype}
+        maps = {part: np.memmap(self._tmp[part], dtypes[part], "r") for part in PARTS}  # the bytes as on disk
+        sums = EventChecksums.compute(self.shape[0] * self.shape[1], positions_per_chunk(self.shape),
+                                      _parts_of(maps), PARTS)
+        text = _sidecar(self.shape, self.files, self.data_dtype) + toml_table(CHECKSUM_TABLE, sums.to_dict())
+        outputs, self._outputs = self._outputs, None
+        try:
+            self._tmp_toml.write_text(text + (record_toml(record) if record else ""), encoding="utf-8")
+        except BaseException:
+            discard(outputs)
+            raise
+        outputs.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Delete the partial files (nothing of the set appears); never raises over the error that led here."""
+        with suppress(OSError):  # a full disk fails the last flush of files about to be deleted anyway
+            self._handles.close()
+        if self._outputs is not None:
+            outputs, self._outputs = self._outputs, None
+            discard(outputs)
+
+    def __enter__(self) -> RawCsrWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()  # a no-op after close
 
 
 def _parts_of(maps: dict[str, np.ndarray]) -> Any:

@@ -1,0 +1,208 @@
+"""Events as a sink: the event file (stempy, raw_csr or entropy-coded) written while the engine reads, so
+``stempress count`` and ``stempress ingest --events`` share one writer.
+
+Blocks are counts already (``params`` None: a counting detector, another event file) or integrating frames,
+counted here with ``CountingParams`` on the run's executor (a block's frames split among its workers: counting
+never links frames, so any split gives the same counts). Each block's events are appended at once to a raw_csr
+set staged in a partial folder beside the output (``events.libertem.RawCsrWriter``); at ``finish`` the staged set
+becomes the output (raw_csr), or is converted to stempy (which needs the largest count first) or entropy-coded
+(whose model is fitted on all counts): whatever the format, the frames are read and counted once. The outputs
+appear whole (``atomic_output``) or not at all: ``abort`` deletes every partial file and the staging folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from stempress.atomic import atomic_output, check_new_output, discard, partial_folder, writing
+from stempress.data.base import Block
+from stempress.errors import StempressError
+from stempress.events.counting import (
+    OUT_DTYPE,
+    CountingParams,
+    CountReport,
+    CountTally,
+    check_frames,
+    count_frames,
+    count_warnings,
+    counting_description,
+    counting_record,
+    event_format,
+)
+from stempress.events.libertem import RawCsrSource, RawCsrWriter, raw_csr_files
+from stempress.events.record import event_record
+from stempress.events.representation import check_counts_dtype, events_from_block
+from stempress.events.stempy import MAX_AUTO_FRAMES_PER_POSITION, write_stempy
+from stempress.events.stempy import METADATA as STEMPY_METADATA
+from stempress.exec.base import Executor
+from stempress.exec.local import InlineExecutor
+from stempress.sinks.protocol import RunInfo
+
+#: A stempy file this many times the size of the raw_csr set of the same counts, and at least this many bytes
+#: larger (small files are mostly HDF5 overhead), is worth a warning.
+STEMPY_SIZE_WARNING = 2.0
+STEMPY_SIZE_WARNING_BYTES = 1024**2
+#: Frame bytes per worker in one block when counting, so every worker has frames to count in each block.
+COUNT_BYTES_PER_WORKER = 8 * 1024**2
+
+
+class EventSink:
+    """Writes the blocks it consumes as the event file ``out`` (format ``fmt``, else named by ``out``'s suffix as
+    ``events.counting.event_format`` says), counting them first with ``params`` when given.
+
+    ``rows``: scan rows per block of the stempy conversion; ``inputs``: stored in the counting record as given.
+    ``finish`` returns a ``CountReport``. Consumes blocks in row order (one file: not mergeable).
+    """
+
+    name = "events"
+
+    def __init__(self, out: str | Path, params: CountingParams | None = None, *, fmt: str | None = None,
+                 overwrite: bool = False, rows: int | None = None, inputs: Mapping[str, str] | None = None,
+                 name: str = "events") -> None:
+        self.out, self.params, self.overwrite, self.rows, self.name = Path(out), params, overwrite, rows, name
+        self.fmt = event_format(self.out, fmt)
+        self.inputs = dict(inputs) if inputs else None
+        self.targets = [self.out, *raw_csr_files(self.out).values()] if self.fmt == "raw_csr" else [self.out]
+        for path in self.targets:
+            check_new_output(path, overwrite)  # before the pass, not after it
+        self._stack: contextlib.ExitStack | None = None
+        self._writer: RawCsrWriter | None = None
+
+    def open(self, info: RunInfo) -> None:
+        """Check the references against the detector and the dtype, then claim the outputs and the staging."""
+        # the run's description of the source (name, shape, dtype, metadata) is what the record and the warnings
+        # read; the counts made of it are described the same way
+        self.source = info
+        if self.params is not None:
+            self.params.resolved(info.shape[2:])  # wrong reference shapes fail before any frame is read
+            self.counts = replace(info, name=f"{info.name}-counted", dtype=OUT_DTYPE, metadata={
+                **info.metadata, "counting": counting_description(self.params, info.name, info.dtype)})
+            self.block_bytes_per_worker = COUNT_BYTES_PER_WORKER
+        else:
+            check_counts_dtype(info.dtype, info.name)
+            self.counts = self.source
+        self.executor: Executor = info.executor or InlineExecutor()
+        self.tally = CountTally(info.shape[2:])
+        self.max_input: float | None = None
+        stack = contextlib.ExitStack()
+        try:
+            self._tmp = {path: stack.enter_context(atomic_output(path, overwrite=self.overwrite))
+                         for path in self.targets}
+            staging = stack.enter_context(partial_folder(self.out))  # a killed run's leftover is known as such
+            self._writer = RawCsrWriter(staging / self.out.with_suffix(".toml").name, info.shape, self.counts.dtype)
+        except BaseException:
+            discard(stack)
+            raise
+        self._stack = stack
+
+    def consume(self, block: Block) -> None:
+        data = np.asarray(block.data)
+        if self.params is not None:
+            check_frames(data, f"{self.source.name} rows [{block.start}, {block.stop})")
+            if data.size:
+                top = float(data.max())
+                self.max_input = top if self.max_input is None else max(self.max_input, top)
+            data = self._count(data)
+        events = events_from_block(Block(block.start, data), where=self.counts.name)
+        assert self._writer is not None
+        with writing(self.out):  # the staged set's writes happen here, outside its atomic_output block
+            self._writer.append(events)
+        self.tally.add(data)
+
+    def _count(self, frames: np.ndarray) -> np.ndarray:
+        """The block's frames counted on the run's workers, in pieces of whole frames, joined in order."""
+        workers = self.executor.workers
+        flat = frames.reshape(-1, *frames.shape[-2:])
+        if workers < 2 or flat.shape[0] < 2:
+            return count_frames(frames, self.params)  # type: ignore[arg-type]
+        step = -(-flat.shape[0] // workers)
+        pieces = [flat[i:i + step] for i in range(0, flat.shape[0], step)]
+        counted = self.executor.map_ordered(functools.partial(count_frames, params=self.params), pieces)
+        return np.concatenate(list(counted)).reshape(frames.shape)
+
+    def finish(self) -> CountReport:
+        """The record and warnings (known now: they need every count), then the output from the staged set."""
+        try:
+            with writing(self.out):
+                return self._finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _finish(self) -> CountReport:
+        assert self._writer is not None and self._stack is not None
+        record = event_record(self.counts, self.fmt)  # type: ignore[arg-type]
+        warnings: list[str] = []
+        if self.params is not None:
+            record["counting"] = counting_record(self.counts.metadata["counting"], self.source.shape, self.tally,
+                                                 self.inputs)
+            warnings += count_warnings(self.source, self.params, self.tally, self.max_input)  # type: ignore[arg-type]
+        else:
+            from stempress.data.open import scan_shape_note
+
+            warnings += [n for n in (scan_shape_note(self.source),) if n is not None]  # type: ignore[arg-type]
+        staged = self._writer.close(record if self.fmt == "raw_csr" else None)
+        out = self._tmp[self.out]
+        if self.fmt == "raw_csr":
+            for path, partial in self._tmp.items():  # atomic_output renames them, the TOML last
+                os.replace(staged.parent / path.name, partial)
+        elif self.fmt == "stempy":
+            self._write_stempy(staged, out, record)
+            warnings += _stempy_size_warning(self.out, out, staged)
+        else:
+            from stempress.events.entropy_file import write_entropy_events  # the codec loads only when used
+
+            with RawCsrSource(staged) as events:
+                write_entropy_events(events, out, overwrite=True, record=record)
+        stack, self._stack = self._stack, None
+        stack.close()  # the staging folder goes, the outputs get their names
+        tally = self.tally
+        return CountReport(path=self.out, format=self.fmt, files=list(self.targets), shape=self.source.shape,
+                           n_events=tally.n_events, n_electrons=tally.n_electrons,
+                           record=record.get("counting", {}) if self.params is not None else {},
+                           warnings=warnings, counted=self.params is not None)
+
+    def _write_stempy(self, staged: Path, out: Path, record: dict[str, Any]) -> None:
+        largest = self.tally.max_count
+        if largest > MAX_AUTO_FRAMES_PER_POSITION:  # known only now: the counts are the pass's result
+            raise StempressError(f"{self.counts.name}: up to {largest} electrons counted in one pixel, and "
+                                 f"stempy stores one frame per electron (at most {MAX_AUTO_FRAMES_PER_POSITION} "
+                                 "here); write raw_csr instead: an OUT ending in .toml, or --format raw_csr "
+                                 "(ingest: --event-format raw_csr; fmt='raw_csr'), or --format entropy")
+        with RawCsrSource(staged) as events:  # the tally saw the largest count: no pass to find it again
+            write_stempy(events, out, overwrite=True, rows=self.rows, frames_per_position=max(1, largest),
+                         record=record)
+        with h5py.File(out, "a") as f:
+            f[STEMPY_METADATA].attrs["source"] = self.counts.name
+
+    def abort(self) -> None:
+        """Delete the staged set, the staging folder and every partial output."""
+        if self._writer is not None:
+            self._writer.abort()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            discard(stack)
+
+
+def _stempy_size_warning(out: Path, written: Path, staged: Path) -> list[str]:
+    """stempy stores 4 bytes per electron and one entry per count level: say so when that costs a lot."""
+    stempy = written.stat().st_size
+    raw_csr = sum(p.stat().st_size for p in (staged, *raw_csr_files(staged).values()))
+    if stempy <= STEMPY_SIZE_WARNING * raw_csr or stempy - raw_csr < STEMPY_SIZE_WARNING_BYTES:
+        return []
+    return [f"{out} (stempy) takes {stempy / raw_csr:.1f}x the bytes of the same counts as raw_csr ({stempy:,} B "
+            f"vs {raw_csr:,} B): stempy stores every electron and every count level separately; for counts this "
+            "high write --format raw_csr (or an OUT ending in .toml), or --format entropy (smallest); ingest: "
+            "--event-format"]
+
+
+__all__ = ["EventSink"]
