@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -780,10 +780,9 @@ def main() -> None:
     notes.addHandler(_Notes())
     notes.setLevel(logging.INFO)
     notes.propagate = False
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt)
+    before = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     command = " ".join(filter(None, ("stempress", _command(sys.argv[1:]))))
-    with watch_outputs() as journal:
+    with watch_outputs() as journal, _handlers_restored(before):
         try:
             app()
         except StempressError as exc:
@@ -798,6 +797,17 @@ def main() -> None:
             if os.environ.get("STEMPRESS_TRACEBACK"):
                 raise
             _fail(_escape(_os_error_line(exc, WRITE_ERRNOS, os_error_message)))
+
+
+@contextmanager
+def _handlers_restored(before: dict[int, Any]) -> Iterator[None]:
+    """Put the signal handlers back when ``main`` returns, so a host that calls it (a test, a notebook) keeps its
+    own Ctrl-C and SIGTERM."""
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _os_error_line(exc: OSError, write_errnos: set[int], os_error_message) -> str:
