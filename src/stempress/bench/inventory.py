@@ -20,8 +20,10 @@ import pandas as pd
 
 from stempress.bench.bounds import order0_entropy_bits, poisson_bound, poisson_entropy_bits, sparsity_bound
 from stempress.bench.results import atomic_write, read_table
-from stempress.data.base import Block, Dataset4D, iter_blocks
+from stempress.data.base import Block, Dataset4D
+from stempress.engine import run
 from stempress.errors import StempressError
+from stempress.sinks.protocol import RunInfo
 
 INVENTORY_CSV = "inventory.csv"
 
@@ -283,12 +285,26 @@ class ProfileBuilder:
         )
 
 
+class StatisticsSink:
+    """The statistics pass as an engine sink (blocks in scan order): ``finish()`` gives the ``DatasetProfile``,
+    so a pass that already reads the cube (a benchmark's staging, ``ingest``) can profile it too."""
+
+    name = "statistics"
+
+    def open(self, info: RunInfo) -> None:
+        self.builder = ProfileBuilder(info.name, info.shape, info.dtype)
+
+    def consume(self, block: Block) -> None:
+        self.builder.add(block)
+
+    def finish(self) -> DatasetProfile:
+        return self.builder.finish()
+
+
 def profile_dataset(source: Dataset4D, rows: int | None = None) -> DatasetProfile:
-    """Profile a cube in one streaming pass of ``rows`` scan rows per block (default: a 64 MiB budget)."""
-    builder = ProfileBuilder(source.name, source.shape, source.dtype)
-    for block in iter_blocks(source, rows):
-        builder.add(block)
-    return builder.finish()
+    """Profile a cube in one streaming pass of ``rows`` scan rows per block (default: the engine's budget)."""
+    (profile,) = run(source, [StatisticsSink()], rows=rows)
+    return profile
 
 
 def inventory_table(profiles: Iterable[DatasetProfile]) -> pd.DataFrame:
