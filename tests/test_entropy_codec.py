@@ -480,6 +480,9 @@ def test_the_packed_model_round_trips_and_a_small_cube_gets_a_coarse_grid() -> N
     short = fit_model(lam.reshape(-1) * 16, 16)
     long = fit_model(lam.reshape(-1) * 100_000, 100_000)
     assert short.grid == GRIDS[0] and long.grid is not None and GRIDS.index(long.grid) > 1
+    # fitted on a cube's first 16 frames but coding all of them: the grid is chosen for the whole cube
+    first = fit_model(lam.reshape(-1) * 16, 16, coded_positions=100_000)
+    assert first.grid is not None and GRIDS.index(first.grid) > 0
     back = unpack_model(pack_model(long, (40, 50)), (40, 50))
     for key in ("class_of_pixel", "class_lambda", "p_event", "sparse", "lo", "golomb_bits", "low_bits",
                 "first_table", "table_offsets", "tables"):

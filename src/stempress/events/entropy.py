@@ -520,7 +520,7 @@ def _fit_block(block: Block, shape: tuple[int, int, int, int]) -> PoissonModel:
     data = np.asarray(block.data)
     refuse_non_counts(data, block.start, "entropy codec")
     frames = data.reshape(-1, shape[2] * shape[3])
-    return fit_model(frames.sum(axis=0, dtype=np.float64), frames.shape[0])
+    return fit_model(frames.sum(axis=0, dtype=np.float64), frames.shape[0], shape[0] * shape[1])
 
 
 def _encoded(model: PoissonModel, pieces: Iterable[tuple[int, np.ndarray]], workers: int,

@@ -193,9 +193,10 @@ def class_levels(lam: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.where(lam < SPARSE_BELOW, sparse, dense)
 
 
-def fit_model(total: np.ndarray, n_positions: int) -> PoissonModel:
+def fit_model(total: np.ndarray, n_positions: int, coded_positions: int | None = None) -> PoissonModel:
     """The model from per-pixel count sums over ``n_positions`` frames, on the grid of ``GRIDS`` that makes the
-    stored model plus the frames' ideal code length under it smallest.
+    stored model plus the ideal code length of ``coded_positions`` such frames (default: these) under it smallest:
+    a model fitted on a cube's first rows codes all of them.
 
     Smoothing: ``(S_i + mean_j S_j / n) / (n + 1)``, one prior frame of the overall mean, so a pixel never hit
     while fitting stays cheap to code later.
@@ -208,7 +209,8 @@ def fit_model(total: np.ndarray, n_positions: int) -> PoissonModel:
     for grid in GRIDS:
         model = _fit_on_grid(lam, grid)
         # the stored size estimated with zlib (~3 ms, against xz's ~30): it only ranks the grids
-        bits = _code_bits(model, total, n_positions) + 8.0 * len(zlib.compress(_raw(model, (1, lam.size)), 6))
+        scale = 1.0 if coded_positions is None else coded_positions / n_positions
+        bits = scale * _code_bits(model, total, n_positions) + 8.0 * len(zlib.compress(_raw(model, (1, lam.size)), 6))
         if best is None or bits < best[0]:
             best = (bits, model)
     assert best is not None
