@@ -190,8 +190,8 @@ def bench(text: str, codecs: list[str], runs: int, first_rows: int, scratch: Pat
         print(f"{label:30s} {ratio:8.1f} {r.encode:9.0f} {r.decode:9.0f} {ratio / bound:7.1%} "
               f"{ratio / true_bound:7.1%} {ratio / zstd:6.2f} {r.size:10d}")
     own_bound = 8 * dtype.itemsize * frame / full.bound_bits()
-    print(f"entropy model: {full.n_classes} lambda classes ({int(full.sparse.sum())} coded as events); "
-          f"own-model bound {own_bound:.1f}x")
+    print(f"entropy model: {full.n_classes} lambda classes ({int(full.sparse.sum())} coded as events) on a grid of "
+          f"{full.grid} (dark, bright) classes per octave; own-model bound {own_bound:.1f}x")
     print(f"verdict on {_full_label(cores)}:")
     return _verdict(results[_full_label(cores)], cube.nbytes, own_bound, sparsity, zstd, results, true_bound)
 

@@ -11,10 +11,12 @@ Model (fitted once, stored in the file, shared by every chunk; see ``entropy_mod
   never hit while fitting stays codable. ``write_entropy_coded`` fits it on the whole cube (a first pass; it reads
   the source twice); the ``EntropyCodedFormat`` file codec, which sees its blocks once, fits it on the first block
   only (the benchmark prints both).
-* Pixels are grouped into classes of near-equal lambda. Bright classes code every pixel's count against a
-  Poisson table; dark (sparse) classes code only their events: how many, the gap before each (geometric, split
-  Golomb-style into a tabled quotient, tabled high bits and uniform low bits) and each count. Values outside a
-  table's window are escaped and stored raw (uint64, gzip'd), so any non-negative integers round-trip.
+* Pixels are grouped into classes of near-equal lambda, on the log grid (classes per octave) that makes the stored
+  model plus the data's ideal code length smallest: a short scan cannot pay for a fine grid's map. Bright classes
+  code every pixel's count against a Poisson table; dark (sparse) classes code only their events: how many, the gap
+  before each (geometric, split Golomb-style into a tabled quotient, tabled high bits and uniform low bits) and each
+  count. Values outside a table's window are escaped and stored raw (uint64), so any non-negative integers
+  round-trip.
 
 Coding: per chunk of ``chunk_rows`` scan rows, each run of symbols that share a table is one vectorised
 ``encode_reverse`` call into constriction's ANS coder; each chunk is its own ANS stream, so any scan-row range
@@ -25,18 +27,20 @@ whatever the worker count. The default is this process alone (``workers=1``): wo
 caller's main module, so a script must keep its work under ``if __name__ == "__main__":`` to use them, and a
 library call should not fail in a script that does not.
 
-File (format version 3): HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``, ``constriction_version``,
-``checksum_algorithm`` and ``model_crc``; ``model/class_of_pixel`` (gzip'd, the detector shape), ``model/class_int``
-(one row per class: the columns of ``CLASS_INT``), ``model/class_float`` (``CLASS_FLOAT``), ``model/table_offsets``
-+ ``model/tables`` (float16); ``chunks/index`` (n_chunks + 1 rows: first scan row, first word, first escape),
-``chunks/words`` (uint32 ANS words), ``chunks/escapes`` (uint64), ``chunks/crc`` (n_chunks rows: the CRC of the
-chunk's words and of its escapes). Few datasets on purpose: each costs ~0.5 kB of HDF5 metadata.
+File (format version 4): HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``, ``constriction_version``,
+``checksum_algorithm`` and ``model_crc`` (strings fixed-length: a variable-length one costs a global heap, ~4 kB);
+``model/packed`` (the whole model as one xz stream, ``entropy_model.pack_model``); ``chunks/index`` (n_chunks + 1
+rows: first scan row, first word, first escape), ``chunks/words`` (uint32 ANS words), ``chunks/escapes`` (uint64),
+``chunks/crc`` (n_chunks rows: the CRC of the chunk's words and of its escapes). Few datasets, the small ones compact
+(inside their object headers), on purpose: on a sparse cube the model and HDF5's metadata were 2.5-12 % of the
+file (version 3: ~20-26 kB; version 4: ~6-11 kB). Versions 2 and 3 kept one gzip'd dataset per model array
+(``model/class_of_pixel``, ``class_int``, ``class_float``, ``table_offsets``, ``tables``); they still read.
 
 Integrity: an ANS stream decodes any bytes into some counts, so a flipped bit would read back as wrong counts with
-no error. Version 3 keeps a CRC (``codecs.checksums``: CRC32C, else CRC32) of each chunk's coded bytes, checked the
-first time a read touches the chunk, and ``model_crc`` over the model's datasets and the chunk index, checked on
-open; a mismatch is a ``ChecksumError`` naming the chunk and its scan rows. Version 2 files (no checksums) still
-read; ``has_checksums`` tells them apart by the ``checksum_algorithm`` attribute.
+no error. Versions 3 and 4 keep a CRC (``codecs.checksums``: CRC32C, else CRC32) of each chunk's coded bytes,
+checked the first time a read touches the chunk, and ``model_crc`` over the model's datasets and the chunk index,
+checked on open; a mismatch is a ``ChecksumError`` naming the chunk and its scan rows. Version 2 files (no
+checksums) still read; ``has_checksums`` tells them apart by the ``checksum_algorithm`` attribute.
 """
 
 from __future__ import annotations
@@ -66,25 +70,25 @@ from stempress.data.base import (
 from stempress.errors import StempressError
 from stempress.events.checksums import ChecksumError
 from stempress.events.entropy_model import (
-    CLASSES_PER_OCTAVE,
+    CLASS_INT,
     LAMBDA_FLOOR,
     SPARSE_BELOW,
-    SPARSE_CLASSES_PER_OCTAVE,
-    TABLE_DTYPE,
     PoissonModel,
     fit_model,
+    pack_model,
+    unpack_model,
 )
 from stempress.events.entropy_parallel import ChunkPool, ModelBlob
 from stempress.events.representation import check_counts_dtype, refuse_non_counts
 
-#: The model's per-class integer and float arrays: the columns of ``model/class_int`` and ``model/class_float``.
-CLASS_INT = ("sparse", "lo", "golomb_bits", "low_bits", "first_table")
+#: The float columns of a version 2-3 file's ``model/class_float`` (its ``model/class_int`` has ``CLASS_INT``'s).
 CLASS_FLOAT = ("class_lambda", "p_event")
 
 FORMAT_NAME = "stempress-entropy"
-FORMAT_VERSION = 3
-#: Versions this stempress reads: 2 has no checksums (read as before), 3 adds them.
-READABLE_VERSIONS = (2, 3)
+FORMAT_VERSION = 4
+#: Versions this stempress reads: 2 has no checksums (read as before), 3 adds them, 4 packs the model into one
+#: compressed dataset.
+READABLE_VERSIONS = (2, 3, 4)
 #: Root attribute naming the checksum algorithm: its presence is the marker of a file with checksums.
 CHECKSUM_ATTR = "checksum_algorithm"
 #: Root attribute: the CRC over the model's datasets and the chunk index (``header_crc``).
@@ -381,35 +385,23 @@ class _Writer:
     def __init__(self, f: h5py.File, model: PoissonModel, shape: tuple[int, int, int, int], dtype: np.dtype):
         self.f, self.shape, self.dtype = f, shape, dtype
         # the coder's version is recorded: its fixed-point quantisation of the tables is part of the bitstream
-        f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "shape": np.asarray(shape, np.int64),
-                        "dtype": dtype.str, "constriction_version": _version(), CHECKSUM_ATTR: ALGORITHM})
+        f.attrs.update({"format": _fixed(FORMAT_NAME), "version": FORMAT_VERSION, "shape": np.asarray(shape, np.int64),
+                        "dtype": _fixed(dtype.str), "constriction_version": _fixed(_version()),
+                        CHECKSUM_ATTR: _fixed(ALGORITHM)})
         self._crc = checksum_function(ALGORITHM)
         self.crcs: list[tuple[int, int]] = []
         m = f.create_group("model")
-        small = {"compression": "gzip", "shuffle": True}
-        class_dtype = np.uint8 if model.n_classes <= 256 else np.uint16
-        m.create_dataset("class_of_pixel", data=model.class_of_pixel.reshape(shape[2:]).astype(class_dtype),
-                         **small)
-        m.create_dataset("class_int", data=np.stack([getattr(model, k).astype(np.int64) for k in CLASS_INT], 1),
-                         **small)
-        m.create_dataset("class_float", data=np.stack([getattr(model, k) for k in CLASS_FLOAT], 1), **small)
-        m.create_dataset("table_offsets", data=model.table_offsets, **small)
-        m.create_dataset("tables", data=model.tables.astype(TABLE_DTYPE), **small)
-        m.attrs.update({"classes_per_octave": CLASSES_PER_OCTAVE, "sparse_classes_per_octave":
-                        SPARSE_CLASSES_PER_OCTAVE, "sparse_below": SPARSE_BELOW, "lambda_floor": LAMBDA_FLOOR})
+        packed = pack_model(model, shape[2:])
+        m.create_dataset("packed", data=packed, **_small(packed.nbytes))
+        if model.grid is not None:  # what the fit chose, for the record (decoding needs only the classes)
+            m.attrs.update({"sparse_classes_per_octave": model.grid[0], "classes_per_octave": model.grid[1]})
+        m.attrs.update({"sparse_below": SPARSE_BELOW, "lambda_floor": LAMBDA_FLOOR})
         self.chunks = f.create_group("chunks")
-        self.words: list[np.ndarray] = []  # held until finish: one contiguous dataset wastes no chunk tail
-        self.escapes = self.chunks.create_dataset("escapes", shape=(0,), maxshape=(None,), dtype=np.uint64,
-                                                  chunks=(1 << 14,), **small)
+        # held until finish: one contiguous dataset each wastes no chunk tail and needs no chunk index
+        self.words: list[np.ndarray] = []
+        self.escapes: list[np.ndarray] = []
         self.row_starts, self.word_offsets, self.escape_offsets = [0], [0], [0]
         self.next_row = 0  # rows handed out to be coded (some may still be in a worker)
-
-    def _append(self, dataset: h5py.Dataset, values: np.ndarray, offsets: list[int]) -> None:
-        n = offsets[-1]
-        dataset.resize((n + values.size,))
-        if values.size:
-            dataset[n:] = values
-        offsets.append(n + values.size)
 
     def pieces(self, blocks: Iterable[Block], chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """Each block checked, then cut into chunks of ``chunk_rows`` scan rows: (rows, (positions, pixels))."""
@@ -431,7 +423,8 @@ class _Writer:
         self.words.append(words)
         self.crcs.append((self._crc(words), self._crc(np.asarray(raw, np.uint64))))
         self.word_offsets.append(self.word_offsets[-1] + words.size)
-        self._append(self.escapes, raw, self.escape_offsets)
+        self.escapes.append(np.asarray(raw, np.uint64))
+        self.escape_offsets.append(self.escape_offsets[-1] + raw.size)
         self.row_starts.append(self.row_starts[-1] + rows)
 
     def finish(self) -> None:
@@ -440,11 +433,41 @@ class _Writer:
                                  "feed every row")
         words = np.concatenate(self.words) if self.words else np.zeros(0, np.uint32)
         self.chunks.create_dataset("words", data=words)
+        escapes = np.concatenate(self.escapes) if self.escapes else np.zeros(0, np.uint64)
+        # usually none or few; many (an integrating detector's huge values) are gzip'd
+        self.chunks.create_dataset("escapes", data=escapes, **({"compression": "gzip", "shuffle": True}
+                                                               if escapes.size > 1024 else _small(escapes.nbytes)))
         index = np.stack([np.asarray(v, np.int64) for v in (self.row_starts, self.word_offsets, self.escape_offsets)],
                          axis=1)
-        self.chunks.create_dataset("index", data=index)
-        self.chunks.create_dataset("crc", data=np.asarray(self.crcs, np.uint32).reshape(-1, 2))
+        crcs = np.asarray(self.crcs, np.uint32).reshape(-1, 2)
+        self.chunks.create_dataset("index", data=index, **_small(index.nbytes))
+        self.chunks.create_dataset("crc", data=crcs, **_small(crcs.nbytes))
         self.f.attrs[MODEL_CRC_ATTR] = header_crc(self.f, ALGORITHM)
+
+
+#: Datasets up to this many bytes are stored compact (in their object header: no separate allocation).
+COMPACT_BYTES = 32 * 1024
+
+
+def _small(nbytes: int) -> dict[str, Any]:
+    """``create_dataset`` keywords for a small dataset: compact layout (HDF5's limit is 64 kB)."""
+    if not 0 < nbytes <= COMPACT_BYTES:
+        return {}
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    return {"dcpl": dcpl}
+
+
+def _fixed(text: str) -> np.bytes_:
+    """A string attribute as fixed-length ASCII: h5py stores a ``str`` as a variable-length string, whose global
+    heap costs a file ~4 kB (a sparse cube's whole entropy-coded file can be ~200 kB)."""
+    return np.bytes_(text.encode("ascii"))
+
+
+def attr_text(f: h5py.File, key: str) -> str | None:
+    """A string attribute as ``str``, written fixed-length (version 4) or variable-length (before); None if absent."""
+    value = f.attrs.get(key)
+    return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
 
 
 def header_crc(f: h5py.File, algorithm: str) -> int:
@@ -497,7 +520,7 @@ def _fit_block(block: Block, shape: tuple[int, int, int, int]) -> PoissonModel:
     data = np.asarray(block.data)
     refuse_non_counts(data, block.start, "entropy codec")
     frames = data.reshape(-1, shape[2] * shape[3])
-    return fit_model(frames.sum(axis=0, dtype=np.float64), frames.shape[0])
+    return fit_model(frames.sum(axis=0, dtype=np.float64), frames.shape[0], shape[0] * shape[1])
 
 
 def _encoded(model: PoissonModel, pieces: Iterable[tuple[int, np.ndarray]], workers: int,
@@ -540,6 +563,13 @@ def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int |
 
 def _load_model(f: h5py.File) -> PoissonModel:
     m = f["model"]
+    if int(f.attrs["version"]) >= 4:
+        try:
+            return unpack_model(m["packed"][...], tuple(int(v) for v in f.attrs["shape"][2:]))
+        except (KeyError, ValueError) as exc:
+            raise StempressError(f"the entropy file's model is unreadable ({exc}); the file is corrupt, "
+                                 "rewrite it") from None
+    # versions 2 and 3: one dataset per model array
     class_of_pixel = m["class_of_pixel"][...].reshape(-1).astype(np.int32)
     ints, floats = m["class_int"][...], m["class_float"][...]
     arrays: dict[str, np.ndarray] = {k: ints[:, i] for i, k in enumerate(CLASS_INT)}
@@ -561,7 +591,7 @@ class EntropyCodedSource(SourceBase):
         except OSError as exc:
             raise StempressError(f"{self.path}: not a readable HDF5 file ({exc})") from None
         f = self._f
-        if f.attrs.get("format") != FORMAT_NAME:
+        if attr_text(f, "format") != FORMAT_NAME:
             f.close()
             raise StempressError(f"{self.path}: not a stempress entropy-coded file")
         if int(f.attrs["version"]) not in READABLE_VERSIONS:
@@ -572,7 +602,7 @@ class EntropyCodedSource(SourceBase):
                                  f"reads versions {READABLE_VERSIONS[0]}-{FORMAT_VERSION}; {fix}")
         self.name = self.path.stem
         self.shape = tuple(int(v) for v in f.attrs["shape"])  # type: ignore[assignment]
-        self.dtype = np.dtype(str(f.attrs["dtype"]))
+        self.dtype = np.dtype(attr_text(f, "dtype"))
         try:
             self._open_checksums(f)
             self.model = _load_model(f)
@@ -599,7 +629,7 @@ class EntropyCodedSource(SourceBase):
                 raise StempressError(f"{self.path}: the entropy file's checksums are missing; the file was altered "
                                      "after it was written: restore it from a copy or write it again")
             return
-        algorithm = str(f.attrs[CHECKSUM_ATTR])
+        algorithm = attr_text(f, CHECKSUM_ATTR)
         self._crc = checksum_function(algorithm)  # a one-line error where this machine lacks the algorithm
         n_chunks = int(f["chunks/index"].shape[0]) - 1
         try:

@@ -16,7 +16,13 @@ import h5py
 
 from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D
-from stempress.events.entropy import CHECKSUM_ATTR, FORMAT_NAME, EntropyCodedSource, write_entropy_coded
+from stempress.events.entropy import (
+    CHECKSUM_ATTR,
+    FORMAT_NAME,
+    EntropyCodedSource,
+    attr_text,
+    write_entropy_coded,
+)
 from stempress.events.record import Record, event_record, read_h5_record, write_h5_record
 from stempress.events.representation import Events, as_source, check_counts_dtype
 
@@ -43,8 +49,7 @@ def write_entropy_events(source: Dataset4D | Events, out: str | Path, *, overwri
 
 def is_entropy_file(f: h5py.File) -> bool:
     """Whether an open HDF5 file is a stempress entropy-coded file."""
-    value = f.attrs.get("format")
-    return (value.decode() if isinstance(value, bytes) else value) == FORMAT_NAME
+    return attr_text(f, "format") == FORMAT_NAME
 
 
 def open_entropy(path: str | Path, workers: int | None = 1) -> EntropyCodedSource:

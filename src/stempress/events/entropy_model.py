@@ -14,17 +14,19 @@ integer or a correctly rounded IEEE operation (product, square root, ``frexp``).
 
 from __future__ import annotations
 
+import lzma
 import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import gammaln, ndtr
 
-#: Log-spaced lambda classes per factor of two for bright (per-pixel coded) classes: ~4 % apart.
-CLASSES_PER_OCTAVE = 16
-#: Coarser steps for dark classes: the mismatch costs ~lambda * delta^2 / 2 nats per pixel, far below their
-#: ~lambda * ln(1/lambda) entropy, while each class adds a count per chunk.
-SPARSE_CLASSES_PER_OCTAVE = 8
+#: The class grids ``fit_model`` chooses from: (dark, bright) classes per factor of two of lambda, coarse to fine.
+#: A finer grid codes each pixel closer to its own mean (a bright class's mismatch costs ~lambda * delta^2 / 2 nats
+#: per pixel; a dark class's is far below its ~lambda * ln(1/lambda) entropy) but stores a bigger class map and more
+#: tables, and a dark class adds an event count per chunk: a small scan pays for a fine grid, a long one gains.
+GRIDS = ((1, 4), (2, 8), (4, 16), (8, 32))
 #: Lambdas below this share the lowest class (a never-hit pixel still keeps every count codable).
 LAMBDA_FLOOR = 1e-7
 #: Classes whose mean count is below this code their events (gaps) instead of every pixel.
@@ -51,6 +53,16 @@ TABLE_DTYPE = np.dtype(np.float16)
 
 DENSE_LEVEL_OFFSET = 1 << 30  # dense class levels sort after every sparse one
 
+#: A class's per-class numbers are kept as float32 (rounded when fitted, so encoder and decoder agree): half the
+#: bytes of float64, and the count coding only needs ~1e-3 of its expected number of events.
+CLASS_FLOAT_DTYPE = np.dtype(np.float32)
+#: The model's integer columns per class, as stored.
+CLASS_INT = ("sparse", "lo", "golomb_bits", "low_bits", "first_table")
+#: The stored model (format version 4) is one xz stream: LZMA2 at its strongest preset is ~15 % smaller than gzip
+#: on the class map and the float16 tables; a 256 kB dictionary holds any model and takes ~30 ms, not ~130.
+_XZ = {"format": lzma.FORMAT_XZ, "check": lzma.CHECK_NONE,
+       "filters": [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 18}]}
+
 
 @dataclass(frozen=True)
 class PoissonModel:
@@ -72,6 +84,7 @@ class PoissonModel:
     first_table: np.ndarray  # (n_classes,) int64
     table_offsets: np.ndarray  # (n_tables + 1,) int64 into ``tables``
     tables: np.ndarray  # float64 holding TABLE_DTYPE values (what the file keeps), concatenated
+    grid: tuple[int, int] | None = None  # (dark, bright) classes per octave it was fitted on; None once loaded
 
     @property
     def n_classes(self) -> int:
@@ -103,8 +116,11 @@ def stored(p: np.ndarray) -> np.ndarray:
 
 
 def _with_escape(p: np.ndarray, tail: float) -> np.ndarray:
-    """Append the escape mass, rounded to the stored precision."""
-    return stored(np.append(p, max(ESCAPE_FLOOR, tail)))
+    """Append the escape mass, rounded to the stored precision; trailing entries that round to 0 are dropped into
+    the escape (they would cost the file bytes and code with constriction's smallest probability anyway)."""
+    kept = stored(p)
+    n = max(1, int(np.flatnonzero(kept)[-1]) + 1 if kept.any() else 1)
+    return np.append(kept[:n], stored(np.array([max(ESCAPE_FLOOR, tail + float(p[n:].sum()))])))
 
 
 def _poisson_pmf(k: np.ndarray, lam: float) -> np.ndarray:
@@ -125,7 +141,9 @@ def dense_table(lam: float) -> tuple[int, np.ndarray]:
     """Window start and the probabilities of counts lo..lo+K-1 and escape under Poisson(lam)."""
     lo, hi = _window(lam, 0)
     p = _poisson_pmf(np.arange(lo, hi, dtype=np.float64), lam)
-    return lo, _with_escape(p, 1.0 - float(p.sum()))
+    nonzero = np.flatnonzero(stored(p))
+    skip = int(nonzero[0]) if nonzero.size else 0  # leading counts that round to 0: the window starts after them
+    return lo + skip, _with_escape(p[skip:], 1.0 - float(p[skip:].sum()))
 
 
 def event_count_table(lam: float) -> np.ndarray:
@@ -166,16 +184,19 @@ def count_table() -> np.ndarray:
     return _with_escape(p, 1.0 - float(p.sum()))
 
 
-def class_levels(lam: np.ndarray) -> np.ndarray:
-    """Class level of each pixel: coarse log steps for sparse lambdas, fine ones (sorted after) for dense."""
+def class_levels(lam: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Class level of each pixel on ``grid`` (dark, bright classes per octave): coarser log steps for sparse
+    lambdas, finer ones (sorted after) for dense."""
     octaves = np.log2(np.maximum(lam, LAMBDA_FLOOR) / LAMBDA_FLOOR)
-    sparse = np.floor(octaves * SPARSE_CLASSES_PER_OCTAVE).astype(np.int64)
-    dense = DENSE_LEVEL_OFFSET + np.floor(octaves * CLASSES_PER_OCTAVE).astype(np.int64)
+    sparse = np.floor(octaves * grid[0]).astype(np.int64)
+    dense = DENSE_LEVEL_OFFSET + np.floor(octaves * grid[1]).astype(np.int64)
     return np.where(lam < SPARSE_BELOW, sparse, dense)
 
 
-def fit_model(total: np.ndarray, n_positions: int) -> PoissonModel:
-    """The model from per-pixel count sums over ``n_positions`` frames.
+def fit_model(total: np.ndarray, n_positions: int, coded_positions: int | None = None) -> PoissonModel:
+    """The model from per-pixel count sums over ``n_positions`` frames, on the grid of ``GRIDS`` that makes the
+    stored model plus the ideal code length of ``coded_positions`` such frames (default: these) under it smallest:
+    a model fitted on a cube's first rows codes all of them.
 
     Smoothing: ``(S_i + mean_j S_j / n) / (n + 1)``, one prior frame of the overall mean, so a pixel never hit
     while fitting stays cheap to code later.
@@ -184,10 +205,33 @@ def fit_model(total: np.ndarray, n_positions: int) -> PoissonModel:
     if n_positions < 1:
         raise ValueError("the model needs at least one frame")
     lam = (total + total.mean() / n_positions) / (n_positions + 1)
-    levels, class_of_pixel = np.unique(class_levels(lam), return_inverse=True)
+    best: tuple[float, PoissonModel] | None = None
+    for grid in GRIDS:
+        model = _fit_on_grid(lam, grid)
+        # the stored size estimated with zlib (~3 ms, against xz's ~30): it only ranks the grids
+        scale = 1.0 if coded_positions is None else coded_positions / n_positions
+        bits = scale * _code_bits(model, total, n_positions) + 8.0 * len(zlib.compress(_raw(model, (1, lam.size)), 6))
+        if best is None or bits < best[0]:
+            best = (bits, model)
+    assert best is not None
+    return best[1]
+
+
+def _code_bits(model: PoissonModel, total: np.ndarray, n_positions: int) -> float:
+    """The model-dependent part of the frames' ideal code length in bits: per pixel, the Poisson log-likelihood of
+    its ``n`` counts summing to ``S`` under its class lambda is ``S ln lambda - n lambda`` plus terms of the counts
+    alone, so the totals suffice."""
+    class_lam = model.class_lambda[model.class_of_pixel]
+    return float(np.sum(n_positions * class_lam - total * np.log(class_lam))) / math.log(2.0)
+
+
+def _fit_on_grid(lam: np.ndarray, grid: tuple[int, int]) -> PoissonModel:
+    """The model of mean pattern ``lam`` with classes on ``grid``."""
+    levels, class_of_pixel = np.unique(class_levels(lam, grid), return_inverse=True)
     sparse = levels < DENSE_LEVEL_OFFSET
     # each class codes with its members' mean lambda: the Poisson closest to them in KL
     class_lambda = np.maximum(np.bincount(class_of_pixel, weights=lam) / np.bincount(class_of_pixel), LAMBDA_FLOOR)
+    class_lambda = _class_float(class_lambda)
     n = class_lambda.size
     lo, golomb, low, first = (np.zeros(n, np.int64) for _ in range(4))
     tables: list[np.ndarray] = []
@@ -203,5 +247,78 @@ def fit_model(total: np.ndarray, n_positions: int) -> PoissonModel:
     offsets = np.zeros(len(tables) + 1, dtype=np.int64)
     np.cumsum([t.size for t in tables], out=offsets[1:])
     return PoissonModel(lam=lam, class_of_pixel=class_of_pixel.astype(np.int32), class_lambda=class_lambda,
-                        sparse=sparse, p_event=-np.expm1(-class_lambda), lo=lo, golomb_bits=golomb, low_bits=low,
-                        first_table=first, table_offsets=offsets, tables=np.concatenate(tables))
+                        sparse=sparse, p_event=_class_float(-np.expm1(-class_lambda)), lo=lo, golomb_bits=golomb,
+                        low_bits=low, first_table=first, table_offsets=offsets, tables=np.concatenate(tables),
+                        grid=grid)
+
+
+def _class_float(values: np.ndarray) -> np.ndarray:
+    """Round to what a version 4 file keeps (``CLASS_FLOAT_DTYPE``), as float64."""
+    return np.asarray(values, np.float64).astype(CLASS_FLOAT_DTYPE).astype(np.float64)
+
+
+def pack_model(model: PoissonModel, det: tuple[int, int]) -> np.ndarray:
+    """The model as one compressed byte array (format version 4): few HDF5 objects, each costing ~0.5 kB.
+
+    Layout before compression (little-endian): int32 n_classes, n_tables; int32 (n_classes, CLASS_INT); float32
+    (n_classes, 2) class lambda and p_event; int32 table sizes; float16 tables; then the class of each pixel as the
+    difference from its left neighbour modulo 256 (uint8; uint16 modulo 65536 above 256 classes): the map is smooth
+    along a detector row, so the differences are mostly small and compress better than the classes.
+    """
+    return np.frombuffer(lzma.compress(_raw(model, det), **_XZ), np.uint8)
+
+
+def _raw(model: PoissonModel, det: tuple[int, int]) -> bytes:
+    """The bytes ``pack_model`` compresses."""
+    ints = np.stack([getattr(model, k).astype(np.int64) for k in CLASS_INT], 1).astype("<i4")
+    floats = np.stack([model.class_lambda, model.p_event], 1).astype("<f4")
+    sizes = np.diff(model.table_offsets).astype("<i4")
+    parts = [np.array([model.n_classes, model.n_tables], "<i4"), ints, floats, sizes,
+             model.tables.astype(TABLE_DTYPE).astype("<f2"), _class_deltas(model.class_of_pixel, det, model.n_classes)]
+    return b"".join(np.ascontiguousarray(part).tobytes() for part in parts)
+
+
+def unpack_model(packed: np.ndarray, det: tuple[int, int]) -> PoissonModel:
+    """The inverse of ``pack_model``; a ValueError where the bytes do not hold a model for ``det``."""
+    try:
+        raw = lzma.decompress(np.asarray(packed, np.uint8).tobytes(), format=lzma.FORMAT_XZ)
+    except lzma.LZMAError as exc:
+        raise ValueError(f"the stored model does not decompress ({exc})") from None
+    at = 0
+
+    def take(dtype: str, count: int) -> np.ndarray:
+        nonlocal at
+        size = np.dtype(dtype).itemsize * count
+        if count < 0 or at + size > len(raw):
+            raise ValueError("the stored model is truncated")
+        out = np.frombuffer(raw, dtype, count, at)
+        at += size
+        return out
+
+    n_classes, n_tables = (int(v) for v in take("<i4", 2))
+    ints = take("<i4", n_classes * len(CLASS_INT)).reshape(n_classes, len(CLASS_INT)).astype(np.int64)
+    floats = take("<f4", n_classes * 2).reshape(n_classes, 2).astype(np.float64)
+    sizes = take("<i4", n_tables).astype(np.int64)
+    offsets = np.zeros(n_tables + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    tables = take("<f2", int(offsets[-1])).astype(np.float64)
+    wide = n_classes > 256
+    deltas = take("<u2" if wide else "u1", det[0] * det[1]).reshape(det)
+    if at != len(raw):
+        raise ValueError("the stored model has trailing bytes")
+    class_of_pixel = (np.cumsum(deltas, axis=1, dtype=np.int64) % (65536 if wide else 256)).reshape(-1)
+    if class_of_pixel.size and int(class_of_pixel.max()) >= n_classes:
+        raise ValueError("the stored model assigns a pixel to a class it does not have")
+    arrays = {k: ints[:, i] for i, k in enumerate(CLASS_INT)}
+    arrays["sparse"] = arrays["sparse"].astype(bool)
+    return PoissonModel(lam=floats[:, 0][class_of_pixel], class_of_pixel=class_of_pixel.astype(np.int32),
+                        class_lambda=floats[:, 0], p_event=floats[:, 1], table_offsets=offsets, tables=tables,
+                        **arrays)
+
+
+def _class_deltas(class_of_pixel: np.ndarray, det: tuple[int, int], n_classes: int) -> np.ndarray:
+    """Each pixel's class minus its left neighbour's (the first of a row: minus 0), modulo the stored width."""
+    wide = n_classes > 256
+    classes = class_of_pixel.astype(np.int64).reshape(det)
+    deltas = np.diff(classes, axis=1, prepend=0) % (65536 if wide else 256)
+    return deltas.astype("<u2" if wide else "u1")
