@@ -108,8 +108,8 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
     opened: list[Sink] = []
     try:
         for sink in sinks:
+            opened.append(sink)  # before open: a sink stopped halfway through opening (Ctrl-C) still cleans up
             sink.open(info)
-            opened.append(sink)
         multiple = sinks_multiple(sinks)  # known once the sinks are open (an archive's chunks depend on the cube)
         step = block_rows(shape, info.dtype, multiple=multiple, rows=rows,
                           budget=sinks_budget(sinks, executor.workers))
