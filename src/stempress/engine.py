@@ -16,6 +16,7 @@ Either way every byte of the source is read once, whatever the number of sinks.
 from __future__ import annotations
 
 import itertools
+import contextlib
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -120,7 +121,8 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
         return [sink.finish() for sink in sinks]
     except BaseException:
         for sink in opened:
-            abort(sink)
+            with contextlib.suppress(Exception):  # one sink failing to clean up must not spare the others
+                abort(sink)
         raise
     finally:
         if owned:
