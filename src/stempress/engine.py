@@ -15,8 +15,8 @@ Either way every byte of the source is read once, whatever the number of sinks.
 
 from __future__ import annotations
 
-import itertools
 import contextlib
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
