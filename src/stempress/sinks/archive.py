@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.atomic import atomic_output, check_new_output
+from stempress.atomic import atomic_output, check_new_output, writing
 from stempress.codecs.catalog import Codec
 from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
@@ -137,6 +137,10 @@ class ArchiveSink:
                         if self.chunk_codec is not None else None)
 
     def consume(self, block: Block) -> None:
+        with writing(Path(self.spec.path)):  # a full disk here is one line naming OUT, as inside atomic_output
+            self._consume(block)
+
+    def _consume(self, block: Block) -> None:
         if self.chunk_codec is not None:
             self._direct(block)
         else:
@@ -178,6 +182,10 @@ class ArchiveSink:
 
     def merge(self, part: EncodedRows) -> None:
         """Write a partition's compressed chunks (partitions arrive in row order, so chunks in grid order)."""
+        with writing(Path(self.spec.path)):
+            self._merge(part)
+
+    def _merge(self, part: EncodedRows) -> None:
         for index, offset, stored, stored_crc, raw_crc, encode_s, crc_s in part.chunks:
             self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
         if self.expected is not None:
@@ -198,6 +206,10 @@ class ArchiveSink:
 
     def finish(self) -> ArchiveResult:
         """Checksums and metadata (after the data: sources may add metadata while producing it), then publish."""
+        with writing(Path(self.spec.path)):
+            return self._finish()
+
+    def _finish(self) -> ArchiveResult:
         if self.checksums is not None:
             self.checksums.save(self.file)
         if self.spec.provenance:
