@@ -9,11 +9,14 @@ import threading
 import numpy as np
 import pytest
 
+from real_data import real_file
 from stempress.data.mib import encode_frame
+from stempress.data.open import open_source
 from stempress.errors import StempressError
 from stempress.live import LiveSource
 from stempress.live.dectris import decode_image, encode_image
 from stempress.live.merlin import acquisition_header, mpx_message
+from stempress.live.serve import FaultLog, Faults, serve
 
 
 def _merlin_sender(messages: list[bytes]) -> int:
@@ -75,3 +78,121 @@ def test_dectris_bitshuffle_32_bit_round_trip_and_corrupt_data_refused():
     assert np.array_equal(decode_image(blob, frame.shape, frame.dtype, "bs32-lz4<"), frame)
     with pytest.raises(StempressError, match="corrupt"):
         decode_image(blob[:20], frame.shape, frame.dtype, "bs32-lz4<")
+
+
+# -- the simulator and the receiver's accounting -------------------------------------------------------------
+
+
+def _cube(shape=(6, 8, 12, 10), seed=3) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(1.5, shape).astype(np.uint16)
+
+
+def _serve_in_thread(source, protocol: str, faults: Faults | None = None, **options) -> tuple[int, dict]:
+    """``serve`` on a free loopback port in a thread; returns the port once listening and a dict that will hold
+    its ``FaultLog`` (or its error)."""
+    ready = threading.Event()
+    port: list[int] = []
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["log"] = serve(source, protocol, faults=faults, ready=lambda p: (port.append(p), ready.set()),
+                               timeout=10, **options)
+        except Exception as exc:
+            out["error"] = exc
+            ready.set()
+
+    out["thread"] = thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(30) and port, out.get("error")
+    return port[0], out
+
+
+def _receive(protocol: str, port: int, scan_shape, **options) -> tuple[LiveSource, list]:
+    source = LiveSource(f"{protocol}://127.0.0.1:{port}", scan_shape, **options)
+    return source, list(source.blocks())
+
+
+@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+def test_clean_stream_gives_the_source_frames(protocol):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), protocol)
+    live, blocks = _receive(protocol, port, cube.shape[:2], timeout=10)
+    out["thread"].join(30)
+    assert np.array_equal(np.concatenate([b.data for b in blocks]), cube)
+    assert all(b.valid is None for b in blocks)
+    a = live.account
+    assert (a.received, a.missing, a.duplicate, a.late, a.reordered, a.corrupt, a.ended) == (48, 0, 0, 0, 0, 0,
+                                                                                             "complete")
+
+
+@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("kind", ["drop", "duplicate", "reorder", "corrupt"])
+def test_each_injected_fault_is_counted_exactly(protocol, kind):
+    cube = _cube()
+    faults = Faults(**{kind: 0.2}, seed=11)
+    port, out = _serve_in_thread(open_source(cube), protocol, faults)
+    live, blocks = _receive(protocol, port, cube.shape[:2], timeout=10)
+    out["thread"].join(30)
+    log: FaultLog = out["log"]
+    hits = {"drop": log.dropped, "duplicate": log.duplicated, "reorder": log.reordered, "corrupt": log.corrupted}
+    assert len(hits[kind]) >= 3 and all(not v for k, v in hits.items() if k != kind)  # the seed injects some
+    a = live.account
+    lost = set(log.dropped) | set(log.corrupted)
+    assert (a.missing, a.duplicate, a.reordered, a.corrupt, a.late) == (
+        len(lost), len(log.duplicated), len(log.reordered), len(log.corrupted), 0)
+    mask = live.received_mask.ravel()
+    assert sorted(np.flatnonzero(~mask)) == sorted(lost)
+    data = np.concatenate([b.data for b in blocks]).reshape(48, 12, 10)
+    assert np.array_equal(data[mask], cube.reshape(48, 12, 10)[mask])  # what arrived is exact
+    assert not data[~mask].any()  # the fill value, marked in valid, never posing as data
+    valid = np.concatenate([np.ones((1, 8), bool) if b.valid is None else b.valid for b in blocks]).ravel()
+    assert np.array_equal(valid, mask)
+
+
+@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+def test_disconnect_ends_the_stream_with_what_arrived(protocol):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), protocol, Faults(disconnect_after=20))
+    live, blocks = _receive(protocol, port, cube.shape[:2], timeout=1)
+    out["thread"].join(30)
+    assert live.account.received == 20 and live.account.missing == 28
+    assert ("closed the connection" if protocol == "merlin" else "no data for 1 s") in live.account.ended
+    assert sum(b.data.shape[0] for b in blocks) == 6  # every row handed on, the late ones marked invalid
+    assert live.received_mask.ravel().tolist() == [True] * 20 + [False] * 28
+
+
+def test_stall_longer_than_the_timeout_ends_the_stream():
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(stall=3.0, stall_at=10))
+    live, _blocks = _receive("merlin", port, cube.shape[:2], timeout=0.5)
+    out["thread"].join(30)
+    assert live.account.received == 10 and "stalled" in live.account.ended
+    assert "went away" in out["log"].ended  # the simulator saw the receiver leave instead of hanging
+
+
+@pytest.mark.parametrize("name", ["001_4x2_6bit.mib", "002_4x2_6bit_roi128.mib"])
+def test_merlin_simulator_sends_a_real_mib_file_byte_for_byte(name):
+    path = real_file(name)
+    source = open_source(path)
+    port, out = _serve_in_thread(source, "merlin")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        received = b""
+        while chunk := conn.recv(1 << 16):
+            received += chunk
+    out["thread"].join(30)
+    raw = path.read_bytes()
+    record = len(raw) // 8
+    expected = mpx_message(path.with_suffix(".hdr").read_bytes())
+    expected += b"".join(mpx_message(raw[i * record:(i + 1) * record]) for i in range(8))
+    assert received == expected
+
+
+def test_merlin_receiver_reads_a_real_mib_stream_as_the_file_source_reads_it():
+    source = open_source(real_file("001_4x2_6bit.mib"))
+    port, out = _serve_in_thread(source, "merlin")
+    live, blocks = _receive("merlin", port, source.shape[:2], timeout=10)
+    out["thread"].join(30)
+    assert np.array_equal(np.concatenate([b.data for b in blocks]), source.read_rows(0, source.shape[0]))
+    assert live.metadata["hdr"]["Counter Depth (number)"] == "6" and live.metadata["det_y_flipped"] is True
+    assert live.account.ended == "complete"
