@@ -3,20 +3,29 @@ frame accounting, and their blocks through the engine's sinks. Loopback ports ar
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 
+import h5py
 import numpy as np
 import pytest
 
 from real_data import real_file
+from stempress.data.base import ArraySource, Block
+from stempress.data.emd import EMD_DATA_PATH, METADATA_ATTR
 from stempress.data.mib import encode_frame
 from stempress.data.open import open_source
 from stempress.errors import StempressError
+from stempress.ingest import ingest
 from stempress.live import LiveSource
 from stempress.live.dectris import decode_image, encode_image
 from stempress.live.merlin import acquisition_header, mpx_message
 from stempress.live.serve import FaultLog, Faults, serve
+from stempress.reduce.calibration import Calibration
+from stempress.reduce.output import read_reduced
+from stempress.sinks.reduced import reduce_to_file
+from stempress.store.compress import compress
 
 
 def _merlin_sender(messages: list[bytes]) -> int:
@@ -164,7 +173,7 @@ def test_disconnect_ends_the_stream_with_what_arrived(protocol):
 
 def test_stall_longer_than_the_timeout_ends_the_stream():
     cube = _cube()
-    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(stall=3.0, stall_at=10))
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(stall=2.0, stall_at=10))
     live, _blocks = _receive("merlin", port, cube.shape[:2], timeout=0.5)
     out["thread"].join(30)
     assert live.account.received == 10 and "stalled" in live.account.ended
@@ -196,3 +205,85 @@ def test_merlin_receiver_reads_a_real_mib_stream_as_the_file_source_reads_it():
     assert np.array_equal(np.concatenate([b.data for b in blocks]), source.read_rows(0, source.shape[0]))
     assert live.metadata["hdr"]["Counter Depth (number)"] == "6" and live.metadata["det_y_flipped"] is True
     assert live.account.ended == "complete"
+
+
+# -- through the engine's sinks ------------------------------------------------------------------------------
+def _chunks(path) -> dict:
+    with h5py.File(path, "r") as f:
+        dset = f[EMD_DATA_PATH]
+        return {info.chunk_offset: dset.id.read_direct_chunk(info.chunk_offset)[1]
+                for info in (dset.id.get_chunk_info(i) for i in range(dset.id.get_num_chunks()))}
+
+
+CAL = Calibration(5.5, 4.5, 3.0, det_shape=(12, 10))
+
+
+@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+def test_clean_stream_archive_and_reduced_equal_compress_and_reduce(tmp_path, protocol):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), protocol)
+    live = LiveSource(f"{protocol}://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    report = ingest(live, archive=tmp_path / "a.h5", reduce=["bf", "com"], reduced=tmp_path / "r.h5",
+                    calibration=CAL, workers=2, chunks="2x4x12x10")
+    out["thread"].join(30)
+    compress(ArraySource(cube, name="cube"), tmp_path / "c.h5", chunks="2x4x12x10", workers=2)
+    assert _chunks(tmp_path / "a.h5") == _chunks(tmp_path / "c.h5")  # chunk for chunk, byte for byte
+    reduce_to_file(ArraySource(cube, name="cube"), ["bf", "com"], tmp_path / "s.h5", calibration=CAL)
+    (one, _), (separate, _) = read_reduced(tmp_path / "r.h5"), read_reduced(tmp_path / "s.h5")
+    for target in separate:
+        for key in separate[target]:
+            np.testing.assert_array_equal(one[target][key], separate[target][key])
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert f[EMD_DATA_PATH].parent["received"][()].all() and f[EMD_DATA_PATH].attrs["frames_missing"] == 0
+        assert json.loads(f[EMD_DATA_PATH].attrs[METADATA_ATTR])["frames"]["ended"] == "complete"
+    assert report.bytes_read == cube.nbytes
+
+
+def test_missing_frames_are_nan_in_reduced_images_and_masked_in_the_archive(tmp_path):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.1, seed=5))
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    ingest(live, archive=tmp_path / "a.h5", reduce=["bf"], reduced=tmp_path / "r.h5", calibration=CAL,
+           chunks="2x4x12x10")
+    out["thread"].join(30)
+    lost = out["log"].dropped
+    assert lost
+    missing = np.zeros(48, bool)
+    missing[lost] = True
+    missing = missing.reshape(6, 8)
+    reduce_to_file(ArraySource(cube, name="cube"), ["bf"], tmp_path / "s.h5", calibration=CAL)
+    (one, record), (full, _) = read_reduced(tmp_path / "r.h5"), read_reduced(tmp_path / "s.h5")
+    for key, image in one["bf"].items():
+        if image.shape[:2] == (6, 8):
+            assert np.isnan(image[missing]).all()
+            np.testing.assert_array_equal(image[~missing], full["bf"][key][~missing])
+    assert record["frames"]["missing"] == len(lost)
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert np.array_equal(f["received"][()], ~missing)
+    with h5py.File(tmp_path / "a.h5") as f:
+        data = f[EMD_DATA_PATH]
+        assert np.array_equal(data.parent["received"][()], ~missing) and data.attrs["frames_missing"] == len(lost)
+        stored = data[()]
+    assert not stored[missing].any() and np.array_equal(stored[~missing], cube[~missing])  # fill value, masked
+
+
+def test_reducer_partitions_merge_their_missing_positions():
+    from stempress.reduce.sufficiency import parse_targets
+    from stempress.sinks.protocol import RunInfo
+    from stempress.sinks.reduce import ReducerSink
+
+    cube = _cube()
+    reducers = [t.reducer(CAL, name=t.label) for t in parse_targets(["bf"])]
+    whole = ReducerSink(reducers, CAL)
+    info = RunInfo("cube", cube.shape, cube.dtype)
+    whole.open(info)
+    valid = np.ones((6, 8), bool)
+    valid[4, 3] = False
+    for rows in ((0, 3), (3, 6)):
+        part = whole.partial(rows)
+        part.open(info.for_rows(*rows))
+        for r in range(*rows):
+            part.consume(Block(r, cube[r:r + 1], None if valid[r].all() else valid[r:r + 1]))
+        whole.merge(part)
+    image = next(iter(whole.finish()["bf"].values()))
+    assert np.isnan(image[4, 3]) and np.isfinite(np.delete(image.ravel(), 4 * 8 + 3)).all()

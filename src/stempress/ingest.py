@@ -19,6 +19,7 @@ import numpy as np
 from stempress.codecs.chunking import chunk_shape
 from stempress.cores import resolve_workers
 from stempress.data.base import Dataset4D, check_shape_dtype, nbytes
+from stempress.data.stream import StreamSource
 from stempress.engine import run
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
@@ -28,7 +29,7 @@ from stempress.reduce.calibration import Calibration
 from stempress.reduce.engine import single_blas_thread
 from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 from stempress.sinks.reduced import ReducedFileSink
-from stempress.store.compress import DEFAULT_CODEC, resolve_codec
+from stempress.store.compress import AUTO, DEFAULT_CODEC, resolve_codec
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,29 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def ingest(source: Dataset4D, *, archive: Path | str | None = None, codec: str = DEFAULT_CODEC,
+def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = None, codec: str = DEFAULT_CODEC,
            chunks: str | tuple[int, ...] | None = None, layout: str = "emd", reduce: Sequence[str] = (),
            reduced: Path | str | None = None, calibration: Calibration | None = None,
            workers: int | None = None, executor: str | Executor | None = None, force: bool = False,
            progress: Progress | None = None) -> IngestReport:
     """Write ``archive`` (as ``compress`` would) and the ``reduce`` targets into ``reduced`` (as ``reduce`` would)
-    from ONE read of ``source``. Every output is refused before the pass if it exists (unless ``force``)."""
+    from ONE read of ``source`` (a file source, or a stream such as ``live.LiveSource``: then give
+    ``calibration``, as nothing can be measured before the frames arrive). Every output is refused before the
+    pass if it exists (unless ``force``)."""
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if bool(reduce) != (reduced is not None):
         raise StempressError("--reduce TARGET and --reduced RED.h5 go together; give both or neither")
     if archive is None and reduced is None:
         raise StempressError("ingest needs at least one output: --archive OUT.h5 and/or --reduce TARGET --reduced "
                              "RED.h5")
+    if not isinstance(source, Dataset4D) and codec.strip().lower() == AUTO:
+        raise StempressError(f"codec auto samples the source before writing, which a live stream cannot offer; give "
+                             f"a codec such as {DEFAULT_CODEC}")
+    if not isinstance(source, Dataset4D) and reduced is not None and calibration is None:
+        calibration = Calibration.from_metadata(source.metadata, shape[2:])
+        if calibration.bf_radius_px is None:
+            raise StempressError("reducing a live stream needs the beam centre and bright-field radius before the "
+                                 "frames arrive; give --centre ROW,COL and --bf-radius PIXELS")
     sinks: list[Any] = []
     if archive is not None:
         chosen, _why = resolve_codec(codec, source, chunk_shape(chunks or "balanced", shape), Path(archive))

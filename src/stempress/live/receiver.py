@@ -145,7 +145,7 @@ class LiveSource:
         finally:
             if self.account.ended == "running":
                 self.account.ended = "complete" if self.account.missing == 0 else "stopped"
-            self.metadata["frames"] = self.account.as_dict()
+            self.metadata["frames"].update(self.account.as_dict())  # in place: sinks hold this dict
             self.close()
 
     def _drain(self, assembler: RowAssembler) -> None:

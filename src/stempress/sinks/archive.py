@@ -32,6 +32,8 @@ from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor
 from stempress.sinks.protocol import RunInfo
 
+#: The dataset beside the cube marking which frames arrived (live streams).
+RECEIVED = "received"
 #: Chunk bytes per worker in one block, so every worker has chunks to compress while the next block is read.
 BLOCK_BYTES_PER_WORKER = 16 * 1024**2
 
@@ -112,8 +114,13 @@ class ArchiveSink:
             self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.chunks,
                                                 spec.codec.h5_kwargs())
         self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.chunks else None
+        self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if info.metadata.get("live") else None
 
     def consume(self, block: Block) -> None:
+        if block.valid is not None:
+            if self.received is None:
+                self.received = np.ones(self.info.shape[:2], bool)
+            self.received[block.start:block.stop] = block.valid
         if self.chunk_codec is not None:
             self._direct(block)
         else:
@@ -145,6 +152,8 @@ class ArchiveSink:
             self.checksums.save(self.file)
         if self.spec.provenance:
             write_source_metadata(self.dset, self.spec.layout, self.info.metadata, self.spec.codec.config())
+        if self.received is not None:
+            write_received(self.dset, self.received)
         assert self._stack is not None
         self._finished = True
         self._stack.close()  # closes the file, syncs it and gives it its name
@@ -159,6 +168,14 @@ class ArchiveSink:
             stack, self._stack = self._stack, None
             with contextlib.suppress(_Aborted):
                 stack.__exit__(_Aborted, _Aborted(), None)
+
+
+def write_received(dset: h5py.Dataset, received: np.ndarray) -> None:
+    """The ``received`` mask beside ``dset`` (True: the frame arrived; False: the fill value stands in)."""
+    mask = dset.parent.create_dataset(RECEIVED, data=received, compression="gzip")
+    mask.attrs["description"] = ("True where the scan position's frame was received; elsewhere the data holds "
+                                 "the fill value")
+    dset.attrs["frames_missing"] = int(received.size - np.count_nonzero(received))
 
 
 def _delete_unless_finished(sink: ArchiveSink, path: Path) -> None:
