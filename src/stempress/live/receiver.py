@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -47,10 +47,14 @@ class ByteQueue:
             self._cond.notify_all()
             return True
 
-    def get(self) -> Event:
+    def get(self, stopped: Callable[[], str | None] = lambda: None) -> Event:
+        """The next item, or ``End`` as soon as ``stopped()`` gives a reason (checked every 0.1 s)."""
         with self._cond:
-            while not self._items:
-                self._cond.wait()
+            while not self._items or stopped():
+                reason = stopped()
+                if reason:
+                    return End(reason)
+                self._cond.wait(0.1)
             item, nbytes = self._items.popleft()
             self.bytes -= nbytes
             self._cond.notify_all()
@@ -97,6 +101,12 @@ class LiveSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._used = False
+        self._stop_reason: str | None = None
+
+    def stop(self, reason: str = "stopped") -> None:
+        """End the stream at the next frame (safe from a signal handler: it only sets a flag); the rows in
+        hand are handed on with what arrived, the rest marked missing."""
+        self._stop_reason = reason
 
     # -- progress --------------------------------------------------------------------------------------------
     @property
@@ -125,7 +135,7 @@ class LiveSource:
         n = self.account.expected
         try:
             while not assembler.done:
-                event = self.queue.get()
+                event = self.queue.get(lambda: self._stop_reason)
                 if isinstance(event, End):
                     self.account.ended = event.reason
                     yield from assembler.flush()
@@ -150,7 +160,7 @@ class LiveSource:
 
     def _drain(self, assembler: RowAssembler) -> None:
         while True:
-            event = self.queue.get()
+            event = self.queue.get(lambda: self._stop_reason)
             if isinstance(event, End):
                 return
             if isinstance(event, Corrupt):
