@@ -287,3 +287,35 @@ def test_reducer_partitions_merge_their_missing_positions():
         whole.merge(part)
     image = next(iter(whole.finish()["bf"].values()))
     assert np.isnan(image[4, 3]) and np.isfinite(np.delete(image.ravel(), 4 * 8 + 3)).all()
+
+
+def test_assembler_hands_rows_on_in_order_and_counts_a_late_frame():
+    from stempress.live.accounting import FrameAccount, RowAssembler
+
+    account = FrameAccount(12)
+    rows = RowAssembler((3, 4), (2, 2), np.dtype(np.uint16), account, window_rows=1)
+    frame = np.ones((2, 2), np.uint16)
+    out = [b.start for i in (0, 1, 3) for b in rows.add(i, i + 1, frame)]
+    assert out == []  # row 0 waits for frame 2 while the stream is still in it
+    out += [b.start for i in (4, 5, 6, 7) for b in rows.add(i, i + 1, frame)]
+    assert out == []  # row 1 is complete, but row 0 (one row behind) is still inside the window
+    emitted = rows.add(8, 9, frame)  # the stream is two rows on: row 0 goes without frame 2, then row 1
+    assert [b.start for b in emitted] == [0, 1] and emitted[0].valid.tolist() == [[True, True, False, True]]
+    assert rows.add(2, 3, frame) == [] and account.late == 1 and account.reordered == 0
+    assert rows.add(8, 9, frame) == [] and account.duplicate == 1
+    last = rows.flush()
+    assert [b.start for b in last] == [2] and last[0].valid.tolist() == [[True, False, False, False]]
+    assert (account.received, account.missing) == (8, 4)  # the late frame stays missing
+
+
+def test_byte_queue_is_bounded_but_always_takes_one_item():
+    from stempress.live.events import End
+    from stempress.live.receiver import ByteQueue
+
+    queue, stop = ByteQueue(100), threading.Event()
+    assert queue.put(End("a"), 250, stop)  # larger than the bound, but the queue is empty
+    stop.set()
+    assert not queue.put(End("b"), 10, stop)  # full: the producer would wait (here: told to stop)
+    assert queue.get().reason == "a" and queue.bytes == 0
+    assert queue.put(End("c"), 60, stop) and not queue.put(End("d"), 60, stop) and queue.peak == 250
+    assert queue.get(lambda: "stopped").reason == "stopped"  # a stop request comes before what is queued
