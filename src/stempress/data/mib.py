@@ -78,7 +78,7 @@ class FrameHeader:
         return self.header_bytes + self.data_bytes
 
 
-def parse_frame_header(raw: bytes, where: str = "frame") -> FrameHeader:
+def parse_frame_header(raw: bytes | bytearray, where: str = "frame") -> FrameHeader:
     """The ``MQ1`` header at the start of ``raw`` (at least its header bytes); a corrupt one is refused with a
     one-line StempressError (a file reader stops, a stream receiver counts the frame as corrupt)."""
     if not raw.startswith(b"MQ1,"):
@@ -96,7 +96,8 @@ def parse_frame_header(raw: bytes, where: str = "frame") -> FrameHeader:
     return FrameHeader(number, size, chips, width, height, fields[6], fields[7].strip(), tuple(fields))
 
 
-def decode_frame(header: FrameHeader, payload: bytes | memoryview, *, flip_det_y: bool = True) -> np.ndarray:
+def decode_frame(header: FrameHeader, payload: bytes | bytearray | memoryview, *,
+                 flip_det_y: bool = True) -> np.ndarray:
     """The frame after ``header`` as a native-order ``(det_y, det_x)`` array, oriented as ``MibSource`` reads
     it (``flip_det_y``); ``payload`` holds exactly ``header.data_bytes``."""
     if len(payload) != header.data_bytes:

@@ -24,7 +24,7 @@ def mpx_message(payload: bytes) -> bytes:
     return b"MPX,%010d," % (len(payload) + 1) + payload
 
 
-def parse_acquisition_header(payload: bytes) -> dict[str, str]:
+def parse_acquisition_header(payload: bytes | bytearray) -> dict[str, str]:
     """The ``HDR`` message's ``key:\\tvalue`` lines as a dict."""
     text = payload.decode("latin1", "replace")
     pairs = (line.split("\t", 1) for line in text.splitlines() if "\t" in line and not line.startswith(("HDR", "End")))
@@ -109,13 +109,13 @@ class MerlinReader:
         self._first_header = getattr(self, "_first_header", header)
         return Frame(header.number, frame)
 
-    def _message(self) -> bytes:
+    def _message(self) -> bytearray:
         prefix = self._exactly(MPX_BYTES)
         if not (prefix.startswith(b"MPX,") and prefix.endswith(b",") and prefix[4:14].isdigit()):
             raise StempressError(f"{self.url}: lost the MPX framing (got {prefix[:15]!r}); the stream is corrupt")
         return self._exactly(int(prefix[4:14]) - 1)
 
-    def _exactly(self, n: int) -> bytes:
+    def _exactly(self, n: int) -> bytearray:
         assert self.sock is not None
         buffer = bytearray(n)
         view, got = memoryview(buffer), 0
@@ -131,7 +131,7 @@ class MerlinReader:
                 raise _Closed
             got += k
             deadline = time.monotonic() + self.timeout
-        return bytes(buffer)
+        return buffer  # no copy: frames are decoded straight from it
 
     def close(self) -> None:
         if self.sock is not None:

@@ -167,16 +167,17 @@ def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1",
                 log.sent = k + 1
         except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
             log.ended = f"the receiver went away after {log.sent} frames ({type(exc).__name__})"
-            sender.clean = False
+            sender.clean, sender.deliver = False, False
             return log
         if limit < len(log.sends):
             log.ended = f"disconnected after {limit} frames"
-            sender.clean = False
+            sender.clean, sender.deliver = False, True
     return log
 
 
 class _Sender:
-    clean = True
+    clean = True  # the whole scan went out: end it as the detector does
+    deliver = True  # what was sent reaches the receiver before the socket closes (not when it went away)
 
     def __enter__(self) -> _Sender:
         return self
@@ -266,9 +267,9 @@ class _DectrisSender(_Sender):
         self._send(_corrupt_dectris(parts, i) if corrupt else parts)
 
     def close(self) -> None:
-        if self.clean:
-            self._send(dectris.end_parts(1))
-            self.sock.close(linger=int(self.timeout * 1000))  # deliver what is queued
-        else:
-            self.sock.close(linger=0)
-        self.context.term()
+        try:
+            if self.clean:
+                self._send(dectris.end_parts(1))
+        finally:
+            self.sock.close(linger=int(self.timeout * 1000) if self.deliver else 0)  # deliver what is queued
+            self.context.term()
