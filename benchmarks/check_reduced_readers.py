@@ -41,8 +41,8 @@ from stempress.errors import StempressError
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced, reduced_calibration
 from stempress.reduce.sufficiency import parse_target
-from stempress.sinks.reduced import reduce_to_file
 from stempress.store.readers import HS_CALL_PREFIX, reduced_open_line
+from stempress.store.reduced import reduce_to_file
 
 DEFAULT_SOURCES = ["synthetic:smoke/4D_Diff",
                    "synthetic:diffraction?scan=24x20&det=64x64&dtype=uint16&dose=2000&seed=3", str(REAL_EXAMPLE)]

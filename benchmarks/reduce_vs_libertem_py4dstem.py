@@ -55,7 +55,6 @@ import h5py
 import numpy as np
 
 from stempress.data.open import open_source
-from stempress.data.write import write_hdf5
 from stempress.reduce import (
     Calibration,
     CenterOfMass,
@@ -65,6 +64,7 @@ from stempress.reduce import (
     radius_map,
     run_reducers,
 )
+from stempress.store.write import write_hdf5
 
 #: Relative tolerance against the reference's scale. Why 1e-6: sums of uint16 counts are integers, exact in
 #: float64 and in float32 while below 2**24, so correct tools differ only by the rounding of one division and of

@@ -16,6 +16,9 @@ from stempress.bench.bounds import (
     poisson_bound,
     poisson_entropy_bits,
     sparsity_bound,
+    true_poisson_bits,
+    true_poisson_bound,
+    truth_blocks,
 )
 from stempress.bench.inventory import profile_dataset
 from stempress.data.base import ArraySource
@@ -93,3 +96,29 @@ def test_drawn_poisson_cube_has_the_poisson_entropy(lam):
     assert profile.entropy_order0_bits == pytest.approx(expected, abs=0.01)
     assert profile.poisson_bits_per_value == pytest.approx(expected, abs=0.01)
     assert profile.bounds["order0"] == pytest.approx(profile.bounds["poisson"], rel=0.02)
+
+
+def test_true_bound_sums_each_values_own_entropy_and_sits_below_the_mean_pattern_bound():
+    """Scan contrast: half the positions see lambda 0.1, half 3.0 at the same pixel; the mean pattern's bound
+    charges both halves the mixture's entropy, the true bound each its own."""
+    expected = np.empty((2, 4, 2, 2))
+    expected[0], expected[1] = 0.1, 3.0
+    bits = true_poisson_bits([expected[:1], expected[1:]])  # block by block
+    assert bits == pytest.approx(16 * (poisson_entropy_bits(0.1) + poisson_entropy_bits(3.0)))
+    ratio = true_poisson_bound(iter([expected]), 8, expected.size)
+    assert ratio == pytest.approx(8 * expected.size / bits)
+    assert ratio > poisson_bound(expected.mean(axis=(0, 1)), 8)
+    assert true_poisson_bound([np.zeros((1, 1, 2, 2))], 8, 4) == math.inf
+
+
+def test_truth_blocks_read_the_map_simulate_truth_stores(tmp_path):
+    from stempress.data.suites import open_synthetic
+    from stempress.data.write import write_hdf5
+
+    source = open_synthetic("synthetic:counted/counted?scan=4x3&det=32x32&dose=300")
+    path = write_hdf5(source, tmp_path / "truth.emd", truth=True)
+    stored = np.concatenate(list(truth_blocks(path, rows=3)))
+    assert np.array_equal(stored, source.expected_rows(0, 4).astype(np.float32))
+    plain = write_hdf5(source, tmp_path / "plain.emd")
+    with pytest.raises(StempressError, match="simulate --truth"):
+        list(truth_blocks(plain))

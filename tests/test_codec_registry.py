@@ -19,8 +19,9 @@ from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import STUDY_EMD_PATH, dataset_filters
 from stempress.data.stream import BlockStream
 from stempress.errors import StempressError
-from stempress.sinks.archive import ArchiveSpec, write_archive
+from stempress.sinks.archive import ArchiveSpec
 from stempress.store import compress, verify
+from stempress.store.write import write_archive
 
 SHAPE = (4, 6, 16, 16)
 CHUNKS = (2, 4, 16, 16)  # edge chunks in x

@@ -311,11 +311,17 @@ def test_two_workers_read_any_row_range_and_one_chunk_stays_in_process(counted: 
             assert np.array_equal(src.read_rows(15, 17), counted[15:17])
 
 
+@pytest.mark.parametrize("checksums", [True, False], ids=["crc", "version-2"])
 def test_a_corrupt_chunk_read_by_workers_raises_the_same_one_line_error(counted: np.ndarray, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        checksums: bool) -> None:
+    """With checksums the caller finds the bad chunk before a worker decodes it; in a file without them (version
+    2) the worker's decoder does, and its error comes back the same."""
     path = write_entropy_coded(ArraySource(counted), tmp_path / "c.h5", chunk_rows=8, workers=1)
     with h5py.File(path, "r+") as f:
         f["chunks/words"][:8] = np.uint32(0xFFFFFFFF)
+    if not checksums:
+        _as_version_2(path)
     with EntropyCodedSource(path, workers=1) as src, pytest.raises(StempressError) as one:
         src.read_rows(0, 16)
     with EntropyCodedSource(path, workers=2) as src, monkeypatch.context() as m:
@@ -323,9 +329,11 @@ def test_a_corrupt_chunk_read_by_workers_raises_the_same_one_line_error(counted:
         names = _arena_names(m)
         with pytest.raises(StempressError) as two:
             src.read_rows(0, 16)
-        assert str(two.value) == str(one.value) and "corrupt, rewrite it" in str(two.value)
-        assert two.value.__cause__ is None and two.value.__suppress_context__  # no remote traceback attached
-        assert names and not _shm_exists(names[0])  # the failed call's shared memory is gone
+        assert str(two.value) == str(one.value) and "corrupt" in str(two.value) and "\n" not in str(two.value)
+        assert names
+        if not checksums:  # raised in a worker: no remote traceback attached, its shared memory gone
+            assert two.value.__cause__ is None and two.value.__suppress_context__
+            assert not _shm_exists(names[0])
         assert np.array_equal(src.read_rows(8, 24), counted[8:24])  # the pool still serves the intact chunks
 
 
@@ -377,3 +385,102 @@ def test_a_dead_worker_is_replaced_and_shutdown_leaves_no_worker(counted: np.nda
     while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(psutil.pid_exists(pid) for pid in pids)  # exited and reaped: no zombie left
+
+
+# --- checksums (format version 3) ---------------------------------------------------------------------------------
+
+def _as_version_2(path: Path) -> None:
+    """Make a file what stempress wrote before checksums: version 2, no CRCs (the layout is otherwise the same)."""
+    with h5py.File(path, "r+") as f:
+        del f["chunks/crc"]
+        for key in ("checksum_algorithm", "model_crc"):
+            del f.attrs[key]
+        f.attrs["version"] = 2
+
+
+def test_a_flipped_byte_in_a_chunk_is_a_one_line_error_naming_chunk_and_rows(counted: np.ndarray,
+                                                                            tmp_path: Path) -> None:
+    from stempress.events import ChecksumError
+    from stempress.events.entropy_file import has_checksums
+
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "c.h5", chunk_rows=8)
+    assert has_checksums(path)
+    with h5py.File(path, "r") as f:
+        index, words = f["chunks/index"][...], f["chunks/words"]
+        at = words.id.get_offset() + 4 * int(index[2, 1] + 5)  # a word of chunk 2 (scan rows 16-23)
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)[0]
+        fh.seek(at)
+        fh.write(bytes([byte ^ 0x04]))
+    with EntropyCodedSource(path) as src:
+        assert np.array_equal(src.read_rows(0, 16), counted[:16])  # the chunks before it are intact and read
+        with pytest.raises(ChecksumError) as caught:
+            src.read_rows(10, 20)
+    message = str(caught.value)
+    assert "\n" not in message and "chunk 2 (scan rows 16-23)" in message and "write it again" in message
+    assert caught.value.chunk == 2 and caught.value.positions == (16 * 32, 24 * 32)
+
+
+def test_a_corrupt_model_is_refused_on_open(counted: np.ndarray, tmp_path: Path) -> None:
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "c.h5")
+    with h5py.File(path, "r+") as f:
+        tables = f["model/tables"]
+        values = tables[...]
+        values[len(values) // 2] += np.float16(0.25)
+        tables[...] = values
+    with pytest.raises(StempressError, match="model or chunk index fails its crc32c"):
+        EntropyCodedSource(path)
+
+
+def test_a_file_written_before_checksums_still_reads_and_says_it_has_none(counted: np.ndarray,
+                                                                         tmp_path: Path) -> None:
+    from stempress.events.entropy_file import has_checksums
+    from stempress.store import verify
+
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "old.h5", chunk_rows=8)
+    _as_version_2(path)
+    assert not has_checksums(path)
+    with EntropyCodedSource(path) as src:
+        assert np.array_equal(src.read_rows(0, counted.shape[0]), counted) and src.checksum_algorithm is None
+    report = verify(path)
+    assert report.ok and not report.verified
+    with h5py.File(path, "r+") as f:  # a version 3 file that lost its checksums is damaged, not old
+        f.attrs["version"] = 3
+    with pytest.raises(StempressError, match="checksums are missing"):
+        EntropyCodedSource(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["version"] = 2
+    assert report.summary().endswith("no stored checksums (written before entropy files had them): "
+                                     "decoded, not verified (no checksums; pass --against)")
+
+
+def test_verify_says_every_chunk_of_an_entropy_file_was_checked(counted: np.ndarray, tmp_path: Path) -> None:
+    from stempress.store import verify
+
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "c.h5", chunk_rows=8)
+    report = verify(path)
+    assert report.ok and report.verified and report.checksums
+    assert "stored crc32c of 4/4 coded chunks" in report.summary() and report.summary().endswith(": OK")
+
+
+#: Strong scan contrast: thickness (bright-field vs scattered share) varying 0.1-1.9 mean free paths over the scan,
+#: eight grains, each with its own Bragg disks.
+SCAN_VARYING = "synthetic:counted/counted?dose=4000&thickness=1.0&thickness_var=0.9&grains=8"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 12 is open: the model is one mean per detector pixel over the "
+                                       "whole scan, 94.4 % of the true bound here (the gap: grains, ~3 %, and the "
+                                       "stored model + HDF5 metadata, ~2.5 %)")
+def test_a_scan_varying_cube_codes_within_5_percent_of_its_true_poisson_bound(tmp_path: Path) -> None:
+    from stempress.bench.bounds import true_poisson_bound
+    from stempress.data.suites import open_synthetic
+
+    source = open_synthetic(SCAN_VARYING)
+    cube = source.read_rows(0, source.shape[0])
+    path = write_entropy_coded(ArraySource(cube), tmp_path / "c.h5")
+    with EntropyCodedSource(path) as src:
+        assert np.array_equal(src.read_rows(0, cube.shape[0]), cube)
+    ratio = cube.nbytes / path.stat().st_size
+    true_bound = true_poisson_bound([source.expected_rows(0, source.shape[0])], 8, cube.size)
+    assert ratio >= 0.95 * true_bound, f"{ratio / true_bound:.1%} of the true bound"

@@ -22,8 +22,8 @@ from stempress.events.counting import CountingParams, count_to_file
 from stempress.events.entropy_file import write_entropy_events
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced
-from stempress.sinks.reduced import reduce_to_file
 from stempress.store.compress import compress
+from stempress.store.reduced import reduce_to_file
 from test_verify import flip_byte
 
 #: A counting-mode synthetic cube with calibration (0.5 nm scan step, mrad detector, known beam centre).

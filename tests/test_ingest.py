@@ -12,8 +12,8 @@ from stempress.errors import StempressError
 from stempress.ingest import ingest
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced
-from stempress.sinks.reduced import reduce_to_file
 from stempress.store.compress import compress
+from stempress.store.reduced import reduce_to_file
 
 CAL = Calibration(15.5, 16.0, 5.0, det_shape=(32, 32))
 

@@ -24,8 +24,8 @@ from stempress.live.merlin import acquisition_header, mpx_message
 from stempress.live.serve import FaultLog, Faults, serve
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced
-from stempress.sinks.reduced import reduce_to_file
 from stempress.store.compress import compress
+from stempress.store.reduced import reduce_to_file
 
 
 def _merlin_sender(messages: list[bytes]) -> int:

@@ -17,7 +17,8 @@ from stempress.codecs.parallel import block_data, encode_chunk, read_chunks_para
 from stempress.data.base import ArraySource, Block, iter_blocks
 from stempress.data.stream import BlockStream
 from stempress.errors import StempressError
-from stempress.sinks.archive import ArchiveResult, ArchiveSpec, write_archive
+from stempress.sinks.archive import ArchiveResult, ArchiveSpec
+from stempress.store.write import write_archive
 
 DIRECT = [c.name for c in CATALOG.values() if c.storage == "hdf5" and c.available and direct_chunk_reason(c) is None]
 DTYPES = ["uint8", "uint16", "uint32", "float32"]

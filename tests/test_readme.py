@@ -128,9 +128,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stempress.bench.api import run_bench
     from stempress.data.base import ArraySource
     from stempress.data.open import open_source
-    from stempress.data.write import write_hdf5
-    from stempress.sinks.reduced import reduce_to_file
     from stempress.store.compress import compress
+    from stempress.store.reduced import reduce_to_file
+    from stempress.store.write import write_hdf5
 
     work = tmp_path_factory.mktemp("readme")
     for stem in ("scan", "default"):

@@ -36,7 +36,7 @@ from stempress.report.reduce_figures import (
     virtual_images_figure,
 )
 from stempress.report.reduce_report import FIGURES, REPORT_HTML, write_reduced_report
-from stempress.sinks.reduced import reduce_to_file
+from stempress.store.reduced import reduce_to_file
 
 SMOKE = "synthetic:smoke/4D_Diff"
 KEYS = ("virtual_images", "dpc_field", "idpc_phase", "mean_pattern")

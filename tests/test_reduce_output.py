@@ -29,8 +29,8 @@ from stempress.reduce.output import (
 )
 from stempress.reduce.sufficiency import compute, parse_targets
 from stempress.sinks import reduced as reduced_sink
-from stempress.sinks.reduced import reduce_to_file
 from stempress.store.compress import compress
+from stempress.store.reduced import reduce_to_file
 
 SMOKE = "synthetic:smoke/4D_Diff"
 TARGETS = ["bf", "adf:inner=1.1,outer=3", "com", "mean_pattern", "radial:bins=16"]

@@ -15,8 +15,9 @@ from stempress.data.hdf5 import STUDY_EMD_PATH
 from stempress.data.open import open_source
 from stempress.data.suites import STUDY_TABLE1, SUITES, open_synthetic, parse_synthetic, suite, suite_spec
 from stempress.data.synthetic import SyntheticSource, SyntheticSpec, sample_poisson
-from stempress.data.write import METADATA_ATTR, read_metadata, write_hdf5
+from stempress.data.write import METADATA_ATTR, read_metadata
 from stempress.errors import StempressError
+from stempress.store.write import write_hdf5
 
 DIFF = suite_spec("smoke", "4D_Diff")
 EELS = suite_spec("smoke", "4D_EELS")
@@ -304,8 +305,7 @@ def test_write_blocks_are_whole_chunk_rows(tmp_path, monkeypatch):
     starts: list[tuple[int, int]] = []
     real = src.read_rows
     monkeypatch.setattr(src, "read_rows", lambda a, b: starts.append((a, b)) or real(a, b))
-    monkeypatch.setattr("stempress.data.write.rows_for_budget", lambda s, multiple=1: 2 * multiple)
-    write_hdf5(src, tmp_path / "c.h5", chunks=(3, 8, 64, 64))
+    write_hdf5(src, tmp_path / "c.h5", chunks=(3, 8, 64, 64), rows=4)  # rounded up to whole chunk rows
     assert starts == [(0, 6), (6, 8)]
 
 
@@ -328,9 +328,8 @@ class _Broken(ArraySource):
 
 
 def test_write_failure_leaves_no_file(tmp_path, monkeypatch):
-    monkeypatch.setattr("stempress.data.write.rows_for_budget", lambda s, multiple=1: 1)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        write_hdf5(_Broken(np.ones((4, 2, 4, 4), np.uint8)), tmp_path / "y.h5")
+        write_hdf5(_Broken(np.ones((4, 2, 4, 4), np.uint8)), tmp_path / "y.h5", rows=1)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -261,7 +261,6 @@ def test_an_entropy_coded_file_is_decoded_and_compared(tmp_path):
     assert differs.problem.kind == "differs" and "scan position (6, 2)" in differs.summary()
 
 
-@pytest.mark.xfail(strict=False, reason="entropy checksums land with the entropy-model branch")
 def test_a_flipped_byte_in_an_entropy_coded_file_is_reported(tmp_path):
     from stempress.events.entropy_file import write_entropy_events
 

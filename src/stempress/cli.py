@@ -560,8 +560,8 @@ def reduce(
     py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy"); an OUT named .hspy needs no
     file_format) open."""
     from stempress.reduce.sufficiency import parse_targets
-    from stempress.sinks.reduced import reduce_to_file
     from stempress.store.readers import reduced_open_line
+    from stempress.store.reduced import reduce_to_file
 
     chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn
     parse_centre(centre)
@@ -709,8 +709,8 @@ def simulate(
     """Generate a synthetic cube to a file, block by block (works for cubes larger than memory)."""
     from stempress.data.emd import EMD_DATA_PATH
     from stempress.data.open import open_source
-    from stempress.data.write import write_hdf5
     from stempress.store.readers import cube_open_lines
+    from stempress.store.write import write_hdf5
 
     source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")
     with saying_new_folders(out), progress_reporter("simulate", unit="bytes") as bar:

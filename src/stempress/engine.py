@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -25,11 +27,11 @@ from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_sha
 from stempress.data.spec import SourceSpec, spec_of
 from stempress.data.stream import StreamSource, regroup
 from stempress.errors import StempressError
-from stempress.exec.base import Executor
+from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.exec.prefetch import read_ahead
 from stempress.progress import Progress, ProgressCounter
-from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, row_multiple
+from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, observe, row_multiple
 
 #: Largest partition: small enough that many fit a run (load balance), large enough to amortise reopening.
 PARTITION_BYTES = 256 * 1024**2
@@ -119,7 +121,8 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
     owned = executor is None
     executor = executor if executor is not None else InlineExecutor()
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
-    info = RunInfo(source.name, shape, np.dtype(source.dtype), dict(source.metadata), (0, shape[0]), executor)
+    # the source's own metadata, not a copy: a generator fills some in while producing (clipped counts)
+    info = RunInfo(source.name, shape, np.dtype(source.dtype), source.metadata, (0, shape[0]), executor)
     counter = ProgressCounter(progress, int(np.prod(shape)) * info.dtype.itemsize)
     opened: list[Sink] = []
     try:
@@ -132,10 +135,7 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
         if _can_partition(source, sinks, executor):
             _run_partitions(source, sinks, info, executor, step, multiple, counter)  # type: ignore[arg-type]
         else:
-            for block in _stream(source, step, multiple, read_ahead_blocks):
-                for sink in sinks:
-                    sink.consume(block)
-                counter.add(block.data.nbytes)
+            _run_stream(_stream(source, step, multiple, read_ahead_blocks), sinks, info, executor, counter)
         return [sink.finish() for sink in sinks]
     except BaseException:
         for sink in opened:
@@ -144,6 +144,46 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
     finally:
         if owned:
             executor.close()
+
+
+def _run_stream(blocks: Iterator[Block], sinks: Sequence[Sink], info: RunInfo, executor: Executor,
+                counter: ProgressCounter) -> None:
+    """Every block to every sink, in row order. With several workers, the mergeable sinks (reducers) take each
+    block as a partial on a worker while the writer sinks work on this thread (and spread their own work over the
+    same executor); the partials merge in row order, so results equal a one-thread pass."""
+    offload = ([s for s in sinks if isinstance(s, MergeableSink)]
+               if executor.workers > 1 and not executor.remote else [])
+    inline = [s for s in sinks if s not in offload]
+    pending: deque[tuple[Future[list[MergeableSink]], int]] = deque()
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            future, nbytes = pending.popleft()
+            for sink, part in zip(offload, future.result(), strict=True):
+                sink.merge(part)
+            counter.add(nbytes)
+
+    for block in blocks:
+        if offload:
+            parts = [s.partial((block.start, block.stop)) for s in offload]
+            pending.append((executor.submit(_consume_parts, parts, info.for_rows(block.start, block.stop), block),
+                            block.data.nbytes))
+        for sink in inline:
+            sink.consume(block)
+        for sink in offload:
+            observe(sink, block)
+        if offload:
+            settle(in_flight_for(executor.workers))
+        else:
+            counter.add(block.data.nbytes)
+    settle(0)
+
+
+def _consume_parts(parts: list[MergeableSink], info: RunInfo, block: Block) -> list[MergeableSink]:
+    for part in parts:
+        part.open(info)
+        part.consume(block)
+    return parts
 
 
 def _stream(source: Dataset4D | StreamSource, step: int, multiple: int, depth: int) -> Iterator[Block]:

@@ -9,11 +9,8 @@ table's ``attrs["provenance"]`` records source, hash, parameters, calibration, v
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import logging
 import math
-import platform
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stempress.bench.environment import package_versions
 from stempress.data.base import Dataset4D, nbytes
 from stempress.errors import StempressError
+from stempress.provenance import provenance
 from stempress.reduce.calibration import Calibration, source_calibration
 from stempress.reduce.sufficiency import (
     EXACTLY,
@@ -45,7 +42,6 @@ log = logging.getLogger("stempress")
 #: Lossless codecs tried for the "best lossless" row (the smallest file wins); unavailable ones are skipped.
 LOSSLESS_CODECS = ("blosc_zstd", "bitshuffle_zstd", "zstd_9")
 #: Hash the whole file / cube up to this size, else only its first this many bytes.
-HASH_BYTES = 64 * 1024**2
 Tolerance = float | Mapping[str, float]
 
 
@@ -123,11 +119,11 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
                          out: Path, *, overwrite: bool = False, calibration: Calibration | None = None) -> Path:
     """Write the representation a plan chose (its cost-table label) to ``out``: the plan's ``--write``
     (task summaries with ``calibration``, by default the source's own or measured)."""
-    from stempress.data.write import write_hdf5
     from stempress.events.entropy_file import write_entropy_events
     from stempress.events.libertem import write_raw_csr
-    from stempress.sinks.reduced import reduce_to_file
     from stempress.store.compress import compress
+    from stempress.store.reduced import reduce_to_file
+    from stempress.store.write import write_hdf5
 
     out = Path(out)
     chosen = parse_targets(targets)
@@ -250,51 +246,4 @@ def _union(groups: Any) -> tuple[str, ...]:
 
 
 # -- provenance --------------------------------------------------------------------------------------------
-def provenance(source: Dataset4D, targets: Sequence[Target], tolerance: Mapping[str, float],
-               calibration: Calibration, *, digest: Mapping[str, Any] | None = None,
-               **parameters: Any) -> dict[str, Any]:
-    """What a written plan must carry to be reproducible: JSON-able. ``digest``: the source's sha256 record when
-    the caller already computed it during its pass (so the cube is not read again for it)."""
-    path = getattr(source, "path", None)
-    digest = dict(digest) if digest is not None else _digest(source, path)
-    return {"source": {"name": source.name, "path": None if path is None else str(path),
-                       "shape": list(source.shape), "dtype": np.dtype(source.dtype).name, **digest},
-            "targets": [t.label for t in targets], "tolerance": dict(tolerance), "parameters": parameters,
-            "calibration": calibration.to_dict(),
-            "software": {"python": platform.python_version(), **package_versions()},
-            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-
-
-def hashes_cube_bytes(source: Dataset4D) -> bool:
-    """Whether ``provenance`` digests the cube's bytes (a small source with no file) rather than its file."""
-    path = getattr(source, "path", None)
-    return not (path is not None and Path(path).is_file()) and nbytes(source) <= HASH_BYTES
-
-
-def cube_digest(digest: Any) -> dict[str, Any]:
-    """The record of a sha256 taken over the cube's bytes in C order (row by row)."""
-    return {"sha256": digest.hexdigest(), "sha256_of": "cube bytes (C order)"}
-
-
-def _digest(source: Dataset4D, path: Any) -> dict[str, Any]:
-    """sha256 of the file (whole, or its first ``HASH_BYTES``), or of the cube's bytes when in memory and small."""
-    digest = hashlib.sha256()
-    if path is not None and Path(path).is_file():
-        size = Path(path).stat().st_size
-        with open(path, "rb") as f:
-            remaining = min(size, HASH_BYTES)
-            while remaining > 0:
-                piece = f.read(min(remaining, 1024**2))
-                if not piece:
-                    break
-                digest.update(piece)
-                remaining -= len(piece)
-        return {"sha256": digest.hexdigest(), "sha256_of": "file" if size <= HASH_BYTES else f"first {HASH_BYTES} B"}
-    if nbytes(source) <= HASH_BYTES:
-        for r in range(source.shape[0]):
-            digest.update(np.ascontiguousarray(source.read_rows(r, r + 1)).tobytes())
-        return cube_digest(digest)
-    return {"sha256": None, "sha256_of": "not computed (no file, cube larger than the hash budget)"}
-
-
 __all__ = ["EXACTLY", "LOSSLESS_CODECS", "cost_table", "plan", "provenance", "write_representation"]

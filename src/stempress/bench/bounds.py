@@ -8,11 +8,17 @@ between neighbouring values, scan-position structure) may beat them; one that do
   non-zero mask is charged, so it is loose on dense data.
 - order-0: the empirical entropy of the value histogram (values independent and identically distributed).
 - Poisson: counts drawn from Poisson(lambda_i) with lambda_i the mean pattern (PAPER.md "Useful limits").
+- true Poisson: the same with each value's own expected count (a synthetic cube's truth, ``expected`` beside the
+  data of ``stempress simulate --truth``): what no coder of the counts can beat on average, whatever it models.
+  Where contrast varies with scan position it lies below the mean-pattern bound, and a coder whose model ignores
+  the scan falls short of it by the difference.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -24,6 +30,8 @@ from stempress.errors import StempressError
 POISSON_ASYMPTOTIC_LAMBDA = 100.0
 #: Poisson probabilities beyond this many standard deviations above the largest mean are dropped.
 _TAIL_SIGMAS = 12.0
+#: ... and, for dark means, beyond the count where the largest mean's log-probability falls below this.
+_TAIL_LOG_P = -55.0
 _LN2 = math.log(2.0)
 
 
@@ -78,18 +86,35 @@ def poisson_entropy_bits(lam: ArrayLike) -> np.ndarray | float:
         x = lam[big]
         nats = 0.5 * np.log(2 * np.pi * np.e * x) - 1 / (12 * x) - 1 / (24 * x**2) - 19 / (360 * x**3)
         out[big] = nats / _LN2
-    small = (lam > 0) & ~big
-    if np.any(small):
-        x = lam[small]
-        log_x = np.log(x)
-        top = float(x.max())
-        k_max = math.ceil(top + _TAIL_SIGMAS * math.sqrt(top) + 30)
-        nats = np.zeros_like(x)
-        for k in range(k_max + 1):  # one pass per k keeps memory at the number of pixels
-            log_p = k * log_x - x - gammaln(k + 1.0)
-            nats -= np.exp(log_p) * log_p
-        out[small] = nats / _LN2
+    low = 0.0
+    for high in _BANDS:  # each band sums only as many k as its own largest mean needs (most counts are dark)
+        band = (lam > low) & (lam <= high) & ~big
+        low = high
+        if np.any(band):
+            out[band] = _poisson_sum_bits(lam[band])
     return float(out) if out.ndim == 0 else out
+
+
+#: Upper edges of the bands of means whose entropies are summed together (the last reaches the asymptotic form).
+_BANDS = (0.05, 0.5, 4.0, 20.0, POISSON_ASYMPTOTIC_LAMBDA)
+
+
+def _poisson_sum_bits(x: np.ndarray) -> np.ndarray:
+    """-sum_k p_k log2 p_k for means ``x`` > 0, truncated 12 sigma above the largest mean, or sooner for dark means
+    where the largest mean's log p_k has fallen below ``_TAIL_LOG_P`` (the dropped terms are below 1e-20 bits)."""
+    log_x = np.log(x)
+    top = float(x.max())
+    k_max = math.ceil(top + _TAIL_SIGMAS * math.sqrt(top) + 30)
+    log_top = math.log(top)
+    for k in range(math.ceil(top) + 1, k_max):
+        if k * log_top - top - math.lgamma(k + 1.0) < _TAIL_LOG_P:
+            k_max = k
+            break
+    nats = np.zeros_like(x)
+    for k in range(k_max + 1):  # one pass per k keeps memory at the number of pixels
+        log_p = k * log_x - x - gammaln(k + 1.0)
+        nats -= np.exp(log_p) * log_p
+    return nats / _LN2
 
 
 def poisson_bound(mean_pattern: ArrayLike, bits: int) -> float:
@@ -103,3 +128,33 @@ def poisson_bound(mean_pattern: ArrayLike, bits: int) -> float:
         raise ValueError("empty mean pattern")
     per_value = float(np.mean(poisson_entropy_bits(lam)))
     return math.inf if per_value == 0 else bits / per_value
+
+
+def true_poisson_bits(expected_blocks: Iterable[ArrayLike]) -> float:
+    """Total Poisson entropy in bits of every value, each with its own expected count: sum_j H(lambda_j), summed
+    block by block so a cube's truth never has to fit in memory."""
+    return float(sum(float(np.sum(poisson_entropy_bits(np.asarray(b, dtype=np.float64)))) for b in expected_blocks))
+
+
+def true_poisson_bound(expected_blocks: Iterable[ArrayLike], bits: int, n_values: int) -> float:
+    """bits * n_values / sum_j H(lambda_j): the ratio of a coder that knows every value's expected count."""
+    total = true_poisson_bits(expected_blocks)
+    return math.inf if total == 0 else bits * n_values / total
+
+
+def truth_blocks(path: str | Path, rows: int = 16) -> Iterable[np.ndarray]:
+    """The expected-count map that ``stempress simulate --truth`` stored beside the cube (dataset ``expected`` in
+    the cube's group), ``rows`` scan rows at a time."""
+    import h5py
+
+    from stempress.data.hdf5 import Hdf5Source
+
+    with Hdf5Source(path) as located:
+        where = located.dataset_path.rpartition("/")[0] + "/expected"
+    with h5py.File(path, "r") as f:
+        if where not in f:
+            raise StempressError(f"{path}: no expected-count map at {where}; write the cube with "
+                                 "`stempress simulate --truth`")
+        expected = f[where]
+        for start in range(0, expected.shape[0], rows):
+            yield expected[start:start + rows]

@@ -6,28 +6,16 @@ import os
 import platform
 import sys
 import time
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from stempress.cores import usable_cores
+from stempress.provenance import PACKAGES, package_versions  # noqa: F401 - the run's record lists them
+
 
 #: Packages whose versions change codec behaviour or speed.
-PACKAGES = ("stempress", "numpy", "scipy", "h5py", "hdf5plugin", "blosc2", "numcodecs", "pandas", "rosettasciio")
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def codec_library_versions() -> dict[str, Any]:
     """Versions of the C libraries behind the filters, where the Python packages expose them."""
     import blosc2

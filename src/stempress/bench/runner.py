@@ -34,7 +34,7 @@ from stempress.bench.verify import Reference, VerificationError
 from stempress.codecs.catalog import Codec
 from stempress.data.base import ArraySource, Dataset4D, iter_blocks, nbytes, row_nbytes
 from stempress.errors import StempressError
-from stempress.units import size_text
+from stempress.sizes import human_size
 
 #: Rows of the results table that hold numbers; the others say why there are none.
 OK, SKIPPED, UNAVAILABLE, ERROR = "ok", "skipped", "unavailable", "error"
@@ -211,8 +211,8 @@ def check_disk_space(workdir: Path, sources: Sequence[Dataset4D]) -> None:
     free = shutil.disk_usage(missing.parent if missing is not None else workdir).free
     if free < needed:
         raise StempressError(
-            f"{workdir}: {size_text(free)} free, but method 'none' writes {largest.name} uncompressed and needs "
-            f"{size_text(needed)} ({size_text(nbytes(largest))} plus {DISK_MARGIN - 1:.0%}); free some space, "
+            f"{workdir}: {human_size(free)} free, but method 'none' writes {largest.name} uncompressed and needs "
+            f"{human_size(needed)} ({human_size(nbytes(largest))} plus {DISK_MARGIN - 1:.0%}); free some space, "
             "choose another --workdir, or drop none from --methods"
         )
 

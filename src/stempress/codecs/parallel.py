@@ -10,6 +10,7 @@ memory is a block plus a few chunks per worker, never the cube.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,9 +103,11 @@ def full_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.n
 
 
 def encode_chunk(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
-                 checksums: ChunkChecksums | None, shape: Sequence[int]) -> bytes:
+                 checksums: ChunkChecksums | None, shape: Sequence[int],
+                 timings: list[tuple[float, float]] | None = None) -> bytes:
     """Worker: pad, compress and checksum one chunk (all GIL-free work, off the HDF5 thread); a codec failure
-    names the chunk's place in the scan."""
+    names the chunk's place in the scan. ``timings`` gets (seconds encoding incl. padding, seconds checksumming)."""
+    t0 = time.perf_counter()
     chunk = full_chunk(piece, chunks, fill)
     try:
         stored = codec.encode(chunk)
@@ -113,8 +116,11 @@ def encode_chunk(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], 
     except Exception as exc:
         raise StempressError(f"compressing {scan_position(index, chunks, shape)} with {codec.name} failed: {exc}") \
             from exc
+    t1 = time.perf_counter()
     if checksums is not None:
         checksums.add(index, stored, chunk)
+    if timings is not None:
+        timings.append((t1 - t0, time.perf_counter() - t1))
     return stored
 
 

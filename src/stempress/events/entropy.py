@@ -25,11 +25,18 @@ whatever the worker count. The default is this process alone (``workers=1``): wo
 caller's main module, so a script must keep its work under ``if __name__ == "__main__":`` to use them, and a
 library call should not fail in a script that does not.
 
-File (format version 2): HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``, ``constriction_version``;
-``model/class_of_pixel`` (gzip'd, the detector shape), ``model/class_int`` (one row per class: the columns of
-``CLASS_INT``), ``model/class_float`` (``CLASS_FLOAT``), ``model/table_offsets`` + ``model/tables`` (float16);
-``chunks/index`` (n_chunks + 1 rows: first scan row, first word, first escape), ``chunks/words`` (uint32 ANS
-words), ``chunks/escapes`` (uint64). Few datasets on purpose: each costs ~0.5 kB of HDF5 metadata.
+File (format version 3): HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``, ``constriction_version``,
+``checksum_algorithm`` and ``model_crc``; ``model/class_of_pixel`` (gzip'd, the detector shape), ``model/class_int``
+(one row per class: the columns of ``CLASS_INT``), ``model/class_float`` (``CLASS_FLOAT``), ``model/table_offsets``
++ ``model/tables`` (float16); ``chunks/index`` (n_chunks + 1 rows: first scan row, first word, first escape),
+``chunks/words`` (uint32 ANS words), ``chunks/escapes`` (uint64), ``chunks/crc`` (n_chunks rows: the CRC of the
+chunk's words and of its escapes). Few datasets on purpose: each costs ~0.5 kB of HDF5 metadata.
+
+Integrity: an ANS stream decodes any bytes into some counts, so a flipped bit would read back as wrong counts with
+no error. Version 3 keeps a CRC (``codecs.checksums``: CRC32C, else CRC32) of each chunk's coded bytes, checked the
+first time a read touches the chunk, and ``model_crc`` over the model's datasets and the chunk index, checked on
+open; a mismatch is a ``ChecksumError`` naming the chunk and its scan rows. Version 2 files (no checksums) still
+read; ``has_checksums`` tells them apart by the ``checksum_algorithm`` attribute.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
+from stempress.codecs.checksums import ALGORITHM, checksum_function
 from stempress.cores import resolve_workers
 from stempress.data.base import (
     Block,
@@ -56,6 +64,7 @@ from stempress.data.base import (
     rows_for_budget,
 )
 from stempress.errors import StempressError
+from stempress.events.checksums import ChecksumError
 from stempress.events.entropy_model import (
     CLASSES_PER_OCTAVE,
     LAMBDA_FLOOR,
@@ -73,7 +82,13 @@ CLASS_INT = ("sparse", "lo", "golomb_bits", "low_bits", "first_table")
 CLASS_FLOAT = ("class_lambda", "p_event")
 
 FORMAT_NAME = "stempress-entropy"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Versions this stempress reads: 2 has no checksums (read as before), 3 adds them.
+READABLE_VERSIONS = (2, 3)
+#: Root attribute naming the checksum algorithm: its presence is the marker of a file with checksums.
+CHECKSUM_ATTR = "checksum_algorithm"
+#: Root attribute: the CRC over the model's datasets and the chunk index (``header_crc``).
+MODEL_CRC_ATTR = "model_crc"
 #: Default dense bytes per coded chunk (the unit of random access, and of the work a process is handed).
 DEFAULT_CHUNK_BYTES = 8 * 1024**2
 #: Dense bytes per block that ``EntropyCodedFormat.read`` hands out: under glibc's 32 MiB ceiling for serving an
@@ -367,7 +382,9 @@ class _Writer:
         self.f, self.shape, self.dtype = f, shape, dtype
         # the coder's version is recorded: its fixed-point quantisation of the tables is part of the bitstream
         f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "shape": np.asarray(shape, np.int64),
-                        "dtype": dtype.str, "constriction_version": _version()})
+                        "dtype": dtype.str, "constriction_version": _version(), CHECKSUM_ATTR: ALGORITHM})
+        self._crc = checksum_function(ALGORITHM)
+        self.crcs: list[tuple[int, int]] = []
         m = f.create_group("model")
         small = {"compression": "gzip", "shuffle": True}
         class_dtype = np.uint8 if model.n_classes <= 256 else np.uint16
@@ -412,6 +429,7 @@ class _Writer:
     def append(self, rows: int, words: np.ndarray, raw: np.ndarray) -> None:
         """The next chunk's ANS words and escaped values."""
         self.words.append(words)
+        self.crcs.append((self._crc(words), self._crc(np.asarray(raw, np.uint64))))
         self.word_offsets.append(self.word_offsets[-1] + words.size)
         self._append(self.escapes, raw, self.escape_offsets)
         self.row_starts.append(self.row_starts[-1] + rows)
@@ -425,6 +443,16 @@ class _Writer:
         index = np.stack([np.asarray(v, np.int64) for v in (self.row_starts, self.word_offsets, self.escape_offsets)],
                          axis=1)
         self.chunks.create_dataset("index", data=index)
+        self.chunks.create_dataset("crc", data=np.asarray(self.crcs, np.uint32).reshape(-1, 2))
+        self.f.attrs[MODEL_CRC_ATTR] = header_crc(self.f, ALGORITHM)
+
+
+def header_crc(f: h5py.File, algorithm: str) -> int:
+    """CRC over what every chunk's decoding depends on: the model's datasets (by name) and the chunk index."""
+    crc = checksum_function(algorithm)
+    parts = [np.ascontiguousarray(f["model"][name][...]).view(np.uint8).reshape(-1) for name in sorted(f["model"])]
+    parts.append(np.ascontiguousarray(f["chunks/index"][...]).view(np.uint8).reshape(-1))
+    return crc(np.concatenate(parts))
 
 
 def _checked_header(shape: Any, dtype: Any, where: str) -> tuple[tuple[int, int, int, int], np.dtype]:
@@ -536,16 +564,21 @@ class EntropyCodedSource(SourceBase):
         if f.attrs.get("format") != FORMAT_NAME:
             f.close()
             raise StempressError(f"{self.path}: not a stempress entropy-coded file")
-        if int(f.attrs["version"]) != FORMAT_VERSION:
+        if int(f.attrs["version"]) not in READABLE_VERSIONS:
             f.close()
             newer = int(f.attrs["version"]) > FORMAT_VERSION
+            fix = "upgrade stempress" if newer else "re-encode the data with this stempress"
             raise StempressError(f"{self.path}: entropy-code format version {int(f.attrs['version'])}, this stempress "
-                                 f"reads version {FORMAT_VERSION}; " + ("upgrade stempress" if newer else
-                                 "re-encode the data with this stempress"))
+                                 f"reads versions {READABLE_VERSIONS[0]}-{FORMAT_VERSION}; {fix}")
         self.name = self.path.stem
         self.shape = tuple(int(v) for v in f.attrs["shape"])  # type: ignore[assignment]
         self.dtype = np.dtype(str(f.attrs["dtype"]))
-        self.model = _load_model(f)
+        try:
+            self._open_checksums(f)
+            self.model = _load_model(f)
+        except BaseException:
+            f.close()
+            raise
         c = f["chunks"]
         index = c["index"][...]
         self.row_starts, self._word_offsets, self._escape_offsets = index[:, 0], index[:, 1], index[:, 2]
@@ -556,13 +589,64 @@ class EntropyCodedSource(SourceBase):
         self._coder: _Coder | None = None  # built on the first in-process decode
         self._blob: ModelBlob | None = None  # the model as the workers get it
 
+    def _open_checksums(self, f: h5py.File) -> None:
+        """The chunk CRCs of a version 3 file (None for version 2: read unchecked), the header checked now."""
+        self.checksum_algorithm: str | None = None
+        self._chunk_crcs: np.ndarray | None = None
+        self._checked: set[int] = set()  # chunks whose bytes matched: each is checked once per open
+        if CHECKSUM_ATTR not in f.attrs:
+            if int(f.attrs["version"]) >= 3:  # written with checksums: their loss is damage, not an old file
+                raise StempressError(f"{self.path}: the entropy file's checksums are missing; the file was altered "
+                                     "after it was written: restore it from a copy or write it again")
+            return
+        algorithm = str(f.attrs[CHECKSUM_ATTR])
+        self._crc = checksum_function(algorithm)  # a one-line error where this machine lacks the algorithm
+        n_chunks = int(f["chunks/index"].shape[0]) - 1
+        try:
+            crcs = f["chunks/crc"][...].reshape(-1, 2)
+            stored = int(f.attrs[MODEL_CRC_ATTR])
+        except (KeyError, ValueError) as exc:
+            raise StempressError(f"{self.path}: the entropy file's checksums are incomplete ({exc}); the file was "
+                                 "altered after it was written: restore it from a copy or write it again") from None
+        if crcs.shape[0] != n_chunks:
+            raise StempressError(f"{self.path}: the stored checksums describe {crcs.shape[0]} chunks, the file holds "
+                                 f"{n_chunks}; the file was altered after it was written: restore it from a copy or "
+                                 "write it again")
+        if header_crc(f, algorithm) != stored:
+            raise ChecksumError(f"{self.path}: the entropy model or chunk index fails its {algorithm} (corrupted on "
+                                "disk); the file cannot be trusted: restore it from a copy or write it again",
+                                -1, (0, int(f.attrs["shape"][0]) * int(f.attrs["shape"][1])))
+        self.checksum_algorithm, self._chunk_crcs = algorithm, crcs
+
+    @property
+    def chunks_checked(self) -> int:
+        """Chunks whose coded bytes matched their checksums since the file was opened."""
+        return len(self._checked)
+
+    def _check(self, i: int, words: np.ndarray, escapes: np.ndarray) -> None:
+        """Raise ``ChecksumError`` (chunk and scan rows named) when chunk ``i``'s bytes are not the ones written."""
+        if self._chunk_crcs is None or i in self._checked:
+            return
+        parts = (("words", np.asarray(words, np.uint32)), ("escapes", np.asarray(escapes, np.uint64)))
+        for column, (part, data) in enumerate(parts):
+            if self._crc(data) != int(self._chunk_crcs[i, column]):
+                r0, r1 = int(self.row_starts[i]), int(self.row_starts[i + 1])
+                rows = f"scan row {r0}" if r1 - r0 == 1 else f"scan rows {r0}-{r1 - 1}"
+                raise ChecksumError(f"{self.path}: entropy-coded chunk {i} ({rows}): its coded {part} fail their "
+                                    f"{self.checksum_algorithm} (corrupted on disk); the file cannot be trusted: "
+                                    "restore it from a copy or write it again", i,
+                                    (r0 * self.shape[1], r1 * self.shape[1]))
+        self._checked.add(i)
+
     def _coded(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        """Chunk ``i``'s words, escapes and (positions, pixels) shape."""
+        """Chunk ``i``'s words, escapes (checked against their CRCs) and (positions, pixels) shape."""
         w0, w1 = int(self._word_offsets[i]), int(self._word_offsets[i + 1])
         e0, e1 = int(self._escape_offsets[i]), int(self._escape_offsets[i + 1])
         rows = int(self.row_starts[i + 1] - self.row_starts[i])
         escapes = self._escapes[e0:e1] if e1 > e0 else np.zeros(0, np.uint64)  # usually none: skip HDF5's call
-        return self._words[w0:w1], escapes, (rows * self.shape[1], self.shape[2] * self.shape[3])
+        words = self._words[w0:w1]
+        self._check(i, words, escapes)
+        return words, escapes, (rows * self.shape[1], self.shape[2] * self.shape[3])
 
     def _chunk(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """Chunk ``i`` decoded (into ``out``, its exact rows, if given; else kept for the next read)."""

@@ -16,7 +16,7 @@ import h5py
 
 from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D
-from stempress.events.entropy import FORMAT_NAME, EntropyCodedSource, write_entropy_coded
+from stempress.events.entropy import CHECKSUM_ATTR, FORMAT_NAME, EntropyCodedSource, write_entropy_coded
 from stempress.events.record import Record, event_record, read_h5_record, write_h5_record
 from stempress.events.representation import Events, as_source, check_counts_dtype
 
@@ -62,15 +62,7 @@ def open_entropy(path: str | Path, workers: int | None = 1) -> EntropyCodedSourc
 
 
 def has_checksums(path: str | Path) -> bool:
-    """Whether an entropy-coded file carries checksums of its chunks (the format's own, which its reader checks):
-    any dataset, group or attribute outside our record named like a checksum (crc, checksum)."""
-    found: list[str] = []
+    """Whether an entropy-coded file carries CRCs of its chunks, which its reader checks (format version 3 on:
+    the ``checksum_algorithm`` attribute that marks them); files written before read unchecked."""
     with h5py.File(path, "r") as f:
-        def look(name: str, _obj: object) -> None:
-            if not name.startswith("metadata/") and any(w in name.lower() for w in ("crc", "checksum")):
-                found.append(name)
-
-        f.visititems(look)
-        for group in (f, *(g for g in f.values() if isinstance(g, h5py.Group))):
-            found += [k for k in group.attrs if any(w in k.lower() for w in ("crc", "checksum"))]
-    return bool(found)
+        return CHECKSUM_ATTR in f.attrs and "crc" in f.get("chunks", {})

@@ -11,8 +11,9 @@ under a temporary name and appears only complete (``atomic_output``), never repl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,11 @@ class ArchiveSpec:
     ``truth`` is a function of scan rows giving expected counts, stored as float32 ``expected`` beside ``data``;
     ``provenance`` False leaves out the source's metadata and codec configuration (the study's bare file);
     ``durable`` False writes straight to ``path`` without syncing (the benchmark's own scratch files, timed as the
-    study timed them; the path must be new, and a failed write still deletes it)."""
+    study timed them; the path must be new, and a failed write still deletes it); ``filter_kwargs`` instead of a
+    codec: ``create_dataset`` keywords as a user gives them to h5py (written through HDF5's filter pipeline)."""
 
     path: Path
-    codec: Codec
+    codec: Codec | None
     chunks: str | tuple[int, ...] | None = "balanced"
     layout: str = "emd"
     dataset_path: str | None = None
@@ -58,6 +60,7 @@ class ArchiveSpec:
     truth: Callable[[int, int], np.ndarray] | None = None
     provenance: bool = True
     durable: bool = True
+    filter_kwargs: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class ArchiveResult:
     """What was written and how (``fallback_reason``: why the filter path was used, None when direct)."""
 
     path: Path
-    codec: Codec
+    codec: Codec | None
     chunks: tuple[int, int, int, int] | None
     direct: bool
     fallback_reason: str | None
@@ -73,6 +76,9 @@ class ArchiveResult:
     dataset_path: str
     file_bytes: int
     checksums_saved: bool = False
+    #: Seconds per stage: encode and checksum summed over workers; write (HDF5 calls), wait (the writer waiting
+    #: for encoded chunks) and publish (close, fsync, rename) on the writer's thread.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class ArchiveSink:
@@ -93,13 +99,14 @@ class ArchiveSink:
         self.info = info
         self.chunks = chunk_shape(spec.chunks, info.shape) if spec.chunks is not None else None
         self.executor: Executor = info.executor or InlineExecutor()
-        wanted = spec.direct is not False and self.chunks is not None
+        wanted = (spec.direct is not False and self.chunks is not None and spec.codec is not None
+                  and spec.filter_kwargs is None)
         self.chunk_codec: ChunkCodec | None = (chunk_codec_for(spec.codec, info.dtype, threads=self.executor.workers)
                                                if wanted else None)
-        self.reason = (None if self.chunk_codec is not None else "asked for the filter path" if spec.direct is False
+        self.reason = (None if self.chunk_codec is not None
+                       else "asked for the filter path" if spec.direct is False or spec.codec is None
                        else "the layout is contiguous (no chunks)" if self.chunks is None
                        else direct_chunk_reason(spec.codec, info.dtype) or "no chunk encoder")
-        self.row_multiple = self.chunks[0] if self.chunks else 1
         self._stack = contextlib.ExitStack()
         if spec.durable:
             tmp = self._stack.enter_context(atomic_output(Path(spec.path), overwrite=spec.force))
@@ -108,12 +115,17 @@ class ArchiveSink:
             self._stack.callback(_delete_unless_finished, self, tmp)
         self.file = self._stack.enter_context(h5py.File(tmp, "w"))
         group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
-        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, spec.codec.h5_kwargs())
+        kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
+            spec.codec.h5_kwargs() if spec.codec is not None else {})
+        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs)
         self.expected = None
         if spec.truth is not None:
-            self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.chunks,
-                                                spec.codec.h5_kwargs())
-        self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.chunks else None
+            self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.dset.chunks,
+                                                kwargs)
+        self.row_multiple = self.dset.chunks[0] if self.dset.chunks else 1  # h5py may chunk for a filter itself
+        self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.dset.chunks else None
+        self.timings: list[tuple[float, float]] = []
+        self.stages = {"encode": 0.0, "checksum": 0.0, "write": 0.0, "wait": 0.0, "publish": 0.0}
         self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if info.metadata.get("live") else None
 
     def consume(self, block: Block) -> None:
@@ -133,34 +145,51 @@ class ArchiveSink:
         chunks, fill, codec, sums = self.dset.chunks, self.dset.fillvalue, self.chunk_codec, self.checksums
         pieces = list(chunk_pieces(block.start, data, chunks))
         encoded = self.executor.map_ordered(
-            lambda item: encode_chunk(codec, item[2], chunks, fill, item[0], sums, self.dset.shape), pieces)
-        for (_index, offset, _piece), stored in zip(pieces, encoded, strict=True):
+            lambda item: encode_chunk(codec, item[2], chunks, fill, item[0], sums, self.dset.shape, self.timings),
+            pieces)
+        stages = self.stages
+        for _index, offset, _piece in pieces:
+            t0 = time.perf_counter()
+            stored = next(encoded)
+            t1 = time.perf_counter()
             self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+            stages["wait"] += t1 - t0
+            stages["write"] += time.perf_counter() - t1
 
     def _filtered(self, block: Block) -> None:
-        self.dset[block.start:block.stop] = block.data
+        t0 = time.perf_counter()
+        self.dset[block.start:block.stop] = block.data  # HDF5 encodes and writes in one call
+        self.stages["write"] += time.perf_counter() - t0
         if self.checksums is None:
             return
+        t0 = time.perf_counter()
         chunks, fill = self.dset.chunks, self.dset.fillvalue
         for index, offset, piece in chunk_pieces(block.start, np.asarray(block.data), chunks):
             _mask, stored = self.dset.id.read_direct_chunk(offset)
             self.checksums.add(index, stored, full_chunk(piece, chunks, fill))
+        self.stages["checksum"] += time.perf_counter() - t0
 
     def finish(self) -> ArchiveResult:
         """Checksums and metadata (after the data: sources may add metadata while producing it), then publish."""
         if self.checksums is not None:
             self.checksums.save(self.file)
         if self.spec.provenance:
-            write_source_metadata(self.dset, self.spec.layout, self.info.metadata, self.spec.codec.config())
+            config = self.spec.codec.config() if self.spec.codec is not None else None
+            write_source_metadata(self.dset, self.spec.layout, self.info.metadata, config)
         if self.received is not None:
             write_received(self.dset, self.received)
         assert self._stack is not None
         self._finished = True
+        t0 = time.perf_counter()
         self._stack.close()  # closes the file, syncs it and gives it its name
+        self.stages["publish"] = time.perf_counter() - t0
+        self.stages["encode"] += sum(t for t, _ in self.timings)
+        self.stages["checksum"] += sum(t for _, t in self.timings)
         self._stack = None
         path = Path(self.spec.path)
         return ArchiveResult(path, self.spec.codec, self.chunks, self.chunk_codec is not None, self.reason,
-                             self.spec.layout, self.target, path.stat().st_size, self.checksums is not None)
+                             self.spec.layout, self.target, path.stat().st_size, self.checksums is not None,
+                             dict(self.stages))
 
     def abort(self) -> None:
         """Close and delete the partial file."""
@@ -185,13 +214,3 @@ def _delete_unless_finished(sink: ArchiveSink, path: Path) -> None:
 
 class _Aborted(Exception):
     """Raised into the output's context so ``atomic_output`` deletes the partial file."""
-
-
-def write_archive(source: Any, spec: ArchiveSpec, *, workers: int | None = 1, progress: Any = None) -> ArchiveResult:
-    """``source`` (a source or a ``BlockStream``) written by one ``ArchiveSink`` on ``workers`` threads."""
-    from stempress.engine import run
-    from stempress.exec.local import ThreadExecutor
-
-    with ThreadExecutor(workers) as executor:
-        (result,) = run(source, [ArchiveSink(spec)], executor=executor, progress=progress)
-    return result

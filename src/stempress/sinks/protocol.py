@@ -70,3 +70,10 @@ def abort(sink: Sink) -> None:
     method = getattr(sink, "abort", None)
     if callable(method):
         method()
+
+
+def observe(sink: Sink, block: Block) -> None:
+    """A mergeable sink's cheap in-order work (a streaming digest) while its partials take the block elsewhere."""
+    method = getattr(sink, "observe", None)
+    if callable(method):
+        method(block)

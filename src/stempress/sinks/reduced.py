@@ -15,10 +15,8 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output
 from stempress.data.base import Dataset4D
-from stempress.plan import cube_digest, hashes_cube_bytes, provenance
-from stempress.progress import Progress
+from stempress.provenance import cube_digest, hashes_cube_bytes, provenance
 from stempress.reduce.calibration import Calibration, source_calibration
-from stempress.reduce.engine import single_blas_thread
 from stempress.reduce.output import derived_values, target_outputs, write_reduced
 from stempress.reduce.sufficiency import Target, parse_targets
 from stempress.sinks.archive import RECEIVED
@@ -53,16 +51,17 @@ class ReducedFileSink:
 
     def consume(self, block: Any) -> None:
         self.inner.consume(block)
-        if self._hash is not None:
-            if block.start == self._next_row:
-                self._hash.update(np.ascontiguousarray(block.data).tobytes())
-                self._next_row = block.stop
-            else:
-                self._hash = None  # out of order: provenance reads the cube for it
+        self.observe(block)
 
-    def merge(self, other: ReducerSink) -> None:
-        self._hash = None  # partitions: provenance reads the cube for it
-        self.inner.merge(other)
+    def observe(self, block: Any) -> None:
+        """The provenance digest of a small in-memory cube, from blocks in row order (else it is read again)."""
+        if self._hash is None:
+            return
+        if block.start == self._next_row:
+            self._hash.update(np.ascontiguousarray(block.data).tobytes())
+            self._next_row = block.stop
+        else:
+            self._hash = None
 
     def partial(self, rows: tuple[int, int]) -> ReducerSink:
         return self.inner.partial(rows)
@@ -91,17 +90,3 @@ class ReducedFileSink:
                 f.create_dataset(RECEIVED, data=mask, compression="gzip").attrs["description"] = (
                     "True where the scan position's frame was received; per-position outputs are NaN elsewhere")
         return self.out
-
-
-def reduce_to_file(source: Dataset4D, targets: str | Sequence[str | Target], out: Path | str, *,
-                   overwrite: bool = False, progress: Progress | None = None, calibration: Calibration | None = None,
-                   executor: Any = None) -> Path:
-    """Compute every target in one pass (``engine.run``) and write the reduced file, whole or not at all.
-    ``calibration`` defaults to ``source_calibration(source)``. NaN or infinite values in float frames are taken
-    as 0 (a dead-pixel mask); the file's provenance (``excluded``) and a note say how many and where."""
-    from stempress.engine import run
-
-    sink = ReducedFileSink(source, targets, out, calibration=calibration, overwrite=overwrite)
-    with single_blas_thread():
-        (path,) = run(source, [sink], executor=executor, progress=progress)
-    return path

@@ -11,7 +11,7 @@ OUT, and the next write of the same OUT deletes such leftovers of dead writers, 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,8 @@ class CompressReport:
     seconds: float
     chosen_why: str | None = None
     removed_partials: tuple[Path, ...] = ()
+    #: Seconds per stage of the archive writer (``ArchiveResult.stages``): where the time went.
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -116,7 +118,8 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
     return CompressReport(path=out, codec=chosen.name, chunks=chunks_t, workers=n_workers, direct=written.direct,
                           fallback_reason=written.fallback_reason, layout=layout, dataset_path=written.dataset_path,
                           raw_bytes=nbytes(source), file_bytes=written.file_bytes,
-                          seconds=time.perf_counter() - started, chosen_why=why, removed_partials=removed)
+                          seconds=time.perf_counter() - started, chosen_why=why, removed_partials=removed,
+                          stages=written.stages)
 
 
 def _compress_entropy(source: Dataset4D, out: Path, chunks: str | tuple[int, ...] | None, workers: int | None,

@@ -425,6 +425,13 @@ class _SourceVerifier:
                 return Problem("decoded", str(exc), (row, row + 1), (0, scan_x))
         return Problem("decoded", str(error), (start, stop), (0, scan_x))
 
+    def _entropy_checks(self) -> str:
+        """What the entropy reader checked: its chunks' coded bytes against their stored CRCs."""
+        algorithm = getattr(self.source, "checksum_algorithm", None) or "CRC"
+        checked = getattr(self.source, "chunks_checked", 0)
+        total = int(self.source.metadata.get("n_chunks", checked))
+        return f"stored {algorithm} of {checked}/{total} coded chunks (words, escapes) and of the model"
+
     def _report(self, problem: Problem | None) -> VerifyReport:
         scan_x = self.source.shape[1]
         if self.sums is not None:
@@ -435,8 +442,9 @@ class _SourceVerifier:
             unit = "chunks"
         else:
             total, checked, unit = self.source.shape[0], self.rows_done, "scan rows"
-            checks = ("the entropy reader's per-chunk checksums" if self.reader_checksums
+            checks = (self._entropy_checks() if self.reader_checksums
                       else f"no stored checksums ({self.kind} files carry none)" if self.kind in _FRAME_STACKS
+                      else "no stored checksums (written before entropy files had them)" if self.kind == "entropy"
                       else "no stored checksums")
         return VerifyReport(path=self.path, dataset_path="", codec=self.label, direct=False, chunks_total=total,
                             chunks_checked=checked, checksums=self.sums is not None or self.reader_checksums,
