@@ -113,7 +113,7 @@ def test_true_bound_sums_each_values_own_entropy_and_sits_below_the_mean_pattern
 
 def test_truth_blocks_read_the_map_simulate_truth_stores(tmp_path):
     from stempress.data.suites import open_synthetic
-    from stempress.data.write import write_hdf5
+    from stempress.store.write import write_hdf5
 
     source = open_synthetic("synthetic:counted/counted?scan=4x3&det=32x32&dose=300")
     path = write_hdf5(source, tmp_path / "truth.emd", truth=True)

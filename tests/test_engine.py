@@ -142,5 +142,5 @@ def test_block_rows_is_one_rule_for_every_sink():
 def test_unknown_executor_and_no_sinks_are_one_line_errors(cube):
     with pytest.raises(StempressError, match="unknown executor 'gpu'; choose one of inline, threads"):
         make_executor("gpu")
-    with pytest.raises(StempressError, match="at least one sink"):
+    with pytest.raises(StempressError, match="no sinks given; give at least one sink"):
         run(ArraySource(cube), [])

@@ -64,3 +64,10 @@ def test_outputs_are_refused_before_the_pass(tmp_path, cube):
         ingest(source)
     with pytest.raises(StempressError, match="go together"):
         ingest(source, reduce=["bf"])
+
+
+def test_the_reduced_file_sink_merges_so_reduce_runs_on_partitions(tmp_path, cube):
+    from stempress.sinks.protocol import MergeableSink
+    from stempress.sinks.reduced import ReducedFileSink
+
+    assert isinstance(ReducedFileSink(ArraySource(cube), ["bf"], tmp_path / "r.h5", calibration=CAL), MergeableSink)

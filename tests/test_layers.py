@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_no_import_runs_up_a_layer():
     command = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # the code of this checkout, not an installed copy
-    done = subprocess.run([command, "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, env=env,
+    done = subprocess.run([command, "--no-cache", "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "Contracts: 1 kept, 0 broken" in done.stdout

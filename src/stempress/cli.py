@@ -289,6 +289,8 @@ def compress(
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers compress the chunks; this "
+                                             "process writes the one file.")] = None,
 ) -> None:
     """Compress a cube into a standard HDF5 file on all cores, with per-chunk checksums; never a half file."""
     from stempress.data.open import scan_shape_note
@@ -297,10 +299,10 @@ def compress(
     chunking = parse_chunkings(chunks) if chunks is not None else [None]
     if len(chunking) != 1:
         raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
-    with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
-            progress_reporter("compress", unit="bytes") as bar:
+    with saying_new_folders(out), dask_executor(dask) as executor, \
+            open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("compress", unit="bytes") as bar:
         report = compress_cube(cube, out, codec=codec, chunks=chunking[0], workers=workers, layout=layout,
-                               force=force, progress=bar)
+                               force=force, progress=bar, executor=executor)
         note = scan_shape_note(cube)
     if report.chosen_why:
         console.print(report.chosen_why, highlight=False, soft_wrap=True)
@@ -320,10 +322,12 @@ def ingest(
     centre: Annotated[str | None, typer.Option(help="Beam centre ROW,COL in detector pixels.")] = None,
     bf_radius: Annotated[float | None, typer.Option(help="Bright-field disk radius in detector pixels.")] = None,
     workers: Annotated[int | None, typer.Option(help="Workers (default: all usable cores).")] = None,
-    executor: Annotated[str, typer.Option(help="Where work runs: threads, processes or inline.")] = "threads",
+    executor: Annotated[str, typer.Option(help="Where work runs: threads, processes or inline (see --dask).")]
+    = "threads",
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Replaces --executor.")] = None,
 ) -> None:
     """Read a source ONCE and write every output asked for (--archive, --reduce with --reduced), each the file
     the separate command writes, each atomically."""
@@ -332,12 +336,12 @@ def ingest(
     chunking = one_chunking(chunks)
     parse_centre(centre)
     outputs = [p for p in (archive, reduced) if p is not None]
-    with saying_new_folders(*outputs), open_cli_source(source, dataset, scan_shape) as cube, \
-            progress_reporter("ingest", unit="bytes") as bar:
+    with saying_new_folders(*outputs), dask_executor(dask) as on_dask, \
+            open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("ingest", unit="bytes") as bar:
         calibration = cli_calibration(cube, centre, bf_radius) if reduced is not None else None
         report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
-                               reduced=reduced, calibration=calibration, workers=workers, executor=executor,
-                               force=force, progress=bar)
+                               reduced=reduced, calibration=calibration, workers=workers,
+                               executor=on_dask or executor, force=force, progress=bar)
     console.print(report.summary(), highlight=False, soft_wrap=True)
 
 
@@ -526,6 +530,23 @@ def refuse_filled_folders(force: bool, **folders: Path | None) -> None:
                                  "replace them, or choose an empty or new folder")
 
 
+DASK_HELP = ("Run on Dask: a scheduler address (tcp://host:8786) or local[:N] (a cluster of N worker processes "
+             "here, default all cores). Workers reopen the source by path, so it must be visible to them.")
+
+
+@contextmanager
+def dask_executor(where: str | None):
+    """The command's executor for ``--dask`` (closed when the command ends; a scheduler given by address stays
+    up), or None without it."""
+    if where is None:
+        yield None
+        return
+    from stempress.exec.dask import DaskExecutor
+
+    with DaskExecutor(where) as executor:
+        yield executor
+
+
 def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
     """A source from the command line's words."""
     from stempress.data.open import open_source
@@ -555,6 +576,8 @@ def reduce(
                                                 "OUT itself (what the targets computed) and its provenance.")] = None,
     centre: Annotated[str | None, typer.Option(help=CENTRE_HELP)] = None,
     bf_radius: Annotated[float | None, typer.Option(help=BF_RADIUS_HELP)] = None,
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers reduce partitions of the scan; "
+                                             "the results are the same bits as without.")] = None,
 ) -> None:
     """Compute the targets in one streaming pass and write them with provenance, in an HDF5 file that
     py4DSTEM (py4DSTEM.read) and HyperSpy (hs.load(OUT, file_format="hspy"); an OUT named .hspy needs no
@@ -566,10 +589,10 @@ def reduce(
     chosen = parse_targets(target)  # a bad target is one line, before any bar is drawn
     parse_centre(centre)
     refuse_filled_folders(figures=figures, report=report, force=force)
-    with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
-            progress_reporter("reduce", unit="bytes") as bar:
+    with saying_new_folders(out), dask_executor(dask) as executor, \
+            open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("reduce", unit="bytes") as bar:
         path = reduce_to_file(cube, chosen, out, overwrite=force, progress=bar,
-                              calibration=cli_calibration(cube, centre, bf_radius))
+                              calibration=cli_calibration(cube, centre, bf_radius), executor=executor)
     console.print(f"wrote {path}: {', '.join(target)}")
     console.print(reduced_open_line(path), highlight=False, soft_wrap=True)
     if figures is not None:

@@ -2,12 +2,13 @@
 
 Two ways through a run, chosen here, never by a command:
 
-- **partitions**: when every sink merges (reducers, statistics, reference digests), the executor has several
-  workers and the source can be reopened or shared, the scan rows are cut into partitions; each worker
-  reads its own rows into partial sinks, which merge in row order (bit-identical for any worker count).
-- **one stream**: otherwise (an archive or event file is written, or the source is a live stream), blocks are
-  read once, ahead of the sinks by a thread, and every sink consumes each block in row order; a writer sink
-  spreads its own work (compressing chunks) over the run's executor.
+- **partitions**: when every sink merges on this executor (reducers, statistics, reference digests; the archive
+  writer on remote workers, ``merges_on``), the executor has several workers and the source can be reopened
+  or shared, the scan rows are cut into partitions; each worker reads its own rows into partial sinks, which
+  merge in row order (bit-identical for any worker count; the archive's chunks written in grid order).
+- **one stream**: otherwise (an archive on threads, an event file, or a live stream), blocks are read once,
+  ahead of the sinks by a thread, and every sink consumes each block in row order; a writer sink spreads its
+  own work (compressing chunks) over the run's executor.
 
 Either way every byte of the source is read once, whatever the number of sinks.
 """
@@ -23,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, check_shape_dtype
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, block_rows, check_shape_dtype
 from stempress.data.spec import SourceSpec, spec_of
 from stempress.data.stream import StreamSource, regroup
-from stempress.errors import StempressError
+from stempress.errors import StempressError, require_distinct_names
 from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.exec.prefetch import read_ahead
 from stempress.progress import Progress, ProgressCounter
-from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, observe, row_multiple
+from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, merges_on, observe, row_multiple
 
 #: Largest partition: small enough that many fit a run (load balance), large enough to amortise reopening.
 PARTITION_BYTES = 256 * 1024**2
@@ -39,23 +40,7 @@ PARTITION_BYTES = 256 * 1024**2
 PARTITIONS_PER_WORKER = 4
 
 
-# -- the one rows-per-block rule -----------------------------------------------------------------------------
-def block_rows(shape: Sequence[int], dtype: np.dtype | str, *, multiple: int = 1, budget: int | None = None,
-               rows: int | None = None) -> int:
-    """Scan rows per block: ``rows`` if given (rounded up to ``multiple``), else what fits ``budget`` bytes
-    (default ``DEFAULT_BLOCK_BYTES``) rounded down to ``multiple``, at least one multiple, at most the scan."""
-    row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
-    multiple = max(1, int(multiple))
-    if rows is not None:
-        if int(rows) < 1:
-            raise StempressError(f"rows per block must be at least 1, got {rows}")
-        chosen = math.ceil(int(rows) / multiple) * multiple
-    else:
-        chosen = max(1, int(budget or DEFAULT_BLOCK_BYTES) // max(1, row_bytes))
-        chosen = max(multiple, chosen // multiple * multiple)
-    return min(chosen, int(shape[0]))
-
-
+# -- rows per block: data.base.block_rows, the one rule -------------------------------------------------
 def sinks_multiple(sinks: Sequence[Sink]) -> int:
     """The row multiple every sink can take: the least common multiple of theirs."""
     return math.lcm(*(row_multiple(s) for s in sinks)) if sinks else 1
@@ -112,12 +97,8 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
     failure or Ctrl-C every sink is aborted (partial outputs removed) and the error raised.
     """
     sinks = list(sinks)
-    if not sinks:
-        raise StempressError("nothing to do: give at least one sink (an archive, events or reducers)")
-    names = [s.name for s in sinks]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise StempressError(f"two sinks are named {', '.join(twice)}; give each a distinct name")
+    require_distinct_names([s.name for s in sinks], "sinks", "give at least one sink (an archive, events or "
+                           "reducers)", "give each a distinct name")
     owned = executor is None
     executor = executor if executor is not None else InlineExecutor()
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
@@ -151,7 +132,7 @@ def _run_stream(blocks: Iterator[Block], sinks: Sequence[Sink], info: RunInfo, e
     """Every block to every sink, in row order. With several workers, the mergeable sinks (reducers) take each
     block as a partial on a worker while the writer sinks work on this thread (and spread their own work over the
     same executor); the partials merge in row order, so results equal a one-thread pass."""
-    offload = ([s for s in sinks if isinstance(s, MergeableSink)]
+    offload = ([s for s in sinks if merges_on(s, executor)]  # type: ignore[misc]
                if executor.workers > 1 and not executor.remote else [])
     inline = [s for s in sinks if s not in offload]
     pending: deque[tuple[Future[list[MergeableSink]], int]] = deque()
@@ -195,7 +176,7 @@ def _stream(source: Dataset4D | StreamSource, step: int, multiple: int, depth: i
 def _can_partition(source: Any, sinks: Sequence[Sink], executor: Executor) -> bool:
     if executor.workers < 2 or not isinstance(source, Dataset4D) or source.shape[0] < 2:
         return False
-    if not all(isinstance(s, MergeableSink) for s in sinks):
+    if not all(merges_on(s, executor) for s in sinks):
         return False
     return not executor.remote or spec_of(source) is not None
 

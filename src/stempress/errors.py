@@ -43,3 +43,12 @@ def os_error_message(exc: OSError, path: object, role: str = "output") -> str:
         return f"{where}: the name is too long for this file system; choose a shorter name for the {role}"
     reason = exc.strerror or str(exc).splitlines()[0]
     return f"{where}: {reason}; choose another path for the {role}"
+
+
+def require_distinct_names(names: list[str], what: str, empty_hint: str, fix: str) -> None:
+    """Refuse an empty list of ``what`` (sinks, reducers) or two with one name: results are keyed by name."""
+    if not names:
+        raise StempressError(f"no {what} given; {empty_hint}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise StempressError(f"two {what} are named {', '.join(twice)}; {fix}")

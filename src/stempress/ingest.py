@@ -92,8 +92,13 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
             progress(done, total)
 
     started = time.perf_counter()
-    with make_executor(executor, resolve_workers(workers)) as pool, single_blas_thread():
-        results = run(source, sinks, executor=pool, progress=counted)
+    pool = make_executor(executor, resolve_workers(workers))
+    try:
+        with single_blas_thread():
+            results = run(source, sinks, executor=pool, progress=counted)
+    finally:
+        if pool is not executor:  # an executor the caller gave stays theirs to close
+            pool.close()
     seconds = time.perf_counter() - started
     written = {type(s).__name__: r for s, r in zip(sinks, results, strict=True)}
     archive_result = written.get("ArchiveSink")

@@ -79,6 +79,13 @@ def _as_bytes_view(raw: _Buffer) -> _Buffer:
     return raw
 
 
+def chunk_crcs(algorithm: str, stored: _Buffer, raw: _Buffer) -> tuple[int, int]:
+    """(CRC of the stored bytes, CRC of the raw chunk) with ``algorithm``, wherever the chunk was compressed
+    (a worker process or cluster node hands the two numbers back with the bytes)."""
+    crc = checksum_function(algorithm)
+    return crc(_as_bytes_view(stored)), crc(_as_bytes_view(raw))
+
+
 def checksum_group_path(dataset_path: str) -> str:
     """Where the checksums of ``dataset_path`` live: the dataset's path mirrored under the checksum group."""
     return f"/{CHECKSUM_GROUP}/{dataset_path.strip('/')}"

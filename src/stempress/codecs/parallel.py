@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from stempress.codecs.catalog import Codec
-from stempress.codecs.checksums import ChunkChecksums
+from stempress.codecs.checksums import ChunkChecksums, chunk_crcs
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.none import Uncompressed as RawChunks
 from stempress.data.base import Block
@@ -65,18 +65,25 @@ def block_data(block: Block, dataset: h5py.Dataset) -> np.ndarray:
     """The block as the dataset's dtype, refusing blocks that are not whole chunk rows (HDF5 would have to
     read back and recompress a half-written chunk, which direct writes cannot do)."""
     shape, chunks = _chunked(dataset)
+    return whole_chunk_rows(block, shape, chunks, dataset.dtype, dataset.name)
+
+
+def whole_chunk_rows(block: Block, shape: Sequence[int], chunks: Sequence[int], dtype: np.dtype,
+                     name: str) -> np.ndarray:
+    """``block_data`` from the dataset's shape, chunks and dtype alone (a worker that has no file open)."""
+    shape, chunks = tuple(shape), tuple(chunks)
     data = np.asarray(block.data)
     if data.ndim != len(shape) or data.shape[1:] != shape[1:]:
-        raise StempressError(f"block of shape {data.shape} does not fit dataset {dataset.name} of shape {shape}")
+        raise StempressError(f"block of shape {data.shape} does not fit dataset {name} of shape {shape}")
     if block.start % chunks[0] or (block.stop != shape[0] and data.shape[0] % chunks[0]) or block.stop > shape[0]:
         raise StempressError(
             f"block rows {block.start}-{block.stop} are not whole chunk rows of {chunks[0]} scan rows "
             f"(dataset has {shape[0]}); feed blocks through the engine, which cuts them on chunk rows"
         )
-    if data.dtype != dataset.dtype:
-        if not np.can_cast(data.dtype, dataset.dtype, "safe"):
-            raise StempressError(f"block dtype {data.dtype} cannot be stored losslessly as {dataset.dtype}")
-        data = data.astype(dataset.dtype)
+    if data.dtype != dtype:
+        if not np.can_cast(data.dtype, dtype, "safe"):
+            raise StempressError(f"block dtype {data.dtype} cannot be stored losslessly as {dtype}")
+        data = data.astype(dtype)
     return data
 
 
@@ -108,20 +115,49 @@ def encode_chunk(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], 
     """Worker: pad, compress and checksum one chunk (all GIL-free work, off the HDF5 thread); a codec failure
     names the chunk's place in the scan. ``timings`` gets (seconds encoding incl. padding, seconds checksumming)."""
     t0 = time.perf_counter()
-    chunk = full_chunk(piece, chunks, fill)
-    try:
-        stored = codec.encode(chunk)
-    except StempressError:
-        raise
-    except Exception as exc:
-        raise StempressError(f"compressing {scan_position(index, chunks, shape)} with {codec.name} failed: {exc}") \
-            from exc
+    chunk, stored = _padded_and_encoded(codec, piece, chunks, fill, index, shape)
     t1 = time.perf_counter()
     if checksums is not None:
         checksums.add(index, stored, chunk)
     if timings is not None:
         timings.append((t1 - t0, time.perf_counter() - t1))
     return stored
+
+
+def _padded_and_encoded(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
+                        shape: Sequence[int]) -> tuple[np.ndarray, bytes]:
+    chunk = full_chunk(piece, chunks, fill)
+    try:
+        return chunk, codec.encode(chunk)
+    except StempressError:
+        raise
+    except Exception as exc:
+        raise StempressError(f"compressing {scan_position(index, chunks, shape)} with {codec.name} failed: {exc}") \
+            from exc
+
+
+@dataclass(frozen=True)
+class ChunkEncoder:
+    """One chunk's work as a picklable task: ``(index, piece) -> (stored bytes, stored CRC, raw CRC, timings)``.
+
+    Why a module-level class holding only the codec's configuration: a remote executor (processes, Dask) must
+    pickle the task, and a worker there cannot fill the writer's checksum record, so the CRCs travel back with
+    the bytes (``ChunkChecksums.add_values``). ``algorithm`` None: no checksums (both CRCs 0)."""
+
+    codec: ChunkCodec
+    chunks: tuple[int, ...]
+    fill: object
+    shape: tuple[int, ...]
+    algorithm: str | None
+
+    def __call__(self, item: tuple[Index, np.ndarray]) -> tuple[bytes, int, int, float, float]:
+        """(stored bytes, stored CRC, raw CRC, seconds encoding incl. padding, seconds checksumming)."""
+        index, piece = item
+        t0 = time.perf_counter()
+        chunk, stored = _padded_and_encoded(self.codec, piece, self.chunks, self.fill, index, self.shape)
+        t1 = time.perf_counter()
+        stored_crc, raw_crc = chunk_crcs(self.algorithm, stored, chunk) if self.algorithm else (0, 0)
+        return stored, stored_crc, raw_crc, t1 - t0, time.perf_counter() - t1
 
 
 # --- reading ----------------------------------------------------------------------------------------------------

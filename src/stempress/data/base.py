@@ -6,7 +6,7 @@ Sinks (writers, reducers, statistics) only ever see blocks of whole scan rows, s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -106,11 +106,25 @@ def nbytes(source: Dataset4D) -> int:
     return source.shape[0] * row_nbytes(source)
 
 
+def block_rows(shape: Sequence[int], dtype: np.dtype | str, *, multiple: int = 1, budget: int | None = None,
+               rows: int | None = None) -> int:
+    """The one rows-per-block rule: ``rows`` if given (rounded up to ``multiple``), else what fits ``budget``
+    bytes (default ``DEFAULT_BLOCK_BYTES``) rounded down to ``multiple``, at least one multiple, at most the scan."""
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    multiple = max(1, int(multiple))
+    if rows is not None:
+        if int(rows) < 1:
+            raise StempressError(f"rows per block must be at least 1, got {rows}")
+        chosen = -(-int(rows) // multiple) * multiple
+    else:
+        chosen = max(1, int(budget or DEFAULT_BLOCK_BYTES) // max(1, row_bytes))
+        chosen = max(multiple, chosen // multiple * multiple)
+    return min(chosen, int(shape[0]))
+
+
 def rows_for_budget(source: Dataset4D, budget_bytes: int = DEFAULT_BLOCK_BYTES, multiple: int = 1) -> int:
-    """Scan rows per block that fit the budget, rounded down to a multiple (at least one multiple)."""
-    rows = max(1, budget_bytes // max(1, row_nbytes(source)))
-    rows = max(multiple, (rows // multiple) * multiple)
-    return min(rows, source.shape[0])
+    """Scan rows per block of ``source`` that fit the budget, rounded down to a multiple (``block_rows``)."""
+    return block_rows(source.shape, source.dtype, multiple=multiple, budget=budget_bytes)
 
 
 def iter_blocks(source: Dataset4D, rows: int | None = None) -> Iterator[Block]:

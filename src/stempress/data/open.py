@@ -117,8 +117,14 @@ def open_source(spec: str | Path | np.ndarray, *, dataset: str | None = None,
     source = _open(spec, dataset, scan_shape)
     if not isinstance(spec, np.ndarray):
         with contextlib.suppress(AttributeError):  # a source with __slots__ simply cannot be reopened elsewhere
-            source.opened_from = SourceSpec(str(spec), dataset, None if scan_shape is None else tuple(scan_shape))
+            source.opened_from = SourceSpec(_absolute(spec), dataset, None if scan_shape is None else tuple(scan_shape))
     return source
+
+
+def _absolute(spec: str | Path) -> str:
+    """A file given relative to this directory as an absolute path: a Dask worker elsewhere has another one."""
+    path = Path(spec)
+    return str(path.absolute()) if not str(spec).startswith("synthetic:") and path.exists() else str(spec)
 
 
 def _open(spec: str | Path | np.ndarray, dataset: str | None, scan_shape: tuple[int, int] | None) -> Dataset4D:

@@ -1,4 +1,4 @@
-"""Where work runs: inline, threads, processes (and, later, Dask), behind one interface.
+"""Where work runs: inline, threads, processes and Dask (`exec.dask`, imported when asked for), behind one interface.
 
 Sinks and codecs never start their own pools; the engine hands them the executor of the run.
 """

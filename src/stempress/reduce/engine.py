@@ -17,7 +17,7 @@ import numpy as np
 
 from stempress.data.base import ArraySource, Block, Dataset4D
 from stempress.data.stream import BlockStream
-from stempress.errors import StempressError
+from stempress.errors import StempressError, require_distinct_names
 from stempress.exec.base import Executor
 from stempress.progress import Progress
 from stempress.reduce.calibration import Calibration
@@ -299,12 +299,8 @@ def _check_outputs(reducer: Reducer, out: dict[str, np.ndarray], shape: Shape4, 
 
 
 def check_names(reducers: Sequence[Reducer]) -> None:
-    if not reducers:
-        raise StempressError("no reducers given; pass at least one (e.g. default_reducers(calibration))")
-    names = [r.name for r in reducers]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise StempressError(f"two reducers are named {', '.join(twice)}; give each a distinct name=")
+    require_distinct_names([r.name for r in reducers], "reducers", "pass at least one (e.g. "
+                           "default_reducers(calibration))", "give each a distinct name=")
 
 
 def run_reducers(source_or_blocks: Dataset4D | np.ndarray | Iterable[Block], reducers: Sequence[Reducer], *,

@@ -26,7 +26,7 @@ from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
-from stempress.codecs.parallel import block_data, chunk_pieces, encode_chunk, full_chunk
+from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk, whole_chunk_rows
 from stempress.data.base import Block
 from stempress.data.emd import data_path, prepare_layout, write_source_metadata
 from stempress.exec.base import Executor
@@ -82,7 +82,13 @@ class ArchiveResult:
 
 
 class ArchiveSink:
-    """Writes every block it consumes into ``spec.path``; consumes blocks in row order (not mergeable)."""
+    """Writes every block it consumes into ``spec.path`` in row order.
+
+    On a remote executor (Dask, processes) with a chunk encoder it also merges (``merges_on``): each worker
+    reads its own partition of the scan (the engine sends it the source's spec) and compresses its chunks
+    (``EncodedRows``), and ``merge`` writes them here in row order, so only compressed chunks cross the network
+    and the file is byte for byte the one a single process writes. On threads it streams: one read ahead and
+    chunks compressed on every thread, with no reopening of the source per partition."""
 
     name = "archive"
     block_bytes_per_worker = BLOCK_BYTES_PER_WORKER
@@ -101,7 +107,9 @@ class ArchiveSink:
         self.executor: Executor = info.executor or InlineExecutor()
         wanted = (spec.direct is not False and self.chunks is not None and spec.codec is not None
                   and spec.filter_kwargs is None)
-        self.chunk_codec: ChunkCodec | None = (chunk_codec_for(spec.codec, info.dtype, threads=self.executor.workers)
+        # Blosc2 holds the GIL, so on threads it compresses with its own threads; a remote worker is one thread
+        threads = 1 if self.executor.remote else self.executor.workers
+        self.chunk_codec: ChunkCodec | None = (chunk_codec_for(spec.codec, info.dtype, threads=threads)
                                                if wanted else None)
         self.reason = (None if self.chunk_codec is not None
                        else "asked for the filter path" if spec.direct is False or spec.codec is None
@@ -124,8 +132,11 @@ class ArchiveSink:
                                                 kwargs)
         self.row_multiple = self.dset.chunks[0] if self.dset.chunks else 1  # h5py may chunk for a filter itself
         self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.dset.chunks else None
-        self.timings: list[tuple[float, float]] = []
         self.stages = {"encode": 0.0, "checksum": 0.0, "write": 0.0, "wait": 0.0, "publish": 0.0}
+        # the chunk task holds the codec's configuration only, so it pickles to worker processes and Dask workers
+        self.encoder = (ChunkEncoder(self.chunk_codec, tuple(self.dset.chunks), self.dset.fillvalue,
+                                     tuple(self.dset.shape), self.checksums.algorithm if self.checksums else None)
+                        if self.chunk_codec is not None else None)
         self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if info.metadata.get("live") else None
 
     def consume(self, block: Block) -> None:
@@ -142,19 +153,42 @@ class ArchiveSink:
 
     def _direct(self, block: Block) -> None:
         data = block_data(block, self.dset)
-        chunks, fill, codec, sums = self.dset.chunks, self.dset.fillvalue, self.chunk_codec, self.checksums
-        pieces = list(chunk_pieces(block.start, data, chunks))
-        encoded = self.executor.map_ordered(
-            lambda item: encode_chunk(codec, item[2], chunks, fill, item[0], sums, self.dset.shape, self.timings),
-            pieces)
+        pieces = list(chunk_pieces(block.start, data, self.dset.chunks))
+        encoded = self.executor.map_ordered(self.encoder, [(index, piece) for index, _offset, piece in pieces])
         stages = self.stages
-        for _index, offset, _piece in pieces:
+        for index, offset, _piece in pieces:
             t0 = time.perf_counter()
-            stored = next(encoded)
+            stored, stored_crc, raw_crc, encode_s, crc_s = next(encoded)
             t1 = time.perf_counter()
-            self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+            self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
             stages["wait"] += t1 - t0
-            stages["write"] += time.perf_counter() - t1
+
+    def _store(self, index: tuple[int, ...], offset: tuple[int, ...], stored: bytes, stored_crc: int, raw_crc: int,
+               encode_s: float, crc_s: float) -> None:
+        t0 = time.perf_counter()
+        self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+        if self.checksums is not None:
+            self.checksums.add_values(index, stored_crc, raw_crc)
+        stages = self.stages
+        stages["write"] += time.perf_counter() - t0
+        stages["encode"] += encode_s
+        stages["checksum"] += crc_s
+
+    # -- partitions, on a remote executor ----------------------------------------------------------------------
+    def merges_on(self, executor: Executor) -> bool:
+        """Partitions only where workers are other processes and chunks are encoded outside HDF5."""
+        return bool(executor.remote) and self.encoder is not None
+
+    def partial(self, rows: tuple[int, int]) -> EncodedRows:
+        assert self.encoder is not None, "open the sink first"
+        return EncodedRows(self.encoder, np.dtype(self.dset.dtype), self.dset.name)
+
+    def merge(self, part: EncodedRows) -> None:
+        """Write a partition's compressed chunks (partitions arrive in row order, so chunks in grid order)."""
+        for index, offset, stored, stored_crc, raw_crc, encode_s, crc_s in part.chunks:
+            self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
+        if self.expected is not None:
+            self.expected[part.start:part.stop] = self.spec.truth(part.start, part.stop)  # type: ignore[misc]
 
     def _filtered(self, block: Block) -> None:
         t0 = time.perf_counter()
@@ -183,8 +217,7 @@ class ArchiveSink:
         t0 = time.perf_counter()
         self._stack.close()  # closes the file, syncs it and gives it its name
         self.stages["publish"] = time.perf_counter() - t0
-        self.stages["encode"] += sum(t for t, _ in self.timings)
-        self.stages["checksum"] += sum(t for _, t in self.timings)
+
         self._stack = None
         path = Path(self.spec.path)
         return ArchiveResult(path, self.spec.codec, self.chunks, self.chunk_codec is not None, self.reason,
@@ -197,6 +230,29 @@ class ArchiveSink:
             stack, self._stack = self._stack, None
             with contextlib.suppress(_Aborted):
                 stack.__exit__(_Aborted, _Aborted(), None)
+
+
+class EncodedRows:
+    """A worker's share of the archive: its partition's chunks compressed, held until merged by the writer.
+    Picklable (the encoder holds only the codec's configuration; no file is open here)."""
+
+    name = "archive"
+
+    def __init__(self, encoder: ChunkEncoder, dtype: np.dtype, dataset: str) -> None:
+        self.encoder, self.dtype, self.dataset = encoder, dtype, dataset
+
+    def open(self, info: RunInfo) -> None:
+        self.start, self.stop = info.row_range
+        self.chunks: list[tuple[tuple[int, ...], tuple[int, ...], bytes, int, int, float, float]] = []
+
+    def consume(self, block: Block) -> None:
+        chunks = self.encoder.chunks
+        data = whole_chunk_rows(block, self.encoder.shape, chunks, self.dtype, self.dataset)
+        for index, offset, piece in chunk_pieces(block.start, data, chunks):
+            self.chunks.append((index, offset, *self.encoder((index, piece))))
+
+    def finish(self) -> EncodedRows:
+        return self
 
 
 def write_received(dset: h5py.Dataset, received: np.ndarray) -> None:

@@ -61,6 +61,15 @@ class MergeableSink(Sink, Protocol):
     def merge(self, other: MergeableSink) -> None: ...
 
 
+def merges_on(sink: Sink, executor: Executor) -> bool:
+    """Whether ``sink`` takes partitions on ``executor``: a mergeable sink may merge only on some (the archive
+    writer on remote workers, where reading and compressing move to them); default everywhere."""
+    if not isinstance(sink, MergeableSink):
+        return False
+    method = getattr(sink, "merges_on", None)
+    return bool(method(executor)) if callable(method) else True
+
+
 def row_multiple(sink: Sink) -> int:
     return max(1, int(getattr(sink, "row_multiple", 1)))
 

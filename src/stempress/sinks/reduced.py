@@ -66,6 +66,9 @@ class ReducedFileSink:
     def partial(self, rows: tuple[int, int]) -> ReducerSink:
         return self.inner.partial(rows)
 
+    def merge(self, other: ReducerSink) -> None:
+        self.inner.merge(other)
+
     def finish(self) -> Path:
         results = self.inner.finish()
         source, chosen, calibration = self.source, self.targets, self.calibration

@@ -25,6 +25,7 @@ from stempress.data.base import Dataset4D, check_shape_dtype, nbytes
 from stempress.data.emd import data_path
 from stempress.engine import run
 from stempress.errors import StempressError
+from stempress.exec.base import Executor
 from stempress.exec.local import ThreadExecutor
 from stempress.progress import Progress
 from stempress.sinks.archive import ArchiveSink, ArchiveSpec
@@ -89,12 +90,14 @@ class CompressReport:
 def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
              chunks: str | tuple[int, ...] | None = None, workers: int | None = None, layout: str = "emd",
              dataset_path: str | None = None, force: bool = False,
-             progress: Progress | None = None) -> CompressReport:
+             progress: Progress | None = None, executor: Executor | None = None) -> CompressReport:
     """Write ``source`` to ``out`` compressed with ``codec`` and return what happened.
 
     ``codec="auto"`` benchmarks a sample of the source (``recommend_source``, use case "balanced") among the
     codecs that compress in parallel and uses the winner. ``workers`` defaults to the cores this process may
     run on. ``progress(bytes_done, bytes_total)`` counts raw bytes written. ``chunks`` defaults to ``balanced``.
+    ``executor`` (e.g. a ``DaskExecutor``; the caller closes it) compresses the chunks instead of ``workers``
+    threads; one writer in this process stores them in grid order, so the file is the same byte for byte.
 
     ``codec="entropy_poisson"`` writes integer counts as the entropy-coded event file instead (``layout`` does not
     apply; ``chunks``' scan rows, default about 8 MiB of frames, set its coded chunks); its ``workers`` are
@@ -103,18 +106,24 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
     out = Path(out)
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if codec.strip().lower() == ENTROPY_CODEC:
+        if executor is not None and executor.remote:
+            raise StempressError(f"codec {ENTROPY_CODEC} codes on this machine's processes; drop --dask, or "
+                                 f"choose an HDF5 codec such as {DEFAULT_CODEC}")
         return _compress_entropy(source, out, chunks, workers, force, progress)
     chunks = "balanced" if chunks is None else chunks
     data_path(layout, dataset_path)  # a bad layout or path is refused before the codec benchmark of "auto"
     check_new_output(out, force)
-    n_workers = resolve_workers(workers)
+    n_workers = executor.workers if executor is not None else resolve_workers(workers)
     chunks_t = chunk_shape(chunks, shape)
     chosen, why = resolve_codec(codec, source, chunks_t, out)
     removed = remove_stale_partials(out)
     started = time.perf_counter()  # the write only: reading the source, compressing, syncing, renaming
     spec = ArchiveSpec(out, chosen, chunks_t, layout, dataset_path, force)
-    with ThreadExecutor(n_workers) as executor:
+    if executor is not None:
         (written,) = run(source, [ArchiveSink(spec)], executor=executor, progress=progress)
+    else:
+        with ThreadExecutor(n_workers) as threads:
+            (written,) = run(source, [ArchiveSink(spec)], executor=threads, progress=progress)
     return CompressReport(path=out, codec=chosen.name, chunks=chunks_t, workers=n_workers, direct=written.direct,
                           fallback_reason=written.fallback_reason, layout=layout, dataset_path=written.dataset_path,
                           raw_bytes=nbytes(source), file_bytes=written.file_bytes,

@@ -31,7 +31,7 @@ from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
 from stempress.codecs.parallel import chunk_grid, chunk_pieces, full_chunk, read_chunks_parallel
 from stempress.codecs.registry import codec_from_config, codec_from_pipeline
 from stempress.cores import resolve_workers
-from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, require_file, rows_for_budget
+from stempress.data.base import Block, Dataset4D, block_rows, require_file, rows_for_budget
 from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
 from stempress.errors import StempressError
@@ -198,7 +198,7 @@ class _Verifier:
 
     def _check_decoded(self) -> Problem | None:
         """Decode every chunk (CRC of the decoded bytes where recorded) and compare with the source if given."""
-        rows = _block_rows(self.shape, self.dset.dtype, self.chunks[0] if self.dset.chunks else 1)
+        rows = block_rows(self.shape, self.dset.dtype, multiple=self.chunks[0] if self.dset.chunks else 1)
         blocks = self._blocks(rows)
         per_row = int(np.prod(self.grid[1:], dtype=np.int64))
         position = 0
@@ -308,13 +308,6 @@ def _stored_codec(dset: h5py.Dataset, pipeline: Pipeline) -> Codec | None:
     except (ValueError, TypeError, StempressError):  # not JSON, or a configuration this version cannot read
         return None
     return codec if codec.filters == tuple(fid for fid, _ in pipeline) else None
-
-
-def _block_rows(shape: tuple[int, ...], dtype: np.dtype, multiple: int) -> int:
-    """Whole chunk rows per block within the default block budget (at least one chunk row)."""
-    row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-    rows = max(multiple, (max(1, DEFAULT_BLOCK_BYTES // max(1, row)) // multiple) * multiple)
-    return min(rows, shape[0])
 
 
 def _bits(array: np.ndarray) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""Scale out on Dask: inline vs a LocalCluster of 1 and 2 worker processes, for reduce and compress.
+
+    python benchmarks/scale_out.py                        # 64 x 64 scan of 256 x 256 uint16 (512 MiB) .npy
+    python benchmarks/scale_out.py --scan 128 --repeat 1  # 2 GiB
+    python benchmarks/scale_out.py --workers 1,2,4 --codecs blosc_zstd
+
+Writes a Poisson cube (a bright disk and a weak halo, as a diffraction pattern) to an ``.npy`` file in
+``--folder`` (read from the page cache after the first run), then times, on the same file:
+
+- ``reduce``: ``reduce_to_file`` with the default targets (bf, adf, com, mean_pattern): inline (one process,
+  one pass), then on Dask, where every worker reopens the file and reduces its own partitions of the scan;
+- ``compress`` for each codec: inline (one thread compresses), then on Dask, where every worker reads its own
+  partitions and compresses their chunks, and this process writes them into the one HDF5 file.
+
+The cluster's start is timed apart (it is paid once per command); each run checks its output against inline
+(bit-identical reduced images, byte-identical archive but for the EMD UUID). Prints seconds, GB/s (1e9 raw
+bytes per second) and the ratios inline/Dask and 1 worker/N workers. Not a test: the numbers depend on the
+machine (its cores, whether other work shares them) and on the codec's speed beside the writer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from stempress.data.open import open_source
+from stempress.exec.dask import DaskExecutor
+from stempress.store.compress import compress
+from stempress.store.reduced import reduce_to_file
+
+TARGETS = ["bf", "adf", "com", "mean_pattern"]
+
+
+def write_cube(path: Path, scan: int, det: int) -> None:
+    """A Poisson cube written row by row (never whole in memory)."""
+    if path.exists() and np.load(path, mmap_mode="r").shape == (scan, scan, det, det):
+        return
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:det, :det]
+    r = np.hypot(yy - det / 2, xx - det / 2)
+    lam = np.where(r < det / 8, 20.0, 0.3 * np.exp(-r / (det / 6)))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(scan, scan, det, det))
+    for row in range(scan):
+        out[row] = rng.poisson(lam, size=(scan, det, det))
+    out.flush()
+    del out
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def reduced_images(path: Path) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: found.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
+                     and o.dtype.kind in "fiu" else None)
+    return found
+
+
+def without_uuid(path: Path) -> bytes:
+    with h5py.File(path, "r") as f:
+        uuid = str(f.attrs["UUID"]).encode()
+    return path.read_bytes().replace(uuid, b"-" * len(uuid))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scan", type=int, default=64, help="scan rows = columns")
+    parser.add_argument("--det", type=int, default=256, help="detector rows = columns")
+    parser.add_argument("--workers", default="1,2", help="Dask worker processes to try, comma separated")
+    parser.add_argument("--codecs", default="blosc_zstd,gzip_6")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each; the fastest is kept")
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "stempress-scale-out")
+    args = parser.parse_args()
+
+    args.folder.mkdir(parents=True, exist_ok=True)
+    cube_path = args.folder / f"cube-{args.scan}x{args.det}.npy"
+    write_cube(cube_path, args.scan, args.det)
+    raw = args.scan**2 * args.det**2 * 2
+    out = Path(tempfile.mkdtemp(dir=args.folder))
+    counts = [int(w) for w in args.workers.split(",")]
+    codecs = [c for c in args.codecs.split(",") if c]
+    print(f"{cube_path}: {raw / 2**30:.2f} GiB uint16, scan {args.scan}x{args.scan}, detector {args.det}x{args.det}")
+
+    seconds: dict[tuple[str, str], float] = {}
+    run_no = [0]
+
+    def best(label: str, where: str, fn: Callable[[Path], object], check: Callable[[Path], None]) -> None:
+        times = []
+        for _ in range(args.repeat):
+            run_no[0] += 1
+            target = out / f"{run_no[0]}.h5"
+            took, _ = timed(lambda t=target: fn(t))
+            check(target)
+            target.unlink()
+            times.append(took)
+        seconds[label, where] = min(times)
+        print(f"  {label:<18} {where:<10} {min(times):7.2f} s  {raw / 1e9 / min(times):6.2f} GB/s", flush=True)
+
+    references: dict[str, object] = {}
+
+    def keep_or_compare(label: str, value: object) -> None:
+        if label not in references:
+            references[label] = value
+            return
+        expected = references[label]
+        if isinstance(value, bytes):
+            assert value == expected, f"{label}: archive differs from inline"
+        else:
+            assert all(np.array_equal(v, value[k]) for k, v in expected.items()), f"{label}: images differ"
+
+    def jobs(executor: DaskExecutor | None) -> None:
+        where = "inline" if executor is None else f"dask:{executor.workers}"
+        with open_source(cube_path) as source:
+            best("reduce", where,
+                 lambda p: reduce_to_file(source, TARGETS, p, executor=executor),
+                 lambda p: keep_or_compare("reduce", reduced_images(p)))
+            for codec in codecs:
+                best(f"compress {codec}", where,
+                     lambda p, c=codec: compress(source, p, codec=c, workers=1, executor=executor),
+                     lambda p, c=codec: keep_or_compare(c, without_uuid(p)))
+
+    print("inline (this process alone):")
+    jobs(None)
+    for n in counts:
+        executor = DaskExecutor(f"local:{n}")
+        took, _ = timed(lambda e=executor: e.client.submit(abs, -1).result())
+        print(f"LocalCluster of {n} worker process(es), started in {took:.1f} s:")
+        try:
+            jobs(executor)
+        finally:
+            executor.close()
+
+    print("\nratios (time of the first / time of the second; above 1: the second is faster)")
+    for label in ["reduce", *(f"compress {c}" for c in codecs)]:
+        inline = seconds[label, "inline"]
+        cells = [f"inline/dask:{n} {inline / seconds[label, f'dask:{n}']:.2f}" for n in counts]
+        if 1 in counts:
+            cells += [f"dask:1/dask:{n} {seconds[label, 'dask:1'] / seconds[label, f'dask:{n}']:.2f}"
+                      for n in counts if n != 1]
+        print(f"  {label:<18} " + "   ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

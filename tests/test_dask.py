@@ -1,0 +1,338 @@
+"""Dask as an executor: the same sinks on a cluster give the same bits as inline (one LocalCluster of two worker
+processes for the whole module: starting one costs seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from stempress.codecs.parallel import ChunkEncoder
+from stempress.data.base import Block
+from stempress.data.open import open_source
+from stempress.data.spec import spec_of
+from stempress.engine import run
+from stempress.errors import StempressError
+from stempress.exec import make_executor
+from stempress.exec.dask import DaskExecutor, parse_dask
+from stempress.ingest import ingest
+from stempress.reduce import MaxPattern, calibrate, default_reducers, run_reducers
+from stempress.sinks import archive as archive_sink
+from stempress.sinks.protocol import RunInfo
+from stempress.sinks.reduce import ReducerSink
+from stempress.store.compress import compress
+from stempress.store.reduced import reduce_to_file
+from stempress.store.verify import verify
+
+
+@pytest.fixture(scope="module")
+def dask() -> DaskExecutor:
+    import dask.config
+
+    with DaskExecutor("local:2") as executor:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):  # a task may kill one worker only
+            executor.client  # noqa: B018 - starts the cluster under that setting
+        yield executor
+
+
+def _thread_counts() -> list[int]:
+    import blosc2  # its default is one thread per core; the worker plugin sets one
+    from threadpoolctl import threadpool_info
+
+    return [int(pool["num_threads"]) for pool in threadpool_info()] + [int(blosc2.nthreads)]
+
+
+def test_addresses_are_parsed_without_starting_a_cluster():
+    assert parse_dask("local") == ("local", None)
+    assert parse_dask("local:3") == ("local", 3)
+    assert parse_dask("tcp://node7:8786") == ("address", None)
+    assert make_executor("dask:local:3").workers == 3  # known without a cluster: none was started
+    remote = make_executor("dask", 2, address="tcp://node7:8786")
+    assert isinstance(remote, DaskExecutor) and remote.address == "tcp://node7:8786" and remote.remote
+    for bad in ("local:0", "local:two", "node7"):
+        with pytest.raises(StempressError, match="--dask"):
+            parse_dask(bad)
+    with pytest.raises(StempressError, match="takes no address"):
+        make_executor("threads", 2, address="tcp://node7:8786")
+
+
+def test_tasks_come_back_in_order_from_workers_limited_to_one_thread(dask):
+    assert dask.workers == 2
+    assert list(dask.map_ordered(abs, range(-6, 6), in_flight=3)) == [abs(i) for i in range(-6, 6)]
+    limits = dask.client.run(_thread_counts)
+    assert len(limits) == 2 and all(counts and set(counts) == {1} for counts in limits.values())
+    with pytest.raises(ZeroDivisionError):  # a task's own error is raised as it was
+        list(dask.map_ordered(lambda x: 1 // x, [1, 0, 2]))
+
+
+def test_a_client_given_stays_the_callers(dask):
+    borrowed = DaskExecutor(dask.client)
+    assert borrowed.workers == 2 and list(borrowed.map_ordered(abs, [-1, -2])) == [1, 2]
+    borrowed.close()
+    assert dask.client.status == "running"  # not closed by the executor that borrowed it
+
+
+# -- the engine's partitions and the archive writer on the cluster -------------------------------------------
+SCAN = (13, 6, 24, 24)  # 13 scan rows in chunks of 4: the engine's partitions cut through chunks
+CHUNKS = (4, 3, 24, 24)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("dask")
+    cube = np.random.default_rng(5).poisson(2.0, SCAN).astype(np.uint16)
+    np.save(folder / "cube.npy", cube)
+    with open_source(folder / "cube.npy") as source:
+        compress(source, folder / "cube.h5", codec="blosc_zstd", chunks=CHUNKS, workers=1)
+    return {"synthetic": "synthetic:smoke/4D_Diff", "npy": str(folder / "cube.npy"), "h5": str(folder / "cube.h5")}
+
+
+class WorkerPids:
+    """A mergeable sink that records which process read each row (proof the partitions ran on the workers)."""
+
+    name = "pids"
+
+    def open(self, info: RunInfo) -> None:
+        self.start, stop = info.row_range
+        self.pids = np.zeros(stop - self.start, np.int64)
+
+    def consume(self, block: Block) -> None:
+        self.pids[block.start - self.start:block.stop - self.start] = os.getpid()
+
+    def partial(self, rows: tuple[int, int]) -> WorkerPids:
+        return WorkerPids()
+
+    def merge(self, other: WorkerPids) -> None:
+        self.pids[other.start - self.start:other.start - self.start + len(other.pids)] = other.pids
+
+    def finish(self) -> np.ndarray:
+        return self.pids
+
+
+def _same_results(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert a[name][key].dtype == b[name][key].dtype and np.array_equal(a[name][key], b[name][key]), \
+                f"{name}/{key} differs"
+
+
+def _datasets(path: Path) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "npy", "h5"])
+def test_reducers_on_dask_partitions_are_bit_identical_to_inline(dask, files, kind, tmp_path):
+    with open_source(files[kind]) as source:
+        assert spec_of(source) is not None  # workers reopen it; no data is shipped
+        reducers = [*default_reducers(calibrate(source, sample_rows=None)), MaxPattern()]
+        inline = run_reducers(source, reducers)
+        _same_results(inline, run_reducers(source, reducers, executor=dask))
+        (pids,) = run(source, [WorkerPids()], executor=dask)
+        assert os.getpid() not in set(pids.tolist())  # every row was read by a worker process
+        targets = ["bf", "adf", "com", "mean_pattern"]
+        written = [reduce_to_file(source, targets, tmp_path / f"{name}.h5", executor=executor)
+                   for name, executor in (("inline", None), ("dask", dask))]
+    inline_sets, dask_sets = (_datasets(p) for p in written)
+    assert inline_sets.keys() == dask_sets.keys() and inline_sets
+    for key, value in inline_sets.items():
+        if key.endswith("provenance/time"):
+            continue
+        if key.endswith("provenance/json"):  # the same record but for when it was written
+            value, other = ({k: v for k, v in json.loads(x).items() if k != "time"} for x in (value, dask_sets[key]))
+            assert value == other
+        else:
+            assert np.array_equal(value, dask_sets[key]), key
+
+
+def _bytes_but_uuid(path: Path) -> bytes:
+    """The file's bytes with its EMD UUID (new for every file written, by the EMD layout) blanked."""
+    with h5py.File(path, "r") as f:
+        uuid = str(f.attrs["UUID"]).encode()
+    data = path.read_bytes()
+    assert data.count(uuid) == 1
+    return data.replace(uuid, b"-" * len(uuid))
+
+
+def _not_here(start: int, stop: int) -> np.ndarray:
+    raise AssertionError(f"rows {start}..{stop} were read by the client, not by a worker")
+
+
+@pytest.mark.parametrize("codec", ["blosc_zstd", "gzip_6"])
+def test_compress_on_dask_is_byte_identical_and_verifies(dask, files, codec, tmp_path, monkeypatch):
+    with open_source(files["npy"]) as source:
+        inline = compress(source, tmp_path / "inline.h5", codec=codec, chunks=CHUNKS, workers=1)
+        monkeypatch.setattr(source, "read_rows", _not_here)  # the workers read and compress; this process writes
+        on_dask = compress(source, tmp_path / "dask.h5", codec=codec, chunks=CHUNKS, executor=dask)
+    assert on_dask.direct and on_dask.workers == 2
+    assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_dask.path)
+    report = verify(on_dask.path)
+    assert report.problem is None and report.checksums and report.chunks_checked == report.chunks_total > 0
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "stempress", *args], capture_output=True, text=True, cwd=cwd,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _tasks_run(dask: DaskExecutor) -> int:
+    return sum(dask.client.run(lambda dask_worker: dask_worker.state.executed_count).values())
+
+
+def test_dask_option_of_compress_reduce_and_ingest_gives_the_inline_outputs(dask, files, tmp_path, monkeypatch):
+    address = dask.client.scheduler.address  # the module's cluster, reached by address as a user's would be
+    source = Path(files["npy"])
+    (tmp_path / source.name).symlink_to(source)  # a path relative to the command's folder: workers get it whole
+    monkeypatch.chdir(tmp_path)  # the source's metadata names the file as given, so give it the same way
+    with open_source(source.name) as cube:  # inline, through the API the commands call
+        compress(cube, tmp_path / "inline.h5", chunks=CHUNKS, workers=1)
+        reduce_to_file(cube, ["bf", "com"], tmp_path / "inline-red.h5")
+        ingest(cube, archive=tmp_path / "inline-in.h5", chunks=CHUNKS, reduce=["adf"],
+               reduced=tmp_path / "inline-in-red.h5", workers=1, executor="inline")
+    chunks = "x".join(map(str, CHUNKS))
+    ran = _tasks_run(dask)
+    said = _cli("compress", source.name, "dask.h5", "--chunks", chunks, "--dask", address, cwd=tmp_path).stdout
+    assert "2 workers" in said and _tasks_run(dask) > ran
+    ran = _tasks_run(dask)
+    _cli("reduce", source.name, "--target", "bf", "--target", "com", "--out", "dask-red.h5", "--dask", address,
+         cwd=tmp_path)
+    assert _tasks_run(dask) > ran
+    ran = _tasks_run(dask)
+    _cli("ingest", source.name, "--archive", "dask-in.h5", "--chunks", chunks, "--reduce", "adf",
+         "--reduced", "dask-in-red.h5", "--dask", address, cwd=tmp_path)
+    assert _tasks_run(dask) > ran
+    for archive in ("{}.h5", "{}-in.h5"):
+        inline, on_dask = (_bytes_but_uuid(tmp_path / archive.format(n)) for n in ("inline", "dask"))
+        assert inline == on_dask
+    for reduced in ("{}-red.h5", "{}-in-red.h5"):
+        inline, on_dask = (_datasets(tmp_path / reduced.format(n)) for n in ("inline", "dask"))
+        assert inline.keys() == on_dask.keys()
+        assert all(np.array_equal(v, on_dask[k]) for k, v in inline.items() if not k.endswith(("time", "json")))
+
+
+def test_a_bad_dask_option_is_one_line_before_any_work(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "stempress", "reduce", "synthetic:smoke/4D_Diff", "--target", "bf",
+                             "--out", str(tmp_path / "r.h5"), "--dask", "local:none"], capture_output=True, text=True)
+    assert result.returncode != 0 and "local worker count" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.h5").exists()
+
+
+# -- faults: a worker process killed mid-run (last in the module: the nanny restarts it) ----------------------
+class KillOnce:
+    """Wraps a task or a sink's block work: the first call that meets ``when`` kills its own worker process
+    (SIGKILL, as the OOM killer would), once per ``marker`` file; Dask must recompute the lost work."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker, self.client_pid = marker, os.getpid()  # made here, called in a worker: never kill the client
+
+    def strike(self) -> None:
+        if os.getpid() != self.client_pid and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KilledEncoder(KillOnce):
+    """The archive's chunk task, killing its worker on the first chunk of the second chunk row."""
+
+    def __init__(self, marker: Path, inner: Any) -> None:
+        super().__init__(marker)
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # the encoder's chunk shape and dataset shape
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, item: tuple[tuple[int, ...], np.ndarray]) -> tuple[bytes, int, int]:
+        if item[0][0] == 1:
+            self.strike()
+        return self.inner(item)
+
+
+class KilledPids(WorkerPids, KillOnce):
+    """``WorkerPids`` whose partition holding scan row 5 kills its worker half way through."""
+
+    def __init__(self, marker: Path) -> None:
+        KillOnce.__init__(self, marker)
+
+    def partial(self, rows: tuple[int, int]) -> KilledPids:
+        return KilledPids(self.marker)
+
+    def consume(self, block: Block) -> None:
+        super().consume(block)
+        if block.start <= 5 < block.stop:
+            self.strike()
+
+
+def _worker_pids(dask: DaskExecutor) -> set[int]:
+    dask.client.wait_for_workers(2, timeout=60)
+    return set(dask.client.run(os.getpid).values())
+
+
+def test_a_worker_killed_mid_reduce_is_recomputed_and_the_result_identical(dask, files, tmp_path):
+    before = _worker_pids(dask)
+    with open_source(files["h5"]) as source:
+        reducers = [*default_reducers(calibrate(source, sample_rows=None)), MaxPattern()]
+        inline = run_reducers(source, reducers)
+        pids, results = run(source, [KilledPids(tmp_path / "killed"), ReducerSink(reducers)], executor=dask, rows=1)
+    assert (tmp_path / "killed").exists()  # the worker did die
+    assert os.getpid() not in set(pids.tolist())
+    _same_results(inline, results)
+    assert len(_worker_pids(dask) - before) == 1  # the nanny started a new worker process for the dead one
+
+
+def test_a_worker_killed_mid_compress_is_recomputed_and_the_file_identical(dask, files, tmp_path, monkeypatch):
+    before = _worker_pids(dask)
+    with open_source(files["npy"]) as source:
+        inline = compress(source, tmp_path / "inline.h5", codec="gzip_6", chunks=CHUNKS, workers=1)
+        marker = tmp_path / "killed"
+        monkeypatch.setattr(archive_sink, "ChunkEncoder", lambda *a: KilledEncoder(marker, ChunkEncoder(*a)))
+        on_dask = compress(source, tmp_path / "dask.h5", codec="gzip_6", chunks=CHUNKS, executor=dask)
+    assert (tmp_path / "killed").exists()
+    assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_dask.path)
+    assert verify(on_dask.path).problem is None
+    assert len(_worker_pids(dask) - before) == 1
+
+
+def test_compress_on_worker_processes_partitions_the_same_way(files, tmp_path):
+    """Any remote executor, not only Dask: the archive merges partitions encoded by the workers."""
+    with open_source(files["npy"]) as source:
+        inline = compress(source, tmp_path / "inline.h5", codec="blosc_zstd", chunks=CHUNKS, workers=1)
+        with make_executor("processes", 2) as processes:
+            on_processes = compress(source, tmp_path / "processes.h5", codec="blosc_zstd", chunks=CHUNKS,
+                                    executor=processes)
+    assert _bytes_but_uuid(inline.path) == _bytes_but_uuid(on_processes.path)
+
+
+class AlwaysKilled(KilledEncoder):
+    """A chunk task that kills every worker that runs it (a chunk that always exhausts a worker's memory)."""
+
+    def strike(self) -> None:
+        if os.getpid() != self.client_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_workers_dying_again_and_again_stop_compress_in_one_line_with_no_output(dask, files, tmp_path, monkeypatch):
+    out = tmp_path / "never.h5"
+    monkeypatch.setattr(archive_sink, "ChunkEncoder", lambda *a: AlwaysKilled(tmp_path / "unused", ChunkEncoder(*a)))
+    with open_source(files["npy"]) as source, pytest.raises(StempressError, match="Dask workers died") as caught:
+        compress(source, out, codec="gzip_6", chunks=CHUNKS, executor=dask)
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary partial
