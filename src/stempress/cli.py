@@ -364,9 +364,7 @@ def ingest(
     from stempress.events.counting import counting_options
     from stempress.ingest import ingest as ingest_source
 
-    chunking = parse_chunkings(chunks) if chunks is not None else [None]
-    if len(chunking) != 1:
-        raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
+    chunking = one_chunking(chunks)
     parse_centre(centre)
     counting, references = counting_options(threshold, threshold_unit=threshold_unit, read_noise=read_noise,
                                             dark=dark, gain=gain, method=method, connectivity=connectivity,
@@ -375,12 +373,144 @@ def ingest(
     with saying_new_folders(*outputs), dask_executor(dask) as on_dask, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("ingest", unit="bytes") as bar:
         calibration = cli_calibration(cube, centre, bf_radius) if reduced is not None else None
-        report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking[0], reduce=reduce or [],
+        report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
                                reduced=reduced, calibration=calibration, events=events, event_format=event_format,
                                counting=counting, event_inputs={"source": source, **references}, workers=workers,
                                executor=on_dask or executor, force=force, progress=bar)
     console.print(report.summary(), highlight=False, soft_wrap=True)
     warn(report.events.warnings if report.events is not None else [])
+
+
+def one_chunking(chunks: str | None) -> str | tuple[int, ...] | None:
+    """--chunks of ingest and live: one chunking, or None for the default."""
+    chunking = parse_chunkings(chunks) if chunks is not None else [None]
+    if len(chunking) != 1:
+        raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
+    return chunking[0]
+
+
+@app.command()
+def live(
+    url: Annotated[str, typer.Argument(help="The detector's stream: merlin://HOST:PORT (Merlin's data port, "
+                                       "6342) or dectris://HOST:PORT (SIMPLON stream, 9999).")],
+    scan_shape: Annotated[str, typer.Option(help="Scan positions ROWSxCOLS (the stream does not say).")],
+    archive: Annotated[Path | None, typer.Option(help="Write the cube compressed here (as compress does).")] = None,
+    codec: Annotated[str, typer.Option(help="Codec of the archive (stempress codecs).")] = "blosc_zstd",
+    chunks: Annotated[str | None, typer.Option(help="Chunking of the archive (default balanced).")] = None,
+    reduce: Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, com, ...")]
+    = None,
+    reduced: Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")] = None,
+    centre: Annotated[str | None, typer.Option(help="Beam centre ROW,COL in detector pixels (needed to reduce).")]
+    = None,
+    bf_radius: Annotated[float | None, typer.Option(help="Bright-field disk radius in detector pixels (needed to "
+                                                    "reduce).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Workers (default: all usable cores).")] = None,
+    executor: Annotated[str, typer.Option(help="Where work runs: threads, processes or inline.")] = "threads",
+    timeout: Annotated[float, typer.Option(help="Seconds without data before the stream counts as stalled.")]
+    = 10.0,
+    buffer_mb: Annotated[int, typer.Option(help="Frames held between network and writers, in MB; when full, the "
+                                           "detector is held back.")] = 256,
+    allow_missing: Annotated[bool, typer.Option(help="Exit 0 even when frames are missing.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
+) -> None:
+    """Receive a scan from a detector's network stream and write the --archive and --reduced outputs as it
+    arrives (ingest's outputs), every frame accounted for; missing frames are marked in each output's
+    ``received`` mask (NaN in reduced images). Ctrl-C ends the scan with what arrived (again: stop at once).
+    Exits non-zero when frames are missing, unless --allow-missing."""
+    from stempress.ingest import ingest as ingest_source
+    from stempress.live import open_live
+    from stempress.reduce.calibration import given_calibration
+
+    shape = parse_scan_shape(scan_shape)
+    chunking = one_chunking(chunks)
+    point = parse_centre(centre)
+    if reduced is not None and (point is None or bf_radius is None):
+        raise StempressError("reducing a live stream needs --centre ROW,COL and --bf-radius PIXELS (nothing can be "
+                             "measured before the frames arrive)")
+    outputs = [p for p in (archive, reduced) if p is not None]
+    if not outputs:
+        raise StempressError("live needs at least one output: --archive OUT.h5 and/or --reduce TARGET --reduced "
+                             "RED.h5")
+    with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar:
+        source = open_live(url, shape, timeout=timeout, queue_bytes=buffer_mb * 1024**2)  # type: ignore[arg-type]
+        calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduced is not None else None
+        with _ctrl_c_stops(source):
+            report = ingest_source(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
+                                   reduced=reduced, calibration=calibration, workers=workers, executor=executor,
+                                   force=force, progress=lambda done, total: bar(done, total, source.status()))
+    account = source.account
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    console.print(account.summary(), highlight=False, soft_wrap=True)
+    if account.ended == STOPPED_BY_CTRL_C:
+        errors.print(f"[red]interrupted:[/] stempress live stopped by Ctrl-C; the outputs hold the {account.received}"
+                     f" frames received, marked incomplete ({account.missing} missing)", highlight=False,
+                     soft_wrap=True)
+        raise SystemExit(130)
+    if account.missing and not allow_missing:
+        _fail(f"{account.missing} of {account.expected} frames missing ({_escape(account.ended)}); the outputs hold "
+              "what arrived, marked in their received mask; pass --allow-missing to accept that")
+
+
+STOPPED_BY_CTRL_C = "stopped by Ctrl-C"
+
+
+@contextmanager
+def _ctrl_c_stops(source) -> Iterator[None]:
+    """The first Ctrl-C ends the live scan (the block in hand is finished, the outputs written); the next one
+    stops the command at once, as everywhere."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def stop(_signum: int, _frame: object) -> None:
+        source.stop(STOPPED_BY_CTRL_C)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@app.command()
+def serve(
+    source: Annotated[str, typer.Argument(help="Any source to replay: EMD/HDF5, NXmx, .mib, .npy, synthetic:...")],
+    as_: Annotated[str, typer.Option("--as", help="The detector to act as: merlin or dectris.")] = "merlin",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one, printed).")] = 0,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    rate: Annotated[float, typer.Option(help="Frames per second (0: as fast as the receiver takes them).")] = 0.0,
+    encoding: Annotated[str, typer.Option(help="DECTRIS data encoding: bs16-lz4<, bs32-lz4<, lz4< or <.")]
+    = "bs16-lz4<",
+    drop: Annotated[float, typer.Option(help="Probability a frame is not sent.")] = 0.0,
+    duplicate: Annotated[float, typer.Option(help="Probability a frame is sent twice.")] = 0.0,
+    reorder: Annotated[float, typer.Option(help="Probability a frame is swapped with the next.")] = 0.0,
+    corrupt: Annotated[float, typer.Option(help="Probability a frame's header or length is corrupt.")] = 0.0,
+    stall: Annotated[float, typer.Option(help="Seconds to pause half way through.")] = 0.0,
+    disconnect_after: Annotated[int | None, typer.Option(help="Close the stream after this many frames.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the fault draws (the same seed, the same faults).")] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a receiver.")] = 600.0,
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
+    scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
+) -> None:
+    """Act as a detector: send SOURCE once, as Merlin's TCP data stream or a DECTRIS SIMPLON ZeroMQ stream, to
+    the first receiver (stempress live, LiberTEM-live), at --rate, with the faults asked for; then say what was
+    sent. A .mib file goes out record for record, byte for byte."""
+    from stempress.live.serve import Faults
+    from stempress.live.serve import serve as serve_source
+
+    faults = Faults(drop, duplicate, reorder, corrupt, stall, None, disconnect_after, seed)
+    with open_cli_source(source, dataset, scan_shape) as cube:
+        def listening(bound: int) -> None:
+            console.print(f"serving {cube.name} {tuple(cube.shape)} {cube.dtype} as {as_} on {host}:{bound}",
+                          highlight=False, soft_wrap=True)
+
+        log = serve_source(cube, as_, port=port, host=host, rate=rate, faults=faults, encoding=encoding,
+                           timeout=timeout, ready=listening)
+    console.print(f"sent {log.sent} messages for {log.frames} frames ({log.ended}): dropped {len(log.dropped)}, "
+                  f"duplicated {len(log.duplicated)}, reordered {len(log.reordered)}, corrupt {len(log.corrupted)}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

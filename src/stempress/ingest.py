@@ -19,6 +19,7 @@ import numpy as np
 from stempress.codecs.chunking import chunk_shape
 from stempress.cores import resolve_workers
 from stempress.data.base import Dataset4D, check_shape_dtype, nbytes
+from stempress.data.stream import StreamSource
 from stempress.engine import run
 from stempress.errors import StempressError
 from stempress.events.counting import CountingParams, CountReport
@@ -30,7 +31,7 @@ from stempress.reduce.engine import single_blas_thread
 from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 from stempress.sinks.events import EventSink
 from stempress.sinks.reduced import ReducedFileSink
-from stempress.store.compress import DEFAULT_CODEC, resolve_codec
+from stempress.store.compress import AUTO, DEFAULT_CODEC, resolve_codec
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def ingest(source: Dataset4D, *, archive: Path | str | None = None, codec: str = DEFAULT_CODEC,
+def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = None, codec: str = DEFAULT_CODEC,
            chunks: str | tuple[int, ...] | None = None, layout: str = "emd", reduce: Sequence[str] = (),
            reduced: Path | str | None = None, calibration: Calibration | None = None,
            events: Path | str | None = None, event_format: str | None = None, counting: CountingParams | None = None,
@@ -68,8 +69,9 @@ def ingest(source: Dataset4D, *, archive: Path | str | None = None, codec: str =
            progress: Progress | None = None) -> IngestReport:
     """Write ``archive`` (as ``compress`` would), the ``reduce`` targets into ``reduced`` (as ``reduce`` would) and
     the electrons as ``events`` (as ``count`` would: counted with ``counting`` first when given, else the frames
-    must be counts; ``event_inputs`` go into the counting record) from ONE read of ``source``. Every output is
-    refused before the pass if it exists (unless ``force``)."""
+    must be counts; ``event_inputs`` go into the counting record) from ONE read of ``source`` (a file source, or
+    a stream such as ``live.LiveSource``: then give ``calibration``, as nothing can be measured before the frames
+    arrive). Every output is refused before the pass if it exists (unless ``force``)."""
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if bool(reduce) != (reduced is not None):
         raise StempressError("--reduce TARGET and --reduced RED.h5 go together; give both or neither")
@@ -79,6 +81,14 @@ def ingest(source: Dataset4D, *, archive: Path | str | None = None, codec: str =
     if events is None and (counting is not None or event_format is not None):
         raise StempressError("counting options and --event-format shape the events: give --events EV.h5 too")
     _distinct(archive, reduced, events)
+    if not isinstance(source, Dataset4D) and codec.strip().lower() == AUTO:
+        raise StempressError(f"codec auto samples the source before writing, which a live stream cannot offer; give "
+                             f"a codec such as {DEFAULT_CODEC}")
+    if not isinstance(source, Dataset4D) and reduced is not None and calibration is None:
+        calibration = Calibration.from_metadata(source.metadata, shape[2:])
+        if calibration.bf_radius_px is None:
+            raise StempressError("reducing a live stream needs the beam centre and bright-field radius before the "
+                                 "frames arrive; give --centre ROW,COL and --bf-radius PIXELS")
     sinks: list[Any] = []
     if archive is not None:
         chosen, _why = resolve_codec(codec, source, chunk_shape(chunks or "balanced", shape), Path(archive))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +46,93 @@ ORIENTATION = "RosettaSciIO (det_y flipped from the stored order, as HyperSpy an
 _PIXEL_TYPES = {"U08": np.uint8, "U16": np.uint16, "U32": np.uint32}
 
 
+@dataclass(frozen=True)
+class FrameHeader:
+    """One ``MQ1`` frame header (``MQ1,number,header bytes,chips,W,H,type,layout,...``): what a reader of a file
+    or of Merlin's TCP stream needs to place and decode the frame that follows it."""
+
+    number: int
+    header_bytes: int
+    chips: int
+    width: int
+    height: int
+    pixel_type: str
+    layout: str
+    fields: tuple[str, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The frame's stored dtype (Merlin writes big-endian)."""
+        if self.pixel_type not in _PIXEL_TYPES:
+            raise StempressError(f"unsupported .mib pixel type {self.pixel_type!r}; expected U08, U16 or U32 "
+                                 "(raw R64 frames are not supported: record with Merlin's binary formats)")
+        return np.dtype(_PIXEL_TYPES[self.pixel_type]).newbyteorder(">")
+
+    @property
+    def data_bytes(self) -> int:
+        return self.width * self.height * self.dtype.itemsize
+
+    @property
+    def record_bytes(self) -> int:
+        """Header plus frame: one record of a ``.mib`` file, one message of Merlin's stream."""
+        return self.header_bytes + self.data_bytes
+
+
+def parse_frame_header(raw: bytes | bytearray, where: str = "frame") -> FrameHeader:
+    """The ``MQ1`` header at the start of ``raw`` (at least its header bytes); a corrupt one is refused with a
+    one-line StempressError (a file reader stops, a stream receiver counts the frame as corrupt)."""
+    if not raw.startswith(b"MQ1,"):
+        raise StempressError(f"{where}: no 'MQ1,' frame header; the data is not a Merlin frame or is corrupt")
+    fields = raw[:768].decode("ascii", "replace").split(",")
+    size = _int(fields[2]) if len(fields) > 2 else None
+    if size not in (384, 768) or len(fields) < 8 or len(raw) < size:
+        raise StempressError(f"{where}: unreadable .mib frame header (header size {fields[2:3]}); "
+                             "the data is corrupt or from an unsupported Merlin version")
+    fields = raw[:size].decode("ascii", "replace").rstrip("\x00 ").split(",")
+    values = [_int(f) for f in fields[1:6]]
+    if any(v is None or v < 0 for v in values):
+        raise StempressError(f"{where}: unreadable .mib frame header fields {fields[1:6]}; the data is corrupt")
+    number, _size, chips, width, height = (int(v) for v in values)  # type: ignore[arg-type]
+    return FrameHeader(number, size, chips, width, height, fields[6], fields[7].strip(), tuple(fields))
+
+
+def decode_frame(header: FrameHeader, payload: bytes | bytearray | memoryview, *,
+                 flip_det_y: bool = True) -> np.ndarray:
+    """The frame after ``header`` as a native-order ``(det_y, det_x)`` array, oriented as ``MibSource`` reads
+    it (``flip_det_y``); ``payload`` holds exactly ``header.data_bytes``."""
+    if len(payload) != header.data_bytes:
+        raise StempressError(f"frame {header.number}: {len(payload)} data bytes, its header says "
+                             f"{header.data_bytes}; the frame is short or corrupt")
+    frame = np.frombuffer(payload, header.dtype).reshape(header.height, header.width)
+    if flip_det_y:
+        frame = frame[::-1]
+    return frame.astype(header.dtype.newbyteorder("="), order="C")
+
+
+def encode_frame(number: int, frame: np.ndarray, *, counter_depth: int | None = None,
+                 time: str = "2026-01-01 00:00:00.000000", flip_det_y: bool = True) -> bytes:
+    """A ``.mib`` record (single-chip-style 384-byte ``MQ1`` header, big-endian data) holding ``frame``
+    as ``MibSource`` returns it (``flip_det_y``), so ``decode_frame`` gives ``frame`` back."""
+    names = {np.dtype(v): k for k, v in _PIXEL_TYPES.items()}
+    dtype = np.dtype(frame.dtype).newbyteorder("=")
+    if dtype not in names or frame.ndim != 2:
+        raise StempressError(f"a Merlin frame is 2-D uint8/16/32, got {frame.dtype} {frame.shape}; "
+                             "convert the source to unsigned integer counts")
+    height, width = frame.shape
+    depth = counter_depth or {1: 6, 2: 12, 4: 24}[dtype.itemsize]
+    head = (f"MQ1,{number:06d},00384,01,{width:04d},{height:04d},{names[dtype]},   1x1,01,{time},"
+            f"0.001000,0,0,0,MQ1A,{time.replace(' ', 'T')}Z,1000000ns,{depth},").encode("ascii")
+    stored = frame[::-1] if flip_det_y else frame
+    return head.ljust(384, b"\x00") + np.ascontiguousarray(stored, dtype.newbyteorder(">")).tobytes()
+
+
 def _header_fields(path: Path) -> list[str]:
     """The first frame header split on commas (``MQ1,number,header bytes,chips,W,H,type,layout,...``)."""
     with open(path, "rb") as fh:
         head = fh.read(768)
     if not head.startswith(b"MQ1,"):
         raise StempressError(f"{path}: not a Merlin .mib file (no 'MQ1,' frame header at the start)")
-    fields = head.decode("ascii", "replace").split(",")
-    try:
-        size = int(fields[2])
-    except (IndexError, ValueError):
-        size = 0
-    if size not in (384, 768) or len(fields) < 8:
-        raise StempressError(f"{path}: unreadable .mib frame header (header size {fields[2:3]}); "
-                             "the file is corrupt or from an unsupported Merlin version")
-    return head[:size].decode("ascii", "replace").rstrip("\x00 ").split(",")
+    return list(parse_frame_header(head, str(path)).fields)
 
 
 def _counter_depth(fields: list[str], hdr: dict[str, str] | None) -> int | None:

@@ -33,6 +33,8 @@ from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor
 from stempress.sinks.protocol import RunInfo
 
+#: The dataset beside the cube marking which frames arrived (live streams).
+RECEIVED = "received"
 #: Chunk bytes per worker in one block, so every worker has chunks to compress while the next block is read.
 BLOCK_BYTES_PER_WORKER = 16 * 1024**2
 
@@ -135,12 +137,17 @@ class ArchiveSink:
         self.encoder = (ChunkEncoder(self.chunk_codec, tuple(self.dset.chunks), self.dset.fillvalue,
                                      tuple(self.dset.shape), self.checksums.algorithm if self.checksums else None)
                         if self.chunk_codec is not None else None)
+        self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if info.metadata.get("live") else None
 
     def consume(self, block: Block) -> None:
         with writing(Path(self.spec.path)):  # a full disk here is one line naming OUT, as inside atomic_output
             self._consume(block)
 
     def _consume(self, block: Block) -> None:
+        if block.valid is not None:
+            if self.received is None:
+                self.received = np.ones(self.info.shape[:2], bool)
+            self.received[block.start:block.stop] = block.valid
         if self.chunk_codec is not None:
             self._direct(block)
         else:
@@ -215,6 +222,8 @@ class ArchiveSink:
         if self.spec.provenance:
             config = self.spec.codec.config() if self.spec.codec is not None else None
             write_source_metadata(self.dset, self.spec.layout, self.info.metadata, config)
+        if self.received is not None:
+            write_received(self.dset, self.received)
         assert self._stack is not None
         self._finished = True
         t0 = time.perf_counter()
@@ -256,6 +265,14 @@ class EncodedRows:
 
     def finish(self) -> EncodedRows:
         return self
+
+
+def write_received(dset: h5py.Dataset, received: np.ndarray) -> None:
+    """The ``received`` mask beside ``dset`` (True: the frame arrived; False: the fill value stands in)."""
+    mask = dset.parent.create_dataset(RECEIVED, data=received, compression="gzip")
+    mask.attrs["description"] = ("True where the scan position's frame was received; elsewhere the data holds "
+                                 "the fill value")
+    dset.attrs["frames_missing"] = int(received.size - np.count_nonzero(received))
 
 
 def _delete_unless_finished(sink: ArchiveSink, path: Path) -> None:

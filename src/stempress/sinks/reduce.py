@@ -1,9 +1,12 @@
 """The reducer set as a sink: every reducer over the blocks it sees, linear ones fused into one projection
-(``reduce.engine``), partial results over row ranges merged in row order."""
+(``reduce.engine``), partial results over row ranges merged in row order. Positions a block marks invalid (a
+live stream's missing frames) come out NaN in every per-position output, never as the fill value's result."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import numpy as np
 
 from stempress.data.base import Block
 from stempress.reduce.calibration import Calibration
@@ -23,15 +26,23 @@ class ReducerSink:
         self.reducers, self.calibration, self.name = list(reducers), calibration, name
         self._pass: RowPass | None = None
         self._merged: RowPass | None = None
+        #: False where a block said the frame is missing, over this sink's rows (None: every frame arrived)
+        self.received: np.ndarray | None = None
+        self._parts: list[np.ndarray] = []
 
     def open(self, info: RunInfo) -> None:
         if self.calibration is None:
             self.calibration = Calibration.from_metadata(info.metadata, info.shape[2:])
+        self.shape, self.rows = info.shape, info.row_range
         self._pass = RowPass(self.reducers, info.shape, info.dtype, self.calibration, info.row_range)
 
     def consume(self, block: Block) -> None:
         assert self._pass is not None, "open the sink first"
         self._pass.process(block)
+        if block.valid is not None and not block.valid.all():
+            if self.received is None:
+                self.received = np.ones((self.rows[1] - self.rows[0], self.shape[1]), bool)
+            self.received[block.start - self.rows[0]:block.stop - self.rows[0]] = block.valid
 
     def partial(self, rows: tuple[int, int]) -> ReducerSink:
         return ReducerSink(self.reducers, self.calibration, name=self.name)
@@ -42,8 +53,32 @@ class ReducerSink:
             self._merged = other._pass
         else:
             self._merged.merge(other._pass)  # type: ignore[arg-type]
+        rows = other.rows[1] - other.rows[0]
+        self._parts.append(other.received if other.received is not None else np.ones((rows, other.shape[1]), bool))
 
     def finish(self) -> Results:
         done = self._merged if self._merged is not None else self._pass
         assert done is not None, "open the sink first"
-        return done.finish()
+        results = done.finish()
+        if self._parts:
+            merged = np.concatenate(self._parts)
+            self.received = None if merged.all() else merged
+        if self.received is not None:
+            results.received = self.received  # type: ignore[attr-defined]
+            mark_missing(results, self.reducers, self.shape, done.dtype, self.received)
+        return results
+
+
+def mark_missing(results: Results, reducers: Sequence[Reducer], shape: tuple[int, int, int, int],
+                 dtype: np.dtype, received: np.ndarray) -> None:
+    """NaN at the positions that never arrived in every per-position output (integer outputs become float64)."""
+    missing = ~received
+    for reducer in reducers:
+        for key, spec in reducer.outputs(shape, dtype).items():
+            if spec.kind != "position":
+                continue
+            out = results[reducer.name][key]
+            if out.dtype.kind not in "fc":
+                out = out.astype(np.float64)
+            out[missing] = np.nan
+            results[reducer.name][key] = out

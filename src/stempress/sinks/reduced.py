@@ -1,5 +1,6 @@
 """The reduced file as a sink: the reducer set's results written as the HDF5 file ``reduce`` writes (virtual
-images, CoM, profiles with calibration and provenance), so ``reduce`` and ``ingest`` share one writer."""
+images, CoM, profiles with calibration and provenance), so ``reduce`` and ``ingest`` share one writer. From a
+live stream it also carries the frame accounting (provenance ``frames``) and the ``received`` mask."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from stempress.provenance import cube_digest, hashes_cube_bytes, provenance
 from stempress.reduce.calibration import Calibration, source_calibration
 from stempress.reduce.output import derived_values, target_outputs, write_reduced
 from stempress.reduce.sufficiency import Target, parse_targets
+from stempress.sinks.archive import RECEIVED
 from stempress.sinks.protocol import RunInfo
 from stempress.sinks.reduce import ReducerSink
 
@@ -44,6 +46,7 @@ class ReducedFileSink:
         self._next_row = 0
 
     def open(self, info: RunInfo) -> None:
+        self.info = info
         self.inner.open(info)
 
     def consume(self, block: Any) -> None:
@@ -76,9 +79,17 @@ class ReducedFileSink:
         record = provenance(source, chosen, {}, calibration, digest=digest,
                             outputs={t.label: list(t.keys()) for t in chosen}, units=units)
         record["derived"] = derived_values(chosen, results)
+        received = getattr(results, "received", None)
+        frames = self.info.metadata.get("frames") if hasattr(self, "info") else None
+        if frames is not None:
+            record["frames"] = dict(frames)  # a live stream's accounting, final once the pass is over
         if getattr(results, "nonfinite", None) is not None:
             record["excluded"] = results.nonfinite.summary()
             log.warning("%s: %s", source.name, results.nonfinite.sentence())
         with atomic_output(self.out, overwrite=self.overwrite) as tmp, h5py.File(tmp, "w", track_order=True) as f:
             write_reduced(f, outputs, record, calibration)
+            if received is not None or frames is not None:
+                mask = received if received is not None else np.ones(source.shape[:2], bool)
+                f.create_dataset(RECEIVED, data=mask, compression="gzip").attrs["description"] = (
+                    "True where the scan position's frame was received; per-position outputs are NaN elsewhere")
         return self.out

@@ -1,0 +1,193 @@
+"""DECTRIS SIMPLON ZeroMQ stream (stream v1, ARINA / QUADRO / EIGER2): the detector PUSHes, we PULL.
+
+Messages (JSON parts): the series header ``{"htype": "dheader-1.0", "series": S, ...}`` (+ the detector
+configuration); per image four parts ``dimage-1.0`` (``frame`` number from 0), ``dimage_d-1.0`` (``shape``
+[width, height], ``type``, ``encoding`` ``bs16-lz4<`` / ``bs32-lz4<`` / ``bs8-lz4<`` / ``lz4<`` / ``<``, ``size``),
+the data, ``dconfig-1.0`` (times); then ``dseries_end-1.0``. Bitshuffle-LZ4 data carries the HDF5 filter's
+12-byte header (big-endian total bytes and block bytes) and is decoded by the ``bitshuffle`` library, plain
+LZ4 by ``numcodecs``. The ZeroMQ high-water mark is the backpressure: a full receive queue stops the sender."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from stempress.errors import StempressError
+from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
+
+#: Messages the receiving socket queues before ZeroMQ stops the sender.
+RECEIVE_HWM = 1000
+ENCODINGS = ("bs16-lz4<", "bs32-lz4<", "bs8-lz4<", "lz4<", "<")
+_BLOCK_BYTES = 8192  # bitshuffle block size in bytes (DECTRIS and the bitshuffle filter's default)
+
+
+def encode_image(frame: np.ndarray, encoding: str) -> bytes:
+    """``frame`` as the detector sends it with ``encoding``."""
+    data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("<"))
+    if encoding == "<" or encoding == "":
+        return data.tobytes()
+    if encoding == "lz4<":
+        from numcodecs import LZ4
+
+        return bytes(LZ4().encode(data))[4:]  # numcodecs prefixes the raw size; the stream does not
+    if encoding.startswith("bs") and encoding.endswith("-lz4<"):
+        import bitshuffle
+
+        block = _BLOCK_BYTES // data.itemsize
+        return struct.pack(">QI", data.nbytes, block * data.itemsize) + bitshuffle.compress_lz4(data, block).tobytes()
+    raise StempressError(f"unknown DECTRIS encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
+
+
+def decode_image(blob: bytes, shape: tuple[int, int], dtype: np.dtype, encoding: str) -> np.ndarray:
+    """The image of a ``dimage_d`` description; a wrong length or undecodable data raises StempressError."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    try:
+        if encoding in ("<", ""):
+            raw = blob
+        elif encoding == "lz4<":
+            from numcodecs import LZ4
+
+            raw = LZ4().decode(struct.pack("<i", nbytes) + bytes(blob))
+        elif encoding.startswith("bs") and encoding.endswith("-lz4<"):
+            import bitshuffle
+
+            total, block_bytes = struct.unpack(">QI", bytes(blob[:12]))
+            if total != nbytes or block_bytes % dtype.itemsize:
+                raise ValueError(f"header says {total} bytes in blocks of {block_bytes}, expected {nbytes}")
+            out = bitshuffle.decompress_lz4(np.frombuffer(blob, np.uint8, offset=12), tuple(shape), dtype,
+                                            block_bytes // dtype.itemsize)
+            return out.astype(dtype.newbyteorder("="), copy=False)
+        else:
+            raise StempressError(f"unknown DECTRIS encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    except (ValueError, RuntimeError, struct.error) as exc:
+        raise StempressError(f"undecodable {encoding} image ({exc}); the message is corrupt") from exc
+    if len(raw) != nbytes:
+        raise StempressError(f"image of {len(raw)} bytes, expected {nbytes}; the message is short or corrupt")
+    return np.frombuffer(raw, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def image_parts(number: int, frame: np.ndarray, encoding: str, series: int = 1) -> list[bytes]:
+    """The four parts of one image message."""
+    blob = encode_image(frame, encoding)
+    height, width = frame.shape
+    return [json.dumps({"htype": "dimage-1.0", "series": series, "frame": number, "hash": ""}).encode(),
+            json.dumps({"htype": "dimage_d-1.0", "shape": [width, height], "type": np.dtype(frame.dtype).name,
+                        "encoding": encoding, "size": len(blob)}).encode(),
+            blob,
+            json.dumps({"htype": "dconfig-1.0", "start_time": 0, "stop_time": 0, "real_time": 0}).encode()]
+
+
+def header_parts(series: int, config: dict[str, Any]) -> list[bytes]:
+    return [json.dumps({"htype": "dheader-1.0", "series": series, "header_detail": "basic"}).encode(),
+            json.dumps(config).encode()]
+
+
+def end_parts(series: int) -> list[bytes]:
+    return [json.dumps({"htype": "dseries_end-1.0", "series": series}).encode()]
+
+
+def parse_image(parts: list[bytes]) -> Frame:
+    """An image message as a frame; anything malformed raises StempressError."""
+    if len(parts) < 3:
+        raise StempressError(f"image message of {len(parts)} parts, expected 4; the message is corrupt")
+    try:
+        head, desc = json.loads(parts[0]), json.loads(parts[1])
+        number, shape = int(head["frame"]), tuple(reversed([int(n) for n in desc["shape"]]))
+        dtype, encoding, size = np.dtype(desc["type"]), str(desc["encoding"]), int(desc.get("size", len(parts[2])))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StempressError(f"unreadable image header ({exc}); the message is corrupt") from exc
+    if size != len(parts[2]):
+        raise StempressError(f"frame {number}: {len(parts[2])} data bytes, its header says {size}; the message is "
+                             "short or corrupt")
+    return Frame(number, decode_image(parts[2], shape, dtype, encoding))  # type: ignore[arg-type]
+
+
+class DectrisReader:
+    """PULLs from a detector's stream interface (``tcp://HOST:PORT``, default port 9999)."""
+
+    protocol = "dectris"
+    ends_with_message = True  # dseries_end-1.0 follows the last image
+
+    def __init__(self, host: str, port: int, *, timeout: float = 10.0, hwm: int = RECEIVE_HWM) -> None:
+        import zmq
+
+        self.host, self.port, self.timeout = host, int(port), float(timeout)
+        self.url = f"dectris://{host}:{port}"
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"tcp://{host}:{port}")
+        self._pending: list[Event] = []
+        self._stop = threading.Event()
+
+    def _recv(self) -> list[bytes] | None:
+        """The next message, or None after ``timeout`` seconds without one (or once asked to stop)."""
+        deadline = time.monotonic() + self.timeout
+        while not self.sock.poll(100):
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return None
+        return self.sock.recv_multipart(copy=True)
+
+    def start(self) -> StreamHeader:
+        """Wait for the series header, then the first valid image (its shape and type)."""
+        parts = self._recv()
+        if parts is None:
+            raise StempressError(f"{self.url}: no series header for {self.timeout:g} s; arm the detector (or start "
+                                 "stempress serve) and check the stream interface is enabled")
+        head = _json(parts[0])
+        if head.get("htype") != "dheader-1.0":
+            raise StempressError(f"{self.url}: the first message is {head.get('htype')!r}, not a series header "
+                                 "(dheader-1.0); start the receiver before arming the detector")
+        config = _json(parts[1]) if len(parts) > 1 else {}
+        self.series = head.get("series")
+        while True:
+            event = self._next()
+            self._pending.append(event)
+            if isinstance(event, End):
+                raise StempressError(f"{self.url}: no image arrived ({event.reason})")
+            if isinstance(event, Frame):
+                metadata = {"format": "dectris-stream", "protocol": "dectris", "url": self.url,
+                            "series": self.series, "detector_config": config}
+                return StreamHeader(event.data.shape, event.data.dtype, 0, metadata)  # type: ignore[arg-type]
+
+    def events(self, stop: threading.Event) -> Iterator[Event]:
+        self._stop = stop
+        yield from self._pending
+        self._pending = []
+        while not stop.is_set():
+            event = self._next()
+            yield event
+            if isinstance(event, End):
+                return
+
+    def _next(self) -> Event:
+        parts = self._recv()
+        if parts is None:
+            return End(f"no data for {self.timeout:g} s (stalled or disconnected)")
+        head = _json(parts[0])
+        if head.get("htype") == "dseries_end-1.0":
+            return End("series end")
+        try:
+            return parse_image(parts)
+        except StempressError as exc:
+            return Corrupt(str(exc))
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.context.term()
+
+
+def _json(part: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(part)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,43 @@
+"""What a protocol reader hands the receiver: a decoded frame, a message that could not be one, or the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded frame and the detector's frame number for it."""
+
+    number: int
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class Corrupt:
+    """A message that was not a valid frame (bad header, wrong length); its position stays missing."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class End:
+    """The stream stopped: ``reason`` in words (series end, connection closed, timed out)."""
+
+    reason: str
+
+
+Event = Frame | Corrupt | End
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """What a reader learns before the first frame: the frame shape and dtype, the first frame number the
+    detector uses (Merlin counts from 1, DECTRIS from 0) and the header's own fields for provenance."""
+
+    det_shape: tuple[int, int]
+    dtype: np.dtype
+    first_number: int
+    metadata: dict

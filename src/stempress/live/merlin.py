@@ -1,0 +1,161 @@
+"""Quantum Detectors Merlin TCP data stream: every message is ``MPX,<10-digit length>,`` then ``length - 1``
+bytes; the first message is the acquisition header (``HDR,`` ... ``End``, the ``.hdr`` file's text), every
+other one a frame record exactly as a ``.mib`` file stores it (``MQ1`` header then big-endian pixels), decoded
+by ``stempress.data.mib`` (one decoder for files and streams). TCP itself is the backpressure: a receiver that
+stops reading makes the detector's sends block."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from stempress.data.mib import decode_frame, parse_frame_header
+from stempress.errors import StempressError
+from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
+
+MPX_BYTES = 15  # b"MPX," + 10 digits + b","
+
+
+def mpx_message(payload: bytes) -> bytes:
+    """One message of the stream: the ``MPX`` prefix (length counts the comma after it) and ``payload``."""
+    return b"MPX,%010d," % (len(payload) + 1) + payload
+
+
+def parse_acquisition_header(payload: bytes | bytearray) -> dict[str, str]:
+    """The ``HDR`` message's ``key:\\tvalue`` lines as a dict."""
+    text = payload.decode("latin1", "replace")
+    pairs = (line.split("\t", 1) for line in text.splitlines() if "\t" in line and not line.startswith(("HDR", "End")))
+    return {key.rstrip(":").strip(): value.strip().rstrip("\x00 ") for key, value in pairs}
+
+
+def acquisition_header(n_frames: int, frames_per_trigger: int, counter_depth: int) -> bytes:
+    """A minimal acquisition header for a source that has no ``.hdr`` of its own."""
+    return (f"HDR,\t\nFrames in Acquisition (Number):\t{n_frames}\nFrames per Trigger (Number):\t"
+            f"{frames_per_trigger}\nCounter Depth (number):\t{counter_depth}\nEnd\t").encode("latin1")
+
+
+class _Closed(Exception):
+    """The peer closed the connection."""
+
+
+class MerlinReader:
+    """Connects to a Merlin data port (a TCP client, as to the detector's port 6342)."""
+
+    protocol = "merlin"
+    ends_with_message = False  # the data port stays open between acquisitions
+
+    def __init__(self, host: str, port: int, *, timeout: float = 10.0, flip_det_y: bool = True) -> None:
+        self.host, self.port, self.timeout, self.flip = host, int(port), float(timeout), flip_det_y
+        self.url = f"merlin://{host}:{port}"
+        self.sock: socket.socket | None = None
+        self._pending: list[Event] = []
+        self._stop = threading.Event()
+
+    def start(self) -> StreamHeader:
+        """Connect (retrying until ``timeout``), read the acquisition header and the first valid frame."""
+        self.sock = _connect(self.host, self.port, self.timeout, self.url)
+        try:
+            payload = self._message()
+        except (_Closed, TimeoutError, OSError) as exc:
+            raise StempressError(f"{self.url}: no acquisition header ({_why(exc, self.timeout)}); start the "
+                                 "acquisition after the receiver connects") from exc
+        if not payload.startswith(b"HDR,"):
+            raise StempressError(f"{self.url}: the first message is not a Merlin acquisition header (HDR); is "
+                                 "this Merlin's data port (6342)?")
+        hdr = parse_acquisition_header(payload)
+        while True:
+            event = self._next()
+            self._pending.append(event)
+            if isinstance(event, End):
+                raise StempressError(f"{self.url}: no frame arrived ({event.reason})")
+            if isinstance(event, Frame):
+                header = self._first_header
+                metadata: dict[str, Any] = {"format": "mib", "protocol": "merlin", "url": self.url, "hdr": hdr,
+                                            "pixel_type": header.pixel_type, "chips": header.chips,
+                                            "chip_layout": header.layout, "header_bytes": header.header_bytes,
+                                            "det_y_flipped": self.flip}
+                return StreamHeader(event.data.shape, event.data.dtype, 1, metadata)  # type: ignore[arg-type]
+
+    def events(self, stop: threading.Event) -> Iterator[Event]:
+        """Frames, corrupt messages and the end, in arrival order."""
+        self._stop = stop
+        yield from self._pending
+        self._pending = []
+        while not stop.is_set():
+            event = self._next()
+            yield event
+            if isinstance(event, End):
+                return
+
+    def _next(self) -> Event:
+        try:
+            payload = self._message()
+        except _Closed:
+            return End("the detector closed the connection")
+        except TimeoutError:
+            return End(f"no data for {self.timeout:g} s (stalled)")
+        except StempressError as exc:  # the framing itself is lost: nothing after it can be trusted
+            return End(str(exc))
+        except OSError as exc:
+            return End(f"connection lost ({exc.strerror or exc})")
+        try:
+            header = parse_frame_header(payload[:768], "Merlin frame")
+            frame = decode_frame(header, memoryview(payload)[header.header_bytes:], flip_det_y=self.flip)
+        except StempressError as exc:
+            return Corrupt(str(exc))
+        self._first_header = getattr(self, "_first_header", header)
+        return Frame(header.number, frame)
+
+    def _message(self) -> bytearray:
+        prefix = self._exactly(MPX_BYTES)
+        if not (prefix.startswith(b"MPX,") and prefix.endswith(b",") and prefix[4:14].isdigit()):
+            raise StempressError(f"{self.url}: lost the MPX framing (got {prefix[:15]!r}); the stream is corrupt")
+        return self._exactly(int(prefix[4:14]) - 1)
+
+    def _exactly(self, n: int) -> bytearray:
+        assert self.sock is not None
+        buffer = bytearray(n)
+        view, got = memoryview(buffer), 0
+        deadline = time.monotonic() + self.timeout
+        while got < n:
+            try:
+                k = self.sock.recv_into(view[got:])
+            except TimeoutError:  # a short poll, so a stop request is seen; the stall timeout is the deadline
+                if time.monotonic() >= deadline or self._stop.is_set():
+                    raise
+                continue
+            if k == 0:
+                raise _Closed
+            got += k
+            deadline = time.monotonic() + self.timeout
+        return buffer  # no copy: frames are decoded straight from it
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def _connect(host: str, port: int, timeout: float, url: str) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.settimeout(min(timeout, 0.1))
+            return sock
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise StempressError(f"{url}: cannot connect ({exc.strerror or exc}); is the detector (or "
+                                     "stempress serve) running there?") from exc
+            time.sleep(0.05)
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"nothing for {timeout:g} s"
+    if isinstance(exc, _Closed):
+        return "the connection closed"
+    return str(exc)

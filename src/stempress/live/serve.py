@@ -1,0 +1,275 @@
+"""``serve``: a detector simulator replaying any source as Merlin or a DECTRIS detector sends it, at a set frame
+rate, with faults injected on purpose (dropped, duplicated, swapped, corrupt frames, a stall, a disconnect), so
+the receiver's accounting can be checked against what was really sent (``FaultLog``) and a user can rehearse.
+
+A ``.mib`` source is sent as its file's own records, byte for byte; any other source as frames encoded by
+``data.mib.encode_frame`` (Merlin) or ``live.dectris`` (DECTRIS), read one scan row at a time."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stempress.data.mib import FrameHeader, encode_frame, parse_frame_header
+from stempress.errors import StempressError
+from stempress.live import dectris
+from stempress.live.merlin import acquisition_header, mpx_message
+
+PROTOCOLS = ("merlin", "dectris")
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Per-frame probabilities (one fault at most per frame), a ``stall`` of that many seconds before frame
+    ``stall_at`` (default: half way), and a disconnect after ``disconnect_after`` sent frames."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    corrupt: float = 0.0
+    stall: float = 0.0
+    stall_at: int | None = None
+    disconnect_after: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        p = (self.drop, self.duplicate, self.reorder, self.corrupt)
+        if min(p) < 0 or sum(p) > 1:
+            raise StempressError(f"fault probabilities {p} must be >= 0 and add up to at most 1")
+
+
+@dataclass
+class FaultLog:
+    """What was sent: the frame indices each fault hit, in order, and how the stream ended."""
+
+    frames: int
+    dropped: list[int] = field(default_factory=list)
+    duplicated: list[int] = field(default_factory=list)
+    reordered: list[int] = field(default_factory=list)
+    corrupted: list[int] = field(default_factory=list)
+    sends: list[tuple[int, str]] = field(default_factory=list)
+    sent: int = 0
+    ended: str = "complete"
+
+    def delivered(self) -> set[int]:
+        """Frame indices sent intact (before any disconnect)."""
+        return {i for i, kind in self.sends[:self.sent] if kind == "ok"}
+
+
+def schedule(n: int, faults: Faults) -> FaultLog:
+    """The order of sends for ``n`` frames: ``(index, "ok" | "corrupt")``, faults drawn from ``faults.seed``.
+    The last frame is never duplicated or swapped (a receiver stops once the scan is whole)."""
+    rng = np.random.default_rng(faults.seed)
+    log = FaultLog(n)
+    i = 0
+    edges = np.cumsum([faults.drop, faults.duplicate, faults.reorder, faults.corrupt])
+    while i < n:
+        kind = int(np.searchsorted(edges, rng.random(), side="right"))  # 0 drop .. 3 corrupt, 4 none
+        if kind in (1, 2) and i >= n - 2:
+            kind = 4
+        if kind == 0:
+            log.dropped.append(i)
+        elif kind == 1:
+            log.sends += [(i, "ok"), (i, "ok")]
+            log.duplicated.append(i)
+        elif kind == 2:
+            log.sends += [(i + 1, "ok"), (i, "ok")]
+            log.reordered.append(i)
+            i += 1
+        elif kind == 3:
+            log.sends.append((i, "corrupt"))
+            log.corrupted.append(i)
+        else:
+            log.sends.append((i, "ok"))
+        i += 1
+    return log
+
+
+class _Frames:
+    """Frame ``i`` of a source, reading one scan row at a time (sends are at most one frame out of order)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source, self.scan_x = source, int(source.shape[1])
+        self._row, self._data = -1, np.empty(0)
+
+    def __call__(self, i: int) -> np.ndarray:
+        row = i // self.scan_x
+        if row != self._row:
+            self._row, self._data = row, self.source.read_rows(row, row + 1)[0]
+        return self._data[i % self.scan_x]
+
+
+class _MibRecords:
+    """Record ``i`` of a ``.mib`` file, its bytes as stored."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "rb")  # noqa: SIM115 - held for the whole replay, closed by close()
+        self.header: FrameHeader = parse_frame_header(self.file.read(768), str(path))
+        self.size = self.header.record_bytes
+
+    def __call__(self, i: int) -> bytes:
+        self.file.seek(i * self.size)
+        return self.file.read(self.size)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _mib_path(source: Any) -> Path | None:
+    """The file a source reads when it is a ``.mib`` replayed as stored (so frames go out byte for byte)."""
+    meta = getattr(source, "metadata", {})
+    path = getattr(source, "path", None)
+    if meta.get("format") == "mib" and path is not None and meta.get("det_y_flipped", True):
+        return Path(path)
+    return None
+
+
+def _corrupt_merlin(record: bytes, i: int) -> bytes:
+    """Even frames: a bad header (``MQ1`` mangled); odd frames: a short frame (its last bytes cut)."""
+    return b"MQX" + record[3:] if i % 2 == 0 else record[:-16]
+
+
+def _corrupt_dectris(parts: list[bytes], i: int) -> list[bytes]:
+    """Even frames: an unreadable image header; odd frames: data shorter than its header says."""
+    return [b"{not json", *parts[1:]] if i % 2 == 0 else [parts[0], parts[1], parts[2][:-8], parts[3]]
+
+
+def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1", rate: float = 0.0,
+          faults: Faults | None = None, encoding: str = "bs16-lz4<", timeout: float = 60.0,
+          ready: Callable[[int], None] | None = None) -> FaultLog:
+    """Send ``source`` once to one receiver as ``protocol`` (``merlin``: a TCP server, as the detector's data
+    port; ``dectris``: a ZeroMQ PUSH socket). ``port`` 0 takes a free one, told to ``ready(port)`` once
+    listening; ``rate`` frames/s (0: as fast as the receiver takes them). Returns what was sent."""
+    if protocol not in PROTOCOLS:
+        raise StempressError(f"unknown detector protocol {protocol!r}; choose merlin or dectris")
+    faults = faults or Faults()
+    n = int(source.shape[0]) * int(source.shape[1])
+    log = schedule(n, faults)
+    stall_at = faults.stall_at if faults.stall_at is not None else len(log.sends) // 2
+    limit = len(log.sends) if faults.disconnect_after is None else min(len(log.sends), faults.disconnect_after)
+    send = _MerlinSender if protocol == "merlin" else _DectrisSender
+    with send(source, host, port, timeout, ready, encoding) as sender:
+        started = time.monotonic()
+        try:
+            for k, (i, kind) in enumerate(log.sends[:limit]):
+                if k == stall_at and faults.stall > 0:
+                    time.sleep(faults.stall)
+                    started += faults.stall
+                if rate > 0:
+                    time.sleep(max(0.0, started + k / rate - time.monotonic()))
+                sender.send(i, kind == "corrupt")
+                log.sent = k + 1
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
+            log.ended = f"the receiver went away after {log.sent} frames ({type(exc).__name__})"
+            sender.clean, sender.deliver = False, False
+            return log
+        if limit < len(log.sends):
+            log.ended = f"disconnected after {limit} frames"
+            sender.clean, sender.deliver = False, True
+    return log
+
+
+class _Sender:
+    clean = True  # the whole scan went out: end it as the detector does
+    deliver = True  # what was sent reaches the receiver before the socket closes (not when it went away)
+
+    def __enter__(self) -> _Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, i: int, corrupt: bool) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _MerlinSender(_Sender):
+    def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, _encoding: str) -> None:
+        path = _mib_path(source)
+        self.records: Any = _MibRecords(path) if path is not None else None
+        self.frames = _Frames(source)
+        n = int(source.shape[0]) * int(source.shape[1])
+        hdr_path = path.with_suffix(".hdr") if path is not None else None
+        if hdr_path is not None and hdr_path.is_file():
+            self.header = hdr_path.read_bytes()
+        else:
+            itemsize = np.dtype(source.dtype).itemsize
+            depth = source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(itemsize, 12)
+            self.header = acquisition_header(n, int(source.shape[1]), int(depth))
+        self.server = socket.create_server((host, port))
+        self.server.settimeout(timeout)
+        if ready is not None:
+            ready(self.server.getsockname()[1])
+        try:
+            self.conn, _ = self.server.accept()
+        except TimeoutError as exc:
+            self.server.close()
+            raise StempressError(f"no receiver connected to port {port} within {timeout:g} s") from exc
+        self.conn.settimeout(timeout)
+        self.conn.sendall(mpx_message(self.header))
+
+    def record(self, i: int) -> bytes:
+        return self.records(i) if self.records is not None else encode_frame(i + 1, self.frames(i))
+
+    def send(self, i: int, corrupt: bool) -> None:
+        record = self.record(i)
+        self.conn.sendall(mpx_message(_corrupt_merlin(record, i) if corrupt else record))
+
+    def close(self) -> None:
+        self.conn.close()
+        self.server.close()
+        if self.records is not None:
+            self.records.close()
+
+
+class _DectrisSender(_Sender):
+    def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, encoding: str) -> None:
+        import zmq
+
+        if encoding not in dectris.ENCODINGS:
+            raise StempressError(f"unknown DECTRIS encoding {encoding!r}; choose one of {', '.join(dectris.ENCODINGS)}")
+        self.frames, self.encoding, self.timeout = _Frames(source), encoding, timeout
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, dectris.RECEIVE_HWM)
+        self.sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        if port:
+            self.sock.bind(f"tcp://{host}:{port}")
+        else:
+            port = self.sock.bind_to_random_port(f"tcp://{host}")
+        if ready is not None:
+            ready(port)
+        _, _, dy, dx = (int(s) for s in source.shape)
+        config = {"x_pixels_in_detector": dx, "y_pixels_in_detector": dy, "nimages": 1,
+                  "ntrigger": int(source.shape[0]) * int(source.shape[1]), "trigger_mode": "exte",
+                  "bit_depth_image": np.dtype(source.dtype).itemsize * 8}
+        self._send(dectris.header_parts(1, config))
+
+    def _send(self, parts: list[bytes]) -> None:
+        import zmq
+
+        try:
+            self.sock.send_multipart(parts, copy=True)
+        except zmq.Again as exc:
+            raise TimeoutError(f"no receiver took data for {self.timeout:g} s") from exc
+
+    def send(self, i: int, corrupt: bool) -> None:
+        parts = dectris.image_parts(i, self.frames(i), self.encoding)
+        self._send(_corrupt_dectris(parts, i) if corrupt else parts)
+
+    def close(self) -> None:
+        try:
+            if self.clean:
+                self._send(dectris.end_parts(1))
+        finally:
+            self.sock.close(linger=int(self.timeout * 1000) if self.deliver else 0)  # deliver what is queued
+            self.context.term()

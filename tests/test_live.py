@@ -1,0 +1,321 @@
+"""Live acquisition: receivers (Merlin TCP, DECTRIS ZeroMQ) fed by hand-made senders and by ``serve``, their
+frame accounting, and their blocks through the engine's sinks. Loopback ports are taken free at run time."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+from real_data import real_file
+from stempress.data.base import ArraySource, Block
+from stempress.data.emd import EMD_DATA_PATH, METADATA_ATTR
+from stempress.data.mib import encode_frame
+from stempress.data.open import open_source
+from stempress.errors import StempressError
+from stempress.ingest import ingest
+from stempress.live import LiveSource
+from stempress.live.dectris import decode_image, encode_image
+from stempress.live.merlin import acquisition_header, mpx_message
+from stempress.live.serve import FaultLog, Faults, serve
+from stempress.reduce.calibration import Calibration
+from stempress.reduce.output import read_reduced
+from stempress.store.compress import compress
+from stempress.store.reduced import reduce_to_file
+
+
+def _merlin_sender(messages: list[bytes]) -> int:
+    """A one-connection TCP server sending ``messages`` then closing; returns its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def send() -> None:
+        conn, _ = server.accept()
+        with conn:
+            for m in messages:
+                conn.sendall(m)
+        server.close()
+
+    threading.Thread(target=send, daemon=True).start()
+    return port
+
+
+def test_merlin_receiver_marks_a_missing_frame_invalid_and_counts_it():
+    frames = np.random.default_rng(0).integers(0, 4000, (3, 4, 8, 8)).astype(np.uint16)
+    flat = frames.reshape(12, 8, 8)
+    messages = [mpx_message(acquisition_header(12, 4, 12))]
+    messages += [mpx_message(encode_frame(i + 1, flat[i])) for i in range(12) if i != 5]
+    source = LiveSource(f"merlin://127.0.0.1:{_merlin_sender(messages)}", (3, 4), timeout=5)
+    assert source.shape == (3, 4, 8, 8) and source.dtype == np.uint16
+    blocks = list(source.blocks())
+    assert [b.start for b in blocks] == [0, 1, 2]
+    assert blocks[1].valid is not None and blocks[1].valid.tolist() == [[True, False, True, True]]
+    assert blocks[0].valid is None and blocks[0].frame_ids.tolist() == [[1, 2, 3, 4]]
+    data = np.concatenate([b.data for b in blocks])
+    mask = source.received_mask
+    assert np.array_equal(data[mask], frames[mask]) and not data[1, 1].any()  # the fill value, marked invalid
+    a = source.account
+    assert (a.expected, a.received, a.missing, a.duplicate, a.corrupt) == (12, 11, 1, 0, 0)
+    assert "closed the connection" in a.ended
+
+
+def test_merlin_receiver_refuses_a_stream_that_is_not_merlin():
+    port = _merlin_sender([b"HTTP/1.1 200 OK\r\n\r\nhello there"])
+    with pytest.raises(StempressError, match="MPX framing"):
+        LiveSource(f"merlin://127.0.0.1:{port}", (1, 1), timeout=5)
+
+
+def test_bad_url_is_one_line():
+    with pytest.raises(StempressError, match="merlin://HOST:PORT"):
+        LiveSource("http://localhost:1", (1, 1))
+
+
+@pytest.mark.parametrize("encoding", ["bs16-lz4<", "lz4<", "<"])
+def test_dectris_encodings_round_trip(encoding):
+    frame = np.random.default_rng(1).poisson(0.3, (96, 80)).astype(np.uint16)
+    blob = encode_image(frame, encoding)
+    assert np.array_equal(decode_image(blob, frame.shape, frame.dtype, encoding), frame)
+
+
+def test_dectris_bitshuffle_32_bit_round_trip_and_corrupt_data_refused():
+    frame = np.random.default_rng(2).poisson(2.0, (16, 24)).astype(np.uint32)
+    blob = encode_image(frame, "bs32-lz4<")
+    assert np.array_equal(decode_image(blob, frame.shape, frame.dtype, "bs32-lz4<"), frame)
+    with pytest.raises(StempressError, match="corrupt"):
+        decode_image(blob[:20], frame.shape, frame.dtype, "bs32-lz4<")
+
+
+# -- the simulator and the receiver's accounting -------------------------------------------------------------
+
+
+def _cube(shape=(6, 8, 12, 10), seed=3) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(1.5, shape).astype(np.uint16)
+
+
+def _serve_in_thread(source, protocol: str, faults: Faults | None = None, **options) -> tuple[int, dict]:
+    """``serve`` on a free loopback port in a thread; returns the port once listening and a dict that will hold
+    its ``FaultLog`` (or its error)."""
+    ready = threading.Event()
+    port: list[int] = []
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["log"] = serve(source, protocol, faults=faults, ready=lambda p: (port.append(p), ready.set()),
+                               timeout=10, **options)
+        except Exception as exc:
+            out["error"] = exc
+            ready.set()
+
+    out["thread"] = thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(30) and port, out.get("error")
+    return port[0], out
+
+
+def _receive(protocol: str, port: int, scan_shape, **options) -> tuple[LiveSource, list]:
+    source = LiveSource(f"{protocol}://127.0.0.1:{port}", scan_shape, **options)
+    return source, list(source.blocks())
+
+
+@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+def test_clean_stream_gives_the_source_frames(protocol):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), protocol)
+    live, blocks = _receive(protocol, port, cube.shape[:2], timeout=10)
+    out["thread"].join(30)
+    assert np.array_equal(np.concatenate([b.data for b in blocks]), cube)
+    assert all(b.valid is None for b in blocks)
+    a = live.account
+    assert (a.received, a.missing, a.duplicate, a.late, a.reordered, a.corrupt, a.ended) == (48, 0, 0, 0, 0, 0,
+                                                                                             "complete")
+
+
+@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("kind", ["drop", "duplicate", "reorder", "corrupt"])
+def test_each_injected_fault_is_counted_exactly(protocol, kind):
+    cube = _cube()
+    faults = Faults(**{kind: 0.2}, seed=11)
+    port, out = _serve_in_thread(open_source(cube), protocol, faults)
+    live, blocks = _receive(protocol, port, cube.shape[:2], timeout=10)
+    out["thread"].join(30)
+    log: FaultLog = out["log"]
+    hits = {"drop": log.dropped, "duplicate": log.duplicated, "reorder": log.reordered, "corrupt": log.corrupted}
+    assert len(hits[kind]) >= 3 and all(not v for k, v in hits.items() if k != kind)  # the seed injects some
+    a = live.account
+    lost = set(log.dropped) | set(log.corrupted)
+    assert (a.missing, a.duplicate, a.reordered, a.corrupt, a.late) == (
+        len(lost), len(log.duplicated), len(log.reordered), len(log.corrupted), 0)
+    mask = live.received_mask.ravel()
+    assert sorted(np.flatnonzero(~mask)) == sorted(lost)
+    data = np.concatenate([b.data for b in blocks]).reshape(48, 12, 10)
+    assert np.array_equal(data[mask], cube.reshape(48, 12, 10)[mask])  # what arrived is exact
+    assert not data[~mask].any()  # the fill value, marked in valid, never posing as data
+    valid = np.concatenate([np.ones((1, 8), bool) if b.valid is None else b.valid for b in blocks]).ravel()
+    assert np.array_equal(valid, mask)
+
+
+@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+def test_disconnect_ends_the_stream_with_what_arrived(protocol):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), protocol, Faults(disconnect_after=20))
+    live, blocks = _receive(protocol, port, cube.shape[:2], timeout=1)
+    out["thread"].join(30)
+    assert live.account.received == 20 and live.account.missing == 28
+    assert ("closed the connection" if protocol == "merlin" else "no data for 1 s") in live.account.ended
+    assert sum(b.data.shape[0] for b in blocks) == 6  # every row handed on, the late ones marked invalid
+    assert live.received_mask.ravel().tolist() == [True] * 20 + [False] * 28
+
+
+def test_stall_longer_than_the_timeout_ends_the_stream():
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(stall=2.0, stall_at=10))
+    live, _blocks = _receive("merlin", port, cube.shape[:2], timeout=0.5)
+    out["thread"].join(30)
+    assert live.account.received == 10 and "stalled" in live.account.ended
+    assert "went away" in out["log"].ended  # the simulator saw the receiver leave instead of hanging
+
+
+@pytest.mark.parametrize("name", ["001_4x2_6bit.mib", "002_4x2_6bit_roi128.mib"])
+def test_merlin_simulator_sends_a_real_mib_file_byte_for_byte(name):
+    path = real_file(name)
+    source = open_source(path)
+    port, out = _serve_in_thread(source, "merlin")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        received = b""
+        while chunk := conn.recv(1 << 16):
+            received += chunk
+    out["thread"].join(30)
+    raw = path.read_bytes()
+    record = len(raw) // 8
+    expected = mpx_message(path.with_suffix(".hdr").read_bytes())
+    expected += b"".join(mpx_message(raw[i * record:(i + 1) * record]) for i in range(8))
+    assert received == expected
+
+
+def test_merlin_receiver_reads_a_real_mib_stream_as_the_file_source_reads_it():
+    source = open_source(real_file("001_4x2_6bit.mib"))
+    port, out = _serve_in_thread(source, "merlin")
+    live, blocks = _receive("merlin", port, source.shape[:2], timeout=10)
+    out["thread"].join(30)
+    assert np.array_equal(np.concatenate([b.data for b in blocks]), source.read_rows(0, source.shape[0]))
+    assert live.metadata["hdr"]["Counter Depth (number)"] == "6" and live.metadata["det_y_flipped"] is True
+    assert live.account.ended == "complete"
+
+
+# -- through the engine's sinks ------------------------------------------------------------------------------
+def _chunks(path) -> dict:
+    with h5py.File(path, "r") as f:
+        dset = f[EMD_DATA_PATH]
+        return {info.chunk_offset: dset.id.read_direct_chunk(info.chunk_offset)[1]
+                for info in (dset.id.get_chunk_info(i) for i in range(dset.id.get_num_chunks()))}
+
+
+CAL = Calibration(5.5, 4.5, 3.0, det_shape=(12, 10))
+
+
+@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+def test_clean_stream_archive_and_reduced_equal_compress_and_reduce(tmp_path, protocol):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), protocol)
+    live = LiveSource(f"{protocol}://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    report = ingest(live, archive=tmp_path / "a.h5", reduce=["bf", "com"], reduced=tmp_path / "r.h5",
+                    calibration=CAL, workers=2, chunks="2x4x12x10")
+    out["thread"].join(30)
+    compress(ArraySource(cube, name="cube"), tmp_path / "c.h5", chunks="2x4x12x10", workers=2)
+    assert _chunks(tmp_path / "a.h5") == _chunks(tmp_path / "c.h5")  # chunk for chunk, byte for byte
+    reduce_to_file(ArraySource(cube, name="cube"), ["bf", "com"], tmp_path / "s.h5", calibration=CAL)
+    (one, _), (separate, _) = read_reduced(tmp_path / "r.h5"), read_reduced(tmp_path / "s.h5")
+    for target in separate:
+        for key in separate[target]:
+            np.testing.assert_array_equal(one[target][key], separate[target][key])
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert f[EMD_DATA_PATH].parent["received"][()].all() and f[EMD_DATA_PATH].attrs["frames_missing"] == 0
+        assert json.loads(f[EMD_DATA_PATH].attrs[METADATA_ATTR])["frames"]["ended"] == "complete"
+    assert report.bytes_read == cube.nbytes
+
+
+def test_missing_frames_are_nan_in_reduced_images_and_masked_in_the_archive(tmp_path):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.1, seed=5))
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    ingest(live, archive=tmp_path / "a.h5", reduce=["bf"], reduced=tmp_path / "r.h5", calibration=CAL,
+           chunks="2x4x12x10")
+    out["thread"].join(30)
+    lost = out["log"].dropped
+    assert lost
+    missing = np.zeros(48, bool)
+    missing[lost] = True
+    missing = missing.reshape(6, 8)
+    reduce_to_file(ArraySource(cube, name="cube"), ["bf"], tmp_path / "s.h5", calibration=CAL)
+    (one, record), (full, _) = read_reduced(tmp_path / "r.h5"), read_reduced(tmp_path / "s.h5")
+    for key, image in one["bf"].items():
+        if image.shape[:2] == (6, 8):
+            assert np.isnan(image[missing]).all()
+            np.testing.assert_array_equal(image[~missing], full["bf"][key][~missing])
+    assert record["frames"]["missing"] == len(lost)
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert np.array_equal(f["received"][()], ~missing)
+    with h5py.File(tmp_path / "a.h5") as f:
+        data = f[EMD_DATA_PATH]
+        assert np.array_equal(data.parent["received"][()], ~missing) and data.attrs["frames_missing"] == len(lost)
+        stored = data[()]
+    assert not stored[missing].any() and np.array_equal(stored[~missing], cube[~missing])  # fill value, masked
+
+
+def test_reducer_partitions_merge_their_missing_positions():
+    from stempress.reduce.sufficiency import parse_targets
+    from stempress.sinks.protocol import RunInfo
+    from stempress.sinks.reduce import ReducerSink
+
+    cube = _cube()
+    reducers = [t.reducer(CAL, name=t.label) for t in parse_targets(["bf"])]
+    whole = ReducerSink(reducers, CAL)
+    info = RunInfo("cube", cube.shape, cube.dtype)
+    whole.open(info)
+    valid = np.ones((6, 8), bool)
+    valid[4, 3] = False
+    for rows in ((0, 3), (3, 6)):
+        part = whole.partial(rows)
+        part.open(info.for_rows(*rows))
+        for r in range(*rows):
+            part.consume(Block(r, cube[r:r + 1], None if valid[r].all() else valid[r:r + 1]))
+        whole.merge(part)
+    image = next(iter(whole.finish()["bf"].values()))
+    assert np.isnan(image[4, 3]) and np.isfinite(np.delete(image.ravel(), 4 * 8 + 3)).all()
+
+
+def test_assembler_hands_rows_on_in_order_and_counts_a_late_frame():
+    from stempress.live.accounting import FrameAccount, RowAssembler
+
+    account = FrameAccount(12)
+    rows = RowAssembler((3, 4), (2, 2), np.dtype(np.uint16), account, window_rows=1)
+    frame = np.ones((2, 2), np.uint16)
+    out = [b.start for i in (0, 1, 3) for b in rows.add(i, i + 1, frame)]
+    assert out == []  # row 0 waits for frame 2 while the stream is still in it
+    out += [b.start for i in (4, 5, 6, 7) for b in rows.add(i, i + 1, frame)]
+    assert out == []  # row 1 is complete, but row 0 (one row behind) is still inside the window
+    emitted = rows.add(8, 9, frame)  # the stream is two rows on: row 0 goes without frame 2, then row 1
+    assert [b.start for b in emitted] == [0, 1] and emitted[0].valid.tolist() == [[True, True, False, True]]
+    assert rows.add(2, 3, frame) == [] and account.late == 1 and account.reordered == 0
+    assert rows.add(8, 9, frame) == [] and account.duplicate == 1
+    last = rows.flush()
+    assert [b.start for b in last] == [2] and last[0].valid.tolist() == [[True, False, False, False]]
+    assert (account.received, account.missing) == (8, 4)  # the late frame stays missing
+
+
+def test_byte_queue_is_bounded_but_always_takes_one_item():
+    from stempress.live.events import End
+    from stempress.live.receiver import ByteQueue
+
+    queue, stop = ByteQueue(100), threading.Event()
+    assert queue.put(End("a"), 250, stop)  # larger than the bound, but the queue is empty
+    stop.set()
+    assert not queue.put(End("b"), 10, stop)  # full: the producer would wait (here: told to stop)
+    assert queue.get().reason == "a" and queue.bytes == 0
+    assert queue.put(End("c"), 60, stop) and not queue.put(End("d"), 60, stop) and queue.peak == 250
+    assert queue.get(lambda: "stopped").reason == "stopped"  # a stop request comes before what is queued

@@ -1,0 +1,97 @@
+"""``stempress serve`` and ``stempress live`` as a user runs them: two processes on a loopback port taken free
+at run time (serve --port 0 prints the one it got)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from stempress.data.emd import EMD_DATA_PATH, METADATA_ATTR
+from stempress.reduce.output import read_reduced
+
+
+def _cube(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    cube = np.random.default_rng(7).poisson(1.0, (6, 8, 12, 10)).astype(np.uint16)
+    path = tmp_path / "cube.npy"
+    np.save(path, cube)
+    return path, cube
+
+
+def _serve(*args: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-m", "stempress", "serve", *args, "--port", "0", "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    found = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+    assert found, (line, proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
+    return proc, int(found.group(1))
+
+
+def _live(url: str, tmp_path: Path, *extra: str, reduce: bool = True) -> list[str]:
+    reducing = ["--reduce", "bf", "--reduced", str(tmp_path / "r.h5"), "--centre", "5.5,4.5", "--bf-radius", "3"]
+    return [sys.executable, "-m", "stempress", "live", url, "--scan-shape", "6x8", "--archive", str(tmp_path / "a.h5"),
+            "--chunks", "2x4x12x10", *(reducing if reduce else []), "--timeout", "10", *extra]
+
+
+def test_missing_frames_exit_non_zero_and_the_summary_counts_them(tmp_path):
+    path, cube = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "merlin", "--drop", "0.15", "--duplicate", "0.1", "--seed", "4")
+    done = subprocess.run(_live(f"merlin://127.0.0.1:{port}", tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    sent = server.communicate(timeout=60)[0]
+    dropped = int(re.search(r"dropped (\d+)", sent).group(1))
+    duplicated = int(re.search(r"duplicated (\d+)", sent).group(1))
+    assert dropped and duplicated
+    assert done.returncode == 1, done.stderr
+    assert f"missing {dropped}, duplicate {duplicated}" in done.stdout
+    assert "frames missing" in done.stderr and "--allow-missing" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    with h5py.File(tmp_path / "a.h5") as f:
+        received = f[EMD_DATA_PATH].parent["received"][()]
+        assert received.size - received.sum() == dropped
+        assert np.array_equal(f[EMD_DATA_PATH][()][received], cube[received])
+    images, record = read_reduced(tmp_path / "r.h5")
+    assert record["frames"]["missing"] == dropped
+    assert np.isnan(next(iter(images["bf"].values()))[~received]).all()
+
+
+def test_allow_missing_and_a_clean_dectris_stream_exit_zero(tmp_path):
+    path, cube = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "dectris", "--encoding", "bs16-lz4<")
+    done = subprocess.run(_live(f"dectris://127.0.0.1:{port}", tmp_path, "--allow-missing"), capture_output=True,
+                          text=True, timeout=120)
+    server.communicate(timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "received 48, missing 0" in done.stdout and "(complete)" in done.stdout
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert np.array_equal(f[EMD_DATA_PATH][()], cube)
+        assert json.loads(f[EMD_DATA_PATH].attrs[METADATA_ATTR])["frames"]["received"] == 48
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_writes_what_arrived_and_exits_130(tmp_path):
+    path, _cube_data = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "merlin", "--rate", "20")
+    # the archive alone: its progress follows the stream block by block (reducers offloaded to workers report
+    # theirs as their partials merge, later), so the first progress line comes while frames are still arriving
+    live = subprocess.Popen(_live(f"merlin://127.0.0.1:{port}", tmp_path, reduce=False), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = live.stdout.readline()  # type: ignore[union-attr]  # the first progress line: frames are arriving
+    assert first.startswith("live:"), first
+    live.send_signal(signal.SIGINT)
+    out, err = live.communicate(timeout=60)
+    server.kill()
+    server.communicate()
+    assert live.returncode == 130, err
+    assert "stopped by Ctrl-C" in out and "marked incomplete" in err
+    with h5py.File(tmp_path / "a.h5") as f:
+        received = f[EMD_DATA_PATH].parent["received"][()]
+        assert 0 < received.sum() < 48
+        assert json.loads(f[EMD_DATA_PATH].attrs[METADATA_ATTR])["frames"]["ended"] == "stopped by Ctrl-C"
