@@ -111,7 +111,7 @@ def best_of(repeat: int, run: Callable[[], Any]) -> tuple[float, Any]:
 def write_cube(spec: str, path: Path) -> str:
     """A synthetic cube as a plain contiguous HDF5 dataset; returns the dataset path."""
     with open_source(spec) as source:
-        write_hdf5(source, path, overwrite=True)
+        write_hdf5(source, path, force=True)
     with open_source(path) as source:
         return source.dataset_path
 

@@ -54,7 +54,7 @@ def test_without_hard_links_the_claim_still_never_replaces(tmp_path, monkeypatch
 def test_force_replaces_and_the_mode_follows_the_umask(tmp_path):
     out = tmp_path / "out.bin"
     out.write_bytes(b"old")
-    with atomic_output(out, overwrite=True) as tmp:
+    with atomic_output(out, force=True) as tmp:
         tmp.write_bytes(b"new")
     assert out.read_bytes() == b"new"
     umask = os.umask(0)

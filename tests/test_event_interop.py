@@ -148,7 +148,7 @@ def test_stempy_smoke_cubes(tmp_path: Path) -> None:
 def test_real_stempy_reads_ours(tmp_path: Path, counted: np.ndarray) -> None:
     sparse_array = pytest.importorskip("stempy.io.sparse_array", reason="stempy is not installed here")
     for cube in (crafted(), counted):
-        out = write_stempy(ArraySource(cube), tmp_path / "ev.h5", overwrite=True)
+        out = write_stempy(ArraySource(cube), tmp_path / "ev.h5", force=True)
         array = sparse_array.SparseArray.from_hdf5(str(out))
         np.testing.assert_array_equal(array.to_dense(), cube)
 
@@ -202,7 +202,7 @@ def test_stempy_overwrite_and_failure_leave_no_partial_file(tmp_path: Path) -> N
     with pytest.raises(StempressError, match="already exists"):
         write_stempy(FailingSource(cube), out)  # refused before the counting pass reads anything
     assert out.read_bytes() == b"mine"
-    write_stempy(ArraySource(cube), out, overwrite=True)
+    write_stempy(ArraySource(cube), out, force=True)
     with StempySource(out) as source:
         np.testing.assert_array_equal(source.read_rows(0, 9), cube)
     # too few frames per position for the count of 5 in the last row: found after 8 rows were written
@@ -337,12 +337,12 @@ def test_raw_csr_overwrite_and_failure_leave_no_partial_set(tmp_path: Path) -> N
     with pytest.raises(StempressError, match="already exists"):
         write_raw_csr(ArraySource(cube), tmp_path / "scan.toml")
     assert listing(tmp_path) == ["scan.data.bin"] and files["data"].read_bytes() == b"mine"
-    toml = write_raw_csr(ArraySource(cube), tmp_path / "scan.toml", overwrite=True)
+    toml = write_raw_csr(ArraySource(cube), tmp_path / "scan.toml", force=True)
     with RawCsrSource(toml) as source:
         np.testing.assert_array_equal(source.read_rows(0, 9), cube)
     before = {name: (tmp_path / name).read_bytes() for name in listing(tmp_path)}
     with pytest.raises(OSError, match="disk gone"):
-        write_raw_csr(FailingSource(cube), tmp_path / "scan.toml", rows=1, overwrite=True)
+        write_raw_csr(FailingSource(cube), tmp_path / "scan.toml", rows=1, force=True)
     assert {name: (tmp_path / name).read_bytes() for name in listing(tmp_path)} == before  # old set intact
     with pytest.raises(OSError, match="disk gone"):
         write_raw_csr(FailingSource(cube), tmp_path / "other.toml", rows=1)

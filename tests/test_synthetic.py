@@ -314,7 +314,7 @@ def test_write_refuses_to_overwrite_unless_asked(tmp_path):
     write_hdf5(ArraySource(np.ones((2, 2, 4, 4), np.uint16)), out)
     with pytest.raises(StempressError, match=r"x\.h5.*--force"):
         write_hdf5(ArraySource(np.zeros((2, 2, 4, 4), np.uint16)), out)
-    write_hdf5(ArraySource(np.zeros((2, 2, 4, 4), np.uint16)), out, overwrite=True, layout="plain",
+    write_hdf5(ArraySource(np.zeros((2, 2, 4, 4), np.uint16)), out, force=True, layout="plain",
                dataset_path="data")
     with h5py.File(out, "r") as f:
         assert list(f) == ["data"] and not f["data"][:].any()

@@ -1,10 +1,10 @@
 """Output files appear whole or not at all, and never replace what the user had unless asked.
 
 Every output is written under a hidden temporary name beside the target, ``.OUT.PID-HOST.XXXXXXXX.partial``,
-and made visible only when complete. Without ``overwrite`` it becomes OUT through a hard link, which the
+and made visible only when complete. Without ``force`` it becomes OUT through a hard link, which the
 kernel refuses when OUT exists: the "never replace" check holds at the very moment the file appears, not
 only when the write began (two writers of one OUT: the second to finish fails and replaces nothing). With
-``overwrite`` it is renamed onto OUT.
+``force`` it is renamed onto OUT.
 
 A writer killed by SIGKILL or a power cut leaves its partial behind. The partial's name carries the writer's
 process id and a tag of its host, so the next write of the same OUT knows a dead writer's leftover from a write
@@ -162,24 +162,24 @@ def _output_folder(out: Path) -> Iterator[None]:
         raise
 
 
-def check_new_output(out: Path, overwrite: bool) -> None:
-    """Refuse a folder, or an existing file without ``overwrite``: before any work, so nothing is wasted."""
+def check_new_output(out: Path, force: bool) -> None:
+    """Refuse a folder, or an existing file without ``force``: before any work, so nothing is wasted."""
     if out.is_dir():
         raise StempressError(f"{out} is a folder; give a file name for the output")
-    if not overwrite and (out.exists() or out.is_symlink()):
+    if not force and (out.exists() or out.is_symlink()):
         raise StempressError(f"{out} already exists; pass --force to replace it, or choose another name")
 
 
 @contextmanager
-def atomic_output(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(out: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path in ``out``'s folder; make it ``out`` only if the block completes.
 
     A crash, an exception or Ctrl-C deletes the temporary file, so ``out`` is never left half-written, and
-    nothing the user had is replaced unless ``overwrite`` is set: not even a file that another process made
+    nothing the user had is replaced unless ``force`` is set: not even a file that another process made
     ``out`` while this one was writing.
     """
     out = Path(out)
-    check_new_output(out, overwrite)
+    check_new_output(out, force)
     with _output_folder(out):
         remove_stale_partials(out)
         try:
@@ -193,7 +193,7 @@ def atomic_output(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
                 yield tmp
                 os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what a plain open() would
                 _fsync(tmp)  # before it gets its name: OUT must never name a file whose data is not on disk
-                publish(tmp, out, overwrite=overwrite)
+                publish(tmp, out, force=force)
         except BaseException:
             tmp.unlink(missing_ok=True)
             _record("discarded", out)
@@ -225,9 +225,9 @@ def _fsync(path: Path, *, folder: bool = False) -> None:
         os.close(fd)
 
 
-def publish(tmp: Path, out: Path, *, overwrite: bool = False) -> None:
-    """Give the complete file ``tmp`` the name ``out``; without ``overwrite`` never replace an existing ``out``."""
-    if overwrite:
+def publish(tmp: Path, out: Path, *, force: bool = False) -> None:
+    """Give the complete file ``tmp`` the name ``out``; without ``force`` never replace an existing ``out``."""
+    if force:
         os.replace(tmp, out)
         return
     try:

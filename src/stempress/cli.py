@@ -627,7 +627,7 @@ def reduce(
     refuse_filled_folders(figures=figures, report=report, force=force)
     with saying_new_folders(out), dask_executor(dask) as executor, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("reduce", unit="bytes") as bar:
-        path = reduce_to_file(cube, chosen, out, overwrite=force, progress=bar,
+        path = reduce_to_file(cube, chosen, out, force=force, progress=bar,
                               calibration=cli_calibration(cube, centre, bf_radius), executor=executor)
     console.print(f"wrote {path}: {', '.join(target)}")
     console.print(reduced_open_line(path), highlight=False, soft_wrap=True)
@@ -667,7 +667,7 @@ def plan(
     with saying_new_folders(write), open_cli_source(source, dataset, scan_shape) as cube:
         calibration = cli_calibration(cube, centre, bf_radius)
         table, choice = make_plan(cube, target, tolerance, max_positions=max_positions, calibration=calibration)
-        written = (write_representation(cube, choice, target, write, overwrite=force, calibration=calibration)
+        written = (write_representation(cube, choice, target, write, force=force, calibration=calibration)
                    if write else None)
     shown = Table(title=f"Cost table (tolerance {tolerance:g} relative RMS)")
     for column in ("representation", "bytes", "reduction", "recovers", "assumes", "error", "passes"):
@@ -773,7 +773,7 @@ def simulate(
 
     source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")
     with saying_new_folders(out), progress_reporter("simulate", unit="bytes") as bar:
-        path = write_hdf5(source, out, truth=truth, overwrite=force, progress=bar)
+        path = write_hdf5(source, out, truth=truth, force=force, progress=bar)
     console.print(f"wrote {path}: {source.shape} {source.dtype}")
     for line in cube_open_lines(path, "emd", EMD_DATA_PATH, ()):
         console.print(line, highlight=False, soft_wrap=True)
@@ -817,7 +817,7 @@ def count(
     fmt = event_format(out, fmt)  # a bad name or format is one line, before any bar is drawn
     with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
             progress_reporter("count (scan rows)", transient=True) as bar, make_executor("threads", workers) as pool:
-        report = count_to_file(cube, out, params, fmt=fmt, overwrite=force, inputs={"source": source, **references},
+        report = count_to_file(cube, out, params, fmt=fmt, force=force, inputs={"source": source, **references},
                                progress=bar, executor=pool)
     console.print(report.summary(), highlight=False, soft_wrap=True)
     warn(report.warnings)

@@ -94,9 +94,9 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
         chosen, _why = resolve_codec(codec, source, chunk_shape(chunks or "balanced", shape), Path(archive))
         sinks.append(ArchiveSink(ArchiveSpec(Path(archive), chosen, chunks or "balanced", layout, force=force)))
     if reduced is not None:
-        sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=calibration, overwrite=force))
+        sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=calibration, force=force))
     if events is not None:
-        sinks.append(EventSink(events, counting, fmt=event_format, overwrite=force, inputs=event_inputs))
+        sinks.append(EventSink(events, counting, fmt=event_format, force=force, inputs=event_inputs))
     consumed = [0]
 
     def counted(done: int, total: int) -> None:

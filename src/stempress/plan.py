@@ -116,7 +116,7 @@ def plan(source: Dataset4D, targets: str | Sequence[str | Target], tolerance: To
 
 
 def write_representation(source: Dataset4D, representation: str, targets: str | Sequence[str | Target],
-                         out: Path, *, overwrite: bool = False, calibration: Calibration | None = None) -> Path:
+                         out: Path, *, force: bool = False, calibration: Calibration | None = None) -> Path:
     """Write the representation a plan chose (its cost-table label) to ``out``: the plan's ``--write``
     (task summaries with ``calibration``, by default the source's own or measured)."""
     from stempress.events.entropy_file import write_entropy_events
@@ -129,19 +129,19 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
     chosen = parse_targets(targets)
     own = [t for t in chosen if f"{t.label} (reducer output)" == representation]
     if representation.startswith("raw "):
-        return compress(source, out, codec="none", force=overwrite).path
+        return compress(source, out, codec="none", force=force).path
     if representation.startswith("lossless "):
-        return compress(source, out, codec=representation.split()[1], force=overwrite).path
+        return compress(source, out, codec=representation.split()[1], force=force).path
     if representation.startswith("entropy-coded events"):
-        return write_entropy_events(source, out, overwrite=overwrite)  # with the calibration and provenance
+        return write_entropy_events(source, out, force=force)  # with the calibration and provenance
     if representation.startswith("events (CSR)"):
-        return write_raw_csr(source, out.with_suffix(".toml"), overwrite=overwrite)
+        return write_raw_csr(source, out.with_suffix(".toml"), force=force)
     if representation.startswith("binned "):
         scale = int(representation.split()[1].split("x")[0])
         binned = BinnedSource(source, scale, name=f"{source.name}-binned{scale}", metadata=dict(source.metadata))
-        return write_hdf5(binned, out, overwrite=overwrite)
+        return write_hdf5(binned, out, force=force)
     if representation.startswith("task summaries") or own:
-        return reduce_to_file(source, own or chosen, out, overwrite=overwrite, calibration=calibration)
+        return reduce_to_file(source, own or chosen, out, force=force, calibration=calibration)
     raise StempressError(f"representation {representation!r} is not one a plan writes; pick a cost-table row")
 
 

@@ -38,8 +38,8 @@ def missing_root(path: Path) -> Path | None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write a results file whole or not at all (results folders are replaced as a whole, so overwrite)."""
-    with atomic_output(path, overwrite=True) as tmp:
+    """Write a results file whole or not at all (results folders are replaced as a whole, so it may replace one)."""
+    with atomic_output(path, force=True) as tmp:
         write(tmp)
     return path
 

@@ -357,7 +357,7 @@ class RawCsrEvents:
         path, dtype = Path(path), np.dtype(dtype)
         check_counts_dtype(dtype, self.name)
         events = (events_from_block(b, where=self.name) for b in _checked(blocks, shape, dtype, self.name))
-        write_raw_csr_events(events, path, shape, dtype, overwrite=True)  # atomic: all four files or none
+        write_raw_csr_events(events, path, shape, dtype, force=True)  # atomic: all four files or none
         return [path, *raw_csr_files(path).values()]
 
     def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:

@@ -546,7 +546,7 @@ def fit_source(source: Dataset4D, rows: int | None = None) -> PoissonModel:
 
 
 def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int | None = None,
-                        fit: str = "full", overwrite: bool = False, workers: int | None = 1) -> Path:
+                        fit: str = "full", force: bool = False, workers: int | None = 1) -> Path:
     """Write ``source`` entropy-coded to ``out`` atomically; ``fit`` is ``"full"`` (two passes, best ratio) or
     ``"first"`` (model from the first block, one pass); ``workers`` as for ``encode_blocks``."""
     shape, dtype = _checked_header(source.shape, source.dtype, source.name)
@@ -555,7 +555,7 @@ def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int |
     rows = rows_for_budget(source)
     model = fit_source(source, rows) if fit == "full" else None
     out = Path(out)
-    with atomic_output(out, overwrite=overwrite) as tmp:
+    with atomic_output(out, force=force) as tmp:
         encode_blocks(tmp, iter_blocks(source, rows), shape, dtype, model=model, chunk_rows=chunk_rows,
                       workers=workers)
     return out

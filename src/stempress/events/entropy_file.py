@@ -31,7 +31,7 @@ FORMAT = "entropy"
 CODEC = "entropy_poisson"
 
 
-def write_entropy_events(source: Dataset4D | Events, out: str | Path, *, overwrite: bool = False,
+def write_entropy_events(source: Dataset4D | Events, out: str | Path, *, force: bool = False,
                          record: Record | None = None, workers: int | None = 1,
                          chunk_rows: int | None = None) -> Path:
     """Write integer counts entropy-coded (model fitted on the whole cube: two passes over ``source``), with
@@ -40,8 +40,8 @@ def write_entropy_events(source: Dataset4D | Events, out: str | Path, *, overwri
     check_counts_dtype(src.dtype, src.name)
     out = Path(out)
     record = event_record(src, FORMAT) if record is None else record
-    with atomic_output(out, overwrite=overwrite) as tmp:
-        write_entropy_coded(src, tmp, overwrite=True, workers=workers, chunk_rows=chunk_rows)
+    with atomic_output(out, force=force) as tmp:
+        write_entropy_coded(src, tmp, force=True, workers=workers, chunk_rows=chunk_rows)
         with h5py.File(tmp, "a") as f:
             write_h5_record(f, record)
     return out

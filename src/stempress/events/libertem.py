@@ -82,19 +82,19 @@ def _sidecar(shape: tuple[int, int, int, int], files: dict[str, Path], data_dtyp
     ])
 
 
-def write_raw_csr(source: Dataset4D | Events, toml_path: str | Path, *, overwrite: bool = False,
+def write_raw_csr(source: Dataset4D | Events, toml_path: str | Path, *, force: bool = False,
                   rows: int | None = None, record: Record | None = None) -> Path:
     """Write a counted cube (or its events) as LiberTEM raw_csr, one block of scan rows at a time.
 
     All four files are written under temporary names and renamed only when every one is complete
     (the TOML last), so a failure leaves none of them, and no existing file is replaced without
-    ``overwrite``. ``record`` (default: the source's calibration and provenance) goes into the TOML.
+    ``force``. ``record`` (default: the source's calibration and provenance) goes into the TOML.
     """
     src = as_source(source)
     check_counts_dtype(src.dtype, src.name)
     events = iter_events(src, rows)  # refuses a float source before any file is created
     record = event_record(src, FILETYPE) if record is None else record
-    return write_raw_csr_events(events, toml_path, src.shape, src.dtype, overwrite=overwrite, record=record)
+    return write_raw_csr_events(events, toml_path, src.shape, src.dtype, force=force, record=record)
 
 
 def require_toml_name(toml_path: str | Path) -> Path:
@@ -106,10 +106,10 @@ def require_toml_name(toml_path: str | Path) -> Path:
 
 
 def write_raw_csr_events(events: Iterable[EventBlock], toml_path: str | Path, shape: tuple[int, int, int, int],
-                         dtype: Any, *, overwrite: bool = False, record: Record | None = None) -> Path:
+                         dtype: Any, *, force: bool = False, record: Record | None = None) -> Path:
     """Write consecutive event blocks (seen once, top to bottom) as raw_csr, atomically like ``write_raw_csr``,
     with the checksums of every chunk and ``record`` (if given) in the TOML."""
-    with writing(Path(toml_path)), RawCsrWriter(toml_path, shape, dtype, overwrite=overwrite) as writer:
+    with writing(Path(toml_path)), RawCsrWriter(toml_path, shape, dtype, force=force) as writer:
         for block in events:
             writer.append(block)
         return writer.close(record)
@@ -124,7 +124,7 @@ class RawCsrWriter:
     """
 
     def __init__(self, toml_path: str | Path, shape: tuple[int, int, int, int], dtype: Any, *,
-                 overwrite: bool = False) -> None:
+                 force: bool = False) -> None:
         self.path = require_toml_name(toml_path)
         self.shape = tuple(int(v) for v in shape)
         self.files = raw_csr_files(self.path)
@@ -132,8 +132,8 @@ class RawCsrWriter:
         self._outputs: ExitStack | None = ExitStack()
         self._handles = ExitStack()
         try:
-            self._tmp_toml = self._outputs.enter_context(atomic_output(self.path, overwrite=overwrite))  # last
-            self._tmp = {part: self._outputs.enter_context(atomic_output(path, overwrite=overwrite))
+            self._tmp_toml = self._outputs.enter_context(atomic_output(self.path, force=force))  # last
+            self._tmp = {part: self._outputs.enter_context(atomic_output(path, force=force))
                          for part, path in self.files.items()}
             self._fh = {part: self._handles.enter_context(open(self._tmp[part], "wb"))  # noqa: SIM115 (closed by close/abort)
                         for part in PARTS}

@@ -125,7 +125,7 @@ def _put(frames: h5py.Dataset, first: int, entries: np.ndarray) -> None:
     frames.id.write(h5py.h5s.create_simple((entries.size,)), file_space, entries)
 
 
-def write_stempy(source: Dataset4D | Events, out: str | Path, *, overwrite: bool = False,
+def write_stempy(source: Dataset4D | Events, out: str | Path, *, force: bool = False,
                  rows: int | None = None, frames_per_position: int | None = None,
                  record: Record | None = None) -> Path:
     """Write a counted cube (or its events) as a stempy version-3 file, ``rows`` scan rows at a time.
@@ -137,7 +137,7 @@ def write_stempy(source: Dataset4D | Events, out: str | Path, *, overwrite: bool
     src = as_source(source)
     check_counts_dtype(src.dtype, src.name)
     out = Path(out)
-    with atomic_output(out, overwrite=overwrite) as tmp:  # refuses an existing file before the counting pass
+    with atomic_output(out, force=force) as tmp:  # refuses an existing file before the counting pass
         k = _frames_per_position(src, rows, frames_per_position)
         with h5py.File(tmp, "w") as f:
             _write(f, src, rows, k)

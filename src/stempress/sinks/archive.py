@@ -117,7 +117,7 @@ class ArchiveSink:
                        else direct_chunk_reason(spec.codec, info.dtype) or "no chunk encoder")
         self._stack = contextlib.ExitStack()
         if spec.durable:
-            tmp = self._stack.enter_context(atomic_output(Path(spec.path), overwrite=spec.force))
+            tmp = self._stack.enter_context(atomic_output(Path(spec.path), force=spec.force))
         else:
             tmp = Path(spec.path)
             self._stack.callback(_delete_unless_finished, self, tmp)

@@ -66,14 +66,14 @@ class EventSink:
     name = "events"
 
     def __init__(self, out: str | Path, params: CountingParams | None = None, *, fmt: str | None = None,
-                 overwrite: bool = False, rows: int | None = None, inputs: Mapping[str, str] | None = None,
+                 force: bool = False, rows: int | None = None, inputs: Mapping[str, str] | None = None,
                  name: str = "events") -> None:
-        self.out, self.params, self.overwrite, self.rows, self.name = Path(out), params, overwrite, rows, name
+        self.out, self.params, self.force, self.rows, self.name = Path(out), params, force, rows, name
         self.fmt = event_format(self.out, fmt)
         self.inputs = dict(inputs) if inputs else None
         self.targets = [self.out, *raw_csr_files(self.out).values()] if self.fmt == "raw_csr" else [self.out]
         for path in self.targets:
-            check_new_output(path, overwrite)  # before the pass, not after it
+            check_new_output(path, force)  # before the pass, not after it
         self._stack: contextlib.ExitStack | None = None
         self._writer: RawCsrWriter | None = None
 
@@ -95,7 +95,7 @@ class EventSink:
         self.max_input: float | None = None
         stack = contextlib.ExitStack()
         try:
-            self._tmp = {path: stack.enter_context(atomic_output(path, overwrite=self.overwrite))
+            self._tmp = {path: stack.enter_context(atomic_output(path, force=self.force))
                          for path in self.targets}
             staging = stack.enter_context(partial_folder(self.out))  # a killed run's leftover is known as such
             self._writer = RawCsrWriter(staging / self.out.with_suffix(".toml").name, info.shape, self.counts.dtype)
@@ -162,7 +162,7 @@ class EventSink:
             from stempress.events.entropy_file import write_entropy_events  # the codec loads only when used
 
             with RawCsrSource(staged) as events:
-                write_entropy_events(events, out, overwrite=True, record=record)
+                write_entropy_events(events, out, force=True, record=record)
         stack, self._stack = self._stack, None
         stack.close()  # the staging folder goes, the outputs get their names
         tally = self.tally
@@ -179,7 +179,7 @@ class EventSink:
                                  "here); write raw_csr instead: an OUT ending in .toml, or --format raw_csr "
                                  "(ingest: --event-format raw_csr; fmt='raw_csr'), or --format entropy")
         with RawCsrSource(staged) as events:  # the tally saw the largest count: no pass to find it again
-            write_stempy(events, out, overwrite=True, rows=self.rows, frames_per_position=max(1, largest),
+            write_stempy(events, out, force=True, rows=self.rows, frames_per_position=max(1, largest),
                          record=record)
         with h5py.File(out, "a") as f:
             f[STEMPY_METADATA].attrs["source"] = self.counts.name

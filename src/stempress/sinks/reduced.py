@@ -33,10 +33,10 @@ class ReducedFileSink:
     name = "reduced"
 
     def __init__(self, source: Dataset4D, targets: str | Sequence[str | Target], out: Path | str, *,
-                 calibration: Calibration | None = None, overwrite: bool = False) -> None:
-        self.source, self.out, self.overwrite = source, Path(out), overwrite
+                 calibration: Calibration | None = None, force: bool = False) -> None:
+        self.source, self.out, self.force = source, Path(out), force
         self.targets = parse_targets(targets)
-        check_new_output(self.out, overwrite)  # before the pass, not after it
+        check_new_output(self.out, force)  # before the pass, not after it
         self.calibration = calibration if calibration is not None else source_calibration(source)
         self.reducers = [t.reducer(self.calibration, name=t.label) for t in self.targets]
         self.inner = ReducerSink(self.reducers, self.calibration)
@@ -86,7 +86,7 @@ class ReducedFileSink:
         if getattr(results, "nonfinite", None) is not None:
             record["excluded"] = results.nonfinite.summary()
             log.warning("%s: %s", source.name, results.nonfinite.sentence())
-        with atomic_output(self.out, overwrite=self.overwrite) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        with atomic_output(self.out, force=self.force) as tmp, h5py.File(tmp, "w", track_order=True) as f:
             write_reduced(f, outputs, record, calibration)
             if received is not None or frames is not None:
                 mask = received if received is not None else np.ones(source.shape[:2], bool)

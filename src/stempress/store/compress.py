@@ -150,7 +150,7 @@ def _compress_entropy(source: Dataset4D, out: Path, chunks: str | tuple[int, ...
     n_workers = resolve_workers(workers)
     removed = remove_stale_partials(out)
     started = time.perf_counter()
-    write_entropy_events(source, out, overwrite=force, workers=n_workers, chunk_rows=rows)
+    write_entropy_events(source, out, force=force, workers=n_workers, chunk_rows=rows)
     if progress is not None:
         progress(nbytes(source), nbytes(source))
     return CompressReport(path=out, codec=codec.name, chunks=(rows, shape[1], shape[2], shape[3]), workers=n_workers,

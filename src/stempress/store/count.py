@@ -18,7 +18,7 @@ from stempress.sinks.events import EventSink
 
 
 def count_to_file(source: Dataset4D | StreamSource, out: str | Path, params: CountingParams, *,
-                  fmt: str | None = None, overwrite: bool = False, rows: int | None = None,
+                  fmt: str | None = None, force: bool = False, rows: int | None = None,
                   inputs: Mapping[str, str] | None = None, progress: Progress | None = None,
                   executor: Executor | None = None) -> CountReport:
     """Count ``source`` block by block and write the electrons as events, with the parameters, the source's
@@ -31,7 +31,7 @@ def count_to_file(source: Dataset4D | StreamSource, out: str | Path, params: Cou
     (default inline) counts each block's frames on its workers; ``progress(rows_done, scan_rows)`` counts scan
     rows.
     """
-    sink = EventSink(out, params, fmt=fmt, overwrite=overwrite, rows=rows, inputs=inputs)
+    sink = EventSink(out, params, fmt=fmt, force=force, rows=rows, inputs=inputs)
     (report,) = run(source, [sink], executor=executor, progress=_in_rows(progress, source), rows=rows)
     return report
 

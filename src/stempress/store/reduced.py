@@ -16,12 +16,12 @@ from stempress.sinks.reduced import ReducedFileSink
 
 
 def reduce_to_file(source: Dataset4D, targets: str | Sequence[str | Target], out: Path | str, *,
-                   overwrite: bool = False, progress: Progress | None = None, calibration: Calibration | None = None,
+                   force: bool = False, progress: Progress | None = None, calibration: Calibration | None = None,
                    executor: Any = None) -> Path:
     """Compute every target in one pass (``engine.run``) and write the reduced file, whole or not at all.
     ``calibration`` defaults to ``source_calibration(source)``. NaN or infinite values in float frames are taken
     as 0 (a dead-pixel mask); the file's provenance (``excluded``) and a note say how many and where."""
-    sink = ReducedFileSink(source, targets, out, calibration=calibration, overwrite=overwrite)
+    sink = ReducedFileSink(source, targets, out, calibration=calibration, force=force)
     with single_blas_thread():
         (path,) = run(source, [sink], executor=executor, progress=progress)
     return path

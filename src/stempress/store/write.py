@@ -34,7 +34,7 @@ def write_hdf5(
     chunks: tuple[int, ...] | None = None,
     compression_kwargs: Mapping[str, Any] | None = None,
     truth: bool = False,
-    overwrite: bool = False,
+    force: bool = False,
     progress: Progress | None = None,
     rows: int | None = None,
 ) -> Path:
@@ -54,7 +54,7 @@ def write_hdf5(
         if len(chunks) != 4 or min(chunks) < 1:
             raise StempressError(f"chunks {tuple(chunks)} must be 4 positive sizes, like (16, 16, 128, 128)")
         chunks = tuple(min(int(c), n) for c, n in zip(chunks, shape, strict=True))
-    spec = ArchiveSpec(out, None, chunks, layout, dataset_path, overwrite, checksums=False,
+    spec = ArchiveSpec(out, None, chunks, layout, dataset_path, force, checksums=False,
                        truth=source.expected_rows if truth else None,  # type: ignore[attr-defined]
                        filter_kwargs=dict(compression_kwargs or {}))
     run(source, [ArchiveSink(spec)], progress=progress, rows=rows)
