@@ -303,7 +303,7 @@ def test_centre_and_bf_radius_replace_what_cannot_be_measured(tmp_path):
 
 
 def test_chunks_take_names_and_shapes_separated_by_commas():
-    from stempress.cli import parse_chunkings
+    from stempress.codecs.chunking import parse_chunkings
 
     assert parse_chunkings("balanced,16x16x64x64") == ["balanced", (16, 16, 64, 64)]
     assert parse_chunkings("16,16,64,64") == [(16, 16, 64, 64)]

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stempress.codecs.chunking import parse_chunkings
 from stempress.errors import StempressError
 from stempress.sizes import human_size
 
@@ -142,38 +143,6 @@ def cli_calibration(cube, centre: str | None, bf_radius: float | None):
     return source_calibration(cube, centre=parse_centre(centre), bf_radius=bf_radius)
 
 
-def parse_paths(text: str) -> list[str]:
-    """'filter,parallel' -> ['filter', 'parallel']."""
-    from stempress.bench.measure import PATHS
-
-    chosen = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in chosen if p not in PATHS]
-    if unknown or not chosen:
-        raise StempressError(f"--paths {text!r}: use {' or '.join(PATHS)}, or both separated by a comma")
-    return list(dict.fromkeys(chosen))
-
-
-def parse_chunkings(text: str) -> list[str | tuple[int, ...]]:
-    """'paper' -> the study's three; otherwise names and shapes separated by commas or spaces."""
-    from stempress.codecs.chunking import PAPER_CHUNKINGS, chunk_shape, parse_chunk_shape
-
-    if text.strip() == "paper":
-        return list(PAPER_CHUNKINGS)
-    chosen: list[str | tuple[int, ...]] = []
-    for item in text.replace(";", " ").split():
-        parts = [p for p in item.split(",") if p]
-        if len(parts) > 1 and all(p.strip("()").isdigit() for p in parts):
-            parts = [item]  # one shape written with commas: 16,16,128,128
-        for part in parts:
-            shape = parse_chunk_shape(part)
-            chosen.append(shape if shape is not None else part)
-    for chunking in chosen:
-        chunk_shape(chunking, (1, 1, 1, 1))  # validate early with the user-facing error
-    if not chosen:
-        raise StempressError("--chunks is empty; use 'paper', names like balanced, or shapes like 16x16x128x128")
-    return chosen
-
-
 @app.command()
 def bench(
     sources: Annotated[
@@ -207,11 +176,11 @@ def bench(
 ) -> None:
     """Benchmark lossless codecs: write, read back, verify, time. No arguments: the paper-like suite."""
     from stempress.atomic import exclusive_folder
-    from stempress.bench.api import run_bench
+    from stempress.bench.api import check_protocol, default_results_folder, run_bench
+    from stempress.bench.measure import parse_paths
 
-    if protocol not in ("warm", "cold"):
-        raise StempressError(f"--protocol {protocol!r} is unknown; use warm or cold")
-    out = out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
+    check_protocol(protocol)  # before the results folder is made
+    out = out or default_results_folder()
     chosen_chunkings, chosen_paths, scan = parse_chunkings(chunks), parse_paths(paths), parse_scan_shape(scan_shape)
     with saying_new_folders(folder=out), exclusive_folder(out), progress_reporter("benchmark") as bar:
 

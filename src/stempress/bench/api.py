@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,17 @@ def open_sources(
     return opened
 
 
+def check_protocol(protocol: str) -> None:
+    """The timing protocols the study's way allows, refused before any folder is made."""
+    if protocol not in ("warm", "cold"):
+        raise StempressError(f"--protocol {protocol!r} is unknown; use warm or cold")
+
+
+def default_results_folder() -> Path:
+    """results/bench-DATE-TIME: a new folder per run, so a run never mixes with an earlier one."""
+    return Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
+
+
 def run_bench(
     *,
     sources: Sequence[str | Path] = (),
@@ -110,6 +122,7 @@ def run_bench(
     A run that stops before its results are saved (bad input, too little disk space, an error, Ctrl-C) removes
     the folders it made, so an early stop leaves nothing behind.
     """
+    check_protocol(protocol)
     codecs = select_codecs(methods)
     layout_path(layout)  # an unknown layout is one line, before anything is opened
     opened = open_sources(sources, suite, dataset, scan_shape)

@@ -227,3 +227,12 @@ def _recorded(blocks: Iterator[Block], reference: Reference) -> Iterator[Block]:
     for block in blocks:
         reference.record(block)
         yield block
+
+
+def parse_paths(text: str) -> list[str]:
+    """'filter,parallel' -> ['filter', 'parallel']."""
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in PATHS]
+    if unknown or not chosen:
+        raise StempressError(f"--paths {text!r}: use {' or '.join(PATHS)}, or both separated by a comma")
+    return list(dict.fromkeys(chosen))

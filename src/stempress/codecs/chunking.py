@@ -52,3 +52,22 @@ def chunking_label(chunking: str | Sequence[int]) -> str:
     if dims is None:
         chunk_shape(chunking, (1, 1, 1, 1))  # raises the user-facing error
     return "chunks_" + "x".join(str(d) for d in dims)  # type: ignore[union-attr]
+
+
+def parse_chunkings(text: str) -> list[str | tuple[int, ...]]:
+    """'paper' -> the study's three; otherwise names and shapes separated by commas or spaces."""
+    if text.strip() == "paper":
+        return list(PAPER_CHUNKINGS)
+    chosen: list[str | tuple[int, ...]] = []
+    for item in text.replace(";", " ").split():
+        parts = [p for p in item.split(",") if p]
+        if len(parts) > 1 and all(p.strip("()").isdigit() for p in parts):
+            parts = [item]  # one shape written with commas: 16,16,128,128
+        for part in parts:
+            shape = parse_chunk_shape(part)
+            chosen.append(shape if shape is not None else part)
+    for chunking in chosen:
+        chunk_shape(chunking, (1, 1, 1, 1))  # validate early with the user-facing error
+    if not chosen:
+        raise StempressError("--chunks is empty; use 'paper', names like balanced, or shapes like 16x16x128x128")
+    return chosen
