@@ -372,9 +372,9 @@ def test_ndarray_and_sniffed_suffix(tmp_path):
 
 def test_synthetic_hook_dispatches_lazily(monkeypatch):
     calls = []
-    fake = types.ModuleType("stempress.data.synthetic")
+    fake = types.ModuleType("stempress.data.suites")
     fake.open_synthetic = lambda spec: calls.append(spec) or ArraySource(np.zeros((1, 1, 2, 2), np.uint8))
-    monkeypatch.setitem(sys.modules, "stempress.data.synthetic", fake)
+    monkeypatch.setitem(sys.modules, "stempress.data.suites", fake)
     src = open_source("synthetic:smoke")
     assert calls == ["synthetic:smoke"] and src.shape == (1, 1, 2, 2)
 

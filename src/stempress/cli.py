@@ -737,10 +737,11 @@ def simulate(
     """Generate a synthetic cube to a file, block by block (works for cubes larger than memory)."""
     from stempress.data.emd import EMD_DATA_PATH
     from stempress.data.open import open_source
+    from stempress.data.suites import as_synthetic
     from stempress.store.readers import cube_open_lines
     from stempress.store.write import write_hdf5
 
-    source = open_source(spec if spec.startswith("synthetic:") else f"synthetic:{spec}")
+    source = open_source(as_synthetic(spec))
     with saying_new_folders(out), progress_reporter("simulate", unit="bytes") as bar:
         path = write_hdf5(source, out, truth=truth, force=force, progress=bar)
     console.print(f"wrote {path}: {source.shape} {source.dtype}")

@@ -99,15 +99,15 @@ def scan_shape_note(source: Dataset4D) -> str | None:
 
 def _open_synthetic(spec: str) -> Dataset4D:
     try:
-        synthetic = import_module("stempress.data.synthetic")
+        suites = import_module("stempress.data.suites")
     except ModuleNotFoundError as exc:
-        if exc.name != "stempress.data.synthetic":
+        if exc.name not in ("stempress.data.suites", "stempress.data.synthetic"):
             raise
         raise StempressError(
             f"{spec}: synthetic data is not available in this install (no stempress.data.synthetic); "
             "reinstall stempress or give a file"
         ) from exc
-    return synthetic.open_synthetic(spec)
+    return suites.open_synthetic(spec)
 
 
 def open_source(spec: str | Path | np.ndarray, *, dataset: str | None = None,

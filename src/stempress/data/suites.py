@@ -138,6 +138,11 @@ def open_synthetic(text: str) -> SyntheticSource:
     return SyntheticSource(parse_synthetic(text))
 
 
+def as_synthetic(text: str) -> str:
+    """A suite member or query as ``simulate`` takes it (``smoke/4D_Diff``), with the ``synthetic:`` prefix."""
+    return text if text.startswith("synthetic:") else f"synthetic:{text}"
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(SyntheticSpec)}
 
 

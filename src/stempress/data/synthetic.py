@@ -675,10 +675,3 @@ class SyntheticSource(SourceBase):
             })
         md["hot_pixels_yx"] = [[int(i // s.det[1]), int(i % s.det[1])] for i in self._hot]
         return md
-
-
-def open_synthetic(text: str) -> SyntheticSource:
-    """``synthetic:smoke/4D_Diff`` or ``synthetic:diffraction?scan=32x32&dose=5000`` (see ``suites``)."""
-    from stempress.data.suites import parse_synthetic  # suites imports this module
-
-    return SyntheticSource(parse_synthetic(text))
