@@ -668,16 +668,13 @@ def recommend(
     = None,
 ) -> None:
     """Benchmark a sample of SOURCE and recommend a codec for a use case, with the numbers behind it."""
-    import tempfile
-
     from stempress.bench.ranking import gibs
     from stempress.bench.recommend import recommend_source
 
     with open_cli_source(source, dataset, scan_shape) as cube, \
-            tempfile.TemporaryDirectory(dir=workdir, prefix=".stempress-recommend-") as scratch, \
             progress_reporter("sample benchmark", transient=True) as bar:
         choice, stats = recommend_source(
-            cube, use, methods=methods, chunkings=parse_chunkings(chunks), runs=runs, workdir=Path(scratch),
+            cube, use, methods=methods, chunkings=parse_chunkings(chunks), runs=runs, workdir=workdir,
             max_sample_bytes=int(sample_mib * 1024**2), required_write_gibs=rate, time_limit_s=time_limit,
             on_progress=lambda e: bar(e.done, e.total),
         )

@@ -7,6 +7,7 @@ user's own cube, not from a table; a sample keeps that to seconds on a cube of t
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def recommend_source(
     methods: str | Sequence[str] = "paper",
     chunkings: Sequence[str | tuple[int, ...]] = ("balanced",),
     runs: int = 2,
-    workdir: Path,
+    workdir: Path | None = None,
     max_sample_bytes: int = 256 * MIB,
     required_write_gibs: float | None = None,
     time_limit_s: float | None = 30.0,
@@ -40,7 +41,8 @@ def recommend_source(
 
     Returns the recommendation and the statistics it came from (one row per method, with a ``verified``
     column: every run of that method read back bit-exact). Cells that failed or were skipped are listed in
-    ``stats.attrs["problems"]``; they cannot be recommended because they have no statistics row.
+    ``stats.attrs["problems"]``; they cannot be recommended because they have no statistics row. The sample
+    files go to a temporary folder (inside ``workdir`` when given) that is removed afterwards.
     """
     if use_case not in USE_CASES:
         raise StempressError(f"unknown use case {use_case!r}; choose one of {', '.join(USE_CASES)}")
@@ -52,9 +54,10 @@ def recommend_source(
         raise StempressError(f"--methods {', '.join(c.name for c in chosen)}: stempress compress can write none "
                              "of them, so none can be recommended; choose HDF5 codecs (stempress codecs)")
     sample = spread_sample(source, max_sample_bytes)
-    config = BenchConfig(codecs=codecs, chunkings=list(chunkings), runs=runs, protocol="warm",
-                         time_limit_s=time_limit_s, workdir=Path(workdir))
-    rows = run_grid([sample], config, on_progress)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=".stempress-recommend-") as scratch:
+        config = BenchConfig(codecs=codecs, chunkings=list(chunkings), runs=runs, protocol="warm",
+                             time_limit_s=time_limit_s, workdir=Path(scratch))
+        rows = run_grid([sample], config, on_progress)
     results = pd.DataFrame(rows)
     stats = statistics(results)
     if stats.empty:
