@@ -294,15 +294,23 @@ THRESHOLD_HELP = ("A pixel is hit when its ADU above dark exceed this (ADU, or r
                   "sigma).")
 
 
+# -- the outputs ingest and live share -----------------------------------------------------------------------
+ArchiveOption = Annotated[Path | None, typer.Option(help="Write the cube compressed here (as compress does).")]
+ArchiveCodecOption = Annotated[str, typer.Option(help="Codec of the archive (stempress codecs).")]
+ArchiveChunksOption = Annotated[str | None, typer.Option(help="Chunking of the archive (default balanced).")]
+ReduceTargetsOption = Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, "
+                                                                    "com, ...")]
+ReducedOption = Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")]
+
+
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="Any source: EMD/HDF5, NXmx master, .mib, .npy, synthetic:...")],
-    archive: Annotated[Path | None, typer.Option(help="Write the cube compressed here (as compress does).")] = None,
-    codec: Annotated[str, typer.Option(help="Codec of the archive (stempress codecs).")] = "blosc_zstd",
-    chunks: Annotated[str | None, typer.Option(help="Chunking of the archive (default balanced).")] = None,
-    reduce: Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, com, ...")]
-    = None,
-    reduced: Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")] = None,
+    archive: ArchiveOption = None,
+    codec: ArchiveCodecOption = "blosc_zstd",
+    chunks: ArchiveChunksOption = None,
+    reduce: ReduceTargetsOption = None,
+    reduced: ReducedOption = None,
     events: Annotated[Path | None, typer.Option(help="Write the electrons as events here (as count does): a stempy "
                                                 ".h5, a raw_csr .toml, or with --event-format entropy an .h5.")]
     = None,
@@ -363,12 +371,11 @@ def live(
     url: Annotated[str, typer.Argument(help="The detector's stream: merlin://HOST:PORT (Merlin's data port, "
                                        "6342) or dectris://HOST:PORT (SIMPLON stream, 9999).")],
     scan_shape: Annotated[str, typer.Option(help="Scan positions ROWSxCOLS (the stream does not say).")],
-    archive: Annotated[Path | None, typer.Option(help="Write the cube compressed here (as compress does).")] = None,
-    codec: Annotated[str, typer.Option(help="Codec of the archive (stempress codecs).")] = "blosc_zstd",
-    chunks: Annotated[str | None, typer.Option(help="Chunking of the archive (default balanced).")] = None,
-    reduce: Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, com, ...")]
-    = None,
-    reduced: Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")] = None,
+    archive: ArchiveOption = None,
+    codec: ArchiveCodecOption = "blosc_zstd",
+    chunks: ArchiveChunksOption = None,
+    reduce: ReduceTargetsOption = None,
+    reduced: ReducedOption = None,
     centre: Annotated[str | None, typer.Option(help="Beam centre ROW,COL in detector pixels (needed to reduce).")]
     = None,
     bf_radius: Annotated[float | None, typer.Option(help="Bright-field disk radius in detector pixels (needed to "

@@ -13,13 +13,12 @@ import json
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from stempress.errors import StempressError
-from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
+from stempress.live.events import Corrupt, End, Event, EventReader, Frame, StreamHeader
 
 #: Messages the receiving socket queues before ZeroMQ stops the sender.
 RECEIVE_HWM = 1000
@@ -109,7 +108,7 @@ def parse_image(parts: list[bytes]) -> Frame:
     return Frame(number, decode_image(parts[2], shape, dtype, encoding))  # type: ignore[arg-type]
 
 
-class DectrisReader:
+class DectrisReader(EventReader):
     """PULLs from a detector's stream interface (``tcp://HOST:PORT``, default port 9999)."""
 
     protocol = "dectris"
@@ -157,16 +156,6 @@ class DectrisReader:
                 metadata = {"format": "dectris-stream", "protocol": "dectris", "url": self.url,
                             "series": self.series, "detector_config": config}
                 return StreamHeader(event.data.shape, event.data.dtype, 0, metadata)  # type: ignore[arg-type]
-
-    def events(self, stop: threading.Event) -> Iterator[Event]:
-        self._stop = stop
-        yield from self._pending
-        self._pending = []
-        while not stop.is_set():
-            event = self._next()
-            yield event
-            if isinstance(event, End):
-                return
 
     def _next(self) -> Event:
         parts = self._recv()

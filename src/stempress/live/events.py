@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,3 +43,25 @@ class StreamHeader:
     dtype: np.dtype
     first_number: int
     metadata: dict
+
+
+class EventReader:
+    """What the protocol readers share: ``start`` reads ahead to the first frame (kept in ``_pending``), then
+    ``events`` hands those on and reads until the stream's end or ``stop``."""
+
+    _pending: list[Event]
+    _stop: threading.Event
+
+    def _next(self) -> Event:
+        raise NotImplementedError
+
+    def events(self, stop: threading.Event) -> Iterator[Event]:
+        """Frames, corrupt messages and the end, in arrival order."""
+        self._stop = stop
+        yield from self._pending
+        self._pending = []
+        while not stop.is_set():
+            event = self._next()
+            yield event
+            if isinstance(event, End):
+                return

@@ -9,12 +9,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from stempress.data.mib import decode_frame, parse_frame_header
 from stempress.errors import StempressError
-from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
+from stempress.live.events import Corrupt, End, Event, EventReader, Frame, StreamHeader
 
 MPX_BYTES = 15  # b"MPX," + 10 digits + b","
 
@@ -41,7 +40,7 @@ class _Closed(Exception):
     """The peer closed the connection."""
 
 
-class MerlinReader:
+class MerlinReader(EventReader):
     """Connects to a Merlin data port (a TCP client, as to the detector's port 6342)."""
 
     protocol = "merlin"
@@ -78,17 +77,6 @@ class MerlinReader:
                                             "chip_layout": header.layout, "header_bytes": header.header_bytes,
                                             "det_y_flipped": self.flip}
                 return StreamHeader(event.data.shape, event.data.dtype, 1, metadata)  # type: ignore[arg-type]
-
-    def events(self, stop: threading.Event) -> Iterator[Event]:
-        """Frames, corrupt messages and the end, in arrival order."""
-        self._stop = stop
-        yield from self._pending
-        self._pending = []
-        while not stop.is_set():
-            event = self._next()
-            yield event
-            if isinstance(event, End):
-                return
 
     def _next(self) -> Event:
         try:
