@@ -13,7 +13,7 @@ import pytest
 from stempress.codecs.catalog import CATALOG
 from stempress.codecs.checksums import ALGORITHM, ChunkChecksums, checksum_group_path, verify_stored
 from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
-from stempress.codecs.parallel import block_data, encode_chunk, read_chunks_parallel, read_parallel_cube_blocks
+from stempress.codecs.parallel import ChunkEncoder, block_data, read_chunks_parallel, read_parallel_cube_blocks
 from stempress.data.base import ArraySource, Block, iter_blocks
 from stempress.data.stream import BlockStream
 from stempress.errors import StempressError
@@ -229,7 +229,7 @@ def test_edge_chunks_are_padded_with_the_fill_value(tmp_path: Path) -> None:
         dset = f.create_dataset("d", shape=(3, 1, 5, 5), dtype="u2", chunks=(2, 1, 4, 4), fillvalue=9,
                                 **CATALOG["gzip_1"].h5_kwargs())
         piece = block_data(Block(0, np.ones((3, 1, 5, 5), np.uint16)), dset)[2:, :, 4:, 4:]
-        stored = encode_chunk(codec, piece, dset.chunks, dset.fillvalue, (1, 0, 1, 1), None, dset.shape)
+        stored, *_ = ChunkEncoder(codec, dset.chunks, dset.fillvalue, dset.shape, None)(((1, 0, 1, 1), piece))
         chunk = codec.decode(stored, (2, 1, 4, 4), np.dtype("u2"))
     assert chunk[0, 0, 0, 0] == 1 and (chunk[1] == 9).all() and (chunk[0, 0, 1:] == 9).all()
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, block_rows, check_shape_dtype
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, block_rows, check_shape_dtype, iter_blocks
 from stempress.data.spec import SourceSpec, spec_of
 from stempress.data.stream import StreamSource, regroup
 from stempress.errors import StempressError, require_distinct_names
@@ -56,19 +56,8 @@ def sinks_budget(sinks: Sequence[Sink], workers: int) -> int:
 # -- reading -----------------------------------------------------------------------------------------------
 def read_blocks(source: Dataset4D, rows: int, start: int = 0, stop: int | None = None, *,
                 depth: int = 1) -> Iterator[Block]:
-    """Blocks of ``rows`` scan rows over ``[start, stop)``, read ``depth`` blocks ahead by a thread."""
-    stop = source.shape[0] if stop is None else stop
-
-    def blocks() -> Iterator[Block]:
-        for first in range(start, stop, rows):
-            last = min(first + rows, stop)
-            data = source.read_rows(first, last)
-            if data.shape != (last - first, *source.shape[1:]):
-                raise StempressError(f"source {source.name!r} returned a block of shape {data.shape} for rows "
-                                     f"{first}..{last}; fix the source's read_rows")
-            yield Block(first, data)
-
-    return read_ahead(blocks(), depth)
+    """``iter_blocks`` over ``[start, stop)``, read ``depth`` blocks ahead by a thread."""
+    return read_ahead(iter_blocks(source, rows, start, stop), depth)
 
 
 def partition_ranges(scan_y: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:

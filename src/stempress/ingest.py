@@ -113,10 +113,10 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
         if pool is not executor:  # an executor the caller gave stays theirs to close
             pool.close()
     seconds = time.perf_counter() - started
-    written = {type(s).__name__: r for s, r in zip(sinks, results, strict=True)}
-    archive_result = written.get("ArchiveSink")
-    reduced_path = written.get("ReducedFileSink")
-    event_report = written.get("EventSink")
+    written = {s.name: r for s, r in zip(sinks, results, strict=True)}  # the engine's names, distinct in a run
+    archive_result = written.get("archive")
+    reduced_path = written.get("reduced")
+    event_report = written.get("events")
     outputs = [p for p in (archive_result.path if archive_result else None, reduced_path) if p is not None]
     outputs += event_report.files if event_report is not None else []
     return IngestReport(archive_result, reduced_path, consumed[0], nbytes(source), seconds, outputs, event_report)

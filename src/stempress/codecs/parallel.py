@@ -109,21 +109,6 @@ def full_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.n
     return full
 
 
-def encode_chunk(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
-                 checksums: ChunkChecksums | None, shape: Sequence[int],
-                 timings: list[tuple[float, float]] | None = None) -> bytes:
-    """Worker: pad, compress and checksum one chunk (all GIL-free work, off the HDF5 thread); a codec failure
-    names the chunk's place in the scan. ``timings`` gets (seconds encoding incl. padding, seconds checksumming)."""
-    t0 = time.perf_counter()
-    chunk, stored = _padded_and_encoded(codec, piece, chunks, fill, index, shape)
-    t1 = time.perf_counter()
-    if checksums is not None:
-        checksums.add(index, stored, chunk)
-    if timings is not None:
-        timings.append((t1 - t0, time.perf_counter() - t1))
-    return stored
-
-
 def _padded_and_encoded(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
                         shape: Sequence[int]) -> tuple[np.ndarray, bytes]:
     chunk = full_chunk(piece, chunks, fill)

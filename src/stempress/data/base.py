@@ -127,14 +127,20 @@ def rows_for_budget(source: Dataset4D, budget_bytes: int = DEFAULT_BLOCK_BYTES, 
     return block_rows(source.shape, source.dtype, multiple=multiple, budget=budget_bytes)
 
 
-def iter_blocks(source: Dataset4D, rows: int | None = None) -> Iterator[Block]:
-    """Walk a source top to bottom in blocks of ``rows`` scan rows (the last may be shorter)."""
+def iter_blocks(source: Dataset4D, rows: int | None = None, start: int = 0, stop: int | None = None) -> Iterator[Block]:
+    """Walk scan rows ``[start, stop)`` of a source (default: all) in blocks of ``rows`` (the last may be shorter);
+    a block of the wrong shape is the source's bug, named as such."""
     rows = rows or rows_for_budget(source)
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
-    for start in range(0, source.shape[0], rows):
-        stop = min(start + rows, source.shape[0])
-        yield Block(start, source.read_rows(start, stop))
+    stop = source.shape[0] if stop is None else stop
+    for first in range(start, stop, rows):
+        last = min(first + rows, stop)
+        data = source.read_rows(first, last)
+        if data.shape != (last - first, *source.shape[1:]):
+            raise StempressError(f"source {source.name!r} returned a block of shape {data.shape} for rows "
+                                 f"{first}..{last}; fix the source's read_rows")
+        yield Block(first, data)
 
 
 class SourceBase:

@@ -99,6 +99,7 @@ class ArchiveSink:
         check_new_output(Path(spec.path), spec.force)
         self.row_multiple = 1
         self._stack: contextlib.ExitStack | None = None
+        self._finished = False
 
     def open(self, info: RunInfo) -> None:
         spec = self.spec
@@ -229,7 +230,6 @@ class ArchiveSink:
         t0 = time.perf_counter()
         self._stack.close()  # closes the file, syncs it and gives it its name
         self.stages["publish"] = time.perf_counter() - t0
-
         self._stack = None
         path = Path(self.spec.path)
         return ArchiveResult(path, self.spec.codec, self.chunks, self.chunk_codec is not None, self.reason,
@@ -276,7 +276,7 @@ def write_received(dset: h5py.Dataset, received: np.ndarray) -> None:
 
 
 def _delete_unless_finished(sink: ArchiveSink, path: Path) -> None:
-    if not getattr(sink, "_finished", False):
+    if not sink._finished:
         path.unlink(missing_ok=True)
 
 
