@@ -10,6 +10,7 @@ OUT, and the next write of the same OUT deletes such leftovers of dead writers, 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,11 +120,9 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
     removed = remove_stale_partials(out)
     started = time.perf_counter()  # the write only: reading the source, compressing, syncing, renaming
     spec = ArchiveSpec(out, chosen, chunks_t, layout, dataset_path, force)
-    if executor is not None:
-        (written,) = run(source, [ArchiveSink(spec)], executor=executor, progress=progress)
-    else:
-        with ThreadExecutor(n_workers) as threads:
-            (written,) = run(source, [ArchiveSink(spec)], executor=threads, progress=progress)
+    # an executor the caller gave stays theirs to close; else threads of our own
+    with contextlib.nullcontext(executor) if executor is not None else ThreadExecutor(n_workers) as pool:
+        (written,) = run(source, [ArchiveSink(spec)], executor=pool, progress=progress)
     return CompressReport(path=out, codec=chosen.name, chunks=chunks_t, workers=n_workers, direct=written.direct,
                           fallback_reason=written.fallback_reason, layout=layout, dataset_path=written.dataset_path,
                           raw_bytes=nbytes(source), file_bytes=written.file_bytes,
