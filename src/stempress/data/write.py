@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from stempress.data.hdf5 import CALIBRATION_KEYS, STUDY_EMD_PATH
 #: Attribute holding the source's whole metadata as a JSON string.
 METADATA_ATTR = "stempress_metadata"
 
-Progress = Callable[[int, int], None]
 
 
 def write_metadata(dset: h5py.Dataset, metadata: dict[str, Any]) -> None:

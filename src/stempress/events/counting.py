@@ -39,7 +39,7 @@ counting-mode source of the same spec (read noise is drawn after the counts), so
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,6 @@ _CHUNK_PIXELS = 1 << 22
 _REFERENCE_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".nxs")
 
 Reference = float | np.ndarray
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
