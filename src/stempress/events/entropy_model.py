@@ -105,7 +105,7 @@ class PoissonModel:
 
     def bound_bits(self) -> float:
         """Poisson entropy (bits per frame) of the model's own class lambdas: what an ideal coder of it spends."""
-        from stempress.bench.bounds import poisson_entropy_bits
+        from stempress.poisson import poisson_entropy_bits
 
         return float(np.sum(poisson_entropy_bits(self.class_lambda[self.class_of_pixel])))
 
