@@ -176,8 +176,9 @@ def bench(
 ) -> None:
     """Benchmark lossless codecs: write, read back, verify, time. No arguments: the paper-like suite."""
     from stempress.atomic import exclusive_folder
-    from stempress.bench.api import check_protocol, default_results_folder, run_bench
+    from stempress.bench.api import check_protocol, default_results_folder
     from stempress.bench.measure import parse_paths
+    from stempress.report.bench import run_bench_with_report
 
     check_protocol(protocol)  # before the results folder is made
     out = out or default_results_folder()
@@ -192,7 +193,7 @@ def bench(
                     f"{r['compression_ratio']:.2f}x" if r["status"] == "ok" else r["status"])
             bar(event.done, event.total, last or event.message)
 
-        report = run_bench(
+        report = run_bench_with_report(
             sources=sources or [], suite=suite, methods=methods, chunkings=chosen_chunkings,
             paths=chosen_paths, workers=workers, runs=runs,
             protocol=protocol, layout=layout, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
