@@ -264,7 +264,11 @@ def compress(
 ) -> None:
     """Compress a cube into a standard HDF5 file on all cores, with per-chunk checksums; never a half file."""
     from stempress.data.open import scan_shape_note
+    from stempress.store.compress import AUTO
     from stempress.store.compress import compress as compress_cube
+
+    if codec.strip().lower() == AUTO:  # benchmark a sample first: the bench machinery loads only for auto
+        from stempress.bench.recommend import compress_auto as compress_cube
 
     chunking = parse_chunkings(chunks) if chunks is not None else [None]
     if len(chunking) != 1:
@@ -351,6 +355,10 @@ def ingest(
     with saying_new_folders(*outputs), dask_executor(dask) as on_dask, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("ingest", unit="bytes") as bar:
         calibration = cli_calibration(cube, centre, bf_radius) if reduced is not None else None
+        if archive is not None and codec.strip().lower() == "auto":
+            from stempress.bench.recommend import resolve_auto
+
+            codec = resolve_auto(codec, cube, chunking, archive)
         report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
                                reduced=reduced, calibration=calibration, events=events, event_format=event_format,
                                counting=counting, event_inputs={"source": source, **references}, workers=workers,
