@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stempress.bench.baselines import file_format
 from stempress.bench.bounds import poisson_bound, true_poisson_bound, truth_blocks
-from stempress.codecs.baselines import file_format
 from stempress.codecs.catalog import CATALOG, get_codec
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import read_cube_blocks, write_cube

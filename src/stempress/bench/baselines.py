@@ -6,6 +6,8 @@ signs) ours keep every value, bit for bit (NaN, inf, -0.0 included): a ratio is 
 ``study_difference`` says, per dtype, how each differs from the study's, what is timed included.
 Each writer consumes blocks of scan rows and each reader yields them, so no format holds a whole cube.
 Files are ``.npy``, zip and pickle: only read files this toolkit wrote (pickle runs code).
+They are the benchmark's (``bench.measure`` writes and times them), so they sit above the event formats that the
+event-list and entropy-coded methods write.
 """
 
 from __future__ import annotations
