@@ -138,7 +138,7 @@ def cli_calibration(cube, centre: str | None, bf_radius: float | None):
     """The calibration the user gave with --centre / --bf-radius, the rest from the source; None if neither."""
     if centre is None and bf_radius is None:
         return None
-    from stempress.reduce.calibration import source_calibration
+    from stempress.store.reducing import source_calibration
 
     return source_calibration(cube, centre=parse_centre(centre), bf_radius=bf_radius)
 
@@ -404,7 +404,7 @@ def live(
     Exits non-zero when frames are missing, unless --allow-missing."""
     from stempress.ingest import ingest as ingest_source
     from stempress.live import open_live
-    from stempress.reduce.calibration import given_calibration
+    from stempress.store.reducing import given_calibration
 
     shape = parse_scan_shape(scan_shape)
     chunking = one_chunking(chunks)

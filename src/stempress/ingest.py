@@ -31,6 +31,7 @@ from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 from stempress.sinks.events import EventSink
 from stempress.sinks.reduced import ReducedFileSink
 from stempress.store.compress import AUTO, DEFAULT_CODEC, resolve_codec
+from stempress.store.reducing import source_calibration
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
         spec = ArchiveSpec(Path(archive), resolve_codec(codec), chunks or "balanced", layout, force=force)
         sinks.append(ArchiveSink(spec))
     if reduced is not None:
-        sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=calibration, force=force))
+        measured = calibration if calibration is not None else source_calibration(source)
+        sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=measured, force=force))
     if events is not None:
         sinks.append(EventSink(events, counting, fmt=event_format, force=force, inputs=event_inputs))
     consumed = [0]

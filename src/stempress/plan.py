@@ -23,19 +23,19 @@ import pandas as pd
 from stempress.data.base import Dataset4D, nbytes
 from stempress.errors import StempressError
 from stempress.provenance import provenance
-from stempress.reduce.calibration import Calibration, source_calibration
+from stempress.reduce.calibration import Calibration
 from stempress.reduce.sufficiency import (
     EXACTLY,
     NOT,
     BinnedSource,
     Check,
     Target,
-    compute,
     gather,
     judge,
     parse_targets,
     sample_positions,
 )
+from stempress.store.reducing import compute, source_calibration
 
 log = logging.getLogger("stempress")
 
