@@ -20,10 +20,10 @@ from rsciio.emd import file_reader as rsciio_emd_reader
 from prismatic_file import Q_STEP_PER_A, R_STEP_A, write_prismatic
 from real_data import real_file
 from stempress.codecs.catalog import get_codec
-from stempress.codecs.checksums import CHECKSUM_GROUP
 from stempress.codecs.chunk_codec import direct_chunk_reason
 from stempress.cores import resolve_workers
 from stempress.data.base import ArraySource, Dataset4D
+from stempress.data.checksums import CHECKSUM_GROUP
 from stempress.data.emd import CODEC_ATTR, calibration_from
 from stempress.data.open import open_source
 from stempress.errors import StempressError

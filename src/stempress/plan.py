@@ -165,7 +165,7 @@ def _lossless_rows(source: Dataset4D, positions: np.ndarray | None, codecs: Sequ
 
 def _events_row(source: Dataset4D, positions: np.ndarray | None,
                 from_frames: Callable[..., list[Check]]) -> _Row:
-    from stempress.events.representation import Events, EventsSource
+    from stempress.data.events import Events, EventsSource
 
     events = Events.from_source(source)
     return _Row("events (CSR)", events.nbytes, ("integer counts",),

@@ -353,8 +353,8 @@ class RawCsrEvents:
     suffix = ".toml"
 
     def write(self, path: Path, blocks: Iterable[Block], shape: Shape, dtype: Any) -> list[Path]:
+        from stempress.data.events import check_counts_dtype, events_from_block
         from stempress.events.libertem import raw_csr_files, write_raw_csr_events
-        from stempress.events.representation import check_counts_dtype, events_from_block
 
         path, dtype = Path(path), np.dtype(dtype)
         check_counts_dtype(dtype, self.name)
@@ -363,7 +363,7 @@ class RawCsrEvents:
         return [path, *raw_csr_files(path).values()]
 
     def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:
-        from stempress.events.libertem import RawCsrSource
+        from stempress.data.raw_csr import RawCsrSource
 
         dtype = np.dtype(dtype)
         source = RawCsrSource(path)

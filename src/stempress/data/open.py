@@ -149,7 +149,7 @@ def _open(spec: str | Path | np.ndarray, dataset: str | None, scan_shape: tuple[
     if kind == "nxmx":
         return NxmxSource(path, scan_shape)
     if kind == "stempy":
-        from stempress.events.stempy import StempySource
+        from stempress.data.stempy import StempySource
 
         return StempySource(path)
     if kind == "entropy":
@@ -159,7 +159,7 @@ def _open(spec: str | Path | np.ndarray, dataset: str | None, scan_shape: tuple[
     if kind == "hdf5":
         return Hdf5Source(path, dataset, scan_shape)
     if kind == "raw_csr":
-        from stempress.events.libertem import RawCsrSource
+        from stempress.data.raw_csr import RawCsrSource
 
         return RawCsrSource(path, scan_shape)
     if kind == "mib":

@@ -37,7 +37,7 @@ file (version 3: ~20-26 kB; version 4: ~6-11 kB). Versions 2 and 3 kept one gzip
 (``model/class_of_pixel``, ``class_int``, ``class_float``, ``table_offsets``, ``tables``); they still read.
 
 Integrity: an ANS stream decodes any bytes into some counts, so a flipped bit would read back as wrong counts with
-no error. Versions 3 and 4 keep a CRC (``codecs.checksums``: CRC32C, else CRC32) of each chunk's coded bytes,
+no error. Versions 3 and 4 keep a CRC (``data.checksums``: CRC32C, else CRC32) of each chunk's coded bytes,
 checked the first time a read touches the chunk, and ``model_crc`` over the model's datasets and the chunk index,
 checked on open; a mismatch is a ``ChecksumError`` naming the chunk and its scan rows. Version 2 files (no
 checksums) still read; ``has_checksums`` tells them apart by the ``checksum_algorithm`` attribute.
@@ -57,7 +57,6 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
-from stempress.codecs.checksums import ALGORITHM, checksum_function
 from stempress.cores import resolve_workers
 from stempress.data.base import (
     Block,
@@ -67,8 +66,10 @@ from stempress.data.base import (
     iter_blocks,
     rows_for_budget,
 )
+from stempress.data.checksums import ALGORITHM, checksum_function
+from stempress.data.event_checksums import ChecksumError
+from stempress.data.events import check_counts_dtype, refuse_non_counts
 from stempress.errors import StempressError
-from stempress.events.checksums import ChecksumError
 from stempress.events.entropy_model import (
     CLASS_INT,
     LAMBDA_FLOOR,
@@ -79,7 +80,6 @@ from stempress.events.entropy_model import (
     unpack_model,
 )
 from stempress.events.entropy_parallel import ChunkPool, ModelBlob
-from stempress.events.representation import check_counts_dtype, refuse_non_counts
 
 #: The float columns of a version 2-3 file's ``model/class_float`` (its ``model/class_int`` has ``CLASS_INT``'s).
 CLASS_FLOAT = ("class_lambda", "p_event")

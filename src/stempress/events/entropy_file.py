@@ -16,6 +16,8 @@ import h5py
 
 from stempress.atomic import atomic_output
 from stempress.data.base import Dataset4D
+from stempress.data.events import Events, as_source, check_counts_dtype
+from stempress.data.record import Record, read_h5_record, write_h5_record
 from stempress.events.entropy import (
     CHECKSUM_ATTR,
     FORMAT_NAME,
@@ -23,8 +25,7 @@ from stempress.events.entropy import (
     attr_text,
     write_entropy_coded,
 )
-from stempress.events.record import Record, event_record, read_h5_record, write_h5_record
-from stempress.events.representation import Events, as_source, check_counts_dtype
+from stempress.events.record import event_record
 
 #: The name users give the format (``--format entropy``) and the codec's catalog name.
 FORMAT = "entropy"
