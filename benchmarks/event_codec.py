@@ -45,10 +45,10 @@ from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import read_cube_blocks, write_cube
 from stempress.cores import resolve_workers
 from stempress.data.base import Block, Dataset4D, iter_blocks
+from stempress.data.entropy import EntropyCodedFormat, encode_blocks, fit_model
+from stempress.data.entropy_parallel import start_method, start_pool
 from stempress.data.open import open_source
 from stempress.data.suites import open_synthetic
-from stempress.events.entropy import EntropyCodedFormat, encode_blocks, fit_model
-from stempress.events.entropy_parallel import start_method, start_pool
 
 DOSES = "375,4000,14000"
 ENCODE_TARGET, DECODE_TARGET = 200.0, 400.0  # MB/s

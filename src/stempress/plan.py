@@ -175,7 +175,7 @@ def _events_row(source: Dataset4D, positions: np.ndarray | None,
 def _entropy_row(source: Dataset4D, positions: np.ndarray | None,
                  from_frames: Callable[..., list[Check]]) -> _Row:
     """The counts through the Poisson-model entropy code, read back from the real file it writes."""
-    from stempress.events.entropy import EntropyCodedSource, write_entropy_coded
+    from stempress.data.entropy import EntropyCodedSource, write_entropy_coded
 
     with tempfile.TemporaryDirectory(prefix="stempress-plan-") as folder:
         path = write_entropy_coded(source, Path(folder) / "events.h5")

@@ -422,7 +422,7 @@ def study_difference(name: str, dtype: Any) -> str | None:
 
 #: The file-stored codecs by catalog name.
 def _file_formats() -> dict[str, FileFormat]:
-    from stempress.events.entropy import EntropyCodedFormat  # counted-electron code; constriction loads lazily
+    from stempress.data.entropy import EntropyCodedFormat  # counted-electron code; constriction loads lazily
 
     return {f.name: f for f in (SparseCSR(), Uint8Overflow(), SimpleGzip(), RawCsrEvents(), EntropyCodedFormat())}
 

@@ -21,7 +21,7 @@ The reader also accepts repeats inside one entry (version 1/2 files, other write
 
 vlen data live in HDF5's global heap, where filters do not apply, so ``frames`` is stored uncompressed,
 as stempy does. Our source dtype is kept under ``metadata/stempress`` (stempy loads that group into
-``SparseArray.metadata``), so a round trip gives back the same dtype, with the record of ``events.record``
+``SparseArray.metadata``), so a round trip gives back the same dtype, with the record of ``data.record``
 (calibration, provenance, counting) in its sub-groups.
 
 Checksums (``data.event_checksums``): a CRC of each chunk's entry ``lengths`` (``<i8``) and pixel ``indices`` (``<u4``),

@@ -52,8 +52,12 @@ __all__ = [
 
 def __getattr__(name: str):
     """The entropy-coded format's entry points, imported only when asked for (they load the codec's modules)."""
-    if name in ("open_entropy", "write_entropy_events"):
-        from stempress.events import entropy_file
+    if name == "open_entropy":
+        from stempress.data.entropy_file import open_entropy
 
-        return getattr(entropy_file, name)
+        return open_entropy
+    if name == "write_entropy_events":
+        from stempress.events.entropy_file import write_entropy_events
+
+        return write_entropy_events
     raise AttributeError(f"module 'stempress.events' has no attribute {name!r}")

@@ -139,7 +139,7 @@ def check_hdf5_output(source: Dataset4D, out: Path, chunks: str | tuple[int, ...
 def _compress_entropy(source: Dataset4D, out: Path, chunks: str | tuple[int, ...] | None, workers: int | None,
                       force: bool, progress: Progress | None) -> CompressReport:
     """``codec="entropy_poisson"``: the counts entropy-coded, with the source's calibration and provenance."""
-    from stempress.events.entropy import default_chunk_rows  # the codec's modules load only when asked for
+    from stempress.data.entropy import default_chunk_rows  # the codec's modules load only when asked for
     from stempress.events.entropy_file import write_entropy_events
 
     codec = get_codec(ENTROPY_CODEC)

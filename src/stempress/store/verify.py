@@ -338,7 +338,7 @@ def _verify_source(path: Path, kind: str, against: Dataset4D | None, workers: in
     from stempress.data.open import open_source
 
     if kind == "entropy":
-        from stempress.events.entropy_file import open_entropy
+        from stempress.data.entropy_file import open_entropy
 
         source = open_entropy(path, workers=resolve_workers(workers))
     else:
@@ -353,7 +353,7 @@ class _SourceVerifier:
     its own chunks) and, with ``against``, compared bit for bit."""
 
     def __init__(self, path: Path, kind: str, source: Dataset4D, against: Dataset4D | None, started: float) -> None:
-        from stempress.events.entropy_file import CODEC, has_checksums
+        from stempress.data.entropy_file import CODEC, has_checksums
 
         self.path, self.kind, self.source, self.against, self.started = path, kind, source, against, started
         self.guard = getattr(source, "guard", None)  # data.event_checksums.ChunkGuard of a stempy / raw_csr source

@@ -67,10 +67,7 @@ from stempress.data.base import (
     rows_for_budget,
 )
 from stempress.data.checksums import ALGORITHM, checksum_function
-from stempress.data.event_checksums import ChecksumError
-from stempress.data.events import check_counts_dtype, refuse_non_counts
-from stempress.errors import StempressError
-from stempress.events.entropy_model import (
+from stempress.data.entropy_model import (
     CLASS_INT,
     LAMBDA_FLOOR,
     SPARSE_BELOW,
@@ -79,7 +76,10 @@ from stempress.events.entropy_model import (
     pack_model,
     unpack_model,
 )
-from stempress.events.entropy_parallel import ChunkPool, ModelBlob
+from stempress.data.entropy_parallel import ChunkPool, ModelBlob
+from stempress.data.event_checksums import ChecksumError
+from stempress.data.events import check_counts_dtype, refuse_non_counts
+from stempress.errors import StempressError
 
 #: The float columns of a version 2-3 file's ``model/class_float`` (its ``model/class_int`` has ``CLASS_INT``'s).
 CLASS_FLOAT = ("class_lambda", "p_event")
