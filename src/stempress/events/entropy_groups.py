@@ -30,14 +30,29 @@ ITERATIONS = 40
 SEED = 0
 
 
+#: Positions binned per matrix product (keeps the float64 copy of a block small).
+_BIN_POSITIONS = 64
+
+
 def features(frames: np.ndarray, det: tuple[int, int]) -> np.ndarray:
-    """(positions, CELLS**2): the square root of each frame's mean count per detector cell."""
+    """(positions, cells): the square root of each frame's mean count per detector cell (``CELLS`` per axis).
+    The binning is two matrix products on exact integers in float64, so any BLAS gives the same sums."""
     cube = np.asarray(frames).reshape(-1, *det)
-    rows = np.unique(np.linspace(0, det[0], min(CELLS, det[0]) + 1).astype(np.int64)[:-1])
-    cols = np.unique(np.linspace(0, det[1], min(CELLS, det[1]) + 1).astype(np.int64)[:-1])
-    binned = np.add.reduceat(np.add.reduceat(cube, rows, axis=1, dtype=np.float64), cols, axis=2)
-    area = np.outer(np.diff(np.append(rows, det[0])), np.diff(np.append(cols, det[1])))
-    return np.sqrt(binned / area).reshape(cube.shape[0], -1)
+    rows, cols = _binning(det[0]), _binning(det[1])
+    area = np.outer(rows.sum(axis=0), cols.sum(axis=0))
+    out = np.empty((cube.shape[0], area.size))
+    for a in range(0, cube.shape[0], _BIN_POSITIONS):
+        part = cube[a:a + _BIN_POSITIONS].astype(np.float64)
+        binned = np.matmul(rows.T, part @ cols)  # (n, cells_y, cells_x)
+        out[a:a + part.shape[0]] = (binned / area).reshape(part.shape[0], -1)
+    return np.sqrt(out)
+
+
+def _binning(n: int) -> np.ndarray:
+    """(n, cells) 0/1: which cell each of ``n`` detector pixels falls in (``CELLS`` near-equal runs)."""
+    cells = min(CELLS, n)
+    cell = np.arange(n) * cells // n
+    return (cell[:, None] == np.arange(cells)[None, :]).astype(np.float64)
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:

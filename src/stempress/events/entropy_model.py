@@ -237,15 +237,21 @@ def fit_model(total: np.ndarray, n_positions: int, coded_positions: int | None =
         if sums.shape[0] > 1 and np.all(counts > 0):
             candidates.append((sums, counts, (sums + lam) / (counts[:, None] + 1.0)))
     best: tuple[float, PoissonModel] | None = None
-    for sums, counts, lams in candidates:
+    for sums, counts, lams in candidates:  # one group, then more and more: stop once more no longer pays
         labels = scale * n_positions * math.log2(counts.size)  # each position's group, coded uniformly
-        for grid in GRIDS:
+        found: tuple[float, PoissonModel] | None = None
+        for grid in GRIDS:  # coarse to fine: stop once finer no longer pays
             model = _fit_on_grid(lam, lams, counts, grid)
-            # the stored size estimated with zlib (~3 ms, against xz's ~30): it only ranks the grids
+            # the stored size estimated with zlib (~3 ms, against xz's ~30): it only ranks the candidates
             bits = (scale * _code_bits(model, sums, counts) + labels
                     + 8.0 * len(zlib.compress(_raw(model, (1, lam.size)), 6)))
-            if best is None or bits < best[0]:
-                best = (bits, model)
+            if found is not None and bits >= found[0]:
+                break
+            found = (bits, model)
+        assert found is not None
+        if best is not None and found[0] >= best[0]:
+            break
+        best = found
     assert best is not None
     return best[1]
 
