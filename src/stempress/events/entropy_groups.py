@@ -133,13 +133,3 @@ class ScanGroups:
                 out.append((sums[kept], members[kept]))
         return out
 
-
-def groupings_of(frames: np.ndarray, det: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The candidate groupings of frames held in memory (a one-pass fit's first block)."""
-    groups = ScanGroups(frames.shape[0], det)
-    if not groups.wanted:
-        return []
-    groups.sample(0, frames)
-    groups.cluster()
-    groups.add(frames)
-    return groups.groupings()
