@@ -95,3 +95,26 @@ def test_ctrl_c_writes_what_arrived_and_exits_130(tmp_path):
         received = f[EMD_DATA_PATH].parent["received"][()]
         assert 0 < received.sum() < 48
         assert json.loads(f[EMD_DATA_PATH].attrs[METADATA_ATTR])["frames"]["ended"] == "stopped by Ctrl-C"
+
+
+@pytest.mark.parametrize("name", ["ev.h5", "ev.toml"])
+def test_events_hold_the_received_frames_and_list_the_missing_positions(tmp_path, name):
+    from stempress.data.open import open_source
+
+    path, cube = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "merlin", "--drop", "0.15", "--seed", "4")
+    out = tmp_path / name
+    done = subprocess.run(_live(f"merlin://127.0.0.1:{port}", tmp_path, "--events", str(out), "--allow-missing",
+                                reduce=False), capture_output=True, text=True, timeout=120)
+    server.communicate(timeout=60)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "a.h5") as f:
+        received = f[EMD_DATA_PATH].parent["received"][()]
+    assert 0 < received.sum() < received.size
+    with open_source(out) as events:
+        counts = events.read_rows(0, 6)
+        frames = events.metadata["provenance"]["frames"]
+    assert np.array_equal(counts[received], cube[received])  # the electrons of every frame that arrived
+    assert not counts[~received].any()
+    assert list(frames["missing_positions"]) == np.flatnonzero(~received).tolist()  # not empty frames, missing
+    assert frames["missing"] == received.size - received.sum() and frames["expected"] == 48

@@ -301,6 +301,12 @@ ArchiveChunksOption = Annotated[str | None, typer.Option(help="Chunking of the a
 ReduceTargetsOption = Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, "
                                                                     "com, ...")]
 ReducedOption = Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")]
+EventsOption = Annotated[Path | None, typer.Option(help="Write the electrons as events here (as count does): a stempy "
+                                                   ".h5, a raw_csr .toml, or with --event-format entropy an .h5.")]
+EventFormatOption = Annotated[str | None, typer.Option(help="stempy, raw_csr or entropy (default: raw_csr for a .toml "
+                                                       "--events, else stempy).")]
+ThresholdOption = Annotated[float | None, typer.Option(help=THRESHOLD_HELP + " Given: the frames are counted before "
+                                                       "--events is written; not given: they must be counts already.")]
 
 
 @app.command()
@@ -311,14 +317,9 @@ def ingest(
     chunks: ArchiveChunksOption = None,
     reduce: ReduceTargetsOption = None,
     reduced: ReducedOption = None,
-    events: Annotated[Path | None, typer.Option(help="Write the electrons as events here (as count does): a stempy "
-                                                ".h5, a raw_csr .toml, or with --event-format entropy an .h5.")]
-    = None,
-    event_format: Annotated[str | None, typer.Option(help="stempy, raw_csr or entropy (default: raw_csr for a .toml "
-                                                     "--events, else stempy).")] = None,
-    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP + " Given: the frames are counted before "
-                                                    "--events is written; not given: they must be counts already.")]
-    = None,
+    events: EventsOption = None,
+    event_format: EventFormatOption = None,
+    threshold: ThresholdOption = None,
     threshold_unit: ThresholdUnit = "adu",
     read_noise: ReadNoise = None,
     dark: Dark = "0",
@@ -376,6 +377,16 @@ def live(
     chunks: ArchiveChunksOption = None,
     reduce: ReduceTargetsOption = None,
     reduced: ReducedOption = None,
+    events: EventsOption = None,
+    event_format: EventFormatOption = None,
+    threshold: ThresholdOption = None,
+    threshold_unit: ThresholdUnit = "adu",
+    read_noise: ReadNoise = None,
+    dark: Dark = "0",
+    gain: Gain = "1",
+    method: Method = "pixel",
+    connectivity: Connectivity = 1,
+    cluster_count: ClusterCount = "one",
     centre: Annotated[str | None, typer.Option(help="Beam centre ROW,COL in detector pixels (needed to reduce).")]
     = None,
     bf_radius: Annotated[float | None, typer.Option(help="Bright-field disk radius in detector pixels (needed to "
@@ -389,10 +400,11 @@ def live(
     allow_missing: Annotated[bool, typer.Option(help="Exit 0 even when frames are missing.")] = False,
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
 ) -> None:
-    """Receive a scan from a detector's network stream and write the --archive and --reduced outputs as it
-    arrives (ingest's outputs), every frame accounted for; missing frames are marked in each output's
-    ``received`` mask (NaN in reduced images). Ctrl-C ends the scan with what arrived (again: stop at once).
-    Exits non-zero when frames are missing, unless --allow-missing."""
+    """Receive a scan from a detector's network stream and write the --archive, --reduced and --events outputs
+    as it arrives (ingest's outputs), every frame accounted for; missing frames are marked in each output's
+    ``received`` mask (NaN in reduced images; listed in the event file's provenance). Ctrl-C ends the scan with
+    what arrived (again: stop at once). Exits non-zero when frames are missing, unless --allow-missing."""
+    from stempress.events.counting import counting_options
     from stempress.ingest import ingest as ingest_source
     from stempress.live import open_live
     from stempress.reduce.calibration import given_calibration
@@ -403,19 +415,25 @@ def live(
     if reduced is not None and (point is None or bf_radius is None):
         raise StempressError("reducing a live stream needs --centre ROW,COL and --bf-radius PIXELS (nothing can be "
                              "measured before the frames arrive)")
-    outputs = [p for p in (archive, reduced) if p is not None]
+    counting, references = counting_options(threshold, threshold_unit=threshold_unit, read_noise=read_noise,
+                                            dark=dark, gain=gain, method=method, connectivity=connectivity,
+                                            cluster_count=cluster_count)
+    outputs = [p for p in (archive, reduced, events) if p is not None]
     if not outputs:
-        raise StempressError("live needs at least one output: --archive OUT.h5 and/or --reduce TARGET --reduced "
-                             "RED.h5")
+        raise StempressError("live needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5 "
+                             "and/or --events EV.h5")
     with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar:
         source = open_live(url, shape, timeout=timeout, queue_bytes=buffer_mb * 1024**2)  # type: ignore[arg-type]
         calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduced is not None else None
         with _ctrl_c_stops(source):
             report = ingest_source(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
-                                   reduced=reduced, calibration=calibration, workers=workers, executor=executor,
-                                   force=force, progress=lambda done, total: bar(done, total, source.status()))
+                                   reduced=reduced, calibration=calibration, events=events,
+                                   event_format=event_format, counting=counting,
+                                   event_inputs={"source": url, **references}, workers=workers, executor=executor,
+                                   force=force, progress=lambda done, total: bar(done, total, source.status(done)))
     account = source.account
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    warn(report.events.warnings if report.events is not None else [])
     console.print(account.summary(), highlight=False, soft_wrap=True)
     if account.ended == STOPPED_BY_CTRL_C:
         errors.print(f"[red]interrupted:[/] stempress live stopped by Ctrl-C; the outputs hold the {account.received}"
