@@ -319,3 +319,30 @@ def test_byte_queue_is_bounded_but_always_takes_one_item():
     assert queue.get().reason == "a" and queue.bytes == 0
     assert queue.put(End("c"), 60, stop) and not queue.put(End("d"), 60, stop) and queue.peak == 250
     assert queue.get(lambda: "stopped").reason == "stopped"  # a stop request comes before what is queued
+
+
+# -- snapshots while the scan fills ----------------------------------------------------------------------------
+@pytest.mark.parametrize("every, expected", [(3600.0, 2), (0.0, 6 + 1)])
+def test_snapshots_are_taken_at_most_every_so_often_and_once_at_the_end(every, expected):
+    from stempress.acquire import receive
+    from stempress.reduce.imaging import default_reducers
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin")
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    seen: list = []
+    receive(live, reducers=default_reducers(CAL), watch=seen.append, every=every)
+    out["thread"].join(30)
+    assert len(seen) == expected  # the first block's, then none sooner than `every`; the final one always
+    assert [s.final for s in seen] == [False] * (expected - 1) + [True]
+    assert seen[0].rows_done <= 1 and seen[-1].rows_done == 6 and seen[-1].received.all()
+    assert np.isnan(seen[0].image("BF")[1:]).all()  # rows not reduced yet are NaN, not zeros
+    full = run_reducers_of(cube)
+    np.testing.assert_array_equal(seen[-1].image("BF"), full["virtual"]["BF"])
+
+
+def run_reducers_of(cube: np.ndarray) -> dict:
+    from stempress.reduce.engine import run_reducers
+    from stempress.reduce.imaging import default_reducers
+
+    return run_reducers(cube, default_reducers(CAL))

@@ -118,3 +118,27 @@ def test_events_hold_the_received_frames_and_list_the_missing_positions(tmp_path
     assert not counts[~received].any()
     assert list(frames["missing_positions"]) == np.flatnonzero(~received).tolist()  # not empty frames, missing
     assert frames["missing"] == received.size - received.sum() and frames["expected"] == 48
+
+
+def test_preview_draws_whole_pngs_with_missing_positions_shown(tmp_path):
+    from matplotlib.image import imread
+
+    path, _cube_data = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "merlin", "--drop", "0.15", "--seed", "4", "--rate", "40")
+    preview = tmp_path / "preview"
+    done = subprocess.run(_live(f"merlin://127.0.0.1:{port}", tmp_path, "--reduce", "com", "--preview", str(preview),
+                                "--allow-missing"), capture_output=True, text=True, timeout=120)
+    server.communicate(timeout=60)
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in preview.iterdir())
+    assert names == ["bf_BF.png", "com_com_x.png", "com_com_y.png", "com_intensity.png", "mean_pattern_mean.png"]
+    bf = imread(preview / "bf_BF.png")[..., :3]
+    assert (np.abs(bf - [1.0, 0.0, 1.0]).sum(axis=-1) < 0.05).any()  # the missing positions, in magenta
+    pattern = imread(preview / "mean_pattern_mean.png")[..., :3]
+    assert not (np.abs(pattern - [1.0, 0.0, 1.0]).sum(axis=-1) < 0.05).any()  # a pattern has no missing pixels
+    images, _record = read_reduced(tmp_path / "r.h5")
+    assert "mean_pattern" in images  # the preview's mean pattern is reduced with the rest
+    # a second run into the same folder refuses to draw over the first one's PNGs without --force
+    again = subprocess.run(_live("merlin://127.0.0.1:1", tmp_path / "x", "--preview", str(preview)),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "already holds PNGs" in again.stderr and "--force" in again.stderr

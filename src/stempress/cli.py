@@ -397,6 +397,9 @@ def live(
     = 10.0,
     buffer_mb: Annotated[int, typer.Option(help="Frames held between network and writers, in MB; when full, the "
                                            "detector is held back.")] = 256,
+    preview: Annotated[Path | None, typer.Option(help="Redraw the --reduce targets' images and the mean pattern as "
+                                                 "PNGs in this folder about once a second (missing positions in "
+                                                 "magenta); adds mean_pattern to the reduced file.")] = None,
     allow_missing: Annotated[bool, typer.Option(help="Exit 0 even when frames are missing.")] = False,
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
 ) -> None:
@@ -404,8 +407,8 @@ def live(
     as it arrives (ingest's outputs), every frame accounted for; missing frames are marked in each output's
     ``received`` mask (NaN in reduced images; listed in the event file's provenance). Ctrl-C ends the scan with
     what arrived (again: stop at once). Exits non-zero when frames are missing, unless --allow-missing."""
+    from stempress.acquire import receive
     from stempress.events.counting import counting_options
-    from stempress.ingest import ingest as ingest_source
     from stempress.live import open_live
     from stempress.reduce.calibration import given_calibration
 
@@ -415,6 +418,9 @@ def live(
     if reduced is not None and (point is None or bf_radius is None):
         raise StempressError("reducing a live stream needs --centre ROW,COL and --bf-radius PIXELS (nothing can be "
                              "measured before the frames arrive)")
+    if preview is not None and not reduce:
+        raise StempressError("--preview draws the reduce targets' images: give --reduce TARGET (with --reduced "
+                             "RED.h5, --centre and --bf-radius)")
     counting, references = counting_options(threshold, threshold_unit=threshold_unit, read_noise=read_noise,
                                             dark=dark, gain=gain, method=method, connectivity=connectivity,
                                             cluster_count=cluster_count)
@@ -422,15 +428,16 @@ def live(
     if not outputs:
         raise StempressError("live needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5 "
                              "and/or --events EV.h5")
-    with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar:
+    with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar, \
+            _previewing(preview, force) as watch:
         source = open_live(url, shape, timeout=timeout, queue_bytes=buffer_mb * 1024**2)  # type: ignore[arg-type]
         calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduced is not None else None
         with _ctrl_c_stops(source):
-            report = ingest_source(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
-                                   reduced=reduced, calibration=calibration, events=events,
-                                   event_format=event_format, counting=counting,
-                                   event_inputs={"source": url, **references}, workers=workers, executor=executor,
-                                   force=force, progress=lambda done, total: bar(done, total, source.status(done)))
+            report = receive(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
+                             reduced=reduced, calibration=calibration, events=events, event_format=event_format,
+                             counting=counting, event_inputs={"source": url, **references}, watch=watch,
+                             workers=workers, executor=executor, force=force,
+                             progress=lambda done, total: bar(done, total, source.status(done)))
     account = source.account
     console.print(report.summary(), highlight=False, soft_wrap=True)
     warn(report.events.warnings if report.events is not None else [])
@@ -446,6 +453,24 @@ def live(
 
 
 STOPPED_BY_CTRL_C = "stopped by Ctrl-C"
+
+
+@contextmanager
+def _previewing(folder: Path | None, force: bool) -> Iterator[Any]:
+    """live --preview: a PNG writer on its own thread while the scan runs (None without --preview)."""
+    if folder is None:
+        yield None
+        return
+    from stempress.report.live_preview import PreviewWriter
+
+    writer = PreviewWriter(folder, force=force)
+    try:
+        yield writer
+    except BaseException:
+        with contextlib.suppress(StempressError):  # the error in flight says more than a failed drawing
+            writer.close()
+        raise
+    writer.close()
 
 
 @contextmanager
