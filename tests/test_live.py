@@ -346,3 +346,45 @@ def run_reducers_of(cube: np.ndarray) -> dict:
     from stempress.reduce.imaging import default_reducers
 
     return run_reducers(cube, default_reducers(CAL))
+
+
+def test_live_scan_yields_the_scan_as_it_fills_and_ends_with_the_full_result(tmp_path):
+    from stempress.acquire import live_scan
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.1, seed=5), rate=60)
+    scan = live_scan(f"merlin://127.0.0.1:{port}", cube.shape[:2], centre=(5.5, 4.5), bf_radius=3.0,
+                     every=0.2, archive=tmp_path / "a.h5", chunks="2x4x12x10")
+    snapshots = list(scan)
+    out["thread"].join(30)
+    lost = out["log"].dropped
+    assert lost and len(snapshots) >= 2 and snapshots[-1].final and not any(s.final for s in snapshots[:-1])
+    counts = [int(s.received.sum()) for s in snapshots]
+    assert counts == sorted(counts) and counts[-1] == 48 - len(lost)  # the scan fills, snapshot by snapshot
+    missing = np.zeros(48, bool)
+    missing[lost] = True
+    missing = missing.reshape(6, 8)
+    last = snapshots[-1]
+    assert np.array_equal(last.received, ~missing) and last.frames["missing"] == len(lost)
+    full = run_reducers_of(cube)
+    bf = last.image("BF")
+    assert np.isnan(bf[missing]).all() and np.array_equal(bf[~missing], full["virtual"]["BF"][~missing])
+    assert scan.report is not None and scan.report.archive is not None
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert np.array_equal(f[EMD_DATA_PATH].parent["received"][()], ~missing)
+
+
+def test_leaving_the_live_scan_loop_early_stops_the_scan_with_what_arrived(tmp_path):
+    from stempress.acquire import live_scan
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", rate=20)
+    scan = live_scan(f"merlin://127.0.0.1:{port}", cube.shape[:2], every=0.0, archive=tmp_path / "a.h5",
+                     chunks="2x4x12x10")
+    for snapshot in scan:
+        assert snapshot.images == {}  # no calibration given: the received mask and the accounting only
+        break
+    out["thread"].join(30)
+    assert scan.source.account.ended == "stopped by the caller" and scan.source.account.missing > 0
+    with h5py.File(tmp_path / "a.h5") as f:  # the outputs hold what arrived, marked
+        assert 0 < f[EMD_DATA_PATH].parent["received"][()].sum() < 48
