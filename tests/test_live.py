@@ -388,3 +388,20 @@ def test_leaving_the_live_scan_loop_early_stops_the_scan_with_what_arrived(tmp_p
     assert scan.source.account.ended == "stopped by the caller" and scan.source.account.missing > 0
     with h5py.File(tmp_path / "a.h5") as f:  # the outputs hold what arrived, marked
         assert 0 < f[EMD_DATA_PATH].parent["received"][()].sum() < 48
+
+
+@pytest.mark.parametrize("fill", [0, 7])
+def test_the_mean_pattern_is_the_mean_of_the_received_frames_only(tmp_path, fill):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.2, seed=5))
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10, fill=fill)
+    ingest(live, reduce=["mean_pattern", "bf"], reduced=tmp_path / "r.h5", calibration=CAL, workers=2)
+    out["thread"].join(30)
+    received = live.received_mask
+    assert 0 < received.sum() < 48
+    images, _record = read_reduced(tmp_path / "r.h5")
+    mean = images["mean_pattern"]["mean"]
+    np.testing.assert_allclose(mean, cube[received].mean(axis=0), rtol=1e-12)  # not the fill, not over all 48
+    bf = next(iter(images["bf"].values()))
+    full = run_reducers_of(cube)["virtual"]["BF"]
+    assert np.isnan(bf[~received]).all() and np.array_equal(bf[received], full[received])
