@@ -142,3 +142,36 @@ def test_preview_draws_whole_pngs_with_missing_positions_shown(tmp_path):
     again = subprocess.run(_live("merlin://127.0.0.1:1", tmp_path / "x", "--preview", str(preview)),
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "already holds PNGs" in again.stderr and "--force" in again.stderr
+
+
+def _partials(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".partial"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_sigkill_mid_scan_leaves_no_final_output_and_the_next_run_writes_them(tmp_path):
+    path, cube = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "merlin", "--rate", "10")
+    outputs = ["--events", str(tmp_path / "ev.h5")]
+    live = subprocess.Popen(_live(f"merlin://127.0.0.1:{port}", tmp_path, *outputs), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = live.stdout.readline()  # type: ignore[union-attr]  # frames are arriving: the outputs are open
+    assert first.startswith("live:"), (first, live.stderr.read() if live.poll() is not None else "")
+    live.kill()
+    live.communicate(timeout=60)
+    server.kill()
+    server.communicate()
+    assert live.returncode == -signal.SIGKILL
+    finals = [tmp_path / name for name in ("a.h5", "r.h5", "ev.h5")]
+    assert not any(p.exists() for p in finals)  # nothing a reader could take for a finished output
+    left = _partials(tmp_path)  # only the temporary files of the killed run: the archive's, the events' staging
+    assert any(n.startswith(".a.h5.") for n in left) and any(n.startswith(".ev.h5.") for n in left), left
+    server, port = _serve(str(path), "--as", "merlin")
+    done = subprocess.run(_live(f"merlin://127.0.0.1:{port}", tmp_path, *outputs), capture_output=True, text=True,
+                          timeout=120)
+    server.communicate(timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert all(p.exists() for p in finals) and _partials(tmp_path) == []  # the dead run's leftovers cleared
+    assert "that was killed" in done.stderr  # and it says so
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert np.array_equal(f[EMD_DATA_PATH][()], cube)
