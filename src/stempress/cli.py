@@ -527,7 +527,8 @@ def serve(
 
         log = serve_source(cube, as_, port=port, host=host, rate=rate, faults=faults, encoding=encoding,
                            timeout=timeout, ready=listening)
-    console.print(f"sent {log.sent} messages for {log.frames} frames ({log.ended}): dropped {len(log.dropped)}, "
+    console.print(f"sent {log.sent} messages for {log.frames} frames in {log.seconds:.2f} s "
+                  f"({log.sent / max(log.seconds, 1e-9):,.0f}/s; {log.ended}): dropped {len(log.dropped)}, "
                   f"duplicated {len(log.duplicated)}, reordered {len(log.reordered)}, corrupt {len(log.corrupted)}",
                   highlight=False, soft_wrap=True)
 
