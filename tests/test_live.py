@@ -405,3 +405,17 @@ def test_the_mean_pattern_is_the_mean_of_the_received_frames_only(tmp_path, fill
     bf = next(iter(images["bf"].values()))
     full = run_reducers_of(cube)["virtual"]["BF"]
     assert np.isnan(bf[~received]).all() and np.array_equal(bf[received], full[received])
+
+
+def test_reduce_targets_without_a_file_are_reduced_in_memory_for_the_snapshots(tmp_path):
+    from stempress.acquire import receive
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "dectris")
+    live = LiveSource(f"dectris://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    seen: list = []
+    report = receive(live, reduce=["bf"], calibration=CAL, watch=seen.append, archive=tmp_path / "a.h5")
+    out["thread"].join(30)
+    assert report.reduced is None and sorted(seen[-1].images) == ["bf", "mean_pattern"]  # the preview's pattern
+    np.testing.assert_allclose(seen[-1].image("mean"), cube.reshape(48, 12, 10).mean(axis=0), rtol=1e-12)
+    assert np.array_equal(seen[-1].image("bf/BF"), run_reducers_of(cube)["virtual"]["BF"])

@@ -175,3 +175,12 @@ def test_sigkill_mid_scan_leaves_no_final_output_and_the_next_run_writes_them(tm
     assert "that was killed" in done.stderr  # and it says so
     with h5py.File(tmp_path / "a.h5") as f:
         assert np.array_equal(f[EMD_DATA_PATH][()], cube)
+
+
+def test_reduce_without_a_reduced_file_needs_a_preview(tmp_path):
+    args = [sys.executable, "-m", "stempress", "live", "merlin://127.0.0.1:1", "--scan-shape", "6x8", "--reduce", "bf",
+            "--centre", "5.5,4.5", "--bf-radius", "3"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--reduced RED.h5 go together" in done.stderr and "--preview" in done.stderr
+    done = subprocess.run([*args[:9], "--preview", str(tmp_path / "p")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--centre ROW,COL and --bf-radius" in done.stderr  # images need the geometry

@@ -415,23 +415,26 @@ def live(
     shape = parse_scan_shape(scan_shape)
     chunking = one_chunking(chunks)
     point = parse_centre(centre)
-    if reduced is not None and (point is None or bf_radius is None):
+    if reduce and reduced is None and preview is None:
+        raise StempressError("--reduce TARGET and --reduced RED.h5 go together (or --reduce with --preview DIR "
+                             "alone, to watch the images without keeping them)")
+    if preview is not None and not reduce:
+        raise StempressError("--preview draws the reduce targets' images: give --reduce TARGET (with --centre and "
+                             "--bf-radius; --reduced RED.h5 keeps them)")
+    if reduce and (point is None or bf_radius is None):
         raise StempressError("reducing a live stream needs --centre ROW,COL and --bf-radius PIXELS (nothing can be "
                              "measured before the frames arrive)")
-    if preview is not None and not reduce:
-        raise StempressError("--preview draws the reduce targets' images: give --reduce TARGET (with --reduced "
-                             "RED.h5, --centre and --bf-radius)")
     counting, references = counting_options(threshold, threshold_unit=threshold_unit, read_noise=read_noise,
                                             dark=dark, gain=gain, method=method, connectivity=connectivity,
                                             cluster_count=cluster_count)
     outputs = [p for p in (archive, reduced, events) if p is not None]
-    if not outputs:
-        raise StempressError("live needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5 "
-                             "and/or --events EV.h5")
+    if not outputs and preview is None:
+        raise StempressError("live needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5, "
+                             "--events EV.h5 and/or --preview DIR")
     with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar, \
             _previewing(preview, force) as watch:
         source = open_live(url, shape, timeout=timeout, queue_bytes=buffer_mb * 1024**2)  # type: ignore[arg-type]
-        calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduced is not None else None
+        calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduce else None
         with _ctrl_c_stops(source):
             report = receive(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
                              reduced=reduced, calibration=calibration, events=events, event_format=event_format,
