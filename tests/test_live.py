@@ -395,10 +395,14 @@ def test_the_mean_pattern_is_the_mean_of_the_received_frames_only(tmp_path, fill
     cube = _cube()
     port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.2, seed=5))
     live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10, fill=fill)
-    ingest(live, reduce=["mean_pattern", "bf"], reduced=tmp_path / "r.h5", calibration=CAL, workers=2)
+    ingest(live, reduce=["mean_pattern", "bf"], reduced=tmp_path / "r.h5", calibration=CAL, workers=2,
+           archive=tmp_path / "a.h5", chunks="2x4x12x10")
     out["thread"].join(30)
     received = live.received_mask
     assert 0 < received.sum() < 48
+    with h5py.File(tmp_path / "a.h5") as f:
+        stored = f[EMD_DATA_PATH][()]
+    assert (stored[~received] == fill).all() and np.array_equal(stored[received], cube[received])  # the fill, kept
     images, _record = read_reduced(tmp_path / "r.h5")
     mean = images["mean_pattern"]["mean"]
     np.testing.assert_allclose(mean, cube[received].mean(axis=0), rtol=1e-12)  # not the fill, not over all 48
