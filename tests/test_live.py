@@ -423,3 +423,19 @@ def test_reduce_targets_without_a_file_are_reduced_in_memory_for_the_snapshots(t
     assert report.reduced is None and sorted(seen[-1].images) == ["bf", "mean_pattern"]  # the preview's pattern
     np.testing.assert_allclose(seen[-1].image("mean"), cube.reshape(48, 12, 10).mean(axis=0), rtol=1e-12)
     assert np.array_equal(seen[-1].image("bf/BF"), run_reducers_of(cube)["virtual"]["BF"])
+
+
+def test_lag_counts_frames_off_the_network_not_yet_through_the_sinks():
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.1, duplicate=0.1, seed=11))
+    live, _blocks = _receive("merlin", port, cube.shape[:2], timeout=10)
+    out["thread"].join(30)
+    arrived = 48 - len(out["log"].dropped)
+    assert out["log"].duplicated and live.pumped == arrived + len(out["log"].duplicated)
+    assert live.account.received == arrived
+    row = 8 * live.frame_bytes
+    assert live.lag(0) == arrived  # nothing through the sinks yet: every frame that arrived is behind
+    assert live.lag(6 * row) == 0  # every row through: none, the missing frames are not lag
+    done_two_rows = 2 * 8 - int((~live.received_mask[:2]).sum())
+    assert live.lag(2 * row) == arrived - done_two_rows
+    assert "lag 0 frames" in live.status(6 * row) and "missing so far" in live.status()

@@ -102,8 +102,8 @@ class LiveSource:
         self._thread: threading.Thread | None = None
         self._used = False
         self._stop_reason: str | None = None
-        #: frames the reader thread has taken off the network (decoded, queued or further on)
-        self.pumped = 0
+        #: frames the reader thread has taken off the network, and those the engine's thread took off the queue
+        self.pumped = self.dequeued = 0
 
     def stop(self, reason: str = "stopped") -> None:
         """End the stream at the next frame (safe from a signal handler: it only sets a flag); the rows in
@@ -119,9 +119,12 @@ class LiveSource:
         """Frames taken off the network that the sinks have not finished with, given the engine's progress
         (``done_bytes`` of the cube through every sink; offloaded reducers count a block once its partial merged,
         so the frames they still hold are lag too)."""
-        done_positions = done_bytes // max(1, self.frame_bytes)
-        missing = self.assembler.missing_emitted if self.assembler else 0
-        return max(0, self.pumped - (done_positions - missing))
+        queued = self.pumped - self.dequeued  # duplicates, late and corrupt frames leave with their dequeuing
+        if self.assembler is None:
+            return queued
+        done_positions = done_bytes // max(1, self.frame_bytes)  # whole rows, in order: the first ones
+        held = self.account.received - int(np.count_nonzero(self.assembler.received[:done_positions]))
+        return max(0, queued + held)
 
     def status(self, done_bytes: int | None = None) -> str:
         """frames/s, MB/s, lag behind the stream (with ``done_bytes``, the engine's progress), buffer fill and
@@ -149,6 +152,7 @@ class LiveSource:
         try:
             while not assembler.done:
                 event = self.queue.get(lambda: self._stop_reason)
+                self.dequeued += isinstance(event, Frame)
                 if isinstance(event, End):
                     self.account.ended = event.reason
                     yield from assembler.flush()
@@ -174,6 +178,7 @@ class LiveSource:
     def _drain(self, assembler: RowAssembler) -> None:
         while True:
             event = self.queue.get(lambda: self._stop_reason)
+            self.dequeued += isinstance(event, Frame)
             if isinstance(event, End):
                 return
             if isinstance(event, Corrupt):
