@@ -306,6 +306,12 @@ ArchiveChunksOption = Annotated[str | None, typer.Option(help="Chunking of the a
 ReduceTargetsOption = Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, "
                                                                     "com, ...")]
 ReducedOption = Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")]
+EventsOption = Annotated[Path | None, typer.Option(help="Write the electrons as events here (as count does): a stempy "
+                                                   ".h5, a raw_csr .toml, or with --event-format entropy an .h5.")]
+EventFormatOption = Annotated[str | None, typer.Option(help="stempy, raw_csr or entropy (default: raw_csr for a .toml "
+                                                       "--events, else stempy).")]
+ThresholdOption = Annotated[float | None, typer.Option(help=THRESHOLD_HELP + " Given: the frames are counted before "
+                                                       "--events is written; not given: they must be counts already.")]
 
 
 @app.command()
@@ -316,14 +322,9 @@ def ingest(
     chunks: ArchiveChunksOption = None,
     reduce: ReduceTargetsOption = None,
     reduced: ReducedOption = None,
-    events: Annotated[Path | None, typer.Option(help="Write the electrons as events here (as count does): a stempy "
-                                                ".h5, a raw_csr .toml, or with --event-format entropy an .h5.")]
-    = None,
-    event_format: Annotated[str | None, typer.Option(help="stempy, raw_csr or entropy (default: raw_csr for a .toml "
-                                                     "--events, else stempy).")] = None,
-    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP + " Given: the frames are counted before "
-                                                    "--events is written; not given: they must be counts already.")]
-    = None,
+    events: EventsOption = None,
+    event_format: EventFormatOption = None,
+    threshold: ThresholdOption = None,
     threshold_unit: ThresholdUnit = "adu",
     read_noise: ReadNoise = None,
     dark: Dark = "0",
@@ -385,6 +386,16 @@ def live(
     chunks: ArchiveChunksOption = None,
     reduce: ReduceTargetsOption = None,
     reduced: ReducedOption = None,
+    events: EventsOption = None,
+    event_format: EventFormatOption = None,
+    threshold: ThresholdOption = None,
+    threshold_unit: ThresholdUnit = "adu",
+    read_noise: ReadNoise = None,
+    dark: Dark = "0",
+    gain: Gain = "1",
+    method: Method = "pixel",
+    connectivity: Connectivity = 1,
+    cluster_count: ClusterCount = "one",
     centre: Annotated[str | None, typer.Option(help="Beam centre ROW,COL in detector pixels (needed to reduce).")]
     = None,
     bf_radius: Annotated[float | None, typer.Option(help="Bright-field disk radius in detector pixels (needed to "
@@ -395,36 +406,53 @@ def live(
     = 10.0,
     buffer_mb: Annotated[int, typer.Option(help="Frames held between network and writers, in MB; when full, the "
                                            "detector is held back.")] = 256,
+    preview: Annotated[Path | None, typer.Option(help="Redraw the --reduce targets' images and the mean pattern as "
+                                                 "PNGs in this folder about once a second (missing positions in "
+                                                 "magenta); adds mean_pattern to the reduced file.")] = None,
     allow_missing: Annotated[bool, typer.Option(help="Exit 0 even when frames are missing.")] = False,
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
 ) -> None:
-    """Receive a scan from a detector's network stream and write the --archive and --reduced outputs as it
-    arrives (ingest's outputs), every frame accounted for; missing frames are marked in each output's
-    ``received`` mask (NaN in reduced images). Ctrl-C ends the scan with what arrived (again: stop at once).
-    Exits non-zero when frames are missing, unless --allow-missing."""
-    from stempress.ingest import ingest as ingest_source
+    """Receive a scan from a detector's network stream and write the --archive, --reduced and --events outputs
+    as it arrives (ingest's outputs), every frame accounted for; missing frames are marked in each output's
+    ``received`` mask (NaN in reduced images; listed in the event file's provenance). Ctrl-C ends the scan with
+    what arrived (again: stop at once). Exits non-zero when frames are missing, unless --allow-missing."""
+    from stempress.acquire import receive
+    from stempress.events.counting import counting_options
     from stempress.live import open_live
     from stempress.store.reducing import given_calibration
 
     shape = parse_scan_shape(scan_shape)
     chunking = one_chunking(chunks)
     point = parse_centre(centre)
-    if reduced is not None and (point is None or bf_radius is None):
+    if reduce and reduced is None and preview is None:
+        raise StempressError("--reduce TARGET and --reduced RED.h5 go together (or --reduce with --preview DIR "
+                             "alone, to watch the images without keeping them)")
+    if preview is not None and not reduce:
+        raise StempressError("--preview draws the reduce targets' images: give --reduce TARGET (with --centre and "
+                             "--bf-radius; --reduced RED.h5 keeps them)")
+    if reduce and (point is None or bf_radius is None):
         raise StempressError("reducing a live stream needs --centre ROW,COL and --bf-radius PIXELS (nothing can be "
                              "measured before the frames arrive)")
-    outputs = [p for p in (archive, reduced) if p is not None]
-    if not outputs:
-        raise StempressError("live needs at least one output: --archive OUT.h5 and/or --reduce TARGET --reduced "
-                             "RED.h5")
-    with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar:
+    counting, references = counting_options(threshold, threshold_unit=threshold_unit, read_noise=read_noise,
+                                            dark=dark, gain=gain, method=method, connectivity=connectivity,
+                                            cluster_count=cluster_count)
+    outputs = [p for p in (archive, reduced, events) if p is not None]
+    if not outputs and preview is None:
+        raise StempressError("live needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5, "
+                             "--events EV.h5 and/or --preview DIR")
+    with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar, \
+            _previewing(preview, force) as watch:
         source = open_live(url, shape, timeout=timeout, queue_bytes=buffer_mb * 1024**2)  # type: ignore[arg-type]
-        calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduced is not None else None
+        calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduce else None
         with _ctrl_c_stops(source):
-            report = ingest_source(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
-                                   reduced=reduced, calibration=calibration, workers=workers, executor=executor,
-                                   force=force, progress=lambda done, total: bar(done, total, source.status()))
+            report = receive(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
+                             reduced=reduced, calibration=calibration, events=events, event_format=event_format,
+                             counting=counting, event_inputs={"source": url, **references}, watch=watch,
+                             workers=workers, executor=executor, force=force,
+                             progress=lambda done, total: bar(done, total, source.status(done)))
     account = source.account
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    warn(report.events.warnings if report.events is not None else [])
     console.print(account.summary(), highlight=False, soft_wrap=True)
     if account.ended == STOPPED_BY_CTRL_C:
         errors.print(f"[red]interrupted:[/] stempress live stopped by Ctrl-C; the outputs hold the {account.received}"
@@ -437,6 +465,24 @@ def live(
 
 
 STOPPED_BY_CTRL_C = "stopped by Ctrl-C"
+
+
+@contextmanager
+def _previewing(folder: Path | None, force: bool) -> Iterator[Any]:
+    """live --preview: a PNG writer on its own thread while the scan runs (None without --preview)."""
+    if folder is None:
+        yield None
+        return
+    from stempress.report.live_preview import PreviewWriter
+
+    writer = PreviewWriter(folder, force=force)
+    try:
+        yield writer
+    except BaseException:
+        with contextlib.suppress(StempressError):  # the error in flight says more than a failed drawing
+            writer.close()
+        raise
+    writer.close()
 
 
 @contextmanager
@@ -493,7 +539,8 @@ def serve(
 
         log = serve_source(cube, as_, port=port, host=host, rate=rate, faults=faults, encoding=encoding,
                            timeout=timeout, ready=listening)
-    console.print(f"sent {log.sent} messages for {log.frames} frames ({log.ended}): dropped {len(log.dropped)}, "
+    console.print(f"sent {log.sent} messages for {log.frames} frames in {log.seconds:.2f} s "
+                  f"({log.sent / max(log.seconds, 1e-9):,.0f}/s; {log.ended}): dropped {len(log.dropped)}, "
                   f"duplicated {len(log.duplicated)}, reordered {len(log.reordered)}, corrupt {len(log.corrupted)}",
                   highlight=False, soft_wrap=True)
 

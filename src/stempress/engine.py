@@ -129,7 +129,9 @@ def _run_stream(blocks: Iterator[Block], sinks: Sequence[Sink], info: RunInfo, e
     pending: deque[tuple[Future[list[MergeableSink]], int]] = deque()
 
     def settle(limit: int) -> None:
-        while len(pending) > limit:
+        # beyond the bound, wait; below it, take what is done already, so progress (a live stream's lag) follows
+        # the work instead of trailing by the blocks in flight until more arrive
+        while pending and (len(pending) > limit or pending[0][0].done()):
             future, nbytes = pending.popleft()
             for sink, part in zip(offload, future.result(), strict=True):
                 sink.merge(part)

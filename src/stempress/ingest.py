@@ -72,6 +72,20 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
     must be counts; ``event_inputs`` go into the counting record) from ONE read of ``source`` (a file source, or
     a stream such as ``live.LiveSource``: then give ``calibration``, as nothing can be measured before the frames
     arrive). Every output is refused before the pass if it exists (unless ``force``)."""
+    sinks = output_sinks(source, archive=archive, codec=codec, chunks=chunks, layout=layout, reduce=reduce,
+                         reduced=reduced, calibration=calibration, events=events, event_format=event_format,
+                         counting=counting, event_inputs=event_inputs, force=force)
+    return run_outputs(source, sinks, workers=workers, executor=executor, progress=progress)
+
+
+def output_sinks(source: Dataset4D | StreamSource, *, archive: Path | str | None = None,
+                 codec: str = DEFAULT_CODEC, chunks: str | tuple[int, ...] | None = None, layout: str = "emd",
+                 reduce: Sequence[str] = (), reduced: Path | str | None = None,
+                 calibration: Calibration | None = None, events: Path | str | None = None,
+                 event_format: str | None = None, counting: CountingParams | None = None,
+                 event_inputs: Mapping[str, str] | None = None, force: bool = False) -> list[Any]:
+    """The sinks of ``ingest``'s outputs (checked, nothing written yet), for a caller that adds sinks of its own to
+    the same pass (a live scan's snapshots) before ``run_outputs``."""
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if bool(reduce) != (reduced is not None):
         raise StempressError("--reduce TARGET and --reduced RED.h5 go together; give both or neither")
@@ -101,6 +115,13 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
         sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=measured, force=force))
     if events is not None:
         sinks.append(EventSink(events, counting, fmt=event_format, force=force, inputs=event_inputs))
+    return sinks
+
+
+def run_outputs(source: Dataset4D | StreamSource, sinks: Sequence[Any], *, workers: int | None = None,
+                executor: str | Executor | None = None, progress: Progress | None = None) -> IngestReport:
+    """One engine pass of ``source`` through ``sinks`` (``output_sinks``' and any of the caller's; only the
+    outputs' results are reported)."""
     consumed = [0]
 
     def counted(done: int, total: int) -> None:
@@ -139,4 +160,4 @@ def _distinct(*outputs: Path | str | None) -> None:
             seen.add(path)
 
 
-__all__ = ["IngestReport", "ingest"]
+__all__ = ["IngestReport", "ingest", "output_sinks", "run_outputs"]

@@ -56,6 +56,8 @@ class FaultLog:
     sends: list[tuple[int, str]] = field(default_factory=list)
     sent: int = 0
     ended: str = "complete"
+    #: from the receiver's connection to the last send: with ``rate``, how well the schedule was kept
+    seconds: float = 0.0
 
     def delivered(self) -> set[int]:
         """Frame indices sent intact (before any disconnect)."""
@@ -169,6 +171,8 @@ def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1",
             log.ended = f"the receiver went away after {log.sent} frames ({type(exc).__name__})"
             sender.clean, sender.deliver = False, False
             return log
+        finally:
+            log.seconds = time.monotonic() - started
         if limit < len(log.sends):
             log.ended = f"disconnected after {limit} frames"
             sender.clean, sender.deliver = False, True
@@ -199,12 +203,13 @@ class _MerlinSender(_Sender):
         self.frames = _Frames(source)
         n = int(source.shape[0]) * int(source.shape[1])
         hdr_path = path.with_suffix(".hdr") if path is not None else None
+        self.depth: int | None = None
         if hdr_path is not None and hdr_path.is_file():
             self.header = hdr_path.read_bytes()
         else:
             itemsize = np.dtype(source.dtype).itemsize
-            depth = source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(itemsize, 12)
-            self.header = acquisition_header(n, int(source.shape[1]), int(depth))
+            self.depth = int(source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(itemsize, 12))
+            self.header = acquisition_header(n, int(source.shape[1]), self.depth)
         self.server = socket.create_server((host, port))
         self.server.settimeout(timeout)
         if ready is not None:
@@ -218,7 +223,9 @@ class _MerlinSender(_Sender):
         self.conn.sendall(mpx_message(self.header))
 
     def record(self, i: int) -> bytes:
-        return self.records(i) if self.records is not None else encode_frame(i + 1, self.frames(i))
+        if self.records is not None:
+            return self.records(i)
+        return encode_frame(i + 1, self.frames(i), counter_depth=self.depth)  # the depth the header says
 
     def send(self, i: int, corrupt: bool) -> None:
         record = self.record(i)

@@ -94,6 +94,8 @@ class EventSink:
         self.executor: Executor = info.executor or InlineExecutor()
         self.tally = CountTally(info.shape[2:])
         self.max_input: float | None = None
+        #: a live stream's positions whose frame never arrived (their fill frames hold no events): the record says so
+        self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if "frames" in info.metadata else None
         stack = contextlib.ExitStack()
         try:
             self._tmp = {path: stack.enter_context(atomic_output(path, force=self.force))
@@ -107,6 +109,10 @@ class EventSink:
 
     def consume(self, block: Block) -> None:
         data = np.asarray(block.data)
+        if block.valid is not None:
+            if self.received is None:
+                self.received = np.ones(self.source.shape[:2], bool)
+            self.received[block.start:block.stop] = block.valid
         if self.params is not None:
             check_frames(data, f"{self.source.name} rows [{block.start}, {block.stop})")
             if data.size:
@@ -142,6 +148,9 @@ class EventSink:
     def _finish(self) -> CountReport:
         assert self._writer is not None and self._stack is not None
         record = event_record(self.counts, self.fmt)  # type: ignore[arg-type]
+        if self.received is not None:  # a stream's accounting: missing positions are no events, not empty frames
+            record["provenance"]["frames"] = {**self.source.metadata.get("frames", {}),
+                                              "missing_positions": np.flatnonzero(~self.received).tolist()}
         warnings: list[str] = []
         if self.params is not None:
             record["counting"] = counting_record(self.counts.metadata["counting"], self.source.shape, self.tally,
