@@ -184,6 +184,22 @@ def test_compress_on_dask_is_byte_identical_and_verifies(dask, files, codec, tmp
     assert report.problem is None and report.checksums and report.chunks_checked == report.chunks_total > 0
 
 
+def test_compress_shards_on_dask_are_written_by_the_workers_and_read_back_as_one_cube(dask, files, tmp_path,
+                                                                                    monkeypatch):
+    from stempress.sinks.shards import shard_folder
+
+    with open_source(files["npy"]) as source:
+        expected = source.read_rows(0, SCAN[0])
+        monkeypatch.setattr(source, "read_rows", _not_here)  # the workers read, compress and write their shards
+        report = compress(source, tmp_path / "scan.h5", codec="gzip_6", chunks=CHUNKS, executor=dask, shards=True)
+    shards = sorted(shard_folder(report.path).iterdir())
+    assert len(shards) > 1 and all(int(p.stem.split("-")[1]) % CHUNKS[0] == 0 for p in shards)
+    with h5py.File(report.path, "r") as f:
+        assert f[report.dataset_path].is_virtual and np.array_equal(f[report.dataset_path][()], expected)
+    checked = verify(report.path)
+    assert checked.problem is None and checked.checksums and checked.chunks_checked == checked.chunks_total > 0
+
+
 # -- the command line ------------------------------------------------------------------------------------------
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", "stempress", *args], capture_output=True, text=True, cwd=cwd,

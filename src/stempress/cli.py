@@ -260,6 +260,7 @@ def compress(
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers compress the chunks; this "
                                              "process writes the one file.")] = None,
+    shards: ShardsOption = False,
 ) -> None:
     """Compress a cube into a standard HDF5 file on all cores, with per-chunk checksums; never a half file."""
     from stempress.data.open import scan_shape_note
@@ -271,7 +272,7 @@ def compress(
     with saying_new_folders(out), dask_executor(dask) as executor, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("compress", unit="bytes") as bar:
         report = compress_cube(cube, out, codec=codec, chunks=chunking[0], workers=workers, layout=layout,
-                               force=force, progress=bar, executor=executor)
+                               force=force, progress=bar, executor=executor, shards=shards)
         note = scan_shape_note(cube)
     if report.chosen_why:
         console.print(report.chosen_why, highlight=False, soft_wrap=True)
@@ -298,6 +299,9 @@ THRESHOLD_HELP = ("A pixel is hit when its ADU above dark exceed this (ADU, or r
 ArchiveOption = Annotated[Path | None, typer.Option(help="Write the cube compressed here (as compress does).")]
 ArchiveCodecOption = Annotated[str, typer.Option(help="Codec of the archive (stempress codecs).")]
 ArchiveChunksOption = Annotated[str | None, typer.Option(help="Chunking of the archive (default balanced).")]
+ShardsOption = Annotated[bool, typer.Option(help="Write one HDF5 file per partition into OUT.shards/ (each written "
+                                            "where it is compressed: no single writer) and OUT as a master file "
+                                            "whose virtual dataset shows one cube.")]
 ReduceTargetsOption = Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, "
                                                                     "com, ...")]
 ReducedOption = Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")]
@@ -335,6 +339,7 @@ def ingest(
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
     dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Replaces --executor.")] = None,
+    shards: ShardsOption = False,
 ) -> None:
     """Read a source ONCE and write every output asked for (--archive, --reduce with --reduced, --events), each
     the file the separate command (compress, reduce, count) writes, each atomically."""
@@ -353,7 +358,7 @@ def ingest(
         report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
                                reduced=reduced, calibration=calibration, events=events, event_format=event_format,
                                counting=counting, event_inputs={"source": source, **references}, workers=workers,
-                               executor=on_dask or executor, force=force, progress=bar)
+                               executor=on_dask or executor, force=force, progress=bar, shards=shards)
     console.print(report.summary(), highlight=False, soft_wrap=True)
     warn(report.events.warnings if report.events is not None else [])
 

@@ -31,6 +31,7 @@ from stempress.reduce.engine import single_blas_thread
 from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 from stempress.sinks.events import EventSink
 from stempress.sinks.reduced import ReducedFileSink
+from stempress.sinks.shards import ShardedArchiveSink
 from stempress.store.compress import AUTO, DEFAULT_CODEC, resolve_codec
 
 
@@ -66,12 +67,13 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
            events: Path | str | None = None, event_format: str | None = None, counting: CountingParams | None = None,
            event_inputs: Mapping[str, str] | None = None, workers: int | None = None,
            executor: str | Executor | None = None, force: bool = False,
-           progress: Progress | None = None) -> IngestReport:
+           progress: Progress | None = None, shards: bool = False) -> IngestReport:
     """Write ``archive`` (as ``compress`` would), the ``reduce`` targets into ``reduced`` (as ``reduce`` would) and
     the electrons as ``events`` (as ``count`` would: counted with ``counting`` first when given, else the frames
     must be counts; ``event_inputs`` go into the counting record) from ONE read of ``source`` (a file source, or
     a stream such as ``live.LiveSource``: then give ``calibration``, as nothing can be measured before the frames
-    arrive). Every output is refused before the pass if it exists (unless ``force``)."""
+    arrive). Every output is refused before the pass if it exists (unless ``force``). ``shards``: the archive as
+    one file per partition plus a master file (as ``compress(shards=True)``)."""
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if bool(reduce) != (reduced is not None):
         raise StempressError("--reduce TARGET and --reduced RED.h5 go together; give both or neither")
@@ -92,7 +94,8 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
     sinks: list[Any] = []
     if archive is not None:
         chosen, _why = resolve_codec(codec, source, chunk_shape(chunks or "balanced", shape), Path(archive))
-        sinks.append(ArchiveSink(ArchiveSpec(Path(archive), chosen, chunks or "balanced", layout, force=force)))
+        spec = ArchiveSpec(Path(archive), chosen, chunks or "balanced", layout, force=force)
+        sinks.append(ShardedArchiveSink(spec) if shards else ArchiveSink(spec))
     if reduced is not None:
         sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=calibration, force=force))
     if events is not None:
