@@ -261,6 +261,7 @@ def compress(
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers compress the chunks; this "
                                              "process writes the one file.")] = None,
+    shards: ShardsOption = False,
 ) -> None:
     """Compress a cube into a standard HDF5 file on all cores, with per-chunk checksums; never a half file."""
     from stempress.data.open import scan_shape_note
@@ -276,7 +277,7 @@ def compress(
     with saying_new_folders(out), dask_executor(dask) as executor, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("compress", unit="bytes") as bar:
         report = compress_cube(cube, out, codec=codec, chunks=chunking[0], workers=workers, layout=layout,
-                               force=force, progress=bar, executor=executor)
+                               force=force, progress=bar, executor=executor, shards=shards)
         note = scan_shape_note(cube)
     if report.chosen_why:
         console.print(report.chosen_why, highlight=False, soft_wrap=True)
@@ -303,6 +304,9 @@ THRESHOLD_HELP = ("A pixel is hit when its ADU above dark exceed this (ADU, or r
 ArchiveOption = Annotated[Path | None, typer.Option(help="Write the cube compressed here (as compress does).")]
 ArchiveCodecOption = Annotated[str, typer.Option(help="Codec of the archive (stempress codecs).")]
 ArchiveChunksOption = Annotated[str | None, typer.Option(help="Chunking of the archive (default balanced).")]
+ShardsOption = Annotated[bool, typer.Option(help="Write one HDF5 file per partition into OUT.shards/ (each written "
+                                            "where it is compressed: no single writer) and OUT as a master file "
+                                            "whose virtual dataset shows one cube.")]
 ReduceTargetsOption = Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, "
                                                                     "com, ...")]
 ReducedOption = Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")]
@@ -341,6 +345,7 @@ def ingest(
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
     dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Replaces --executor.")] = None,
+    shards: ShardsOption = False,
 ) -> None:
     """Read a source ONCE and write every output asked for (--archive, --reduce with --reduced, --events), each
     the file the separate command (compress, reduce, count) writes, each atomically."""
@@ -363,7 +368,7 @@ def ingest(
         report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
                                reduced=reduced, calibration=calibration, events=events, event_format=event_format,
                                counting=counting, event_inputs={"source": source, **references}, workers=workers,
-                               executor=on_dask or executor, force=force, progress=bar)
+                               executor=on_dask or executor, force=force, progress=bar, shards=shards)
     console.print(report.summary(), highlight=False, soft_wrap=True)
     warn(report.events.warnings if report.events is not None else [])
 
@@ -687,6 +692,8 @@ def plan(
     force: Annotated[bool, typer.Option(help="Replace the --write file if it exists.")] = False,
     centre: Annotated[str | None, typer.Option(help=CENTRE_HELP)] = None,
     bf_radius: Annotated[float | None, typer.Option(help=BF_RADIUS_HELP)] = None,
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers run the passes over the cube "
+                                             "(compressing, reducing); the table is the same as without.")] = None,
 ) -> None:
     """Cost table of representations and the least burdensome one whose sufficiency checks all pass."""
     from stempress.plan import plan as make_plan
@@ -696,11 +703,13 @@ def plan(
         from stempress.atomic import check_new_output
 
         check_new_output(write, force)  # before the checks run, not after minutes of them
-    with saying_new_folders(write), open_cli_source(source, dataset, scan_shape) as cube:
+    with saying_new_folders(write), dask_executor(dask) as executor, \
+            open_cli_source(source, dataset, scan_shape) as cube:
         calibration = cli_calibration(cube, centre, bf_radius)
-        table, choice = make_plan(cube, target, tolerance, max_positions=max_positions, calibration=calibration)
-        written = (write_representation(cube, choice, target, write, force=force, calibration=calibration)
-                   if write else None)
+        table, choice = make_plan(cube, target, tolerance, max_positions=max_positions, calibration=calibration,
+                                  executor=executor)
+        written = (write_representation(cube, choice, target, write, force=force, calibration=calibration,
+                                        executor=executor) if write else None)
     shown = Table(title=f"Cost table (tolerance {tolerance:g} relative RMS)")
     for column in ("representation", "bytes", "reduction", "recovers", "assumes", "error", "passes"):
         shown.add_column(column, justify="right" if column in ("bytes", "reduction", "error") else "left")
@@ -830,6 +839,8 @@ def count(
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     workers: Annotated[int | None, typer.Option(help="Counting threads (default: all usable cores).")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers count partitions of the scan "
+                                             "and send back events; the file is the same as without.")] = None,
 ) -> None:
     """Count electrons in integrating-detector frames, block by block, and write them as events.
 
@@ -837,6 +848,8 @@ def count(
 
     The parameters, the source's calibration and the provenance are recorded in OUT, with a checksum per chunk.
     """
+    from contextlib import nullcontext
+
     from stempress.events.counting import counting_options, event_format
     from stempress.exec.select import make_executor
     from stempress.store.count import count_to_file
@@ -845,8 +858,10 @@ def count(
                                           gain=gain, method=method, connectivity=connectivity,
                                           cluster_count=cluster_count)
     fmt = event_format(out, fmt)  # a bad name or format is one line, before any bar is drawn
-    with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
-            progress_reporter("count (scan rows)", transient=True) as bar, make_executor("threads", workers) as pool:
+    with saying_new_folders(out), dask_executor(dask) as on_dask, \
+            open_cli_source(source, dataset, scan_shape) as cube, \
+            progress_reporter("count (scan rows)", transient=True) as bar, \
+            make_executor("threads", workers) if on_dask is None else nullcontext(on_dask) as pool:
         report = count_to_file(cube, out, params, fmt=fmt, force=force, inputs={"source": source, **references},
                                progress=bar, executor=pool)
     console.print(report.summary(), highlight=False, soft_wrap=True)

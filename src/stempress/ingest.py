@@ -30,6 +30,7 @@ from stempress.reduce.engine import single_blas_thread
 from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 from stempress.sinks.events import EventSink
 from stempress.sinks.reduced import ReducedFileSink
+from stempress.sinks.shards import ShardedArchiveSink
 from stempress.store.compress import AUTO, DEFAULT_CODEC, resolve_codec
 from stempress.store.reducing import source_calibration
 
@@ -66,15 +67,16 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
            events: Path | str | None = None, event_format: str | None = None, counting: CountingParams | None = None,
            event_inputs: Mapping[str, str] | None = None, workers: int | None = None,
            executor: str | Executor | None = None, force: bool = False,
-           progress: Progress | None = None) -> IngestReport:
+           progress: Progress | None = None, shards: bool = False) -> IngestReport:
     """Write ``archive`` (as ``compress`` would), the ``reduce`` targets into ``reduced`` (as ``reduce`` would) and
     the electrons as ``events`` (as ``count`` would: counted with ``counting`` first when given, else the frames
     must be counts; ``event_inputs`` go into the counting record) from ONE read of ``source`` (a file source, or
     a stream such as ``live.LiveSource``: then give ``calibration``, as nothing can be measured before the frames
-    arrive). Every output is refused before the pass if it exists (unless ``force``)."""
+    arrive). Every output is refused before the pass if it exists (unless ``force``). ``shards``: the archive as
+    one file per partition plus a master file (as ``compress(shards=True)``)."""
     sinks = output_sinks(source, archive=archive, codec=codec, chunks=chunks, layout=layout, reduce=reduce,
                          reduced=reduced, calibration=calibration, events=events, event_format=event_format,
-                         counting=counting, event_inputs=event_inputs, force=force)
+                         counting=counting, event_inputs=event_inputs, force=force, shards=shards)
     return run_outputs(source, sinks, workers=workers, executor=executor, progress=progress)
 
 
@@ -83,7 +85,8 @@ def output_sinks(source: Dataset4D | StreamSource, *, archive: Path | str | None
                  reduce: Sequence[str] = (), reduced: Path | str | None = None,
                  calibration: Calibration | None = None, events: Path | str | None = None,
                  event_format: str | None = None, counting: CountingParams | None = None,
-                 event_inputs: Mapping[str, str] | None = None, force: bool = False) -> list[Any]:
+                 event_inputs: Mapping[str, str] | None = None, force: bool = False,
+                 shards: bool = False) -> list[Any]:
     """The sinks of ``ingest``'s outputs (checked, nothing written yet), for a caller that adds sinks of its own to
     the same pass (a live scan's snapshots) before ``run_outputs``."""
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
@@ -109,7 +112,7 @@ def output_sinks(source: Dataset4D | StreamSource, *, archive: Path | str | None
     sinks: list[Any] = []
     if archive is not None:
         spec = ArchiveSpec(Path(archive), resolve_codec(codec), chunks or "balanced", layout, force=force)
-        sinks.append(ArchiveSink(spec))
+        sinks.append(ShardedArchiveSink(spec) if shards else ArchiveSink(spec))
     if reduced is not None:
         measured = calibration if calibration is not None else source_calibration(source)
         sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=measured, force=force))

@@ -345,6 +345,13 @@ class CountTally:
         self.max_count = max(self.max_count, int(counts.max(initial=0)))
         self.pattern += counts.sum(axis=(0, 1), dtype=np.uint64)
 
+    def merge(self, other: CountTally) -> None:
+        """Add another range of scan rows' tally (integer sums: the same totals in any order)."""
+        self.n_events += other.n_events
+        self.n_electrons += other.n_electrons
+        self.max_count = max(self.max_count, other.max_count)
+        self.pattern += other.pattern
+
 
 def event_format(out: str | Path, fmt: str | None = None) -> str:
     """The format asked for, else the one ``out``'s suffix names (.toml: raw_csr, else stempy); the suffix must

@@ -61,6 +61,7 @@ class ArchiveSpec:
     provenance: bool = True
     durable: bool = True
     filter_kwargs: Mapping[str, Any] | None = None
+    whole_chunks: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,10 @@ class ArchiveSink:
         spec = self.spec
         self.info = info
         self.chunks = chunk_shape(spec.chunks, info.shape) if spec.chunks is not None else None
+        maxshape = None
+        if spec.whole_chunks and isinstance(spec.chunks, tuple) and spec.chunks[0] > info.shape[0]:
+            self.chunks = (spec.chunks[0], *self.chunks[1:])  # type: ignore[index]
+            maxshape = (None, *info.shape[1:])
         self.executor: Executor = info.executor or InlineExecutor()
         wanted = (spec.direct is not False and self.chunks is not None and spec.codec is not None
                   and spec.filter_kwargs is None)
@@ -126,7 +131,7 @@ class ArchiveSink:
         group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
         kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
             spec.codec.h5_kwargs() if spec.codec is not None else {})
-        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs)
+        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs, maxshape)
         self.expected = None
         if spec.truth is not None:
             self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.dset.chunks,

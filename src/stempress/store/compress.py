@@ -30,6 +30,7 @@ from stempress.exec.base import Executor
 from stempress.exec.local import ThreadExecutor
 from stempress.progress import Progress
 from stempress.sinks.archive import ArchiveSink, ArchiveSpec
+from stempress.sinks.shards import ShardedArchiveSink, check_new_shards
 from stempress.sizes import GIB, human_size
 from stempress.store.readers import cube_open_lines
 
@@ -91,7 +92,8 @@ class CompressReport:
 def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
              chunks: str | tuple[int, ...] | None = None, workers: int | None = None, layout: str = "emd",
              dataset_path: str | None = None, force: bool = False,
-             progress: Progress | None = None, executor: Executor | None = None) -> CompressReport:
+             progress: Progress | None = None, executor: Executor | None = None,
+             shards: bool = False) -> CompressReport:
     """Write ``source`` to ``out`` compressed with ``codec`` and return what happened.
 
     ``codec="auto"`` (benchmark a sample, then write with the winner) is the benchmark's, a layer above:
@@ -99,6 +101,8 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
     ``progress(bytes_done, bytes_total)`` counts raw bytes written. ``chunks`` defaults to ``balanced``.
     ``executor`` (e.g. a ``DaskExecutor``; the caller closes it) compresses the chunks instead of ``workers``
     threads; one writer in this process stores them in grid order, so the file is the same byte for byte.
+    ``shards``: one file per partition in ``OUT.shards/``, written where the partition is compressed, plus ``out``
+    as the master file whose virtual dataset shows one cube (``sinks.shards``): no single writer.
 
     ``codec="entropy_poisson"`` writes integer counts as the entropy-coded event file instead (``layout`` does not
     apply; ``chunks``' scan rows, default about 8 MiB of frames, set its coded chunks); its ``workers`` are
@@ -107,19 +111,23 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
     out = Path(out)
     check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if codec.strip().lower() == ENTROPY_CODEC:
+        if shards:
+            raise StempressError(f"codec {ENTROPY_CODEC} writes its own file format, not HDF5 shards; drop --shards "
+                                 f"or choose an HDF5 codec such as {DEFAULT_CODEC}")
         if executor is not None and executor.remote:
             raise StempressError(f"codec {ENTROPY_CODEC} codes on this machine's processes; drop --dask, or "
                                  f"choose an HDF5 codec such as {DEFAULT_CODEC}")
         return _compress_entropy(source, out, chunks, workers, force, progress)
-    chunks_t = check_hdf5_output(source, out, chunks, layout, dataset_path, force)
+    chunks_t = check_hdf5_output(source, out, chunks, layout, dataset_path, force, shards=shards)
     n_workers = executor.workers if executor is not None else resolve_workers(workers)
     chosen = resolve_codec(codec)
     removed = remove_stale_partials(out)
     started = time.perf_counter()  # the write only: reading the source, compressing, syncing, renaming
     spec = ArchiveSpec(out, chosen, chunks_t, layout, dataset_path, force)
+    sink = ShardedArchiveSink(spec) if shards else ArchiveSink(spec)
     # an executor the caller gave stays theirs to close; else threads of our own
     with contextlib.nullcontext(executor) if executor is not None else ThreadExecutor(n_workers) as pool:
-        (written,) = run(source, [ArchiveSink(spec)], executor=pool, progress=progress)
+        (written,) = run(source, [sink], executor=pool, progress=progress)
     return CompressReport(path=out, codec=chosen.name, chunks=chunks_t, workers=n_workers, direct=written.direct,
                           fallback_reason=written.fallback_reason, layout=layout, dataset_path=written.dataset_path,
                           raw_bytes=nbytes(source), file_bytes=written.file_bytes,
@@ -128,11 +136,14 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
 
 
 def check_hdf5_output(source: Dataset4D, out: Path, chunks: str | tuple[int, ...] | None, layout: str,
-                      dataset_path: str | None, force: bool) -> tuple[int, int, int, int]:
-    """The chunk shape (``balanced`` by default), after refusing a bad layout, dataset path or an existing ``out``:
-    before any work, the benchmark of codec "auto" included."""
+                      dataset_path: str | None, force: bool, *, shards: bool = False) -> tuple[int, int, int, int]:
+    """The chunk shape (``balanced`` by default), after refusing a bad layout, dataset path or an existing ``out``
+    (with ``shards``, its shard folder too): before any work, the benchmark of codec "auto" included."""
     data_path(layout, dataset_path)
-    check_new_output(out, force)
+    if shards:
+        check_new_shards(out, force)
+    else:
+        check_new_output(out, force)
     return chunk_shape("balanced" if chunks is None else chunks, tuple(source.shape))
 
 

@@ -70,10 +70,12 @@ def _as_source(source_or_blocks: Dataset4D | np.ndarray | Iterable[Block], shape
 
 
 def compute(targets: Sequence[Target], frames: Dataset4D, cal: Calibration, scale: int = 1,
-            rows: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Every target from ``frames`` (a cube, or its detector binned ``scale`` x) in one pass, by label."""
+            rows: int | None = None, executor: Any = None) -> dict[str, dict[str, np.ndarray]]:
+    """Every target from ``frames`` (a cube, or its detector binned ``scale`` x) in one pass, by label, on
+    ``executor`` (an ``exec`` Executor, default inline; the same bits on any)."""
     reducers = [t.reducer(cal, scale, name=f"t{i}") for i, t in enumerate(targets)]
-    results = run_reducers(frames, reducers, rows=rows, calibration=binned_calibration(cal, scale, frames.shape[2:]))
+    results = run_reducers(frames, reducers, rows=rows, calibration=binned_calibration(cal, scale, frames.shape[2:]),
+                           executor=executor)
     det = None if cal.det_shape is None else tuple(cal.det_shape)
     out = ReducerResults({t.label: t.extract(results[f"t{i}"], scale, det) for i, t in enumerate(targets)})
     out.nonfinite = results.nonfinite  # NaN / infinite values taken as 0, for the caller to tell

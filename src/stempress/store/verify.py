@@ -132,6 +132,10 @@ def verify(path: Path | str, *, against: Dataset4D | None = None, workers: int |
     n_workers = resolve_workers(workers)
     with open_hdf5(path) as f:
         dset = f[dataset_path]
+        if dset.is_virtual:  # a --shards master: its shards are the archives
+            from stempress.store.verify_shards import verify_master
+
+            return verify_master(path, dset, against, n_workers, started)
         return _Verifier(path, dset, against, n_workers, started).run()
 
 
