@@ -439,3 +439,16 @@ def test_lag_counts_frames_off_the_network_not_yet_through_the_sinks():
     done_two_rows = 2 * 8 - int((~live.received_mask[:2]).sum())
     assert live.lag(2 * row) == arrived - done_two_rows
     assert "lag 0 frames" in live.status(6 * row) and "missing so far" in live.status()
+
+
+def test_live_scan_hands_a_refusal_to_the_loop(tmp_path):
+    from stempress.acquire import live_scan
+
+    cube = _cube()
+    (tmp_path / "a.h5").write_bytes(b"mine")
+    port, out = _serve_in_thread(open_source(cube), "merlin")
+    scan = live_scan(f"merlin://127.0.0.1:{port}", cube.shape[:2], archive=tmp_path / "a.h5")
+    with pytest.raises(StempressError, match="already exists"):
+        list(scan)
+    out["thread"].join(30)
+    assert not out["thread"].is_alive() and (tmp_path / "a.h5").read_bytes() == b"mine"

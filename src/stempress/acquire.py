@@ -103,6 +103,7 @@ class LiveScan:
             self.report = receive(self.source, watch=self._offer, **options)
         except BaseException as exc:  # handed to the iterating thread
             self._error = exc
+            self.source.close()  # refused before the pass (an output exists): the detector is not left waiting
         finally:
             with self._cond:
                 self._done = True
