@@ -26,12 +26,13 @@ from stempress.errors import StempressError
 from stempress.exec import make_executor
 from stempress.exec.dask import DaskExecutor, parse_dask
 from stempress.ingest import ingest
-from stempress.reduce import MaxPattern, calibrate, default_reducers, run_reducers
+from stempress.reduce import MaxPattern, default_reducers
 from stempress.sinks import archive as archive_sink
 from stempress.sinks.protocol import RunInfo
 from stempress.sinks.reduce import ReducerSink
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
+from stempress.store.reducing import calibrate, run_reducers
 from stempress.store.verify import verify
 
 

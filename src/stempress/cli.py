@@ -138,7 +138,7 @@ def cli_calibration(cube, centre: str | None, bf_radius: float | None):
     """The calibration the user gave with --centre / --bf-radius, the rest from the source; None if neither."""
     if centre is None and bf_radius is None:
         return None
-    from stempress.reduce.calibration import source_calibration
+    from stempress.store.reducing import source_calibration
 
     return source_calibration(cube, centre=parse_centre(centre), bf_radius=bf_radius)
 
@@ -176,8 +176,9 @@ def bench(
 ) -> None:
     """Benchmark lossless codecs: write, read back, verify, time. No arguments: the paper-like suite."""
     from stempress.atomic import exclusive_folder
-    from stempress.bench.api import check_protocol, default_results_folder, run_bench
+    from stempress.bench.api import check_protocol, default_results_folder
     from stempress.bench.measure import parse_paths
+    from stempress.report.bench import run_bench_with_report
 
     check_protocol(protocol)  # before the results folder is made
     out = out or default_results_folder()
@@ -192,7 +193,7 @@ def bench(
                     f"{r['compression_ratio']:.2f}x" if r["status"] == "ok" else r["status"])
             bar(event.done, event.total, last or event.message)
 
-        report = run_bench(
+        report = run_bench_with_report(
             sources=sources or [], suite=suite, methods=methods, chunkings=chosen_chunkings,
             paths=chosen_paths, workers=workers, runs=runs,
             protocol=protocol, layout=layout, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
@@ -263,7 +264,11 @@ def compress(
 ) -> None:
     """Compress a cube into a standard HDF5 file on all cores, with per-chunk checksums; never a half file."""
     from stempress.data.open import scan_shape_note
+    from stempress.store.compress import AUTO
     from stempress.store.compress import compress as compress_cube
+
+    if codec.strip().lower() == AUTO:  # benchmark a sample first: the bench machinery loads only for auto
+        from stempress.bench.recommend import compress_auto as compress_cube
 
     chunking = parse_chunkings(chunks) if chunks is not None else [None]
     if len(chunking) != 1:
@@ -351,6 +356,10 @@ def ingest(
     with saying_new_folders(*outputs), dask_executor(dask) as on_dask, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("ingest", unit="bytes") as bar:
         calibration = cli_calibration(cube, centre, bf_radius) if reduced is not None else None
+        if archive is not None and codec.strip().lower() == "auto":
+            from stempress.bench.recommend import resolve_auto
+
+            codec = resolve_auto(codec, cube, chunking, archive)
         report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
                                reduced=reduced, calibration=calibration, events=events, event_format=event_format,
                                counting=counting, event_inputs={"source": source, **references}, workers=workers,
@@ -410,7 +419,7 @@ def live(
     from stempress.acquire import receive
     from stempress.events.counting import counting_options
     from stempress.live import open_live
-    from stempress.reduce.calibration import given_calibration
+    from stempress.store.reducing import given_calibration
 
     shape = parse_scan_shape(scan_shape)
     chunking = one_chunking(chunks)

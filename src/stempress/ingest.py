@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from stempress.codecs.chunking import chunk_shape
 from stempress.cores import resolve_workers
 from stempress.data.base import Dataset4D, check_shape_dtype, nbytes
 from stempress.data.stream import StreamSource
@@ -32,6 +31,7 @@ from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 from stempress.sinks.events import EventSink
 from stempress.sinks.reduced import ReducedFileSink
 from stempress.store.compress import AUTO, DEFAULT_CODEC, resolve_codec
+from stempress.store.reducing import source_calibration
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,12 @@ def output_sinks(source: Dataset4D | StreamSource, *, archive: Path | str | None
     if events is None and (counting is not None or event_format is not None):
         raise StempressError("counting options and --event-format shape the events: give --events EV.h5 too")
     _distinct(archive, reduced, events)
-    if not isinstance(source, Dataset4D) and codec.strip().lower() == AUTO:
+    if codec.strip().lower() == AUTO:
         raise StempressError(f"codec auto samples the source before writing, which a live stream cannot offer; give "
-                             f"a codec such as {DEFAULT_CODEC}")
+                             f"a codec such as {DEFAULT_CODEC}" if not isinstance(source, Dataset4D) else
+                             "codec auto benchmarks a sample before the pass, above ingest: resolve it first with "
+                             "stempress.bench.recommend.resolve_auto (as `stempress ingest --codec auto` does), or "
+                             f"give a codec such as {DEFAULT_CODEC}")
     if not isinstance(source, Dataset4D) and reduced is not None and calibration is None:
         calibration = Calibration.from_metadata(source.metadata, shape[2:])
         if calibration.bf_radius_px is None:
@@ -105,10 +108,11 @@ def output_sinks(source: Dataset4D | StreamSource, *, archive: Path | str | None
                                  "frames arrive; give --centre ROW,COL and --bf-radius PIXELS")
     sinks: list[Any] = []
     if archive is not None:
-        chosen, _why = resolve_codec(codec, source, chunk_shape(chunks or "balanced", shape), Path(archive))
-        sinks.append(ArchiveSink(ArchiveSpec(Path(archive), chosen, chunks or "balanced", layout, force=force)))
+        spec = ArchiveSpec(Path(archive), resolve_codec(codec), chunks or "balanced", layout, force=force)
+        sinks.append(ArchiveSink(spec))
     if reduced is not None:
-        sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=calibration, force=force))
+        measured = calibration if calibration is not None else source_calibration(source)
+        sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=measured, force=force))
     if events is not None:
         sinks.append(EventSink(events, counting, fmt=event_format, force=force, inputs=event_inputs))
     return sinks

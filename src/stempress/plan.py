@@ -23,19 +23,19 @@ import pandas as pd
 from stempress.data.base import Dataset4D, nbytes
 from stempress.errors import StempressError
 from stempress.provenance import provenance
-from stempress.reduce.calibration import Calibration, source_calibration
+from stempress.reduce.calibration import Calibration
 from stempress.reduce.sufficiency import (
     EXACTLY,
     NOT,
     BinnedSource,
     Check,
     Target,
-    compute,
     gather,
     judge,
     parse_targets,
     sample_positions,
 )
+from stempress.store.reducing import compute, source_calibration
 
 log = logging.getLogger("stempress")
 
@@ -165,7 +165,7 @@ def _lossless_rows(source: Dataset4D, positions: np.ndarray | None, codecs: Sequ
 
 def _events_row(source: Dataset4D, positions: np.ndarray | None,
                 from_frames: Callable[..., list[Check]]) -> _Row:
-    from stempress.events.representation import Events, EventsSource
+    from stempress.data.events import Events, EventsSource
 
     events = Events.from_source(source)
     return _Row("events (CSR)", events.nbytes, ("integer counts",),
@@ -175,7 +175,7 @@ def _events_row(source: Dataset4D, positions: np.ndarray | None,
 def _entropy_row(source: Dataset4D, positions: np.ndarray | None,
                  from_frames: Callable[..., list[Check]]) -> _Row:
     """The counts through the Poisson-model entropy code, read back from the real file it writes."""
-    from stempress.events.entropy import EntropyCodedSource, write_entropy_coded
+    from stempress.data.entropy import EntropyCodedSource, write_entropy_coded
 
     with tempfile.TemporaryDirectory(prefix="stempress-plan-") as folder:
         path = write_entropy_coded(source, Path(folder) / "events.h5")

@@ -50,9 +50,9 @@ from scipy import ndimage
 
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
 from stempress.data.hdf5 import one_line, open_hdf5
+from stempress.data.record import read_h5_record, read_toml_record
 from stempress.errors import StempressError, require_choice
 from stempress.events.libertem import require_toml_name
-from stempress.events.record import read_h5_record, read_toml_record
 
 METHODS = ("pixel", "cluster")
 THRESHOLD_UNITS = ("adu", "sigma")

@@ -22,12 +22,12 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output, writing
 from stempress.codecs.catalog import Codec
-from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
 from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk, whole_chunk_rows
 from stempress.data.base import Block
+from stempress.data.checksums import ChunkChecksums
 from stempress.data.emd import data_path, prepare_layout, write_source_metadata
 from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor

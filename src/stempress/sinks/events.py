@@ -25,6 +25,9 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output, discard, partial_folder, writing
 from stempress.data.base import Block
+from stempress.data.events import check_counts_dtype, events_from_block
+from stempress.data.raw_csr import RawCsrSource
+from stempress.data.stempy import METADATA as STEMPY_METADATA
 from stempress.errors import StempressError
 from stempress.events.counting import (
     OUT_DTYPE,
@@ -38,11 +41,9 @@ from stempress.events.counting import (
     counting_record,
     event_format,
 )
-from stempress.events.libertem import RawCsrSource, RawCsrWriter, raw_csr_files
+from stempress.events.libertem import RawCsrWriter, raw_csr_files
 from stempress.events.record import event_record
-from stempress.events.representation import check_counts_dtype, events_from_block
 from stempress.events.stempy import MAX_AUTO_FRAMES_PER_POSITION, write_stempy
-from stempress.events.stempy import METADATA as STEMPY_METADATA
 from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor
 from stempress.sinks.protocol import RunInfo
