@@ -342,8 +342,8 @@ def test_snapshots_are_taken_at_most_every_so_often_and_once_at_the_end(every, e
 
 
 def run_reducers_of(cube: np.ndarray) -> dict:
-    from stempress.reduce.engine import run_reducers
     from stempress.reduce.imaging import default_reducers
+    from stempress.store.reducing import run_reducers
 
     return run_reducers(cube, default_reducers(CAL))
 

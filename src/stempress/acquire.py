@@ -19,7 +19,7 @@ from stempress.exec.base import Executor
 from stempress.ingest import IngestReport, output_sinks, run_outputs
 from stempress.live.receiver import LiveSource, open_live
 from stempress.progress import Progress
-from stempress.reduce.calibration import Calibration, given_calibration
+from stempress.reduce.calibration import Calibration
 from stempress.reduce.imaging import default_reducers
 from stempress.reduce.protocol import Reducer
 from stempress.reduce.sufficiency import parse_targets
@@ -27,6 +27,7 @@ from stempress.sinks.reduce import ReducerSink
 from stempress.sinks.reduced import ReducedFileSink
 from stempress.sinks.snapshot import Snapshot, SnapshotSink
 from stempress.store.compress import DEFAULT_CODEC
+from stempress.store.reducing import given_calibration
 
 #: Seconds between snapshots: a person watching a scan needs no more.
 SNAPSHOT_EVERY_S = 1.0
