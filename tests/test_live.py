@@ -452,3 +452,19 @@ def test_live_scan_hands_a_refusal_to_the_loop(tmp_path):
         list(scan)
     out["thread"].join(30)
     assert not out["thread"].is_alive() and (tmp_path / "a.h5").read_bytes() == b"mine"
+
+
+def test_a_missing_frames_fill_value_is_never_counted_as_electrons(tmp_path):
+    from stempress.events.counting import CountingParams
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.2, seed=5))
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10, fill=50)
+    report = ingest(live, events=tmp_path / "ev.h5", counting=CountingParams(dark=0.0, gain=1.0, threshold=20.0))
+    out["thread"].join(30)
+    received = live.received_mask
+    assert 0 < received.sum() < 48
+    with open_source(tmp_path / "ev.h5") as events:
+        counts = events.read_rows(0, 6)
+    assert not counts[~received].any()  # a fill of 50 ADU above a threshold of 20 would have been electrons
+    assert report.events is not None and report.events.n_electrons == int(counts.sum())

@@ -108,11 +108,11 @@ class EventSink:
         self._stack = stack
 
     def consume(self, block: Block) -> None:
-        data = np.asarray(block.data)
         if block.valid is not None:
             if self.received is None:
                 self.received = np.ones(self.source.shape[:2], bool)
             self.received[block.start:block.stop] = block.valid
+        data = np.asarray(block.without_missing().data)  # a missing frame's fill value is never counted
         if self.params is not None:
             check_frames(data, f"{self.source.name} rows [{block.start}, {block.stop})")
             if data.size:
