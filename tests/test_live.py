@@ -421,6 +421,8 @@ def test_reduce_targets_without_a_file_are_reduced_in_memory_for_the_snapshots(t
     report = receive(live, reduce=["bf"], calibration=CAL, watch=seen.append, archive=tmp_path / "a.h5")
     out["thread"].join(30)
     assert report.reduced is None and sorted(seen[-1].images) == ["bf", "mean_pattern"]  # the preview's pattern
+    with pytest.raises(StempressError, match="only seen by a watcher"):
+        receive(live, reduce=["bf"], calibration=CAL, archive=tmp_path / "b.h5")  # nobody would see the images
     np.testing.assert_allclose(seen[-1].image("mean"), cube.reshape(48, 12, 10).mean(axis=0), rtol=1e-12)
     assert np.array_equal(seen[-1].image("bf/BF"), run_reducers_of(cube)["virtual"]["BF"])
 
