@@ -342,8 +342,8 @@ def test_snapshots_are_taken_at_most_every_so_often_and_once_at_the_end(every, e
 
 
 def run_reducers_of(cube: np.ndarray) -> dict:
-    from stempress.store.reducing import run_reducers
     from stempress.reduce.imaging import default_reducers
+    from stempress.store.reducing import run_reducers
 
     return run_reducers(cube, default_reducers(CAL))
 
@@ -421,6 +421,8 @@ def test_reduce_targets_without_a_file_are_reduced_in_memory_for_the_snapshots(t
     report = receive(live, reduce=["bf"], calibration=CAL, watch=seen.append, archive=tmp_path / "a.h5")
     out["thread"].join(30)
     assert report.reduced is None and sorted(seen[-1].images) == ["bf", "mean_pattern"]  # the preview's pattern
+    with pytest.raises(StempressError, match="only seen by a watcher"):
+        receive(live, reduce=["bf"], calibration=CAL, archive=tmp_path / "b.h5")  # nobody would see the images
     np.testing.assert_allclose(seen[-1].image("mean"), cube.reshape(48, 12, 10).mean(axis=0), rtol=1e-12)
     assert np.array_equal(seen[-1].image("bf/BF"), run_reducers_of(cube)["virtual"]["BF"])
 
@@ -439,3 +441,32 @@ def test_lag_counts_frames_off_the_network_not_yet_through_the_sinks():
     done_two_rows = 2 * 8 - int((~live.received_mask[:2]).sum())
     assert live.lag(2 * row) == arrived - done_two_rows
     assert "lag 0 frames" in live.status(6 * row) and "missing so far" in live.status()
+
+
+def test_live_scan_hands_a_refusal_to_the_loop(tmp_path):
+    from stempress.acquire import live_scan
+
+    cube = _cube()
+    (tmp_path / "a.h5").write_bytes(b"mine")
+    port, out = _serve_in_thread(open_source(cube), "merlin")
+    scan = live_scan(f"merlin://127.0.0.1:{port}", cube.shape[:2], archive=tmp_path / "a.h5")
+    with pytest.raises(StempressError, match="already exists"):
+        list(scan)
+    out["thread"].join(30)
+    assert not out["thread"].is_alive() and (tmp_path / "a.h5").read_bytes() == b"mine"
+
+
+def test_a_missing_frames_fill_value_is_never_counted_as_electrons(tmp_path):
+    from stempress.events.counting import CountingParams
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.2, seed=5))
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10, fill=50)
+    report = ingest(live, events=tmp_path / "ev.h5", counting=CountingParams(dark=0.0, gain=1.0, threshold=20.0))
+    out["thread"].join(30)
+    received = live.received_mask
+    assert 0 < received.sum() < 48
+    with open_source(tmp_path / "ev.h5") as events:
+        counts = events.read_rows(0, 6)
+    assert not counts[~received].any()  # a fill of 50 ADU above a threshold of 20 would have been electrons
+    assert report.events is not None and report.events.n_electrons == int(counts.sum())

@@ -47,6 +47,9 @@ def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str
     memory, no file); ``reduce`` targets without ``reduced`` are reduced in memory too."""
     if reducers is not None and reduce:
         raise StempressError("give reducers (objects, in memory) or reduce targets (names), not both")
+    if reduce and reduced is None and watch is None:
+        raise StempressError("reduce targets without reduced=RED.h5 are only seen by a watcher; give reduced= (or "
+                             "watch=, or use live_scan)")
     targets = list(reduce)
     if watch is not None and targets and "mean_pattern" not in {t.kind for t in parse_targets(targets)}:
         targets.append("mean_pattern")  # the snapshots show it; one more column of the fused projection
@@ -104,6 +107,7 @@ class LiveScan:
             self.report = receive(self.source, watch=self._offer, **options)
         except BaseException as exc:  # handed to the iterating thread
             self._error = exc
+            self.source.close()  # refused before the pass (an output exists): the detector is not left waiting
         finally:
             with self._cond:
                 self._done = True

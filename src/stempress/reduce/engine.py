@@ -241,7 +241,7 @@ class RowPass:
         if self.seen[lo:hi].any():
             raise StempressError(f"scan rows [{block.start}, {block.stop}) arrived twice; send each row once")
         if not block.complete:
-            block = without_missing(block)  # a stream's fill value never enters a sum (the mean pattern's)
+            block = block.without_missing()  # a stream's fill value never enters a sum (the mean pattern's)
             data = block.data
         if self.nonfinite is not None:
             block = Block(block.start, self.nonfinite.clean(data), block.valid, block.frame_ids)
@@ -284,14 +284,6 @@ class RowPass:
         if self.nonfinite is not None and self.nonfinite.values:
             results.nonfinite = self.nonfinite
         return results
-
-
-def without_missing(block: Block) -> Block:
-    """``block`` with the frames it marks missing set to 0 (a copy): whatever fill value stands in for them adds
-    nothing to a sum; per-position outputs there become NaN after (``sinks.reduce.mark_missing``)."""
-    data = block.data.copy()
-    data[~np.asarray(block.valid, bool)] = 0
-    return Block(block.start, data, block.valid, block.frame_ids)
 
 
 def _check_outputs(reducer: Reducer, out: dict[str, np.ndarray], shape: Shape4, dtype: np.dtype) -> None:

@@ -186,10 +186,9 @@ class LinearReducer(Reducer):
 
     def process(self, state: State, block: Block) -> None:
         """Standalone use: project the block with this reducer's weights alone (same bits as fused)."""
-        from stempress.reduce.engine import Projection, without_missing  # engine imports this module
+        from stempress.reduce.engine import Projection  # the engine's kernel; engine imports this module
 
-        if not block.complete:
-            block = without_missing(block)
+        block = block.without_missing()
         projection = state.context.get("_projection")
         if projection is None:
             projection = state.context["_projection"] = Projection(self.weights(state), state.dtype, state.shape)

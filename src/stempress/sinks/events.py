@@ -113,7 +113,9 @@ class EventSink:
             if self.received is None:
                 self.received = np.ones(self.source.shape[:2], bool)
             self.received[block.start:block.stop] = block.valid
-        events, top = counted_events(block, self.params, self.source.name, self.counts.name, self.tally, self._count)
+        # a missing frame's fill value is never counted
+        events, top = counted_events(block.without_missing(), self.params, self.source.name, self.counts.name,
+                                     self.tally, self._count)
         self._append([events], top)
 
     def _append(self, events: list[EventBlock], top: float | None) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from stempress.sinks.protocol import RunInfo
 from stempress.sinks.reduce import ReducerSink
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare the fields, not the snapshots
 class Snapshot:
     """The scan so far. ``images``: ``{reducer: {output: array}}``; per-position outputs cover the whole scan,
     NaN where the frame is missing or not reduced yet (the mean pattern: over the frames received so far).
@@ -32,7 +32,7 @@ class Snapshot:
     frames: dict[str, Any]
     seconds: float
     final: bool = False
-    status: str = field(default="", compare=False)
+    status: str = ""
 
     def image(self, name: str) -> np.ndarray:
         """One image by output name (``"BF"``, ``"com_x"``, ``"mean"``) or ``"reducer/output"``."""
