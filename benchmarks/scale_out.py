@@ -10,7 +10,9 @@ Writes a Poisson cube (a bright disk and a weak halo, as a diffraction pattern) 
 - ``reduce``: ``reduce_to_file`` with the default targets (bf, adf, com, mean_pattern): inline (one process,
   one pass), then on Dask, where every worker reopens the file and reduces its own partitions of the scan;
 - ``compress`` for each codec: inline (one thread compresses), then on Dask, where every worker reads its own
-  partitions and compresses their chunks, and this process writes them into the one HDF5 file.
+  partitions and compresses their chunks, and this process writes them into the one HDF5 file;
+- ``compress --shards`` for each codec: each worker writes its partitions' shard files, this process only the
+  master (checked by ``verify``: every shard's chunk CRCs).
 
 The cluster's start is timed apart (it is paid once per command); each run checks its output against inline
 (bit-identical reduced images, byte-identical archive but for the EMD UUID). Prints seconds, GB/s (1e9 raw
@@ -20,7 +22,8 @@ machine (its cores, whether other work shares them) and on the codec's speed bes
 Then the model of ``docs/scale-out.md``, fitted to these runs, and its prediction for ``--predict-tb`` of raw
 data on 8 and 64 nodes of ``--workers-per-node`` workers:
 
-- ``r``, a worker's rate per job (raw bytes/s): least squares of throughput = n x r over the Dask runs;
+- ``r``, a worker's rate per job (raw bytes/s): least squares of throughput = n x r over the Dask runs (``r'``
+  for ``--shards``, which includes writing the shard);
 - ``R``, the file system's read rate: one process reading the whole file in 256 MiB blocks (here: the page
   cache, after the first run); predictions are also printed for the aggregate rates of ``--fs-read-gbs``
   (a cluster's parallel file system, which one node cannot measure);
@@ -30,7 +33,7 @@ data on 8 and 64 nodes of ``--workers-per-node`` workers:
 
     reduce:             T = t0 + S / min(N r, R)
     compress:           T = t0 + S / min(N r, R, q W)
-    compress --shards:  T = t0 + S / min(N r, R)      (no single writer; each worker writes its shard)
+    compress --shards:  T = t0 + S / min(N r', R)     (no single writer; r': a worker's rate writing its shard)
 
 with N workers in all; the smallest term names what limits the run.
 """
@@ -38,6 +41,7 @@ with N workers in all; the smallest term names what limits the run.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,8 +52,10 @@ import numpy as np
 
 from stempress.data.open import open_source
 from stempress.exec.dask import DaskExecutor
+from stempress.sinks.shards import shard_folder
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
+from stempress.store.verify import verify
 
 TARGETS = ["bf", "adf", "com", "mean_pattern"]
 READ_BLOCK = 256 * 1024**2
@@ -68,6 +74,11 @@ def write_cube(path: Path, scan: int, det: int) -> None:
         out[row] = rng.poisson(lam, size=(scan, det, det))
     out.flush()
     del out
+
+
+def labels(codecs: list[str]) -> list[str]:
+    """The jobs, in the order they run."""
+    return ["reduce", *(f"compress {c}{shards}" for c in codecs for shards in ("", " --shards"))]
 
 
 def read_rate(path: Path) -> float:
@@ -108,6 +119,12 @@ def reduced_images(path: Path) -> dict[str, np.ndarray]:
         f.visititems(lambda n, o: found.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
                      and o.dtype.kind in "fiu" else None)
     return found
+
+
+def verified(path: Path) -> None:
+    """A --shards master: every shard's stored and decoded chunk CRCs (what the workers encoded) check out."""
+    report = verify(path)
+    assert report.problem is None and report.checksums, report.summary()
 
 
 def without_uuid(path: Path) -> bytes:
@@ -153,11 +170,12 @@ def main() -> None:
             took, result = timed(lambda t=target: fn(t))
             check(target)
             target.unlink()
+            shutil.rmtree(shard_folder(target), ignore_errors=True)
             times.append(took)
             if took == min(times):
                 results[label, where] = result
         seconds[label, where] = min(times)
-        print(f"  {label:<18} {where:<10} {min(times):7.2f} s  {raw / 1e9 / min(times):6.2f} GB/s", flush=True)
+        print(f"  {label:<28} {where:<10} {min(times):7.2f} s  {raw / 1e9 / min(times):6.2f} GB/s", flush=True)
 
     references: dict[str, object] = {}
 
@@ -181,6 +199,9 @@ def main() -> None:
                 best(f"compress {codec}", where,
                      lambda p, c=codec: compress(source, p, codec=c, workers=1, executor=executor),
                      lambda p, c=codec: keep_or_compare(c, without_uuid(p)))
+                best(f"compress {codec} --shards", where,
+                     lambda p, c=codec: compress(source, p, codec=c, workers=1, executor=executor, shards=True),
+                     lambda p: verified(p))
 
     print("inline (this process alone):")
     jobs(None)
@@ -195,13 +216,13 @@ def main() -> None:
             executor.close()
 
     print("\nratios (time of the first / time of the second; above 1: the second is faster)")
-    for label in ["reduce", *(f"compress {c}" for c in codecs)]:
+    for label in labels(codecs):
         inline = seconds[label, "inline"]
         cells = [f"inline/dask:{n} {inline / seconds[label, f'dask:{n}']:.2f}" for n in counts]
         if 1 in counts:
             cells += [f"dask:1/dask:{n} {seconds[label, 'dask:1'] / seconds[label, f'dask:{n}']:.2f}"
                       for n in counts if n != 1]
-        print(f"  {label:<18} " + "   ".join(cells))
+        print(f"  {label:<28} " + "   ".join(cells))
     model(args, raw, cube_path, counts, codecs, seconds, results, starts)
 
 
@@ -214,12 +235,12 @@ def model(args: argparse.Namespace, raw: int, cube_path: Path, counts: list[int]
     print(f"  file system read R = {fs / 1e9:.2f} GB/s (measured: one reader, this machine)")
     print(f"  cluster start t0 = {start:.1f} s")
     rates, writers = {}, {}
-    for label in ["reduce", *(f"compress {c}" for c in codecs)]:
+    for label in labels(codecs):
         rates[label] = fit_worker_rate(raw, {n: seconds[label, f"dask:{n}"] for n in counts})
-        line = f"  {label:<18} worker rate r = {rates[label] / 1e6:7.1f} MB/s raw"
+        line = f"  {label:<28} worker rate r = {rates[label] / 1e6:7.1f} MB/s raw"
         report = results.get((label, f"dask:{max(counts)}"))
         stages = getattr(report, "stages", None)
-        if stages:
+        if stages and not label.endswith("--shards"):
             store = stages.get("write", 0.0) + stages.get("publish", 0.0)
             ratio = report.ratio  # type: ignore[attr-defined]
             writers[label] = report.file_bytes / store * ratio if store > 0 else float("inf")  # type: ignore[attr-defined]
@@ -241,9 +262,6 @@ def prediction(args: argparse.Namespace, rates: dict[str, float], writers: dict[
         for label in rates:
             wall, limit = predict(size, workers, rates[label], fs, start, writers.get(label))
             print(f"  {nodes:>2} nodes  {label:<28} {wall:9.0f} s  limited by {limit}")
-            if label in writers:
-                wall, limit = predict(size, workers, rates[label], fs, start)
-                print(f"  {nodes:>2} nodes  {label + ' --shards':<28} {wall:9.0f} s  limited by {limit}")
 
 
 if __name__ == "__main__":
