@@ -202,6 +202,20 @@ def test_compress_shards_on_dask_are_written_by_the_workers_and_read_back_as_one
     assert checked.problem is None and checked.checksums and checked.chunks_checked == checked.chunks_total > 0
 
 
+def test_progress_comes_from_inside_remote_partitions(dask, files):
+    from stempress.engine import partitions_for
+
+    calls: list[tuple[int, int]] = []
+    with open_source(files["h5"]) as source:
+        ranges = partitions_for(source, dask.workers)
+        assert any(stop - start > 1 for start, stop in ranges)  # partitions of several one-row blocks
+        run(source, [WorkerPids()], executor=dask, rows=1, progress=lambda done, total: calls.append((done, total)))
+        total = source.shape[0] * int(np.prod(source.shape[1:])) * np.dtype(source.dtype).itemsize
+    assert len(calls) > len(ranges)  # reported block by block, not only as each partition's result arrived
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones) and dones[-1] == total and {t for _, t in calls} == {total}
+
+
 COUNT_SPEC = ("synthetic:diffraction?scan=13x5&det=16x16&mode=integrating&gain=40&read_noise=2&dose=80&dtype=uint16"
               "&offset=100&seed=5")
 
@@ -266,9 +280,11 @@ def test_dask_option_of_compress_reduce_and_ingest_gives_the_inline_outputs(dask
     said = _cli("compress", source.name, "dask.h5", "--chunks", chunks, "--dask", address, cwd=tmp_path).stdout
     assert "2 workers" in said and _tasks_run(dask) > ran
     ran = _tasks_run(dask)
-    _cli("reduce", source.name, "--target", "bf", "--target", "com", "--out", "dask-red.h5", "--dask", address,
-         cwd=tmp_path)
+    said = _cli("reduce", source.name, "--target", "bf", "--target", "com", "--out", "dask-red.h5", "--dask", address,
+                cwd=tmp_path).stdout
     assert _tasks_run(dask) > ran
+    done = [line for line in said.splitlines() if line.startswith("reduce:") and "(100%)" in line]
+    assert done and re.search(r"[\d,]+ frames/s, [\d.e+-]+ GB/s, 2 workers$", done[-1]), said  # the bar's rates
     ran = _tasks_run(dask)
     _cli("ingest", source.name, "--archive", "dask-in.h5", "--chunks", chunks, "--reduce", "adf",
          "--reduced", "dask-in-red.h5", "--dask", address, cwd=tmp_path)

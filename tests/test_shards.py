@@ -59,6 +59,7 @@ def test_shards_and_master_read_back_bit_identical_with_plain_h5py(cube_file, tm
     assert all(not Path(n).is_absolute() for n in names)
     shards = sorted(shard_folder(master).iterdir())
     assert [f"{shard_folder(master).name}/{p.name}" for p in shards] == names
+    assert report.shards == len(shards) and f"{len(shards)} shard files in scan.h5.shards/" in report.summary()
     if executor == "threads":
         assert len(shards) > 1  # partitions, each its own file
     from_shards: dict[tuple[int, ...], bytes] = {}

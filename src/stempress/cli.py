@@ -49,9 +49,30 @@ class ProgressReporter:
         self._started = time.monotonic()
         self._last_line = -float("inf")
         self._finished = False
+        self._rates: tuple[float, int, float] | None = None
+        self._first: tuple[float, float] | None = None
+
+    def show_rates(self, per_frame: float, workers: int, bytes_per: float = 1.0) -> None:
+        """Show frames/s, GB/s (raw, 10^9) and the workers beside the bar: ``per_frame`` units of progress make a
+        frame, one unit is ``bytes_per`` bytes (averages since the first update)."""
+        self._rates = (float(per_frame), int(workers), float(bytes_per))
+
+    def _rate_text(self, done: float) -> str:
+        """Rates since the first update (not since the bar was made: a cluster's start is not work)."""
+        per_frame, workers, bytes_per = self._rates  # type: ignore[misc]
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, done)
+        seconds, gained = now - self._first[0], done - self._first[1]
+        if seconds <= 0 or per_frame <= 0:
+            return f"{workers} workers"
+        return (f"{gained / per_frame / seconds:,.0f} frames/s, {gained * bytes_per / seconds / 1e9:.3g} GB/s, "
+                f"{workers} workers")
 
     def __call__(self, done: float, total: float | None = None, last: str = "") -> None:
         with self._lock:
+            if not last and self._rates is not None:
+                last = self._rate_text(done)
             if console.is_terminal:
                 self._draw(done, total, last)
             else:
@@ -276,6 +297,7 @@ def compress(
         raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
     with saying_new_folders(out), dask_executor(dask) as executor, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("compress", unit="bytes") as bar:
+        show_rates(bar, cube, executor, workers)
         report = compress_cube(cube, out, codec=codec, chunks=chunking[0], workers=workers, layout=layout,
                                force=force, progress=bar, executor=executor, shards=shards)
         note = scan_shape_note(cube)
@@ -360,6 +382,7 @@ def ingest(
     outputs = [p for p in (archive, reduced, events) if p is not None]
     with saying_new_folders(*outputs), dask_executor(dask) as on_dask, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("ingest", unit="bytes") as bar:
+        show_rates(bar, cube, on_dask, workers)
         calibration = cli_calibration(cube, centre, bf_radius) if reduced is not None else None
         if archive is not None and codec.strip().lower() == "auto":
             from stempress.bench.recommend import resolve_auto
@@ -620,6 +643,20 @@ def dask_executor(where: str | None):
         yield executor
 
 
+def show_rates(bar: ProgressReporter, cube, executor, workers: int | None, *, rows: bool = False) -> None:
+    """frames/s, GB/s and the workers on a command's bar (progress in source bytes, or in scan rows)."""
+    import numpy as np
+
+    from stempress.cores import resolve_workers
+
+    frame_bytes = int(np.prod(cube.shape[2:])) * np.dtype(cube.dtype).itemsize
+    count = executor.workers if executor is not None else resolve_workers(workers)
+    if rows:
+        bar.show_rates(1 / cube.shape[1], count, frame_bytes * cube.shape[1])
+    else:
+        bar.show_rates(frame_bytes, count)
+
+
 def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
     """A source from the command line's words."""
     from stempress.data.open import open_source
@@ -664,6 +701,7 @@ def reduce(
     refuse_filled_folders(figures=figures, report=report, force=force)
     with saying_new_folders(out), dask_executor(dask) as executor, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("reduce", unit="bytes") as bar:
+        show_rates(bar, cube, executor, 1)  # inline without --dask
         path = reduce_to_file(cube, chosen, out, force=force, progress=bar,
                               calibration=cli_calibration(cube, centre, bf_radius), executor=executor)
     console.print(f"wrote {path}: {', '.join(target)}")
@@ -862,6 +900,7 @@ def count(
             open_cli_source(source, dataset, scan_shape) as cube, \
             progress_reporter("count (scan rows)", transient=True) as bar, \
             make_executor("threads", workers) if on_dask is None else nullcontext(on_dask) as pool:
+        show_rates(bar, cube, pool, None, rows=True)
         report = count_to_file(cube, out, params, fmt=fmt, force=force, inputs={"source": source, **references},
                                progress=bar, executor=pool)
     console.print(report.summary(), highlight=False, soft_wrap=True)

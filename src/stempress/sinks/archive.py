@@ -80,6 +80,8 @@ class ArchiveResult:
     #: Seconds per stage: encode and checksum summed over workers; write (HDF5 calls), wait (the writer waiting
     #: for encoded chunks) and publish (close, fsync, rename) on the writer's thread.
     stages: dict[str, float] = field(default_factory=dict)
+    #: Shard files behind a ``--shards`` master (``sinks.shards``); 0 for one file.
+    shards: int = 0
 
 
 class ArchiveSink:

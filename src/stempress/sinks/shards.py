@@ -153,7 +153,7 @@ class ShardedArchiveSink:
         first = results[0]
         total = master.stat().st_size + sum(r.file_bytes for r in results)
         return ArchiveResult(out, self.spec.codec, self.chunks, first.direct, first.fallback_reason,
-                             self.spec.layout, self.target, total, first.checksums_saved, stages)
+                             self.spec.layout, self.target, total, first.checksums_saved, stages, len(ranges))
 
     def _publish_shards(self) -> None:
         folder = shard_folder(Path(self.spec.path))

@@ -30,7 +30,7 @@ from stempress.exec.base import Executor
 from stempress.exec.local import ThreadExecutor
 from stempress.progress import Progress
 from stempress.sinks.archive import ArchiveSink, ArchiveSpec
-from stempress.sinks.shards import ShardedArchiveSink, check_new_shards
+from stempress.sinks.shards import ShardedArchiveSink, check_new_shards, shard_folder
 from stempress.sizes import GIB, human_size
 from stempress.store.readers import cube_open_lines
 
@@ -65,6 +65,8 @@ class CompressReport:
     removed_partials: tuple[Path, ...] = ()
     #: Seconds per stage of the archive writer (``ArchiveResult.stages``): where the time went.
     stages: dict[str, float] = field(default_factory=dict)
+    #: Shard files in ``OUT.shards/`` behind the master ``path`` (``shards=True``); 0 for one file.
+    shards: int = 0
 
     @property
     def ratio(self) -> float:
@@ -83,6 +85,8 @@ class CompressReport:
         done = (f"{self.path}: {self.codec}, chunks {chunks}, {self.workers} workers, {path}; "
                 f"{human_size(self.raw_bytes)} -> {human_size(self.file_bytes)} (ratio {self.ratio:.2f}) "
                 f"in {self.seconds:.2f} s, {self.gibs:.3f} GiB/s")
+        if self.shards:
+            done += f"; a master over {self.shards} shard files in {shard_folder(self.path).name}/ (move them together)"
         if self.layout == ENTROPY_CODEC:  # stempress's own format: only stempress reads it
             return done
         opening = cube_open_lines(self.path, self.layout, self.dataset_path, get_codec(self.codec).filters)
@@ -132,7 +136,7 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
                           fallback_reason=written.fallback_reason, layout=layout, dataset_path=written.dataset_path,
                           raw_bytes=nbytes(source), file_bytes=written.file_bytes,
                           seconds=time.perf_counter() - started, removed_partials=removed,
-                          stages=written.stages)
+                          stages=written.stages, shards=written.shards)
 
 
 def check_hdf5_output(source: Dataset4D, out: Path, chunks: str | tuple[int, ...] | None, layout: str,
