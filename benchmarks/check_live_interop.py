@@ -21,7 +21,9 @@ RosettaSciIO does: ``stempress.data.mib``); DECTRIS frames as they are. ``serve`
 every frame. Merlin's clients ask its control port for IMAGEX / IMAGEY / COUNTERDEPTH, DECTRIS clients the
 SIMPLON REST API for the detector configuration and to enable the stream: ``serve --api-port`` answers both.
 
-Prints PASS / FAIL per case with the reason; exits 1 if anything failed.
+Where ``serve`` says LiberTEM-live cannot receive the stream (an encoding libertem-dectris does not decode:
+uncompressed ``<``), the case is SKIP with what it said. Prints PASS / FAIL / SKIP per case with the reason;
+exits 1 if anything failed.
 """
 
 from __future__ import annotations
@@ -137,6 +139,10 @@ def run_case(case: Case, python: Path, script: Path, folder: Path, timeout: floa
     try:
         lines = [server.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
         call = lines[1].partition("LiberTEM-live: ")[2].strip()
+        if call.startswith("cannot"):  # serve tells the user LiberTEM-live cannot receive this stream
+            server.kill()
+            server.communicate()
+            return "SKIP", f"serve says LiberTEM-live {call}", {}
         if not call:
             server.kill()
             return "FAIL", f"serve printed no LiberTEM-live call: {lines!r} {server.communicate()[1][-300:]}", {}

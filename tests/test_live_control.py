@@ -110,3 +110,9 @@ def test_libertem_live_call_is_python_naming_both_ports_and_the_scan():
     compile(call, "<serve>", "exec")
     assert "make_connection('merlin')" in call and "data_port=6342" in call and "api_port=6341" in call
     assert "nav_shape=(3, 4)" in call and "pending_aq=conn.wait_for_acquisition(" in call
+
+
+def test_libertem_live_line_says_when_it_cannot_decode_the_encoding():
+    line = libertem_live_call("dectris", "127.0.0.1", 9999, 80, (3, 4), "<")
+    assert line.startswith("cannot decode the '<' encoding") and "--encoding bs16-lz4<" in line
+    assert libertem_live_call("dectris", "127.0.0.1", 9999, 80, (3, 4), "lz4<").startswith("conn = ")

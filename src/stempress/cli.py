@@ -486,7 +486,7 @@ def serve(
         def listening(bound: int) -> None:
             console.print(f"serving {cube.name} {tuple(cube.shape)} {cube.dtype} as {as_} on {host}:{bound}, "
                           f"control API on {host}:{api[0]}", highlight=False, soft_wrap=True)
-            console.print(f"LiberTEM-live: {libertem_live_call(as_, host, bound, api[0], cube.shape[:2])}",
+            console.print(f"LiberTEM-live: {libertem_live_call(as_, host, bound, api[0], cube.shape[:2], encoding)}",
                           highlight=False, soft_wrap=True)
 
         log = serve_source(cube, as_, port=port, host=host, rate=rate, faults=faults, encoding=encoding,

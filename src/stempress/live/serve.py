@@ -181,8 +181,17 @@ def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1",
     return log
 
 
-def libertem_live_call(protocol: str, host: str, data_port: int, api_port: int, nav_shape: tuple[int, ...]) -> str:
-    """What a LiberTEM-live user runs (after ``ctx = LiveContext()``) to receive this stream in passive mode."""
+#: The DECTRIS encodings LiberTEM-live can receive (libertem-dectris 0.3 decodes no uncompressed ``<``).
+LIBERTEM_LIVE_ENCODINGS = ("bs32-lz4<", "bs16-lz4<", "bs8-lz4<", "lz4<")
+
+
+def libertem_live_call(protocol: str, host: str, data_port: int, api_port: int, nav_shape: tuple[int, ...],
+                       encoding: str = "bs16-lz4<") -> str:
+    """What a LiberTEM-live user runs (after ``ctx = LiveContext()``) to receive this stream in passive mode, or
+    why it cannot."""
+    if protocol == "dectris" and encoding not in LIBERTEM_LIVE_ENCODINGS:
+        return (f"cannot decode the {encoding!r} encoding (libertem-dectris decodes "
+                f"{', '.join(LIBERTEM_LIVE_ENCODINGS)}): serve with --encoding bs16-lz4< for it")
     shape = tuple(int(n) for n in nav_shape)
     return (f"conn = ctx.make_connection({protocol!r}).open(data_host={host!r}, data_port={data_port}, "
             f"api_host={host!r}, api_port={api_port}); aq = ctx.make_acquisition(conn=conn, "
