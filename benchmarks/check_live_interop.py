@@ -21,6 +21,11 @@ RosettaSciIO does: ``stempress.data.mib``); DECTRIS frames as they are. ``serve`
 every frame. Merlin's clients ask its control port for IMAGEX / IMAGEY / COUNTERDEPTH, DECTRIS clients the
 SIMPLON REST API for the detector configuration and to enable the stream: ``serve --api-port`` answers both.
 
+The other way round, ``stempress live merlin://...`` receives LiberTEM-live's own Merlin simulator
+(``libertem-live-mib-sim``, started in the peer venv, replaying the real ``.mib``) into an archive that must
+hold the file's frames as stempress reads the file. (LiberTEM-live's DECTRIS simulator replays a recorded
+ZeroMQ dump of a real detector, which this repository does not have: that direction is not checked.)
+
 Where ``serve`` says LiberTEM-live cannot receive the stream (an encoding libertem-dectris does not decode:
 uncompressed ``<``), the case is SKIP with what it said. Prints PASS / FAIL / SKIP per case with the reason;
 exits 1 if anything failed.
@@ -31,10 +36,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +49,7 @@ import numpy as np
 
 from check_plain_readers import REAL, make_venv
 from stempress.data.open import open_source
+from stempress.errors import StempressError
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,46 @@ def run_case(case: Case, python: Path, script: Path, folder: Path, timeout: floa
     return "PASS", sent, result["versions"]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def receive_mib_sim(python: Path, folder: Path, timeout: float) -> tuple[str, str]:
+    """``stempress live`` receives ``libertem-live-mib-sim`` replaying the real ``.mib``; the archive must hold
+    the file's frames as stempress reads the file."""
+    mib, scan = REAL / "001_4x2_6bit.mib", (2, 4)
+    data, control, trigger = _free_port(), _free_port(), _free_port()
+    sim = subprocess.Popen([str(python.parent / "libertem-live-mib-sim"), str(mib.with_suffix(".hdr")), "--nav-shape",
+                            str(scan[0]), str(scan[1]), "--host", "127.0.0.1", "--data-port", str(data),
+                            "--control-port", str(control), "--trigger-port", str(trigger)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in sim.stderr:  # type: ignore[union-attr]
+            if "DataSocketServer listening" in line:
+                break
+        else:
+            return "FAIL", "libertem-live-mib-sim did not start"
+        threading.Thread(target=sim.stderr.read, daemon=True).start()  # type: ignore[union-attr] # its log
+        archive = folder / "from_mib_sim.h5"
+        done = subprocess.run([sys.executable, "-m", "stempress", "live", f"merlin://127.0.0.1:{data}",
+                               "--scan-shape", f"{scan[0]}x{scan[1]}", "--archive", str(archive), "--timeout",
+                               str(int(timeout)), "--force"], capture_output=True, text=True, timeout=timeout + 60)
+    finally:
+        sim.kill()  # it replays the file again for the next receiver, without end
+        sim.communicate()
+    summary = [line for line in done.stdout.splitlines() if line.startswith("frames:")]
+    if done.returncode != 0:
+        return "FAIL", (done.stderr or done.stdout).strip().splitlines()[-1]
+    try:
+        with open_source(str(mib), scan_shape=scan) as source, open_source(str(archive)) as got:
+            same = np.array_equal(got.read_rows(0, scan[0]), source.read_rows(0, scan[0]))
+    except StempressError as exc:
+        return "FAIL", str(exc)
+    return ("PASS", summary[-1] if summary else "") if same else ("FAIL", "the archive's frames differ from the file")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--venv", type=Path, default=None, help="venv folder to create or reuse (default: temp)")
@@ -184,6 +232,10 @@ def main() -> int:
             versions.update(found)
             results.append(status)
             print(f"{status} {case.label}: {why}", flush=True)
+        if args.only in (None, "merlin"):
+            status, why = receive_mib_sim(python, folder, args.timeout)
+            results.append(status)
+            print(f"{status} stempress live <- libertem-live-mib-sim (real .mib): {why}", flush=True)
     print("peer venv:", ", ".join(f"{p} {v}" for p, v in versions.items()) or "no versions (nothing received)")
     failed = results.count("FAIL")
     print("ALL PASS" if not failed else f"{failed} LIVE INTEROP CHECK(S) FAILED")
