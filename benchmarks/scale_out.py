@@ -36,6 +36,29 @@ data on 8 and 64 nodes of ``--workers-per-node`` workers:
     compress --shards:  T = t0 + S / min(N r', R)     (no single writer; r': a worker's rate writing its shard)
 
 with N workers in all; the smallest term names what limits the run.
+
+LiberTEM's Dask executor on the same file (issue 15's comparison) runs in the peers venv of
+``benchmarks/requirements-external.txt`` (no stempress; dask and distributed pinned to one release, or
+distributed does not import), as a LiberTEM user scripts it; the main guard is LiberTEM's rule (its workers
+are spawned processes). Equivalent UDFs: SumUDF (mean_pattern), ApplyMasksUDF with the bf disk and adf ring
+stempress used (radii in the reduced file's provenance), CoMUDF (com); time ``run_udf`` apart from the
+cluster start, as here::
+
+    from libertem.api import Context
+    from libertem.masks import circular, ring
+    from libertem.udf.com import CoMUDF
+    from libertem.udf.masks import ApplyMasksUDF
+    from libertem.udf.sum import SumUDF
+
+    if __name__ == "__main__":
+        with Context.make_with("dask", cpus=2) as ctx:  # a LocalCluster of 2 worker processes
+            ds = ctx.load("npy", path="/tmp/stempress-scale-out/cube-64x256.npy")
+            masks = [lambda: circular(128, 128, 256, 256, R_BF), lambda: ring(128, 128, 256, 256, R_OUT, R_IN)]
+            ctx.run_udf(dataset=ds, udf=[SumUDF(), ApplyMasksUDF(mask_factories=masks),
+                                         CoMUDF.with_params(cy=128, cx=128)])
+
+(``/work/venvs/peers/bin/python -I that_script.py``; checked to run with LiberTEM 0.16.0, dask/distributed
+2026.8.0.)
 """
 
 from __future__ import annotations

@@ -538,6 +538,9 @@ def serve(
     source: Annotated[str, typer.Argument(help="Any source to replay: EMD/HDF5, NXmx, .mib, .npy, synthetic:...")],
     as_: Annotated[str, typer.Option("--as", help="The detector to act as: merlin or dectris.")] = "merlin",
     port: Annotated[int, typer.Option(help="Port to listen on (0: a free one, printed).")] = 0,
+    api_port: Annotated[int, typer.Option(help="Port of the detector's control interface: Merlin's control port "
+                                          "(6341 on a real one), DECTRIS's SIMPLON REST API (0: a free one, "
+                                          "printed).")] = 0,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     rate: Annotated[float, typer.Option(help="Frames per second (0: as fast as the receiver takes them).")] = 0.0,
     encoding: Annotated[str, typer.Option(help="DECTRIS data encoding: bs16-lz4<, bs32-lz4<, lz4< or <.")]
@@ -556,17 +559,21 @@ def serve(
     """Act as a detector: send SOURCE once, as Merlin's TCP data stream or a DECTRIS SIMPLON ZeroMQ stream, to
     the first receiver (stempress live, LiberTEM-live), at --rate, with the faults asked for; then say what was
     sent. A .mib file goes out record for record, byte for byte."""
-    from stempress.live.serve import Faults
+    from stempress.live.serve import Faults, libertem_live_call
     from stempress.live.serve import serve as serve_source
 
     faults = Faults(drop, duplicate, reorder, corrupt, stall, None, disconnect_after, seed)
     with open_cli_source(source, dataset, scan_shape) as cube:
+        api: list[int] = []
+
         def listening(bound: int) -> None:
-            console.print(f"serving {cube.name} {tuple(cube.shape)} {cube.dtype} as {as_} on {host}:{bound}",
+            console.print(f"serving {cube.name} {tuple(cube.shape)} {cube.dtype} as {as_} on {host}:{bound}, "
+                          f"control API on {host}:{api[0]}", highlight=False, soft_wrap=True)
+            console.print(f"LiberTEM-live: {libertem_live_call(as_, host, bound, api[0], cube.shape[:2], encoding)}",
                           highlight=False, soft_wrap=True)
 
         log = serve_source(cube, as_, port=port, host=host, rate=rate, faults=faults, encoding=encoding,
-                           timeout=timeout, ready=listening)
+                           timeout=timeout, ready=listening, api_port=api_port, api_ready=api.append)
     console.print(f"sent {log.sent} messages for {log.frames} frames in {log.seconds:.2f} s "
                   f"({log.sent / max(log.seconds, 1e-9):,.0f}/s; {log.ended}): dropped {len(log.dropped)}, "
                   f"duplicated {len(log.duplicated)}, reordered {len(log.reordered)}, corrupt {len(log.corrupted)}",
