@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from check_plain_readers import REAL_EXAMPLE, make_venv
+from stempress.data.calibration import Calibration
 from stempress.data.open import open_source
 from stempress.errors import StempressError
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced, reduced_calibration
 from stempress.reduce.sufficiency import parse_target
 from stempress.store.readers import HS_CALL_PREFIX, reduced_open_line

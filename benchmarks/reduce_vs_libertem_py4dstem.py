@@ -54,6 +54,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from stempress.data.calibration import radius_map
 from stempress.data.open import open_source
 from stempress.reduce import (
     Calibration,
@@ -61,7 +62,6 @@ from stempress.reduce import (
     VirtualDetectors,
     calibrate,
     default_reducers,
-    radius_map,
     run_reducers,
 )
 from stempress.store.write import write_hdf5

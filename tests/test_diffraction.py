@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from stempress.data.base import ArraySource
+from stempress.data.calibration import Calibration, radius_map
 from stempress.errors import StempressError
 from stempress.exec import ThreadExecutor
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import BraggPeaks, RadialProfile, as_records, find_peaks
 from stempress.reduce.engine import run_reducers
-from stempress.reduce.imaging import radius_map
 
 
 def _cube(seed: int = 0, shape=(3, 4, 20, 24)) -> np.ndarray:

@@ -7,8 +7,8 @@ record, kept where each format's own readers leave it alone, and handed back as 
   that ``params.filetype`` names.
 
 Readers put each section back under its own key of ``metadata``, so a reader of an event file carries
-``metadata["calibration"]`` the way an emdfile source does, and ``calibration_from`` / ``Calibration.from_metadata``
-find the scan step, the detector pixel size and the beam centre in it: a reduction of counted data is calibrated.
+``metadata["calibration"]`` the way an emdfile source does, and ``Calibration.from_metadata``
+finds the scan step, the detector pixel size and the beam centre in it: a reduction of counted data is calibrated.
 """
 
 from __future__ import annotations
@@ -38,16 +38,9 @@ Record = dict[str, Any]
 def calibration_fields(metadata: Mapping[str, Any], det_shape: tuple[int, ...]) -> dict[str, Any]:
     """The source's calibration as stored fields: scan step and detector pixel size with their units (emdfile's
     names), and the beam centre / BF radius in detector pixels where the source knows them (not measured here)."""
-    from stempress.data.emd import calibration_from
-    from stempress.reduce.calibration import Calibration
+    from stempress.data.calibration import Calibration
 
-    fields: dict[str, Any] = calibration_from(metadata).fields()
-    geometry = Calibration.from_metadata(metadata, det_shape)
-    if geometry.origin == "metadata":
-        fields["bf_disk_center_px"] = [geometry.centre_y, geometry.centre_x]
-    if geometry.bf_radius_px is not None:
-        fields["bf_disk_radius_px"] = geometry.bf_radius_px
-    return fields
+    return Calibration.from_metadata(metadata, det_shape).to_metadata()
 
 
 def provenance(source: Dataset4D, written_as: str) -> dict[str, Any]:

@@ -5,7 +5,8 @@ mean pattern; ``run_reducers(..., executor=ThreadExecutor(4))`` gives the same r
 on workers.
 """
 
-from stempress.reduce.calibration import Calibration, calibrate, estimate_calibration, find_bf_disk
+from stempress.data.calibration import Calibration, radius_map
+from stempress.reduce.calibration import calibrate, estimate_calibration, find_bf_disk
 from stempress.reduce.engine import Projection, run_reducers, single_blas_thread
 from stempress.reduce.imaging import (
     COM_MASK_BF,
@@ -28,7 +29,6 @@ from stempress.reduce.imaging import (
     fit_dpc_rotation,
     haadf,
     integrated_phase,
-    radius_map,
 )
 from stempress.reduce.protocol import LinearReducer, OutputSpec, Reducer, State
 

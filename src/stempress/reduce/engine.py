@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from stempress.data.base import ArraySource, Block, Dataset4D
+from stempress.data.calibration import Calibration
 from stempress.data.stream import BlockStream
 from stempress.errors import StempressError, require_distinct_names
 from stempress.exec.base import Executor
 from stempress.progress import Progress
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.protocol import LinearReducer, Reducer, Shape4, State
 
 Results = dict[str, dict[str, np.ndarray]]

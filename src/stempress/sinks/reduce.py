@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stempress.data.base import Block
-from stempress.reduce.calibration import Calibration
+from stempress.data.calibration import Calibration
 from stempress.reduce.engine import Results, RowPass, check_names
 from stempress.reduce.protocol import Reducer
 from stempress.sinks.protocol import RunInfo
