@@ -3,6 +3,8 @@
 Three checks, cheapest first, so a corrupt file is named by the most precise reason: the CRC of each chunk's
 stored (compressed) bytes, which needs no decoding; then decoding every chunk (in parallel where the codec
 allows) and the CRC of the decoded chunk; then, with ``against``, a bit-for-bit comparison with the source.
+The last two are sinks (``sinks.reference``) that ``engine.run`` feeds with the decoded cube, on the caller's
+executor; the first reads stored bytes, not the cube, so it stays a loop over chunks here.
 Problems are named by scan position, which is what a user can look at; a file without stored checksums is
 still decoded (and compared), and the report says so: "decoded, not verified", never OK, unless it was compared.
 
