@@ -9,9 +9,9 @@ the plain layout, and conversions of the real py4DSTEM example, the real Merlin 
 acquisition and a file in Prismatic 2.0's layout (``tests/prismatic_file.py``); ``simulate`` with ``--truth``.
 What each file must hold comes from stempress's own reading of the source (``.npy``) and its calibration.
 
-Then, in a virtual environment with py4DSTEM 0.14, HyperSpy 2.5, RosettaSciIO 0.15, LiberTEM 0.16, h5py and
-hdf5plugin but WITHOUT stempress (run with ``python -I``), one fresh process per file and reader does what that
-reader's users do, and nothing else (no ``import hdf5plugin``):
+Then, in the peer venv of ``benchmarks/requirements-external.txt`` (py4DSTEM 0.14, HyperSpy 2.5, RosettaSciIO 0.15,
+LiberTEM 0.16, h5py, hdf5plugin, ...) WITHOUT stempress (run with ``python -I``), one fresh process per file and
+reader does what that reader's users do, and nothing else (no ``import hdf5plugin``):
 
 - ``h5py``: ``h5py.File(path)[dataset][()]``, bit-exact;
 - ``py4DSTEM``: ``py4DSTEM.read(path)`` gives a DataCube with the data and the R/Q pixel sizes and units;
@@ -57,9 +57,8 @@ REAL = REPO / "tests" / "data" / "real"
 REAL_EXAMPLE = REAL / "py4DSTEM_size2x3x4x5.h5"
 SYNTHETIC = "synthetic:diffraction?scan=24x20&det=64x64&dtype=uint16&dose=2000&seed=3"
 DEFAULT_CODECS = "blosc_zstd,gzip_6,bitshuffle_lz4,zstd_3,lz4_hdf5,blosc2_zstd,bzip2_9,lzf"
-#: The peer tools, as ``benchmarks/requirements-external.txt`` resolves them (py4DSTEM 0.14 needs numpy < 2).
-PEER_PACKAGES = ["py4DSTEM==0.14.*", "numpy<2", "hyperspy==2.5.*", "rosettasciio==0.15.*", "libertem==0.16.*",
-                 "h5py", "hdf5plugin"]
+#: The peer tools (py4DSTEM, HyperSpy, RosettaSciIO, LiberTEM, LiberTEM-live, stempy, h5py, hdf5plugin), pinned.
+REQUIREMENTS = HERE.parent / "requirements-external.txt"
 READERS = ["h5py", "py4DSTEM", "hs.load", "nexus", "LiberTEM", "h5dump", "hs bare"]
 #: The line compress/simulate print for an hdf5plugin filter, and the HyperSpy call they print.
 EXPORT = re.compile(r"`(export HDF5_PLUGIN_PATH=[^`]+)`")
@@ -234,16 +233,16 @@ def write_files(codecs: list[str], folder: Path) -> list[Written]:
     return written
 
 
-def make_venv(folder: Path, packages: list[str] = PEER_PACKAGES) -> Path:
-    """A venv with the peer tools (and never stempress); returns its python."""
+def make_venv(folder: Path, requirements: Path = REQUIREMENTS) -> Path:
+    """A venv with the peer tools of ``requirements`` (and never stempress); returns its python."""
     python = folder / "bin" / "python"
     if not python.exists():
         print(f"creating venv {folder} ...", flush=True)
         venv.EnvBuilder(with_pip=True, clear=False).create(folder)
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages]
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)]
     done = subprocess.run(pip, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"pip install {' '.join(packages)} failed in {folder}:\n{done.stderr or done.stdout}")
+        sys.exit(f"pip install -r {requirements} failed in {folder}:\n{done.stderr or done.stdout}")
     return python
 
 

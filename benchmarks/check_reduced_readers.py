@@ -4,9 +4,10 @@
     python benchmarks/check_reduced_readers.py --venv /tmp/readers   # reuse (or create) a venv there
     python benchmarks/check_reduced_readers.py --keep /tmp/files
 
-Reduces each source to a few files (several targets, in a ``.h5`` and a ``.hspy``; a single target, which
-py4DSTEM returns as a Node, not a Root), saves what ``read_reduced`` gives as ``.npz`` plus the expected
-calibration and the line ``stempress reduce`` prints on how to open the file, then, in the peer venv of
+Reduces each source with the command line, as a user does (``stempress reduce SOURCE --target ... --out F``;
+several targets, in a ``.h5`` and a ``.hspy``; a single target, which py4DSTEM returns as a Node, not a Root),
+saves what ``read_reduced`` gives as ``.npz`` plus the expected calibration and the line ``stempress reduce``
+printed on how to open the file, then, in the peer venv of
 ``check_plain_readers.py`` (py4DSTEM 0.14, HyperSpy 2.5, RosettaSciIO 0.15; no stempress, ``python -I``, no
 ``import hdf5plugin``), opens every file with
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,12 +39,9 @@ import numpy as np
 
 from check_plain_readers import REAL_EXAMPLE, make_venv
 from stempress.data.calibration import Calibration
-from stempress.data.open import open_source
-from stempress.errors import StempressError
 from stempress.reduce.output import read_reduced, reduced_calibration
 from stempress.reduce.sufficiency import parse_target
-from stempress.store.readers import HS_CALL_PREFIX, reduced_open_line
-from stempress.store.reduced import reduce_to_file
+from stempress.store.readers import HS_CALL_PREFIX
 
 DEFAULT_SOURCES = ["synthetic:smoke/4D_Diff",
                    "synthetic:diffraction?scan=24x20&det=64x64&dtype=uint16&dose=2000&seed=3", str(REAL_EXAMPLE)]
@@ -188,11 +187,11 @@ def write_files(sources: list[str], folder: Path) -> list[dict]:
             continue
         for name, (targets, suffix) in TARGET_SETS.items():
             out = folder / f"{len(manifest):02d}_{name}{suffix}"
-            try:
-                with open_source(spec) as source:
-                    reduce_to_file(source, targets, out)
-            except StempressError as exc:  # e.g. a detector too small for a BF disk to be found
-                print(f"skip {spec} {name}: {exc}")
+            args = ["reduce", spec, *(word for t in targets for word in ("--target", t)), "--out", str(out), "--force"]
+            done = subprocess.run([sys.executable, "-m", "stempress", *args], capture_output=True, text=True,
+                                  env={**os.environ, "COLUMNS": "400"})
+            if done.returncode != 0:  # e.g. a detector too small for a BF disk to be found
+                print(f"skip {spec} {name}: {(done.stderr or done.stdout).strip()}")
                 continue
             results, record = read_reduced(out)
             cal = reduced_calibration(record)
@@ -206,7 +205,7 @@ def write_files(sources: list[str], folder: Path) -> list[dict]:
             np.savez(npz, **arrays)
             print(f"wrote {out.name}: {record['source']['name']} {tuple(record['source']['shape'])}, "
                   f"{', '.join(results)}")
-            told = reduced_open_line(out)  # what `stempress reduce` prints
+            told = [line for line in done.stdout.splitlines() if HS_CALL_PREFIX in line][-1]  # what reduce printed
             manifest.append({"label": f"{record['source']['name'][:30]} {name}", "file": str(out), "npz": str(npz),
                              "told": told, "hs_call": told[told.index(HS_CALL_PREFIX) + len(HS_CALL_PREFIX):],
                              "sha256": record["source"]["sha256"], "outputs": outputs,

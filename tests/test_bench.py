@@ -295,7 +295,7 @@ def test_a_parallel_bench_cell_stores_what_compress_stores(codec, tmp_path):
     chunks = (2, 5, 12, 32)
     np.save(tmp_path / "cube.npy", counted_cube())
     report = run_bench(sources=[tmp_path / "cube.npy"], methods=[codec], chunkings=[chunks], paths=["parallel"],
-                       workers=2, runs=1, out=tmp_path / "bench", time_limit_s=None, warmup=False, report=False)
+                       workers=2, runs=1, out=tmp_path / "bench", time_limit_s=None, warmup=False)
     (cell,) = report.results.to_dict("records")
     assert (cell["status"], cell["path"], cell["method"]) == ("ok", "parallel", f"chunks_2x5x12x32_{codec}")
     with open_source(tmp_path / "cube.npy") as source:

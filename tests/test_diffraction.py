@@ -10,7 +10,7 @@ from stempress.data.calibration import Calibration, radius_map
 from stempress.errors import StempressError
 from stempress.exec import ThreadExecutor
 from stempress.reduce.diffraction import BraggPeaks, RadialProfile, as_records, find_peaks
-from stempress.reduce.engine import run_reducers
+from stempress.store.reducing import run_reducers
 
 
 def _cube(seed: int = 0, shape=(3, 4, 20, 24)) -> np.ndarray:

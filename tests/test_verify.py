@@ -10,9 +10,9 @@ import pytest
 
 from real_data import real_file
 from stempress.codecs.catalog import get_codec
-from stempress.codecs.checksums import CHECKSUM_GROUP, checksum_group_path
 from stempress.codecs.chunk_codec import direct_chunk_reason
 from stempress.data.base import ArraySource
+from stempress.data.checksums import CHECKSUM_GROUP, checksum_group_path
 from stempress.errors import StempressError
 from stempress.store import EMD_DATA_PATH, compress, verify
 
@@ -344,7 +344,7 @@ def test_the_reference_check_is_a_sink_that_stops_at_the_first_difference_on_any
 
 def test_the_decoded_crc_check_is_a_sink_run_over_the_stored_file(tmp_path):
     """What verify runs: the stored cube's chunks, decoded, against the CRCs recorded when they were written."""
-    from stempress.codecs.checksums import ChunkChecksums
+    from stempress.data.checksums import ChunkChecksums
     from stempress.data.open import open_source
     from stempress.engine import run
     from stempress.sinks.reference import CheckFailed, DecodedCheckSink

@@ -9,6 +9,7 @@ LZ4 by ``numcodecs``. The ZeroMQ high-water mark is the backpressure: a full rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import threading
@@ -76,7 +77,8 @@ def image_parts(number: int, frame: np.ndarray, encoding: str, series: int = 1) 
     """The four parts of one image message."""
     blob = encode_image(frame, encoding)
     height, width = frame.shape
-    return [json.dumps({"htype": "dimage-1.0", "series": series, "frame": number, "hash": ""}).encode(),
+    digest = hashlib.md5(blob).hexdigest()  # the detector's hash of the data (receivers refuse an empty one)
+    return [json.dumps({"htype": "dimage-1.0", "series": series, "frame": number, "hash": digest}).encode(),
             json.dumps({"htype": "dimage_d-1.0", "shape": [width, height], "type": np.dtype(frame.dtype).name,
                         "encoding": encoding, "size": len(blob)}).encode(),
             blob,

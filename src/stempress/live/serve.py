@@ -19,6 +19,7 @@ import numpy as np
 from stempress.data.mib import FrameHeader, encode_frame, parse_frame_header
 from stempress.errors import StempressError
 from stempress.live import dectris
+from stempress.live.control import MerlinControlServer, SimplonApiServer
 from stempress.live.merlin import acquisition_header, mpx_message
 
 PROTOCOLS = ("merlin", "dectris")
@@ -56,6 +57,8 @@ class FaultLog:
     sends: list[tuple[int, str]] = field(default_factory=list)
     sent: int = 0
     ended: str = "complete"
+    #: from the receiver's connection to the last send: with ``rate``, how well the schedule was kept
+    seconds: float = 0.0
 
     def delivered(self) -> set[int]:
         """Frame indices sent intact (before any disconnect)."""
@@ -142,10 +145,14 @@ def _corrupt_dectris(parts: list[bytes], i: int) -> list[bytes]:
 
 def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1", rate: float = 0.0,
           faults: Faults | None = None, encoding: str = "bs16-lz4<", timeout: float = 60.0,
-          ready: Callable[[int], None] | None = None) -> FaultLog:
+          ready: Callable[[int], None] | None = None, api_port: int | None = None,
+          api_ready: Callable[[int], None] | None = None, api_linger: float = 3.0) -> FaultLog:
     """Send ``source`` once to one receiver as ``protocol`` (``merlin``: a TCP server, as the detector's data
     port; ``dectris``: a ZeroMQ PUSH socket). ``port`` 0 takes a free one, told to ``ready(port)`` once
-    listening; ``rate`` frames/s (0: as fast as the receiver takes them). Returns what was sent."""
+    listening; ``rate`` frames/s (0: as fast as the receiver takes them). With ``api_port`` (0: a free one, told
+    to ``api_ready``) the detector's control interface answers too, as clients such as LiberTEM-live need
+    (``live.control``: Merlin's control port, DECTRIS's SIMPLON REST API), and outlives the stream until no
+    client asked it anything for ``api_linger`` seconds. Returns what was sent."""
     if protocol not in PROTOCOLS:
         raise StempressError(f"unknown detector protocol {protocol!r}; choose merlin or dectris")
     faults = faults or Faults()
@@ -154,7 +161,8 @@ def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1",
     stall_at = faults.stall_at if faults.stall_at is not None else len(log.sends) // 2
     limit = len(log.sends) if faults.disconnect_after is None else min(len(log.sends), faults.disconnect_after)
     send = _MerlinSender if protocol == "merlin" else _DectrisSender
-    with send(source, host, port, timeout, ready, encoding) as sender:
+    with send(source, host, port, timeout, ready, encoding, api_port, api_ready) as sender:
+        sender.linger = (api_linger, timeout)
         started = time.monotonic()
         try:
             for k, (i, kind) in enumerate(log.sends[:limit]):
@@ -169,15 +177,41 @@ def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1",
             log.ended = f"the receiver went away after {log.sent} frames ({type(exc).__name__})"
             sender.clean, sender.deliver = False, False
             return log
+        finally:
+            log.seconds = time.monotonic() - started
         if limit < len(log.sends):
             log.ended = f"disconnected after {limit} frames"
             sender.clean, sender.deliver = False, True
     return log
 
 
+#: The DECTRIS encodings LiberTEM-live can receive (libertem-dectris 0.3 decodes no uncompressed ``<``).
+LIBERTEM_LIVE_ENCODINGS = ("bs32-lz4<", "bs16-lz4<", "bs8-lz4<", "lz4<")
+
+
+def libertem_live_call(protocol: str, host: str, data_port: int, api_port: int, nav_shape: tuple[int, ...],
+                       encoding: str = "bs16-lz4<") -> str:
+    """What a LiberTEM-live user runs (after ``ctx = LiveContext()``) to receive this stream in passive mode, or
+    why it cannot."""
+    if protocol == "dectris" and encoding not in LIBERTEM_LIVE_ENCODINGS:
+        return (f"cannot decode the {encoding!r} encoding (libertem-dectris decodes "
+                f"{', '.join(LIBERTEM_LIVE_ENCODINGS)}): serve with --encoding bs16-lz4< for it")
+    shape = tuple(int(n) for n in nav_shape)
+    return (f"conn = ctx.make_connection({protocol!r}).open(data_host={host!r}, data_port={data_port}, "
+            f"api_host={host!r}, api_port={api_port}); aq = ctx.make_acquisition(conn=conn, "
+            f"pending_aq=conn.wait_for_acquisition(10.0), nav_shape={shape})")
+
+
 class _Sender:
     clean = True  # the whole scan went out: end it as the detector does
     deliver = True  # what was sent reaches the receiver before the socket closes (not when it went away)
+    api: MerlinControlServer | SimplonApiServer | None = None
+    linger = (0.0, 0.0)  # (idle seconds, at most) the control interface answers after the stream
+
+    def close_api(self) -> None:
+        if self.api is not None:
+            self.api.wait_idle(*self.linger)
+            self.api.close()
 
     def __enter__(self) -> _Sender:
         return self
@@ -193,18 +227,28 @@ class _Sender:
 
 
 class _MerlinSender(_Sender):
-    def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, _encoding: str) -> None:
+    def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, _encoding: str,
+                 api_port: int | None = None, api_ready: Any = None) -> None:
         path = _mib_path(source)
         self.records: Any = _MibRecords(path) if path is not None else None
         self.frames = _Frames(source)
         n = int(source.shape[0]) * int(source.shape[1])
         hdr_path = path.with_suffix(".hdr") if path is not None else None
+        self.depth: int | None = None
         if hdr_path is not None and hdr_path.is_file():
             self.header = hdr_path.read_bytes()
         else:
             itemsize = np.dtype(source.dtype).itemsize
-            depth = source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(itemsize, 12)
-            self.header = acquisition_header(n, int(source.shape[1]), int(depth))
+            self.depth = int(source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(itemsize, 12))
+            self.header = acquisition_header(n, int(source.shape[1]), self.depth)
+        if api_port is not None:
+            depth = self.depth or source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(
+                np.dtype(source.dtype).itemsize, 12)
+            self.api = MerlinControlServer(host, api_port, {
+                "IMAGEX": source.shape[3], "IMAGEY": source.shape[2], "COUNTERDEPTH": int(depth),
+                "NUMFRAMESTOACQUIRE": n, "DETECTORSTATUS": 0})
+            if api_ready is not None:
+                api_ready(self.api.port)
         self.server = socket.create_server((host, port))
         self.server.settimeout(timeout)
         if ready is not None:
@@ -213,12 +257,16 @@ class _MerlinSender(_Sender):
             self.conn, _ = self.server.accept()
         except TimeoutError as exc:
             self.server.close()
+            if self.api is not None:
+                self.api.close()
             raise StempressError(f"no receiver connected to port {port} within {timeout:g} s") from exc
         self.conn.settimeout(timeout)
         self.conn.sendall(mpx_message(self.header))
 
     def record(self, i: int) -> bytes:
-        return self.records(i) if self.records is not None else encode_frame(i + 1, self.frames(i))
+        if self.records is not None:
+            return self.records(i)
+        return encode_frame(i + 1, self.frames(i), counter_depth=self.depth)  # the depth the header says
 
     def send(self, i: int, corrupt: bool) -> None:
         record = self.record(i)
@@ -229,10 +277,12 @@ class _MerlinSender(_Sender):
         self.server.close()
         if self.records is not None:
             self.records.close()
+        self.close_api()
 
 
 class _DectrisSender(_Sender):
-    def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, encoding: str) -> None:
+    def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, encoding: str,
+                 api_port: int | None = None, api_ready: Any = None) -> None:
         import zmq
 
         if encoding not in dectris.ENCODINGS:
@@ -246,12 +296,17 @@ class _DectrisSender(_Sender):
             self.sock.bind(f"tcp://{host}:{port}")
         else:
             port = self.sock.bind_to_random_port(f"tcp://{host}")
-        if ready is not None:
-            ready(port)
         _, _, dy, dx = (int(s) for s in source.shape)
         config = {"x_pixels_in_detector": dx, "y_pixels_in_detector": dy, "nimages": 1,
                   "ntrigger": int(source.shape[0]) * int(source.shape[1]), "trigger_mode": "exte",
                   "bit_depth_image": np.dtype(source.dtype).itemsize * 8}
+        if api_port is not None:
+            self.api = SimplonApiServer(host, api_port, {"detector": dict(config), "stream": {
+                "mode": "enabled", "header_detail": "basic"}})
+            if api_ready is not None:
+                api_ready(self.api.port)
+        if ready is not None:
+            ready(port)
         self._send(dectris.header_parts(1, config))
 
     def _send(self, parts: list[bytes]) -> None:
@@ -273,3 +328,4 @@ class _DectrisSender(_Sender):
         finally:
             self.sock.close(linger=int(self.timeout * 1000) if self.deliver else 0)  # deliver what is queued
             self.context.term()
+            self.close_api()

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.parallel import chunk_pieces, full_chunk
 from stempress.data.base import Block, Dataset4D
+from stempress.data.checksums import ChunkChecksums
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
 from stempress.sinks.protocol import RunInfo
