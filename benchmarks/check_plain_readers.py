@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stempress.data.emd import calibration_from
+from stempress.data.calibration import Calibration
 from stempress.data.open import open_source
 from stempress.store.readers import HS_CALL_PREFIX
 
@@ -194,8 +194,8 @@ def expected(spec: str, scan: str | None, npy: Path) -> tuple[list[float], list[
     shape = tuple(int(v) for v in scan.split("x")) if scan else None
     with open_source(spec, scan_shape=shape) as source:
         np.save(npy, source.read_rows(0, source.shape[0]))
-        cal = calibration_from(source.metadata)
-    return [cal.R_pixel_size, cal.Q_pixel_size], [cal.R_pixel_units, cal.Q_pixel_units]
+        cal = Calibration.from_metadata(source.metadata)
+    return [cal.r_pixel_size, cal.q_pixel_size], [cal.r_units, cal.q_units]
 
 
 def write_files(codecs: list[str], folder: Path) -> list[Written]:

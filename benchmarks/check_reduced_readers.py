@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from check_plain_readers import REAL_EXAMPLE, make_venv
-from stempress.reduce.calibration import Calibration
+from stempress.data.calibration import Calibration
 from stempress.reduce.output import read_reduced, reduced_calibration
 from stempress.reduce.sufficiency import parse_target
 from stempress.store.readers import HS_CALL_PREFIX

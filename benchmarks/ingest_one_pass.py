@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from stempress.bench.protocol import evict_from_page_cache
+from stempress.data.calibration import Calibration
 from stempress.data.open import open_source
 from stempress.ingest import ingest
-from stempress.reduce.calibration import Calibration
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
 

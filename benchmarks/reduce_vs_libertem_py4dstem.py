@@ -54,13 +54,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from stempress.data.calibration import radius_map
 from stempress.data.open import open_source
 from stempress.reduce import (
     Calibration,
     CenterOfMass,
     VirtualDetectors,
     default_reducers,
-    radius_map,
 )
 from stempress.store.reducing import calibrate, run_reducers
 from stempress.store.write import write_hdf5

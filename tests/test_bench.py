@@ -281,3 +281,27 @@ def test_the_default_run_is_the_one_the_readme_promises():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     first = readme[readme.index("The first command"):readme.index("The second command")]
     assert f"x {DEFAULT_RUNS} runs" in first and f"--runs {STUDY_RUNS}" in first
+
+
+@pytest.mark.parametrize("codec", ["gzip_6", "blosc_zstd"])
+def test_a_parallel_bench_cell_stores_what_compress_stores(codec, tmp_path):
+    """bench and compress time the same writer: a ``--paths parallel`` cell's cube takes exactly the bytes that
+    ``compress`` stores for the same codec and chunks (the files differ only by compress's checksums and
+    provenance, which the study's bare benchmark file leaves out)."""
+    from stempress.bench.api import run_bench
+    from stempress.data.open import open_source
+    from stempress.store import compress
+
+    chunks = (2, 5, 12, 32)
+    np.save(tmp_path / "cube.npy", counted_cube())
+    report = run_bench(sources=[tmp_path / "cube.npy"], methods=[codec], chunkings=[chunks], paths=["parallel"],
+                       workers=2, runs=1, out=tmp_path / "bench", time_limit_s=None, warmup=False)
+    (cell,) = report.results.to_dict("records")
+    assert (cell["status"], cell["path"], cell["method"]) == ("ok", "parallel", f"chunks_2x5x12x32_{codec}")
+    with open_source(tmp_path / "cube.npy") as source:
+        written = compress(source, tmp_path / "cube.h5", codec=codec, chunks=chunks, workers=2, layout="plain")
+    assert written.direct
+    with h5py.File(written.path, "r") as f:
+        stored = f[written.dataset_path]
+        assert stored.chunks == chunks
+        assert cell["data_bytes"] == stored.id.get_storage_size() < written.file_bytes

@@ -23,8 +23,9 @@ from stempress.codecs.catalog import get_codec
 from stempress.codecs.chunk_codec import direct_chunk_reason
 from stempress.cores import resolve_workers
 from stempress.data.base import ArraySource, Dataset4D
+from stempress.data.calibration import Calibration
 from stempress.data.checksums import CHECKSUM_GROUP
-from stempress.data.emd import CODEC_ATTR, calibration_from
+from stempress.data.emd import CODEC_ATTR
 from stempress.data.open import open_source
 from stempress.errors import StempressError
 from stempress.store import DEFAULT_CODEC, EMD_DATA_PATH, PLAIN_DATA_PATH, compress, verify
@@ -171,11 +172,25 @@ def test_synthetic_and_uncalibrated_sources_get_calibration_or_pixels(tmp_path):
 
 
 def test_calibration_rejects_what_is_not_a_pixel_size():
-    assert calibration_from({"R_pixel_size": 0, "R_pixel_units": "nm"}).R_pixel_units == "pixels"
-    assert calibration_from({"R_pixel_size": float("nan")}).R_pixel_size == 1.0
-    assert calibration_from({"R_pixel_size": True}).R_pixel_size == 1.0
-    cal = calibration_from({"calibration": {"R_pixel_size": 2, "QR_rotation_degrees": 3.5, "_x": 1}})
-    assert cal.R_pixel_size == 2.0 and cal.R_pixel_units == "pixels" and cal.extra == {"QR_rotation_degrees": 3.5}
+    assert Calibration.from_metadata({"R_pixel_size": 0, "R_pixel_units": "nm"}).r_units == "pixels"
+    assert Calibration.from_metadata({"R_pixel_size": float("nan")}).r_pixel_size == 1.0
+    assert Calibration.from_metadata({"R_pixel_size": True}).r_pixel_size == 1.0
+    cal = Calibration.from_metadata({"calibration": {"R_pixel_size": 2, "QR_rotation_degrees": 3.5, "_x": 1}})
+    assert cal.r_pixel_size == 2.0 and cal.r_units == "pixels" and cal.extra == {"QR_rotation_degrees": 3.5}
+    assert cal.centre_y is None and cal.checked((8, 6)).centre_x == 2.5  # no detector shape, no centre yet
+
+
+def test_the_archive_stores_the_one_calibration_angles_in_mrad(tmp_path):
+    """The archive's EMD calibration is the reducers' calibration: a source's rad become mrad, extras kept."""
+    cube = np.arange(2 * 3 * 4 * 4, dtype=np.uint16).reshape(2, 3, 4, 4)
+    md = {"calibration": {"Q_pixel_size": 0.5e-3, "Q_pixel_units": "rad", "R_pixel_size": 2.0,
+                          "R_pixel_units": "A", "QR_rotation_degrees": 3.5}}
+    report = compress(ArraySource(cube, metadata=md), tmp_path / "cal.emd", codec="gzip_6")
+    with open_source(report.path) as again:
+        stored = again.metadata["calibration"]
+        assert (stored["Q_pixel_size"], stored["Q_pixel_units"]) == (pytest.approx(0.5), "mrad")
+        assert (stored["R_pixel_size"], stored["R_pixel_units"], stored["QR_rotation_degrees"]) == (2.0, "A", 3.5)
+        assert Calibration.from_metadata(again.metadata, (4, 4)) == Calibration.from_metadata(md, (4, 4))
 
 
 @pytest.mark.parametrize("spec", ["synthetic:smoke/4D_Diff", EXAMPLE])
@@ -185,10 +200,10 @@ def test_rosettasciio_opens_our_emd_file_with_data_and_axes(tmp_path, spec):
         signals = rsciio_emd_reader(str(report.path))
         assert len(signals) == 1
         assert_bit_exact(np.asarray(signals[0]["data"]), whole(source))
-        cal = calibration_from(source.metadata)
+        cal = Calibration.from_metadata(source.metadata)
     axes = signals[0]["axes"]
     assert [a["name"] for a in axes] == ["Rx", "Ry", "Qx", "Qy"]
-    assert [a["scale"] for a in axes] == pytest.approx([cal.R_pixel_size] * 2 + [cal.Q_pixel_size] * 2)
+    assert [a["scale"] for a in axes] == pytest.approx([cal.r_pixel_size] * 2 + [cal.q_pixel_size] * 2)
     assert [a["size"] for a in axes] == list(source.shape)
 
 

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from stempress.data.base import ArraySource
+from stempress.data.calibration import Calibration, radius_map
 from stempress.errors import StempressError
 from stempress.exec import ThreadExecutor
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import BraggPeaks, RadialProfile, as_records, find_peaks
-from stempress.reduce.imaging import radius_map
 from stempress.store.reducing import run_reducers
 
 

@@ -14,13 +14,13 @@ import pytest
 
 from stempress.bench.api import open_sources
 from stempress.data.base import ArraySource
+from stempress.data.calibration import Calibration
 from stempress.data.event_checksums import MAX_CHUNKS, ChecksumError
 from stempress.data.open import open_source
 from stempress.errors import StempressError
 from stempress.events import raw_csr_files, write_raw_csr, write_stempy
 from stempress.events.counting import CountingParams
 from stempress.events.entropy_file import write_entropy_events
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced
 from stempress.store.compress import compress
 from stempress.store.count import count_to_file

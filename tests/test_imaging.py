@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stempress.data.base import ArraySource
+from stempress.data.calibration import radius_map
 from stempress.data.suites import suite
 from stempress.errors import StempressError
 from stempress.reduce import (
@@ -29,7 +30,6 @@ from stempress.reduce import (
     estimate_calibration,
     haadf,
     integrated_phase,
-    radius_map,
 )
 from stempress.reduce.imaging import COM_MASK_BF, fit_dpc_rotation
 from stempress.store.reducing import calibrate, run_reducers

@@ -13,6 +13,7 @@ import pytest
 from stempress.cli import main
 from stempress.codecs.catalog import get_codec
 from stempress.data.base import ArraySource, nbytes
+from stempress.data.calibration import Calibration
 from stempress.data.emd import EMD_DATA_PATH
 from stempress.data.open import open_source
 from stempress.data.synthetic import SyntheticSource
@@ -21,7 +22,6 @@ from stempress.errors import StempressError
 from stempress.events import RawCsrSource, raw_csr_files, write_raw_csr
 from stempress.events.counting import CountedSource, CountingParams, read_counting_record
 from stempress.ingest import ingest
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced
 from stempress.sinks.archive import ArchiveSink, ArchiveSpec
 from stempress.sinks.events import EventSink

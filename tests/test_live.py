@@ -13,6 +13,7 @@ import pytest
 
 from real_data import real_file
 from stempress.data.base import ArraySource, Block
+from stempress.data.calibration import Calibration
 from stempress.data.emd import EMD_DATA_PATH, METADATA_ATTR
 from stempress.data.mib import encode_frame
 from stempress.data.open import open_source
@@ -22,7 +23,6 @@ from stempress.live import LiveSource
 from stempress.live.dectris import decode_image, encode_image
 from stempress.live.merlin import acquisition_header, mpx_message
 from stempress.live.serve import FaultLog, Faults, serve
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import read_reduced
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file

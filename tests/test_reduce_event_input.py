@@ -17,6 +17,7 @@ import pytest
 
 import stempress
 from stempress.data.base import ArraySource, Block, Dataset4D
+from stempress.data.calibration import Calibration
 from stempress.events import (
     EventReader,
     Events,
@@ -29,7 +30,6 @@ from stempress.events import (
     write_stempy,
 )
 from stempress.exec import ThreadExecutor
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import BraggPeaks, RadialProfile
 from stempress.reduce.imaging import (
     CenterOfMass,

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from rsciio.hspy import file_reader
 
+from stempress.data.calibration import radius_map
 from stempress.data.open import open_source
 from stempress.errors import StempressError
-from stempress.reduce.imaging import radius_map
 from stempress.reduce.output import (
     EMD_ROOT,
     HSPY_GROUP,

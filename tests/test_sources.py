@@ -168,7 +168,7 @@ def test_arina_camera_length_energy_and_pixel_size_become_a_calibration():
 
 
 def source_calibration_of(path: Path):
-    from stempress.reduce.calibration import Calibration
+    from stempress.data.calibration import Calibration
 
     with open_source(path) as src:
         return Calibration.from_metadata(src.metadata, src.shape[2:])

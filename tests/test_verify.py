@@ -321,3 +321,54 @@ def test_files_with_checksums_as_datasets_still_verify(tmp_path):
     flip_byte_in_chunk(path, (1, 1, 0, 0))
     report = verify(path)
     assert report.problem.kind == "stored" and report.problem.chunk == (1, 1, 0, 0)
+
+
+# -- the checks are engine sinks ---------------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_reference_check_is_a_sink_that_stops_at_the_first_difference_on_any_executor(workers):
+    from stempress.engine import run
+    from stempress.exec.local import InlineExecutor, ThreadExecutor
+    from stempress.sinks.reference import CheckFailed, ReferenceCheckSink
+
+    data = cube()
+    altered = data.copy()
+    altered[5, 3, 2, 7] += 1
+    altered[7, 0, 0, 0] += 1  # a later difference: the first by scan position is the one reported
+    with ThreadExecutor(workers) if workers > 1 else InlineExecutor() as executor:
+        assert run(ArraySource(data), [ReferenceCheckSink(ArraySource(data.copy()))], executor=executor,
+                   rows=1) == [SHAPE[0]]
+        with pytest.raises(CheckFailed, match=r"scan position \(5, 3\): .* detector pixel \(2, 7\)") as failed:
+            run(ArraySource(data), [ReferenceCheckSink(ArraySource(altered))], executor=executor, rows=1)
+    assert failed.value.problem.kind == "differs" and failed.value.problem.rows == (5, 6)
+
+
+def test_the_decoded_crc_check_is_a_sink_run_over_the_stored_file(tmp_path):
+    """What verify runs: the stored cube's chunks, decoded, against the CRCs recorded when they were written."""
+    from stempress.data.checksums import ChunkChecksums
+    from stempress.data.open import open_source
+    from stempress.engine import run
+    from stempress.sinks.reference import CheckFailed, DecodedCheckSink
+
+    path = write(tmp_path, cube())
+    with h5py.File(path, "r") as f:
+        record = ChunkChecksums.load(f, EMD_DATA_PATH)
+    with open_source(path) as stored:
+        assert run(stored, [DecodedCheckSink(record, CHUNKS)]) == [SHAPE[0]]
+    wrong = cube()
+    wrong[6, 5, 0, 0] += 1  # chunk (3, 1, 0, 0) of the grid
+    with pytest.raises(CheckFailed, match=r"scan rows 6-7, columns 4-5 \(chunk \(3, 1, 0, 0\)\): decoded data"):
+        run(ArraySource(wrong), [DecodedCheckSink(record, CHUNKS)])
+
+
+def test_verify_runs_its_checks_on_the_callers_executor(tmp_path):
+    from stempress.exec.local import InlineExecutor, ThreadExecutor
+
+    data = cube()
+    path = write(tmp_path, data)
+    altered = data.copy()
+    altered[3, 1, 4, 4] ^= 1
+    for executor in (InlineExecutor(), ThreadExecutor(2)):
+        with executor:
+            assert verify(path, against=ArraySource(data), executor=executor).verified
+            report = verify(path, against=ArraySource(altered), executor=executor)
+        assert report.problem.kind == "differs" and report.problem.where() == "scan position (3, 1)"

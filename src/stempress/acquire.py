@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stempress.data.calibration import Calibration
 from stempress.errors import StempressError
 from stempress.events.counting import CountingParams
 from stempress.exec.base import Executor
 from stempress.ingest import IngestReport, output_sinks, run_outputs
 from stempress.live.receiver import LiveSource, open_live
 from stempress.progress import Progress
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.imaging import default_reducers
 from stempress.reduce.protocol import Reducer
 from stempress.reduce.sufficiency import parse_targets

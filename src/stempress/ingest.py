@@ -18,6 +18,7 @@ import numpy as np
 
 from stempress.cores import resolve_workers
 from stempress.data.base import Dataset4D, check_shape_dtype, nbytes
+from stempress.data.calibration import Calibration
 from stempress.data.stream import StreamSource
 from stempress.engine import run
 from stempress.errors import StempressError
@@ -25,7 +26,6 @@ from stempress.events.counting import CountingParams, CountReport
 from stempress.exec.base import Executor
 from stempress.exec.select import make_executor
 from stempress.progress import Progress
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.engine import single_blas_thread
 from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 from stempress.sinks.events import EventSink

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from stempress.data.base import Dataset4D, nbytes
+from stempress.data.calibration import Calibration
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
 from stempress.provenance import provenance
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.sufficiency import (
     EXACTLY,
     NOT,

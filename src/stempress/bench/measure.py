@@ -176,6 +176,9 @@ def measure(
 
         with contextlib.ExitStack() as opened:
             dataset = None if chunks is None else opened.enter_context(h5py.File(path, "r"))[dataset_path]
+            # the cube's own bytes (HDF5: its chunks, without the file's metadata), the same as ``compress``
+            # stores for the same codec and chunks: one writer
+            data_bytes = file_bytes if dataset is None else int(dataset.id.get_storage_size())
             with Stopwatch("read", time_limit_s, shape[0]) as read_watch:
                 for block in read_watch.timed(_reader(method, path, dataset, shape, dtype, rows), _rows):
                     with read_watch.excluding():
@@ -192,6 +195,7 @@ def measure(
         "chunk_size": str(tuple(chunks)) if chunks is not None else "",
         "raw_bytes": raw_bytes,
         "file_bytes": file_bytes,
+        "data_bytes": data_bytes,
         "compression_ratio": raw_bytes / file_bytes,
         "file_size_mb": file_bytes / MIB,
         "write_time": write_s,

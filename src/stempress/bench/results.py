@@ -47,7 +47,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 #: Yes/no columns that may be unknown (None) in some rows.
 FLAG_COLUMNS = ("evicted", "verified", "in_memory")
 #: The columns a measured row adds (``measure``); present, empty, in a table where nothing was measured.
-MEASURED_COLUMNS = ("file_bytes", "compression_ratio", "file_size_mb", "write_time", "read_time",
+MEASURED_COLUMNS = ("file_bytes", "data_bytes", "compression_ratio", "file_size_mb", "write_time", "read_time",
                     "write_throughput_gbs", "read_throughput_gbs", "peak_rss_mb", "evicted", "verified")
 
 

@@ -8,15 +8,14 @@ stempress installed. Only the ``data`` dataset is left to the caller, who create
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import h5py
 import numpy as np
 
+from stempress.data.calibration import Calibration
 from stempress.data.hdf5 import STUDY_EMD_PATH
 from stempress.data.write import METADATA_ATTR, json_text, write_metadata
 from stempress.errors import StempressError
@@ -38,66 +37,6 @@ CODEC_ATTR = "stempress_codec"
 DIM_NAMES = ("Rx", "Ry", "Qx", "Qy")
 #: Source metadata keys the EMD layout stores natively (calibration group, dims, file attrs), not in the JSON.
 NATIVE_KEYS = ("calibration", "dims", "emd")
-#: Calibration fields py4DSTEM's writer always has; the defaults are what py4DSTEM uses for uncalibrated data.
-DEFAULT_CALIBRATION: dict[str, Any] = {
-    "Q_pixel_size": 1.0, "R_pixel_size": 1.0, "Q_pixel_units": "pixels", "R_pixel_units": "pixels",
-    "QR_flip": False,
-}
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Pixel sizes and units for the scan (R) and detector (Q) axes, plus any other scalar calibration fields."""
-
-    R_pixel_size: float = 1.0
-    R_pixel_units: str = "pixels"
-    Q_pixel_size: float = 1.0
-    Q_pixel_units: str = "pixels"
-    QR_flip: bool = False
-    extra: dict[str, str | int | float | bool] = field(default_factory=dict)
-
-    def fields(self) -> dict[str, Any]:
-        """Every field in the order the example file lists them (emdfile sorts nothing; neither do we)."""
-        return {"Q_pixel_size": self.Q_pixel_size, "R_pixel_size": self.R_pixel_size,
-                "Q_pixel_units": self.Q_pixel_units, "R_pixel_units": self.R_pixel_units,
-                "QR_flip": self.QR_flip, **self.extra}
-
-
-def calibration_from(metadata: Mapping[str, Any]) -> Calibration:
-    """Calibration carried by a source: emdfile's ``metadata["calibration"]``, else top-level keys
-    (synthetic sources), else 1 pixel per pixel. A size that is not a positive finite number is not a
-    calibration, so it and its units fall back together."""
-    nested = metadata.get("calibration")
-    found: dict[str, Any] = dict(nested) if isinstance(nested, Mapping) else {}
-    for key in DEFAULT_CALIBRATION:
-        if key not in found and key in metadata:
-            found[key] = metadata[key]
-    values: dict[str, Any] = {}
-    for axis in ("R", "Q"):
-        size, units = found.get(f"{axis}_pixel_size"), found.get(f"{axis}_pixel_units")
-        if _is_size(size):
-            values[f"{axis}_pixel_size"] = float(size)  # type: ignore[arg-type]
-            values[f"{axis}_pixel_units"] = str(units) if units is not None else "pixels"
-    flip = found.get("QR_flip")
-    if isinstance(flip, bool | np.bool_):
-        values["QR_flip"] = bool(flip)
-    extra = {str(k): _scalar(v) for k, v in found.items()
-             if k not in DEFAULT_CALIBRATION and not str(k).startswith("_") and _scalar(v) is not None}
-    return Calibration(**values, extra=extra)  # type: ignore[arg-type]
-
-
-def _is_size(value: Any) -> bool:
-    return (isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
-            and math.isfinite(float(value)) and float(value) > 0)
-
-
-def _scalar(value: Any) -> str | int | float | bool | None:
-    """A value emdfile can store as a scalar dataset, as plain Python; None for anything else."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return value if isinstance(value, str | int | float | bool) else None
-
-
 def data_path(layout: str, dataset_path: str | None = None) -> str:
     """Where the cube's ``data`` goes: fixed for ``emd`` (readers look there), ``dataset_path`` or the study's
     path for ``plain``."""
@@ -117,7 +56,7 @@ def prepare_layout(f: h5py.File, layout: str, metadata: Mapping[str, Any],
     """Write everything except the cube and return (group to create ``data`` in, its name there)."""
     path = data_path(layout, dataset_path)
     if layout == "emd":
-        return write_emd_tree(f, calibration_from(metadata)), "data"
+        return write_emd_tree(f, Calibration.from_metadata(metadata)), "data"
     parent, _, name = path.rpartition("/")
     return f.require_group(parent or "/"), name
 
@@ -147,8 +86,8 @@ def write_emd_tree(f: h5py.File, calibration: Calibration) -> h5py.Group:
     cube = root.create_group(EMD_CUBE)
     cube.attrs["emd_group_type"] = "array"
     cube.attrs["python_class"] = "DataCube"
-    steps = (calibration.R_pixel_size,) * 2 + (calibration.Q_pixel_size,) * 2
-    units = (calibration.R_pixel_units,) * 2 + (calibration.Q_pixel_units,) * 2
+    steps = (calibration.r_pixel_size,) * 2 + (calibration.q_pixel_size,) * 2
+    units = (calibration.r_units,) * 2 + (calibration.q_units,) * 2
     for n, (name, step, unit) in enumerate(zip(DIM_NAMES, steps, units, strict=True)):
         # emdfile keeps only [start, start + step] of a linear dim and expands it on reading; two values
         # also keep a 1-long axis's step (RosettaSciIO takes the scale from the difference)
@@ -166,7 +105,7 @@ def _write_calibration(root: h5py.Group, calibration: Calibration) -> None:
     cal = bundle.create_group("calibration")
     cal.attrs["emd_group_type"] = "metadata"
     cal.attrs["python_class"] = "Calibration"
-    for key, value in calibration.fields().items():
+    for key, value in calibration.emd_fields().items():
         metadata_item(cal, key, value)
     metadata_item(cal, "_root_treepath", "")
     targets = cal.create_group("_target_paths")

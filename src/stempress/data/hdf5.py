@@ -10,7 +10,6 @@ every HDF5 failure reads the same way: one line naming the file, the problem and
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import h5py
 import numpy as np
 
 from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape, require_file
+from stempress.data.calibration import CALIBRATION_KEYS, calibration_from_dims
 from stempress.errors import StempressError
 
 try:  # Registers Blosc, LZ4, Bitshuffle, Zstd, ... with HDF5; without it those chunks cannot be decoded.
@@ -208,13 +208,6 @@ def _named(f: h5py.File, path: Path, dataset: str) -> h5py.Dataset:
     raise StempressError(f"{path}: dataset {dataset!r} {kind}; {available}")
 
 
-def normalise_units(text: str | None) -> str:
-    """A unit as py4DSTEM spells it: EMD 0.x brackets dropped, Å written A ('[Å^-1]' -> 'A^-1', '1/Å' -> 'A^-1')."""
-    unit = (text or "").strip().strip("[]").strip().replace("Å", "A")
-    return {"1/A": "A^-1", "A-1": "A^-1", "1/nm": "nm^-1", "px": "pixels", "pixel": "pixels", "": "pixels"}.get(
-        unit, unit)
-
-
 def dim_vectors(group: h5py.Group, rank: int) -> list[dict[str, Any]] | None:
     """The 1-D ``dim`` datasets that label each axis of an EMD array (emdfile counts from ``dim0``, EMD 0.x and
     Prismatic from ``dim1``): name, units and values; None when the group lacks a numeric one for some axis."""
@@ -229,33 +222,6 @@ def dim_vectors(group: h5py.Group, rank: int) -> list[dict[str, Any]] | None:
 def _digits(dtype: np.dtype) -> int:
     """Significant decimal digits a dim's dtype holds (float32: 6), so a step is not quoted beyond them."""
     return int(np.finfo(dtype).precision) if dtype.kind == "f" else 15
-
-
-def _linear_step(dim: dict[str, Any], size: int) -> float | None:
-    """The step of a linear axis of ``size`` samples (emdfile stores only its first two values), else None."""
-    v = np.asarray(dim["values"], np.float64)
-    if v.size < 2 or not np.isfinite(v).all():
-        return None
-    step = float(v[1] - v[0])
-    if v.size > 2 and (v.size != size or not np.allclose(np.diff(v), step, rtol=1e-4, atol=0)):
-        return None
-    return float(f"{step:.{dim.get('digits', 15)}g}") if step > 0 else None
-
-
-def calibration_from_dims(dims: list[dict[str, Any]], shape: tuple[int, ...]) -> dict[str, Any]:
-    """R (scan) and Q (detector) pixel sizes from a 4-D array's dim vectors, for each space whose two axes are
-    linear with one step and one unit; a space in pixels, or whose axes disagree, stays uncalibrated."""
-    found: dict[str, Any] = {}
-    for space, axes in (("R", (0, 1)), ("Q", (2, 3))):
-        steps = [_linear_step(dims[a], shape[a]) for a in axes]
-        units = {normalise_units(dims[a]["units"]) for a in axes}
-        if None in steps or len(units) != 1 or units == {"pixels"}:
-            continue
-        if not math.isclose(steps[0], steps[1], rel_tol=1e-4):  # type: ignore[arg-type]
-            continue
-        found[f"{space}_pixel_size"] = steps[0]
-        found[f"{space}_pixel_units"] = units.pop()
-    return found
 
 
 def _prismatic_parameters(f: h5py.File) -> dict[str, Any]:
@@ -293,10 +259,6 @@ def _emdfile_metadata(dset: h5py.Dataset) -> dict[str, Any]:
     emd = {k: as_python(root.attrs[k]) for k in ("version_major", "version_minor", "authoring_program")
            if k in root.attrs}
     return {"dims": dims, "calibration": calibration, "emd": emd}
-
-
-#: Scalar metadata ``write_hdf5`` also stores as attributes of the datacube's group, and reads back from there.
-CALIBRATION_KEYS = ("R_pixel_size", "R_pixel_units", "Q_pixel_size", "Q_pixel_units", "synthetic")
 
 
 def _group_calibration(dset: h5py.Dataset) -> dict[str, Any]:

@@ -7,8 +7,8 @@ record, kept where each format's own readers leave it alone, and handed back as 
   that ``params.filetype`` names.
 
 Readers put each section back under its own key of ``metadata``, so a reader of an event file carries
-``metadata["calibration"]`` the way an emdfile source does, and ``calibration_from`` / ``Calibration.from_metadata``
-find the scan step, the detector pixel size and the beam centre in it: a reduction of counted data is calibrated.
+``metadata["calibration"]`` the way an emdfile source does, and ``Calibration.from_metadata``
+finds the scan step, the detector pixel size and the beam centre in it: a reduction of counted data is calibrated.
 
 Here, beside the readers that hand it back, the format of the record (where each section lives, how it is written
 and read); what a writer puts in it (``event_record``: calibration and provenance of a source) is

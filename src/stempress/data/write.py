@@ -11,7 +11,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.data.hdf5 import CALIBRATION_KEYS, STUDY_EMD_PATH
+from stempress.data.calibration import CALIBRATION_KEYS
+from stempress.data.hdf5 import STUDY_EMD_PATH
 
 #: Attribute holding the source's whole metadata as a JSON string.
 METADATA_ATTR = "stempress_metadata"

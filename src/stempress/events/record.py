@@ -1,7 +1,9 @@
 """What an event file's writer records about its source: the calibration, the provenance and (for counted data)
 the counting record, as the sections ``data.record`` writes into the file and its readers hand back.
 
-Why apart from ``data.record``: the calibration comes from ``reduce.calibration``, a layer above the readers.
+``event_record`` gathers them from a source: the calibration (``data.calibration.Calibration``, read from the
+source's metadata, so a reduction of counted data is calibrated) and the provenance. Where each section lives
+in each format, and how readers hand it back, is ``data.record``'s.
 """
 
 from __future__ import annotations
@@ -19,16 +21,9 @@ from stempress.data.record import Record
 def calibration_fields(metadata: Mapping[str, Any], det_shape: tuple[int, ...]) -> dict[str, Any]:
     """The source's calibration as stored fields: scan step and detector pixel size with their units (emdfile's
     names), and the beam centre / BF radius in detector pixels where the source knows them (not measured here)."""
-    from stempress.data.emd import calibration_from
-    from stempress.reduce.calibration import Calibration
+    from stempress.data.calibration import Calibration
 
-    fields: dict[str, Any] = calibration_from(metadata).fields()
-    geometry = Calibration.from_metadata(metadata, det_shape)
-    if geometry.origin == "metadata":
-        fields["bf_disk_center_px"] = [geometry.centre_y, geometry.centre_x]
-    if geometry.bf_radius_px is not None:
-        fields["bf_disk_radius_px"] = geometry.bf_radius_px
-    return fields
+    return Calibration.from_metadata(metadata, det_shape).to_metadata()
 
 
 def provenance(source: Dataset4D, written_as: str) -> dict[str, Any]:

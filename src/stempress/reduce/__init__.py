@@ -6,7 +6,8 @@ images, the CoM map and the mean pattern; ``run_reducers(..., executor=ThreadExe
 results from partitions reduced on workers.
 """
 
-from stempress.reduce.calibration import Calibration, estimate_calibration, find_bf_disk
+from stempress.data.calibration import Calibration, radius_map
+from stempress.reduce.calibration import estimate_calibration, find_bf_disk
 from stempress.reduce.engine import Projection, single_blas_thread
 from stempress.reduce.imaging import (
     COM_MASK_BF,
@@ -29,7 +30,6 @@ from stempress.reduce.imaging import (
     fit_dpc_rotation,
     haadf,
     integrated_phase,
-    radius_map,
 )
 from stempress.reduce.protocol import LinearReducer, OutputSpec, Reducer, State
 

@@ -1,8 +1,9 @@
-"""Where the beam is on the detector, how big the bright-field disk is, and what a pixel means.
+"""Measuring where the beam is on the detector and how big the bright-field disk is.
 
 Virtual detectors and CoM are defined relative to the beam centre and the BF disk, so these come first:
-from the source's metadata when it carries them, else measured on the mean pattern. Angles are in mrad
-when the source's Q calibration is an angle (mrad, rad, urad, deg); detector pixels otherwise.
+from the source's metadata when it carries them (``data.calibration.Calibration``, the one calibration
+type), else measured here on the mean pattern, or given by the user. Running that measurement over a source
+(``calibrate``, ``source_calibration``, ``given_calibration``) is an engine pass: ``store.reducing``.
 """
 
 from __future__ import annotations
@@ -10,127 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from stempress.data.calibration import Calibration
 from stempress.errors import StempressError
-
-#: Angular units the Q calibration may come in, as mrad per unit.
-MRAD_PER_UNIT = {"mrad": 1.0, "rad": 1000.0, "urad": 1e-3, "µrad": 1e-3, "deg": 1000 * math.pi / 180,
-                 "degree": 1000 * math.pi / 180, "degrees": 1000 * math.pi / 180}
-PIXEL_UNITS = ("px", "pixel", "pixels")
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Detector geometry for the reducers; ``origin`` records where the centre and radius came from."""
-
-    centre_y: float
-    centre_x: float
-    bf_radius_px: float | None = None
-    q_pixel_size: float = 1.0
-    q_units: str = "pixels"
-    r_pixel_size: float = 1.0
-    r_units: str = "pixels"
-    det_shape: tuple[int, int] | None = None
-    origin: str = "geometry"
-
-    @property
-    def angular(self) -> bool:
-        """Whether detector pixels convert to scattering angles (mrad)."""
-        return self.q_units == "mrad"
-
-    @property
-    def angle_units(self) -> str:
-        return "mrad" if self.angular else "px"
-
-    def to_angle(self, px: Any) -> Any:
-        """Detector pixels to mrad when the Q calibration is angular, else unchanged (pixels)."""
-        return np.multiply(px, self.q_pixel_size) if self.angular else np.multiply(px, 1.0)
-
-    def to_pixels(self, value: float, units: str) -> float:
-        """A radius in ``px``, in ``bf`` (multiples of the BF radius) or in an angle unit, as pixels."""
-        if units in PIXEL_UNITS:
-            return float(value)
-        if units == "bf":
-            if self.bf_radius_px is None:
-                raise StempressError("a radius is given in BF-disk units but the calibration has no BF radius; "
-                                     "give it (--bf-radius; calibrate(source) in Python) or give radii in px")
-            return float(value) * self.bf_radius_px
-        if units in MRAD_PER_UNIT:
-            if not self.angular:
-                raise StempressError(f"a radius is given in {units} but the detector is calibrated in {self.q_units}, "
-                                     "not an angle; give radii in px or 'bf', or a Q calibration in mrad")
-            return float(value) * MRAD_PER_UNIT[units] / self.q_pixel_size
-        raise StempressError(f"unknown radius units {units!r}; use px, bf, or an angle ({', '.join(MRAD_PER_UNIT)})")
-
-    def checked(self, det_shape: tuple[int, ...]) -> Calibration:
-        """This calibration, refusing one made for another detector size."""
-        det = (int(det_shape[0]), int(det_shape[1]))
-        if self.det_shape is not None and tuple(self.det_shape) != det:
-            raise StempressError(f"calibration is for a {self.det_shape[0]}x{self.det_shape[1]} detector but the "
-                                 f"data has {det[0]}x{det[1]} pixels; calibrate this data (calibrate(source))")
-        return self if self.det_shape is not None else dataclasses.replace(self, det_shape=det)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able, for provenance."""
-        out = dataclasses.asdict(self)
-        out["det_shape"] = None if self.det_shape is None else list(self.det_shape)
-        return out
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any], det_shape: tuple[int, ...]) -> Calibration:
-        """What a source carries: pixel sizes (emdfile ``calibration`` group or top-level keys), and the
-        disk centre / radius where known (synthetic ``bf_disk_*_px``, py4DSTEM ``qx0_mean``/``qy0_mean``/
-        ``probe_semiangle``); otherwise the detector's geometric centre and no radius."""
-        from stempress.data.emd import calibration_from  # the store owns the metadata conventions
-
-        det = (int(det_shape[0]), int(det_shape[1]))
-        pixel = calibration_from(metadata)
-        q_size, q_units = _normalise_q(pixel.Q_pixel_size, pixel.Q_pixel_units)
-        nested = metadata.get("calibration")
-        found = {**(dict(nested) if isinstance(nested, Mapping) else {}), **metadata}
-        centre = (det[0] - 1) / 2.0, (det[1] - 1) / 2.0
-        origin = "geometry"
-        if _pair(found.get("bf_disk_center_px")) is not None:
-            centre, origin = _pair(found["bf_disk_center_px"]), "metadata"  # type: ignore[assignment]
-        elif _number(found.get("qx0_mean")) is not None and _number(found.get("qy0_mean")) is not None:
-            centre, origin = (float(found["qx0_mean"]), float(found["qy0_mean"])), "metadata"  # py4DSTEM: qx = rows
-        radius = _number(found.get("bf_disk_radius_px"))
-        if radius is None:
-            radius = _number(found.get("probe_semiangle"))
-        return cls(centre[0], centre[1], radius, q_size, q_units, pixel.R_pixel_size, pixel.R_pixel_units,
-                   det, origin)
-
-
-def _normalise_q(size: float, units: str) -> tuple[float, str]:
-    """Angles become mrad; pixels become 'pixels'; anything else (1/A, eV) stays as given."""
-    key = units.strip()
-    if key in MRAD_PER_UNIT:
-        return size * MRAD_PER_UNIT[key], "mrad"
-    if key in PIXEL_UNITS:
-        return size, "pixels"
-    return size, key
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
-        return None
-    return float(value) if math.isfinite(float(value)) and float(value) > 0 else None
-
-
-def _pair(value: Any) -> tuple[float, float] | None:
-    if isinstance(value, list | tuple | np.ndarray) and len(value) == 2:
-        try:
-            a, b = float(value[0]), float(value[1])
-        except (TypeError, ValueError):
-            return None
-        if math.isfinite(a) and math.isfinite(b):
-            return a, b
-    return None
 
 
 def find_bf_disk(pattern: np.ndarray, iterations: int = 4) -> tuple[float, float, float]:
@@ -203,3 +90,4 @@ def estimate_calibration(pattern: np.ndarray, metadata: Mapping[str, Any] | None
     base = Calibration.from_metadata(metadata or {}, p.shape)
     cy, cx, radius = find_bf_disk(p)
     return dataclasses.replace(base, centre_y=cy, centre_x=cx, bf_radius_px=radius, origin="mean pattern")
+

@@ -15,9 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from stempress.data.base import Block
+from stempress.data.calibration import Calibration, chosen_calibration, radius_map
 from stempress.errors import StempressError
-from stempress.reduce.calibration import Calibration
-from stempress.reduce.imaging import _calibration, radius_map
 from stempress.reduce.protocol import LinearReducer, OutputSpec, Reducer, Shape4, State
 
 
@@ -47,13 +46,13 @@ class RadialProfile(LinearReducer):
 
     def edges(self, det_shape: tuple[int, ...], calibration: Calibration | None = None) -> np.ndarray:
         """Ring edges in pixels, ``bins + 1`` of them."""
-        cal = _calibration(self.calibration, calibration, det_shape)
+        cal = chosen_calibration(self.calibration, calibration, det_shape)
         top = self.max_radius if self.max_radius is not None else float(radius_map(det_shape, cal).max()) + 1e-9
         return np.linspace(0.0, top, self.bins + 1)
 
     def prepare(self, shape: Shape4, dtype: np.dtype, calibration: Calibration | None) -> dict[str, Any]:
         det = shape[2:]
-        cal = _calibration(self.calibration, calibration, det)
+        cal = chosen_calibration(self.calibration, calibration, det)
         edges = self.edges(det, cal)
         r = radius_map(det, cal).ravel()
         ring = np.searchsorted(edges, r, side="right") - 1  # edges[i] <= r < edges[i + 1]

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from stempress.data.base import Block
+from stempress.data.calibration import Calibration
 from stempress.errors import StempressError, require_distinct_names
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.protocol import LinearReducer, Reducer, Shape4, State
 
 Results = dict[str, dict[str, np.ndarray]]

@@ -15,26 +15,12 @@ from typing import Any
 import numpy as np
 
 from stempress.data.base import Block
+from stempress.data.calibration import Calibration, chosen_calibration, radius_map
 from stempress.errors import StempressError
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.protocol import LinearReducer, OutputSpec, Reducer, Shape4, State
 
 #: Where the default HAADF detector starts when the detector reaches that far and is calibrated in mrad.
 HAADF_INNER_MRAD = 50.0
-
-
-def _calibration(own: Calibration | None, given: Calibration | None, det_shape: tuple[int, ...]) -> Calibration:
-    """The reducer's own calibration wins; else the engine's; else the detector's geometric centre."""
-    cal = own if own is not None else given
-    if cal is None:
-        cal = Calibration.from_metadata({}, det_shape)
-    return cal.checked(det_shape)
-
-
-def radius_map(det_shape: tuple[int, ...], calibration: Calibration) -> np.ndarray:
-    """Distance in pixels of every pixel centre (index coordinates) from the beam centre."""
-    yy, xx = np.indices((int(det_shape[0]), int(det_shape[1])), dtype=np.float64)
-    return np.hypot(yy - calibration.centre_y, xx - calibration.centre_x)
 
 
 # -- detectors ---------------------------------------------------------------------------------------------
@@ -208,11 +194,11 @@ class VirtualDetectors(LinearReducer):
 
     def masks(self, det_shape: tuple[int, ...], calibration: Calibration | None = None) -> dict[str, np.ndarray]:
         """Each detector's weights over the detector, for display and checks."""
-        cal = _calibration(self.calibration, calibration, det_shape)
+        cal = chosen_calibration(self.calibration, calibration, det_shape)
         return {d.name: d.weights(det_shape, cal) for d in self.detectors}
 
     def prepare(self, shape: Shape4, dtype: np.dtype, calibration: Calibration | None) -> dict[str, Any]:
-        cal = _calibration(self.calibration, calibration, shape[2:])
+        cal = chosen_calibration(self.calibration, calibration, shape[2:])
         columns = []
         for d in self.detectors:
             w = d.weights(shape[2:], cal)
@@ -303,7 +289,7 @@ class CenterOfMass(LinearReducer):
         return calibration.to_pixels(float(self.mask_radius), self.units)
 
     def prepare(self, shape: Shape4, dtype: np.dtype, calibration: Calibration | None) -> dict[str, Any]:
-        cal = _calibration(self.calibration, calibration, shape[2:])
+        cal = chosen_calibration(self.calibration, calibration, shape[2:])
         det = shape[2:]
         radius = self.mask_radius_px(cal)
         if math.isinf(radius):

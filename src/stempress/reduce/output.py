@@ -34,10 +34,10 @@ import h5py
 import numpy as np
 
 from stempress.data.base import Dataset4D, require_file
+from stempress.data.calibration import Calibration
 from stempress.data.emd import DIM_NAMES, create_emd_root, metadata_item, write_emd_header
 from stempress.data.write import json_text
 from stempress.errors import StempressError
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import RadialProfile
 from stempress.reduce.engine import Results
 from stempress.reduce.protocol import OutputSpec, Reducer
@@ -180,12 +180,9 @@ def _emd_root(f: h5py.File, calibration: Calibration, record: Mapping[str, Any])
     root = create_emd_root(f, EMD_ROOT, track_order=True)
     bundle = root.create_group("metadatabundle")
     bundle.attrs["emd_group_type"] = "metadatabundle"
-    fields: dict[str, Any] = {
-        "Q_pixel_size": float(calibration.q_pixel_size), "R_pixel_size": float(calibration.r_pixel_size),
-        "Q_pixel_units": calibration.q_units, "R_pixel_units": calibration.r_units, "QR_flip": False,
-        "qx0_mean": float(calibration.centre_y), "qy0_mean": float(calibration.centre_x)}  # py4DSTEM: qx = rows
-    if calibration.bf_radius_px is not None:
-        fields["probe_semiangle"] = float(calibration.bf_radius_px)  # py4DSTEM keeps it in pixels too
+    # the archive's fields, and the centre the reduction used even when it is the detector's middle
+    fields: dict[str, Any] = {**calibration.emd_fields(), "qx0_mean": float(calibration.centre_y),  # type: ignore[arg-type]
+                              "qy0_mean": float(calibration.centre_x)}  # type: ignore[arg-type]
     _emd_metadata(bundle, "calibration", fields, python_class="Calibration")
     _emd_metadata(bundle, PROVENANCE_ATTR, {**record, "json": json.dumps(record)})
     return root

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stempress.data.base import Block
-from stempress.reduce.calibration import Calibration
+from stempress.data.calibration import Calibration
 
 Kind = Literal["position", "pixel", "single"]
 MergeOp = Literal["rows", "sum", "max", "min"]

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from stempress.data.base import ArraySource, Dataset4D, SourceBase
+from stempress.data.calibration import Calibration, radius_map
 from stempress.errors import StempressError
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import RadialProfile
-from stempress.reduce.imaging import AUTO, Annulus, CenterOfMass, MeanPattern, VirtualDetectors, radius_map
+from stempress.reduce.imaging import AUTO, Annulus, CenterOfMass, MeanPattern, VirtualDetectors
 from stempress.reduce.protocol import Reducer, Shape4
 
 EXACTLY, WITHIN, NOT = "exactly", "within tolerance", "not"

@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from stempress.data.base import Dataset4D
+from stempress.data.calibration import PIXEL_UNITS, Calibration, radius_map
 from stempress.errors import StempressError
-from stempress.reduce.calibration import PIXEL_UNITS, Calibration
 from stempress.reduce.engine import Results
 from stempress.reduce.imaging import (
     Annulus,
@@ -33,7 +33,6 @@ from stempress.reduce.imaging import (
     divergence,
     dpc_field,
     integrated_phase,
-    radius_map,
 )
 from stempress.reduce.output import read_reduced, reduced_calibration
 from stempress.reduce.sufficiency import parse_target

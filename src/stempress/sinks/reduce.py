@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from stempress.data.base import Block
+from stempress.data.calibration import Calibration
 from stempress.errors import StempressError
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.engine import Results, RowPass, check_names
 from stempress.reduce.protocol import Reducer
 from stempress.sinks.protocol import RunInfo

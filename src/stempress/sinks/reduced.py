@@ -15,8 +15,8 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output
 from stempress.data.base import Dataset4D
+from stempress.data.calibration import Calibration
 from stempress.provenance import cube_digest, hashes_cube_bytes, provenance
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import derived_values, target_outputs, write_reduced
 from stempress.reduce.sufficiency import Target, parse_targets
 from stempress.sinks.archive import RECEIVED

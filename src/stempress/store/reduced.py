@@ -8,9 +8,9 @@ from typing import Any
 
 from stempress.atomic import check_new_output
 from stempress.data.base import Dataset4D
+from stempress.data.calibration import Calibration
 from stempress.engine import run
 from stempress.progress import Progress
-from stempress.reduce.calibration import Calibration
 from stempress.reduce.engine import single_blas_thread
 from stempress.reduce.sufficiency import Target
 from stempress.sinks.reduced import ReducedFileSink

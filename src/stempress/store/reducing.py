@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from stempress.data.base import ArraySource, Block, Dataset4D
+from stempress.data.calibration import Calibration
 from stempress.data.stream import BlockStream
 from stempress.engine import run
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
 from stempress.progress import Progress
-from stempress.reduce.calibration import Calibration, estimate_calibration
+from stempress.reduce.calibration import estimate_calibration
 from stempress.reduce.engine import ReducerResults, Results, check_names, single_blas_thread
 from stempress.reduce.imaging import MeanPattern
 from stempress.reduce.protocol import Reducer, Shape4

@@ -3,6 +3,8 @@
 Three checks, cheapest first, so a corrupt file is named by the most precise reason: the CRC of each chunk's
 stored (compressed) bytes, which needs no decoding; then decoding every chunk (in parallel where the codec
 allows) and the CRC of the decoded chunk; then, with ``against``, a bit-for-bit comparison with the source.
+The last two are sinks (``sinks.reference``) that ``engine.run`` feeds with the decoded cube, on the caller's
+executor; the first reads stored bytes, not the cube, so it stays a loop over chunks here.
 Problems are named by scan position, which is what a user can look at; a file without stored checksums is
 still decoded (and compared), and the report says so: "decoded, not verified", never OK, unless it was compared.
 
@@ -14,6 +16,7 @@ fails) and compared with ``against``. The report says which checks it could make
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -27,40 +30,25 @@ import numpy as np
 from stempress.codecs.base import Codec, Pipeline
 from stempress.codecs.catalog import identify
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
-from stempress.codecs.parallel import chunk_grid, chunk_pieces, full_chunk, read_chunks_parallel
+from stempress.codecs.parallel import chunk_grid, full_chunk, read_chunks_parallel
 from stempress.codecs.registry import codec_from_config, codec_from_pipeline
 from stempress.cores import resolve_workers
 from stempress.data.base import Block, Dataset4D, block_rows, require_file, rows_for_budget
 from stempress.data.checksums import ChunkChecksums
 from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
+from stempress.data.stream import BlockStream
+from stempress.engine import run
 from stempress.errors import StempressError
+from stempress.exec.base import Executor
+from stempress.exec.local import ThreadExecutor
+from stempress.sinks.protocol import Sink
+from stempress.sinks.reference import CheckFailed, DecodedCheckSink, Problem, ReferenceCheckSink, shape_problem
 
 #: What a report says instead of OK when nothing could prove the data right.
 NOT_VERIFIED = "decoded, not verified (no checksums; pass --against)"
 #: Kinds of PATH that are frame stacks whose scan shape the user may have to give (``scan_shape``).
 _FRAME_STACKS = ("mib", "npy", "nxmx")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """The first thing found wrong, located in the scan: rows and columns are half-open ranges."""
-
-    kind: str  # "stored" (bytes on disk), "decoded" (decoder or raw CRC), "differs" (vs the source), "shape"
-    reason: str
-    rows: tuple[int, int] | None = None
-    cols: tuple[int, int] | None = None
-    chunk: tuple[int, ...] | None = None
-
-    def where(self) -> str:
-        if self.rows is None or self.cols is None:
-            return "the whole cube"
-        (r0, r1), (c0, c1) = self.rows, self.cols
-        if r1 - r0 == 1 and c1 - c0 == 1:
-            return f"scan position ({r0}, {c0})"
-        chunk = f" (chunk {self.chunk})" if self.chunk is not None else ""
-        rows = f"scan row {r0}" if r1 - r0 == 1 else f"scan rows {r0}-{r1 - 1}"
-        return f"{rows}, columns {c0}-{c1 - 1}{chunk}"
 
 
 @dataclass(frozen=True)
@@ -113,12 +101,14 @@ class VerifyReport:
 
 
 def verify(path: Path | str, *, against: Dataset4D | None = None, workers: int | None = None,
-           dataset: str | None = None, scan_shape: tuple[int, int] | None = None) -> VerifyReport:
+           dataset: str | None = None, scan_shape: tuple[int, int] | None = None,
+           executor: Executor | None = None) -> VerifyReport:
     """Check every chunk of the cube in ``path`` (auto-detected like any source, or ``dataset``).
 
-    HDF5 cubes: stored and decoded CRCs per chunk (``workers`` threads). Event files and frame files: see
+    HDF5 cubes: stored and decoded CRCs per chunk (``workers`` threads decode). Event files and frame files: see
     ``_SourceVerifier`` (``workers`` processes decode an entropy-coded file; ``scan_shape`` reads a .mib, .npy
-    frame stack or NXmx master).
+    frame stack or NXmx master). The checks of the decoded cube (decoded CRCs, ``against``) are sinks that
+    ``engine.run`` feeds; ``executor`` (the caller closes it) runs them, else ``workers`` threads of our own.
     """
     from stempress.data.open import file_kind
 
@@ -129,22 +119,25 @@ def verify(path: Path | str, *, against: Dataset4D | None = None, workers: int |
         return _verify_source(path, kind, against, workers, scan_shape, started)
     with Hdf5Source(path, dataset) as located:  # missing file, not HDF5, no 4-D cube: one-line errors
         dataset_path = located.dataset_path
-    n_workers = resolve_workers(workers)
-    with open_hdf5(path) as f:
+    n_workers = executor.workers if executor is not None else resolve_workers(workers)
+    with (contextlib.nullcontext(executor) if executor is not None else ThreadExecutor(n_workers) as pool,
+          open_hdf5(path) as f):
         dset = f[dataset_path]
         if dset.is_virtual:  # a --shards master: its shards are the archives
             from stempress.store.verify_shards import verify_master
 
-            return verify_master(path, dset, against, n_workers, started)
-        return _Verifier(path, dset, against, n_workers, started).run()
+            return verify_master(path, dset, against, n_workers, started, pool)
+        return _Verifier(path, dset, against, n_workers, started, pool).run()
 
 
 class _Verifier:
     """One verification: holds the dataset, its chunk geometry and what has been checked so far."""
 
     def __init__(self, path: Path, dset: h5py.Dataset, against: Dataset4D | None, workers: int,
-                 started: float) -> None:
+                 started: float, executor: Executor) -> None:
         self.path, self.dset, self.against, self.workers, self.started = path, dset, against, workers, started
+        self.executor = executor
+        self.position = 0
         self.shape = tuple(dset.shape)
         self.chunks = tuple(dset.chunks) if dset.chunks else self.shape
         self.grid = chunk_grid(self.shape, self.chunks)
@@ -173,14 +166,10 @@ class _Verifier:
             return Problem("stored", f"the stored checksums describe chunks {self.record.chunk_shape} in a grid "
                                      f"{self.record.grid_shape}, the dataset has {self.chunks} in {self.grid}; "
                                      "the file was altered after it was written")
-        return _shape_problem(self.against, self.shape, self.dset.dtype)
+        return shape_problem(self.against, self.shape, self.dset.dtype)
 
     def _at_chunk(self, index: tuple[int, ...], kind: str, reason: str) -> Problem:
-        """A problem with one chunk, located by the scan rows and columns the chunk covers."""
-        r0, c0 = index[0] * self.chunks[0], index[1] * self.chunks[1]
-        rows = (r0, min(r0 + self.chunks[0], self.shape[0]))
-        cols = (c0, min(c0 + self.chunks[1], self.shape[1]))
-        return Problem(kind, reason, rows, cols, tuple(int(i) for i in index))
+        return Problem.at_chunk(index, self.chunks, self.shape, kind, reason)
 
     def _check_stored(self) -> Problem | None:
         """CRC of every chunk's bytes as stored: no decoding, so it is cheap and names corruption on disk."""
@@ -201,25 +190,35 @@ class _Verifier:
         return first
 
     def _check_decoded(self) -> Problem | None:
-        """Decode every chunk (CRC of the decoded bytes where recorded) and compare with the source if given."""
-        rows = block_rows(self.shape, self.dset.dtype, multiple=self.chunks[0] if self.dset.chunks else 1)
-        blocks = self._blocks(rows)
+        """Decode every chunk and run the checks over the decoded cube as sinks (``engine.run``): the CRC of each
+        decoded chunk where recorded, and the source bit for bit if given. A chunk that does not decode stops the
+        reader; the chunk is then found by decoding the failed block's chunks one at a time."""
+        multiple = self.chunks[0] if self.dset.chunks else 1
+        rows = block_rows(self.shape, self.dset.dtype, multiple=multiple)
+        sinks: list[Sink] = [DecodedCheckSink(self.record, self.chunks if self.record else None, self.dset.fillvalue)]
+        if self.against is not None:
+            sinks.append(ReferenceCheckSink(self.against))
+        self.position = 0
+        stream = BlockStream(self._decoded(rows), self.shape, self.dset.dtype, name=str(self.path))  # type: ignore[arg-type]
         per_row = int(np.prod(self.grid[1:], dtype=np.int64))
-        position = 0
         try:
-            while True:
-                try:
-                    block = next(blocks)
-                except StopIteration:
-                    return None
-                except StempressError as exc:  # the reader's message names the chunk; find it exactly
-                    return self._first_bad_chunk(position, rows) or Problem("decoded", str(exc))
-                position = block.stop
-                if self.against is not None:  # outside the try: a failing source is not a bad chunk
-                    problem = _compare(block, self.against)
-                    if problem is not None:
-                        return problem
-                self.checked = min(self.total, -(-block.stop // self.chunks[0]) * per_row)
+            run(stream, sinks, executor=self.executor)
+        except CheckFailed as exc:
+            self.checked = exc.problem.rows[0] // multiple * per_row if exc.problem.rows else 0
+            return exc.problem
+        except StempressError as exc:  # the reader's message names the chunk; find it exactly
+            self.checked = self.position // multiple * per_row
+            return self._first_bad_chunk(self.position, rows) or Problem("decoded", str(exc))
+        self.checked = self.total
+        return None
+
+    def _decoded(self, rows: int) -> Iterator[Block]:
+        """The stored cube decoded, block by block; ``position`` is where the next block starts."""
+        blocks = self._blocks(rows)
+        try:
+            for block in blocks:
+                self.position = block.stop
+                yield block
         finally:
             close = getattr(blocks, "close", None)
             if close is not None:
@@ -227,26 +226,18 @@ class _Verifier:
 
     def _blocks(self, rows: int) -> Iterator[Block]:
         if self.chunk_codec is not None:
-            return read_chunks_parallel(self.dset, self.chunk_codec, workers=self.workers, rows=rows,
-                                        checksums=self.record)
+            return read_chunks_parallel(self.dset, self.chunk_codec, workers=self.workers, rows=rows)
         return self._filtered_blocks(rows)
 
     def _filtered_blocks(self, rows: int) -> Iterator[Block]:
-        """HDF5's own filter path (any filter this process can decode), with decoded-chunk CRCs where recorded."""
-        dset = self.dset
+        """HDF5's own filter path (any filter this process can decode)."""
         for start in range(0, self.shape[0], rows):
             try:
-                data = dset[start:start + rows]
+                data = self.dset[start:start + rows]
             except (OSError, RuntimeError, ValueError) as exc:
                 raise StempressError(f"cannot decode scan rows {start}-{min(start + rows, self.shape[0]) - 1}: "
                                      f"{one_line(exc)}") from exc
-            block = Block(start, data)
-            if self.record is not None:
-                for index, _offset, piece in chunk_pieces(start, data, self.chunks):
-                    reason = self.record.check_chunk(index, raw=full_chunk(piece, self.chunks, dset.fillvalue))
-                    if reason is not None:
-                        raise StempressError(reason)
-            yield block
+            yield Block(start, data)
 
     def _first_bad_chunk(self, start: int, rows: int) -> Problem | None:
         """After a failed block, find the exact chunk by checking the block's chunks one at a time."""
@@ -270,19 +261,6 @@ class _Verifier:
         if self.record is None:
             return None
         return self.record.check_chunk(index, raw=full_chunk(piece, self.chunks, self.dset.fillvalue))
-
-
-def _shape_problem(src: Dataset4D | None, shape: tuple[int, ...], dtype: np.dtype) -> Problem | None:
-    """A source of another shape or dtype cannot be compared; when only its scan is cut differently, say how to
-    read it as the file's."""
-    if src is None or (tuple(src.shape) == tuple(shape) and np.dtype(src.dtype) == dtype):
-        return None
-    fix = "compare with the source it came from"
-    same_frames = tuple(src.shape[2:]) == tuple(shape[2:]) and np.dtype(src.dtype) == dtype
-    if same_frames and src.shape[0] * src.shape[1] == shape[0] * shape[1]:
-        fix = f"if it is the same scan cut differently, read the source with --scan-shape {shape[0]}x{shape[1]}"
-    return Problem("shape", f"the source {src.name!r} is {tuple(src.shape)} {np.dtype(src.dtype)}, the file holds "
-                            f"{tuple(shape)} {np.dtype(dtype)}; {fix}")
 
 
 def _codec_of(dset: h5py.Dataset) -> tuple[Codec | None, ChunkCodec | None]:
@@ -312,28 +290,6 @@ def _stored_codec(dset: h5py.Dataset, pipeline: Pipeline) -> Codec | None:
     except (ValueError, TypeError, StempressError):  # not JSON, or a configuration this version cannot read
         return None
     return codec if codec.filters == tuple(fid for fid, _ in pipeline) else None
-
-
-def _bits(array: np.ndarray) -> np.ndarray:
-    """Bit patterns as unsigned integers: NaN equals the same NaN, -0.0 differs from 0.0."""
-    array = np.ascontiguousarray(array)
-    return array.view(f"u{array.dtype.itemsize}")
-
-
-def _compare(block: Block, against: Dataset4D) -> Problem | None:
-    """First scan position where the block and the source's rows differ, with one differing pixel's values."""
-    want = np.asarray(against.read_rows(block.start, block.stop))
-    got_bits, want_bits = _bits(block.data), _bits(want.astype(block.data.dtype, copy=False))
-    differs = (got_bits != want_bits).reshape(*got_bits.shape[:2], -1).any(axis=2)
-    if not differs.any():
-        return None
-    y, x = (int(v) for v in np.argwhere(differs)[0])
-    pixel = int(np.flatnonzero(got_bits[y, x].reshape(-1) != want_bits[y, x].reshape(-1))[0])
-    qy, qx = divmod(pixel, block.data.shape[3])
-    row = block.start + y
-    reason = (f"differs from the source {against.name!r}: detector pixel ({qy}, {qx}) is "
-              f"{block.data[y, x, qy, qx].item()!r} in the file, {want[y, x, qy, qx].item()!r} in the source")
-    return Problem("differs", reason, (row, row + 1), (x, x + 1))
 
 
 # -- any other format, verified as a source ---------------------------------------------------------------------
@@ -367,7 +323,7 @@ class _SourceVerifier:
         self.rows_done = self.bad = 0
 
     def run(self) -> VerifyReport:
-        problem = (_shape_problem(self.against, self.source.shape, np.dtype(self.source.dtype))
+        problem = (shape_problem(self.against, self.source.shape, np.dtype(self.source.dtype))
                    or self._check_stored() or self._check_decoded())
         return self._report(problem)
 
@@ -393,23 +349,28 @@ class _SourceVerifier:
         return first
 
     def _check_decoded(self) -> Problem | None:
+        """Every scan row read through the source by ``engine.run`` (the source's reader checks what it carries),
+        compared with ``against`` by a sink if given; a failed block is narrowed down to its first bad row."""
         from stempress.data.event_checksums import ChecksumError
 
         total = self.source.shape[0]
         rows = rows_for_budget(self.source)
-        for start in range(0, total, rows):
-            stop = min(start + rows, total)
-            try:
-                data = self.source.read_rows(start, stop)
-            except ChecksumError as exc:
-                return self._at(exc.positions, "stored", str(exc), exc.chunk)
-            except StempressError as exc:
-                return self._first_bad_row(start, stop, exc)
-            if self.against is not None:
-                problem = _compare(Block(start, data), self.against)
-                if problem is not None:
-                    return problem
-            self.rows_done = stop
+        row_bytes = int(np.prod(self.source.shape[1:])) * np.dtype(self.source.dtype).itemsize
+
+        def done(nbytes: int, _total: int) -> None:
+            self.rows_done = nbytes // row_bytes
+
+        sinks: list[Sink] = [DecodedCheckSink()]
+        if self.against is not None:
+            sinks.append(ReferenceCheckSink(self.against))
+        try:
+            run(self.source, sinks, rows=rows, progress=done)
+        except ChecksumError as exc:
+            return self._at(exc.positions, "stored", str(exc), exc.chunk)
+        except CheckFailed as exc:
+            return exc.problem
+        except StempressError as exc:
+            return self._first_bad_row(self.rows_done, min(self.rows_done + rows, total), exc)
         return None
 
     def _first_bad_row(self, start: int, stop: int, error: StempressError) -> Problem:

@@ -13,19 +13,22 @@ from typing import TYPE_CHECKING
 
 import h5py
 
+from stempress.sinks.reference import Problem
 from stempress.sinks.shards import shard_sources
 
 if TYPE_CHECKING:
     from stempress.data.base import Dataset4D
-    from stempress.store.verify import Problem, VerifyReport
+    from stempress.exec.base import Executor
+    from stempress.store.verify import VerifyReport
 
 
 def verify_master(path: Path, dset: h5py.Dataset, against: Dataset4D | None, workers: int,
-                  started: float) -> VerifyReport:
-    """The report of a master: chunks summed over its shards; the first problem found, in master rows."""
+                  started: float, executor: Executor) -> VerifyReport:
+    """The report of a master: chunks summed over its shards; the first problem found, in master rows. Each
+    shard's checks and the comparison run on ``executor`` (the caller's; not closed here)."""
     import time
 
-    from stempress.store.verify import Problem, VerifyReport, _Verifier, verify
+    from stempress.store.verify import VerifyReport, _Verifier, verify
 
     sources = shard_sources(dset)
     total = checked = bad = 0
@@ -41,7 +44,7 @@ def verify_master(path: Path, dset: h5py.Dataset, against: Dataset4D | None, wor
             problem = Problem("stored", f"shard {shard} is missing (HDF5 would read fill values there)",
                               (start, stop), (0, dset.shape[1]))
             break
-        report = verify(shard, dataset=name, workers=workers)
+        report = verify(shard, dataset=name, workers=workers, executor=executor)
         total, checked, bad = total + report.chunks_total, checked + report.chunks_checked, bad + report.bad_chunks
         checksums, direct = checksums and report.checksums, direct and report.direct
         codec, config = report.codec, report.codec_config
@@ -52,7 +55,7 @@ def verify_master(path: Path, dset: h5py.Dataset, against: Dataset4D | None, wor
         problem = Problem("stored", f"the shards end at scan row {row}, the cube has {dset.shape[0]}")
     compared = False
     if problem is None and against is not None:  # read through the virtual dataset, as a user does
-        problem = _Verifier(path, dset, against, workers, started).run().problem
+        problem = _Verifier(path, dset, against, workers, started, executor).run().problem
         compared = problem is None
     return VerifyReport(path=path, dataset_path=dset.name, codec=codec, direct=direct, chunks_total=total,
                         chunks_checked=checked, checksums=checksums and bool(sources), compared=compared,
