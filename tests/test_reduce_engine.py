@@ -220,3 +220,13 @@ def test_arbitrary_float_data_keeps_block_independent_bits_and_partitions_agree_
         for key in whole[name]:
             np.testing.assert_allclose(parts[name][key], whole[name][key], rtol=1e-13, atol=0)
     assert np.array_equal(parts["virtual"]["BF"], whole["virtual"]["BF"])  # per-position outputs never merge sums
+
+
+def test_names_that_moved_up_a_layer_say_where_they_went():
+    import stempress.store.reducing as reducing
+
+    for name in ("run_reducers", "calibrate"):
+        with pytest.raises(ImportError, match=f"moved to stempress.store.reducing: use .from stempress.store.reducing "
+                                              f"import {name}."):
+            exec(f"from stempress.reduce import {name}", {})
+        assert callable(getattr(reducing, name))

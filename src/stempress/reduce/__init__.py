@@ -65,3 +65,15 @@ __all__ = [
     "radius_map",
     "single_blas_thread",
 ]
+
+
+#: Names that run an engine pass over a source: they moved a layer up, where the engine is.
+_MOVED = {name: "stempress.store.reducing" for name in
+          ("run_reducers", "calibrate", "compute", "source_calibration", "given_calibration")}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        raise ImportError(f"stempress.reduce.{name} moved to {_MOVED[name]}: "
+                         f"use 'from {_MOVED[name]} import {name}'")
+    raise AttributeError(f"module 'stempress.reduce' has no attribute {name!r}")
