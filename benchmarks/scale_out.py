@@ -37,51 +37,58 @@ data on 8 and 64 nodes of ``--workers-per-node`` workers:
 
 with N workers in all; the smallest term names what limits the run.
 
-LiberTEM's Dask executor on the same file (issue 15's comparison) runs in the peers venv of
-``benchmarks/requirements-external.txt`` (no stempress; dask and distributed pinned to one release, or
-distributed does not import), as a LiberTEM user scripts it; the main guard is LiberTEM's rule (its workers
-are spawned processes). Equivalent UDFs: SumUDF (mean_pattern), ApplyMasksUDF with the bf disk and adf ring
-stempress used (radii in the reduced file's provenance), CoMUDF (com); time ``run_udf`` apart from the
-cluster start, as here::
+``--libertem PYTHON`` (issue 15's comparison) then runs LiberTEM's Dask executor on the same file, in the
+same run: ``benchmarks/libertem_reduce.py`` in PYTHON, a venv with LiberTEM and without stempress (the peers
+venv of ``benchmarks/requirements-external.txt``: ``/work/venvs/peers/bin/python``), scripted as a LiberTEM
+user does (``Context.make_with("dask", cpus=N)``, ``ctx.load("npy", ...)``, one ``run_udf`` with SumUDF,
+ApplyMasksUDF and CoMUDF; the cluster's start and the load timed apart, as here). It gets the centre, BF disk,
+ADF ring and CoM mask radius stempress's reduce used (read back from the reduced file's provenance) as radii
+that select exactly the same pixels under LiberTEM's rule (r <= R; ours is inner <= r < outer); the masks it
+used and its results come back and are checked against ours (the same pixels; BF, ADF, mean pattern and CoM
+within float tolerance) before its times are printed beside ours per worker count. Ours twice: the
+``reduce`` above (the command: calibrate, one pass, provenance hash, write the file) and the pass alone
+(``run_reducers`` with the same reducers and calibration, results in memory: run_udf's job).
 
-    from libertem.api import Context
-    from libertem.masks import circular, ring
-    from libertem.udf.com import CoMUDF
-    from libertem.udf.masks import ApplyMasksUDF
-    from libertem.udf.sum import SumUDF
-
-    if __name__ == "__main__":
-        with Context.make_with("dask", cpus=2) as ctx:  # a LocalCluster of 2 worker processes
-            ds = ctx.load("npy", path="/tmp/stempress-scale-out/cube-64x256.npy")
-            masks = [lambda: circular(128, 128, 256, 256, R_BF), lambda: ring(128, 128, 256, 256, R_OUT, R_IN)]
-            ctx.run_udf(dataset=ds, udf=[SumUDF(), ApplyMasksUDF(mask_factories=masks),
-                                         CoMUDF.with_params(cy=128, cx=128)])
-
-(``/work/venvs/peers/bin/python -I that_script.py``; checked to run with LiberTEM 0.16.0, dask/distributed
-2026.8.0.)
+    python benchmarks/scale_out.py --codecs "" --libertem /work/venvs/peers/bin/python   # reduce only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
+from stempress.data.calibration import Calibration, radius_map
 from stempress.data.open import open_source
 from stempress.exec.dask import DaskExecutor
+from stempress.reduce.engine import single_blas_thread
+from stempress.reduce.imaging import CenterOfMass, VirtualDetectors
+from stempress.reduce.sufficiency import parse_targets
 from stempress.sinks.shards import shard_folder
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
+from stempress.store.reducing import run_reducers
 from stempress.store.verify import verify
 
 TARGETS = ["bf", "adf", "com", "mean_pattern"]
 READ_BLOCK = 256 * 1024**2
+#: LiberTEM's results against ours: |d| <= RTOL x (an image's max, or for CoM the detector size in px). Counts
+#: summed in float32 (LiberTEM's default) stay exact below 2**24; what is left is the rounding of one division
+#: and of float32 CoM moments, well under this; one pixel more or less in a detector is >= 1 count, above it.
+RTOL = 1e-6
+#: Our reduced file's datasets that LiberTEM's results are compared with (its key in libertem_reduce.py's .npz).
+SAME_QUANTITY = {"bf": "reduced/bf/BF", "adf": "reduced/adf/ADF", "mean": "reduced/mean_pattern/mean",
+                 "com_y": "reduced/com/com_y", "com_x": "reduced/com/com_x"}
 
 
 def write_cube(path: Path, scan: int, det: int) -> None:
@@ -156,6 +163,109 @@ def without_uuid(path: Path) -> bytes:
     return path.read_bytes().replace(uuid, b"-" * len(uuid))
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """What stempress's reduce used, read back from its file: the calibration, the reducers built from it (as
+    ``ReducedFileSink`` builds them) and each detector's pixels (bf, adf, com)."""
+
+    calibration: Calibration
+    reducers: list[Any]
+    masks: dict[str, np.ndarray]
+
+
+def reduce_geometry(path: Path) -> Geometry:
+    """The geometry recorded in a reduced file's provenance."""
+    with h5py.File(path, "r") as f:
+        record = json.loads(f.attrs["stempress_provenance"])
+    fields = dict(record["calibration"])
+    fields["det_shape"] = tuple(fields["det_shape"])
+    cal = Calibration(**fields)
+    reducers = [t.reducer(cal, name=t.label) for t in parse_targets(TARGETS)]
+    masks: dict[str, np.ndarray] = {}
+    for reducer in reducers:
+        if isinstance(reducer, VirtualDetectors):
+            masks.update({k.lower(): v.astype(bool) for k, v in reducer.masks(cal.det_shape, cal).items()})
+        elif isinstance(reducer, CenterOfMass):
+            weights = reducer.prepare((1, 1, *cal.det_shape), np.dtype(np.uint16), cal)["weights"]
+            masks["com"] = weights[:, 0].reshape(cal.det_shape).astype(bool)
+    return Geometry(cal, reducers, masks)
+
+
+def libertem_radius(r: np.ndarray, inside: np.ndarray) -> float:
+    """A radius R for LiberTEM's rule (r <= R) that selects exactly ``inside`` (a disk by our rule, r < ours):
+    halfway between the farthest pixel in and the nearest out."""
+    if not inside.any():
+        raise SystemExit("a detector of stempress's reduce covers no pixel; nothing to compare with LiberTEM")
+    return float((r[inside].max() + r[~inside].min()) / 2) if (~inside).any() else float(r.max()) + 1.0
+
+
+def libertem_args(geo: Geometry) -> list[str]:
+    """libertem_reduce.py's geometry arguments: our centre and radii that select our pixels by its rules."""
+    cal = geo.calibration
+    r = radius_map(cal.det_shape, cal)
+    adf = geo.masks["adf"]
+    hole = r < r[adf].min()  # our ring is inner <= r < outer: its hole is a disk by our rule
+    return ["--centre", repr(cal.centre_y), repr(cal.centre_x), "--bf", repr(libertem_radius(r, geo.masks["bf"])),
+            "--adf", repr(libertem_radius(r, hole)), repr(libertem_radius(r, adf | hole)),
+            "--com-r", repr(libertem_radius(r, geo.masks["com"]))]
+
+
+def run_libertem(python: str, cube: Path, geo: Geometry, counts: list[int], repeat: int,
+                 folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """libertem_reduce.py in ``python`` (isolated: no stempress, no PYTHONPATH): its JSON report and arrays."""
+    script = Path(__file__).with_name("libertem_reduce.py")
+    npz = folder / "libertem.npz"
+    command = [python, "-I", str(script), str(cube), *libertem_args(geo), "--workers", ",".join(map(str, counts)),
+               "--repeat", str(repeat), "--out", str(npz)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"LiberTEM run failed (exit {done.returncode}): {' '.join(command)}\n{tail}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    npz.unlink()
+    return report, arrays
+
+
+def check_libertem(ours: dict[str, np.ndarray], geo: Geometry, arrays: dict[str, np.ndarray],
+                   counts: list[int]) -> None:
+    """LiberTEM used our pixels and computed our numbers (else the timing compares different work)."""
+    for name, mask in geo.masks.items():
+        differ = int(np.count_nonzero(arrays[f"{name}_mask"] != mask))
+        if differ:
+            raise SystemExit(f"LiberTEM's {name} mask differs from stempress's on {differ} pixels")
+    det = float(max(geo.calibration.det_shape))
+    for n in counts:
+        cells = []
+        for name, key in SAME_QUANTITY.items():
+            mine, theirs = ours[key], np.asarray(arrays[f"{n}/{name}"], np.float64)
+            scale = det if name.startswith("com") else max(float(np.abs(mine).max()), 1.0)
+            diff = float(np.abs(theirs - mine).max())
+            if not np.all(np.isfinite(theirs)) or diff > RTOL * scale:
+                raise SystemExit(f"LiberTEM dask:{n} {name} differs from stempress's {key} by {diff:.3g} "
+                                 f"(tolerance {RTOL * scale:.3g})")
+            cells.append(f"{name} {diff:.1g}")
+        print(f"  dask:{n} results = ours (max |d|, tolerance {RTOL:g} x scale): " + ", ".join(cells))
+
+
+def compare_libertem(report: dict[str, Any], raw: int, counts: list[int], seconds: dict[tuple[str, str], float],
+                     passes: dict[str, float]) -> None:
+    """Its times beside ours per worker count: ours / its (below 1: ours is ahead)."""
+    runs = {run["workers"]: run for run in report["runs"]}
+    for n in counts:
+        run = runs[n]
+        print(f"  dask:{n} cluster start {run['start_s']:.1f} s, load {run['load_s']:.2f} s (neither timed); "
+              f"run_udf " + ", ".join(f"{t:.2f}" for t in run["run_udf_s"]) + f" s: best {run['best_s']:.2f} s  "
+              f"{raw / 1e9 / run['best_s']:6.2f} GB/s")
+    print("ours / LiberTEM's (seconds; below 1: ours is ahead):")
+    for n in counts:
+        theirs = runs[n]["best_s"]
+        ours, alone = seconds["reduce", f"dask:{n}"], passes[f"dask:{n}"]
+        print(f"  dask:{n}  reduce (calibrate + pass + hash + write) {ours:6.2f} s / {theirs:6.2f} s = "
+              f"{ours / theirs:5.2f}   the pass alone {alone:6.2f} s / {theirs:6.2f} s = {alone / theirs:5.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scan", type=int, default=64, help="scan rows = columns")
@@ -169,6 +279,9 @@ def main() -> None:
     parser.add_argument("--fs-read-gbs", default="20",
                         help="cluster file systems' aggregate read rates in GB/s, comma separated, to predict with "
                              "besides the rate measured here (default 20: a mid-sized Lustre)")
+    parser.add_argument("--libertem", metavar="PYTHON",
+                        help="also run LiberTEM's Dask executor on the same file with this python (one with "
+                             "LiberTEM, e.g. /work/venvs/peers/bin/python) and compare")
     args = parser.parse_args()
 
     args.folder.mkdir(parents=True, exist_ok=True)
@@ -201,6 +314,26 @@ def main() -> None:
         print(f"  {label:<28} {where:<10} {min(times):7.2f} s  {raw / 1e9 / min(times):6.2f} GB/s", flush=True)
 
     references: dict[str, object] = {}
+    geometry: list[Geometry] = []
+    passes: dict[str, float] = {}
+
+    def check_reduce(path: Path) -> None:
+        keep_or_compare("reduce", reduced_images(path))
+        if not geometry:
+            geometry.append(reduce_geometry(path))
+
+    def pass_alone(source: Any, executor: DaskExecutor | None, where: str) -> None:
+        """run_reducers with the reduce's own reducers and calibration: the pass that run_udf is compared with."""
+        geo = geometry[0]
+        times = []
+        for _ in range(args.repeat):
+            with single_blas_thread():
+                took, _ = timed(lambda: run_reducers(source, geo.reducers, calibration=geo.calibration,
+                                                     executor=executor))
+            times.append(took)
+        passes[where] = min(times)
+        print(f"  {'reduce: the pass alone':<28} {where:<10} {min(times):7.2f} s  {raw / 1e9 / min(times):6.2f} GB/s",
+              flush=True)
 
     def keep_or_compare(label: str, value: object) -> None:
         if label not in references:
@@ -216,8 +349,9 @@ def main() -> None:
         where = "inline" if executor is None else f"dask:{executor.workers}"
         with open_source(cube_path) as source:
             best("reduce", where,
-                 lambda p: reduce_to_file(source, TARGETS, p, executor=executor),
-                 lambda p: keep_or_compare("reduce", reduced_images(p)))
+                 lambda p: reduce_to_file(source, TARGETS, p, executor=executor), check_reduce)
+            if args.libertem:
+                pass_alone(source, executor, where)
             for codec in codecs:
                 best(f"compress {codec}", where,
                      lambda p, c=codec: compress(source, p, codec=c, workers=1, executor=executor),
@@ -246,6 +380,13 @@ def main() -> None:
             cells += [f"dask:1/dask:{n} {seconds[label, 'dask:1'] / seconds[label, f'dask:{n}']:.2f}"
                       for n in counts if n != 1]
         print(f"  {label:<28} " + "   ".join(cells))
+    if args.libertem:
+        print(f"\nLiberTEM's Dask executor on the same file ({args.libertem}; SumUDF, ApplyMasksUDF with our BF disk "
+              "and ADF ring, CoMUDF with our centre and mask):", flush=True)
+        report, arrays = run_libertem(args.libertem, cube_path, geometry[0], counts, args.repeat, out)
+        print(f"  LiberTEM {report['libertem']}")
+        check_libertem(references["reduce"], geometry[0], arrays, counts)  # type: ignore[arg-type]
+        compare_libertem(report, raw, counts, seconds, passes)
     model(args, raw, cube_path, counts, codecs, seconds, results, starts)
 
 
