@@ -264,6 +264,9 @@ def compare_libertem(report: dict[str, Any], raw: int, counts: list[int], second
         ours, alone = seconds["reduce", f"dask:{n}"], passes[f"dask:{n}"]
         print(f"  dask:{n}  reduce (calibrate + pass + hash + write) {ours:6.2f} s / {theirs:6.2f} s = "
               f"{ours / theirs:5.2f}   the pass alone {alone:6.2f} s / {theirs:6.2f} s = {alone / theirs:5.2f}")
+    if 1 in counts:
+        print("  (dask:1: stempress's engine partitions only for 2 or more workers, so with one it runs the pass in "
+              "this process; LiberTEM's run_udf runs on its one worker process)")
 
 
 def main() -> None:
