@@ -1,5 +1,10 @@
 """What every test module shares: where the shipped test data is, and the ``slow`` mark.
 
+Tests mirror ``src/stempress``: ``tests/<package>/test_*.py`` for each package (``tests/data`` also holds the
+files shipped for the tests, ``real_data.py`` says where), ``tests/test_*.py`` for the top-level modules and the
+whole-program checks (CLI, README, layers, files written before). Helpers every module may use sit here:
+``real_data`` (shipped files), ``damage`` (corrupting a file), ``tiny_fs``, ``prismatic_file``.
+
 The README's test command runs every test, slow ones included (under 10 minutes on a 2-core machine); while
 working, ``python -m pytest -m "not slow"`` skips the ones marked slow (README commands, peers' readers, whole
 benchmarks on smoke suites).

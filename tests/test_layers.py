@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from real_data import REPO
+
+ROOT = REPO
 
 
 def test_no_import_runs_up_a_layer():

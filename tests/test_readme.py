@@ -37,9 +37,9 @@ import h5py
 import numpy as np
 import pytest
 
-from real_data import real_file
+from real_data import REPO, real_file
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 #: What the README's .mib is replaced with: the real file's scan.
 MIB_SCAN = "4x2"
 BENCH_METHODS = "gzip_1,blosc_zstd"

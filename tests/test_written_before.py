@@ -9,12 +9,13 @@ import h5py
 import numpy as np
 import pytest
 
+from real_data import WRITTEN_BEFORE
 from stempress.data.base import ArraySource
 from stempress.data.open import open_source
 from stempress.store.compress import compress
 from stempress.store.verify import verify
 
-BEFORE = Path(__file__).resolve().parent / "data" / "written_before"
+BEFORE = WRITTEN_BEFORE
 CUBE = np.load(BEFORE / "cube.npy")
 COMPRESSED = {"compress_blosc_zstd.h5": ("blosc_zstd", (2, 5, 24, 24), "emd"),
               "compress_gzip_6.h5": ("gzip_6", (2, 5, 24, 24), "emd"),

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from damage import flip_byte
 from real_data import real_file
 from stempress.codecs.catalog import get_codec
 from stempress.codecs.chunk_codec import direct_chunk_reason
@@ -28,15 +29,6 @@ def cube(dtype: str = "uint16") -> np.ndarray:
 
 def write(tmp_path: Path, data: np.ndarray, codec: str = "blosc_zstd", name: str = "cube.h5") -> Path:
     return compress(ArraySource(data), tmp_path / name, codec=codec, chunks=CHUNKS, workers=2).path
-
-
-def flip_byte(path: Path, at: int, mask: int = 0xFF) -> None:
-    """XOR the byte at offset ``at`` of a file with ``mask``, in place, as bit rot on disk would."""
-    with open(path, "r+b") as fh:
-        fh.seek(at)
-        byte = fh.read(1)[0]
-        fh.seek(at)
-        fh.write(bytes([byte ^ mask]))
 
 
 def flip_byte_in_chunk(path: Path, index: tuple[int, ...], dataset: str = EMD_DATA_PATH) -> None:

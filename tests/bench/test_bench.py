@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from real_data import REPO
 from stempress.bench import protocol
 from stempress.bench.measure import Method, measure, methods_for
 from stempress.bench.runner import BenchConfig, run_grid
@@ -271,14 +272,13 @@ def test_the_default_run_is_the_one_the_readme_promises():
     """The README's first command runs `stempress bench` with its defaults; the time it promises was measured
     for DEFAULT_RUNS runs, and it says how to run the study's full protocol."""
     import inspect
-    from pathlib import Path
 
     from stempress.bench.api import DEFAULT_RUNS, STUDY_RUNS, run_bench
     from stempress.cli import bench
 
     assert inspect.signature(run_bench).parameters["runs"].default == DEFAULT_RUNS
     assert inspect.signature(bench).parameters["runs"].default == DEFAULT_RUNS
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     first = readme[readme.index("The first command"):readme.index("The second command")]
     assert f"x {DEFAULT_RUNS} runs" in first and f"--runs {STUDY_RUNS}" in first
 

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from real_data import COUNT_MAIN
 from stempress.data.base import Block
 from stempress.data.open import open_source
 from stempress.data.raw_csr import RawCsrSource
@@ -23,7 +24,7 @@ from stempress.events.libertem import raw_csr_files
 from stempress.exec.local import ThreadExecutor
 from stempress.store.count import count_to_file
 
-DATA = Path(__file__).parent / "data" / "count_main"
+DATA = COUNT_MAIN
 SPEC = ("synthetic:diffraction?scan=4x3&det=16x16&mode=integrating&gain=40&read_noise=2&dose=80"
         "&dtype=uint16&offset=100&seed=5")
 PARAMS = {"pixel": CountingParams(dark=100.0, gain=40.0, threshold=20.0),

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from real_data import WRITTEN_BEFORE
 from stempress.bench.bounds import true_poisson_bound
 from stempress.data.base import ArraySource
 from stempress.data.entropy import (
@@ -25,7 +26,6 @@ from stempress.data.suites import open_synthetic
 #: The issue's hard case (issue 11 item 12): dose 14000, thickness and eight grains varying over the scan; a 24 x 24
 #: scan keeps the test to seconds (a shorter one pays more for its stored model).
 GRAINS_14000 = ("synthetic:counted/counted?scan=24x24&dose=14000&thickness=1.0&thickness_var=0.9&grains=8")
-WRITTEN_BEFORE = Path(__file__).parent / "data" / "written_before"
 
 
 @pytest.fixture(scope="module")

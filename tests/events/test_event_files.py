@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+from damage import flip_byte
 from stempress.bench.api import open_sources
 from stempress.data.base import ArraySource
 from stempress.data.calibration import Calibration
@@ -25,7 +26,6 @@ from stempress.reduce.output import read_reduced
 from stempress.store.compress import compress
 from stempress.store.count import count_to_file
 from stempress.store.reduced import reduce_to_file
-from test_verify import flip_byte
 
 #: A counting-mode synthetic cube with calibration (0.5 nm scan step, mrad detector, known beam centre).
 COUNTED = "synthetic:diffraction?scan=6x5&det=24x24&dose=40&dtype=uint8&seed=4"
