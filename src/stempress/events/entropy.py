@@ -248,12 +248,12 @@ class _Coder:
             escapes = self._encode_group(coder, self.layouts[0], frames)
         else:
             labels = self.groups(frames)
+            order, ends = _by_group(labels, len(self.layouts))
+            grouped = frames if order is None else frames[order]  # one copy: each group's rows are then a view
             per_group: list[list[np.ndarray]] = []
             for g in range(len(self.layouts) - 1, -1, -1):  # a stack: the last group first
-                rows = np.flatnonzero(labels == g)
-                if rows.size:
-                    part = frames if rows.size == frames.shape[0] else frames[rows]
-                    per_group.append(self._encode_group(coder, self.layouts[g], part))
+                if ends[g + 1] > ends[g]:
+                    per_group.append(self._encode_group(coder, self.layouts[g], grouped[ends[g]:ends[g + 1]]))
             per_group.reverse()
             escapes = [part for group in per_group for part in group]
             coder.encode_reverse(labels, self.group_model)  # decoded first
@@ -302,23 +302,23 @@ class _Coder:
         coder = self._cs.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
         raw = _EscapeReader(escapes)
         if out is None:
-            out = np.zeros((n, self.layouts[0].order.size), dtype=dtype)
-        else:
-            out.fill(0)
+            out = np.empty((n, self.layouts[0].order.size), dtype=dtype)
         if len(self.layouts) == 1:
-            self._decode_group(coder, raw, self.layouts[0], n, out, None)
+            self._decode_group(coder, raw, self.layouts[0], out)
         else:
-            labels = coder.decode(self.group_model, n)
+            order, ends = _by_group(coder.decode(self.group_model, n), len(self.layouts))
+            grouped = out if order is None else np.empty_like(out)  # each group's rows a view, then one copy
             for g, layout in enumerate(self.layouts):
-                rows = np.flatnonzero(labels == g)
-                if rows.size:
-                    self._decode_group(coder, raw, layout, rows.size, out, rows if rows.size < n else None)
+                if ends[g + 1] > ends[g]:
+                    self._decode_group(coder, raw, layout, grouped[ends[g]:ends[g + 1]])
+            if order is not None:
+                out[order] = grouped
         raw.finish()
         return out
 
-    def _decode_group(self, coder: Any, raw: _EscapeReader, layout: _Layout, n: int, out: np.ndarray,
-                      rows: np.ndarray | None) -> None:
-        """Decode ``n`` positions coded under ``layout`` into ``out``'s ``rows`` (None: all of them), zeros there."""
+    def _decode_group(self, coder: Any, raw: _EscapeReader, layout: _Layout, out: np.ndarray) -> None:
+        """Decode ``out``'s positions, coded under ``layout``, into it (C-contiguous rows)."""
+        n = out.shape[0]
         dense = np.empty((layout.dense_pixels.size, n), dtype=out.dtype)
         events = _SparseEvents(n)
         for c in layout.classes:
@@ -338,11 +338,9 @@ class _Coder:
             if c.low_bits:
                 gaps |= coder.decode(self.uniform(c.low_bits), count)
             events.add(c, gaps, raw.resolve(coder.decode(self.models[t], count), self.sizes[t], 1))
-        if rows is None:
-            out[:, layout.dense_pixels] = dense.T
-        else:
-            out[np.ix_(rows, layout.dense_pixels)] = dense.T
-        events.scatter(out, layout.order, rows)
+        out.fill(0)
+        out[:, layout.dense_pixels] = dense.T
+        events.scatter(out, layout.order)
 
     def _event_count(self, coder: Any, raw: _EscapeReader, c: _Class, n: int) -> int:
         """A sparse class's number of events in the chunk: its deviation from the expected number, zigzagged."""
@@ -354,6 +352,15 @@ class _Coder:
         if not 0 <= count <= c.members * n:
             raise _corrupt(f"declares {count} events in a class of {c.members * n} pixels")
         return count
+
+
+def _by_group(labels: np.ndarray, n_groups: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The positions sorted by group (stable; None where they already are) and each group's first index there."""
+    ends = np.zeros(n_groups + 1, np.int64)
+    np.cumsum(np.bincount(labels, minlength=n_groups), out=ends[1:])
+    if labels.size < 2 or bool(np.all(labels[1:] >= labels[:-1])):
+        return None, ends
+    return np.argsort(labels, kind="stable"), ends
 
 
 @dataclass(frozen=True)
@@ -425,9 +432,9 @@ class _SparseEvents:
         self.first.append(c.start * self.n)
         self.span.append(c.members * self.n)
 
-    def scatter(self, out: np.ndarray, order: np.ndarray, rows: np.ndarray | None = None) -> None:
+    def scatter(self, out: np.ndarray, order: np.ndarray) -> None:
         """Gaps -> keys (one running sum over every class, each class's first step shifted to its start), then the
-        counts into ``out`` at (position, pixel); position ``j`` is ``out``'s row ``rows[j]`` when given."""
+        counts into ``out`` at (position, pixel)."""
         if not self.gaps:
             return
         counts = np.array([g.size for g in self.gaps], dtype=np.int64)
@@ -443,8 +450,6 @@ class _SparseEvents:
         keys = np.cumsum(steps, out=steps)
         slot = keys // self.n
         keys -= slot * self.n  # the position within the chunk
-        if rows is not None:
-            keys = rows[keys].astype(np.int64)
         keys *= out.shape[1]
         keys += order[slot]
         flat = out.reshape(-1)
@@ -633,7 +638,7 @@ def fit_source(source: Dataset4D, rows: int | None = None) -> PoissonModel:
     if groups.wanted:
         groups.cluster()
         for block in iter_blocks(source, rows):
-            groups.add(block.data.reshape(-1, total.size))
+            groups.add(block.start * int(source.shape[1]), block.data.reshape(-1, total.size))
     return fit_model(total, n_positions, groupings=groups.groupings())
 
 

@@ -249,7 +249,7 @@ def fit_model(total: np.ndarray, n_positions: int, coded_positions: int | None =
                 break
             found = (bits, model)
         assert found is not None
-        if best is not None and found[0] >= best[0]:
+        if best is not None and found[0] >= best[0] - MIN_GROUP_GAIN * scale * n_positions * best[1].bound_bits():
             break
         best = found
     assert best is not None
@@ -303,6 +303,9 @@ def _fit_on_grid(lam: np.ndarray, lams: np.ndarray, counts: np.ndarray, grid: tu
                         group_positions=counts if grouped else None)
 
 
+#: More groups must save at least this share of the coded size (estimated by the fewer groups' own bound): each
+#: costs coding speed (the choice of a position's group, a pass of the coder per group present in a chunk).
+MIN_GROUP_GAIN = 0.005
 #: A group's pixel takes its own class instead of the mean map's where that saves more than this (bits over the
 #: positions fitted): about what an exception costs in the stored maps, which are otherwise all the mean map's.
 EXCEPTION_BITS = 8.0
