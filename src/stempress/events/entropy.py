@@ -154,7 +154,8 @@ class _Layout:
 
     def __init__(self, model: PoissonModel, group: int):
         self.order, self.bounds = model.order(group)
-        self.slot_of_pixel = np.argsort(self.order)
+        self.slot_of_pixel = np.empty_like(self.order)  # the inverse permutation, without a second sort
+        self.slot_of_pixel[self.order] = np.arange(self.order.size)
         self.n_sparse_pixels = int(self.bounds[int(np.count_nonzero(model.sparse))])  # sparse classes come first
         self.classes = _Class.all_of(model, self.bounds)
         self.sparse_pixel = model.sparse[model.maps()[group]]
@@ -189,6 +190,7 @@ class _Coder:
         self.sizes = [int(v) for v in np.diff(model.table_offsets) - 1]
         self.count_model = self.models[-1]
         self._uniform: dict[int, Any] = {}
+        self._buffer = np.zeros(0, np.uint8)
         if model.n_groups > 1:
             self.group_model = cs.stream.model.Uniform(model.n_groups)
             maps = model.maps()
@@ -197,6 +199,13 @@ class _Coder:
             self.weights = np.ascontiguousarray((log_q[maps[:, self.telling]] - log_q[maps[0, self.telling]]).T)
             expected = model.class_lambda[maps[:, self.telling]].sum(axis=1)
             self.offsets = expected - expected[0]
+
+    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A chunk-sized buffer kept between chunks: a fresh one would be faulted in page by page every time."""
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if self._buffer.nbytes < nbytes:
+            self._buffer = np.empty(nbytes, np.uint8)
+        return self._buffer[:nbytes].view(dtype).reshape(shape)
 
     def uniform(self, bits: int) -> Any:
         if bits not in self._uniform:
@@ -251,7 +260,9 @@ class _Coder:
         else:
             labels = self.groups(frames)
             order, ends = _by_group(labels, len(self.layouts))
-            grouped = frames if order is None else frames[order]  # one copy: each group's rows are then a view
+            grouped = frames  # one copy, into the reused scratch: each group's rows are then a view
+            if order is not None:
+                grouped = np.take(frames, order, axis=0, out=self._scratch(frames.shape, frames.dtype))
             per_group: list[list[np.ndarray]] = []
             for g in range(len(self.layouts) - 1, -1, -1):  # a stack: the last group first
                 if ends[g + 1] > ends[g]:
@@ -309,7 +320,7 @@ class _Coder:
             self._decode_group(coder, raw, self.layouts[0], out)
         else:
             order, ends = _by_group(coder.decode(self.group_model, n), len(self.layouts))
-            grouped = out if order is None else np.empty_like(out)  # each group's rows a view, then one copy
+            grouped = out if order is None else self._scratch(out.shape, out.dtype)  # views, then one copy
             for g, layout in enumerate(self.layouts):
                 if ends[g + 1] > ends[g]:
                     self._decode_group(coder, raw, layout, grouped[ends[g]:ends[g + 1]])
