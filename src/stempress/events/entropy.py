@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +191,7 @@ class _Coder:
         self.sizes = [int(v) for v in np.diff(model.table_offsets) - 1]
         self.count_model = self.models[-1]
         self._uniform: dict[int, Any] = {}
-        self._buffer = np.zeros(0, np.uint8)
+        self._local = threading.local()
         if model.n_groups > 1:
             self.group_model = cs.stream.model.Uniform(model.n_groups)
             maps = model.maps()
@@ -201,11 +202,13 @@ class _Coder:
             self.offsets = expected - expected[0]
 
     def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A chunk-sized buffer kept between chunks: a fresh one would be faulted in page by page every time."""
+        """A chunk-sized buffer kept between chunks (a fresh one would be faulted in page by page every time), one
+        per thread: threads may share a source, and so its coder."""
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        if self._buffer.nbytes < nbytes:
-            self._buffer = np.empty(nbytes, np.uint8)
-        return self._buffer[:nbytes].view(dtype).reshape(shape)
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.nbytes < nbytes:
+            buffer = self._local.buffer = np.empty(nbytes, np.uint8)
+        return buffer[:nbytes].view(dtype).reshape(shape)
 
     def uniform(self, bits: int) -> Any:
         if bits not in self._uniform:
