@@ -39,7 +39,12 @@ def features(frames: np.ndarray, det: tuple[int, int]) -> np.ndarray:
     cube = np.asarray(frames).reshape(-1, *det)
     rows, cols = _cell_starts(det[0]), _cell_starts(det[1])
     wide = np.uint64 if cube.dtype.itemsize > 2 else np.uint32  # a cell of <= 65536 uint16 counts fits uint32
-    binned = np.add.reduceat(np.add.reduceat(cube, cols, axis=2, dtype=wide), rows, axis=1)
+    # rows first, a slice of detector rows at a time (8x faster than reduceat there), then the 1/CELLS as much left
+    ends = np.append(rows[1:], det[0])
+    by_rows = np.empty((cube.shape[0], rows.size, det[1]), wide)
+    for j, (r0, r1) in enumerate(zip(rows.tolist(), ends.tolist(), strict=True)):
+        np.sum(cube[:, r0:r1], axis=1, dtype=wide, out=by_rows[:, j])
+    binned = np.add.reduceat(by_rows, cols, axis=2)
     area = np.outer(np.diff(np.append(rows, det[0])), np.diff(np.append(cols, det[1])))
     return np.sqrt(binned / area).reshape(cube.shape[0], -1)
 
@@ -63,15 +68,23 @@ def kmeans(x: np.ndarray, k: int, seed: int = SEED) -> tuple[np.ndarray, np.ndar
     c = np.array(centres)
     labels = nearest(x, c)
     for _ in range(ITERATIONS):
-        counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(c)
-        np.add.at(sums, labels, x)
-        c = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], c)
+        c = _means(x, labels, c)
         new = nearest(x, c)
         if np.array_equal(new, labels):
             break
         labels = new
     return c, labels
+
+
+def _means(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each cluster's mean (its old centre where it is empty), summed in sorted runs (``np.add.at`` is slow)."""
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=centres.shape[0])
+    starts = np.cumsum(counts) - counts
+    out = centres.copy()
+    full = counts > 0
+    out[full] = np.add.reduceat(x[order], starts[full], axis=0) / counts[full][:, None]
+    return out
 
 
 def nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
