@@ -307,7 +307,7 @@ def _fit_on_grid(lam: np.ndarray, lams: np.ndarray, counts: np.ndarray, grid: tu
 
 #: More groups must save at least this share of the coded size (estimated by the fewer groups' own bound): each
 #: costs coding speed (the choice of a position's group, a pass of the coder per group present in a chunk).
-MIN_GROUP_GAIN = 0.005
+MIN_GROUP_GAIN = 0.01
 #: A group's pixel takes its own class instead of the mean map's where that saves more than this (bits over the
 #: positions fitted): about what an exception costs in the stored maps, which are otherwise all the mean map's.
 EXCEPTION_BITS = 8.0
