@@ -16,13 +16,13 @@ dense bytes / file bytes; /bound = ratio over the Poisson bound of the mean patt
 pixel's mean count reaches); /true = ratio over the true Poisson bound, each value's entropy under its own expected
 count (the synthetic source's truth, or the ``expected`` map a ``stempress simulate --truth`` file holds): below
 /bound where contrast varies with scan position, which a model that ignores the scan cannot follow; /zstd = ratio
-over blosc_zstd's (the study's Blosc zstd configuration). ``entropy (full
-fit, ...)`` fits its model on the whole cube (a first pass, not timed); ``entropy (1st rows, ...)`` is the bench's
-one-pass FileFormat, fitted on the first ``--first-rows`` scan rows. At the end each cube is checked against the
-targets of the events issue, on the ``entropy (full fit, N procs)`` row (the project writes on all cores), and the
-script exits non-zero if one is missed: ratio >= 95 % of the code's own-model bound; beats every HDF5 codec at
-sparsity >= 0.9; >= 2x blosc_zstd at sparsity >= 0.98; encode >= 200 and decode >= 400 MB/s; and (issue 11
-item 12) ratio >= 95 % of the true bound.
+over blosc_zstd's (the study's Blosc zstd configuration). ``entropy (full fit, ...)`` fits its model on the whole
+cube (the first passes: mean pattern and groups of scan positions; not timed); ``entropy (1st rows, ...)`` is the
+bench's one-pass FileFormat, fitted on the first ``--first-rows`` scan rows. At the end each cube is checked against
+the targets of the events issue, on the ``entropy (full fit, N procs)`` row (the project writes on all cores), and
+the script exits non-zero if one is missed: ratio >= 95 % of the code's own-model bound; beats every HDF5 codec at
+sparsity >= 0.9; >= 2x blosc_zstd at sparsity >= 0.98; encode >= 200 and decode >= 400 MB/s; and (issue 11 item 12)
+ratio >= 95 % of the true bound.
 """
 
 from __future__ import annotations

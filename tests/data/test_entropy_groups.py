@@ -19,7 +19,7 @@ from stempress.data.entropy import (
     fit_source,
     write_entropy_coded,
 )
-from stempress.data.entropy_groups import kmeans
+from stempress.data.entropy_groups import kmeans, ward_merges
 from stempress.data.entropy_model import pack_model, unpack_model
 from stempress.data.suites import open_synthetic
 
@@ -99,9 +99,17 @@ def test_the_grouped_model_packs_and_unpacks_exactly(grains: tuple[np.ndarray, f
 def test_kmeans_is_deterministic_and_finds_separated_clusters() -> None:
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0.0, 0.1, (50, 3)), rng.normal(5.0, 0.1, (60, 3))])
-    a, b = kmeans(x, 2), kmeans(x, 2)
+    (a, labels), (b, _) = kmeans(x, 2), kmeans(x, 2)
     assert np.array_equal(a, b)
     assert sorted(np.round(a[:, 0]).tolist()) == [0.0, 5.0]
+    assert np.unique(labels[:50]).size == 1 and np.unique(labels[50:]).size == 1 and labels[0] != labels[-1]
+
+
+def test_ward_merges_the_closest_centres_first() -> None:
+    centres = np.array([[0.0], [0.1], [5.0], [5.2]])
+    merged = ward_merges(centres, np.ones(4), [2, 4])
+    assert merged[4].tolist() == [0, 1, 2, 3]
+    assert merged[2][0] == merged[2][1] != merged[2][2] == merged[2][3]
 
 
 def test_a_version_4_file_written_before_groups_reads_bit_exact() -> None:

@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,8 @@ class _Layout:
 
     def __init__(self, model: PoissonModel, group: int):
         self.order, self.bounds = model.order(group)
-        self.slot_of_pixel = np.argsort(self.order)
+        self.slot_of_pixel = np.empty_like(self.order)  # the inverse permutation, without a second sort
+        self.slot_of_pixel[self.order] = np.arange(self.order.size)
         self.n_sparse_pixels = int(self.bounds[int(np.count_nonzero(model.sparse))])  # sparse classes come first
         self.classes = _Class.all_of(model, self.bounds)
         self.sparse_pixel = model.sparse[model.maps()[group]]
@@ -164,6 +166,9 @@ class _Layout:
 #: A group's log-lambdas are scaled by this and rounded for choosing a position's group: integer products and sums
 #: are exact in float64, so the choice (coded in the chunk) is the same in every process and BLAS.
 _GROUP_SCORE_SCALE = 1024.0
+#: Pixels whose counts choose a position's group: those whose classes differ most between the groups (weighted by
+#: their counts); more cost encoding time for little better choices.
+_TELLING_PIXELS = 512
 #: Counts above this are clipped when choosing a group (keeps those sums exact; the choice only has to be good).
 _GROUP_SCORE_CLIP = 65535
 
@@ -186,15 +191,24 @@ class _Coder:
         self.sizes = [int(v) for v in np.diff(model.table_offsets) - 1]
         self.count_model = self.models[-1]
         self._uniform: dict[int, Any] = {}
+        self._local = threading.local()
         if model.n_groups > 1:
             self.group_model = cs.stream.model.Uniform(model.n_groups)
             maps = model.maps()
-            # only pixels whose class differs between groups tell them apart
-            self.telling = np.flatnonzero(np.any(maps != maps[0], axis=0))
+            self.telling = _telling_pixels(model)
             log_q = np.round(np.log(model.class_lambda) * _GROUP_SCORE_SCALE)
             self.weights = np.ascontiguousarray((log_q[maps[:, self.telling]] - log_q[maps[0, self.telling]]).T)
-            expected = model.class_lambda[maps].sum(axis=1)
+            expected = model.class_lambda[maps[:, self.telling]].sum(axis=1)
             self.offsets = expected - expected[0]
+
+    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A chunk-sized buffer kept between chunks (a fresh one would be faulted in page by page every time), one
+        per thread: threads may share a source, and so its coder."""
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.nbytes < nbytes:
+            buffer = self._local.buffer = np.empty(nbytes, np.uint8)
+        return buffer[:nbytes].view(dtype).reshape(shape)
 
     def uniform(self, bits: int) -> Any:
         if bits not in self._uniform:
@@ -206,8 +220,8 @@ class _Coder:
         x = frames[:, self.telling]
         if x.dtype.itemsize > 2:
             x = np.minimum(x, _GROUP_SCORE_CLIP)
-        x = x.astype(np.float64)
-        score = (x @ self.weights) / _GROUP_SCORE_SCALE - self.offsets
+        # einsum, not BLAS: a BLAS product of this size starts threads that cost more CPU than they save
+        score = np.einsum("np,pg->ng", x.astype(np.float64), self.weights) / _GROUP_SCORE_SCALE - self.offsets
         return np.argmax(score, axis=1).astype(np.int32)
 
     def _escaped(self, values: np.ndarray, table: int, lo: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -248,12 +262,14 @@ class _Coder:
             escapes = self._encode_group(coder, self.layouts[0], frames)
         else:
             labels = self.groups(frames)
+            order, ends = _by_group(labels, len(self.layouts))
+            grouped = frames  # one copy, into the reused scratch: each group's rows are then a view
+            if order is not None:
+                grouped = np.take(frames, order, axis=0, out=self._scratch(frames.shape, frames.dtype))
             per_group: list[list[np.ndarray]] = []
             for g in range(len(self.layouts) - 1, -1, -1):  # a stack: the last group first
-                rows = np.flatnonzero(labels == g)
-                if rows.size:
-                    part = frames if rows.size == frames.shape[0] else frames[rows]
-                    per_group.append(self._encode_group(coder, self.layouts[g], part))
+                if ends[g + 1] > ends[g]:
+                    per_group.append(self._encode_group(coder, self.layouts[g], grouped[ends[g]:ends[g + 1]]))
             per_group.reverse()
             escapes = [part for group in per_group for part in group]
             coder.encode_reverse(labels, self.group_model)  # decoded first
@@ -302,23 +318,23 @@ class _Coder:
         coder = self._cs.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
         raw = _EscapeReader(escapes)
         if out is None:
-            out = np.zeros((n, self.layouts[0].order.size), dtype=dtype)
-        else:
-            out.fill(0)
+            out = np.empty((n, self.layouts[0].order.size), dtype=dtype)
         if len(self.layouts) == 1:
-            self._decode_group(coder, raw, self.layouts[0], n, out, None)
+            self._decode_group(coder, raw, self.layouts[0], out)
         else:
-            labels = coder.decode(self.group_model, n)
+            order, ends = _by_group(coder.decode(self.group_model, n), len(self.layouts))
+            grouped = out if order is None else self._scratch(out.shape, out.dtype)  # views, then one copy
             for g, layout in enumerate(self.layouts):
-                rows = np.flatnonzero(labels == g)
-                if rows.size:
-                    self._decode_group(coder, raw, layout, rows.size, out, rows if rows.size < n else None)
+                if ends[g + 1] > ends[g]:
+                    self._decode_group(coder, raw, layout, grouped[ends[g]:ends[g + 1]])
+            if order is not None:
+                out[order] = grouped
         raw.finish()
         return out
 
-    def _decode_group(self, coder: Any, raw: _EscapeReader, layout: _Layout, n: int, out: np.ndarray,
-                      rows: np.ndarray | None) -> None:
-        """Decode ``n`` positions coded under ``layout`` into ``out``'s ``rows`` (None: all of them), zeros there."""
+    def _decode_group(self, coder: Any, raw: _EscapeReader, layout: _Layout, out: np.ndarray) -> None:
+        """Decode ``out``'s positions, coded under ``layout``, into it (C-contiguous rows)."""
+        n = out.shape[0]
         dense = np.empty((layout.dense_pixels.size, n), dtype=out.dtype)
         events = _SparseEvents(n)
         for c in layout.classes:
@@ -338,11 +354,9 @@ class _Coder:
             if c.low_bits:
                 gaps |= coder.decode(self.uniform(c.low_bits), count)
             events.add(c, gaps, raw.resolve(coder.decode(self.models[t], count), self.sizes[t], 1))
-        if rows is None:
-            out[:, layout.dense_pixels] = dense.T
-        else:
-            out[np.ix_(rows, layout.dense_pixels)] = dense.T
-        events.scatter(out, layout.order, rows)
+        out.fill(0)
+        out[:, layout.dense_pixels] = dense.T
+        events.scatter(out, layout.order)
 
     def _event_count(self, coder: Any, raw: _EscapeReader, c: _Class, n: int) -> int:
         """A sparse class's number of events in the chunk: its deviation from the expected number, zigzagged."""
@@ -354,6 +368,25 @@ class _Coder:
         if not 0 <= count <= c.members * n:
             raise _corrupt(f"declares {count} events in a class of {c.members * n} pixels")
         return count
+
+
+def _telling_pixels(model: PoissonModel) -> np.ndarray:
+    """The ``_TELLING_PIXELS`` pixels that tell the groups apart best: expected count times the spread of the log
+    class lambda between the groups (the log-likelihood a count there moves), in pixel order."""
+    log_lam = np.log(model.class_lambda)[model.maps()]
+    info = np.mean(np.exp(log_lam), axis=0) * np.var(log_lam, axis=0)
+    candidates = np.flatnonzero(info > 0)
+    keep = candidates[np.argsort(-info[candidates], kind="stable")[:_TELLING_PIXELS]]
+    return np.sort(keep)
+
+
+def _by_group(labels: np.ndarray, n_groups: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The positions sorted by group (stable; None where they already are) and each group's first index there."""
+    ends = np.zeros(n_groups + 1, np.int64)
+    np.cumsum(np.bincount(labels, minlength=n_groups), out=ends[1:])
+    if labels.size < 2 or bool(np.all(labels[1:] >= labels[:-1])):
+        return None, ends
+    return np.argsort(labels, kind="stable"), ends
 
 
 @dataclass(frozen=True)
@@ -425,9 +458,9 @@ class _SparseEvents:
         self.first.append(c.start * self.n)
         self.span.append(c.members * self.n)
 
-    def scatter(self, out: np.ndarray, order: np.ndarray, rows: np.ndarray | None = None) -> None:
+    def scatter(self, out: np.ndarray, order: np.ndarray) -> None:
         """Gaps -> keys (one running sum over every class, each class's first step shifted to its start), then the
-        counts into ``out`` at (position, pixel); position ``j`` is ``out``'s row ``rows[j]`` when given."""
+        counts into ``out`` at (position, pixel)."""
         if not self.gaps:
             return
         counts = np.array([g.size for g in self.gaps], dtype=np.int64)
@@ -443,8 +476,6 @@ class _SparseEvents:
         keys = np.cumsum(steps, out=steps)
         slot = keys // self.n
         keys -= slot * self.n  # the position within the chunk
-        if rows is not None:
-            keys = rows[keys].astype(np.int64)
         keys *= out.shape[1]
         keys += order[slot]
         flat = out.reshape(-1)
@@ -633,7 +664,7 @@ def fit_source(source: Dataset4D, rows: int | None = None) -> PoissonModel:
     if groups.wanted:
         groups.cluster()
         for block in iter_blocks(source, rows):
-            groups.add(block.data.reshape(-1, total.size))
+            groups.add(block.start * int(source.shape[1]), block.data.reshape(-1, total.size))
     return fit_model(total, n_positions, groupings=groups.groupings())
 
 
