@@ -26,8 +26,8 @@ The other way round, ``stempress live merlin://...`` receives LiberTEM-live's ow
 hold the file's frames as stempress reads the file. The DECTRIS direction is not checked: LiberTEM-live's
 simulator (``libertem-live-dectris-sim``, libertem-dectris's ``DectrisSim``) replays a recorded ZeroMQ dump of a
 real detector, which this repository does not have, and its ``DectrisSim.new_mocked`` stream is no detector's
-(image messages without ``htype``, ``frame`` or ``hash``, a zeroed bitshuffle header), which stempress rightly
-counts as corrupt.
+(image messages without ``htype``, ``frame`` or ``hash``, a zeroed bitshuffle header): stempress live refuses
+every image of it as corrupt and ends with "no image arrived (series end)".
 
 Where ``serve`` says LiberTEM-live cannot receive the stream (an encoding libertem-dectris does not decode:
 uncompressed ``<``), the case is SKIP with what it said. Prints PASS / FAIL / SKIP per case with the reason;
