@@ -38,17 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
+from stempress.bench.baselines import file_format
 from stempress.bench.bounds import poisson_bound, true_poisson_bound, truth_blocks
-from stempress.codecs.baselines import file_format
 from stempress.codecs.catalog import CATALOG, get_codec
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import read_cube_blocks, write_cube
 from stempress.cores import resolve_workers
-from stempress.data.base import Block, Dataset4D, iter_blocks
+from stempress.data.base import ArraySource, Block, Dataset4D, iter_blocks
+from stempress.data.entropy import EntropyCodedFormat, encode_blocks, fit_source
+from stempress.data.entropy_parallel import start_method, start_pool
 from stempress.data.open import open_source
 from stempress.data.suites import open_synthetic
-from stempress.events.entropy import EntropyCodedFormat, encode_blocks, fit_model
-from stempress.events.entropy_parallel import start_method, start_pool
 
 DOSES = "375,4000,14000"
 ENCODE_TARGET, DECODE_TARGET = 200.0, 400.0  # MB/s
@@ -163,7 +163,7 @@ def bench(text: str, codecs: list[str], runs: int, first_rows: int, scratch: Pat
             continue
         measure = _hdf5 if codec.storage == "hdf5" else _file
         results[name] = measure(cube, name, scratch, rows, runs, chunking)
-    full = fit_model(cube.reshape(-1, frame).sum(axis=0, dtype=np.float64), shape[0] * shape[1])
+    full = fit_source(ArraySource(cube))  # as write_entropy_coded fits it: mean pattern and groups of positions
     for workers in sorted({1, cores}):
         path = scratch / f"entropy_full_{workers}.h5"
         fmt = EntropyCodedFormat(workers=workers)
@@ -191,7 +191,8 @@ def bench(text: str, codecs: list[str], runs: int, first_rows: int, scratch: Pat
               f"{ratio / true_bound:7.1%} {ratio / zstd:6.2f} {r.size:10d}")
     own_bound = 8 * dtype.itemsize * frame / full.bound_bits()
     print(f"entropy model: {full.n_classes} lambda classes ({int(full.sparse.sum())} coded as events) on a grid of "
-          f"{full.grid} (dark, bright) classes per octave; own-model bound {own_bound:.1f}x")
+          f"{full.grid} (dark, bright) classes per octave, {full.n_groups} group(s) of scan positions; own-model "
+          f"bound {own_bound:.1f}x")
     print(f"verdict on {_full_label(cores)}:")
     return _verdict(results[_full_label(cores)], cube.nbytes, own_bound, sparsity, zstd, results, true_bound)
 

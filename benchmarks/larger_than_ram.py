@@ -56,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         report = run_bench(sources=[spec], methods=args.methods, chunkings=[args.chunks], runs=1,
                            out=Path(scratch) / "results", time_limit_s=None,
-                           stage_limit_bytes=0 if args.stream else None, report=False,
+                           stage_limit_bytes=0 if args.stream else None,
                            on_progress=lambda e: print(f"  {e.done}/{e.total} {e.message}", flush=True)
                            if e.row is None else None)
     done.set()

@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from stempress.data.base import ArraySource, iter_blocks
-from stempress.reduce import calibrate, default_reducers, run_reducers
+from stempress.reduce import default_reducers
+from stempress.store.reducing import calibrate, run_reducers
 
 
 def numpy_reference(source: ArraySource, masks: dict[str, np.ndarray], centre: tuple[float, float],

@@ -59,11 +59,10 @@ from stempress.reduce import (
     Calibration,
     CenterOfMass,
     VirtualDetectors,
-    calibrate,
     default_reducers,
     radius_map,
-    run_reducers,
 )
+from stempress.store.reducing import calibrate, run_reducers
 from stempress.store.write import write_hdf5
 
 #: Relative tolerance against the reference's scale. Why 1e-6: sums of uint16 counts are integers, exact in

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.sparse import csr_matrix
 
-from stempress.codecs.baselines import FILE_FORMATS, FileFormat, Uint8Overflow, file_format
+from stempress.bench.baselines import FILE_FORMATS, FileFormat, Uint8Overflow, file_format
 from stempress.codecs.catalog import CATALOG, get_codec
 from stempress.data.base import SUPPORTED_DTYPES, Block
 from stempress.errors import StempressError
@@ -122,7 +122,7 @@ def test_sparse_csr_is_the_studys_file(dtype: str, tmp_path: Path) -> None:
 
 
 def test_sparse_csr_of_a_large_cube_is_several_lists(tmp_path: Path, monkeypatch) -> None:
-    import stempress.codecs.baselines as baselines
+    import stempress.bench.baselines as baselines
 
     monkeypatch.setattr(baselines, "PICKLE_BYTES", 200)  # a few frames per list
     cube = make_cube(np.dtype("float32"))
@@ -241,7 +241,7 @@ def test_counts_only_formats_roundtrip_counts(name: str, dtype: str, tmp_path: P
 
 
 def test_each_baseline_says_how_it_differs_from_the_studys() -> None:
-    from stempress.codecs.baselines import study_difference
+    from stempress.bench.baselines import study_difference
 
     assert study_difference("gzip_6", "uint16") is None and study_difference("events_raw_csr", "uint8") is None
     assert study_difference("sparse_csr", "uint8").startswith("same file as the study's")

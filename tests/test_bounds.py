@@ -10,11 +10,9 @@ from scipy.special import gammaln
 from scipy.stats import poisson
 
 from stempress.bench.bounds import (
-    POISSON_ASYMPTOTIC_LAMBDA,
     binary_entropy,
     order0_entropy_bits,
     poisson_bound,
-    poisson_entropy_bits,
     sparsity_bound,
     true_poisson_bits,
     true_poisson_bound,
@@ -23,6 +21,7 @@ from stempress.bench.bounds import (
 from stempress.bench.inventory import profile_dataset
 from stempress.data.base import ArraySource
 from stempress.errors import StempressError
+from stempress.poisson import POISSON_ASYMPTOTIC_LAMBDA, poisson_entropy_bits
 
 
 def brute_poisson_bits(lam: float) -> float:

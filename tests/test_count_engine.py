@@ -15,10 +15,11 @@ import pytest
 
 from stempress.data.base import Block
 from stempress.data.open import open_source
+from stempress.data.raw_csr import RawCsrSource
+from stempress.data.record import read_h5_record
 from stempress.data.stream import BlockStream
 from stempress.events.counting import CountingParams
-from stempress.events.libertem import RawCsrSource, raw_csr_files
-from stempress.events.record import read_h5_record
+from stempress.events.libertem import raw_csr_files
 from stempress.exec.local import ThreadExecutor
 from stempress.store.count import count_to_file
 

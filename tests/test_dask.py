@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,12 +27,13 @@ from stempress.errors import StempressError
 from stempress.exec import make_executor
 from stempress.exec.dask import DaskExecutor, parse_dask
 from stempress.ingest import ingest
-from stempress.reduce import MaxPattern, calibrate, default_reducers, run_reducers
+from stempress.reduce import MaxPattern, default_reducers
 from stempress.sinks import archive as archive_sink
 from stempress.sinks.protocol import RunInfo
 from stempress.sinks.reduce import ReducerSink
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
+from stempress.store.reducing import calibrate, run_reducers
 from stempress.store.verify import verify
 
 
@@ -184,6 +186,73 @@ def test_compress_on_dask_is_byte_identical_and_verifies(dask, files, codec, tmp
     assert report.problem is None and report.checksums and report.chunks_checked == report.chunks_total > 0
 
 
+def test_compress_shards_on_dask_are_written_by_the_workers_and_read_back_as_one_cube(dask, files, tmp_path,
+                                                                                    monkeypatch):
+    from stempress.sinks.shards import shard_folder
+
+    with open_source(files["npy"]) as source:
+        expected = source.read_rows(0, SCAN[0])
+        monkeypatch.setattr(source, "read_rows", _not_here)  # the workers read, compress and write their shards
+        report = compress(source, tmp_path / "scan.h5", codec="gzip_6", chunks=CHUNKS, executor=dask, shards=True)
+    shards = sorted(shard_folder(report.path).iterdir())
+    assert len(shards) > 1 and all(int(p.stem.split("-")[1]) % CHUNKS[0] == 0 for p in shards)
+    with h5py.File(report.path, "r") as f:
+        assert f[report.dataset_path].is_virtual and np.array_equal(f[report.dataset_path][()], expected)
+    checked = verify(report.path)
+    assert checked.problem is None and checked.checksums and checked.chunks_checked == checked.chunks_total > 0
+
+
+def test_progress_comes_from_inside_remote_partitions(dask, files):
+    from stempress.engine import partitions_for
+
+    calls: list[tuple[int, int]] = []
+    with open_source(files["h5"]) as source:
+        ranges = partitions_for(source, dask.workers)
+        assert any(stop - start > 1 for start, stop in ranges)  # partitions of several one-row blocks
+        run(source, [WorkerPids()], executor=dask, rows=1, progress=lambda done, total: calls.append((done, total)))
+        total = source.shape[0] * int(np.prod(source.shape[1:])) * np.dtype(source.dtype).itemsize
+    assert len(calls) > len(ranges)  # reported block by block, not only as each partition's result arrived
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones) and dones[-1] == total and {t for _, t in calls} == {total}
+
+
+COUNT_SPEC = ("synthetic:diffraction?scan=13x5&det=16x16&mode=integrating&gain=40&read_noise=2&dose=80&dtype=uint16"
+              "&offset=100&seed=5")
+
+
+@pytest.mark.parametrize("name", ["counted.toml", "counted.h5"])
+def test_count_on_dask_partitions_writes_the_inline_file(dask, tmp_path, name, monkeypatch):
+    from stempress.events.counting import CountingParams
+    from stempress.events.libertem import raw_csr_files
+    from stempress.store.count import count_to_file
+
+    params = CountingParams(dark=100.0, gain=40.0, threshold=20.0, method="cluster", cluster_count="sum")
+    (tmp_path / "inline").mkdir()
+    (tmp_path / "dask").mkdir()
+    with open_source(COUNT_SPEC) as source:
+        inline = count_to_file(source, tmp_path / "inline" / name, params, inputs={"source": COUNT_SPEC})
+        monkeypatch.setattr(source, "read_rows", _not_here)  # the workers read and count; events come back
+        on_dask = count_to_file(source, tmp_path / "dask" / name, params, inputs={"source": COUNT_SPEC},
+                                executor=dask)
+    assert on_dask.n_electrons == inline.n_electrons > 0 and on_dask.n_events == inline.n_events
+    files = [Path(name), *(raw_csr_files(Path(name)).values() if name.endswith(".toml") else [])]
+    for each in files:
+        ours, theirs = ((tmp_path / where / each.name).read_bytes() for where in ("dask", "inline"))
+        stamp = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")  # the provenance time
+        assert stamp.sub(b"", ours) == stamp.sub(b"", theirs), each.name
+
+
+def test_plan_on_dask_gives_the_inline_table_and_choice(dask, files):
+    from stempress.plan import plan
+
+    with open_source(files["npy"]) as source:
+        inline, chosen = plan(source, ["bf", "com"], 0.01, codecs=("blosc_zstd",), bins=(2,))
+        ran = _tasks_run(dask)
+        on_dask, chosen_dask = plan(source, ["bf", "com"], 0.01, codecs=("blosc_zstd",), bins=(2,), executor=dask)
+    assert _tasks_run(dask) > ran and chosen == chosen_dask
+    assert inline.equals(on_dask)  # every cell, NaN where NaN: the same bits
+
+
 # -- the command line ------------------------------------------------------------------------------------------
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", "stempress", *args], capture_output=True, text=True, cwd=cwd,
@@ -211,9 +280,11 @@ def test_dask_option_of_compress_reduce_and_ingest_gives_the_inline_outputs(dask
     said = _cli("compress", source.name, "dask.h5", "--chunks", chunks, "--dask", address, cwd=tmp_path).stdout
     assert "2 workers" in said and _tasks_run(dask) > ran
     ran = _tasks_run(dask)
-    _cli("reduce", source.name, "--target", "bf", "--target", "com", "--out", "dask-red.h5", "--dask", address,
-         cwd=tmp_path)
+    said = _cli("reduce", source.name, "--target", "bf", "--target", "com", "--out", "dask-red.h5", "--dask", address,
+                cwd=tmp_path).stdout
     assert _tasks_run(dask) > ran
+    done = [line for line in said.splitlines() if line.startswith("reduce:") and "(100%)" in line]
+    assert done and re.search(r"[\d,]+ frames/s, [\d.e+-]+ GB/s, 2 workers$", done[-1]), said  # the bar's rates
     ran = _tasks_run(dask)
     _cli("ingest", source.name, "--archive", "dask-in.h5", "--chunks", chunks, "--reduce", "adf",
          "--reduced", "dask-in-red.h5", "--dask", address, cwd=tmp_path)
@@ -225,6 +296,25 @@ def test_dask_option_of_compress_reduce_and_ingest_gives_the_inline_outputs(dask
         inline, on_dask = (_datasets(tmp_path / reduced.format(n)) for n in ("inline", "dask"))
         assert inline.keys() == on_dask.keys()
         assert all(np.array_equal(v, on_dask[k]) for k, v in inline.items() if not k.endswith(("time", "json")))
+
+
+def test_dask_option_of_count_and_plan(dask, files, tmp_path):
+    from stempress.events.counting import CountingParams
+    from stempress.store.count import count_to_file
+
+    address = dask.client.scheduler.address
+    with open_source(COUNT_SPEC) as source:
+        count_to_file(source, tmp_path / "inline.h5", CountingParams(dark=100.0, gain=40.0, threshold=20.0),
+                      inputs={"source": COUNT_SPEC})
+    ran = _tasks_run(dask)
+    _cli("count", COUNT_SPEC, "--out", "dask.h5", "--dark", "100", "--gain", "40", "--threshold", "20",
+         "--dask", address, cwd=tmp_path)
+    assert _tasks_run(dask) > ran
+    with open_source(tmp_path / "dask.h5") as ours, open_source(tmp_path / "inline.h5") as theirs:
+        assert np.array_equal(ours.read_rows(0, 13), theirs.read_rows(0, 13))  # the same counts as inline
+    ran = _tasks_run(dask)
+    said = _cli("plan", files["npy"], "--target", "bf", "--dask", address, cwd=tmp_path).stdout
+    assert "least burdensome representation" in said and _tasks_run(dask) > ran
 
 
 def test_a_bad_dask_option_is_one_line_before_any_work(tmp_path):

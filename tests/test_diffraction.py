@@ -10,8 +10,8 @@ from stempress.errors import StempressError
 from stempress.exec import ThreadExecutor
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import BraggPeaks, RadialProfile, as_records, find_peaks
-from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import radius_map
+from stempress.store.reducing import run_reducers
 
 
 def _cube(seed: int = 0, shape=(3, 4, 20, 24)) -> np.ndarray:

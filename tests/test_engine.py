@@ -14,8 +14,9 @@ from stempress.data.stream import BlockStream
 from stempress.engine import block_rows, run
 from stempress.errors import StempressError
 from stempress.exec import InlineExecutor, ThreadExecutor, make_executor
-from stempress.reduce import MeanPattern, run_reducers
+from stempress.reduce import MeanPattern
 from stempress.sinks.protocol import MergeableSink, RunInfo
+from stempress.store.reducing import run_reducers
 
 
 class FrameTotals:

@@ -17,10 +17,7 @@ import pytest
 from real_data import real_file
 from stempress.bench.bounds import poisson_entropy_bits
 from stempress.data.base import Block, iter_blocks
-from stempress.data.open import open_source
-from stempress.data.suites import suite
-from stempress.errors import StempressError
-from stempress.events.entropy import (
+from stempress.data.entropy import (
     STREAM_BLOCK_BYTES,
     EntropyCodedFormat,
     EntropyCodedSource,
@@ -29,8 +26,11 @@ from stempress.events.entropy import (
     header_crc,
     write_entropy_coded,
 )
-from stempress.events.entropy_model import GRIDS, pack_model, unpack_model
-from stempress.events.entropy_parallel import ChunkPool, get_pool, shutdown_pool
+from stempress.data.entropy_model import GRIDS, pack_model, unpack_model
+from stempress.data.entropy_parallel import ChunkPool, get_pool, shutdown_pool
+from stempress.data.open import open_source
+from stempress.data.suites import suite
+from stempress.errors import StempressError
 
 
 class ArraySource:
@@ -193,7 +193,7 @@ def test_real_merlin_files_round_trip_bit_exact(name: str, tmp_path: Path) -> No
 
 def test_sparse_and_dense_classes_both_code_exactly_at_every_rate(tmp_path: Path) -> None:
     """Lambdas from 1e-6 to 50 span tiny gap-coded classes, the switch at SPARSE_BELOW, and bright tables."""
-    from stempress.events.entropy_model import SPARSE_BELOW
+    from stempress.data.entropy_model import SPARSE_BELOW
 
     rng = np.random.default_rng(5)
     lam = np.geomspace(1e-6, 50, 40 * 30).reshape(40, 30)
@@ -394,7 +394,7 @@ def test_a_dead_worker_is_replaced_and_shutdown_leaves_no_worker(counted: np.nda
 def _as_version_3(path: Path) -> None:
     """Make a file what stempress wrote before the packed model (version 4): one dataset per model array, float64
     class numbers, gzip'd, the CRC over them."""
-    from stempress.events.entropy import CLASS_FLOAT, CLASS_INT, header_crc
+    from stempress.data.entropy import CLASS_FLOAT, CLASS_INT, header_crc
 
     with h5py.File(path, "r+") as f:
         det = tuple(int(v) for v in f.attrs["shape"][2:])
@@ -425,8 +425,8 @@ def _as_version_2(path: Path) -> None:
 
 def test_a_flipped_byte_in_a_chunk_is_a_one_line_error_naming_chunk_and_rows(counted: np.ndarray,
                                                                             tmp_path: Path) -> None:
+    from stempress.data.entropy_file import has_checksums
     from stempress.events import ChecksumError
-    from stempress.events.entropy_file import has_checksums
 
     path = write_entropy_coded(ArraySource(counted), tmp_path / "c.h5", chunk_rows=8)
     assert has_checksums(path)
@@ -493,7 +493,7 @@ def test_the_packed_model_round_trips_and_a_small_cube_gets_a_coarse_grid() -> N
 
 def test_a_file_written_before_checksums_still_reads_and_says_it_has_none(counted: np.ndarray,
                                                                          tmp_path: Path) -> None:
-    from stempress.events.entropy_file import has_checksums
+    from stempress.data.entropy_file import has_checksums
     from stempress.store import verify
 
     path = write_entropy_coded(ArraySource(counted), tmp_path / "old.h5", chunk_rows=8)

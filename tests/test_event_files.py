@@ -14,10 +14,10 @@ import pytest
 
 from stempress.bench.api import open_sources
 from stempress.data.base import ArraySource
+from stempress.data.event_checksums import MAX_CHUNKS, ChecksumError
 from stempress.data.open import open_source
 from stempress.errors import StempressError
 from stempress.events import raw_csr_files, write_raw_csr, write_stempy
-from stempress.events.checksums import MAX_CHUNKS, ChecksumError
 from stempress.events.counting import CountingParams
 from stempress.events.entropy_file import write_entropy_events
 from stempress.reduce.calibration import Calibration

@@ -366,8 +366,8 @@ def test_raw_csr_writer_takes_blocks_in_row_order_and_publishes_only_whole_sets(
     """The push writer the event sink stages into: blocks must continue the scan, a set covering part of the scan
     is refused at close, and an aborted set leaves no file."""
     from stempress.data.base import Block
+    from stempress.data.events import events_from_block
     from stempress.events.libertem import RawCsrWriter
-    from stempress.events.representation import events_from_block
 
     cube = crafted()
     blocks = [events_from_block(Block(r, cube[r:r + 1])) for r in range(cube.shape[0])]

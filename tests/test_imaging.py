@@ -21,7 +21,6 @@ from stempress.reduce import (
     abf,
     adf,
     bf,
-    calibrate,
     curl,
     default_detectors,
     default_reducers,
@@ -31,9 +30,9 @@ from stempress.reduce import (
     haadf,
     integrated_phase,
     radius_map,
-    run_reducers,
 )
 from stempress.reduce.imaging import COM_MASK_BF, fit_dpc_rotation
+from stempress.store.reducing import calibrate, run_reducers
 
 DIFFRACTION = [("smoke", "4D_Diff"), ("smoke", "4D_Diff-2x2-binning"), ("smoke", "4D_Diff-4x4-binning"),
                ("counted", "counted")]

@@ -81,6 +81,20 @@ def test_outputs_are_refused_before_the_pass(tmp_path, cube):
         ingest(source, reduce=["bf"])
 
 
+def test_codec_auto_is_resolved_above_ingest_then_written(tmp_path, cube):
+    from stempress.bench.recommend import resolve_auto
+    from stempress.store.compress import direct_codecs
+
+    source = CountingSource(cube, name="cube")
+    with pytest.raises(StempressError, match="resolve_auto"):  # ingest does not benchmark: one layer too low
+        ingest(source, archive=tmp_path / "a.h5", codec="auto")
+    assert getattr(source, "rows_read", 0) == 0 and not (tmp_path / "a.h5").exists()
+    chosen = resolve_auto("auto", source, None, tmp_path / "a.h5")
+    assert chosen in direct_codecs() and resolve_auto("gzip_1", source, None, tmp_path / "a.h5") == "gzip_1"
+    report = ingest(source, archive=tmp_path / "a.h5", codec=chosen)
+    assert report.archive.path == tmp_path / "a.h5" and sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]
+
+
 def test_the_reduced_file_sink_merges_so_reduce_runs_on_partitions(tmp_path, cube):
     from stempress.sinks.protocol import MergeableSink
     from stempress.sinks.reduced import ReducedFileSink

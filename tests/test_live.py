@@ -319,3 +319,154 @@ def test_byte_queue_is_bounded_but_always_takes_one_item():
     assert queue.get().reason == "a" and queue.bytes == 0
     assert queue.put(End("c"), 60, stop) and not queue.put(End("d"), 60, stop) and queue.peak == 250
     assert queue.get(lambda: "stopped").reason == "stopped"  # a stop request comes before what is queued
+
+
+# -- snapshots while the scan fills ----------------------------------------------------------------------------
+@pytest.mark.parametrize("every, expected", [(3600.0, 2), (0.0, 6 + 1)])
+def test_snapshots_are_taken_at_most_every_so_often_and_once_at_the_end(every, expected):
+    from stempress.acquire import receive
+    from stempress.reduce.imaging import default_reducers
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin")
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    seen: list = []
+    receive(live, reducers=default_reducers(CAL), watch=seen.append, every=every)
+    out["thread"].join(30)
+    assert len(seen) == expected  # the first block's, then none sooner than `every`; the final one always
+    assert [s.final for s in seen] == [False] * (expected - 1) + [True]
+    assert seen[0].rows_done <= 1 and seen[-1].rows_done == 6 and seen[-1].received.all()
+    assert np.isnan(seen[0].image("BF")[1:]).all()  # rows not reduced yet are NaN, not zeros
+    full = run_reducers_of(cube)
+    np.testing.assert_array_equal(seen[-1].image("BF"), full["virtual"]["BF"])
+
+
+def run_reducers_of(cube: np.ndarray) -> dict:
+    from stempress.reduce.imaging import default_reducers
+    from stempress.store.reducing import run_reducers
+
+    return run_reducers(cube, default_reducers(CAL))
+
+
+def test_live_scan_yields_the_scan_as_it_fills_and_ends_with_the_full_result(tmp_path):
+    from stempress.acquire import live_scan
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.1, seed=5), rate=60)
+    scan = live_scan(f"merlin://127.0.0.1:{port}", cube.shape[:2], centre=(5.5, 4.5), bf_radius=3.0,
+                     every=0.2, archive=tmp_path / "a.h5", chunks="2x4x12x10")
+    snapshots = list(scan)
+    out["thread"].join(30)
+    lost = out["log"].dropped
+    assert lost and len(snapshots) >= 2 and snapshots[-1].final and not any(s.final for s in snapshots[:-1])
+    counts = [int(s.received.sum()) for s in snapshots]
+    assert counts == sorted(counts) and counts[-1] == 48 - len(lost)  # the scan fills, snapshot by snapshot
+    missing = np.zeros(48, bool)
+    missing[lost] = True
+    missing = missing.reshape(6, 8)
+    last = snapshots[-1]
+    assert np.array_equal(last.received, ~missing) and last.frames["missing"] == len(lost)
+    full = run_reducers_of(cube)
+    bf = last.image("BF")
+    assert np.isnan(bf[missing]).all() and np.array_equal(bf[~missing], full["virtual"]["BF"][~missing])
+    assert scan.report is not None and scan.report.archive is not None
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert np.array_equal(f[EMD_DATA_PATH].parent["received"][()], ~missing)
+
+
+def test_leaving_the_live_scan_loop_early_stops_the_scan_with_what_arrived(tmp_path):
+    from stempress.acquire import live_scan
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", rate=20)
+    scan = live_scan(f"merlin://127.0.0.1:{port}", cube.shape[:2], every=0.0, archive=tmp_path / "a.h5",
+                     chunks="2x4x12x10")
+    for snapshot in scan:
+        assert snapshot.images == {}  # no calibration given: the received mask and the accounting only
+        break
+    out["thread"].join(30)
+    assert scan.source.account.ended == "stopped by the caller" and scan.source.account.missing > 0
+    with h5py.File(tmp_path / "a.h5") as f:  # the outputs hold what arrived, marked
+        assert 0 < f[EMD_DATA_PATH].parent["received"][()].sum() < 48
+
+
+@pytest.mark.parametrize("fill", [0, 7])
+def test_the_mean_pattern_is_the_mean_of_the_received_frames_only(tmp_path, fill):
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.2, seed=5))
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10, fill=fill)
+    ingest(live, reduce=["mean_pattern", "bf"], reduced=tmp_path / "r.h5", calibration=CAL, workers=2,
+           archive=tmp_path / "a.h5", chunks="2x4x12x10")
+    out["thread"].join(30)
+    received = live.received_mask
+    assert 0 < received.sum() < 48
+    with h5py.File(tmp_path / "a.h5") as f:
+        stored = f[EMD_DATA_PATH][()]
+    assert (stored[~received] == fill).all() and np.array_equal(stored[received], cube[received])  # the fill, kept
+    images, _record = read_reduced(tmp_path / "r.h5")
+    mean = images["mean_pattern"]["mean"]
+    np.testing.assert_allclose(mean, cube[received].mean(axis=0), rtol=1e-12)  # not the fill, not over all 48
+    bf = next(iter(images["bf"].values()))
+    full = run_reducers_of(cube)["virtual"]["BF"]
+    assert np.isnan(bf[~received]).all() and np.array_equal(bf[received], full[received])
+
+
+def test_reduce_targets_without_a_file_are_reduced_in_memory_for_the_snapshots(tmp_path):
+    from stempress.acquire import receive
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "dectris")
+    live = LiveSource(f"dectris://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    seen: list = []
+    report = receive(live, reduce=["bf"], calibration=CAL, watch=seen.append, archive=tmp_path / "a.h5")
+    out["thread"].join(30)
+    assert report.reduced is None and sorted(seen[-1].images) == ["bf", "mean_pattern"]  # the preview's pattern
+    with pytest.raises(StempressError, match="only seen by a watcher"):
+        receive(live, reduce=["bf"], calibration=CAL, archive=tmp_path / "b.h5")  # nobody would see the images
+    np.testing.assert_allclose(seen[-1].image("mean"), cube.reshape(48, 12, 10).mean(axis=0), rtol=1e-12)
+    assert np.array_equal(seen[-1].image("bf/BF"), run_reducers_of(cube)["virtual"]["BF"])
+
+
+def test_lag_counts_frames_off_the_network_not_yet_through_the_sinks():
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.1, duplicate=0.1, seed=11))
+    live, _blocks = _receive("merlin", port, cube.shape[:2], timeout=10)
+    out["thread"].join(30)
+    arrived = 48 - len(out["log"].dropped)
+    assert out["log"].duplicated and live.pumped == arrived + len(out["log"].duplicated)
+    assert live.account.received == arrived
+    row = 8 * live.frame_bytes
+    assert live.lag(0) == arrived  # nothing through the sinks yet: every frame that arrived is behind
+    assert live.lag(6 * row) == 0  # every row through: none, the missing frames are not lag
+    done_two_rows = 2 * 8 - int((~live.received_mask[:2]).sum())
+    assert live.lag(2 * row) == arrived - done_two_rows
+    assert "lag 0 frames" in live.status(6 * row) and "missing so far" in live.status()
+
+
+def test_live_scan_hands_a_refusal_to_the_loop(tmp_path):
+    from stempress.acquire import live_scan
+
+    cube = _cube()
+    (tmp_path / "a.h5").write_bytes(b"mine")
+    port, out = _serve_in_thread(open_source(cube), "merlin")
+    scan = live_scan(f"merlin://127.0.0.1:{port}", cube.shape[:2], archive=tmp_path / "a.h5")
+    with pytest.raises(StempressError, match="already exists"):
+        list(scan)
+    out["thread"].join(30)
+    assert not out["thread"].is_alive() and (tmp_path / "a.h5").read_bytes() == b"mine"
+
+
+def test_a_missing_frames_fill_value_is_never_counted_as_electrons(tmp_path):
+    from stempress.events.counting import CountingParams
+
+    cube = _cube()
+    port, out = _serve_in_thread(open_source(cube), "merlin", Faults(drop=0.2, seed=5))
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10, fill=50)
+    report = ingest(live, events=tmp_path / "ev.h5", counting=CountingParams(dark=0.0, gain=1.0, threshold=20.0))
+    out["thread"].join(30)
+    received = live.received_mask
+    assert 0 < received.sum() < 48
+    with open_source(tmp_path / "ev.h5") as events:
+        counts = events.read_rows(0, 6)
+    assert not counts[~received].any()  # a fill of 50 ADU above a threshold of 20 would have been electrons
+    assert report.events is not None and report.events.n_electrons == int(counts.sum())

@@ -95,3 +95,92 @@ def test_ctrl_c_writes_what_arrived_and_exits_130(tmp_path):
         received = f[EMD_DATA_PATH].parent["received"][()]
         assert 0 < received.sum() < 48
         assert json.loads(f[EMD_DATA_PATH].attrs[METADATA_ATTR])["frames"]["ended"] == "stopped by Ctrl-C"
+
+
+@pytest.mark.parametrize("name", ["ev.h5", "ev.toml"])
+def test_events_hold_the_received_frames_and_list_the_missing_positions(tmp_path, name):
+    from stempress.data.open import open_source
+
+    path, cube = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "merlin", "--drop", "0.15", "--seed", "4")
+    out = tmp_path / name
+    done = subprocess.run(_live(f"merlin://127.0.0.1:{port}", tmp_path, "--events", str(out), "--allow-missing",
+                                reduce=False), capture_output=True, text=True, timeout=120)
+    server.communicate(timeout=60)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "a.h5") as f:
+        received = f[EMD_DATA_PATH].parent["received"][()]
+    assert 0 < received.sum() < received.size
+    with open_source(out) as events:
+        counts = events.read_rows(0, 6)
+        frames = events.metadata["provenance"]["frames"]
+    assert np.array_equal(counts[received], cube[received])  # the electrons of every frame that arrived
+    assert not counts[~received].any()
+    assert list(frames["missing_positions"]) == np.flatnonzero(~received).tolist()  # not empty frames, missing
+    assert frames["missing"] == received.size - received.sum() and frames["expected"] == 48
+
+
+def test_preview_draws_whole_pngs_with_missing_positions_shown(tmp_path):
+    from matplotlib.image import imread
+
+    path, _cube_data = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "merlin", "--drop", "0.15", "--seed", "4", "--rate", "40")
+    preview = tmp_path / "preview"
+    done = subprocess.run(_live(f"merlin://127.0.0.1:{port}", tmp_path, "--reduce", "com", "--preview", str(preview),
+                                "--allow-missing"), capture_output=True, text=True, timeout=120)
+    server.communicate(timeout=60)
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in preview.iterdir())
+    assert names == ["bf_BF.png", "com_com_x.png", "com_com_y.png", "com_intensity.png", "mean_pattern_mean.png"]
+    bf = imread(preview / "bf_BF.png")[..., :3]
+    assert (np.abs(bf - [1.0, 0.0, 1.0]).sum(axis=-1) < 0.05).any()  # the missing positions, in magenta
+    pattern = imread(preview / "mean_pattern_mean.png")[..., :3]
+    assert not (np.abs(pattern - [1.0, 0.0, 1.0]).sum(axis=-1) < 0.05).any()  # a pattern has no missing pixels
+    images, _record = read_reduced(tmp_path / "r.h5")
+    assert "mean_pattern" in images  # the preview's mean pattern is reduced with the rest
+    # a second run into the same folder refuses to draw over the first one's PNGs without --force
+    again = subprocess.run(_live("merlin://127.0.0.1:1", tmp_path / "x", "--preview", str(preview)),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "already holds PNGs" in again.stderr and "--force" in again.stderr
+
+
+def _partials(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".partial"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_sigkill_mid_scan_leaves_no_final_output_and_the_next_run_writes_them(tmp_path):
+    path, cube = _cube(tmp_path)
+    server, port = _serve(str(path), "--as", "merlin", "--rate", "10")
+    outputs = ["--events", str(tmp_path / "ev.h5")]
+    live = subprocess.Popen(_live(f"merlin://127.0.0.1:{port}", tmp_path, *outputs), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = live.stdout.readline()  # type: ignore[union-attr]  # frames are arriving: the outputs are open
+    assert first.startswith("live:"), (first, live.stderr.read() if live.poll() is not None else "")
+    live.kill()
+    live.communicate(timeout=60)
+    server.kill()
+    server.communicate()
+    assert live.returncode == -signal.SIGKILL
+    finals = [tmp_path / name for name in ("a.h5", "r.h5", "ev.h5")]
+    assert not any(p.exists() for p in finals)  # nothing a reader could take for a finished output
+    left = _partials(tmp_path)  # only the temporary files of the killed run: the archive's, the events' staging
+    assert any(n.startswith(".a.h5.") for n in left) and any(n.startswith(".ev.h5.") for n in left), left
+    server, port = _serve(str(path), "--as", "merlin")
+    done = subprocess.run(_live(f"merlin://127.0.0.1:{port}", tmp_path, *outputs), capture_output=True, text=True,
+                          timeout=120)
+    server.communicate(timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert all(p.exists() for p in finals) and _partials(tmp_path) == []  # the dead run's leftovers cleared
+    assert "that was killed" in done.stderr  # and it says so
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert np.array_equal(f[EMD_DATA_PATH][()], cube)
+
+
+def test_reduce_without_a_reduced_file_needs_a_preview(tmp_path):
+    args = [sys.executable, "-m", "stempress", "live", "merlin://127.0.0.1:1", "--scan-shape", "6x8", "--reduce", "bf",
+            "--centre", "5.5,4.5", "--bf-radius", "3"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--reduced RED.h5 go together" in done.stderr and "--preview" in done.stderr
+    done = subprocess.run([*args[:9], "--preview", str(tmp_path / "p")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--centre ROW,COL and --bf-radius" in done.stderr  # images need the geometry

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from stempress.codecs.catalog import CATALOG
-from stempress.codecs.checksums import ALGORITHM, ChunkChecksums, checksum_group_path, verify_stored
 from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
 from stempress.codecs.parallel import ChunkEncoder, block_data, read_chunks_parallel, read_parallel_cube_blocks
 from stempress.data.base import ArraySource, Block, iter_blocks
+from stempress.data.checksums import ALGORITHM, ChunkChecksums, checksum_group_path, verify_stored
 from stempress.data.stream import BlockStream
 from stempress.errors import StempressError
 from stempress.sinks.archive import ArchiveResult, ArchiveSpec

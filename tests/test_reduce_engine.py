@@ -25,10 +25,9 @@ from stempress.reduce import (
     Reducer,
     State,
     VirtualDetectors,
-    calibrate,
     default_reducers,
-    run_reducers,
 )
+from stempress.store.reducing import calibrate, run_reducers
 
 
 class RowPeak(Reducer):

@@ -31,7 +31,6 @@ from stempress.events import (
 from stempress.exec import ThreadExecutor
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import BraggPeaks, RadialProfile
-from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import (
     CenterOfMass,
     Mask,
@@ -42,6 +41,7 @@ from stempress.reduce.imaging import (
     default_detectors,
 )
 from stempress.reduce.protocol import Reducer
+from stempress.store.reducing import run_reducers
 
 DET = (24, 26)
 CAL = Calibration(11.3, 12.6, 3.2, det_shape=DET)

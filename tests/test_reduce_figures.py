@@ -20,8 +20,6 @@ from matplotlib.patches import Circle
 from stempress.data.base import ArraySource
 from stempress.data.open import open_source
 from stempress.errors import StempressError
-from stempress.reduce.calibration import source_calibration
-from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import VirtualDetectors, default_reducers
 from stempress.reduce.output import read_reduced
 from stempress.reduce.sufficiency import parse_targets
@@ -37,6 +35,7 @@ from stempress.report.reduce_figures import (
 )
 from stempress.report.reduce_report import FIGURES, REPORT_HTML, write_reduced_report
 from stempress.store.reduced import reduce_to_file
+from stempress.store.reducing import run_reducers, source_calibration
 
 SMOKE = "synthetic:smoke/4D_Diff"
 KEYS = ("virtual_images", "dpc_field", "idpc_phase", "mean_pattern")

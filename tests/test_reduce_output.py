@@ -16,8 +16,6 @@ from rsciio.hspy import file_reader
 
 from stempress.data.open import open_source
 from stempress.errors import StempressError
-from stempress.reduce.calibration import source_calibration
-from stempress.reduce.engine import run_reducers
 from stempress.reduce.imaging import radius_map
 from stempress.reduce.output import (
     EMD_ROOT,
@@ -27,10 +25,11 @@ from stempress.reduce.output import (
     read_reduced,
     reduced_calibration,
 )
-from stempress.reduce.sufficiency import compute, parse_targets
+from stempress.reduce.sufficiency import parse_targets
 from stempress.sinks import reduced as reduced_sink
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
+from stempress.store.reducing import compute, run_reducers, source_calibration
 
 SMOKE = "synthetic:smoke/4D_Diff"
 TARGETS = ["bf", "adf:inner=1.1,outer=3", "com", "mean_pattern", "radial:bins=16"]

@@ -393,7 +393,7 @@ def test_sources_pickle_by_reopening(name):
 def test_a_written_cube_keeps_its_calibration(tmp_path):
     """write_hdf5 stores the pixel sizes in the EMD calibration; reading the file gives them back (mrad, nm)."""
     from stempress.data.suites import open_synthetic
-    from stempress.reduce.calibration import source_calibration
+    from stempress.store.reducing import source_calibration
     from stempress.store.write import write_hdf5
 
     spec = "synthetic:diffraction?scan=4x4&det=32x32"

@@ -10,9 +10,9 @@ import pytest
 
 from real_data import real_file
 from stempress.codecs.catalog import get_codec
-from stempress.codecs.checksums import CHECKSUM_GROUP, checksum_group_path
 from stempress.codecs.chunk_codec import direct_chunk_reason
 from stempress.data.base import ArraySource
+from stempress.data.checksums import CHECKSUM_GROUP, checksum_group_path
 from stempress.errors import StempressError
 from stempress.store import EMD_DATA_PATH, compress, verify
 

@@ -49,9 +49,30 @@ class ProgressReporter:
         self._started = time.monotonic()
         self._last_line = -float("inf")
         self._finished = False
+        self._rates: tuple[float, int, float] | None = None
+        self._first: tuple[float, float] | None = None
+
+    def show_rates(self, per_frame: float, workers: int, bytes_per: float = 1.0) -> None:
+        """Show frames/s, GB/s (raw, 10^9) and the workers beside the bar: ``per_frame`` units of progress make a
+        frame, one unit is ``bytes_per`` bytes (averages since the first update)."""
+        self._rates = (float(per_frame), int(workers), float(bytes_per))
+
+    def _rate_text(self, done: float) -> str:
+        """Rates since the first update (not since the bar was made: a cluster's start is not work)."""
+        per_frame, workers, bytes_per = self._rates  # type: ignore[misc]
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, done)
+        seconds, gained = now - self._first[0], done - self._first[1]
+        if seconds <= 0 or per_frame <= 0:
+            return f"{workers} workers"
+        return (f"{gained / per_frame / seconds:,.0f} frames/s, {gained * bytes_per / seconds / 1e9:.3g} GB/s, "
+                f"{workers} workers")
 
     def __call__(self, done: float, total: float | None = None, last: str = "") -> None:
         with self._lock:
+            if not last and self._rates is not None:
+                last = self._rate_text(done)
             if console.is_terminal:
                 self._draw(done, total, last)
             else:
@@ -138,7 +159,7 @@ def cli_calibration(cube, centre: str | None, bf_radius: float | None):
     """The calibration the user gave with --centre / --bf-radius, the rest from the source; None if neither."""
     if centre is None and bf_radius is None:
         return None
-    from stempress.reduce.calibration import source_calibration
+    from stempress.store.reducing import source_calibration
 
     return source_calibration(cube, centre=parse_centre(centre), bf_radius=bf_radius)
 
@@ -176,8 +197,9 @@ def bench(
 ) -> None:
     """Benchmark lossless codecs: write, read back, verify, time. No arguments: the paper-like suite."""
     from stempress.atomic import exclusive_folder
-    from stempress.bench.api import check_protocol, default_results_folder, run_bench
+    from stempress.bench.api import check_protocol, default_results_folder
     from stempress.bench.measure import parse_paths
+    from stempress.report.bench import run_bench_with_report
 
     check_protocol(protocol)  # before the results folder is made
     out = out or default_results_folder()
@@ -192,7 +214,7 @@ def bench(
                     f"{r['compression_ratio']:.2f}x" if r["status"] == "ok" else r["status"])
             bar(event.done, event.total, last or event.message)
 
-        report = run_bench(
+        report = run_bench_with_report(
             sources=sources or [], suite=suite, methods=methods, chunkings=chosen_chunkings,
             paths=chosen_paths, workers=workers, runs=runs,
             protocol=protocol, layout=layout, out=out, workdir=workdir, time_limit_s=time_limit, dataset=dataset,
@@ -260,18 +282,24 @@ def compress(
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers compress the chunks; this "
                                              "process writes the one file.")] = None,
+    shards: ShardsOption = False,
 ) -> None:
     """Compress a cube into a standard HDF5 file on all cores, with per-chunk checksums; never a half file."""
     from stempress.data.open import scan_shape_note
+    from stempress.store.compress import AUTO
     from stempress.store.compress import compress as compress_cube
+
+    if codec.strip().lower() == AUTO:  # benchmark a sample first: the bench machinery loads only for auto
+        from stempress.bench.recommend import compress_auto as compress_cube
 
     chunking = parse_chunkings(chunks) if chunks is not None else [None]
     if len(chunking) != 1:
         raise StempressError(f"--chunks {chunks!r}: give one chunking, e.g. balanced or 16x16x128x128")
     with saying_new_folders(out), dask_executor(dask) as executor, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("compress", unit="bytes") as bar:
+        show_rates(bar, cube, executor, workers)
         report = compress_cube(cube, out, codec=codec, chunks=chunking[0], workers=workers, layout=layout,
-                               force=force, progress=bar, executor=executor)
+                               force=force, progress=bar, executor=executor, shards=shards)
         note = scan_shape_note(cube)
     if report.chosen_why:
         console.print(report.chosen_why, highlight=False, soft_wrap=True)
@@ -298,9 +326,18 @@ THRESHOLD_HELP = ("A pixel is hit when its ADU above dark exceed this (ADU, or r
 ArchiveOption = Annotated[Path | None, typer.Option(help="Write the cube compressed here (as compress does).")]
 ArchiveCodecOption = Annotated[str, typer.Option(help="Codec of the archive (stempress codecs).")]
 ArchiveChunksOption = Annotated[str | None, typer.Option(help="Chunking of the archive (default balanced).")]
+ShardsOption = Annotated[bool, typer.Option(help="Write one HDF5 file per partition into OUT.shards/ (each written "
+                                            "where it is compressed: no single writer) and OUT as a master file "
+                                            "whose virtual dataset shows one cube.")]
 ReduceTargetsOption = Annotated[list[str] | None, typer.Option(help="A reduce target (repeat): bf, adf, haadf, "
                                                                     "com, ...")]
 ReducedOption = Annotated[Path | None, typer.Option(help="Write the reduce targets here (as reduce does).")]
+EventsOption = Annotated[Path | None, typer.Option(help="Write the electrons as events here (as count does): a stempy "
+                                                   ".h5, a raw_csr .toml, or with --event-format entropy an .h5.")]
+EventFormatOption = Annotated[str | None, typer.Option(help="stempy, raw_csr or entropy (default: raw_csr for a .toml "
+                                                       "--events, else stempy).")]
+ThresholdOption = Annotated[float | None, typer.Option(help=THRESHOLD_HELP + " Given: the frames are counted before "
+                                                       "--events is written; not given: they must be counts already.")]
 
 
 @app.command()
@@ -311,14 +348,9 @@ def ingest(
     chunks: ArchiveChunksOption = None,
     reduce: ReduceTargetsOption = None,
     reduced: ReducedOption = None,
-    events: Annotated[Path | None, typer.Option(help="Write the electrons as events here (as count does): a stempy "
-                                                ".h5, a raw_csr .toml, or with --event-format entropy an .h5.")]
-    = None,
-    event_format: Annotated[str | None, typer.Option(help="stempy, raw_csr or entropy (default: raw_csr for a .toml "
-                                                     "--events, else stempy).")] = None,
-    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP + " Given: the frames are counted before "
-                                                    "--events is written; not given: they must be counts already.")]
-    = None,
+    events: EventsOption = None,
+    event_format: EventFormatOption = None,
+    threshold: ThresholdOption = None,
     threshold_unit: ThresholdUnit = "adu",
     read_noise: ReadNoise = None,
     dark: Dark = "0",
@@ -335,6 +367,7 @@ def ingest(
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
     dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Replaces --executor.")] = None,
+    shards: ShardsOption = False,
 ) -> None:
     """Read a source ONCE and write every output asked for (--archive, --reduce with --reduced, --events), each
     the file the separate command (compress, reduce, count) writes, each atomically."""
@@ -349,11 +382,16 @@ def ingest(
     outputs = [p for p in (archive, reduced, events) if p is not None]
     with saying_new_folders(*outputs), dask_executor(dask) as on_dask, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("ingest", unit="bytes") as bar:
+        show_rates(bar, cube, on_dask, workers)
         calibration = cli_calibration(cube, centre, bf_radius) if reduced is not None else None
+        if archive is not None and codec.strip().lower() == "auto":
+            from stempress.bench.recommend import resolve_auto
+
+            codec = resolve_auto(codec, cube, chunking, archive)
         report = ingest_source(cube, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
                                reduced=reduced, calibration=calibration, events=events, event_format=event_format,
                                counting=counting, event_inputs={"source": source, **references}, workers=workers,
-                               executor=on_dask or executor, force=force, progress=bar)
+                               executor=on_dask or executor, force=force, progress=bar, shards=shards)
     console.print(report.summary(), highlight=False, soft_wrap=True)
     warn(report.events.warnings if report.events is not None else [])
 
@@ -376,6 +414,16 @@ def live(
     chunks: ArchiveChunksOption = None,
     reduce: ReduceTargetsOption = None,
     reduced: ReducedOption = None,
+    events: EventsOption = None,
+    event_format: EventFormatOption = None,
+    threshold: ThresholdOption = None,
+    threshold_unit: ThresholdUnit = "adu",
+    read_noise: ReadNoise = None,
+    dark: Dark = "0",
+    gain: Gain = "1",
+    method: Method = "pixel",
+    connectivity: Connectivity = 1,
+    cluster_count: ClusterCount = "one",
     centre: Annotated[str | None, typer.Option(help="Beam centre ROW,COL in detector pixels (needed to reduce).")]
     = None,
     bf_radius: Annotated[float | None, typer.Option(help="Bright-field disk radius in detector pixels (needed to "
@@ -386,36 +434,53 @@ def live(
     = 10.0,
     buffer_mb: Annotated[int, typer.Option(help="Frames held between network and writers, in MB; when full, the "
                                            "detector is held back.")] = 256,
+    preview: Annotated[Path | None, typer.Option(help="Redraw the --reduce targets' images and the mean pattern as "
+                                                 "PNGs in this folder about once a second (missing positions in "
+                                                 "magenta); adds mean_pattern to the reduced file.")] = None,
     allow_missing: Annotated[bool, typer.Option(help="Exit 0 even when frames are missing.")] = False,
     force: Annotated[bool, typer.Option(help="Replace outputs that exist.")] = False,
 ) -> None:
-    """Receive a scan from a detector's network stream and write the --archive and --reduced outputs as it
-    arrives (ingest's outputs), every frame accounted for; missing frames are marked in each output's
-    ``received`` mask (NaN in reduced images). Ctrl-C ends the scan with what arrived (again: stop at once).
-    Exits non-zero when frames are missing, unless --allow-missing."""
-    from stempress.ingest import ingest as ingest_source
+    """Receive a scan from a detector's network stream and write the --archive, --reduced and --events outputs
+    as it arrives (ingest's outputs), every frame accounted for; missing frames are marked in each output's
+    ``received`` mask (NaN in reduced images; listed in the event file's provenance). Ctrl-C ends the scan with
+    what arrived (again: stop at once). Exits non-zero when frames are missing, unless --allow-missing."""
+    from stempress.acquire import receive
+    from stempress.events.counting import counting_options
     from stempress.live import open_live
-    from stempress.reduce.calibration import given_calibration
+    from stempress.store.reducing import given_calibration
 
     shape = parse_scan_shape(scan_shape)
     chunking = one_chunking(chunks)
     point = parse_centre(centre)
-    if reduced is not None and (point is None or bf_radius is None):
+    if reduce and reduced is None and preview is None:
+        raise StempressError("--reduce TARGET and --reduced RED.h5 go together (or --reduce with --preview DIR "
+                             "alone, to watch the images without keeping them)")
+    if preview is not None and not reduce:
+        raise StempressError("--preview draws the reduce targets' images: give --reduce TARGET (with --centre and "
+                             "--bf-radius; --reduced RED.h5 keeps them)")
+    if reduce and (point is None or bf_radius is None):
         raise StempressError("reducing a live stream needs --centre ROW,COL and --bf-radius PIXELS (nothing can be "
                              "measured before the frames arrive)")
-    outputs = [p for p in (archive, reduced) if p is not None]
-    if not outputs:
-        raise StempressError("live needs at least one output: --archive OUT.h5 and/or --reduce TARGET --reduced "
-                             "RED.h5")
-    with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar:
+    counting, references = counting_options(threshold, threshold_unit=threshold_unit, read_noise=read_noise,
+                                            dark=dark, gain=gain, method=method, connectivity=connectivity,
+                                            cluster_count=cluster_count)
+    outputs = [p for p in (archive, reduced, events) if p is not None]
+    if not outputs and preview is None:
+        raise StempressError("live needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5, "
+                             "--events EV.h5 and/or --preview DIR")
+    with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar, \
+            _previewing(preview, force) as watch:
         source = open_live(url, shape, timeout=timeout, queue_bytes=buffer_mb * 1024**2)  # type: ignore[arg-type]
-        calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduced is not None else None
+        calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduce else None
         with _ctrl_c_stops(source):
-            report = ingest_source(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
-                                   reduced=reduced, calibration=calibration, workers=workers, executor=executor,
-                                   force=force, progress=lambda done, total: bar(done, total, source.status()))
+            report = receive(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
+                             reduced=reduced, calibration=calibration, events=events, event_format=event_format,
+                             counting=counting, event_inputs={"source": url, **references}, watch=watch,
+                             workers=workers, executor=executor, force=force,
+                             progress=lambda done, total: bar(done, total, source.status(done)))
     account = source.account
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    warn(report.events.warnings if report.events is not None else [])
     console.print(account.summary(), highlight=False, soft_wrap=True)
     if account.ended == STOPPED_BY_CTRL_C:
         errors.print(f"[red]interrupted:[/] stempress live stopped by Ctrl-C; the outputs hold the {account.received}"
@@ -428,6 +493,24 @@ def live(
 
 
 STOPPED_BY_CTRL_C = "stopped by Ctrl-C"
+
+
+@contextmanager
+def _previewing(folder: Path | None, force: bool) -> Iterator[Any]:
+    """live --preview: a PNG writer on its own thread while the scan runs (None without --preview)."""
+    if folder is None:
+        yield None
+        return
+    from stempress.report.live_preview import PreviewWriter
+
+    writer = PreviewWriter(folder, force=force)
+    try:
+        yield writer
+    except BaseException:
+        with contextlib.suppress(StempressError):  # the error in flight says more than a failed drawing
+            writer.close()
+        raise
+    writer.close()
 
 
 @contextmanager
@@ -491,7 +574,8 @@ def serve(
 
         log = serve_source(cube, as_, port=port, host=host, rate=rate, faults=faults, encoding=encoding,
                            timeout=timeout, ready=listening, api_port=api_port, api_ready=api.append)
-    console.print(f"sent {log.sent} messages for {log.frames} frames ({log.ended}): dropped {len(log.dropped)}, "
+    console.print(f"sent {log.sent} messages for {log.frames} frames in {log.seconds:.2f} s "
+                  f"({log.sent / max(log.seconds, 1e-9):,.0f}/s; {log.ended}): dropped {len(log.dropped)}, "
                   f"duplicated {len(log.duplicated)}, reordered {len(log.reordered)}, corrupt {len(log.corrupted)}",
                   highlight=False, soft_wrap=True)
 
@@ -566,6 +650,20 @@ def dask_executor(where: str | None):
         yield executor
 
 
+def show_rates(bar: ProgressReporter, cube, executor, workers: int | None, *, rows: bool = False) -> None:
+    """frames/s, GB/s and the workers on a command's bar (progress in source bytes, or in scan rows)."""
+    import numpy as np
+
+    from stempress.cores import resolve_workers
+
+    frame_bytes = int(np.prod(cube.shape[2:])) * np.dtype(cube.dtype).itemsize
+    count = executor.workers if executor is not None else resolve_workers(workers)
+    if rows:
+        bar.show_rates(1 / cube.shape[1], count, frame_bytes * cube.shape[1])
+    else:
+        bar.show_rates(frame_bytes, count)
+
+
 def open_cli_source(spec: str, dataset: str | None, scan_shape: str | None):
     """A source from the command line's words."""
     from stempress.data.open import open_source
@@ -610,6 +708,7 @@ def reduce(
     refuse_filled_folders(figures=figures, report=report, force=force)
     with saying_new_folders(out), dask_executor(dask) as executor, \
             open_cli_source(source, dataset, scan_shape) as cube, progress_reporter("reduce", unit="bytes") as bar:
+        show_rates(bar, cube, executor, 1)  # inline without --dask
         path = reduce_to_file(cube, chosen, out, force=force, progress=bar,
                               calibration=cli_calibration(cube, centre, bf_radius), executor=executor)
     console.print(f"wrote {path}: {', '.join(target)}")
@@ -638,6 +737,8 @@ def plan(
     force: Annotated[bool, typer.Option(help="Replace the --write file if it exists.")] = False,
     centre: Annotated[str | None, typer.Option(help=CENTRE_HELP)] = None,
     bf_radius: Annotated[float | None, typer.Option(help=BF_RADIUS_HELP)] = None,
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers run the passes over the cube "
+                                             "(compressing, reducing); the table is the same as without.")] = None,
 ) -> None:
     """Cost table of representations and the least burdensome one whose sufficiency checks all pass."""
     from stempress.plan import plan as make_plan
@@ -647,11 +748,13 @@ def plan(
         from stempress.atomic import check_new_output
 
         check_new_output(write, force)  # before the checks run, not after minutes of them
-    with saying_new_folders(write), open_cli_source(source, dataset, scan_shape) as cube:
+    with saying_new_folders(write), dask_executor(dask) as executor, \
+            open_cli_source(source, dataset, scan_shape) as cube:
         calibration = cli_calibration(cube, centre, bf_radius)
-        table, choice = make_plan(cube, target, tolerance, max_positions=max_positions, calibration=calibration)
-        written = (write_representation(cube, choice, target, write, force=force, calibration=calibration)
-                   if write else None)
+        table, choice = make_plan(cube, target, tolerance, max_positions=max_positions, calibration=calibration,
+                                  executor=executor)
+        written = (write_representation(cube, choice, target, write, force=force, calibration=calibration,
+                                        executor=executor) if write else None)
     shown = Table(title=f"Cost table (tolerance {tolerance:g} relative RMS)")
     for column in ("representation", "bytes", "reduction", "recovers", "assumes", "error", "passes"):
         shown.add_column(column, justify="right" if column in ("bytes", "reduction", "error") else "left")
@@ -781,6 +884,8 @@ def count(
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
     workers: Annotated[int | None, typer.Option(help="Counting threads (default: all usable cores).")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers count partitions of the scan "
+                                             "and send back events; the file is the same as without.")] = None,
 ) -> None:
     """Count electrons in integrating-detector frames, block by block, and write them as events.
 
@@ -788,6 +893,8 @@ def count(
 
     The parameters, the source's calibration and the provenance are recorded in OUT, with a checksum per chunk.
     """
+    from contextlib import nullcontext
+
     from stempress.events.counting import counting_options, event_format
     from stempress.exec.select import make_executor
     from stempress.store.count import count_to_file
@@ -796,8 +903,11 @@ def count(
                                           gain=gain, method=method, connectivity=connectivity,
                                           cluster_count=cluster_count)
     fmt = event_format(out, fmt)  # a bad name or format is one line, before any bar is drawn
-    with saying_new_folders(out), open_cli_source(source, dataset, scan_shape) as cube, \
-            progress_reporter("count (scan rows)", transient=True) as bar, make_executor("threads", workers) as pool:
+    with saying_new_folders(out), dask_executor(dask) as on_dask, \
+            open_cli_source(source, dataset, scan_shape) as cube, \
+            progress_reporter("count (scan rows)", transient=True) as bar, \
+            make_executor("threads", workers) if on_dask is None else nullcontext(on_dask) as pool:
+        show_rates(bar, cube, pool, None, rows=True)
         report = count_to_file(cube, out, params, fmt=fmt, force=force, inputs={"source": source, **references},
                                progress=bar, executor=pool)
     console.print(report.summary(), highlight=False, soft_wrap=True)

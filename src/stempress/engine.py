@@ -32,7 +32,7 @@ from stempress.errors import StempressError, require_distinct_names
 from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.exec.prefetch import read_ahead
-from stempress.progress import Progress, ProgressCounter
+from stempress.progress import PartsProgress, Progress, ProgressCounter
 from stempress.sinks.protocol import MergeableSink, RunInfo, Sink, abort, merges_on, observe, row_multiple
 
 #: Largest partition: small enough that many fit a run (load balance), large enough to amortise reopening.
@@ -129,7 +129,9 @@ def _run_stream(blocks: Iterator[Block], sinks: Sequence[Sink], info: RunInfo, e
     pending: deque[tuple[Future[list[MergeableSink]], int]] = deque()
 
     def settle(limit: int) -> None:
-        while len(pending) > limit:
+        # beyond the bound, wait; below it, take what is done already, so progress (a live stream's lag) follows
+        # the work instead of trailing by the blocks in flight until more arrive
+        while pending and (len(pending) > limit or pending[0][0].done()):
             future, nbytes = pending.popleft()
             for sink, part in zip(offload, future.result(), strict=True):
                 sink.merge(part)
@@ -177,20 +179,25 @@ def _run_partitions(source: Dataset4D, sinks: Sequence[MergeableSink], info: Run
     ranges = partitions_for(source, executor.workers, multiple)
     where: Dataset4D | SourceSpec = spec_of(source) if executor.remote else source  # type: ignore[assignment]
     local = None if executor.remote else counter
-    tasks = (_PartitionTask(where, info.for_rows(*r), [s.partial(r) for s in sinks], step, local) for r in ranges)
-    for parts, nbytes in executor.map_ordered(_run_partition, tasks):
-        for sink, part in zip(sinks, parts, strict=True):
-            sink.merge(part)
-        if executor.remote:
-            counter.add(nbytes)
+    remote = PartsProgress(counter)  # remote partitions: bytes done per partition, from inside it where it can
+    with executor.progress_link(remote.update) if executor.remote else contextlib.nullcontext(None) as link:
+        tasks = (_PartitionTask(where, info.for_rows(*r), [s.partial(r) for s in sinks], step, local, (i, link))
+                 for i, r in enumerate(ranges))
+        for i, (parts, nbytes) in enumerate(executor.map_ordered(_run_partition, tasks)):
+            for sink, part in zip(sinks, parts, strict=True):
+                sink.merge(part)
+            if executor.remote:
+                remote.update(i, nbytes)
 
 
 class _PartitionTask:
-    """One partition's work, picklable when its source is a ``SourceSpec`` and it carries no counter."""
+    """One partition's work, picklable when its source is a ``SourceSpec`` and it carries no counter (a remote
+    task reports through ``link``: its partition's index and the executor's picklable ``link(part, done)``)."""
 
     def __init__(self, source: Dataset4D | SourceSpec, info: RunInfo, parts: list[MergeableSink], step: int,
-                 counter: ProgressCounter | None) -> None:
+                 counter: ProgressCounter | None, link: tuple[int, Any] = (0, None)) -> None:
         self.source, self.info, self.parts, self.step, self.counter = source, info, parts, step, counter
+        self.index, self.link = link
 
 
 def _run_partition(task: _PartitionTask) -> tuple[list[MergeableSink], int]:
@@ -208,6 +215,8 @@ def _run_partition(task: _PartitionTask) -> tuple[list[MergeableSink], int]:
             nbytes += block.data.nbytes
             if task.counter is not None:
                 task.counter.add(block.data.nbytes)
+            elif task.link is not None:
+                task.link(task.index, nbytes)
         return task.parts, nbytes
     finally:
         if reopened:

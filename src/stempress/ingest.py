@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from stempress.codecs.chunking import chunk_shape
 from stempress.cores import resolve_workers
 from stempress.data.base import Dataset4D, check_shape_dtype, nbytes
 from stempress.data.stream import StreamSource
@@ -31,7 +30,9 @@ from stempress.reduce.engine import single_blas_thread
 from stempress.sinks.archive import ArchiveResult, ArchiveSink, ArchiveSpec
 from stempress.sinks.events import EventSink
 from stempress.sinks.reduced import ReducedFileSink
+from stempress.sinks.shards import ShardedArchiveSink
 from stempress.store.compress import AUTO, DEFAULT_CODEC, resolve_codec
+from stempress.store.reducing import source_calibration
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,28 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
            events: Path | str | None = None, event_format: str | None = None, counting: CountingParams | None = None,
            event_inputs: Mapping[str, str] | None = None, workers: int | None = None,
            executor: str | Executor | None = None, force: bool = False,
-           progress: Progress | None = None) -> IngestReport:
+           progress: Progress | None = None, shards: bool = False) -> IngestReport:
     """Write ``archive`` (as ``compress`` would), the ``reduce`` targets into ``reduced`` (as ``reduce`` would) and
     the electrons as ``events`` (as ``count`` would: counted with ``counting`` first when given, else the frames
     must be counts; ``event_inputs`` go into the counting record) from ONE read of ``source`` (a file source, or
     a stream such as ``live.LiveSource``: then give ``calibration``, as nothing can be measured before the frames
-    arrive). Every output is refused before the pass if it exists (unless ``force``)."""
+    arrive). Every output is refused before the pass if it exists (unless ``force``). ``shards``: the archive as
+    one file per partition plus a master file (as ``compress(shards=True)``)."""
+    sinks = output_sinks(source, archive=archive, codec=codec, chunks=chunks, layout=layout, reduce=reduce,
+                         reduced=reduced, calibration=calibration, events=events, event_format=event_format,
+                         counting=counting, event_inputs=event_inputs, force=force, shards=shards)
+    return run_outputs(source, sinks, workers=workers, executor=executor, progress=progress)
+
+
+def output_sinks(source: Dataset4D | StreamSource, *, archive: Path | str | None = None,
+                 codec: str = DEFAULT_CODEC, chunks: str | tuple[int, ...] | None = None, layout: str = "emd",
+                 reduce: Sequence[str] = (), reduced: Path | str | None = None,
+                 calibration: Calibration | None = None, events: Path | str | None = None,
+                 event_format: str | None = None, counting: CountingParams | None = None,
+                 event_inputs: Mapping[str, str] | None = None, force: bool = False,
+                 shards: bool = False) -> list[Any]:
+    """The sinks of ``ingest``'s outputs (checked, nothing written yet), for a caller that adds sinks of its own to
+    the same pass (a live scan's snapshots) before ``run_outputs``."""
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if bool(reduce) != (reduced is not None):
         raise StempressError("--reduce TARGET and --reduced RED.h5 go together; give both or neither")
@@ -81,9 +98,12 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
     if events is None and (counting is not None or event_format is not None):
         raise StempressError("counting options and --event-format shape the events: give --events EV.h5 too")
     _distinct(archive, reduced, events)
-    if not isinstance(source, Dataset4D) and codec.strip().lower() == AUTO:
+    if codec.strip().lower() == AUTO:
         raise StempressError(f"codec auto samples the source before writing, which a live stream cannot offer; give "
-                             f"a codec such as {DEFAULT_CODEC}")
+                             f"a codec such as {DEFAULT_CODEC}" if not isinstance(source, Dataset4D) else
+                             "codec auto benchmarks a sample before the pass, above ingest: resolve it first with "
+                             "stempress.bench.recommend.resolve_auto (as `stempress ingest --codec auto` does), or "
+                             f"give a codec such as {DEFAULT_CODEC}")
     if not isinstance(source, Dataset4D) and reduced is not None and calibration is None:
         calibration = Calibration.from_metadata(source.metadata, shape[2:])
         if calibration.bf_radius_px is None:
@@ -91,12 +111,20 @@ def ingest(source: Dataset4D | StreamSource, *, archive: Path | str | None = Non
                                  "frames arrive; give --centre ROW,COL and --bf-radius PIXELS")
     sinks: list[Any] = []
     if archive is not None:
-        chosen, _why = resolve_codec(codec, source, chunk_shape(chunks or "balanced", shape), Path(archive))
-        sinks.append(ArchiveSink(ArchiveSpec(Path(archive), chosen, chunks or "balanced", layout, force=force)))
+        spec = ArchiveSpec(Path(archive), resolve_codec(codec), chunks or "balanced", layout, force=force)
+        sinks.append(ShardedArchiveSink(spec) if shards else ArchiveSink(spec))
     if reduced is not None:
-        sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=calibration, force=force))
+        measured = calibration if calibration is not None else source_calibration(source)
+        sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=measured, force=force))
     if events is not None:
         sinks.append(EventSink(events, counting, fmt=event_format, force=force, inputs=event_inputs))
+    return sinks
+
+
+def run_outputs(source: Dataset4D | StreamSource, sinks: Sequence[Any], *, workers: int | None = None,
+                executor: str | Executor | None = None, progress: Progress | None = None) -> IngestReport:
+    """One engine pass of ``source`` through ``sinks`` (``output_sinks``' and any of the caller's; only the
+    outputs' results are reported)."""
     consumed = [0]
 
     def counted(done: int, total: int) -> None:
@@ -135,4 +163,4 @@ def _distinct(*outputs: Path | str | None) -> None:
             seen.add(path)
 
 
-__all__ = ["IngestReport", "ingest"]
+__all__ = ["IngestReport", "ingest", "output_sinks", "run_outputs"]

@@ -22,20 +22,21 @@ import pandas as pd
 
 from stempress.data.base import Dataset4D, nbytes
 from stempress.errors import StempressError
+from stempress.exec.base import Executor
 from stempress.provenance import provenance
-from stempress.reduce.calibration import Calibration, source_calibration
+from stempress.reduce.calibration import Calibration
 from stempress.reduce.sufficiency import (
     EXACTLY,
     NOT,
     BinnedSource,
     Check,
     Target,
-    compute,
     gather,
     judge,
     parse_targets,
     sample_positions,
 )
+from stempress.store.reducing import compute, source_calibration
 
 log = logging.getLogger("stempress")
 
@@ -56,28 +57,30 @@ class _Row:
 def cost_table(source: Dataset4D, targets: str | Sequence[str | Target], tolerance: Tolerance = 0.01, *,
                calibration: Calibration | None = None, max_positions: int | None = 1024, seed: int = 0,
                codecs: Sequence[str] = LOSSLESS_CODECS, bins: Sequence[int] = (2, 4),
-               events: bool | None = None) -> pd.DataFrame:
+               events: bool | None = None, executor: Executor | None = None) -> pd.DataFrame:
     """One row per candidate representation; see the module docstring. ``tolerance``: the largest relative RMS
     error accepted, one number or one per target label. Checks run on all positions up to ``max_positions``, else
-    on a random sample of that many (``seed``). ``events=None`` adds the event row when the data are counts."""
+    on a random sample of that many (``seed``). ``events=None`` adds the event row when the data are counts.
+    ``executor`` (e.g. a ``DaskExecutor``; the caller closes it) runs the passes over the cube: the lossless
+    candidates' compression and the targets computed from the frames; the table is the same on any executor."""
     chosen = parse_targets(targets)
     tol = _tolerances(chosen, tolerance)
     cal = calibration if calibration is not None else source_calibration(source)
     positions = sample_positions(source.shape, max_positions, seed)
     view = gather(source, positions)
     det = tuple(source.shape[2:])
-    reference = compute(chosen, view, cal)
+    reference = compute(chosen, view, cal, executor=executor)
     excluded = reference.nonfinite.summary() if reference.nonfinite is not None else None
     if reference.nonfinite is not None:
         log.warning("%s: %s (in the sampled frames)", source.name, reference.nonfinite.sentence())
 
     def from_frames(frames: Dataset4D, scale: int = 1) -> list[Check]:
-        got = compute(chosen, frames, cal, scale)
+        got = compute(chosen, frames, cal, scale, executor=executor)
         return [judge(t.label, got[t.label], reference[t.label], tol[t.label]) for t in chosen]
 
     raw_bytes = nbytes(source)
     rows = [_Row(f"raw {np.dtype(source.dtype).name} cube", raw_bytes, (), from_frames(view))]
-    rows += _lossless_rows(source, positions, codecs, from_frames)
+    rows += _lossless_rows(source, positions, codecs, from_frames, executor)
     if events or (events is None and _is_counts(source)):
         try:
             rows += [_events_row(source, positions, from_frames), _entropy_row(source, positions, from_frames)]
@@ -116,9 +119,11 @@ def plan(source: Dataset4D, targets: str | Sequence[str | Target], tolerance: To
 
 
 def write_representation(source: Dataset4D, representation: str, targets: str | Sequence[str | Target],
-                         out: Path, *, force: bool = False, calibration: Calibration | None = None) -> Path:
+                         out: Path, *, force: bool = False, calibration: Calibration | None = None,
+                         executor: Executor | None = None) -> Path:
     """Write the representation a plan chose (its cost-table label) to ``out``: the plan's ``--write``
-    (task summaries with ``calibration``, by default the source's own or measured)."""
+    (task summaries with ``calibration``, by default the source's own or measured; ``executor`` runs the
+    compression or the reduction, as for ``compress`` and ``reduce``)."""
     from stempress.events.entropy_file import write_entropy_events
     from stempress.events.libertem import write_raw_csr
     from stempress.store.compress import compress
@@ -129,9 +134,9 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
     chosen = parse_targets(targets)
     own = [t for t in chosen if f"{t.label} (reducer output)" == representation]
     if representation.startswith("raw "):
-        return compress(source, out, codec="none", force=force).path
+        return compress(source, out, codec="none", force=force, executor=executor).path
     if representation.startswith("lossless "):
-        return compress(source, out, codec=representation.split()[1], force=force).path
+        return compress(source, out, codec=representation.split()[1], force=force, executor=executor).path
     if representation.startswith("entropy-coded events"):
         return write_entropy_events(source, out, force=force)  # with the calibration and provenance
     if representation.startswith("events (CSR)"):
@@ -141,13 +146,13 @@ def write_representation(source: Dataset4D, representation: str, targets: str | 
         binned = BinnedSource(source, scale, name=f"{source.name}-binned{scale}", metadata=dict(source.metadata))
         return write_hdf5(binned, out, force=force)
     if representation.startswith("task summaries") or own:
-        return reduce_to_file(source, own or chosen, out, force=force, calibration=calibration)
+        return reduce_to_file(source, own or chosen, out, force=force, calibration=calibration, executor=executor)
     raise StempressError(f"representation {representation!r} is not one a plan writes; pick a cost-table row")
 
 
 # -- rows --------------------------------------------------------------------------------------------------
 def _lossless_rows(source: Dataset4D, positions: np.ndarray | None, codecs: Sequence[str],
-                   from_frames: Callable[..., list[Check]]) -> list[_Row]:
+                   from_frames: Callable[..., list[Check]], executor: Executor | None = None) -> list[_Row]:
     """Compress with each codec into a temp folder, keep the smallest file, and check it by reading it back."""
     from stempress.data.open import open_source
     from stempress.store.compress import compress, direct_codecs
@@ -156,7 +161,7 @@ def _lossless_rows(source: Dataset4D, positions: np.ndarray | None, codecs: Sequ
     if not usable:
         return []
     with tempfile.TemporaryDirectory(prefix="stempress-plan-") as folder:
-        reports = [compress(source, Path(folder) / f"{c}.h5", codec=c) for c in usable]
+        reports = [compress(source, Path(folder) / f"{c}.h5", codec=c, executor=executor) for c in usable]
         best = min(reports, key=lambda r: r.file_bytes)
         with open_source(best.path) as back:
             checks = from_frames(gather(back, positions))
@@ -165,7 +170,7 @@ def _lossless_rows(source: Dataset4D, positions: np.ndarray | None, codecs: Sequ
 
 def _events_row(source: Dataset4D, positions: np.ndarray | None,
                 from_frames: Callable[..., list[Check]]) -> _Row:
-    from stempress.events.representation import Events, EventsSource
+    from stempress.data.events import Events, EventsSource
 
     events = Events.from_source(source)
     return _Row("events (CSR)", events.nbytes, ("integer counts",),
@@ -175,7 +180,7 @@ def _events_row(source: Dataset4D, positions: np.ndarray | None,
 def _entropy_row(source: Dataset4D, positions: np.ndarray | None,
                  from_frames: Callable[..., list[Check]]) -> _Row:
     """The counts through the Poisson-model entropy code, read back from the real file it writes."""
-    from stempress.events.entropy import EntropyCodedSource, write_entropy_coded
+    from stempress.data.entropy import EntropyCodedSource, write_entropy_coded
 
     with tempfile.TemporaryDirectory(prefix="stempress-plan-") as folder:
         path = write_entropy_coded(source, Path(folder) / "events.h5")

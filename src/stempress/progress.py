@@ -25,3 +25,22 @@ class ProgressCounter:
         with self._lock:
             self.done += int(amount)
             self.callback(self.done, self.total)
+
+
+class PartsProgress:
+    """Progress of partitions that report from where they run (``update(part, done)``: bytes done in partition
+    ``part`` so far) into a ``ProgressCounter``. A partition counts the most it ever reported, so a partition run
+    twice (its worker lost, Dask recomputing it) or a late message never moves the bar back or past the total."""
+
+    def __init__(self, counter: ProgressCounter) -> None:
+        self.counter = counter
+        self.done: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def update(self, part: int, done: int) -> None:
+        with self._lock:
+            gained = int(done) - self.done.get(part, 0)
+            if gained <= 0:
+                return
+            self.done[part] = int(done)
+        self.counter.add(gained)

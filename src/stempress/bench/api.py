@@ -1,4 +1,8 @@
-"""``stempress bench`` as a function: sources in, a results folder out."""
+"""``stempress bench`` as a function: sources in, a results folder out.
+
+The HTML report of the folder is the report layer's (``stempress.report.bench.run_bench_with_report`` runs this and
+then renders it; ``stempress.report.build_report`` renders any results folder later).
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ STUDY_RUNS = 10
 @dataclass
 class BenchReport:
     out: Path
-    report: Path | None
+    report: Path | None  # the HTML report, once rendered (run_bench_with_report); None from run_bench
     results: pd.DataFrame
     statistics: pd.DataFrame
     summary: pd.DataFrame
@@ -112,12 +116,10 @@ def run_bench(
     force: bool = False,
     warmup: bool = True,
     stage_limit_bytes: int | None = None,
-    report: bool = True,
-    paper_dir: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> BenchReport:
-    """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv, metadata.json and the report
-    (compared with the study's tables in ``paper_dir``, by default those shipped with stempress).
+    """Run the grid; write results.csv/.parquet, statistics.csv, inventory.csv and metadata.json (the report of
+    the folder: ``stempress.report.bench.run_bench_with_report``, or ``build_report`` afterwards).
 
     A run that stops before its results are saved (bad input, too little disk space, an error, Ctrl-C) removes
     the folders it made, so an early stop leaves nothing behind.
@@ -143,16 +145,11 @@ def run_bench(
     finally:
         for source in opened:
             source.close()
-    html = None
-    if report:
-        from stempress.report import build_report
-
-        html = build_report(out, paper_dir)
     problems = [f"{r['dataset']} {r['method']} run {r['run_number']}: {r['status']}: {r['reason']}"
                 for r in rows if r["status"] in (ERROR, SKIPPED)]
     unavailable = sorted({f"{r['codec']}: {r['reason']}" for r in rows if r["status"] == UNAVAILABLE})
     problems += [f"unavailable {line}" for line in unavailable]
-    return BenchReport(out, html, frame, stats, summary(stats), sum(r["status"] == ERROR for r in rows), problems)
+    return BenchReport(out, None, frame, stats, summary(stats), sum(r["status"] == ERROR for r in rows), problems)
 
 
 def _metadata(config: BenchConfig, opened: Sequence[Dataset4D], paths: Sequence[str]) -> dict[str, Any]:

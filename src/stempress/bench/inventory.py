@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stempress.bench.bounds import order0_entropy_bits, poisson_bound, poisson_entropy_bits, sparsity_bound
+from stempress.bench.bounds import order0_entropy_bits, poisson_bound, sparsity_bound
 from stempress.bench.results import atomic_write, read_table
 from stempress.data.base import Block, Dataset4D
 from stempress.engine import run
 from stempress.errors import StempressError
+from stempress.poisson import poisson_entropy_bits
 from stempress.sinks.protocol import RunInfo
 
 INVENTORY_CSV = "inventory.csv"

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import h5py
 
+from stempress.bench.baselines import file_format
 from stempress.bench.protocol import (
     Protocol,
     Stopwatch,
@@ -20,7 +21,6 @@ from stempress.bench.protocol import (
     reset_peak_rss,
 )
 from stempress.bench.verify import Reference
-from stempress.codecs.baselines import file_format
 from stempress.codecs.catalog import Codec
 from stempress.codecs.chunking import PAPER_CHUNKINGS, chunk_shape, chunking_label
 from stempress.codecs.hdf5_store import dataset_blocks

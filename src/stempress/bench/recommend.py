@@ -1,7 +1,8 @@
 """Recommend a codec for one cube: benchmark a spread sample of it, then apply the use case's rule.
 
 Compression ratio depends on the data (the study's sparsity law), so the answer comes from measuring the
-user's own cube, not from a table; a sample keeps that to seconds on a cube of tens of GiB.
+user's own cube, not from a table; a sample keeps that to seconds on a cube of tens of GiB. ``compress_auto`` is
+``compress --codec auto``: this, then ``store.compress`` with the winner (the benchmark sits above the store).
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from stempress.atomic import partial_folder
 from stempress.bench.ranking import USE_CASES, Recommendation, compress_writes, recommend
 from stempress.bench.runner import OK, BenchConfig, Progress, run_grid
 from stempress.bench.sample import spread_sample
 from stempress.bench.statistics import statistics
 from stempress.codecs.catalog import select_codecs
+from stempress.codecs.chunking import chunk_shape
 from stempress.data.base import Dataset4D
 from stempress.errors import StempressError
+from stempress.store.compress import AUTO, DEFAULT_CODEC, CompressReport, check_hdf5_output, compress, direct_codecs
 
 MIB = 1024**2
 
@@ -75,3 +80,41 @@ def recommend_source(
     where = "the whole cube" if info["scan_rows"] == info["of_scan_rows"] else \
         f"{info['scan_rows']} of {info['of_scan_rows']} scan rows in {len(info['rows'])} runs"
     return dataclasses.replace(rec, why=f"{rec.why} Measured on {where}, {runs} run(s)."), stats
+
+
+def recommend_codec(source: Dataset4D, chunks: tuple[int, int, int, int], out: Path) -> tuple[str, str]:
+    """Codec "auto": the balanced choice among the codecs that compress in parallel here, measured on a sample of
+    ``source`` in a scratch folder beside ``out``; the codec's name and why it won."""
+    methods = direct_codecs()
+    if not methods:
+        raise StempressError("codec 'auto' found no codec that compresses in parallel here; "
+                             f"pip install hdf5plugin or give a codec such as {DEFAULT_CODEC}")
+    with partial_folder(out) as workdir:
+        rec, _stats = recommend_source(source, "balanced", methods=methods, chunkings=[chunks], runs=1,
+                                       workdir=Path(workdir))
+    return rec.codec, rec.why
+
+
+def resolve_auto(codec: str, source: Dataset4D, chunks: str | tuple[int, ...] | None, out: Path) -> str:
+    """``codec`` itself, or for "auto" the codec ``recommend_codec`` measures best with ``chunks`` (default
+    balanced): what ``ingest`` writes its archive with."""
+    if codec.strip().lower() != AUTO:
+        return codec
+    return recommend_codec(source, chunk_shape("balanced" if chunks is None else chunks, tuple(source.shape)), out)[0]
+
+
+def compress_auto(source: Dataset4D, out: Path | str, *, codec: str = AUTO,
+                  chunks: str | tuple[int, ...] | None = None, layout: str = "emd", dataset_path: str | None = None,
+                  force: bool = False, **options: Any) -> CompressReport:
+    """``store.compress`` (same arguments), with ``codec="auto"`` resolved first: a sample of the source benchmarked
+    (use case "balanced") among the codecs that compress in parallel, the winner used and ``chosen_why`` saying
+    why. A bad layout or an existing ``out`` is refused before the benchmark; other codecs pass straight through."""
+    out = Path(out)
+    if codec.strip().lower() != AUTO:
+        return compress(source, out, codec=codec, chunks=chunks, layout=layout, dataset_path=dataset_path,
+                        force=force, **options)
+    chunks_t = check_hdf5_output(source, out, chunks, layout, dataset_path, force)
+    chosen, why = recommend_codec(source, chunks_t, out)
+    report = compress(source, out, codec=chosen, chunks=chunks_t, layout=layout, dataset_path=dataset_path,
+                      force=force, **options)
+    return dataclasses.replace(report, chosen_why=why)

@@ -1,15 +1,13 @@
-"""Codecs: one class per codec family, their registry, the catalog of lossless methods, the study's non-HDF5
-baselines, and chunk shapes.
+"""Codecs: one class per codec family, their registry, the catalog of lossless methods, and chunk shapes.
 
-Names are imported on first use (PEP 562), so ``import stempress.codecs.catalog`` (every compress) does not load
-the baselines' file formats and, through them, the event codecs and SciPy.
+Names are imported on first use (PEP 562). The file formats of the study's non-HDF5 baselines are the benchmark's
+(``stempress.bench.baselines``).
 """
 
 from importlib import import_module
 from typing import Any
 
 _HOMES = {
-    "FILE_FORMATS": "baselines", "FileFormat": "baselines", "file_format": "baselines",
     "CATALOG": "catalog", "EXCLUDED": "catalog", "SETS": "catalog", "Codec": "catalog", "get_codec": "catalog",
     "select_codecs": "catalog",
     "PAPER_CHUNKINGS": "chunking", "chunk_shape": "chunking", "chunking_label": "chunking",

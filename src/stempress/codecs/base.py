@@ -208,7 +208,7 @@ class Hdf5Codec(Codec):
 
 @dataclass(frozen=True)
 class FileCodec(Codec):
-    """A codec that writes a file format of its own (``codecs.baselines``), not an HDF5 filter pipeline."""
+    """A codec that writes a file format of its own (``bench.baselines``), not an HDF5 filter pipeline."""
 
     storage: ClassVar[Literal["hdf5", "file"]] = "file"
 
@@ -224,7 +224,7 @@ class FileCodec(Codec):
     def h5_kwargs(self) -> dict[str, Any]:
         raise StempressError(
             f"codec {self.name!r} is a file format, not an HDF5 filter; "
-            f"write it with stempress.codecs.baselines.file_format({self.name!r})"
+            f"write it with stempress.bench.baselines.file_format({self.name!r})"
         )
 
     def unavailable_reason(self) -> str | None:

@@ -1,4 +1,4 @@
-"""The catalog's codecs that write a file format of their own (implemented in ``codecs.baselines``): the study's
+"""The catalog's codecs that write a file format of their own (implemented in ``bench.baselines``): the study's
 non-HDF5 baselines, the counted-electron event list and the entropy-coded counts."""
 
 from __future__ import annotations

@@ -25,10 +25,13 @@ def create_cube_dataset(
     dtype: np.dtype,
     chunks: Sequence[int] | None,
     filter_kwargs: Mapping[str, Any],
+    maxshape: Sequence[int | None] | None = None,
 ) -> h5py.Dataset:
-    """Create the dataset with the filter pipeline declared, as a plain h5py user would."""
+    """Create the dataset with the filter pipeline declared, as a plain h5py user would (``maxshape`` only where
+    chunks reach past the extent)."""
+    extra = {"maxshape": tuple(maxshape)} if maxshape is not None else {}
     return group.create_dataset(path, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks) if chunks else None,
-                                **dict(filter_kwargs))
+                                **dict(filter_kwargs), **extra)
 
 
 def write_blocks(dataset: h5py.Dataset, blocks: Iterable[Block]) -> int:

@@ -21,10 +21,10 @@ import h5py
 import numpy as np
 
 from stempress.codecs.catalog import Codec
-from stempress.codecs.checksums import ChunkChecksums, chunk_crcs
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.none import Uncompressed as RawChunks
 from stempress.data.base import Block
+from stempress.data.checksums import ChunkChecksums, chunk_crcs
 from stempress.data.hdf5 import STUDY_EMD_PATH
 from stempress.errors import StempressError
 

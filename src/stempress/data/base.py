@@ -45,6 +45,15 @@ class Block:
     def stop(self) -> int:
         return self.start + self.data.shape[0]
 
+    def without_missing(self) -> Block:
+        """The block with the frames it marks missing set to 0 (a copy; the block itself when complete): whatever
+        fill value stands in for them adds nothing to a sum (the mean pattern) or a count (events)."""
+        if self.complete:
+            return self
+        data = self.data.copy()
+        data[~np.asarray(self.valid, bool)] = 0
+        return Block(self.start, data, self.valid, self.frame_ids)
+
 
 @runtime_checkable
 class Dataset4D(Protocol):

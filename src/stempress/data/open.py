@@ -65,7 +65,7 @@ def _hdf5_kind(path: Path) -> str:
         if "electron_events" in f and "frames" in f["electron_events"]:
             return "stempy"
         if "format" in f.attrs:
-            from stempress.events.entropy_file import is_entropy_file  # the codec's modules: only when it may be
+            from stempress.data.entropy_file import is_entropy_file  # the codec's modules: only when it may be
 
             if is_entropy_file(f):
                 return "entropy"
@@ -149,17 +149,17 @@ def _open(spec: str | Path | np.ndarray, dataset: str | None, scan_shape: tuple[
     if kind == "nxmx":
         return NxmxSource(path, scan_shape)
     if kind == "stempy":
-        from stempress.events.stempy import StempySource
+        from stempress.data.stempy import StempySource
 
         return StempySource(path)
     if kind == "entropy":
-        from stempress.events.entropy_file import open_entropy
+        from stempress.data.entropy_file import open_entropy
 
         return open_entropy(path)
     if kind == "hdf5":
         return Hdf5Source(path, dataset, scan_shape)
     if kind == "raw_csr":
-        from stempress.events.libertem import RawCsrSource
+        from stempress.data.raw_csr import RawCsrSource
 
         return RawCsrSource(path, scan_shape)
     if kind == "mib":

@@ -1,15 +1,7 @@
 """Counted electrons as events (pixel, count per scan position), and the event files other tools read."""
 
-from stempress.events.checksums import ChecksumError
-from stempress.events.counting import (
-    CountedSource,
-    CountingParams,
-    count_frames,
-    counting_accuracy,
-    read_counting_record,
-)
-from stempress.events.libertem import RawCsrSource, raw_csr_files, write_raw_csr
-from stempress.events.representation import (
+from stempress.data.event_checksums import ChecksumError
+from stempress.data.events import (
     EventBlock,
     EventReader,
     Events,
@@ -20,7 +12,17 @@ from stempress.events.representation import (
     events_from_hits,
     iter_events,
 )
-from stempress.events.stempy import StempySource, write_stempy
+from stempress.data.raw_csr import RawCsrSource
+from stempress.data.stempy import StempySource
+from stempress.events.counting import (
+    CountedSource,
+    CountingParams,
+    count_frames,
+    counting_accuracy,
+    read_counting_record,
+)
+from stempress.events.libertem import raw_csr_files, write_raw_csr
+from stempress.events.stempy import write_stempy
 
 __all__ = [
     "ChecksumError",
@@ -50,8 +52,12 @@ __all__ = [
 
 def __getattr__(name: str):
     """The entropy-coded format's entry points, imported only when asked for (they load the codec's modules)."""
-    if name in ("open_entropy", "write_entropy_events"):
-        from stempress.events import entropy_file
+    if name == "open_entropy":
+        from stempress.data.entropy_file import open_entropy
 
-        return getattr(entropy_file, name)
+        return open_entropy
+    if name == "write_entropy_events":
+        from stempress.events.entropy_file import write_entropy_events
+
+        return write_entropy_events
     raise AttributeError(f"module 'stempress.events' has no attribute {name!r}")

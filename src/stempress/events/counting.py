@@ -50,9 +50,9 @@ from scipy import ndimage
 
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
 from stempress.data.hdf5 import one_line, open_hdf5
+from stempress.data.record import read_h5_record, read_toml_record
 from stempress.errors import StempressError, require_choice
 from stempress.events.libertem import require_toml_name
-from stempress.events.record import read_h5_record, read_toml_record
 
 METHODS = ("pixel", "cluster")
 THRESHOLD_UNITS = ("adu", "sigma")
@@ -344,6 +344,13 @@ class CountTally:
         self.n_electrons += int(counts.sum(dtype=np.uint64))
         self.max_count = max(self.max_count, int(counts.max(initial=0)))
         self.pattern += counts.sum(axis=(0, 1), dtype=np.uint64)
+
+    def merge(self, other: CountTally) -> None:
+        """Add another range of scan rows' tally (integer sums: the same totals in any order)."""
+        self.n_events += other.n_events
+        self.n_electrons += other.n_electrons
+        self.max_count = max(self.max_count, other.max_count)
+        self.pattern += other.pattern
 
 
 def event_format(out: str | Path, fmt: str | None = None) -> str:

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -52,6 +53,13 @@ class Executor(ABC):
         finally:
             for future in pending:
                 future.cancel()
+
+    def progress_link(self, report: Callable[[int, int], None]
+                      ) -> AbstractContextManager[Callable[[int, int], None] | None]:
+        """A picklable ``link(part, done)`` for remote tasks to report progress from inside their work, delivered
+        here as ``report(part, done)`` while the context is open; None where there is no channel back (a local
+        executor's tasks share the caller's counter; worker processes report when their results arrive)."""
+        return nullcontext(None)
 
     def close(self) -> None:  # noqa: B027 - most executors hold nothing to release
         """Release the workers (idempotent)."""

@@ -14,6 +14,7 @@ parallelism comes from the workers: a BLAS pool per worker on a shared node over
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -169,6 +170,20 @@ class DaskExecutor(Executor):
                                      "no output was written, rerun when it is back") from None
             raise
 
+    @contextlib.contextmanager
+    def progress_link(self, report: Callable[[int, int], None]) -> Iterator[Callable[[int, int], None] | None]:
+        """Progress from inside tasks through Dask's events: workers ``log_event`` on a topic of this run, this
+        client is subscribed to it (the handler runs on the client's event loop; ``report`` must be thread-safe).
+        A worker's events reach the scheduler on the same stream as its task results, so a partition's progress
+        arrives before its result does."""
+        topic = f"stempress-progress-{uuid.uuid4().hex}"
+        client = self.client
+        client.subscribe_topic(topic, lambda event: report(*event[1]))
+        try:
+            yield WorkerProgress(topic)
+        finally:
+            client.unsubscribe_topic(topic)
+
     def close(self) -> None:
         """Close the client and cluster this executor started (a client given to it stays open)."""
         client, cluster = self._client, self._cluster
@@ -183,3 +198,20 @@ class DaskExecutor(Executor):
     def __repr__(self) -> str:
         where = f"local:{self._local}" if self._local is not None else self.address
         return f"dask({where})"
+
+
+class WorkerProgress:
+    """``link(part, done)`` called inside a task on a Dask worker: one event on the run's topic (a few per
+    partition, one per block read). Outside a worker (a task run in the client) it does nothing."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+    def __call__(self, part: int, done: int) -> None:
+        from distributed import get_worker
+
+        try:
+            worker = get_worker()
+        except ValueError:
+            return
+        worker.log_event(self.topic, (int(part), int(done)))

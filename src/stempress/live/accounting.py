@@ -77,7 +77,8 @@ class RowAssembler:
         return self._ready(self.highest // self.scan_x)
 
     def _new_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        data = np.full((self.scan_x, *self.det_shape), self.fill, self.dtype)
+        # not filled here: the frames overwrite it; the positions still empty get the fill value when it goes
+        data = np.empty((self.scan_x, *self.det_shape), self.dtype)
         ids = np.full(self.scan_x, -1, np.int64)
         self.rows[row] = (data, ids)
         return data, ids
@@ -98,6 +99,8 @@ class RowAssembler:
         lo = r * self.scan_x
         valid = self.received[lo:lo + self.scan_x].copy()
         self.missing_emitted += int(valid.size - valid.sum())
+        if not valid.all():
+            data[~valid] = self.fill
         self.next_row = r + 1
         return Block(r, data[None], None if valid.all() else valid[None], ids[None])
 

@@ -102,6 +102,8 @@ class LiveSource:
         self._thread: threading.Thread | None = None
         self._used = False
         self._stop_reason: str | None = None
+        #: frames the reader thread has taken off the network, and those the engine's thread took off the queue
+        self.pumped = self.dequeued = 0
 
     def stop(self, reason: str = "stopped") -> None:
         """End the stream at the next frame (safe from a signal handler: it only sets a flag); the rows in
@@ -113,14 +115,28 @@ class LiveSource:
     def frame_bytes(self) -> int:
         return int(np.prod(self.shape[2:])) * self.dtype.itemsize
 
-    def status(self) -> str:
-        """frames/s, MB/s, buffer fill and frames missing so far, in one line."""
+    def lag(self, done_bytes: int) -> int:
+        """Frames taken off the network that the sinks have not finished with, given the engine's progress
+        (``done_bytes`` of the cube through every sink; offloaded reducers count a block once its partial merged,
+        so the frames they still hold are lag too)."""
+        queued = self.pumped - self.dequeued  # duplicates, late and corrupt frames leave with their dequeuing
+        if self.assembler is None:
+            return queued
+        done_positions = done_bytes // max(1, self.frame_bytes)  # whole rows, in order: the first ones
+        held = self.account.received - int(np.count_nonzero(self.assembler.received[:done_positions]))
+        return max(0, queued + held)
+
+    def status(self, done_bytes: int | None = None) -> str:
+        """frames/s, MB/s, lag behind the stream (with ``done_bytes``, the engine's progress), buffer fill and
+        frames missing so far, in one line."""
         a = self.account
         seconds = max(1e-9, time.monotonic() - self.started)
         missing = self.assembler.missing_emitted if self.assembler else 0
+        lag = "" if done_bytes is None else f", lag {self.lag(done_bytes):,} frames"
         return (f"{a.received}/{a.expected} frames, {a.received / seconds:,.0f} frames/s, "
-                f"{a.received * self.frame_bytes / seconds / 1e6:,.1f} MB/s, buffer "
-                f"{self.queue.bytes / 1e6:,.1f} MB, missing so far {missing}")
+                f"{a.received * self.frame_bytes / seconds / 1e6:,.1f} MB/s{lag}, buffer "
+                f"{self.queue.bytes / 1e6:,.1f} MB ({100 * self.queue.bytes / self.queue.capacity:.0f}%), "
+                f"missing so far {missing}")
 
     # -- the stream ------------------------------------------------------------------------------------------
     def blocks(self) -> Iterator[Block]:
@@ -136,6 +152,7 @@ class LiveSource:
         try:
             while not assembler.done:
                 event = self.queue.get(lambda: self._stop_reason)
+                self.dequeued += isinstance(event, Frame)
                 if isinstance(event, End):
                     self.account.ended = event.reason
                     yield from assembler.flush()
@@ -161,6 +178,7 @@ class LiveSource:
     def _drain(self, assembler: RowAssembler) -> None:
         while True:
             event = self.queue.get(lambda: self._stop_reason)
+            self.dequeued += isinstance(event, Frame)
             if isinstance(event, End):
                 return
             if isinstance(event, Corrupt):
@@ -174,6 +192,7 @@ class LiveSource:
         try:
             for event in self.reader.events(self._stop):
                 nbytes = event.data.nbytes if isinstance(event, Frame) else 0
+                self.pumped += isinstance(event, Frame)  # frames off the network (one writer: this thread)
                 if not self.queue.put(event, nbytes, self._stop):
                     return
                 if isinstance(event, End):

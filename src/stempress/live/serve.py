@@ -57,6 +57,8 @@ class FaultLog:
     sends: list[tuple[int, str]] = field(default_factory=list)
     sent: int = 0
     ended: str = "complete"
+    #: from the receiver's connection to the last send: with ``rate``, how well the schedule was kept
+    seconds: float = 0.0
 
     def delivered(self) -> set[int]:
         """Frame indices sent intact (before any disconnect)."""
@@ -175,6 +177,8 @@ def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1",
             log.ended = f"the receiver went away after {log.sent} frames ({type(exc).__name__})"
             sender.clean, sender.deliver = False, False
             return log
+        finally:
+            log.seconds = time.monotonic() - started
         if limit < len(log.sends):
             log.ended = f"disconnected after {limit} frames"
             sender.clean, sender.deliver = False, True
@@ -230,15 +234,18 @@ class _MerlinSender(_Sender):
         self.frames = _Frames(source)
         n = int(source.shape[0]) * int(source.shape[1])
         hdr_path = path.with_suffix(".hdr") if path is not None else None
-        itemsize = np.dtype(source.dtype).itemsize
-        depth = source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(itemsize, 12)
+        self.depth: int | None = None
         if hdr_path is not None and hdr_path.is_file():
             self.header = hdr_path.read_bytes()
         else:
-            self.header = acquisition_header(n, int(source.shape[1]), int(depth))
+            itemsize = np.dtype(source.dtype).itemsize
+            self.depth = int(source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(itemsize, 12))
+            self.header = acquisition_header(n, int(source.shape[1]), self.depth)
         if api_port is not None:
+            depth = self.depth or source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(
+                np.dtype(source.dtype).itemsize, 12)
             self.api = MerlinControlServer(host, api_port, {
-                "IMAGEX": source.shape[3], "IMAGEY": source.shape[2], "COUNTERDEPTH": depth,
+                "IMAGEX": source.shape[3], "IMAGEY": source.shape[2], "COUNTERDEPTH": int(depth),
                 "NUMFRAMESTOACQUIRE": n, "DETECTORSTATUS": 0})
             if api_ready is not None:
                 api_ready(self.api.port)
@@ -257,7 +264,9 @@ class _MerlinSender(_Sender):
         self.conn.sendall(mpx_message(self.header))
 
     def record(self, i: int) -> bytes:
-        return self.records(i) if self.records is not None else encode_frame(i + 1, self.frames(i))
+        if self.records is not None:
+            return self.records(i)
+        return encode_frame(i + 1, self.frames(i), counter_depth=self.depth)  # the depth the header says
 
     def send(self, i: int, corrupt: bool) -> None:
         record = self.record(i)

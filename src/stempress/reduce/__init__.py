@@ -1,12 +1,13 @@
 """Reducers: task summaries (virtual images, CoM, patterns) computed from blocks of frames in one pass.
 
-``run_reducers(source, default_reducers(calibrate(source)))`` gives BF/ADF/HAADF images, the CoM map and the
-mean pattern; ``run_reducers(..., executor=ThreadExecutor(4))`` gives the same results from partitions reduced
-on workers.
+``run_reducers(source, default_reducers(calibrate(source)))`` (``run_reducers`` and ``calibrate`` from
+``stempress.store.reducing``: running them over a source is an engine pass, a layer above) gives BF/ADF/HAADF
+images, the CoM map and the mean pattern; ``run_reducers(..., executor=ThreadExecutor(4))`` gives the same
+results from partitions reduced on workers.
 """
 
-from stempress.reduce.calibration import Calibration, calibrate, estimate_calibration, find_bf_disk
-from stempress.reduce.engine import Projection, run_reducers, single_blas_thread
+from stempress.reduce.calibration import Calibration, estimate_calibration, find_bf_disk
+from stempress.reduce.engine import Projection, single_blas_thread
 from stempress.reduce.imaging import (
     COM_MASK_BF,
     Annulus,
@@ -51,7 +52,6 @@ __all__ = [
     "abf",
     "adf",
     "bf",
-    "calibrate",
     "curl",
     "default_detectors",
     "default_reducers",
@@ -63,6 +63,5 @@ __all__ = [
     "haadf",
     "integrated_phase",
     "radius_map",
-    "run_reducers",
     "single_blas_thread",
 ]

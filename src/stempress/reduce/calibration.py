@@ -11,15 +11,12 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from stempress.errors import StempressError
-
-if TYPE_CHECKING:
-    from stempress.data.base import Dataset4D
 
 #: Angular units the Q calibration may come in, as mrad per unit.
 MRAD_PER_UNIT = {"mrad": 1.0, "rad": 1000.0, "urad": 1e-3, "µrad": 1e-3, "deg": 1000 * math.pi / 180,
@@ -206,55 +203,3 @@ def estimate_calibration(pattern: np.ndarray, metadata: Mapping[str, Any] | None
     base = Calibration.from_metadata(metadata or {}, p.shape)
     cy, cx, radius = find_bf_disk(p)
     return dataclasses.replace(base, centre_y=cy, centre_x=cx, bf_radius_px=radius, origin="mean pattern")
-
-
-def calibrate(source: Dataset4D, *, sample_rows: int | None = 16, rows: int | None = None) -> Calibration:
-    """Measure the calibration of a source on its mean pattern over ``sample_rows`` evenly spaced scan rows
-    (None: every row), so a large cube costs a few rows, not a pass."""
-    from stempress.data.base import Block
-    from stempress.reduce.engine import run_reducers, single_blas_thread
-    from stempress.reduce.imaging import MeanPattern
-
-    scan_y = source.shape[0]
-    if sample_rows is None or sample_rows >= scan_y:
-        pattern = run_reducers(source, [MeanPattern()], rows=rows)["mean_pattern"]["mean"]
-    else:
-        reducer = MeanPattern()
-        state = reducer.start(source.shape, source.dtype)
-        picks = np.unique(np.linspace(0, scan_y - 1, max(1, sample_rows)).round().astype(int))
-        with single_blas_thread():
-            for r in picks:
-                reducer.process(state, Block(int(r), source.read_rows(int(r), int(r) + 1)))
-        pattern = reducer.finish(state)["mean"]
-    return estimate_calibration(pattern, source.metadata)
-
-
-def source_calibration(source: Dataset4D, *, centre: tuple[float, float] | None = None,
-                       bf_radius: float | None = None) -> Calibration:
-    """What the user gave (``centre`` (y, x) and ``bf_radius`` in detector pixels), else the source's own centre
-    and BF radius when it carries them, else measured on its mean pattern."""
-    if centre is not None or bf_radius is not None:
-        return given_calibration(source, centre=centre, bf_radius=bf_radius)
-    cal = Calibration.from_metadata(source.metadata, source.shape[2:])
-    return cal if cal.origin == "metadata" and cal.bf_radius_px is not None else calibrate(source)
-
-
-def given_calibration(source: Dataset4D, *, centre: tuple[float, float] | None = None,
-                      bf_radius: float | None = None) -> Calibration:
-    """The source's calibration with the beam centre and/or BF radius the user gave; a part not given comes from
-    the source's metadata or, failing that, is measured on the mean pattern."""
-    det = (int(source.shape[2]), int(source.shape[3]))
-    if centre is not None and not (len(centre) == 2 and all(math.isfinite(c) for c in centre)):
-        raise StempressError(f"centre {centre} must be two finite numbers Y,X in detector pixels, e.g. --centre "
-                             f"{(det[0] - 1) / 2:g},{(det[1] - 1) / 2:g}")
-    if bf_radius is not None and not (math.isfinite(bf_radius) and bf_radius > 0):
-        raise StempressError(f"BF radius {bf_radius} must be a positive number of detector pixels (--bf-radius)")
-    base = Calibration.from_metadata(source.metadata, det)
-    known = base.origin == "metadata" and base.bf_radius_px is not None
-    if (centre is None or bf_radius is None) and not known:
-        base = calibrate(source)
-    cy, cx = centre if centre is not None else (base.centre_y, base.centre_x)
-    return dataclasses.replace(base, centre_y=float(cy), centre_x=float(cx),
-                               bf_radius_px=float(bf_radius) if bf_radius is not None else base.bf_radius_px,
-                               origin="given" if centre is not None and bf_radius is not None else
-                               f"given {'centre' if centre is not None else 'BF radius'}, rest {base.origin}")

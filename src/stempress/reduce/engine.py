@@ -1,7 +1,8 @@
-"""Run reducers over a cube in one pass, or over partitions that merge: the executors' common shape.
+"""Reducers over blocks of scan rows, in one pass or over partitions that merge: the executors' common shape.
 
-No files here: the engine takes a source (anything with ``read_rows``) or an iterable of ``Block`` s, so a
-live receiver or a Dask executor can drive the same code. Linear reducers (virtual detectors, CoM, the mean
+No files and no sources here: a ``RowPass`` takes ``Block`` s (``sinks.reduce.ReducerSink`` feeds it from the
+engine; ``store.reducing.run_reducers`` runs that pass over a source), so a live receiver or a Dask executor
+drives the same code. Linear reducers (virtual detectors, CoM, the mean
 pattern) are fused into one ``Projection``: each block is converted once and multiplied once by a
 ``(pixels, k)`` matrix covering all of them.
 """
@@ -9,17 +10,12 @@ pattern) are fused into one ``Projection``: each block is converted once and mul
 from __future__ import annotations
 
 import contextlib
-import itertools
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from stempress.data.base import ArraySource, Block, Dataset4D
-from stempress.data.stream import BlockStream
+from stempress.data.base import Block
 from stempress.errors import StempressError, require_distinct_names
-from stempress.exec.base import Executor
-from stempress.progress import Progress
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.protocol import LinearReducer, Reducer, Shape4, State
 
@@ -244,8 +240,11 @@ class RowPass:
                                  f"[{self.rows[0]}, {self.rows[1]}) being reduced; check the stream's shape")
         if self.seen[lo:hi].any():
             raise StempressError(f"scan rows [{block.start}, {block.stop}) arrived twice; send each row once")
+        if not block.complete:
+            block = block.without_missing()  # a stream's fill value never enters a sum (the mean pattern's)
+            data = block.data
         if self.nonfinite is not None:
-            block = Block(block.start, self.nonfinite.clean(data))
+            block = Block(block.start, self.nonfinite.clean(data), block.valid, block.frame_ids)
             data = block.data
         if self.projection is not None:
             buffers = []
@@ -301,45 +300,3 @@ def _check_outputs(reducer: Reducer, out: dict[str, np.ndarray], shape: Shape4, 
 def check_names(reducers: Sequence[Reducer]) -> None:
     require_distinct_names([r.name for r in reducers], "reducers", "pass at least one (e.g. "
                            "default_reducers(calibration))", "give each a distinct name=")
-
-
-def run_reducers(source_or_blocks: Dataset4D | np.ndarray | Iterable[Block], reducers: Sequence[Reducer], *,
-                 rows: int | None = None, progress: Progress | None = None,
-                 calibration: Calibration | None = None, shape: Shape4 | None = None,
-                 metadata: dict[str, Any] | None = None, executor: Executor | None = None) -> Results:
-    """All reducers over every scan row in ONE pass (``engine.run`` with a ``ReducerSink``); returns
-    ``{reducer name: {output name: array}}``.
-
-    ``source_or_blocks``: a source (read ``rows`` scan rows at a time, default the engine's block budget), an
-    in-memory 4-D array, or an iterable of ``Block`` s (then ``shape`` is required; blocks may come in any order
-    but must cover every row once; out of order, float sums may differ in the last bit, counts never do).
-    ``calibration`` defaults to what the source's metadata carries. ``executor``: several workers reduce
-    partitions that merge in row order, with results identical to one pass (bit for bit for integer data and
-    for sums float64 holds exactly). ``progress(bytes_done, bytes_total)``.
-    """
-    from stempress.engine import run
-    from stempress.sinks.reduce import ReducerSink
-
-    check_names(reducers)
-    source = _as_source(source_or_blocks, shape, metadata)
-    if calibration is None and metadata is not None:
-        calibration = Calibration.from_metadata(metadata, source.shape[2:])
-    with single_blas_thread():
-        (results,) = run(source, [ReducerSink(reducers, calibration)], executor=executor, progress=progress,
-                         rows=rows)
-    return results
-
-
-def _as_source(source_or_blocks: Dataset4D | np.ndarray | Iterable[Block], shape: Shape4 | None,
-               metadata: dict[str, Any] | None) -> Dataset4D | BlockStream:
-    if isinstance(source_or_blocks, np.ndarray):
-        return ArraySource(source_or_blocks, metadata=dict(metadata or {}))
-    if isinstance(source_or_blocks, Dataset4D):
-        return source_or_blocks
-    if shape is None:
-        raise StempressError("reducing a stream of blocks needs the cube's shape=(scan_y, scan_x, det_y, det_x)")
-    blocks = iter(source_or_blocks)
-    first = next(blocks, None)
-    if first is None:
-        raise StempressError("the block stream is empty; nothing to reduce")
-    return BlockStream(itertools.chain([first], blocks), tuple(shape), first.data.dtype, metadata=dict(metadata or {}))

@@ -164,7 +164,9 @@ class MeanPattern(LinearReducer):
 
     def consume(self, state: State, block: Block, products: np.ndarray) -> None:
         state.local(block)
-        state.buffers["frames"] += block.data.shape[0] * block.data.shape[1]
+        # frames that arrived: a stream's missing ones (zeroed by the row pass) are not part of the mean
+        state.buffers["frames"] += (block.data.shape[0] * block.data.shape[1] if block.valid is None
+                                    else int(np.count_nonzero(block.valid)))
 
     def finish(self, state: State) -> dict[str, np.ndarray]:
         frames = int(state.buffers["frames"])

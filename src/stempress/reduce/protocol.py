@@ -188,6 +188,7 @@ class LinearReducer(Reducer):
         """Standalone use: project the block with this reducer's weights alone (same bits as fused)."""
         from stempress.reduce.engine import Projection  # the engine's kernel; engine imports this module
 
+        block = block.without_missing()
         projection = state.context.get("_projection")
         if projection is None:
             projection = state.context["_projection"] = Projection(self.weights(state), state.dtype, state.shape)

@@ -20,7 +20,6 @@ from stempress.data.base import ArraySource, Dataset4D, SourceBase
 from stempress.errors import StempressError
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.diffraction import RadialProfile
-from stempress.reduce.engine import ReducerResults, run_reducers
 from stempress.reduce.imaging import AUTO, Annulus, CenterOfMass, MeanPattern, VirtualDetectors, radius_map
 from stempress.reduce.protocol import Reducer, Shape4
 
@@ -248,12 +247,3 @@ class BinnedSource(SourceBase):
 
 
 # -- computing targets -------------------------------------------------------------------------------------
-def compute(targets: Sequence[Target], frames: Dataset4D, cal: Calibration, scale: int = 1,
-            rows: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Every target from ``frames`` (a cube, or its detector binned ``scale`` x) in one pass, by label."""
-    reducers = [t.reducer(cal, scale, name=f"t{i}") for i, t in enumerate(targets)]
-    results = run_reducers(frames, reducers, rows=rows, calibration=binned_calibration(cal, scale, frames.shape[2:]))
-    det = None if cal.det_shape is None else tuple(cal.det_shape)
-    out = ReducerResults({t.label: t.extract(results[f"t{i}"], scale, det) for i, t in enumerate(targets)})
-    out.nonfinite = results.nonfinite  # NaN / infinite values taken as 0, for the caller to tell
-    return out

@@ -23,8 +23,8 @@ from matplotlib.patches import Circle
 
 from stempress.data.base import Dataset4D
 from stempress.errors import StempressError
-from stempress.reduce.calibration import PIXEL_UNITS, Calibration, source_calibration
-from stempress.reduce.engine import Results, run_reducers
+from stempress.reduce.calibration import PIXEL_UNITS, Calibration
+from stempress.reduce.engine import Results
 from stempress.reduce.imaging import (
     Annulus,
     VirtualDetectors,
@@ -38,6 +38,7 @@ from stempress.reduce.imaging import (
 from stempress.reduce.output import read_reduced, reduced_calibration
 from stempress.reduce.sufficiency import parse_target
 from stempress.report.figures import new_figure, save_figure
+from stempress.store.reducing import run_reducers, source_calibration
 
 #: Scan length units converted to nm for the axes.
 NM_PER_UNIT = {"nm": 1.0, "A": 0.1, "Å": 0.1, "angstrom": 0.1, "pm": 1e-3, "um": 1e3, "µm": 1e3}

@@ -285,7 +285,7 @@ def recommendations_table(recommendations: Iterable[Any]) -> pd.DataFrame:
 def baselines_table(stats: pd.DataFrame, results: pd.DataFrame, study: pd.DataFrame | None) -> pd.DataFrame:
     """One row per measured non-HDF5 baseline and dataset: our ratio, the study's where it has the dataset, and
     how the two baselines differ on that dataset's dtype (the study's casts lose data on some)."""
-    from stempress.codecs.baselines import study_difference
+    from stempress.bench.baselines import study_difference
 
     columns = ["dataset", "dtype", "method", "ratio", "ratio_study", "differs_from_study"]
     dtypes = results.drop_duplicates("dataset").set_index("dataset")["dtype"] if "dtype" in results else {}

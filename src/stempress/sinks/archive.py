@@ -22,12 +22,12 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output, writing
 from stempress.codecs.catalog import Codec
-from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
 from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk, whole_chunk_rows
 from stempress.data.base import Block
+from stempress.data.checksums import ChunkChecksums
 from stempress.data.emd import data_path, prepare_layout, write_source_metadata
 from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor
@@ -61,6 +61,7 @@ class ArchiveSpec:
     provenance: bool = True
     durable: bool = True
     filter_kwargs: Mapping[str, Any] | None = None
+    whole_chunks: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class ArchiveResult:
     #: Seconds per stage: encode and checksum summed over workers; write (HDF5 calls), wait (the writer waiting
     #: for encoded chunks) and publish (close, fsync, rename) on the writer's thread.
     stages: dict[str, float] = field(default_factory=dict)
+    #: Shard files behind a ``--shards`` master (``sinks.shards``); 0 for one file.
+    shards: int = 0
 
 
 class ArchiveSink:
@@ -105,6 +108,10 @@ class ArchiveSink:
         spec = self.spec
         self.info = info
         self.chunks = chunk_shape(spec.chunks, info.shape) if spec.chunks is not None else None
+        maxshape = None
+        if spec.whole_chunks and isinstance(spec.chunks, tuple) and spec.chunks[0] > info.shape[0]:
+            self.chunks = (spec.chunks[0], *self.chunks[1:])  # type: ignore[index]
+            maxshape = (None, *info.shape[1:])
         self.executor: Executor = info.executor or InlineExecutor()
         wanted = (spec.direct is not False and self.chunks is not None and spec.codec is not None
                   and spec.filter_kwargs is None)
@@ -126,7 +133,7 @@ class ArchiveSink:
         group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
         kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
             spec.codec.h5_kwargs() if spec.codec is not None else {})
-        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs)
+        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs, maxshape)
         self.expected = None
         if spec.truth is not None:
             self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.dset.chunks,

@@ -25,6 +25,9 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output, discard, partial_folder, writing
 from stempress.data.base import Block
+from stempress.data.events import EventBlock, check_counts_dtype, events_from_block
+from stempress.data.raw_csr import RawCsrSource
+from stempress.data.stempy import METADATA as STEMPY_METADATA
 from stempress.errors import StempressError
 from stempress.events.counting import (
     OUT_DTYPE,
@@ -38,11 +41,9 @@ from stempress.events.counting import (
     counting_record,
     event_format,
 )
-from stempress.events.libertem import RawCsrSource, RawCsrWriter, raw_csr_files
+from stempress.events.libertem import RawCsrWriter, raw_csr_files
 from stempress.events.record import event_record
-from stempress.events.representation import check_counts_dtype, events_from_block
 from stempress.events.stempy import MAX_AUTO_FRAMES_PER_POSITION, write_stempy
-from stempress.events.stempy import METADATA as STEMPY_METADATA
 from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor
 from stempress.sinks.protocol import RunInfo
@@ -60,7 +61,8 @@ class EventSink:
     ``events.counting.event_format`` says), counting them first with ``params`` when given.
 
     ``rows``: scan rows per block of the stempy conversion; ``inputs``: stored in the counting record as given.
-    ``finish`` returns a ``CountReport``. Consumes blocks in row order (one file: not mergeable).
+    ``finish`` returns a ``CountReport``. One file, written in row order: on threads it consumes every block; on a
+    remote executor it merges ``CountedRows`` partitions (counted where they are read) in row order.
     """
 
     name = "events"
@@ -93,6 +95,8 @@ class EventSink:
         self.executor: Executor = info.executor or InlineExecutor()
         self.tally = CountTally(info.shape[2:])
         self.max_input: float | None = None
+        #: a live stream's positions whose frame never arrived (their fill frames hold no events): the record says so
+        self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if "frames" in info.metadata else None
         stack = contextlib.ExitStack()
         try:
             self._tmp = {path: stack.enter_context(atomic_output(path, force=self.force))
@@ -105,18 +109,36 @@ class EventSink:
         self._stack = stack
 
     def consume(self, block: Block) -> None:
-        data = np.asarray(block.data)
-        if self.params is not None:
-            check_frames(data, f"{self.source.name} rows [{block.start}, {block.stop})")
-            if data.size:
-                top = float(data.max())
-                self.max_input = top if self.max_input is None else max(self.max_input, top)
-            data = self._count(data)
-        events = events_from_block(Block(block.start, data), where=self.counts.name)
+        if block.valid is not None:
+            if self.received is None:
+                self.received = np.ones(self.source.shape[:2], bool)
+            self.received[block.start:block.stop] = block.valid
+        # a missing frame's fill value is never counted
+        events, top = counted_events(block.without_missing(), self.params, self.source.name, self.counts.name,
+                                     self.tally, self._count)
+        self._append([events], top)
+
+    def _append(self, events: list[EventBlock], top: float | None) -> None:
+        if top is not None:
+            self.max_input = top if self.max_input is None else max(self.max_input, top)
         assert self._writer is not None
         with writing(self.out):  # the staged set's writes happen here, outside its atomic_output block
-            self._writer.append(events)
-        self.tally.add(data)
+            for each in events:
+                self._writer.append(each)
+
+    # -- partitions, on a remote executor (Dask, processes) ------------------------------------------------
+    def merges_on(self, executor: Executor) -> bool:
+        """Partitions only where workers are other processes: each counts its own rows (read where it runs) and
+        sends back events, not frames; on threads, blocks stream and their frames are split among the workers."""
+        return bool(executor.remote)
+
+    def partial(self, rows: tuple[int, int]) -> CountedRows:
+        return CountedRows(self.params, self.source.name, self.counts.name, self.source.shape[2:])
+
+    def merge(self, part: CountedRows) -> None:
+        """A partition's events appended in row order (partitions arrive in row order), its tally added."""
+        self._append(part.events, part.max_input)
+        self.tally.merge(part.tally)
 
     def _count(self, frames: np.ndarray) -> np.ndarray:
         """The block's frames counted on the run's workers, in pieces of whole frames, joined in order."""
@@ -141,6 +163,9 @@ class EventSink:
     def _finish(self) -> CountReport:
         assert self._writer is not None and self._stack is not None
         record = event_record(self.counts, self.fmt)  # type: ignore[arg-type]
+        if self.received is not None:  # a stream's accounting: missing positions are no events, not empty frames
+            record["provenance"]["frames"] = {**self.source.metadata.get("frames", {}),
+                                              "missing_positions": np.flatnonzero(~self.received).tolist()}
         warnings: list[str] = []
         if self.params is not None:
             record["counting"] = counting_record(self.counts.metadata["counting"], self.source.shape, self.tally,
@@ -191,6 +216,47 @@ class EventSink:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             discard(stack)
+
+
+class CountedRows:
+    """A worker's share of the events: its partition's frames counted (``params``) or taken as counts, held as
+    event blocks with their tally until merged. Picklable: parameters and names only until it has consumed."""
+
+    name = "events"
+
+    def __init__(self, params: CountingParams | None, source: str, counts: str, det: tuple[int, int]) -> None:
+        self.params, self.source, self.counts, self.det = params, source, counts, tuple(det)
+
+    def open(self, info: RunInfo) -> None:
+        self.events: list[EventBlock] = []
+        self.tally = CountTally(self.det)  # type: ignore[arg-type]
+        self.max_input: float | None = None
+
+    def consume(self, block: Block) -> None:
+        params = self.params
+        events, top = counted_events(block, params, self.source, self.counts, self.tally,
+                                     lambda frames: count_frames(frames, params))  # type: ignore[arg-type]
+        self.events.append(events)
+        if top is not None:
+            self.max_input = top if self.max_input is None else max(self.max_input, top)
+
+    def finish(self) -> CountedRows:
+        return self
+
+
+def counted_events(block: Block, params: CountingParams | None, source: str, counts: str, tally: CountTally,
+                   count: Any) -> tuple[EventBlock, float | None]:
+    """One block's events (its frames counted with ``count`` first when ``params`` are given), added to ``tally``;
+    and the largest input value (for the warnings), None when the frames were counts already."""
+    data = np.asarray(block.data)
+    top = None
+    if params is not None:
+        check_frames(data, f"{source} rows [{block.start}, {block.stop})")
+        top = float(data.max()) if data.size else None
+        data = count(data)
+    events = events_from_block(Block(block.start, data), where=counts)
+    tally.add(data)
+    return events, top
 
 
 def _stempy_size_warning(out: Path, written: Path, staged: Path) -> list[str]:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stempress.data.base import Block
+from stempress.errors import StempressError
 from stempress.reduce.calibration import Calibration
 from stempress.reduce.engine import Results, RowPass, check_names
 from stempress.reduce.protocol import Reducer
@@ -29,6 +30,7 @@ class ReducerSink:
         #: False where a block said the frame is missing, over this sink's rows (None: every frame arrived)
         self.received: np.ndarray | None = None
         self._parts: list[np.ndarray] = []
+        self.results: Results | None = None
 
     def open(self, info: RunInfo) -> None:
         if self.calibration is None:
@@ -56,10 +58,43 @@ class ReducerSink:
         rows = other.rows[1] - other.rows[0]
         self._parts.append(other.received if other.received is not None else np.ones((rows, other.shape[1]), bool))
 
+    @property
+    def rows_reduced(self) -> int:
+        """Scan rows through the reducers so far (merged, for offloaded partials)."""
+        done = self._merged if self._merged is not None else self._pass
+        return 0 if done is None else int(done.seen.sum())
+
+    def snapshot(self) -> Results:
+        """The results so far, while the pass runs (a live scan's preview): per-position outputs over the whole
+        scan, NaN where no row has been reduced yet; outputs of reducers without per-position outputs (the mean
+        pattern) from what they hold, left out while they hold nothing. Copies: safe to hand to another thread.
+        Call it on the engine's thread (as a sink does), never alongside ``merge``."""
+        done = self._merged if self._merged is not None else self._pass
+        assert done is not None, "open the sink first"
+        lo, hi = done.rows
+        out: Results = {}
+        for reducer, state in zip(self.reducers, done.states, strict=True):
+            specs = reducer.outputs(self.shape, done.dtype)
+            images = {key: spec for key, spec in specs.items() if spec.kind == "position" and key in state.buffers}
+            if images:
+                out[reducer.name] = {}
+                for key, spec in images.items():
+                    full = np.full(spec.shape(self.shape), np.nan)
+                    full[lo:hi] = state.buffers[key]
+                    full[lo:hi][~done.seen] = np.nan
+                    out[reducer.name][key] = full
+            elif all(spec.kind != "position" for spec in specs.values()):
+                try:
+                    out[reducer.name] = {k: np.array(v, copy=True) for k, v in reducer.finish(state).items()}
+                except StempressError:  # nothing seen yet (the mean pattern of no frame)
+                    continue
+        return out
+
     def finish(self) -> Results:
         done = self._merged if self._merged is not None else self._pass
         assert done is not None, "open the sink first"
         results = done.finish()
+        self.results = results  # kept: a sink of the same pass may look at them after (a live scan's last snapshot)
         if self._parts:
             merged = np.concatenate(self._parts)
             self.received = None if merged.all() else merged

@@ -16,7 +16,7 @@ import numpy as np
 from stempress.atomic import atomic_output, check_new_output
 from stempress.data.base import Dataset4D
 from stempress.provenance import cube_digest, hashes_cube_bytes, provenance
-from stempress.reduce.calibration import Calibration, source_calibration
+from stempress.reduce.calibration import Calibration
 from stempress.reduce.output import derived_values, target_outputs, write_reduced
 from stempress.reduce.sufficiency import Target, parse_targets
 from stempress.sinks.archive import RECEIVED
@@ -33,11 +33,11 @@ class ReducedFileSink:
     name = "reduced"
 
     def __init__(self, source: Dataset4D, targets: str | Sequence[str | Target], out: Path | str, *,
-                 calibration: Calibration | None = None, force: bool = False) -> None:
+                 calibration: Calibration, force: bool = False) -> None:
         self.source, self.out, self.force = source, Path(out), force
         self.targets = parse_targets(targets)
         check_new_output(self.out, force)  # before the pass, not after it
-        self.calibration = calibration if calibration is not None else source_calibration(source)
+        self.calibration = calibration  # measured before the pass by the caller (store.reducing.source_calibration)
         self.reducers = [t.reducer(self.calibration, name=t.label) for t in self.targets]
         self.inner = ReducerSink(self.reducers, self.calibration)
         # a small in-memory cube's provenance digest is taken from the blocks of this pass when they come in row

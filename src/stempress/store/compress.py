@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stempress.atomic import check_new_output, partial_folder, remove_stale_partials
+from stempress.atomic import check_new_output, remove_stale_partials
 from stempress.codecs.catalog import CATALOG, Codec, get_codec
 from stempress.codecs.chunk_codec import direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
@@ -30,6 +30,7 @@ from stempress.exec.base import Executor
 from stempress.exec.local import ThreadExecutor
 from stempress.progress import Progress
 from stempress.sinks.archive import ArchiveSink, ArchiveSpec
+from stempress.sinks.shards import ShardedArchiveSink, check_new_shards, shard_folder
 from stempress.sizes import GIB, human_size
 from stempress.store.readers import cube_open_lines
 
@@ -47,7 +48,7 @@ ENTROPY_CODEC = "entropy_poisson"
 @dataclass(frozen=True)
 class CompressReport:
     """What was written, how, and how fast: ``seconds`` is the write (reading the source, compressing, syncing and
-    renaming), without the benchmark ``codec="auto"`` runs first."""
+    renaming), without the benchmark ``codec="auto"`` runs first (``bench.recommend.compress_auto``)."""
 
     path: Path
     codec: str
@@ -64,6 +65,8 @@ class CompressReport:
     removed_partials: tuple[Path, ...] = ()
     #: Seconds per stage of the archive writer (``ArchiveResult.stages``): where the time went.
     stages: dict[str, float] = field(default_factory=dict)
+    #: Shard files in ``OUT.shards/`` behind the master ``path`` (``shards=True``); 0 for one file.
+    shards: int = 0
 
     @property
     def ratio(self) -> float:
@@ -82,6 +85,8 @@ class CompressReport:
         done = (f"{self.path}: {self.codec}, chunks {chunks}, {self.workers} workers, {path}; "
                 f"{human_size(self.raw_bytes)} -> {human_size(self.file_bytes)} (ratio {self.ratio:.2f}) "
                 f"in {self.seconds:.2f} s, {self.gibs:.3f} GiB/s")
+        if self.shards:
+            done += f"; a master over {self.shards} shard files in {shard_folder(self.path).name}/ (move them together)"
         if self.layout == ENTROPY_CODEC:  # stempress's own format: only stempress reads it
             return done
         opening = cube_open_lines(self.path, self.layout, self.dataset_path, get_codec(self.codec).filters)
@@ -91,49 +96,65 @@ class CompressReport:
 def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
              chunks: str | tuple[int, ...] | None = None, workers: int | None = None, layout: str = "emd",
              dataset_path: str | None = None, force: bool = False,
-             progress: Progress | None = None, executor: Executor | None = None) -> CompressReport:
+             progress: Progress | None = None, executor: Executor | None = None,
+             shards: bool = False) -> CompressReport:
     """Write ``source`` to ``out`` compressed with ``codec`` and return what happened.
 
-    ``codec="auto"`` benchmarks a sample of the source (``recommend_source``, use case "balanced") among the
-    codecs that compress in parallel and uses the winner. ``workers`` defaults to the cores this process may
-    run on. ``progress(bytes_done, bytes_total)`` counts raw bytes written. ``chunks`` defaults to ``balanced``.
+    ``codec="auto"`` (benchmark a sample, then write with the winner) is the benchmark's, a layer above:
+    ``stempress.bench.recommend.compress_auto``. ``workers`` defaults to the cores this process may run on.
+    ``progress(bytes_done, bytes_total)`` counts raw bytes written. ``chunks`` defaults to ``balanced``.
     ``executor`` (e.g. a ``DaskExecutor``; the caller closes it) compresses the chunks instead of ``workers``
     threads; one writer in this process stores them in grid order, so the file is the same byte for byte.
+    ``shards``: one file per partition in ``OUT.shards/``, written where the partition is compressed, plus ``out``
+    as the master file whose virtual dataset shows one cube (``sinks.shards``): no single writer.
 
     ``codec="entropy_poisson"`` writes integer counts as the entropy-coded event file instead (``layout`` does not
     apply; ``chunks``' scan rows, default about 8 MiB of frames, set its coded chunks); its ``workers`` are
     processes, so a script using them keeps its work under ``if __name__ == "__main__":``.
     """
     out = Path(out)
-    shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
+    check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if codec.strip().lower() == ENTROPY_CODEC:
+        if shards:
+            raise StempressError(f"codec {ENTROPY_CODEC} writes its own file format, not HDF5 shards; drop --shards "
+                                 f"or choose an HDF5 codec such as {DEFAULT_CODEC}")
         if executor is not None and executor.remote:
             raise StempressError(f"codec {ENTROPY_CODEC} codes on this machine's processes; drop --dask, or "
                                  f"choose an HDF5 codec such as {DEFAULT_CODEC}")
         return _compress_entropy(source, out, chunks, workers, force, progress)
-    chunks = "balanced" if chunks is None else chunks
-    data_path(layout, dataset_path)  # a bad layout or path is refused before the codec benchmark of "auto"
-    check_new_output(out, force)
+    chunks_t = check_hdf5_output(source, out, chunks, layout, dataset_path, force, shards=shards)
     n_workers = executor.workers if executor is not None else resolve_workers(workers)
-    chunks_t = chunk_shape(chunks, shape)
-    chosen, why = resolve_codec(codec, source, chunks_t, out)
+    chosen = resolve_codec(codec)
     removed = remove_stale_partials(out)
     started = time.perf_counter()  # the write only: reading the source, compressing, syncing, renaming
     spec = ArchiveSpec(out, chosen, chunks_t, layout, dataset_path, force)
+    sink = ShardedArchiveSink(spec) if shards else ArchiveSink(spec)
     # an executor the caller gave stays theirs to close; else threads of our own
     with contextlib.nullcontext(executor) if executor is not None else ThreadExecutor(n_workers) as pool:
-        (written,) = run(source, [ArchiveSink(spec)], executor=pool, progress=progress)
+        (written,) = run(source, [sink], executor=pool, progress=progress)
     return CompressReport(path=out, codec=chosen.name, chunks=chunks_t, workers=n_workers, direct=written.direct,
                           fallback_reason=written.fallback_reason, layout=layout, dataset_path=written.dataset_path,
                           raw_bytes=nbytes(source), file_bytes=written.file_bytes,
-                          seconds=time.perf_counter() - started, chosen_why=why, removed_partials=removed,
-                          stages=written.stages)
+                          seconds=time.perf_counter() - started, removed_partials=removed,
+                          stages=written.stages, shards=written.shards)
+
+
+def check_hdf5_output(source: Dataset4D, out: Path, chunks: str | tuple[int, ...] | None, layout: str,
+                      dataset_path: str | None, force: bool, *, shards: bool = False) -> tuple[int, int, int, int]:
+    """The chunk shape (``balanced`` by default), after refusing a bad layout, dataset path or an existing ``out``
+    (with ``shards``, its shard folder too): before any work, the benchmark of codec "auto" included."""
+    data_path(layout, dataset_path)
+    if shards:
+        check_new_shards(out, force)
+    else:
+        check_new_output(out, force)
+    return chunk_shape("balanced" if chunks is None else chunks, tuple(source.shape))
 
 
 def _compress_entropy(source: Dataset4D, out: Path, chunks: str | tuple[int, ...] | None, workers: int | None,
                       force: bool, progress: Progress | None) -> CompressReport:
     """``codec="entropy_poisson"``: the counts entropy-coded, with the source's calibration and provenance."""
-    from stempress.events.entropy import default_chunk_rows  # the codec's modules load only when asked for
+    from stempress.data.entropy import default_chunk_rows  # the codec's modules load only when asked for
     from stempress.events.entropy_file import write_entropy_events
 
     codec = get_codec(ENTROPY_CODEC)
@@ -164,11 +185,12 @@ def direct_codecs() -> list[str]:
             if c.storage == "hdf5" and c.family != "none" and c.available and direct_chunk_reason(c) is None]
 
 
-def resolve_codec(name: str, source: Dataset4D, chunks: tuple[int, int, int, int],
-                  out: Path) -> tuple[Codec, str | None]:
-    """The codec to write with, and for ``auto`` why it was chosen."""
+def resolve_codec(name: str) -> Codec:
+    """The HDF5 codec to write with; "auto" (benchmark first) is refused here, one layer too low for it."""
     if name.strip().lower() == AUTO:
-        return _recommended(source, chunks, out)
+        raise StempressError("codec 'auto' benchmarks a sample of the source first, which store.compress does not "
+                             "do: call stempress.bench.recommend.compress_auto (as `stempress compress --codec auto` "
+                             f"does), or give a codec such as {DEFAULT_CODEC}")
     codec = get_codec(name)
     if codec.storage != "hdf5":
         raise StempressError(f"codec {codec.name!r} is a file format, not an HDF5 filter, so it cannot store an "
@@ -177,17 +199,4 @@ def resolve_codec(name: str, source: Dataset4D, chunks: tuple[int, int, int, int
     problem = codec.unavailable_reason()
     if problem:
         raise StempressError(f"codec {codec.name!r} cannot write here: {problem}")
-    return codec, None
-
-
-def _recommended(source: Dataset4D, chunks: tuple[int, int, int, int], out: Path) -> tuple[Codec, str]:
-    from stempress.bench.recommend import recommend_source  # pandas and the bench machinery: only for auto
-
-    methods = direct_codecs()
-    if not methods:
-        raise StempressError("codec 'auto' found no codec that compresses in parallel here; "
-                             f"pip install hdf5plugin or give a codec such as {DEFAULT_CODEC}")
-    with partial_folder(out) as workdir:
-        rec, _stats = recommend_source(source, "balanced", methods=methods, chunkings=[chunks], runs=1,
-                                       workdir=Path(workdir))
-    return get_codec(rec.codec), rec.why
+    return codec

@@ -7,7 +7,7 @@ Problems are named by scan position, which is what a user can look at; a file wi
 still decoded (and compared), and the report says so: "decoded, not verified", never OK, unless it was compared.
 
 Every other format stempress reads is verified as a source (``_SourceVerifier``): the event files (stempy and
-raw_csr with the CRC of each chunk of scan rows, ``events.checksums``; the entropy-coded file, whose reader checks
+raw_csr with the CRC of each chunk of scan rows, ``data.event_checksums``; the entropy-coded file, whose reader checks
 its own chunks), and frame files without checksums (.mib, .npy, NXmx), which are decoded whole (a truncated file
 fails) and compared with ``against``. The report says which checks it could make.
 """
@@ -26,12 +26,12 @@ import numpy as np
 
 from stempress.codecs.base import Codec, Pipeline
 from stempress.codecs.catalog import identify
-from stempress.codecs.checksums import ChunkChecksums
 from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
 from stempress.codecs.parallel import chunk_grid, chunk_pieces, full_chunk, read_chunks_parallel
 from stempress.codecs.registry import codec_from_config, codec_from_pipeline
 from stempress.cores import resolve_workers
 from stempress.data.base import Block, Dataset4D, block_rows, require_file, rows_for_budget
+from stempress.data.checksums import ChunkChecksums
 from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
 from stempress.errors import StempressError
@@ -132,6 +132,10 @@ def verify(path: Path | str, *, against: Dataset4D | None = None, workers: int |
     n_workers = resolve_workers(workers)
     with open_hdf5(path) as f:
         dset = f[dataset_path]
+        if dset.is_virtual:  # a --shards master: its shards are the archives
+            from stempress.store.verify_shards import verify_master
+
+            return verify_master(path, dset, against, n_workers, started)
         return _Verifier(path, dset, against, n_workers, started).run()
 
 
@@ -338,7 +342,7 @@ def _verify_source(path: Path, kind: str, against: Dataset4D | None, workers: in
     from stempress.data.open import open_source
 
     if kind == "entropy":
-        from stempress.events.entropy_file import open_entropy
+        from stempress.data.entropy_file import open_entropy
 
         source = open_entropy(path, workers=resolve_workers(workers))
     else:
@@ -353,10 +357,10 @@ class _SourceVerifier:
     its own chunks) and, with ``against``, compared bit for bit."""
 
     def __init__(self, path: Path, kind: str, source: Dataset4D, against: Dataset4D | None, started: float) -> None:
-        from stempress.events.entropy_file import CODEC, has_checksums
+        from stempress.data.entropy_file import CODEC, has_checksums
 
         self.path, self.kind, self.source, self.against, self.started = path, kind, source, against, started
-        self.guard = getattr(source, "guard", None)  # events.checksums.ChunkGuard of a stempy / raw_csr source
+        self.guard = getattr(source, "guard", None)  # data.event_checksums.ChunkGuard of a stempy / raw_csr source
         self.sums = None if self.guard is None else self.guard.checksums
         self.label = CODEC if kind == "entropy" else kind
         self.reader_checksums = kind == "entropy" and has_checksums(path)
@@ -389,7 +393,7 @@ class _SourceVerifier:
         return first
 
     def _check_decoded(self) -> Problem | None:
-        from stempress.events.checksums import ChecksumError
+        from stempress.data.event_checksums import ChecksumError
 
         total = self.source.shape[0]
         rows = rows_for_budget(self.source)

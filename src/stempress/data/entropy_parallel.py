@@ -48,8 +48,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from stempress.cores import resolve_workers
+from stempress.data.entropy_model import PoissonModel
 from stempress.errors import StempressError
-from stempress.events.entropy_model import PoissonModel
 
 T = TypeVar("T")
 
@@ -63,7 +63,7 @@ CACHED_MODELS = 4
 #: Arenas a worker keeps mapped (two readers in turn each have one).
 MAPPED_ARENAS = 2
 #: Modules the fork server imports once, so workers fork with them loaded (``__main__`` is the default).
-PRELOAD = ["__main__", "stempress.events.entropy"]
+PRELOAD = ["__main__", "stempress.data.entropy"]
 #: A worker's malloc: allocations below this come from the heap (glibc's ceiling for it: 32 MiB on 64 bits) ...
 MMAP_THRESHOLD = 32 * 1024**2
 #: ... and free heap above this is given back to the kernel (see ``_keep_heap``).
@@ -440,7 +440,7 @@ def _coder(where: _Where, shm: shared_memory.SharedMemory) -> Any:
     """The coder for the arena's model, built once per model (constriction's tables take milliseconds)."""
     coder = _coders.get(where.digest)
     if coder is None:
-        from stempress.events.entropy import _Coder
+        from stempress.data.entropy import _Coder
 
         coder = _coders[where.digest] = _Coder(pickle.loads(shm.buf[:where.model_bytes]))
         while len(_coders) > CACHED_MODELS:

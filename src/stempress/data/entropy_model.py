@@ -17,6 +17,7 @@ from __future__ import annotations
 import lzma
 import math
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,9 @@ from scipy.special import gammaln, ndtr
 GRIDS = ((1, 4), (2, 8), (4, 16), (8, 32))
 #: Lambdas below this share the lowest class (a never-hit pixel still keeps every count codable).
 LAMBDA_FLOOR = 1e-7
+#: Class lambdas above this are coded as this: a window there holds almost none of the mass (values are escaped)
+#: and float64 still computes its probabilities (near 2**64 it does not).
+LAMBDA_CEILING = 2.0**40
 #: Classes whose mean count is below this code their events (gaps) instead of every pixel.
 SPARSE_BELOW = 0.2
 #: Half-width of each count window in Poisson sigmas (plus a few counts for tiny lambda).
@@ -58,7 +62,7 @@ DENSE_LEVEL_OFFSET = 1 << 30  # dense class levels sort after every sparse one
 CLASS_FLOAT_DTYPE = np.dtype(np.float32)
 #: The model's integer columns per class, as stored.
 CLASS_INT = ("sparse", "lo", "golomb_bits", "low_bits", "first_table")
-#: The stored model (format version 4) is one xz stream: LZMA2 at its strongest preset is ~15 % smaller than gzip
+#: The stored model (format version 4 and on) is one xz stream: LZMA2 at its strongest preset is ~15 % smaller than gzip
 #: on the class map and the float16 tables; a 256 kB dictionary holds any model and takes ~30 ms, not ~130.
 _XZ = {"format": lzma.FORMAT_XZ, "check": lzma.CHECK_NONE,
        "filters": [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 18}]}
@@ -85,10 +89,23 @@ class PoissonModel:
     table_offsets: np.ndarray  # (n_tables + 1,) int64 into ``tables``
     tables: np.ndarray  # float64 holding TABLE_DTYPE values (what the file keeps), concatenated
     grid: tuple[int, int] | None = None  # (dark, bright) classes per octave it was fitted on; None once loaded
+    #: (n_groups, n_pixels) int32: the class map of each group of scan positions, ``class_of_pixel`` (the map of the
+    #: whole cube's mean) where a group's own class would not pay for storing it; the classes and their tables are
+    #: shared. None: one group, ``class_of_pixel``.
+    group_maps: np.ndarray | None = None
+    group_positions: np.ndarray | None = None  # (n_groups,) scan positions per group when fitted; None once loaded
 
     @property
     def n_classes(self) -> int:
         return int(self.class_lambda.size)
+
+    @property
+    def n_groups(self) -> int:
+        return 1 if self.group_maps is None else int(self.group_maps.shape[0])
+
+    def maps(self) -> np.ndarray:
+        """(n_groups, n_pixels): each group's class of every pixel."""
+        return self.class_of_pixel[None] if self.group_maps is None else self.group_maps
 
     @property
     def n_tables(self) -> int:
@@ -97,17 +114,22 @@ class PoissonModel:
     def table(self, t: int) -> np.ndarray:
         return self.tables[self.table_offsets[t]:self.table_offsets[t + 1]]
 
-    def order(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels sorted by class (stable) and the class boundaries in that order."""
-        order = np.argsort(self.class_of_pixel, kind="stable")
-        bounds = np.searchsorted(self.class_of_pixel[order], np.arange(self.n_classes + 1))
+    def order(self, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels sorted by their class in ``group``'s map (stable) and the class boundaries in that order."""
+        classes = self.maps()[group]
+        order = np.argsort(classes, kind="stable")
+        bounds = np.searchsorted(classes[order], np.arange(self.n_classes + 1))
         return order, bounds
 
     def bound_bits(self) -> float:
-        """Poisson entropy (bits per frame) of the model's own class lambdas: what an ideal coder of it spends."""
-        from stempress.bench.bounds import poisson_entropy_bits
+        """Poisson entropy (bits per frame) of the model's own class lambdas: what an ideal coder of it spends
+        (groups weighted by the positions they had when fitted; equally once loaded)."""
+        from stempress.poisson import poisson_entropy_bits
 
-        return float(np.sum(poisson_entropy_bits(self.class_lambda[self.class_of_pixel])))
+        maps = self.maps()
+        weights = np.ones(maps.shape[0]) if self.group_positions is None else np.asarray(self.group_positions, float)
+        bits = [float(np.sum(poisson_entropy_bits(self.class_lambda[m]))) for m in maps]
+        return float(np.dot(weights, bits) / weights.sum())
 
 
 def stored(p: np.ndarray) -> np.ndarray:
@@ -193,45 +215,73 @@ def class_levels(lam: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.where(lam < SPARSE_BELOW, sparse, dense)
 
 
-def fit_model(total: np.ndarray, n_positions: int, coded_positions: int | None = None) -> PoissonModel:
-    """The model from per-pixel count sums over ``n_positions`` frames, on the grid of ``GRIDS`` that makes the
-    stored model plus the ideal code length of ``coded_positions`` such frames (default: these) under it smallest:
-    a model fitted on a cube's first rows codes all of them.
+def fit_model(total: np.ndarray, n_positions: int, coded_positions: int | None = None,
+              groupings: Iterable[tuple[np.ndarray, np.ndarray]] = ()) -> PoissonModel:
+    """The model from per-pixel count sums over ``n_positions`` frames, on the grid of ``GRIDS`` and the grouping
+    of scan positions that make the stored model plus the ideal code length of ``coded_positions`` such frames
+    (default: these) under it smallest: a model fitted on a cube's first rows codes all of them.
 
+    ``groupings``: candidate partitions of the positions, each (per-group sums (G, n_pixels), positions per group
+    (G,)); one group (``total``) is always a candidate, so a cube whose patterns do not vary pays nothing.
     Smoothing: ``(S_i + mean_j S_j / n) / (n + 1)``, one prior frame of the overall mean, so a pixel never hit
-    while fitting stays cheap to code later.
+    while fitting stays cheap to code later; a group's sums are smoothed with one frame of that overall pattern.
     """
     total = np.asarray(total, dtype=np.float64).reshape(-1)
     if n_positions < 1:
         raise ValueError("the model needs at least one frame")
     lam = (total + total.mean() / n_positions) / (n_positions + 1)
+    scale = 1.0 if coded_positions is None else coded_positions / n_positions
+    candidates = [(total[None], np.array([n_positions], np.float64), lam[None])]
+    for sums, counts in groupings:
+        sums, counts = np.asarray(sums, np.float64).reshape(-1, total.size), np.asarray(counts, np.float64)
+        if sums.shape[0] > 1 and np.all(counts > 0):
+            candidates.append((sums, counts, (sums + lam) / (counts[:, None] + 1.0)))
     best: tuple[float, PoissonModel] | None = None
-    for grid in GRIDS:
-        model = _fit_on_grid(lam, grid)
-        # the stored size estimated with zlib (~3 ms, against xz's ~30): it only ranks the grids
-        scale = 1.0 if coded_positions is None else coded_positions / n_positions
-        bits = scale * _code_bits(model, total, n_positions) + 8.0 * len(zlib.compress(_raw(model, (1, lam.size)), 6))
-        if best is None or bits < best[0]:
-            best = (bits, model)
+    for sums, counts, lams in candidates:  # one group, then more and more: stop once more no longer pays
+        labels = scale * n_positions * math.log2(counts.size)  # each position's group, coded uniformly
+        found: tuple[float, PoissonModel] | None = None
+        for grid in GRIDS:  # coarse to fine: stop once finer no longer pays
+            model = _fit_on_grid(lam, lams, counts, grid)
+            # the stored size estimated with zlib (~3 ms, against xz's ~30): it only ranks the candidates
+            bits = (scale * _code_bits(model, sums, counts) + labels
+                    + 8.0 * len(zlib.compress(_raw(model, (1, lam.size)), 6)))
+            if found is not None and bits >= found[0]:
+                break
+            found = (bits, model)
+        assert found is not None
+        if best is not None and found[0] >= best[0]:
+            break
+        best = found
     assert best is not None
     return best[1]
 
 
-def _code_bits(model: PoissonModel, total: np.ndarray, n_positions: int) -> float:
-    """The model-dependent part of the frames' ideal code length in bits: per pixel, the Poisson log-likelihood of
-    its ``n`` counts summing to ``S`` under its class lambda is ``S ln lambda - n lambda`` plus terms of the counts
-    alone, so the totals suffice."""
-    class_lam = model.class_lambda[model.class_of_pixel]
-    return float(np.sum(n_positions * class_lam - total * np.log(class_lam))) / math.log(2.0)
+def _code_bits(model: PoissonModel, sums: np.ndarray, counts: np.ndarray) -> float:
+    """The model-dependent part of the frames' ideal code length in bits: per pixel and group, the Poisson
+    log-likelihood of its ``n`` counts summing to ``S`` under its class lambda is ``S ln lambda - n lambda`` plus
+    terms of the counts alone, so the sums suffice."""
+    class_lam = model.class_lambda[model.maps()]
+    return float(np.sum(counts[:, None] * class_lam - sums * np.log(class_lam))) / math.log(2.0)
 
 
-def _fit_on_grid(lam: np.ndarray, grid: tuple[int, int]) -> PoissonModel:
-    """The model of mean pattern ``lam`` with classes on ``grid``."""
-    levels, class_of_pixel = np.unique(class_levels(lam, grid), return_inverse=True)
-    sparse = levels < DENSE_LEVEL_OFFSET
-    # each class codes with its members' mean lambda: the Poisson closest to them in KL
-    class_lambda = np.maximum(np.bincount(class_of_pixel, weights=lam) / np.bincount(class_of_pixel), LAMBDA_FLOOR)
-    class_lambda = _class_float(class_lambda)
+def _fit_on_grid(lam: np.ndarray, lams: np.ndarray, counts: np.ndarray, grid: tuple[int, int]) -> PoissonModel:
+    """The model of the groups' mean patterns ``lams`` (G, n_pixels) with classes on ``grid`` shared by the groups;
+    ``lam`` is the overall mean pattern the model keeps, and its classes are each group's unless the group's own
+    class saves more than ``EXCEPTION_BITS`` (see ``_own_classes``)."""
+    grouped = lams.shape[0] > 1
+    base_levels = class_levels(lam, grid)
+    levels = np.where(_own_classes(lam, lams, counts, grid), class_levels(lams, grid), base_levels)
+    all_levels, inverse = np.unique(np.concatenate([base_levels[None], levels]) if grouped else levels,
+                                    return_inverse=True)
+    everything = inverse.reshape(-1, lam.size).astype(np.int32)
+    base, maps = everything[0], everything[1:] if grouped else everything
+    sparse = all_levels < DENSE_LEVEL_OFFSET
+    # each class codes with its members' mean lambda over the positions they stand for: the Poisson closest in KL
+    class_lambda = _member_means(maps, lams, counts, all_levels.size)
+    if grouped:  # a class only the mean map uses (no group codes with it) keeps its own members' lambda
+        unused = np.bincount(maps.reshape(-1), minlength=all_levels.size) == 0
+        class_lambda[unused] = _member_means(base[None], lam[None], np.ones(1), all_levels.size)[unused]
+    class_lambda = _class_float(np.clip(class_lambda, LAMBDA_FLOOR, LAMBDA_CEILING))
     n = class_lambda.size
     lo, golomb, low, first = (np.zeros(n, np.int64) for _ in range(4))
     tables: list[np.ndarray] = []
@@ -246,24 +296,66 @@ def _fit_on_grid(lam: np.ndarray, grid: tuple[int, int]) -> PoissonModel:
     tables.append(count_table())
     offsets = np.zeros(len(tables) + 1, dtype=np.int64)
     np.cumsum([t.size for t in tables], out=offsets[1:])
-    return PoissonModel(lam=lam, class_of_pixel=class_of_pixel.astype(np.int32), class_lambda=class_lambda,
+    return PoissonModel(lam=lam, class_of_pixel=base, class_lambda=class_lambda,
                         sparse=sparse, p_event=_class_float(-np.expm1(-class_lambda)), lo=lo, golomb_bits=golomb,
                         low_bits=low, first_table=first, table_offsets=offsets, tables=np.concatenate(tables),
-                        grid=grid)
+                        grid=grid, group_maps=maps if grouped else None,
+                        group_positions=counts if grouped else None)
+
+
+#: A group's pixel takes its own class instead of the mean map's where that saves more than this (bits over the
+#: positions fitted): about what an exception costs in the stored maps, which are otherwise all the mean map's.
+EXCEPTION_BITS = 8.0
+
+
+def _own_classes(lam: np.ndarray, lams: np.ndarray, counts: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(G, n_pixels) bool: where a group's pixel codes enough shorter under its own level's lambda than under the
+    mean map's level (each level stood for by its geometric middle) to pay for the exception."""
+    if lams.shape[0] == 1:
+        return np.ones(lams.shape, bool)
+    mid_base, mid_own = _level_middle(lam, grid), _level_middle(lams, grid)
+    sums = lams * counts[:, None]
+
+    def cost(c: np.ndarray) -> np.ndarray:  # nats, up to terms of the counts alone
+        return counts[:, None] * c - sums * np.log(c)
+
+    return (cost(np.broadcast_to(mid_base, lams.shape)) - cost(mid_own)) / math.log(2.0) > EXCEPTION_BITS
+
+
+def _level_middle(lam: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The geometric middle of each lambda's class level on ``grid``."""
+    octaves = np.log2(np.maximum(lam, LAMBDA_FLOOR) / LAMBDA_FLOOR)
+    per = np.where(lam < SPARSE_BELOW, grid[0], grid[1])
+    return LAMBDA_FLOOR * 2.0 ** ((np.floor(octaves * per) + 0.5) / per)
+
+
+def _member_means(maps: np.ndarray, lams: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
+    """Each class's mean lambda over its members, each weighted by the positions its group stands for."""
+    weights = np.repeat(counts, maps.shape[1])
+    flat = maps.reshape(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(flat, lams.reshape(-1) * weights, n) / np.bincount(flat, weights, n)
 
 
 def _class_float(values: np.ndarray) -> np.ndarray:
-    """Round to what a version 4 file keeps (``CLASS_FLOAT_DTYPE``), as float64."""
+    """Round to what a version 4-5 file keeps (``CLASS_FLOAT_DTYPE``), as float64."""
     return np.asarray(values, np.float64).astype(CLASS_FLOAT_DTYPE).astype(np.float64)
 
 
-def pack_model(model: PoissonModel, det: tuple[int, int]) -> np.ndarray:
-    """The model as one compressed byte array (format version 4): few HDF5 objects, each costing ~0.5 kB.
+#: The version of the packed layout ``pack_model`` writes (4: one class map, no group count).
+PACKED_VERSION = 5
 
-    Layout before compression (little-endian): int32 n_classes, n_tables; int32 (n_classes, CLASS_INT); float32
-    (n_classes, 2) class lambda and p_event; int32 table sizes; float16 tables; then the class of each pixel as the
-    difference from its left neighbour modulo 256 (uint8; uint16 modulo 65536 above 256 classes): the map is smooth
-    along a detector row, so the differences are mostly small and compress better than the classes.
+
+def pack_model(model: PoissonModel, det: tuple[int, int]) -> np.ndarray:
+    """The model as one compressed byte array (format version 5): few HDF5 objects, each costing ~0.5 kB.
+
+    Layout before compression (little-endian): int32 n_classes, n_tables, n_groups; int32 (n_classes, CLASS_INT);
+    float32 (n_classes, 2) class lambda and p_event; int32 table sizes; float16 tables; then the class of each pixel
+    in the mean map as the difference from its left neighbour modulo 256 (uint8; uint16 modulo 65536 above 256
+    classes): the map is smooth along a detector row, so the differences are mostly small and compress better than
+    the classes; with several groups of scan positions, then each group's map as its difference from that mean map
+    (mostly zeros: a group keeps the mean map's class unless its own pays). Version 4 is the same without n_groups
+    and the group maps.
     """
     return np.frombuffer(lzma.compress(_raw(model, det), **_XZ), np.uint8)
 
@@ -273,13 +365,18 @@ def _raw(model: PoissonModel, det: tuple[int, int]) -> bytes:
     ints = np.stack([getattr(model, k).astype(np.int64) for k in CLASS_INT], 1).astype("<i4")
     floats = np.stack([model.class_lambda, model.p_event], 1).astype("<f4")
     sizes = np.diff(model.table_offsets).astype("<i4")
-    parts = [np.array([model.n_classes, model.n_tables], "<i4"), ints, floats, sizes,
-             model.tables.astype(TABLE_DTYPE).astype("<f2"), _class_deltas(model.class_of_pixel, det, model.n_classes)]
+    base = model.class_of_pixel.astype(np.int64)
+    groups = np.zeros((0, base.size), np.int64) if model.group_maps is None else model.group_maps.astype(np.int64)
+    width = 65536 if model.n_classes > 256 else 256
+    parts = [np.array([model.n_classes, model.n_tables, model.n_groups], "<i4"), ints, floats, sizes,
+             model.tables.astype(TABLE_DTYPE).astype("<f2"), _class_deltas(base, det, model.n_classes),
+             ((groups - base) % width).astype("<u2" if width > 256 else "u1")]
     return b"".join(np.ascontiguousarray(part).tobytes() for part in parts)
 
 
-def unpack_model(packed: np.ndarray, det: tuple[int, int]) -> PoissonModel:
-    """The inverse of ``pack_model``; a ValueError where the bytes do not hold a model for ``det``."""
+def unpack_model(packed: np.ndarray, det: tuple[int, int], version: int = PACKED_VERSION) -> PoissonModel:
+    """The inverse of ``pack_model`` (``version`` 4 or 5); a ValueError where the bytes do not hold a model for
+    ``det``."""
     try:
         raw = lzma.decompress(np.asarray(packed, np.uint8).tobytes(), format=lzma.FORMAT_XZ)
     except lzma.LZMAError as exc:
@@ -295,7 +392,10 @@ def unpack_model(packed: np.ndarray, det: tuple[int, int]) -> PoissonModel:
         at += size
         return out
 
-    n_classes, n_tables = (int(v) for v in take("<i4", 2))
+    head = [int(v) for v in take("<i4", 3 if version >= 5 else 2)]
+    n_classes, n_tables, n_groups = head[0], head[1], head[2] if version >= 5 else 1
+    if n_groups < 1:
+        raise ValueError(f"the stored model has {n_groups} groups")
     ints = take("<i4", n_classes * len(CLASS_INT)).reshape(n_classes, len(CLASS_INT)).astype(np.int64)
     floats = take("<f4", n_classes * 2).reshape(n_classes, 2).astype(np.float64)
     sizes = take("<i4", n_tables).astype(np.int64)
@@ -303,17 +403,23 @@ def unpack_model(packed: np.ndarray, det: tuple[int, int]) -> PoissonModel:
     np.cumsum(sizes, out=offsets[1:])
     tables = take("<f2", int(offsets[-1])).astype(np.float64)
     wide = n_classes > 256
-    deltas = take("<u2" if wide else "u1", det[0] * det[1]).reshape(det)
+    width = 65536 if wide else 256
+    n_pixels = det[0] * det[1]
+    deltas = take("<u2" if wide else "u1", n_pixels).reshape(det)
+    n_maps = n_groups if n_groups > 1 else 0
+    others = take("<u2" if wide else "u1", n_maps * n_pixels).reshape(n_maps, n_pixels)
     if at != len(raw):
         raise ValueError("the stored model has trailing bytes")
-    class_of_pixel = (np.cumsum(deltas, axis=1, dtype=np.int64) % (65536 if wide else 256)).reshape(-1)
-    if class_of_pixel.size and int(class_of_pixel.max()) >= n_classes:
+    class_of_pixel = (np.cumsum(deltas, axis=1, dtype=np.int64) % width).reshape(-1)
+    maps = np.concatenate([class_of_pixel[None], (others.astype(np.int64) + class_of_pixel) % width])  # mean, groups
+    if maps.size and int(maps.max()) >= n_classes:
         raise ValueError("the stored model assigns a pixel to a class it does not have")
+    maps = maps.astype(np.int32)
     arrays = {k: ints[:, i] for i, k in enumerate(CLASS_INT)}
     arrays["sparse"] = arrays["sparse"].astype(bool)
-    return PoissonModel(lam=floats[:, 0][class_of_pixel], class_of_pixel=class_of_pixel.astype(np.int32),
-                        class_lambda=floats[:, 0], p_event=floats[:, 1], table_offsets=offsets, tables=tables,
-                        **arrays)
+    return PoissonModel(lam=floats[:, 0][maps[0]], class_of_pixel=maps[0], class_lambda=floats[:, 0],
+                        p_event=floats[:, 1], table_offsets=offsets, tables=tables,
+                        group_maps=maps[1:] if n_groups > 1 else None, **arrays)
 
 
 def _class_deltas(class_of_pixel: np.ndarray, det: tuple[int, int], n_classes: int) -> np.ndarray:

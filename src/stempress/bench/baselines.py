@@ -6,6 +6,8 @@ signs) ours keep every value, bit for bit (NaN, inf, -0.0 included): a ratio is 
 ``study_difference`` says, per dtype, how each differs from the study's, what is timed included.
 Each writer consumes blocks of scan rows and each reader yields them, so no format holds a whole cube.
 Files are ``.npy``, zip and pickle: only read files this toolkit wrote (pickle runs code).
+They are the benchmark's (``bench.measure`` writes and times them), so they sit above the event formats that the
+event-list and entropy-coded methods write.
 """
 
 from __future__ import annotations
@@ -351,8 +353,8 @@ class RawCsrEvents:
     suffix = ".toml"
 
     def write(self, path: Path, blocks: Iterable[Block], shape: Shape, dtype: Any) -> list[Path]:
+        from stempress.data.events import check_counts_dtype, events_from_block
         from stempress.events.libertem import raw_csr_files, write_raw_csr_events
-        from stempress.events.representation import check_counts_dtype, events_from_block
 
         path, dtype = Path(path), np.dtype(dtype)
         check_counts_dtype(dtype, self.name)
@@ -361,7 +363,7 @@ class RawCsrEvents:
         return [path, *raw_csr_files(path).values()]
 
     def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:
-        from stempress.events.libertem import RawCsrSource
+        from stempress.data.raw_csr import RawCsrSource
 
         dtype = np.dtype(dtype)
         source = RawCsrSource(path)
@@ -420,7 +422,7 @@ def study_difference(name: str, dtype: Any) -> str | None:
 
 #: The file-stored codecs by catalog name.
 def _file_formats() -> dict[str, FileFormat]:
-    from stempress.events.entropy import EntropyCodedFormat  # counted-electron code; constriction loads lazily
+    from stempress.data.entropy import EntropyCodedFormat  # counted-electron code; constriction loads lazily
 
     return {f.name: f for f in (SparseCSR(), Uint8Overflow(), SimpleGzip(), RawCsrEvents(), EntropyCodedFormat())}
 

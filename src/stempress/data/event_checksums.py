@@ -8,7 +8,7 @@ Positions, not rows, delimit the chunks, so a raw_csr set read with another scan
 
 Each format names its byte ``parts`` (raw_csr: ``indptr``, ``indices``, ``data``; stempy: ``lengths`` and
 ``indices`` of the frame entries) and stores one CRC per part and chunk where its peers' readers do not look.
-The algorithm is the HDF5 path's (``codecs.checksums``: CRC32C where google-crc32c is installed, else CRC32) and
+The algorithm is the HDF5 path's (``data.checksums``: CRC32C where google-crc32c is installed, else CRC32) and
 is recorded with the values.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stempress.codecs.checksums import ALGORITHM, checksum_function
+from stempress.data.checksums import ALGORITHM, checksum_function
 from stempress.errors import StempressError
 
 #: Scans up to this many rows get one chunk per scan row; taller scans get runs of rows, so at most this many.

@@ -8,9 +8,15 @@ to Poisson(lambda_i) around the mean pattern. Coding against that model approach
 Model (fitted once, stored in the file, shared by every chunk; see ``entropy_model``):
 
 * ``lambda_i``: the mean count of detector pixel ``i`` over the scan positions the model saw, smoothed so a pixel
-  never hit while fitting stays codable. ``write_entropy_coded`` fits it on the whole cube (a first pass; it reads
-  the source twice); the ``EntropyCodedFormat`` file codec, which sees its blocks once, fits it on the first block
-  only (the benchmark prints both).
+  never hit while fitting stays codable. ``write_entropy_coded`` fits it on the whole cube (first passes; it reads
+  the source two or three times); the ``EntropyCodedFormat`` file codec, which sees its blocks once, fits it on the
+  first block only, with one group (the benchmark prints both).
+* Groups of scan positions (format 5): where the pattern varies over the scan (grains, thickness), positions are
+  clustered (``entropy_groups``: k-means, fixed seed, an extra pass of the full fit) and each group gets its own
+  class map over the shared classes, where that pays for storing it; one group (the mean pattern alone) is always
+  a candidate, so a cube that does not vary pays nothing. The encoder puts each position in the group whose map
+  gives its counts the highest likelihood (integer arithmetic: the same in every process) and codes that group
+  per position in the chunk.
 * Pixels are grouped into classes of near-equal lambda, on the log grid (classes per octave) that makes the stored
   model plus the data's ideal code length smallest: a short scan cannot pay for a fine grid's map. Bright classes
   code every pixel's count against a Poisson table; dark (sparse) classes code only their events: how many, the gap
@@ -20,24 +26,26 @@ Model (fitted once, stored in the file, shared by every chunk; see ``entropy_mod
 
 Coding: per chunk of ``chunk_rows`` scan rows, each run of symbols that share a table is one vectorised
 ``encode_reverse`` call into constriction's ANS coder; each chunk is its own ANS stream, so any scan-row range
-decodes alone. The work per chunk grows with the bright pixels and the electrons, not with the dark zeros.
+decodes alone. The work per chunk grows with the bright pixels and the electrons, not with the dark zeros. With
+groups, a chunk holds each position's group (uniform symbols) and then each group's positions coded as above.
 constriction holds the GIL, so with ``workers`` > 1 (or None: every usable core) chunks are coded and decoded in
 worker processes (``entropy_parallel``); they are written in order, so the file is the same byte for byte
 whatever the worker count. The default is this process alone (``workers=1``): worker processes import the
 caller's main module, so a script must keep its work under ``if __name__ == "__main__":`` to use them, and a
 library call should not fail in a script that does not.
 
-File (format version 4): HDF5; attrs ``format``, ``version``, ``shape``, ``dtype``, ``constriction_version``,
-``checksum_algorithm`` and ``model_crc`` (strings fixed-length: a variable-length one costs a global heap, ~4 kB);
-``model/packed`` (the whole model as one xz stream, ``entropy_model.pack_model``); ``chunks/index`` (n_chunks + 1
-rows: first scan row, first word, first escape), ``chunks/words`` (uint32 ANS words), ``chunks/escapes`` (uint64),
-``chunks/crc`` (n_chunks rows: the CRC of the chunk's words and of its escapes). Few datasets, the small ones compact
+File (format version 5; 4 is the same with one class map): HDF5; attrs ``format``, ``version``, ``shape``,
+``dtype``, ``constriction_version``, ``checksum_algorithm`` and ``model_crc`` (strings fixed-length: a
+variable-length one costs a global heap, ~4 kB); ``model/packed`` (the whole model as one xz stream,
+``entropy_model.pack_model``); ``chunks/index`` (n_chunks + 1 rows: first scan row, first word, first escape),
+``chunks/words`` (uint32 ANS words), ``chunks/escapes`` (uint64), ``chunks/crc`` (n_chunks rows: the CRC of the
+chunk's words and of its escapes). Few datasets, the small ones compact
 (inside their object headers), on purpose: on a sparse cube the model and HDF5's metadata were 2.5-12 % of the
 file (version 3: ~20-26 kB; version 4: ~6-11 kB). Versions 2 and 3 kept one gzip'd dataset per model array
 (``model/class_of_pixel``, ``class_int``, ``class_float``, ``table_offsets``, ``tables``); they still read.
 
 Integrity: an ANS stream decodes any bytes into some counts, so a flipped bit would read back as wrong counts with
-no error. Versions 3 and 4 keep a CRC (``codecs.checksums``: CRC32C, else CRC32) of each chunk's coded bytes,
+no error. Versions 3 to 5 keep a CRC (``data.checksums``: CRC32C, else CRC32) of each chunk's coded bytes,
 checked the first time a read touches the chunk, and ``model_crc`` over the model's datasets and the chunk index,
 checked on open; a mismatch is a ``ChecksumError`` naming the chunk and its scan rows. Version 2 files (no
 checksums) still read; ``has_checksums`` tells them apart by the ``checksum_algorithm`` attribute.
@@ -57,7 +65,6 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
-from stempress.codecs.checksums import ALGORITHM, checksum_function
 from stempress.cores import resolve_workers
 from stempress.data.base import (
     Block,
@@ -67,28 +74,31 @@ from stempress.data.base import (
     iter_blocks,
     rows_for_budget,
 )
-from stempress.errors import StempressError
-from stempress.events.checksums import ChecksumError
-from stempress.events.entropy_model import (
+from stempress.data.checksums import ALGORITHM, checksum_function
+from stempress.data.entropy_groups import ScanGroups
+from stempress.data.entropy_model import (
     CLASS_INT,
     LAMBDA_FLOOR,
+    PACKED_VERSION,
     SPARSE_BELOW,
     PoissonModel,
     fit_model,
     pack_model,
     unpack_model,
 )
-from stempress.events.entropy_parallel import ChunkPool, ModelBlob
-from stempress.events.representation import check_counts_dtype, refuse_non_counts
+from stempress.data.entropy_parallel import ChunkPool, ModelBlob
+from stempress.data.event_checksums import ChecksumError
+from stempress.data.events import check_counts_dtype, refuse_non_counts
+from stempress.errors import StempressError
 
 #: The float columns of a version 2-3 file's ``model/class_float`` (its ``model/class_int`` has ``CLASS_INT``'s).
 CLASS_FLOAT = ("class_lambda", "p_event")
 
 FORMAT_NAME = "stempress-entropy"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: Versions this stempress reads: 2 has no checksums (read as before), 3 adds them, 4 packs the model into one
-#: compressed dataset.
-READABLE_VERSIONS = (2, 3, 4)
+#: compressed dataset, 5 adds groups of scan positions (a class map each, the group coded per position).
+READABLE_VERSIONS = (2, 3, 4, 5)
 #: Root attribute naming the checksum algorithm: its presence is the marker of a file with checksums.
 CHECKSUM_ATTR = "checksum_algorithm"
 #: Root attribute: the CRC over the model's datasets and the chunk index (``header_crc``).
@@ -138,18 +148,37 @@ def _count_scale(length: int, p: float) -> tuple[int, int]:
     return round(mu), (math.frexp(sigma)[1] - 1 if sigma >= 1.0 else 0)
 
 
+class _Layout:
+    """One group's class map as the coder walks it: pixels sorted by class (sparse classes first) and each class's
+    slots in that order."""
+
+    def __init__(self, model: PoissonModel, group: int):
+        self.order, self.bounds = model.order(group)
+        self.slot_of_pixel = np.argsort(self.order)
+        self.n_sparse_pixels = int(self.bounds[int(np.count_nonzero(model.sparse))])  # sparse classes come first
+        self.classes = _Class.all_of(model, self.bounds)
+        self.sparse_pixel = model.sparse[model.maps()[group]]
+        self.dense_pixels = self.order[self.n_sparse_pixels:]
+
+
+#: A group's log-lambdas are scaled by this and rounded for choosing a position's group: integer products and sums
+#: are exact in float64, so the choice (coded in the chunk) is the same in every process and BLAS.
+_GROUP_SCORE_SCALE = 1024.0
+#: Counts above this are clipped when choosing a group (keeps those sums exact; the choice only has to be good).
+_GROUP_SCORE_CLIP = 65535
+
+
 class _Coder:
-    """Encodes and decodes chunks with one model; the constriction models are built once."""
+    """Encodes and decodes chunks with one model; the constriction models are built once.
+
+    A chunk of a model with several groups first holds each position's group (uniform symbols), then each group's
+    positions coded as a chunk of their own under its class map, group by group.
+    """
 
     def __init__(self, model: PoissonModel):
         cs = _constriction()
         self.model, self._cs = model, cs
-        self.order, self.bounds = model.order()
-        self.slot_of_pixel = np.argsort(self.order)
-        self.n_sparse_pixels = int(self.bounds[int(np.count_nonzero(model.sparse))])  # sparse classes come first
-        self.classes = _Class.all_of(model, self.bounds)
-        self.sparse_pixel = model.sparse[model.class_of_pixel]
-        self.dense_pixels = self.order[self.n_sparse_pixels:]
+        self.layouts = [_Layout(model, g) for g in range(model.n_groups)]
         # a one-entry table (gap high bits when a gap has no remainder) codes nothing; constriction refuses it
         self.models = [cs.stream.model.Categorical(model.table(t), perfect=False) if model.table(t).size > 1
                        else None for t in range(model.n_tables)]
@@ -157,11 +186,29 @@ class _Coder:
         self.sizes = [int(v) for v in np.diff(model.table_offsets) - 1]
         self.count_model = self.models[-1]
         self._uniform: dict[int, Any] = {}
+        if model.n_groups > 1:
+            self.group_model = cs.stream.model.Uniform(model.n_groups)
+            maps = model.maps()
+            # only pixels whose class differs between groups tell them apart
+            self.telling = np.flatnonzero(np.any(maps != maps[0], axis=0))
+            log_q = np.round(np.log(model.class_lambda) * _GROUP_SCORE_SCALE)
+            self.weights = np.ascontiguousarray((log_q[maps[:, self.telling]] - log_q[maps[0, self.telling]]).T)
+            expected = model.class_lambda[maps].sum(axis=1)
+            self.offsets = expected - expected[0]
 
     def uniform(self, bits: int) -> Any:
         if bits not in self._uniform:
             self._uniform[bits] = self._cs.stream.model.Uniform(1 << bits)
         return self._uniform[bits]
+
+    def groups(self, frames: np.ndarray) -> np.ndarray:
+        """Each position's group: the one whose class map gives its counts the highest Poisson likelihood."""
+        x = frames[:, self.telling]
+        if x.dtype.itemsize > 2:
+            x = np.minimum(x, _GROUP_SCORE_CLIP)
+        x = x.astype(np.float64)
+        score = (x @ self.weights) / _GROUP_SCORE_SCALE - self.offsets
+        return np.argmax(score, axis=1).astype(np.int32)
 
     def _escaped(self, values: np.ndarray, table: int, lo: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Symbols of ``values - lo`` under a table with an escape, and the raw values the escape stands for."""
@@ -176,17 +223,17 @@ class _Coder:
             return shifted.astype(np.int32, copy=False), values[escaped]
         return shifted.astype(np.int32, copy=False), values[:0]
 
-    def _sparse_events(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _sparse_events(self, layout: _Layout, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Events of the sparse pixels in class-major order: gaps before each, counts, per-class boundaries."""
         n = frames.shape[0]
         nz = np.flatnonzero(frames)
         pos, pix = np.divmod(nz, frames.shape[1])
-        keep = self.sparse_pixel[pix]
-        keys = self.slot_of_pixel[pix[keep]] * n + pos[keep]
+        keep = layout.sparse_pixel[pix]
+        keys = layout.slot_of_pixel[pix[keep]] * n + pos[keep]
         sort = np.argsort(keys)
         keys, values = keys[sort], frames.reshape(-1)[nz[keep][sort]]
         n_sparse = int(np.count_nonzero(self.model.sparse))
-        starts = self.bounds[:n_sparse + 1].astype(np.int64) * n
+        starts = layout.bounds[:n_sparse + 1].astype(np.int64) * n
         edges = np.searchsorted(keys, starts)
         gaps = np.empty_like(keys)
         gaps[1:] = keys[1:] - keys[:-1] - 1
@@ -196,15 +243,33 @@ class _Coder:
 
     def encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, pixels) counts -> ANS words and the escaped raw values (in decoding order)."""
-        n = frames.shape[0]
-        gaps, values, edges = self._sparse_events(frames)
-        dense = np.ascontiguousarray(frames[:, self.dense_pixels].T)  # (dense pixels, positions), class-major
         coder = self._cs.stream.stack.AnsCoder()
+        if len(self.layouts) == 1:
+            escapes = self._encode_group(coder, self.layouts[0], frames)
+        else:
+            labels = self.groups(frames)
+            per_group: list[list[np.ndarray]] = []
+            for g in range(len(self.layouts) - 1, -1, -1):  # a stack: the last group first
+                rows = np.flatnonzero(labels == g)
+                if rows.size:
+                    part = frames if rows.size == frames.shape[0] else frames[rows]
+                    per_group.append(self._encode_group(coder, self.layouts[g], part))
+            per_group.reverse()
+            escapes = [part for group in per_group for part in group]
+            coder.encode_reverse(labels, self.group_model)  # decoded first
+        raw = np.concatenate(escapes) if escapes else np.zeros(0, np.uint64)
+        return np.asarray(coder.get_compressed(), dtype=np.uint32), raw
+
+    def _encode_group(self, coder: Any, layout: _Layout, frames: np.ndarray) -> list[np.ndarray]:
+        """Push ``frames`` coded under ``layout`` onto ``coder``; their escaped values in decoding order."""
+        n = frames.shape[0]
+        gaps, values, edges = self._sparse_events(layout, frames)
+        dense = np.ascontiguousarray(frames[:, layout.dense_pixels].T)  # (dense pixels, positions), class-major
         escapes: list[list[np.ndarray]] = []
-        for i in range(len(self.classes) - 1, -1, -1):  # a stack: encode backwards, decode forwards
-            c, t = self.classes[i], self.classes[i].table
+        for i in range(len(layout.classes) - 1, -1, -1):  # a stack: encode backwards, decode forwards
+            c, t = layout.classes[i], layout.classes[i].table
             if not c.sparse:
-                a = c.start - self.n_sparse_pixels
+                a = c.start - layout.n_sparse_pixels
                 symbols, raw = self._escaped(dense[a:a + c.members].reshape(-1), t, c.lo)
                 coder.encode_reverse(symbols, self.models[t])
                 escapes.append([raw])
@@ -228,9 +293,7 @@ class _Coder:
             coder.encode_reverse(symbol, self.count_model)
             escapes.append([raw_count, raw_gaps, raw_values])
         escapes.reverse()
-        parts = [np.asarray(part, np.uint64) for group in escapes for part in group]
-        raw = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
-        return np.asarray(coder.get_compressed(), dtype=np.uint32), raw
+        return [np.asarray(part, np.uint64) for group in escapes for part in group]
 
     def decode(self, words: np.ndarray, escapes: np.ndarray, n: int, dtype: np.dtype,
                out: np.ndarray | None = None) -> np.ndarray:
@@ -238,13 +301,31 @@ class _Coder:
         decodes straight into shared memory)."""
         coder = self._cs.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
         raw = _EscapeReader(escapes)
-        dense = np.empty((self.dense_pixels.size, n), dtype=dtype)
+        if out is None:
+            out = np.zeros((n, self.layouts[0].order.size), dtype=dtype)
+        else:
+            out.fill(0)
+        if len(self.layouts) == 1:
+            self._decode_group(coder, raw, self.layouts[0], n, out, None)
+        else:
+            labels = coder.decode(self.group_model, n)
+            for g, layout in enumerate(self.layouts):
+                rows = np.flatnonzero(labels == g)
+                if rows.size:
+                    self._decode_group(coder, raw, layout, rows.size, out, rows if rows.size < n else None)
+        raw.finish()
+        return out
+
+    def _decode_group(self, coder: Any, raw: _EscapeReader, layout: _Layout, n: int, out: np.ndarray,
+                      rows: np.ndarray | None) -> None:
+        """Decode ``n`` positions coded under ``layout`` into ``out``'s ``rows`` (None: all of them), zeros there."""
+        dense = np.empty((layout.dense_pixels.size, n), dtype=out.dtype)
         events = _SparseEvents(n)
-        for c in self.classes:
+        for c in layout.classes:
             t = c.table
             if not c.sparse:
                 values = raw.resolve(coder.decode(self.models[t], c.members * n), self.sizes[t], c.lo)
-                a = c.start - self.n_sparse_pixels
+                a = c.start - layout.n_sparse_pixels
                 np.copyto(dense[a:a + c.members], values.reshape(c.members, n), casting="unsafe")
                 continue
             count = self._event_count(coder, raw, c, n)
@@ -257,14 +338,11 @@ class _Coder:
             if c.low_bits:
                 gaps |= coder.decode(self.uniform(c.low_bits), count)
             events.add(c, gaps, raw.resolve(coder.decode(self.models[t], count), self.sizes[t], 1))
-        raw.finish()
-        if out is None:
-            out = np.zeros((n, self.order.size), dtype=dtype)
+        if rows is None:
+            out[:, layout.dense_pixels] = dense.T
         else:
-            out.fill(0)
-        out[:, self.dense_pixels] = dense.T
-        events.scatter(out, self.order)
-        return out
+            out[np.ix_(rows, layout.dense_pixels)] = dense.T
+        events.scatter(out, layout.order, rows)
 
     def _event_count(self, coder: Any, raw: _EscapeReader, c: _Class, n: int) -> int:
         """A sparse class's number of events in the chunk: its deviation from the expected number, zigzagged."""
@@ -347,9 +425,9 @@ class _SparseEvents:
         self.first.append(c.start * self.n)
         self.span.append(c.members * self.n)
 
-    def scatter(self, out: np.ndarray, order: np.ndarray) -> None:
+    def scatter(self, out: np.ndarray, order: np.ndarray, rows: np.ndarray | None = None) -> None:
         """Gaps -> keys (one running sum over every class, each class's first step shifted to its start), then the
-        counts into ``out`` at (position, pixel)."""
+        counts into ``out`` at (position, pixel); position ``j`` is ``out``'s row ``rows[j]`` when given."""
         if not self.gaps:
             return
         counts = np.array([g.size for g in self.gaps], dtype=np.int64)
@@ -365,6 +443,8 @@ class _SparseEvents:
         keys = np.cumsum(steps, out=steps)
         slot = keys // self.n
         keys -= slot * self.n  # the position within the chunk
+        if rows is not None:
+            keys = rows[keys].astype(np.int64)
         keys *= out.shape[1]
         keys += order[slot]
         flat = out.reshape(-1)
@@ -516,7 +596,9 @@ def encode_blocks(path: Path, blocks: Iterable[Block], shape: Any, dtype: Any, *
 
 
 def _fit_block(block: Block, shape: tuple[int, int, int, int]) -> PoissonModel:
-    """The one-pass model, refusing non-counts before the file is created (``pieces`` checks again as it codes)."""
+    """The one-pass model, refusing non-counts before the file is created (``pieces`` checks again as it codes).
+    One group: groups fitted on a first block's few rows gained little or lost on the cubes tried (grains at dose
+    14000: 91.5 -> 92.1 % of the true bound; at 4000: 93.8 -> 93.5 %) and took seconds per write."""
     data = np.asarray(block.data)
     refuse_non_counts(data, block.start, "entropy codec")
     frames = data.reshape(-1, shape[2] * shape[3])
@@ -537,12 +619,22 @@ def _encoded(model: PoissonModel, pieces: Iterable[tuple[int, np.ndarray]], work
 
 
 def fit_source(source: Dataset4D, rows: int | None = None) -> PoissonModel:
-    """First pass: the model from the whole cube's mean pattern."""
-    total = np.zeros(source.shape[2] * source.shape[3], dtype=np.float64)
+    """The model from the whole cube: a first pass sums the mean pattern and samples the positions' patterns, a
+    second (where the scan is long enough to group) sums each candidate group of positions (``entropy_groups``)."""
+    det = (int(source.shape[2]), int(source.shape[3]))
+    n_positions = int(source.shape[0]) * int(source.shape[1])
+    total = np.zeros(det[0] * det[1], dtype=np.float64)
+    groups = ScanGroups(n_positions, det)
     for block in iter_blocks(source, rows):
         refuse_non_counts(block.data, block.start, source.name)
-        total += block.data.reshape(-1, total.size).sum(axis=0, dtype=np.float64)
-    return fit_model(total, source.shape[0] * source.shape[1])
+        frames = block.data.reshape(-1, total.size)
+        total += frames.sum(axis=0, dtype=np.float64)
+        groups.sample(block.start * int(source.shape[1]), frames)
+    if groups.wanted:
+        groups.cluster()
+        for block in iter_blocks(source, rows):
+            groups.add(block.data.reshape(-1, total.size))
+    return fit_model(total, n_positions, groupings=groups.groupings())
 
 
 def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int | None = None,
@@ -565,7 +657,8 @@ def _load_model(f: h5py.File) -> PoissonModel:
     m = f["model"]
     if int(f.attrs["version"]) >= 4:
         try:
-            return unpack_model(m["packed"][...], tuple(int(v) for v in f.attrs["shape"][2:]))
+            return unpack_model(m["packed"][...], tuple(int(v) for v in f.attrs["shape"][2:]),
+                                version=min(int(f.attrs["version"]), PACKED_VERSION))
         except (KeyError, ValueError) as exc:
             raise StempressError(f"the entropy file's model is unreadable ({exc}); the file is corrupt, "
                                  "rewrite it") from None
@@ -614,7 +707,7 @@ class EntropyCodedSource(SourceBase):
         self.row_starts, self._word_offsets, self._escape_offsets = index[:, 0], index[:, 1], index[:, 2]
         self._words, self._escapes = c["words"], c["escapes"]
         self.metadata: dict[str, Any] = {"codec": FORMAT_NAME, "n_chunks": int(self.row_starts.size - 1),
-                                         "n_classes": self.model.n_classes}
+                                         "n_classes": self.model.n_classes, "n_groups": self.model.n_groups}
         self._cached: tuple[int, np.ndarray] | None = None  # the last chunk: block reads that straddle reuse it
         self._coder: _Coder | None = None  # built on the first in-process decode
         self._blob: ModelBlob | None = None  # the model as the workers get it
