@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import re
 import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -116,3 +119,25 @@ def test_libertem_live_line_says_when_it_cannot_decode_the_encoding():
     line = libertem_live_call("dectris", "127.0.0.1", 9999, 80, (3, 4), "<")
     assert line.startswith("cannot decode the '<' encoding") and "--encoding bs16-lz4<" in line
     assert libertem_live_call("dectris", "127.0.0.1", 9999, 80, (3, 4), "lz4<").startswith("conn = ")
+
+
+def test_serve_command_prints_both_ports_and_the_libertem_live_call_that_works(tmp_path):
+    cube = _cube()
+    np.save(tmp_path / "cube.npy", cube)
+    proc = subprocess.Popen([sys.executable, "-m", "stempress", "serve", str(tmp_path / "cube.npy"), "--as", "merlin",
+                             "--port", "0", "--api-port", "0", "--timeout", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first, second = proc.stdout.readline(), proc.stdout.readline()  # type: ignore[union-attr]
+        found = re.search(r"on 127\.0\.0\.1:(\d+), control API on 127\.0\.0\.1:(\d+)", first)
+        assert found, (first, second)
+        data, api = int(found.group(1)), int(found.group(2))
+        assert second.startswith("LiberTEM-live: conn = ") and f"data_port={data}" in second
+        assert f"api_port={api}" in second and "nav_shape=(3, 4)" in second
+        assert _merlin_command(api, "GET,COUNTERDEPTH,0")[4:] == [b"12", b"0"]
+        live = LiveSource(f"merlin://127.0.0.1:{data}", cube.shape[:2], timeout=10)
+        assert np.array_equal(np.concatenate([b.data for b in live.blocks()]), cube)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
