@@ -124,6 +124,9 @@ def test_values_a_raw_word_cannot_hold_and_odd_geometries_are_refused():
     gapped = _header(6, quad=True).replace(b"  2x2,", b" 2x2G,")
     with pytest.raises(StempressError, match="2x2G"):
         _decode(gapped + bytes(512 * 512))
+    roi = _header(6).replace(b",0256,R64,", b",0128,R64,")  # 128 rows read out: not a whole chip
+    with pytest.raises(StempressError, match="256x128 readout pixels"):
+        _decode(roi + bytes(256 * 128))
 
 
 def _write_mib(path, frames: np.ndarray, depth: int, raw: bool) -> None:

@@ -81,7 +81,8 @@ class FrameHeader:
     def shape(self) -> tuple[int, int]:
         """The assembled frame's ``(det_y, det_x)`` (a raw header gives the chips' readout geometry instead)."""
         if self.raw:
-            return mib_raw.geometry(self.layout, self.chips, self.counter_depth, f"frame {self.number}")
+            return mib_raw.geometry(self.layout, self.chips, self.counter_depth, (self.width, self.height),
+                                    f"frame {self.number}")
         return self.height, self.width
 
     @property

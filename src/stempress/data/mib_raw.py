@@ -30,15 +30,23 @@ _DTYPES = {1: np.uint8, 6: np.uint8, 12: np.uint16, 24: np.uint32}
 LAYOUTS = {"1x1": (1, (CHIP, CHIP)), "2x2": (4, (2 * CHIP, 2 * CHIP))}
 
 
-def geometry(layout: str, chips: int, depth: int | None, where: str = "raw frame") -> tuple[int, int]:
-    """The assembled ``(det_y, det_x)`` of a raw frame, refusing what this decoder does not handle."""
+def geometry(layout: str, chips: int, depth: int | None, size: tuple[int, int] | None = None,
+             where: str = "raw frame") -> tuple[int, int]:
+    """The assembled ``(det_y, det_x)`` of a raw frame whose header gives ``size`` (width, height), refusing what
+    this decoder does not handle (other layouts, gaps, a row ROI)."""
     if depth not in DEPTHS:
         raise StempressError(f"{where}: raw (R64) frame with counter depth {depth!r}; expected 1, 6, 12 or 24 in "
                              "the header's MQ1A fields (record with a Merlin version that writes them)")
     if layout.strip() not in LAYOUTS or LAYOUTS[layout.strip()][0] != chips:
         raise StempressError(f"{where}: raw (R64) frames of {chips} chip(s) in layout {layout.strip()!r} are not "
                              "supported (single chip 1x1 and quad 2x2 are); record with Merlin's binary format")
-    return LAYOUTS[layout.strip()][1]
+    shape = LAYOUTS[layout.strip()][1]
+    # 24 bit: LiberTEM's reader expects twice the width (the two 12-bit frames); the chips' own width is taken too
+    if size is not None and size not in (header_size(shape, depth), header_size(shape, 12)):
+        raise StempressError(f"{where}: raw (R64) frame of {size[0]}x{size[1]} readout pixels, expected "
+                             f"{'x'.join(map(str, header_size(shape, depth)))} for {chips} whole chip(s) (a row ROI?); "
+                             "record with Merlin's binary format")
+    return shape
 
 
 def dtype(depth: int) -> np.dtype:
