@@ -545,6 +545,9 @@ def serve(
     rate: Annotated[float, typer.Option(help="Frames per second (0: as fast as the receiver takes them).")] = 0.0,
     encoding: Annotated[str, typer.Option(help="DECTRIS data encoding: bs16-lz4<, bs32-lz4<, lz4< or <.")]
     = "bs16-lz4<",
+    merlin_format: Annotated[str | None, typer.Option(help="Merlin frame format: binary (U08/U16/U32) or raw "
+                                                      "(R64 chip readout at the counter depth; 256x256 or 512x512 "
+                                                      "frames). Default: a .mib as stored, else binary.")] = None,
     drop: Annotated[float, typer.Option(help="Probability a frame is not sent.")] = 0.0,
     duplicate: Annotated[float, typer.Option(help="Probability a frame is sent twice.")] = 0.0,
     reorder: Annotated[float, typer.Option(help="Probability a frame is swapped with the next.")] = 0.0,
@@ -573,7 +576,8 @@ def serve(
                           highlight=False, soft_wrap=True)
 
         log = serve_source(cube, as_, port=port, host=host, rate=rate, faults=faults, encoding=encoding,
-                           timeout=timeout, ready=listening, api_port=api_port, api_ready=api.append)
+                           timeout=timeout, ready=listening, api_port=api_port, api_ready=api.append,
+                           merlin_format=merlin_format)
     console.print(f"sent {log.sent} messages for {log.frames} frames in {log.seconds:.2f} s "
                   f"({log.sent / max(log.seconds, 1e-9):,.0f}/s; {log.ended}): dropped {len(log.dropped)}, "
                   f"duplicated {len(log.duplicated)}, reordered {len(log.reordered)}, corrupt {len(log.corrupted)}",

@@ -243,12 +243,12 @@ def test_mib_not_a_mib_and_raw(tmp_path):
     bad.write_bytes(b"\x00" * 1000)
     with pytest.raises(StempressError, match=r"not a Merlin \.mib file"):
         open_source(bad)
-    raw = tmp_path / "raw.mib"
+    raw = tmp_path / "raw.mib"  # raw frames of a chip layout the raw decoder does not handle
     frame = real_file("001_4x2_6bit.mib").read_bytes()[: 384 + 256 * 256]
-    raw.write_bytes(frame.replace(b",U08,", b",R64,", 1))
+    raw.write_bytes(frame.replace(b",U08,", b",R64,", 1).replace(b",   1x1,", b",  Nx1G,", 1))
     with pytest.raises(StempressError) as excinfo:
         open_source(raw)
-    assert "R64" in message(excinfo) and "not supported" in message(excinfo)
+    assert "R64" in message(excinfo) and "not supported" in message(excinfo) and "Nx1G" in message(excinfo)
 
 
 # --- npy ----------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Quantum Detectors Merlin ``.mib`` source: a memory map over (header, big-endian frame) records.
 
+Raw (``R64``) files, which RosettaSciIO does not decode, are memory-mapped here and decoded a block at a time
+by ``data.mib_raw`` into the same frames the binary formats give.
+
 RosettaSciIO's public ``load_mib_data`` (the maintained reader) parses the headers and returns a
 read-only numpy memory map of the frames, so only the frames of the requested scan rows are touched.
 The first header is checked here first, because RosettaSciIO would map an unknown pixel type as float64.
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from stempress.data import mib_raw
 from stempress.data.base import SourceBase, check_shape_dtype, checked_scan_shape, require_file
 from stempress.errors import StempressError
 
@@ -61,15 +65,40 @@ class FrameHeader:
     fields: tuple[str, ...]
 
     @property
+    def raw(self) -> bool:
+        """Merlin's raw format (``R64``): chip readout order, decoded by ``data.mib_raw``."""
+        return self.pixel_type == "R64"
+
+    @property
+    def counter_depth(self) -> int | None:
+        """The extended header's counter depth (``MQ1A,time,exposure,depth``), None when absent."""
+        if "MQ1A" not in self.fields:
+            return None
+        at = self.fields.index("MQ1A") + 3
+        return _int(self.fields[at].strip()) if at < len(self.fields) else None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The assembled frame's ``(det_y, det_x)`` (a raw header gives the chips' readout geometry instead)."""
+        if self.raw:
+            return mib_raw.geometry(self.layout, self.chips, self.counter_depth, (self.width, self.height),
+                                    f"frame {self.number}")
+        return self.height, self.width
+
+    @property
     def dtype(self) -> np.dtype:
-        """The frame's stored dtype (Merlin writes big-endian)."""
+        """The frame's stored dtype (Merlin writes big-endian); a raw frame's decoded native dtype."""
+        if self.raw:
+            self.shape  # noqa: B018 - refuses a depth or chip layout the raw decoder does not handle
+            return mib_raw.dtype(int(self.counter_depth or 0))
         if self.pixel_type not in _PIXEL_TYPES:
-            raise StempressError(f"unsupported .mib pixel type {self.pixel_type!r}; expected U08, U16 or U32 "
-                                 "(raw R64 frames are not supported: record with Merlin's binary formats)")
+            raise StempressError(f"unsupported .mib pixel type {self.pixel_type!r}; expected U08, U16, U32 or R64")
         return np.dtype(_PIXEL_TYPES[self.pixel_type]).newbyteorder(">")
 
     @property
     def data_bytes(self) -> int:
+        if self.raw:
+            return mib_raw.data_bytes(self.shape, int(self.counter_depth or 0))
         return self.width * self.height * self.dtype.itemsize
 
     @property
@@ -99,20 +128,27 @@ def parse_frame_header(raw: bytes | bytearray, where: str = "frame") -> FrameHea
 def decode_frame(header: FrameHeader, payload: bytes | bytearray | memoryview, *,
                  flip_det_y: bool = True) -> np.ndarray:
     """The frame after ``header`` as a native-order ``(det_y, det_x)`` array, oriented as ``MibSource`` reads
-    it (``flip_det_y``); ``payload`` holds exactly ``header.data_bytes``."""
+    it (``flip_det_y``); ``payload`` holds exactly ``header.data_bytes``. Raw (``R64``) frames are assembled
+    from the chips' readout order first (``data.mib_raw``), so both formats give the same frame."""
     if len(payload) != header.data_bytes:
         raise StempressError(f"frame {header.number}: {len(payload)} data bytes, its header says "
                              f"{header.data_bytes}; the frame is short or corrupt")
-    frame = np.frombuffer(payload, header.dtype).reshape(header.height, header.width)
+    if header.raw:
+        data = np.frombuffer(payload, np.uint8).reshape(1, -1)
+        frame = mib_raw.decode(data, header.shape, int(header.counter_depth or 0))[0]
+    else:
+        frame = np.frombuffer(payload, header.dtype).reshape(header.height, header.width)
     if flip_det_y:
         frame = frame[::-1]
     return frame.astype(header.dtype.newbyteorder("="), order="C")
 
 
 def encode_frame(number: int, frame: np.ndarray, *, counter_depth: int | None = None,
-                 time: str = "2026-01-01 00:00:00.000000", flip_det_y: bool = True) -> bytes:
-    """A ``.mib`` record (single-chip-style 384-byte ``MQ1`` header, big-endian data) holding ``frame``
-    as ``MibSource`` returns it (``flip_det_y``), so ``decode_frame`` gives ``frame`` back."""
+                 time: str = "2026-01-01 00:00:00.000000", flip_det_y: bool = True, raw: bool = False) -> bytes:
+    """A ``.mib`` record (``MQ1`` header, then big-endian data, or with ``raw`` Merlin's raw ``R64`` chip
+    readout at ``counter_depth``) holding ``frame`` as ``MibSource`` returns it (``flip_det_y``), so
+    ``decode_frame`` gives ``frame`` back. Raw frames are 256x256 (single chip) or 512x512 (quad, a 768-byte
+    header naming 4 chips in layout 2x2, as a Merlin Quad writes it)."""
     names = {np.dtype(v): k for k, v in _PIXEL_TYPES.items()}
     dtype = np.dtype(frame.dtype).newbyteorder("=")
     if dtype not in names or frame.ndim != 2:
@@ -120,10 +156,21 @@ def encode_frame(number: int, frame: np.ndarray, *, counter_depth: int | None = 
                              "convert the source to unsigned integer counts")
     height, width = frame.shape
     depth = counter_depth or {1: 6, 2: 12, 4: 24}[dtype.itemsize]
-    head = (f"MQ1,{number:06d},00384,01,{width:04d},{height:04d},{names[dtype]},   1x1,01,{time},"
-            f"0.001000,0,0,0,MQ1A,{time.replace(' ', 'T')}Z,1000000ns,{depth},").encode("ascii")
     stored = frame[::-1] if flip_det_y else frame
-    return head.ljust(384, b"\x00") + np.ascontiguousarray(stored, dtype.newbyteorder(">")).tobytes()
+    chips, layout, select, size, kind = 1, "1x1", "01", 384, names[dtype]
+    if raw:
+        if depth not in mib_raw.DEPTHS:
+            raise StempressError(f"counter depth {depth} has no raw format; choose 1, 6, 12 or 24")
+        data = mib_raw.encode(np.asarray(stored)[None], depth)[0].tobytes()
+        width, height = mib_raw.header_size(frame.shape, depth)
+        kind = "R64"
+        if frame.shape != (mib_raw.CHIP, mib_raw.CHIP):
+            chips, layout, select, size = 4, "2x2", "0F", 768
+    else:
+        data = np.ascontiguousarray(stored, dtype.newbyteorder(">")).tobytes()
+    head = (f"MQ1,{number:06d},{size:05d},{chips:02d},{width:04d},{height:04d},{kind},{layout:>6},{select},{time},"
+            f"0.001000,0,0,0,MQ1A,{time.replace(' ', 'T')}Z,1000000ns,{depth},").encode("ascii")
+    return head.ljust(size, b"\x00") + data
 
 
 def _header_fields(path: Path) -> list[str]:
@@ -220,31 +267,21 @@ class MibSource(SourceBase):
         require_file(self.path)
         fields = _header_fields(self.path)
         pixel_type = fields[6]
-        if pixel_type == "R64":
+        if pixel_type != "R64" and pixel_type not in _PIXEL_TYPES:
             raise StempressError(
-                f"{self.path}: raw (R64) .mib frames are not supported (RosettaSciIO cannot decode them "
-                "either); record or export with Merlin's U08/U16/U32 pixel formats"
-            )
-        if pixel_type not in _PIXEL_TYPES:
-            raise StempressError(
-                f"{self.path}: unknown .mib pixel type {pixel_type!r}; expected U08, U16 or U32"
+                f"{self.path}: unknown .mib pixel type {pixel_type!r}; expected U08, U16, U32 or R64"
             )
         hdr = _read_hdr(self.path.with_suffix(".hdr"))
-        pixels = (_int(fields[4]) or 0) * (_int(fields[5]) or 0) * np.dtype(_PIXEL_TYPES[pixel_type]).itemsize
-        self._check_size(int(fields[2]) + pixels, hdr)
-        from rsciio.quantumdetector import load_mib_data, parse_exposures, parse_timestamps  # only for a .mib
+        from rsciio.quantumdetector import parse_exposures, parse_timestamps  # only for a .mib
 
-        try:
-            frames, headers = load_mib_data(str(self.path), mmap_mode="r", return_headers=True)
-        except (RuntimeError, ValueError, IndexError, TypeError, UnicodeDecodeError) as exc:
-            raise StempressError(
-                f"{self.path}: unreadable .mib frame header ({exc}); the file is corrupt"
-            ) from exc
+        self._raw: FrameHeader | None = None  # the first header of a raw (R64) file
+        frames, headers = self._raw_records(hdr) if pixel_type == "R64" else self._binary_records(fields, hdr)
         n_frames = len(frames)
         self._frames: np.ndarray | None = frames
         scan, source = self._resolve_scan(scan_shape, n_frames, hdr, headers)
-        self.dtype = np.dtype(_PIXEL_TYPES[pixel_type])
-        self.shape = check_shape_dtype((*scan, *frames.shape[1:]), self.dtype, str(self.path))
+        self.dtype = np.dtype(self._raw.dtype if self._raw else _PIXEL_TYPES[pixel_type])
+        det = self._raw.shape if self._raw else frames.shape[1:]
+        self.shape = check_shape_dtype((*scan, *det), self.dtype, str(self.path))
         first = headers[:1]
         self.metadata: dict[str, Any] = {
             "format": "mib",
@@ -264,6 +301,31 @@ class MibSource(SourceBase):
         }
         if hdr is not None:
             self.metadata["hdr"] = hdr
+
+    def _binary_records(self, fields: list[str], hdr: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """RosettaSciIO's memory map of U08/U16/U32 frames and their headers."""
+        pixels = (_int(fields[4]) or 0) * (_int(fields[5]) or 0) * np.dtype(_PIXEL_TYPES[fields[6]]).itemsize
+        self._check_size(int(fields[2]) + pixels, hdr)
+        from rsciio.quantumdetector import load_mib_data
+
+        try:
+            return load_mib_data(str(self.path), mmap_mode="r", return_headers=True)  # type: ignore[no-any-return]
+        except (RuntimeError, ValueError, IndexError, TypeError, UnicodeDecodeError) as exc:
+            raise StempressError(
+                f"{self.path}: unreadable .mib frame header ({exc}); the file is corrupt"
+            ) from exc
+
+    def _raw_records(self, hdr: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (R64) frames, which RosettaSciIO cannot read: a uint8 memory map of whole records (decoded by
+        ``data.mib_raw`` a block at a time) and their headers as RosettaSciIO returns them."""
+        with open(self.path, "rb") as fh:
+            self._raw = parse_frame_header(fh.read(768), str(self.path))
+        size = self._raw.record_bytes  # refuses a depth or chip layout the raw decoder does not handle
+        self._check_size(size, hdr)
+        records = np.memmap(self.path, np.uint8, mode="r").reshape(-1, size)
+        head = self._raw.header_bytes
+        headers = np.ascontiguousarray(records[:_MAX_HEADERS, :head]).view(f"S{head}").ravel()
+        return records, headers
 
     def _check_size(self, frame: int, hdr: dict[str, str] | None) -> None:
         """Whole ``frame``-byte records only: a partial last frame means a cut-off copy, which we refuse."""
@@ -307,6 +369,9 @@ class MibSource(SourceBase):
             raise StempressError(f"{self.path}: source is closed; open it again")
         scan_x = self.shape[1]
         frames = self._frames[start * scan_x : stop * scan_x]
+        if self._raw is not None:
+            head, depth = self._raw.header_bytes, int(self._raw.counter_depth or 0)
+            frames = mib_raw.decode(frames[:, head:], self._raw.shape, depth)
         if self.flip_det_y:
             frames = frames[:, ::-1, :]
         return np.array(frames, dtype=self.dtype, order="C").reshape(stop - start, *self.shape[1:])

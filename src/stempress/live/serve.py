@@ -2,8 +2,9 @@
 rate, with faults injected on purpose (dropped, duplicated, swapped, corrupt frames, a stall, a disconnect), so
 the receiver's accounting can be checked against what was really sent (``FaultLog``) and a user can rehearse.
 
-A ``.mib`` source is sent as its file's own records, byte for byte; any other source as frames encoded by
-``data.mib.encode_frame`` (Merlin) or ``live.dectris`` (DECTRIS), read one scan row at a time."""
+A ``.mib`` source is sent as its file's own records, byte for byte (unless another Merlin format is asked for);
+any other source as frames encoded by ``data.mib.encode_frame`` (Merlin, binary or raw) or ``live.dectris``
+(DECTRIS), read one scan row at a time."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from stempress.live.control import MerlinControlServer, SimplonApiServer
 from stempress.live.merlin import acquisition_header, mpx_message
 
 PROTOCOLS = ("merlin", "dectris")
+MERLIN_FORMATS = ("binary", "raw")  # Merlin's FILEFORMAT 0 (U08/U16/U32 frames) and 2 (R64 chip readout)
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,14 @@ class _MibRecords:
         self.file.close()
 
 
-def _mib_path(source: Any) -> Path | None:
-    """The file a source reads when it is a ``.mib`` replayed as stored (so frames go out byte for byte)."""
+def _mib_path(source: Any, merlin_format: str | None = None) -> Path | None:
+    """The file a source reads when it is a ``.mib`` replayed as stored (so frames go out byte for byte): read
+    in the default orientation and stored in the format asked for (any, when None)."""
     meta = getattr(source, "metadata", {})
     path = getattr(source, "path", None)
-    if meta.get("format") == "mib" and path is not None and meta.get("det_y_flipped", True):
+    stored = "raw" if meta.get("pixel_type") == "R64" else "binary"
+    if meta.get("format") == "mib" and path is not None and meta.get("det_y_flipped", True) \
+            and merlin_format in (None, stored):
         return Path(path)
     return None
 
@@ -146,22 +151,27 @@ def _corrupt_dectris(parts: list[bytes], i: int) -> list[bytes]:
 def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1", rate: float = 0.0,
           faults: Faults | None = None, encoding: str = "bs16-lz4<", timeout: float = 60.0,
           ready: Callable[[int], None] | None = None, api_port: int | None = None,
-          api_ready: Callable[[int], None] | None = None, api_linger: float = 3.0) -> FaultLog:
+          api_ready: Callable[[int], None] | None = None, api_linger: float = 3.0,
+          merlin_format: str | None = None) -> FaultLog:
     """Send ``source`` once to one receiver as ``protocol`` (``merlin``: a TCP server, as the detector's data
     port; ``dectris``: a ZeroMQ PUSH socket). ``port`` 0 takes a free one, told to ``ready(port)`` once
     listening; ``rate`` frames/s (0: as fast as the receiver takes them). With ``api_port`` (0: a free one, told
     to ``api_ready``) the detector's control interface answers too, as clients such as LiberTEM-live need
     (``live.control``: Merlin's control port, DECTRIS's SIMPLON REST API), and outlives the stream until no
-    client asked it anything for ``api_linger`` seconds. Returns what was sent."""
+    client asked it anything for ``api_linger`` seconds. ``merlin_format``: ``binary`` or ``raw`` frames (None:
+    a ``.mib`` as stored, anything else binary). Returns what was sent."""
     if protocol not in PROTOCOLS:
         raise StempressError(f"unknown detector protocol {protocol!r}; choose merlin or dectris")
+    if merlin_format not in (None, *MERLIN_FORMATS):
+        raise StempressError(f"unknown Merlin format {merlin_format!r}; choose binary or raw")
     faults = faults or Faults()
     n = int(source.shape[0]) * int(source.shape[1])
     log = schedule(n, faults)
     stall_at = faults.stall_at if faults.stall_at is not None else len(log.sends) // 2
     limit = len(log.sends) if faults.disconnect_after is None else min(len(log.sends), faults.disconnect_after)
     send = _MerlinSender if protocol == "merlin" else _DectrisSender
-    with send(source, host, port, timeout, ready, encoding, api_port, api_ready) as sender:
+    form = merlin_format if protocol == "merlin" else encoding  # the data format the sender is asked for
+    with send(source, host, port, timeout, ready, form, api_port, api_ready) as sender:
         sender.linger = (api_linger, timeout)
         started = time.monotonic()
         try:
@@ -227,26 +237,26 @@ class _Sender:
 
 
 class _MerlinSender(_Sender):
-    def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, _encoding: str,
+    def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, merlin_format: str | None,
                  api_port: int | None = None, api_ready: Any = None) -> None:
-        path = _mib_path(source)
+        path = _mib_path(source, merlin_format)
+        self.raw = merlin_format == "raw"
         self.records: Any = _MibRecords(path) if path is not None else None
         self.frames = _Frames(source)
         n = int(source.shape[0]) * int(source.shape[1])
         hdr_path = path.with_suffix(".hdr") if path is not None else None
-        self.depth: int | None = None
+        depth = int(source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(
+            np.dtype(source.dtype).itemsize, 12))
+        self.depth: int | None = depth if self.raw else None  # raw words are packed for the headers' depth
         if hdr_path is not None and hdr_path.is_file():
             self.header = hdr_path.read_bytes()
         else:
-            itemsize = np.dtype(source.dtype).itemsize
-            self.depth = int(source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(itemsize, 12))
-            self.header = acquisition_header(n, int(source.shape[1]), self.depth)
+            self.depth = depth
+            self.header = acquisition_header(n, int(source.shape[1]), depth)
         if api_port is not None:
-            depth = self.depth or source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(
-                np.dtype(source.dtype).itemsize, 12)
             self.api = MerlinControlServer(host, api_port, {
                 "IMAGEX": source.shape[3], "IMAGEY": source.shape[2], "COUNTERDEPTH": int(depth),
-                "NUMFRAMESTOACQUIRE": n, "DETECTORSTATUS": 0})
+                "NUMFRAMESTOACQUIRE": n, "DETECTORSTATUS": 0, "FILEFORMAT": 2 if self.raw else 0})
             if api_ready is not None:
                 api_ready(self.api.port)
         self.server = socket.create_server((host, port))
@@ -266,7 +276,7 @@ class _MerlinSender(_Sender):
     def record(self, i: int) -> bytes:
         if self.records is not None:
             return self.records(i)
-        return encode_frame(i + 1, self.frames(i), counter_depth=self.depth)  # the depth the header says
+        return encode_frame(i + 1, self.frames(i), counter_depth=self.depth, raw=self.raw)  # the header's depth
 
     def send(self, i: int, corrupt: bool) -> None:
         record = self.record(i)
