@@ -1,8 +1,9 @@
 """Quantum Detectors Merlin TCP data stream: every message is ``MPX,<10-digit length>,`` then ``length - 1``
 bytes; the first message is the acquisition header (``HDR,`` ... ``End``, the ``.hdr`` file's text), every
-other one a frame record exactly as a ``.mib`` file stores it (``MQ1`` header then big-endian pixels), decoded
-by ``stempress.data.mib`` (one decoder for files and streams). TCP itself is the backpressure: a receiver that
-stops reading makes the detector's sends block."""
+other one a frame record exactly as a ``.mib`` file stores it (``MQ1`` header, then the pixels: big-endian words
+in the binary format, chip-ordered 64-bit words in the raw format), decoded by ``stempress.data.mib`` (one decoder
+for files and streams). TCP itself is the backpressure: a receiver that stops reading makes the detector's sends
+block."""
 
 from __future__ import annotations
 
