@@ -20,8 +20,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from stempress.codecs.base import ChunkCodec
 from stempress.codecs.catalog import Codec
-from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
+from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
 from stempress.codecs.none import Uncompressed as RawChunks
 from stempress.data.base import Block
 from stempress.data.checksums import ChunkChecksums, chunk_crcs

@@ -27,9 +27,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.codecs.base import Codec, Pipeline
+from stempress.codecs.base import ChunkCodec, Codec, Pipeline
 from stempress.codecs.catalog import identify
-from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
+from stempress.codecs.chunk_codec import chunk_codec_for
 from stempress.codecs.parallel import chunk_grid, full_chunk, read_chunks_parallel
 from stempress.codecs.registry import codec_from_config, codec_from_pipeline
 from stempress.cores import resolve_workers
