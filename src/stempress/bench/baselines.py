@@ -21,7 +21,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 import numpy as np
 
 from stempress.codecs.catalog import Codec, get_codec
-from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, block_rows, iter_blocks
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, block_rows, iter_blocks, row_spans
 from stempress.errors import StempressError
 
 Shape = tuple[int, int, int, int]
@@ -138,8 +138,7 @@ class SparseCSR:
         step = block_rows(shape, dtype, rows=rows)
         with open(path, "rb") as f:
             frames = self._frames(f, path, tuple(shape[2:]), csr_value_dtype(dtype), shape)
-            for start in range(0, shape[0], step):
-                stop = min(start + step, shape[0])
+            for start, stop in row_spans(shape[0], step):
                 out = np.zeros(((stop - start) * shape[1], *shape[2:]), dtype=dtype)
                 for frame in out:
                     m = next(frames)
@@ -255,8 +254,7 @@ class Uint8Overflow:
         with zipfile.ZipFile(self.side_file(path)) as zf, zf.open("coords.npy") as fc, zf.open("values.npy") as fv:
             overflows = self._overflows(fc, fv, path, shape, dtype)
             flat, vals = np.empty(0, np.int64), np.empty(0, dtype)
-            for start in range(0, shape[0], step):
-                stop = min(start + step, shape[0])
+            for start, stop in row_spans(shape[0], step):
                 out = np.array(small[start:stop], dtype=dtype)
                 while (flat.size == 0 or flat[-1] < stop * row_size) and (more := next(overflows, None)):
                     flat, vals = np.concatenate([flat, more[0]]), np.concatenate([vals, more[1]])
@@ -328,8 +326,7 @@ class SimpleGzip:
                                      f"{tuple(shape)}; give the shape and dtype it was written with")
             row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
             step = block_rows(shape, dtype, rows=rows)
-            for start in range(0, shape[0], step):
-                stop = min(start + step, shape[0])
+            for start, stop in row_spans(shape[0], step):
                 buf = _read_exact(f, (stop - start) * row_bytes, str(path))
                 yield Block(start, np.frombuffer(buf, dtype=dtype).reshape(stop - start, *shape[1:]))
 

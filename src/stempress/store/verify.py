@@ -34,7 +34,7 @@ from stempress.codecs.chunk_codec import chunk_codec_for
 from stempress.codecs.parallel import chunk_grid, full_chunk, read_chunks_parallel
 from stempress.codecs.registry import codec_from_config, codec_from_pipeline
 from stempress.cores import resolve_workers
-from stempress.data.base import Block, Dataset4D, block_rows, require_file, rows_for_budget
+from stempress.data.base import Block, Dataset4D, block_rows, require_file, row_spans, rows_for_budget
 from stempress.data.checksums import ChunkChecksums
 from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
@@ -278,12 +278,11 @@ class _Verifier:
 
     def _filtered_blocks(self, rows: int) -> Iterator[Block]:
         """HDF5's own filter path (any filter this process can decode)."""
-        for start in range(0, self.shape[0], rows):
+        for start, stop in row_spans(self.shape[0], rows):
             try:
-                data = self.dset[start:start + rows]
+                data = self.dset[start:stop]
             except (OSError, RuntimeError, ValueError) as exc:
-                raise StempressError(f"cannot decode scan rows {start}-{min(start + rows, self.shape[0]) - 1}: "
-                                     f"{one_line(exc)}") from exc
+                raise StempressError(f"cannot decode scan rows {start}-{stop - 1}: {one_line(exc)}") from exc
             yield Block(start, data)
 
     def _first_bad_chunk(self, start: int, rows: int) -> Problem | None:
