@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from stempress.data.base import ArraySource, Block
-from stempress.data.open import open_source
-from stempress.data.spec import SourceSpec, spec_of
+from stempress.data.open import SourceSpec, open_source, spec_of
 from stempress.data.stream import BlockStream
 from stempress.engine import block_rows, run
 from stempress.errors import StempressError

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, block_rows, check_shape_dtype, iter_blocks
-from stempress.data.spec import SourceSpec, spec_of
+from stempress.data.open import SourceSpec, spec_of
 from stempress.data.stream import StreamSource, regroup
 from stempress.errors import StempressError, require_distinct_names
 from stempress.exec.base import Executor, in_flight_for

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from stempress.data.base import Dataset4D, nbytes
+from stempress.data.base import Dataset4D, iter_blocks, nbytes
 
 #: Bytes of a source file hashed for provenance (whole files up to this size, else their beginning).
 HASH_BYTES = 64 * 1024**2
@@ -73,7 +73,7 @@ def _digest(source: Dataset4D, path: Any) -> dict[str, Any]:
                 remaining -= len(piece)
         return {"sha256": digest.hexdigest(), "sha256_of": "file" if size <= HASH_BYTES else f"first {HASH_BYTES} B"}
     if nbytes(source) <= HASH_BYTES:
-        for r in range(source.shape[0]):
-            digest.update(np.ascontiguousarray(source.read_rows(r, r + 1)).tobytes())
+        for block in iter_blocks(source):  # sha256 streams: the same digest whatever the block size
+            digest.update(np.ascontiguousarray(block.data).tobytes())
         return cube_digest(digest)
     return {"sha256": None, "sha256_of": "not computed (no file, cube larger than the hash budget)"}

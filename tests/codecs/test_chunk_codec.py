@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from stempress.codecs import bitshuffle as bitshuffle_module
+from stempress.codecs.base import ChunkCodec
 from stempress.codecs.bitshuffle import bitshuffle_block_size
 from stempress.codecs.blosc2 import b2nd_block_shape
 from stempress.codecs.catalog import CATALOG, Codec
-from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
+from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
 from stempress.codecs.deflate import hdf5_shuffle, hdf5_unshuffle
 from stempress.codecs.lz4 import Lz4
 

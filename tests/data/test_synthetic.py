@@ -10,12 +10,12 @@ import pytest
 
 from stempress.data import synthetic
 from stempress.data.base import ArraySource, Dataset4D
-from stempress.data.emd import EMD_DATA_PATH
+from stempress.data.emd import EMD_DATA_PATH, read_metadata
 from stempress.data.hdf5 import STUDY_EMD_PATH
 from stempress.data.open import open_source
 from stempress.data.suites import STUDY_TABLE1, SUITES, open_synthetic, parse_synthetic, suite, suite_spec
 from stempress.data.synthetic import SyntheticSource, SyntheticSpec, sample_poisson
-from stempress.data.write import METADATA_ATTR, read_metadata
+from stempress.data.write import METADATA_ATTR
 from stempress.errors import StempressError
 from stempress.store.write import write_hdf5
 

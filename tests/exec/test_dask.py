@@ -20,8 +20,7 @@ pytest.importorskip("distributed")
 
 from stempress.codecs.parallel import ChunkEncoder
 from stempress.data.base import Block
-from stempress.data.open import open_source
-from stempress.data.spec import spec_of
+from stempress.data.open import open_source, spec_of
 from stempress.engine import run
 from stempress.errors import StempressError
 from stempress.exec import make_executor

@@ -21,7 +21,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 import numpy as np
 
 from stempress.codecs.catalog import Codec, get_codec
-from stempress.data.base import DEFAULT_BLOCK_BYTES, Block
+from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, block_rows, iter_blocks, row_spans
 from stempress.errors import StempressError
 
 Shape = tuple[int, int, int, int]
@@ -57,14 +57,6 @@ def _checked(blocks: Iterable[Block], shape: Shape, dtype: np.dtype, where: str)
         yield Block(block.start, data)
     if expected != shape[0]:
         raise StempressError(f"{where}: got {expected} scan rows, cube has {shape[0]}; feed every row")
-
-
-def _read_rows(shape: Shape, dtype: np.dtype, rows: int | None) -> int:
-    """Rows per yielded block: the caller's, or as many as fit the default memory budget."""
-    if rows is not None and rows < 1:
-        raise ValueError(f"rows must be >= 1, got {rows}")
-    row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-    return min(shape[0], rows or max(1, DEFAULT_BLOCK_BYTES // max(1, row_bytes)))
 
 
 def _bits(data: np.ndarray) -> np.ndarray:
@@ -143,11 +135,10 @@ class SparseCSR:
 
     def read(self, path: Path, shape: Shape, dtype: Any, rows: int | None = None) -> Iterator[Block]:
         dtype = np.dtype(dtype)
-        step = _read_rows(shape, dtype, rows)
+        step = block_rows(shape, dtype, rows=rows)
         with open(path, "rb") as f:
             frames = self._frames(f, path, tuple(shape[2:]), csr_value_dtype(dtype), shape)
-            for start in range(0, shape[0], step):
-                stop = min(start + step, shape[0])
+            for start, stop in row_spans(shape[0], step):
                 out = np.zeros(((stop - start) * shape[1], *shape[2:]), dtype=dtype)
                 for frame in out:
                     m = next(frames)
@@ -259,12 +250,11 @@ class Uint8Overflow:
             raise StempressError(f"{path}: holds {small.dtype} {small.shape}, expected uint8 {tuple(shape)}; "
                                  "give the shape it was written with")
         row_size = int(np.prod(shape[1:]))
-        step = _read_rows(shape, dtype, rows)
+        step = block_rows(shape, dtype, rows=rows)
         with zipfile.ZipFile(self.side_file(path)) as zf, zf.open("coords.npy") as fc, zf.open("values.npy") as fv:
             overflows = self._overflows(fc, fv, path, shape, dtype)
             flat, vals = np.empty(0, np.int64), np.empty(0, dtype)
-            for start in range(0, shape[0], step):
-                stop = min(start + step, shape[0])
+            for start, stop in row_spans(shape[0], step):
                 out = np.array(small[start:stop], dtype=dtype)
                 while (flat.size == 0 or flat[-1] < stop * row_size) and (more := next(overflows, None)):
                     flat, vals = np.concatenate([flat, more[0]]), np.concatenate([vals, more[1]])
@@ -335,9 +325,8 @@ class SimpleGzip:
                 raise StempressError(f"{path}: holds {got_dtype} {got_shape}, expected {dtype} "
                                      f"{tuple(shape)}; give the shape and dtype it was written with")
             row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-            step = _read_rows(shape, dtype, rows)
-            for start in range(0, shape[0], step):
-                stop = min(start + step, shape[0])
+            step = block_rows(shape, dtype, rows=rows)
+            for start, stop in row_spans(shape[0], step):
                 buf = _read_exact(f, (stop - start) * row_bytes, str(path))
                 yield Block(start, np.frombuffer(buf, dtype=dtype).reshape(stop - start, *shape[1:]))
 
@@ -371,9 +360,7 @@ class RawCsrEvents:
             if tuple(source.shape) != tuple(shape) or source.dtype != dtype:
                 raise StempressError(f"{path}: holds {source.shape} {source.dtype}, not {tuple(shape)} {dtype}; "
                                      "give the shape and dtype it was written with")
-            step = _read_rows(shape, dtype, rows)
-            for start in range(0, shape[0], step):
-                yield Block(start, source.read_rows(start, min(start + step, shape[0])))
+            yield from iter_blocks(source, block_rows(shape, dtype, rows=rows))
         finally:
             source.close()
 

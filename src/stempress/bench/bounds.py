@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import entr
 
+from stempress.data.base import row_spans
 from stempress.errors import StempressError
 from stempress.poisson import poisson_entropy_bits
 
@@ -104,5 +105,5 @@ def truth_blocks(path: str | Path, rows: int = 16) -> Iterable[np.ndarray]:
             raise StempressError(f"{path}: no expected-count map at {where}; write the cube with "
                                  "`stempress simulate --truth`")
         expected = f[where]
-        for start in range(0, expected.shape[0], rows):
-            yield expected[start:start + rows]
+        for start, stop in row_spans(expected.shape[0], rows):
+            yield expected[start:stop]

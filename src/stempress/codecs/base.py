@@ -13,15 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 
 import h5py
 import numpy as np
 
 from stempress.errors import StempressError
-
-if TYPE_CHECKING:
-    from stempress.codecs.chunk_codec import ChunkCodec
 
 try:  # registers the plugin filters with HDF5 as a side effect
     import hdf5plugin
@@ -36,6 +33,18 @@ Pipeline = Sequence[tuple[int, Sequence[int]]]
 DERIVED_KEYS = ("family", "storage", "params", "filter_id", "filters", "h5_kwargs")
 
 _NUMERIC_KINDS = "biuf"  # dtypes whose chunks are plain bytes the direct-chunk encoders handle
+
+
+@runtime_checkable
+class ChunkCodec(Protocol):
+    """Encodes a full chunk to the bytes one HDF5 filter pipeline stores for it, and back (what
+    :meth:`Codec.chunk_codec` returns; the helpers the encoders share are in ``chunk_codec``)."""
+
+    name: str
+
+    def encode(self, chunk: np.ndarray) -> bytes: ...
+
+    def decode(self, data: bytes, shape: Sequence[int], dtype: np.dtype) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from stempress.codecs.base import Hdf5Codec
+from stempress.codecs.base import ChunkCodec, Hdf5Codec
 from stempress.codecs.blosc import CNAME_CODES, SHUFFLE_MODES, name_of
-from stempress.codecs.chunk_codec import ChunkCodec, as_chunk, contiguous
+from stempress.codecs.chunk_codec import as_chunk, contiguous
 from stempress.errors import require_choice
 
 

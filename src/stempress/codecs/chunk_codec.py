@@ -5,8 +5,9 @@ HDF5 runs a dataset's filters on one thread. Producing the same stored bytes in 
 release the GIL (zlib, bz2, numcodecs' Blosc/Zstd/LZ4, bitshuffle), lets a thread pool compress while the file
 stays standard: the pipeline is still declared on the dataset, so plain h5py + hdf5plugin read our chunks and we
 read theirs. Each codec family's module (``deflate``, ``blosc``, ...) holds its encoder beside its filter keywords;
-this module holds what they share. Formats were checked against the filter sources shipped by hdf5plugin and
-against chunks the filters wrote (tests/test_chunk_codec.py); most encoders are byte-identical to the filter's.
+this module holds what they share (the ``ChunkCodec`` protocol itself lives beside ``Codec`` in ``codecs.base``).
+Formats were checked against the filter sources shipped by hdf5plugin and against chunks the filters wrote
+(tests/codecs/test_chunk_codec.py); most encoders are byte-identical to the filter's.
 
 ``encode`` takes the FULL chunk (HDF5 pads edge chunks to the chunk shape with the fill value) as a C-contiguous
 array of the dataset's dtype; ``decode`` returns the full chunk, possibly read-only.
@@ -15,23 +16,10 @@ array of the dataset's dtype; ``decode`` returns the full chunk, possibly read-o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from stempress.codecs.base import Codec
-
-
-@runtime_checkable
-class ChunkCodec(Protocol):
-    """Encodes a full chunk to the bytes one HDF5 filter pipeline stores for it, and back."""
-
-    name: str
-
-    def encode(self, chunk: np.ndarray) -> bytes: ...
-
-    def decode(self, data: bytes, shape: Sequence[int], dtype: np.dtype) -> np.ndarray: ...
+from stempress.codecs.base import ChunkCodec, Codec
 
 
 def direct_chunk_reason(codec: Codec, dtype: np.dtype | None = None) -> str | None:

@@ -14,7 +14,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the plugin filters with HDF5)
 import numpy as np
 
-from stempress.data.base import Block
+from stempress.data.base import Block, row_spans
 from stempress.data.hdf5 import STUDY_EMD_PATH
 
 
@@ -66,5 +66,5 @@ def read_cube_blocks(path: Path, rows: int, dataset_path: str = STUDY_EMD_PATH) 
 
 def dataset_blocks(dataset: h5py.Dataset, rows: int) -> Iterator[Block]:
     """Read an open dataset in blocks of ``rows`` scan rows (the benchmark opens the file before its clock)."""
-    for start in range(0, dataset.shape[0], rows):
-        yield Block(start, dataset[start:start + rows])
+    for start, stop in row_spans(dataset.shape[0], rows):
+        yield Block(start, dataset[start:stop])

@@ -20,8 +20,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from stempress.codecs.base import ChunkCodec
 from stempress.codecs.catalog import Codec
-from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
+from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
+from stempress.codecs.hdf5_store import dataset_blocks
 from stempress.codecs.none import Uncompressed as RawChunks
 from stempress.data.base import Block
 from stempress.data.checksums import ChunkChecksums, chunk_crcs
@@ -321,7 +323,6 @@ def read_parallel_cube_blocks(
                     f"{direct_chunk_reason(codec, dataset.dtype)}"
                 )
         if chunk_codec is None:
-            for start in range(0, dataset.shape[0], rows):
-                yield Block(start, dataset[start:start + rows])
+            yield from dataset_blocks(dataset, rows)
             return
         yield from read_chunks_parallel(dataset, chunk_codec, workers=workers, rows=rows, checksums=record)

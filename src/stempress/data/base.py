@@ -136,15 +136,21 @@ def rows_for_budget(source: Dataset4D, budget_bytes: int = DEFAULT_BLOCK_BYTES, 
     return block_rows(source.shape, source.dtype, multiple=multiple, budget=budget_bytes)
 
 
+def row_spans(stop: int, rows: int, start: int = 0) -> Iterator[tuple[int, int]]:
+    """``(first, last)`` of each block of a walk over scan rows ``[start, stop)`` in blocks of ``rows`` (the last
+    may be shorter): how ``iter_blocks`` cuts a source, and how an event reader's walk (``data.events``) does."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    for first in range(start, stop, rows):
+        yield first, min(first + rows, stop)
+
+
 def iter_blocks(source: Dataset4D, rows: int | None = None, start: int = 0, stop: int | None = None) -> Iterator[Block]:
     """Walk scan rows ``[start, stop)`` of a source (default: all) in blocks of ``rows`` (the last may be shorter);
     a block of the wrong shape is the source's bug, named as such."""
     rows = rows or rows_for_budget(source)
-    if rows < 1:
-        raise ValueError(f"rows must be >= 1, got {rows}")
     stop = source.shape[0] if stop is None else stop
-    for first in range(start, stop, rows):
-        last = min(first + rows, stop)
+    for first, last in row_spans(stop, rows, start):
         data = source.read_rows(first, last)
         if data.shape != (last - first, *source.shape[1:]):
             raise StempressError(f"source {source.name!r} returned a block of shape {data.shape} for rows "

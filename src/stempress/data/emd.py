@@ -8,8 +8,10 @@ stempress installed. Only the ``data`` dataset is left to the caller, who create
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import h5py
@@ -138,3 +140,14 @@ def write_source_metadata(dset: h5py.Dataset, layout: str, metadata: Mapping[str
         write_metadata(dset, md)
     if codec_config is not None:
         dset.attrs[CODEC_ATTR] = json_text(dict(codec_config), sort_keys=True)
+
+
+def read_metadata(path: Path | str, dataset_path: str | None = None) -> dict[str, Any]:
+    """The metadata ``write_metadata`` stored with a cube (empty when the file has none); by default the cube is the
+    EMD layout's, else the study's path."""
+    with h5py.File(path, "r") as f:
+        path_in_file = dataset_path or (EMD_DATA_PATH if EMD_DATA_PATH in f else STUDY_EMD_PATH)
+        raw = f[path_in_file].attrs.get(METADATA_ATTR)
+    if raw is None:
+        return {}
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)

@@ -18,7 +18,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from stempress.data.base import Block, Dataset4D, SourceBase, check_shape_dtype, rows_for_budget
+from stempress.data.base import (
+    Block,
+    Dataset4D,
+    SourceBase,
+    check_shape_dtype,
+    iter_blocks,
+    row_spans,
+    rows_for_budget,
+)
 from stempress.errors import StempressError
 
 #: Flat pixel indices are stored as uint32 (stempy's and our choice): frames up to 2**32 pixels.
@@ -235,13 +243,13 @@ def iter_events(source: Dataset4D, rows: int | None = None) -> Iterator[EventBlo
 
 
 def _walk(source: Dataset4D, rows: int) -> Iterator[EventBlock]:
-    reader = source.read_events if isinstance(source, EventReader) else None
-    for start in range(0, source.shape[0], rows):
-        stop = min(start + rows, source.shape[0])
-        if reader is not None:
-            yield reader(start, stop)
-        else:
-            yield events_from_block(Block(start, source.read_rows(start, stop)), where=source.name)
+    """An event reader's own events, else the dense blocks of ``iter_blocks`` made events."""
+    if isinstance(source, EventReader):
+        for start, stop in row_spans(source.shape[0], rows):
+            yield source.read_events(start, stop)
+    else:
+        for block in iter_blocks(source, rows):
+            yield events_from_block(block, where=source.name)
 
 
 @dataclass(frozen=True)

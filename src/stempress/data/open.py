@@ -1,11 +1,18 @@
-"""One entry point from "what the user typed" to a source: by suffix, else by the file's first bytes."""
+"""One entry point from "what the user typed" to a source: by suffix, else by the file's first bytes; and the
+same call again anywhere (``SourceSpec``, what ``open_source`` was given, small and picklable).
+
+Why a spec: an open HDF5 file or MIB memory map cannot travel to another process or a cluster node, but its path,
+dataset and scan shape can (LiberTEM's partitions work the same way).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +21,6 @@ from stempress.data.hdf5 import Hdf5Source, open_hdf5
 from stempress.data.mib import MibSource
 from stempress.data.npy import NpySource
 from stempress.data.nxmx import NxmxSource, is_nxmx_master
-from stempress.data.spec import SourceSpec
 from stempress.errors import StempressError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".nxs")
@@ -119,6 +125,24 @@ def open_source(spec: str | Path | np.ndarray, *, dataset: str | None = None,
         with contextlib.suppress(AttributeError):  # a source with __slots__ simply cannot be reopened elsewhere
             source.opened_from = SourceSpec(_absolute(spec), dataset, None if scan_shape is None else tuple(scan_shape))
     return source
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """``open_source(target, dataset=..., scan_shape=...)`` again, anywhere the file is visible."""
+
+    target: str
+    dataset: str | None = None
+    scan_shape: tuple[int, int] | None = None
+
+    def open(self) -> Dataset4D:
+        return open_source(self.target, dataset=self.dataset, scan_shape=self.scan_shape)
+
+
+def spec_of(source: Any) -> SourceSpec | None:
+    """How to reopen ``source`` elsewhere, or None for sources that live only here (arrays, wrappers)."""
+    spec = getattr(source, "opened_from", None)
+    return spec if isinstance(spec, SourceSpec) else None
 
 
 def _absolute(spec: str | Path) -> str:

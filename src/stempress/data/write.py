@@ -1,5 +1,6 @@
 """A cube's metadata in HDF5: the source's metadata as strict JSON on the dataset, its scalar calibration as
-attributes beside it, and read back (``store.write.write_hdf5`` and the archive sink write it)."""
+attributes beside it (``store.write.write_hdf5`` and the archive sink write it; ``data.emd.read_metadata`` reads it
+back from where the layout put the cube)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ import h5py
 import numpy as np
 
 from stempress.data.calibration import CALIBRATION_KEYS
-from stempress.data.hdf5 import STUDY_EMD_PATH
 
 #: Attribute holding the source's whole metadata as a JSON string.
 METADATA_ATTR = "stempress_metadata"
-
 
 
 def write_metadata(dset: h5py.Dataset, metadata: dict[str, Any]) -> None:
@@ -55,16 +54,3 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return repr(value)
-
-
-def read_metadata(path: Path | str, dataset_path: str | None = None) -> dict[str, Any]:
-    """The metadata ``write_hdf5`` stored with a cube (empty when the file has none); by default the cube is the
-    EMD layout's, else the study's path."""
-    from stempress.data.emd import EMD_DATA_PATH
-
-    with h5py.File(path, "r") as f:
-        path_in_file = dataset_path or (EMD_DATA_PATH if EMD_DATA_PATH in f else STUDY_EMD_PATH)
-        raw = f[path_in_file].attrs.get(METADATA_ATTR)
-    if raw is None:
-        return {}
-    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)

@@ -8,7 +8,7 @@ results from partitions reduced on workers.
 
 from stempress.data.calibration import Calibration, radius_map
 from stempress.reduce.calibration import estimate_calibration, find_bf_disk
-from stempress.reduce.engine import Projection, single_blas_thread
+from stempress.reduce.engine import single_blas_thread
 from stempress.reduce.imaging import (
     COM_MASK_BF,
     Annulus,
@@ -31,6 +31,7 @@ from stempress.reduce.imaging import (
     haadf,
     integrated_phase,
 )
+from stempress.reduce.projection import Projection
 from stempress.reduce.protocol import LinearReducer, OutputSpec, Reducer, State
 
 __all__ = [

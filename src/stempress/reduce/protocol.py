@@ -17,6 +17,7 @@ import numpy as np
 
 from stempress.data.base import Block
 from stempress.data.calibration import Calibration
+from stempress.reduce.projection import Projection
 
 Kind = Literal["position", "pixel", "single"]
 MergeOp = Literal["rows", "sum", "max", "min"]
@@ -186,8 +187,6 @@ class LinearReducer(Reducer):
 
     def process(self, state: State, block: Block) -> None:
         """Standalone use: project the block with this reducer's weights alone (same bits as fused)."""
-        from stempress.reduce.engine import Projection  # the engine's kernel; engine imports this module
-
         block = block.without_missing()
         projection = state.context.get("_projection")
         if projection is None:

@@ -21,8 +21,9 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output, writing
+from stempress.codecs.base import ChunkCodec
 from stempress.codecs.catalog import Codec
-from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for, direct_chunk_reason
+from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
 from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk, whole_chunk_rows

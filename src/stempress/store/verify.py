@@ -11,7 +11,8 @@ still decoded (and compared), and the report says so: "decoded, not verified", n
 Every other format stempress reads is verified as a source (``_SourceVerifier``): the event files (stempy and
 raw_csr with the CRC of each chunk of scan rows, ``data.event_checksums``; the entropy-coded file, whose reader checks
 its own chunks), and frame files without checksums (.mib, .npy, NXmx), which are decoded whole (a truncated file
-fails) and compared with ``against``. The report says which checks it could make.
+fails) and compared with ``against``. The report says which checks it could make. A ``--shards`` master is
+verified shard by shard (``verify_master``), each shard as the archive it is.
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from stempress.codecs.base import Codec, Pipeline
+from stempress.codecs.base import ChunkCodec, Codec, Pipeline
 from stempress.codecs.catalog import identify
-from stempress.codecs.chunk_codec import ChunkCodec, chunk_codec_for
+from stempress.codecs.chunk_codec import chunk_codec_for
 from stempress.codecs.parallel import chunk_grid, full_chunk, read_chunks_parallel
 from stempress.codecs.registry import codec_from_config, codec_from_pipeline
 from stempress.cores import resolve_workers
-from stempress.data.base import Block, Dataset4D, block_rows, require_file, rows_for_budget
+from stempress.data.base import Block, Dataset4D, block_rows, require_file, row_spans, rows_for_budget
 from stempress.data.checksums import ChunkChecksums
 from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
@@ -44,6 +45,7 @@ from stempress.exec.base import Executor
 from stempress.exec.local import ThreadExecutor
 from stempress.sinks.protocol import Sink
 from stempress.sinks.reference import CheckFailed, DecodedCheckSink, Problem, ReferenceCheckSink, shape_problem
+from stempress.sinks.shards import shard_sources
 
 #: What a report says instead of OK when nothing could prove the data right.
 NOT_VERIFIED = "decoded, not verified (no checksums; pass --against)"
@@ -124,10 +126,55 @@ def verify(path: Path | str, *, against: Dataset4D | None = None, workers: int |
           open_hdf5(path) as f):
         dset = f[dataset_path]
         if dset.is_virtual:  # a --shards master: its shards are the archives
-            from stempress.store.verify_shards import verify_master
-
             return verify_master(path, dset, against, n_workers, started, pool)
         return _Verifier(path, dset, against, n_workers, started, pool).run()
+
+
+def verify_master(path: Path, dset: h5py.Dataset, against: Dataset4D | None, workers: int,
+                  started: float, executor: Executor) -> VerifyReport:
+    """The report of a ``--shards`` master: every shard verified as the archive it is, chunks summed over them,
+    the first problem found in master rows; then, with ``against``, the cube read through the master's virtual
+    dataset compared with the source. Each shard and not only the virtual dataset, because HDF5 reads a missing
+    or unreadable shard as the fill value without a word, and the checksums live in the shards. Each shard's
+    checks and the comparison run on ``executor`` (the caller's; not closed here)."""
+    sources = shard_sources(dset)
+    total = checked = bad = 0
+    checksums, direct, codec, config = True, True, "none", None
+    problem: Problem | None = None
+    row = 0
+    for start, stop, shard, name in sources:
+        if start != row:
+            problem = Problem("stored", f"no shard holds scan rows {row}-{start - 1}", (row, start), (0, dset.shape[1]))
+            break
+        row = stop
+        if not shard.is_file():
+            problem = Problem("stored", f"shard {shard} is missing (HDF5 would read fill values there)",
+                              (start, stop), (0, dset.shape[1]))
+            break
+        report = verify(shard, dataset=name, workers=workers, executor=executor)
+        total, checked, bad = total + report.chunks_total, checked + report.chunks_checked, bad + report.bad_chunks
+        checksums, direct = checksums and report.checksums, direct and report.direct
+        codec, config = report.codec, report.codec_config
+        if report.problem is not None:
+            problem = _shifted(report.problem, start, f"shard {shard.name}: ")
+            break
+    if problem is None and row != dset.shape[0]:
+        problem = Problem("stored", f"the shards end at scan row {row}, the cube has {dset.shape[0]}")
+    compared = False
+    if problem is None and against is not None:  # read through the virtual dataset, as a user does
+        problem = _Verifier(path, dset, against, workers, started, executor).run().problem
+        compared = problem is None
+    return VerifyReport(path=path, dataset_path=dset.name, codec=codec, direct=direct, chunks_total=total,
+                        chunks_checked=checked, checksums=checksums and bool(sources), compared=compared,
+                        bad_chunks=bad, problem=problem, seconds=time.perf_counter() - started,
+                        checks=(f"stored and decoded CRCs of {len(sources)} shards" if checksums and sources
+                                else None),
+                        codec_config=config)
+
+
+def _shifted(problem: Problem, rows: int, prefix: str) -> Problem:
+    moved = None if problem.rows is None else (problem.rows[0] + rows, problem.rows[1] + rows)
+    return replace(problem, reason=prefix + problem.reason, rows=moved)
 
 
 class _Verifier:
@@ -231,12 +278,11 @@ class _Verifier:
 
     def _filtered_blocks(self, rows: int) -> Iterator[Block]:
         """HDF5's own filter path (any filter this process can decode)."""
-        for start in range(0, self.shape[0], rows):
+        for start, stop in row_spans(self.shape[0], rows):
             try:
-                data = self.dset[start:start + rows]
+                data = self.dset[start:stop]
             except (OSError, RuntimeError, ValueError) as exc:
-                raise StempressError(f"cannot decode scan rows {start}-{min(start + rows, self.shape[0]) - 1}: "
-                                     f"{one_line(exc)}") from exc
+                raise StempressError(f"cannot decode scan rows {start}-{stop - 1}: {one_line(exc)}") from exc
             yield Block(start, data)
 
     def _first_bad_chunk(self, start: int, rows: int) -> Problem | None:
