@@ -305,3 +305,15 @@ def test_a_parallel_bench_cell_stores_what_compress_stores(codec, tmp_path):
         stored = f[written.dataset_path]
         assert stored.chunks == chunks
         assert cell["data_bytes"] == stored.id.get_storage_size() < written.file_bytes
+
+
+def test_metadata_json_is_strict_json_with_unknown_numbers_as_null(tmp_path):
+    import json
+
+    from stempress.bench.results import METADATA_JSON, save_results
+
+    save_results(tmp_path, [{"codec": "gzip_6", "ratio": 2.0}], {"rotation": float("nan"), "cores": np.int64(2),
+                                                                   "out": tmp_path})
+    text = (tmp_path / METADATA_JSON).read_text()
+    meta = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert meta == {"rotation": None, "cores": 2, "out": str(tmp_path)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from stempress.atomic import atomic_output
+from stempress.data.write import json_text
 from stempress.errors import StempressError
 
 RESULTS_CSV = "results.csv"
@@ -62,11 +62,11 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def save_results(out: Path, rows: list[dict[str, Any]], metadata: dict[str, Any]) -> pd.DataFrame:
-    """Write results.csv, results.parquet and metadata.json."""
+    """Write results.csv, results.parquet and metadata.json (strict JSON: an unknown number is null, not NaN)."""
     frame = results_frame(rows)
     atomic_write(out / RESULTS_CSV, lambda p: frame.to_csv(p, index=False))
     atomic_write(out / RESULTS_PARQUET, lambda p: frame.to_parquet(p, index=False))
-    atomic_write(out / METADATA_JSON, lambda p: p.write_text(json.dumps(metadata, indent=2, default=str)))
+    atomic_write(out / METADATA_JSON, lambda p: p.write_text(json_text(metadata, indent=2)))
     return frame
 
 
