@@ -564,3 +564,20 @@ def test_a_scan_varying_cube_codes_within_5_percent_of_its_true_poisson_bound(tm
     ratio = cube.nbytes / path.stat().st_size
     true_bound = true_poisson_bound([source.expected_rows(0, source.shape[0])], 8, cube.size)
     assert ratio >= 0.95 * true_bound, f"{ratio / true_bound:.1%} of the true bound"
+
+
+
+def test_threads_or_one_worker_code_in_this_process(counted: np.ndarray, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads gain nothing on a coder that holds the GIL: only worker processes get chunks."""
+    from stempress.exec import InlineExecutor, ThreadExecutor
+
+    one = write_entropy_coded(ArraySource(counted), tmp_path / "one.h5", chunk_rows=3)
+    monkeypatch.setattr(ChunkPool, "open", classmethod(lambda *args: pytest.fail("chunks sent to workers")))
+    for executor in (ThreadExecutor(2), InlineExecutor(), ProcessExecutor(1)):
+        with executor:
+            path = write_entropy_coded(ArraySource(counted), tmp_path / "x.h5", chunk_rows=3, executor=executor,
+                                       force=True)
+            with EntropyCodedSource(path, executor=executor) as src:
+                assert np.array_equal(src.read_rows(0, 32), counted)
+        _same_file(one, path)

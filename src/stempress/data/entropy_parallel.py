@@ -60,13 +60,17 @@ class ChunkExecutor(Protocol):
     so it is named by shape, not imported): worker processes on this machine, as ``ProcessExecutor`` has."""
 
     workers: int
+    remote: bool
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]: ...
 
 
 def parallel(executor: ChunkExecutor | None) -> ChunkExecutor | None:
-    """The executor when it has more than one worker to share chunks among, else None (code in this process)."""
-    return executor if executor is not None and int(getattr(executor, "workers", 1)) > 1 else None
+    """The executor when its workers are other processes (``remote``) and more than one, else None: code in this
+    process (threads would gain nothing, constriction holding the GIL, and share the workers' coder caches)."""
+    if executor is None or not getattr(executor, "remote", False) or int(getattr(executor, "workers", 1)) < 2:
+        return None
+    return executor
 
 
 _lock = threading.Lock()
