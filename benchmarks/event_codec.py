@@ -28,6 +28,7 @@ ratio >= 95 % of the true bound.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -46,9 +47,9 @@ from stempress.codecs.hdf5_store import read_cube_blocks, write_cube
 from stempress.cores import resolve_workers
 from stempress.data.base import ArraySource, Block, Dataset4D, iter_blocks
 from stempress.data.entropy import EntropyCodedFormat, encode_blocks, fit_source
-from stempress.data.entropy_parallel import start_method, start_pool
 from stempress.data.open import open_source
 from stempress.data.suites import open_synthetic
+from stempress.exec.processes import ProcessExecutor, start_method
 
 DOSES = "375,4000,14000"
 ENCODE_TARGET, DECODE_TARGET = 200.0, 400.0  # MB/s
@@ -143,7 +144,7 @@ def _true_bound(text: str, source: Dataset4D, bits: int, n_values: int) -> float
 
 
 def bench(text: str, codecs: list[str], runs: int, first_rows: int, scratch: Path, chunking: str,
-          cores: int) -> bool:
+          pool: ProcessExecutor | None) -> bool:
     with (open_synthetic(text) if text.startswith("synthetic:") else open_source(text)) as source:
         cube = source.read_rows(0, source.shape[0])
         true_bound = _true_bound(text, source, 8 * cube.dtype.itemsize, cube.size)
@@ -164,16 +165,18 @@ def bench(text: str, codecs: list[str], runs: int, first_rows: int, scratch: Pat
         measure = _hdf5 if codec.storage == "hdf5" else _file
         results[name] = measure(cube, name, scratch, rows, runs, chunking)
     full = fit_source(ArraySource(cube))  # as write_entropy_coded fits it: mean pattern and groups of positions
-    for workers in sorted({1, cores}):
+    cores = pool.workers if pool is not None else 1
+    for executor in dict.fromkeys([None, pool]):  # one process, then the pool's
+        workers = executor.workers if executor is not None else 1
         path = scratch / f"entropy_full_{workers}.h5"
-        fmt = EntropyCodedFormat(workers=workers)
+        fmt = EntropyCodedFormat(executor=executor)
         results[_full_label(workers)] = _measure(
             cube, lambda path=path: [path],
-            lambda path=path, workers=workers: encode_blocks(path, _blocks(cube, rows), shape, dtype, model=full,
-                                                             workers=workers),
+            lambda path=path, executor=executor: encode_blocks(path, _blocks(cube, rows), shape, dtype, model=full,
+                                                               executor=executor),
             lambda path=path, fmt=fmt: fmt.read(path, shape, dtype), runs)
     first = scratch / "entropy_first.h5"
-    fmt = EntropyCodedFormat(workers=cores)
+    fmt = EntropyCodedFormat(executor=pool)
 
     def first_block() -> Iterator[Block]:
         yield Block(0, cube[:first_rows])
@@ -236,17 +239,20 @@ def main() -> None:
     parser.add_argument("--first-rows", type=int, default=4, help="scan rows the one-pass model is fitted on")
     args = parser.parse_args()
     cores = resolve_workers(None)
-    if cores > 1:
+    pool = ProcessExecutor(cores) if cores > 1 else None
+    if pool is not None:
         t = time.perf_counter()
-        start_pool(cores)
+        pool.start()
         print(f"entropy worker pool: {cores} processes ({start_method()}), started in "
               f"{time.perf_counter() - t:.2f} s, before any timing", flush=True)
     sources = args.source.split(",") if args.source else [
         f"synthetic:counted/counted?scan={args.scan}&dose={d}" for d in args.doses.split(",")]
     ok = True
-    with tempfile.TemporaryDirectory(prefix="stempress-entropy-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="stempress-entropy-") as scratch, contextlib.ExitStack() as stack:
+        if pool is not None:
+            stack.enter_context(pool)
         for text in sources:
-            ok &= bench(text, args.codecs.split(","), args.runs, args.first_rows, Path(scratch), args.chunks, cores)
+            ok &= bench(text, args.codecs.split(","), args.runs, args.first_rows, Path(scratch), args.chunks, pool)
     print("\nall targets met" if ok else "\nsome targets missed (FAIL above)")
     sys.exit(0 if ok else 1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -27,10 +28,11 @@ from stempress.data.entropy import (
     write_entropy_coded,
 )
 from stempress.data.entropy_model import GRIDS, pack_model, unpack_model
-from stempress.data.entropy_parallel import ChunkPool, get_pool, shutdown_pool
+from stempress.data.entropy_parallel import ChunkPool
 from stempress.data.open import open_source
 from stempress.data.suites import suite
 from stempress.errors import StempressError
+from stempress.exec.processes import ProcessExecutor
 
 
 class ArraySource:
@@ -242,6 +244,13 @@ def test_escaped_gaps_and_counts_of_dark_pixels_decode_and_a_bad_escape_is_named
 
 # --- several worker processes -------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def two_procs() -> Iterator[ProcessExecutor]:
+    """Two worker processes, shared by the module's tests as a long-lived caller shares its executor."""
+    with ProcessExecutor(2) as executor:
+        yield executor
+
+
 def _in_workers_only(m: pytest.MonkeyPatch) -> None:
     """The calling process's coder refuses to work, so whatever succeeds was coded by the worker processes (they
     import their own copy of the module, which monkeypatch does not reach)."""
@@ -289,20 +298,22 @@ def _same_file(a: Path, b: Path) -> None:
 
 
 def test_two_workers_write_the_same_file_as_one_process(counted: np.ndarray, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    one = write_entropy_coded(ArraySource(counted), tmp_path / "one.h5", chunk_rows=3, workers=1)
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        two_procs: ProcessExecutor) -> None:
+    one = write_entropy_coded(ArraySource(counted), tmp_path / "one.h5", chunk_rows=3)
     with monkeypatch.context() as m:
         _in_workers_only(m)
-        two = write_entropy_coded(ArraySource(counted), tmp_path / "two.h5", chunk_rows=3, workers=2)
+        two = write_entropy_coded(ArraySource(counted), tmp_path / "two.h5", chunk_rows=3, executor=two_procs)
     with h5py.File(two, "r") as f:
         assert f["chunks/index"].shape[0] - 1 == 11  # 32 rows in chunks of 3: the workers had many to share
     _same_file(one, two)
 
 
 def test_two_workers_read_any_row_range_and_one_chunk_stays_in_process(counted: np.ndarray, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_entropy_coded(ArraySource(counted), tmp_path / "r.h5", chunk_rows=3, workers=1)
-    with EntropyCodedSource(path, workers=2) as src:
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       two_procs: ProcessExecutor) -> None:
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "r.h5", chunk_rows=3)
+    with EntropyCodedSource(path, executor=two_procs) as src:
         with monkeypatch.context() as m:
             _in_workers_only(m)
             assert np.array_equal(src.read_rows(0, 32), counted)
@@ -316,17 +327,18 @@ def test_two_workers_read_any_row_range_and_one_chunk_stays_in_process(counted: 
 @pytest.mark.parametrize("checksums", [True, False], ids=["crc", "version-2"])
 def test_a_corrupt_chunk_read_by_workers_raises_the_same_one_line_error(counted: np.ndarray, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch,
-                                                                        checksums: bool) -> None:
+                                                                        checksums: bool,
+                                                                        two_procs: ProcessExecutor) -> None:
     """With checksums the caller finds the bad chunk before a worker decodes it; in a file without them (version
     2) the worker's decoder does, and its error comes back the same."""
-    path = write_entropy_coded(ArraySource(counted), tmp_path / "c.h5", chunk_rows=8, workers=1)
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "c.h5", chunk_rows=8)
     with h5py.File(path, "r+") as f:
         f["chunks/words"][:8] = np.uint32(0xFFFFFFFF)
     if not checksums:
         _as_version_2(path)
-    with EntropyCodedSource(path, workers=1) as src, pytest.raises(StempressError) as one:
+    with EntropyCodedSource(path) as src, pytest.raises(StempressError) as one:
         src.read_rows(0, 16)
-    with EntropyCodedSource(path, workers=2) as src, monkeypatch.context() as m:
+    with EntropyCodedSource(path, executor=two_procs) as src, monkeypatch.context() as m:
         _in_workers_only(m)
         names = _arena_names(m)
         with pytest.raises(StempressError) as two:
@@ -340,29 +352,32 @@ def test_a_corrupt_chunk_read_by_workers_raises_the_same_one_line_error(counted:
 
 
 def test_ctrl_c_during_a_parallel_write_leaves_no_file_and_no_shared_memory(counted: np.ndarray, tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            two_procs: ProcessExecutor) -> None:
     def interrupted() -> Iterator[Block]:
         yield from list(iter_blocks(ArraySource(counted), 4))[:2]  # 4 chunks of 2 rows: all four slots in flight
         raise KeyboardInterrupt
 
-    fmt = EntropyCodedFormat(chunk_rows=2, workers=2)
+    fmt = EntropyCodedFormat(chunk_rows=2, executor=two_procs)
     with monkeypatch.context() as m:
         names = _arena_names(m)
         with pytest.raises(KeyboardInterrupt):
             fmt.write(tmp_path / "k.h5", interrupted(), counted.shape, counted.dtype)
     assert names and not _shm_exists(names[0])
     assert not any(tmp_path.iterdir())
+    assert two_procs.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN  # Ctrl-C is the caller's
     again = fmt.write(tmp_path / "k.h5", iter_blocks(ArraySource(counted), 4), counted.shape, counted.dtype)[0]
-    one = EntropyCodedFormat(chunk_rows=2, workers=1).write(tmp_path / "one.h5", iter_blocks(ArraySource(counted), 4),
-                                                            counted.shape, counted.dtype)[0]
+    one = EntropyCodedFormat(chunk_rows=2).write(tmp_path / "one.h5", iter_blocks(ArraySource(counted), 4),
+                                                 counted.shape, counted.dtype)[0]
     _same_file(one, again)
 
 
 def test_file_format_with_workers_writes_and_reads_like_one_process(counted: np.ndarray, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    one = EntropyCodedFormat(chunk_rows=4, workers=1).write(tmp_path / "one.h5", iter_blocks(ArraySource(counted), 7),
-                                                            counted.shape, counted.dtype)[0]
-    fmt = EntropyCodedFormat(chunk_rows=4, workers=2)
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    two_procs: ProcessExecutor) -> None:
+    one = EntropyCodedFormat(chunk_rows=4).write(tmp_path / "one.h5", iter_blocks(ArraySource(counted), 7),
+                                                 counted.shape, counted.dtype)[0]
+    fmt = EntropyCodedFormat(chunk_rows=4, executor=two_procs)
     with monkeypatch.context() as m:
         _in_workers_only(m)
         two = fmt.write(tmp_path / "two.h5", iter_blocks(ArraySource(counted), 7), counted.shape, counted.dtype)[0]
@@ -371,18 +386,28 @@ def test_file_format_with_workers_writes_and_reads_like_one_process(counted: np.
             assert np.array_equal(np.concatenate([b.data for b in blocks]), counted)
     _same_file(one, two)
     with pytest.raises(StempressError, match="workers must be at least 1"):
-        EntropyCodedFormat(workers=0)
+        ProcessExecutor(0)
 
 
-def test_a_dead_worker_is_replaced_and_shutdown_leaves_no_worker(counted: np.ndarray, tmp_path: Path) -> None:
+def test_a_dead_worker_is_a_one_line_error_then_replaced_and_close_leaves_no_worker(counted: np.ndarray,
+                                                                                    tmp_path: Path) -> None:
+    path = write_entropy_coded(ArraySource(counted), tmp_path / "d.h5", chunk_rows=3)
+    executor = ProcessExecutor(2)
+    with EntropyCodedSource(path, executor=executor) as src, pytest.raises(StempressError) as died:
+        for _ in range(20):
+            killer = executor.submit(os._exit, 1)  # a worker dies while the read's chunks are queued
+            src.read_rows(0, 32)
+    assert "worker process died" in str(died.value) and "\n" not in str(died.value)
     with pytest.raises(BrokenProcessPool):
-        get_pool(2).submit(os._exit, 1).result()
-    path = write_entropy_coded(ArraySource(counted), tmp_path / "d.h5", chunk_rows=3, workers=2)
-    with EntropyCodedSource(path, workers=2) as src:
+        killer.result()
+    written = write_entropy_coded(ArraySource(counted), tmp_path / "again.h5", chunk_rows=3, executor=executor)
+    assert written.read_bytes() == write_entropy_coded(ArraySource(counted), tmp_path / "one.h5",
+                                                       chunk_rows=3).read_bytes()
+    with EntropyCodedSource(written, executor=executor) as src:
         assert np.array_equal(src.read_rows(0, 32), counted)
-    pids = list(get_pool(2)._processes)
+    pids = executor.pids()
     assert pids
-    shutdown_pool()
+    executor.close()
     deadline = time.monotonic() + 10
     while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -539,3 +564,20 @@ def test_a_scan_varying_cube_codes_within_5_percent_of_its_true_poisson_bound(tm
     ratio = cube.nbytes / path.stat().st_size
     true_bound = true_poisson_bound([source.expected_rows(0, source.shape[0])], 8, cube.size)
     assert ratio >= 0.95 * true_bound, f"{ratio / true_bound:.1%} of the true bound"
+
+
+
+def test_threads_or_one_worker_code_in_this_process(counted: np.ndarray, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads gain nothing on a coder that holds the GIL: only worker processes get chunks."""
+    from stempress.exec import InlineExecutor, ThreadExecutor
+
+    one = write_entropy_coded(ArraySource(counted), tmp_path / "one.h5", chunk_rows=3)
+    monkeypatch.setattr(ChunkPool, "open", classmethod(lambda *args: pytest.fail("chunks sent to workers")))
+    for executor in (ThreadExecutor(2), InlineExecutor(), ProcessExecutor(1)):
+        with executor:
+            path = write_entropy_coded(ArraySource(counted), tmp_path / "x.h5", chunk_rows=3, executor=executor,
+                                       force=True)
+            with EntropyCodedSource(path, executor=executor) as src:
+                assert np.array_equal(src.read_rows(0, 32), counted)
+        _same_file(one, path)

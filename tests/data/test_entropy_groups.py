@@ -22,6 +22,7 @@ from stempress.data.entropy import (
 from stempress.data.entropy_groups import kmeans, ward_merges
 from stempress.data.entropy_model import pack_model, unpack_model
 from stempress.data.suites import open_synthetic
+from stempress.exec.processes import ProcessExecutor
 
 #: The issue's hard case (issue 11 item 12): dose 14000, thickness and eight grains varying over the scan; a 24 x 24
 #: scan keeps the test to seconds (a shorter one pays more for its stored model).
@@ -64,10 +65,11 @@ def test_grouped_chunks_decode_any_row_range_bit_exact(grains: tuple[np.ndarray,
 
 def test_a_grouped_file_is_the_same_whatever_the_worker_count(grains: tuple[np.ndarray, float],
                                                              grains_file: Path, tmp_path: Path) -> None:
-    two = write_entropy_coded(ArraySource(grains[0]), tmp_path / "two.h5", chunk_rows=5, workers=2)
-    assert two.read_bytes() == grains_file.read_bytes()
-    with EntropyCodedSource(two, workers=2) as src:
-        assert np.array_equal(src.read_rows(0, grains[0].shape[0]), grains[0])
+    with ProcessExecutor(2) as executor:
+        two = write_entropy_coded(ArraySource(grains[0]), tmp_path / "two.h5", chunk_rows=5, executor=executor)
+        assert two.read_bytes() == grains_file.read_bytes()
+        with EntropyCodedSource(two, executor=executor) as src:
+            assert np.array_equal(src.read_rows(0, grains[0].shape[0]), grains[0])
 
 
 def test_a_cube_that_does_not_vary_keeps_one_group(tmp_path: Path) -> None:

@@ -408,3 +408,23 @@ def test_ctrl_c_in_the_middle_leaves_no_output_and_no_partial(tmp_path):
     else:
         assert not job.out.exists()
     assert job.leftovers() == []
+
+
+def test_entropy_poisson_on_the_callers_worker_processes_writes_what_one_process_writes(tmp_path):
+    from stempress.exec.processes import ProcessExecutor
+
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(0.05, size=(12, 6, 32, 32)).astype(np.uint8)
+    one = compress(ArraySource(counts), tmp_path / "one.h5", codec="entropy_poisson", chunks=(2, 6, 32, 32),
+                   workers=1)
+    with ProcessExecutor(2) as executor:
+        two = compress(ArraySource(counts), tmp_path / "two.h5", codec="entropy_poisson", chunks=(2, 6, 32, 32),
+                       executor=executor)
+        assert executor.pids()  # the caller's processes coded it (a pool of our own would be closed by now)
+    assert (one.workers, two.workers) == (1, 2)
+    with h5py.File(one.path, "r") as a, h5py.File(two.path, "r") as b:
+        assert b["chunks/index"].shape[0] - 1 == 6  # six coded chunks to share out
+        for name in ("chunks/words", "chunks/escapes", "chunks/index", "chunks/crc", "model/packed"):
+            assert np.array_equal(a[name][...], b[name][...]), name
+    report = verify(two.path, against=ArraySource(counts), workers=2)
+    assert report.ok and report.compared and "of 6/6 coded chunks" in report.checks

@@ -92,11 +92,13 @@ def _record(path: Path) -> dict:
     return record
 
 
-@pytest.mark.parametrize("how", ["rows2", "threads"])
+@pytest.mark.parametrize("how", ["rows2", "threads", "processes"])
 def test_count_writes_the_entropy_file_the_codec_writes_from_the_counts(tmp_path: Path, how: str) -> None:
     from stempress.events.entropy_file import write_entropy_events
+    from stempress.exec.processes import ProcessExecutor
 
-    kwargs: dict = {"rows": 2} if how == "rows2" else {"executor": ThreadExecutor(2)}
+    kwargs: dict = ({"rows": 2} if how == "rows2" else
+                    {"executor": ThreadExecutor(2) if how == "threads" else ProcessExecutor(2)})
     report = count_to_file(open_source(SPEC), tmp_path / "ours.h5", PARAMS["pixel"], fmt="entropy",
                            inputs={"source": SPEC}, **kwargs)
     with RawCsrSource(DATA / "pixel.toml") as counts:  # main's counts, coded by the codec of this tree

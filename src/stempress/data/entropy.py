@@ -28,11 +28,12 @@ Coding: per chunk of ``chunk_rows`` scan rows, each run of symbols that share a 
 ``encode_reverse`` call into constriction's ANS coder; each chunk is its own ANS stream, so any scan-row range
 decodes alone. The work per chunk grows with the bright pixels and the electrons, not with the dark zeros. With
 groups, a chunk holds each position's group (uniform symbols) and then each group's positions coded as above.
-constriction holds the GIL, so with ``workers`` > 1 (or None: every usable core) chunks are coded and decoded in
-worker processes (``entropy_parallel``); they are written in order, so the file is the same byte for byte
-whatever the worker count. The default is this process alone (``workers=1``): worker processes import the
-caller's main module, so a script must keep its work under ``if __name__ == "__main__":`` to use them, and a
-library call should not fail in a script that does not.
+constriction holds the GIL, so given an ``executor`` of several worker processes (``stempress.exec``'s
+``ProcessExecutor``, which the commands pass in; this layer takes it by its interface) chunks are coded and decoded
+there (``entropy_parallel``); they are written in order, so the file is the same byte for byte whatever the worker
+count. The default is this process alone (no executor): worker processes import the caller's main module, so a
+script must keep its work under ``if __name__ == "__main__":`` to use them, and a library call should not fail in
+a script that does not.
 
 File (format version 5; 4 is the same with one class map): HDF5; attrs ``format``, ``version``, ``shape``,
 ``dtype``, ``constriction_version``, ``checksum_algorithm`` and ``model_crc`` (strings fixed-length: a
@@ -66,7 +67,6 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output
-from stempress.cores import resolve_workers
 from stempress.data.base import (
     Block,
     Dataset4D,
@@ -87,7 +87,7 @@ from stempress.data.entropy_model import (
     pack_model,
     unpack_model,
 )
-from stempress.data.entropy_parallel import ChunkPool, ModelBlob
+from stempress.data.entropy_parallel import ChunkExecutor, ChunkPool, ModelBlob, parallel
 from stempress.data.event_checksums import ChecksumError
 from stempress.data.events import check_counts_dtype, refuse_non_counts
 from stempress.errors import StempressError
@@ -597,19 +597,18 @@ def _checked_header(shape: Any, dtype: Any, where: str) -> tuple[tuple[int, int,
 
 
 def encode_blocks(path: Path, blocks: Iterable[Block], shape: Any, dtype: Any, *, model: PoissonModel | None = None,
-                  chunk_rows: int | None = None, workers: int | None = 1) -> None:
+                  chunk_rows: int | None = None, executor: ChunkExecutor | None = None) -> None:
     """Code blocks of scan rows into ``path`` (written in place; wrap in ``atomic_output``).
 
-    With no ``model`` it is fitted on the first block (the blocks are seen once). ``workers`` processes code the
-    chunks (1: this process, no pool; None: every usable core); the file is the same byte for byte either way.
+    With no ``model`` it is fitted on the first block (the blocks are seen once). ``executor``'s worker processes
+    code the chunks (None or one worker: this process); the caller owns and closes it. The file is the same byte
+    for byte either way.
     """
     shape, dtype = _checked_header(shape, dtype, "entropy codec")
     chunk_rows = chunk_rows or default_chunk_rows(shape, dtype)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    workers = resolve_workers(workers)
-    if shape[0] <= chunk_rows:
-        workers = 1  # one chunk: nothing to share out
+    pool = parallel(executor) if shape[0] > chunk_rows else None  # one chunk: nothing to share out
     it = iter(blocks)
     first = next(it, None)
     if first is None:
@@ -620,7 +619,7 @@ def encode_blocks(path: Path, blocks: Iterable[Block], shape: Any, dtype: Any, *
         writer = _Writer(f, model, shape, dtype)
         pieces = writer.pieces(itertools.chain([first], it), chunk_rows)
         slot_bytes = chunk_rows * int(np.prod(shape[1:])) * dtype.itemsize
-        with contextlib.closing(_encoded(model, pieces, workers, slot_bytes)) as coded:
+        with contextlib.closing(_encoded(model, pieces, pool, slot_bytes)) as coded:
             for rows, (words, raw) in coded:
                 writer.append(rows, words, raw)
         writer.finish()
@@ -636,10 +635,10 @@ def _fit_block(block: Block, shape: tuple[int, int, int, int]) -> PoissonModel:
     return fit_model(frames.sum(axis=0, dtype=np.float64), frames.shape[0], shape[0] * shape[1])
 
 
-def _encoded(model: PoissonModel, pieces: Iterable[tuple[int, np.ndarray]], workers: int,
+def _encoded(model: PoissonModel, pieces: Iterable[tuple[int, np.ndarray]], executor: ChunkExecutor | None,
              slot_bytes: int) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
-    """(rows, frames) -> (rows, (words, escapes)) in order, coded in ``workers`` processes (1: this one)."""
-    pool = ChunkPool.open(ModelBlob.of(model), workers, slot_bytes) if workers > 1 else None
+    """(rows, frames) -> (rows, (words, escapes)) in order, coded on ``executor``'s workers (None: here)."""
+    pool = ChunkPool.open(ModelBlob.of(model), executor, slot_bytes) if executor is not None else None
     if pool is None:
         coder = _Coder(model)
         for rows, frames in pieces:
@@ -669,9 +668,9 @@ def fit_source(source: Dataset4D, rows: int | None = None) -> PoissonModel:
 
 
 def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int | None = None,
-                        fit: str = "full", force: bool = False, workers: int | None = 1) -> Path:
+                        fit: str = "full", force: bool = False, executor: ChunkExecutor | None = None) -> Path:
     """Write ``source`` entropy-coded to ``out`` atomically; ``fit`` is ``"full"`` (two passes, best ratio) or
-    ``"first"`` (model from the first block, one pass); ``workers`` as for ``encode_blocks``."""
+    ``"first"`` (model from the first block, one pass); ``executor`` as for ``encode_blocks``."""
     shape, dtype = _checked_header(source.shape, source.dtype, source.name)
     if fit not in ("full", "first"):
         raise ValueError(f"fit must be 'full' or 'first', got {fit!r}")
@@ -680,7 +679,7 @@ def write_entropy_coded(source: Dataset4D, out: Path | str, *, chunk_rows: int |
     out = Path(out)
     with atomic_output(out, force=force) as tmp:
         encode_blocks(tmp, iter_blocks(source, rows), shape, dtype, model=model, chunk_rows=chunk_rows,
-                      workers=workers)
+                      executor=executor)
     return out
 
 
@@ -705,11 +704,12 @@ def _load_model(f: h5py.File) -> PoissonModel:
 
 class EntropyCodedSource(SourceBase):
     """A ``Dataset4D`` over an entropy-coded file: ``read_rows`` decodes only the chunks it overlaps, in
-    ``workers`` processes when it overlaps several (1: this process only; None: every usable core)."""
+    ``executor``'s worker processes when it overlaps several (None or one worker: this process only; the caller
+    owns the executor and closes it after the source)."""
 
-    def __init__(self, path: Path | str, workers: int | None = 1):
+    def __init__(self, path: Path | str, executor: ChunkExecutor | None = None):
         self.path = Path(path)
-        self.workers = resolve_workers(workers)
+        self.executor = parallel(executor)
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as exc:
@@ -830,7 +830,7 @@ class EntropyCodedSource(SourceBase):
         for span in [span for span in spans if span[0] == cached]:  # first: a parallel decode replaces the cache
             self._copy(span, start, stop, out)
         todo = [span for span in spans if span[0] != cached]
-        if len(todo) > 1 and self.workers > 1 and self._decode_parallel(todo, start, stop, out):
+        if len(todo) > 1 and self.executor is not None and self._decode_parallel(todo, start, stop, out):
             return out
         for span in todo:
             self._copy(span, start, stop, out)
@@ -854,11 +854,14 @@ class EntropyCodedSource(SourceBase):
         return True
 
     def _pool(self, spans: list[tuple[int, int, int]]) -> ChunkPool | None:
-        """Workers for these chunks (None where no shared memory can be had: decode here)."""
+        """Workers for these chunks (None without an executor, or where no shared memory can be had: decode
+        here)."""
+        if self.executor is None:
+            return None
         if self._blob is None:
             self._blob = ModelBlob.of(self.model)
         rows = max(r1 - r0 for _, r0, r1 in spans)
-        return ChunkPool.open(self._blob, self.workers, rows * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
+        return ChunkPool.open(self._blob, self.executor, rows * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
 
     def _items(self, spans: list[tuple[int, int, int]]
                ) -> Iterator[tuple[tuple[int, int, int], np.ndarray, np.ndarray, tuple[int, int], np.dtype]]:
@@ -884,7 +887,7 @@ class EntropyCodedSource(SourceBase):
         if rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows}")
         spans = self._spans(0, self.shape[0])
-        pool = self._pool(spans) if self.workers > 1 and len(spans) > 1 else None
+        pool = self._pool(spans) if len(spans) > 1 else None
         if pool is None:
             for start in range(0, self.shape[0], rows):
                 yield Block(start, self.read_rows(start, min(start + rows, self.shape[0])))
@@ -930,15 +933,15 @@ class EntropyCodedFormat:
     name = "entropy_poisson"
     suffix = ".h5"
 
-    def __init__(self, chunk_rows: int | None = None, workers: int | None = 1):
-        """One process by default, like HDF5's filter pipeline that the catalog's other codecs run through."""
-        resolve_workers(workers)  # refuse a bad count now, not at the first write
-        self.chunk_rows, self.workers = chunk_rows, workers
+    def __init__(self, chunk_rows: int | None = None, executor: ChunkExecutor | None = None):
+        """One process by default, like HDF5's filter pipeline that the catalog's other codecs run through; an
+        ``executor`` of worker processes (the caller's to close) codes and decodes the chunks there."""
+        self.chunk_rows, self.executor = chunk_rows, executor
 
     def write(self, path: Path, blocks: Iterable[Block], shape: Any, dtype: Any) -> list[Path]:
         path = Path(path)
         try:
-            encode_blocks(path, blocks, shape, dtype, chunk_rows=self.chunk_rows, workers=self.workers)
+            encode_blocks(path, blocks, shape, dtype, chunk_rows=self.chunk_rows, executor=self.executor)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -947,7 +950,7 @@ class EntropyCodedFormat:
     def read(self, path: Path, shape: Any, dtype: Any, rows: int | None = None) -> Iterator[Block]:
         if rows is not None and rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows}")
-        with EntropyCodedSource(path, workers=self.workers) as src:
+        with EntropyCodedSource(path, executor=self.executor) as src:
             if tuple(src.shape) != tuple(shape) or src.dtype != np.dtype(dtype):
                 raise StempressError(f"{path}: holds {src.shape} {src.dtype}, not {tuple(shape)} {np.dtype(dtype)}; "
                                      "give the shape and dtype it was written with")

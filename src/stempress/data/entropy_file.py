@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 
 from stempress.data.entropy import CHECKSUM_ATTR, FORMAT_NAME, EntropyCodedSource, attr_text
+from stempress.data.entropy_parallel import ChunkExecutor
 from stempress.data.record import read_h5_record
 
 #: The name users give the format (``--format entropy``) and the codec's catalog name.
@@ -20,10 +21,11 @@ def is_entropy_file(f: h5py.File) -> bool:
     return attr_text(f, "format") == FORMAT_NAME
 
 
-def open_entropy(path: str | Path, workers: int | None = 1) -> EntropyCodedSource:
-    """The file as a source whose metadata carries its record (``metadata["calibration"]`` and so on)."""
+def open_entropy(path: str | Path, executor: ChunkExecutor | None = None) -> EntropyCodedSource:
+    """The file as a source whose metadata carries its record (``metadata["calibration"]`` and so on); chunks
+    decode on ``executor``'s worker processes where one is given (the caller closes it after the source)."""
     path = Path(path)
-    source = EntropyCodedSource(path, workers=workers)
+    source = EntropyCodedSource(path, executor=executor)
     try:
         with h5py.File(path, "r") as f:
             record = read_h5_record(f)

@@ -1,15 +1,11 @@
-"""Entropy-code chunks in worker processes: constriction holds the GIL, so only processes put every core to work.
+"""Entropy-code chunks on an executor's worker processes: constriction holds the GIL, so only processes put every
+core to work. The pool is the caller's (``stempress.exec.ProcessExecutor``: its workers ignore Ctrl-C, exit if the
+caller dies and keep their heap); this module only hands it chunks, so it takes any object with the ``Executor``
+interface (``submit``, ``workers``) whose workers share this machine's memory.
 
 Why it is built this way. The timings below are one-off observations on the 2-core development machine that
-no script reproduces; ``benchmarks/event_codec.py`` prints the pool's start-up and the end-to-end speeds:
+no script reproduces; ``benchmarks/event_codec.py`` prints the end-to-end speeds:
 
-* One pool per process (per worker count asked for), created on first use, reused by every later call and
-  shut down at exit. It starts with ``forkserver`` (``spawn`` where there is none): forking a process that may
-  hold HDF5 handles and threads is unsafe, while the fork server is a fresh process that imports stempress once
-  (``PRELOAD``), so the first pool starts in ~0.4 s and a later one in ~0.03 s (``spawn``: ~0.45 s every time,
-  each worker importing stempress).
-  As with any ``spawn``/``forkserver`` pool, workers import the main module: a script keeps its work under
-  ``if __name__ == "__main__":``. Workers ignore Ctrl-C (the caller handles it) and exit if the caller dies.
 * Dense chunks never go through a pipe (pickling a 4 MiB chunk, the default then, there and back cost ~19 ms, longer
   than coding it; via shared memory ~0.5 ms): the caller copies a chunk into a slot of a shared-memory arena and a
   worker encodes it from there, or decodes straight into a slot that the caller copies out. Only the ANS words and
@@ -26,28 +22,22 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import hashlib
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
 import pickle
 import secrets
-import signal
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from multiprocessing import shared_memory
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from stempress.cores import resolve_workers
 from stempress.data.entropy_model import PoissonModel
 from stempress.errors import StempressError
 
@@ -62,86 +52,48 @@ SHM_SHARE = 0.5
 CACHED_MODELS = 4
 #: Arenas a worker keeps mapped (two readers in turn each have one).
 MAPPED_ARENAS = 2
-#: Modules the fork server imports once, so workers fork with them loaded (``__main__`` is the default).
-PRELOAD = ["__main__", "stempress.data.entropy"]
-#: A worker's malloc: allocations below this come from the heap (glibc's ceiling for it: 32 MiB on 64 bits) ...
-MMAP_THRESHOLD = 32 * 1024**2
-#: ... and free heap above this is given back to the kernel (see ``_keep_heap``).
-TRIM_THRESHOLD = 64 * 1024**2
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _PAGE = 4096
 
 
-# --- the pool ---------------------------------------------------------------------------------------------------
+class ChunkExecutor(Protocol):
+    """What the coder needs of an executor (``stempress.exec.Executor``'s interface; ``data`` sits below ``exec``,
+    so it is named by shape, not imported): worker processes on this machine, as ``ProcessExecutor`` has."""
+
+    workers: int
+    remote: bool
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]: ...
+
+
+def parallel(executor: ChunkExecutor | None) -> ChunkExecutor | None:
+    """The executor when its workers are other processes (``remote``) and more than one, else None: code in this
+    process (threads would gain nothing, constriction holding the GIL, and share the workers' coder caches)."""
+    if executor is None or not getattr(executor, "remote", False) or int(getattr(executor, "workers", 1)) < 2:
+        return None
+    return executor
+
 
 _lock = threading.Lock()
-_pools: dict[int, ProcessPoolExecutor] = {}  # by worker count: a call never shuts down a pool another one uses
 
 
-def start_method() -> str:
-    """``forkserver`` where the platform has it, else ``spawn``; never plain ``fork`` (see the module doc)."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-def get_pool(workers: int) -> ProcessPoolExecutor:
-    """The process's pool of ``workers`` workers, created on first use (again if one of its workers died)."""
-    with _lock:
-        pool = _pools.get(workers)
-        if pool is None or getattr(pool, "_broken", False):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)  # its workers are already gone
-            ctx = multiprocessing.get_context(start_method())
-            if ctx.get_start_method() == "forkserver":
-                ctx.set_forkserver_preload(PRELOAD)  # only read when the fork server starts
-            pool = _pools[workers] = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
-        return pool
-
-
-def start_pool(workers: int | None = None) -> int:
-    """Start every worker now and wait until each has run a task (a benchmark calls this so its timings leave
-    out the one-off start); the worker count."""
-    workers = resolve_workers(workers)
-    pool, seen = get_pool(workers), set()
-    for _ in range(100):  # a task lasts 20 ms, so one quick worker cannot take them all while another starts
-        seen |= {future.result() for future in [pool.submit(_pid_after, 0.02) for _ in range(workers)]}
-        if len(seen) >= workers:
-            break
-    return workers
-
-
-def shutdown_pool() -> None:
-    """Stop the workers (waits for chunks being coded, drops queued ones) and free the idle arena; the next call
-    starts a new pool."""
-    with _lock:
-        _shutdown_locked()
-
-
-def _shutdown_locked() -> None:
+def free_arena() -> None:
+    """Remove the idle arena kept for the next call (at exit, or to give /dev/shm back now)."""
     global _idle
-    while _pools:
-        _pools.popitem()[1].shutdown(wait=True, cancel_futures=True)
-    if _idle is not None:
-        _idle.close()
-        _idle = None
+    with _lock:
+        arena, _idle = _idle, None
+    if arena is not None:
+        arena.close()
 
 
-def _forget_pool() -> None:
-    """In a forked child the parent's pools and arena are not ours (their threads and pipes are the parent's)."""
+def _forget_arena() -> None:
+    """In a forked child the parent's arena is not ours."""
     global _lock, _idle
-    _pools.clear()
     _lock, _idle = threading.Lock(), None
 
 
-def _discard_broken(pool: ProcessPoolExecutor) -> None:
-    with _lock:
-        for workers in [k for k, v in _pools.items() if v is pool]:
-            del _pools[workers]
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-atexit.register(shutdown_pool)
+atexit.register(free_arena)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forget_arena)
 
 
 # --- the arena: the model and the chunk slots in one shared-memory segment ----------------------------------------
@@ -230,7 +182,7 @@ class _Arena:
         _close_quietly(self.shm)
 
 
-_idle: _Arena | None = None  # the last call's arena, for the next call; freed by ``shutdown_pool`` and at exit
+_idle: _Arena | None = None  # the last call's arena, for the next call; freed by ``free_arena`` and at exit
 
 
 def _lease(blob: ModelBlob, slot_bytes: int, wanted: int) -> _Arena | None:
@@ -285,30 +237,26 @@ def _view(shm: shared_memory.SharedMemory, offset: int, shape: tuple[int, ...], 
 # --- the caller's side of one call ---------------------------------------------------------------------------------
 
 class ChunkPool:
-    """One call's chunks through the process pool: an arena of slots, results taken in submission order.
+    """One call's chunks through the executor's workers: an arena of slots, results taken in submission order.
 
     Use as a context manager. Leaving it normally keeps the arena for the next call; leaving it on an error or
     Ctrl-C cancels queued chunks and removes the arena (chunks a worker is still coding finish into it, unseen).
     """
 
-    def __init__(self, executor: ProcessPoolExecutor, arena: _Arena, n_slots: int):
+    def __init__(self, executor: ChunkExecutor, arena: _Arena, n_slots: int):
         self.executor, self.arena = executor, arena
         self.free = list(range(n_slots))
         self.pending: deque[tuple[Future[Any], int, Any]] = deque()
 
     @classmethod
-    def open(cls, blob: ModelBlob, workers: int, slot_bytes: int) -> ChunkPool | None:
-        """A pool for chunks of up to ``slot_bytes``, or None where /dev/shm cannot hold the slots (the caller
-        then codes in-process)."""
-        wanted = IN_FLIGHT_PER_WORKER * workers
+    def open(cls, blob: ModelBlob, executor: ChunkExecutor, slot_bytes: int) -> ChunkPool | None:
+        """Slots for chunks of up to ``slot_bytes`` on ``executor``'s workers, or None where /dev/shm cannot hold
+        them (the caller then codes in-process)."""
+        wanted = IN_FLIGHT_PER_WORKER * int(executor.workers)
         arena = _lease(blob, slot_bytes, wanted)
         if arena is None:
             return None
-        try:
-            return cls(get_pool(workers), arena, wanted)
-        except BaseException:
-            arena.close()
-            raise
+        return cls(executor, arena, wanted)
 
     def __enter__(self) -> ChunkPool:
         return self
@@ -366,11 +314,12 @@ class ChunkPool:
         while self.pending:
             yield self._take(collect)
 
-    def _died(self) -> StempressError:
-        _discard_broken(self.executor)
+    @staticmethod
+    def _died() -> StempressError:
         return StempressError("an entropy-code worker process died (out of memory or killed; from a script, keep "
                               "its work under `if __name__ == '__main__':`, as workers import the main module); "
-                              "the write or read stopped: retry, or pass workers=1")
+                              "the write or read stopped: retry (the executor starts new workers), or use one "
+                              "process")
 
     def _take(self, collect: Callable[[Any, int], Any]) -> tuple[Any, Any]:
         future, slot, tag = self.pending[0]
@@ -382,7 +331,7 @@ class ChunkPool:
             raise self._died() from None
         except CancelledError:
             raise StempressError("the entropy-code workers were shut down during the write or read "
-                                 "(shutdown_pool, or the interpreter exiting); retry") from None
+                                 "(their executor was closed, or the interpreter is exiting); retry") from None
         self.pending.popleft()
         self.free.append(slot)  # reused only when the caller asks for the next item, after using this one
         return tag, collect(result, slot)
@@ -392,37 +341,6 @@ class ChunkPool:
 
 _arenas: OrderedDict[str, shared_memory.SharedMemory] = OrderedDict()  # kept mapped: no page faults per chunk
 _coders: OrderedDict[str, Any] = OrderedDict()
-
-
-def _init_worker() -> None:
-    """Ctrl-C is the caller's to handle; when the caller dies (even by SIGKILL) the worker leaves too."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _keep_heap()
-    parent = multiprocessing.parent_process()
-    if parent is not None and parent.sentinel is not None:
-        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True, name="stempress-orphan").start()
-
-
-def _keep_heap() -> None:
-    """Keep freed temporaries on the heap. glibc's default gives a chunk's big temporaries back to the kernel
-    between tasks, and a worker then spent ~20 % of its time faulting ~2000 fresh pages per 4 MiB chunk back
-    in (measured; coding in one long loop does not). Only the worker's own allocator changes."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: leave its allocator alone
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-
-
-def _pid_after(seconds: float) -> int:
-    time.sleep(seconds)
-    return os.getpid()
-
-
-def _exit_with(sentinel: int) -> None:
-    multiprocessing.connection.wait([sentinel])
-    os._exit(1)
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:

@@ -46,6 +46,7 @@ from stempress.events.record import event_record
 from stempress.events.stempy import MAX_AUTO_FRAMES_PER_POSITION, write_stempy
 from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor
+from stempress.exec.processes import local_processes
 from stempress.sinks.protocol import RunInfo
 
 #: A stempy file this many times the size of the raw_csr set of the same counts, and at least this many bytes
@@ -186,8 +187,9 @@ class EventSink:
         else:
             from stempress.events.entropy_file import write_entropy_events  # the codec loads only when used
 
-            with RawCsrSource(staged) as events:
-                write_entropy_events(events, out, force=True, record=record)
+            # the run's process executor codes the chunks; on threads or inline, this process (GIL-bound coder)
+            with local_processes(1, self.executor) as pool, RawCsrSource(staged) as events:
+                write_entropy_events(events, out, force=True, record=record, executor=pool)
         stack, self._stack = self._stack, None
         stack.close()  # the staging folder goes, the outputs get their names
         tally = self.tally

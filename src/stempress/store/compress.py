@@ -28,6 +28,7 @@ from stempress.engine import run
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
 from stempress.exec.local import ThreadExecutor
+from stempress.exec.processes import ProcessExecutor, local_processes
 from stempress.progress import Progress
 from stempress.sinks.archive import ArchiveSink, ArchiveSpec
 from stempress.sinks.shards import ShardedArchiveSink, check_new_shards, shard_folder
@@ -118,10 +119,10 @@ def compress(source: Dataset4D, out: Path | str, *, codec: str = DEFAULT_CODEC,
         if shards:
             raise StempressError(f"codec {ENTROPY_CODEC} writes its own file format, not HDF5 shards; drop --shards "
                                  f"or choose an HDF5 codec such as {DEFAULT_CODEC}")
-        if executor is not None and executor.remote:
+        if executor is not None and executor.remote and not isinstance(executor, ProcessExecutor):
             raise StempressError(f"codec {ENTROPY_CODEC} codes on this machine's processes; drop --dask, or "
                                  f"choose an HDF5 codec such as {DEFAULT_CODEC}")
-        return _compress_entropy(source, out, chunks, workers, force, progress)
+        return _compress_entropy(source, out, chunks, workers, force, progress, executor)
     chunks_t = check_hdf5_output(source, out, chunks, layout, dataset_path, force, shards=shards)
     n_workers = executor.workers if executor is not None else resolve_workers(workers)
     chosen = resolve_codec(codec)
@@ -152,7 +153,7 @@ def check_hdf5_output(source: Dataset4D, out: Path, chunks: str | tuple[int, ...
 
 
 def _compress_entropy(source: Dataset4D, out: Path, chunks: str | tuple[int, ...] | None, workers: int | None,
-                      force: bool, progress: Progress | None) -> CompressReport:
+                      force: bool, progress: Progress | None, executor: Executor | None = None) -> CompressReport:
     """``codec="entropy_poisson"``: the counts entropy-coded, with the source's calibration and provenance."""
     from stempress.data.entropy import default_chunk_rows  # the codec's modules load only when asked for
     from stempress.events.entropy_file import write_entropy_events
@@ -167,10 +168,12 @@ def _compress_entropy(source: Dataset4D, out: Path, chunks: str | tuple[int, ...
                              f"choose an HDF5 codec such as {DEFAULT_CODEC}")
     shape = tuple(source.shape)
     rows = default_chunk_rows(shape, dtype) if chunks is None else chunk_shape(chunks, shape)[0]
-    n_workers = resolve_workers(workers)
     removed = remove_stale_partials(out)
     started = time.perf_counter()
-    write_entropy_events(source, out, force=force, workers=n_workers, chunk_rows=rows)
+    # the caller's process executor, else worker processes of our own (constriction holds the GIL: no threads)
+    with local_processes(workers, executor) as pool:
+        n_workers = pool.workers if pool is not None else 1
+        write_entropy_events(source, out, force=force, executor=pool, chunk_rows=rows)
     if progress is not None:
         progress(nbytes(source), nbytes(source))
     return CompressReport(path=out, codec=codec.name, chunks=(rows, shape[1], shape[2], shape[3]), workers=n_workers,

@@ -43,6 +43,7 @@ from stempress.engine import run
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
 from stempress.exec.local import ThreadExecutor
+from stempress.exec.processes import local_processes
 from stempress.sinks.protocol import Sink
 from stempress.sinks.reference import CheckFailed, DecodedCheckSink, Problem, ReferenceCheckSink, shape_problem
 from stempress.sinks.shards import shard_sources
@@ -118,7 +119,7 @@ def verify(path: Path | str, *, against: Dataset4D | None = None, workers: int |
     started = time.perf_counter()
     kind = "hdf5" if dataset is not None else file_kind(require_file(path))
     if kind != "hdf5":
-        return _verify_source(path, kind, against, workers, scan_shape, started)
+        return _verify_source(path, kind, against, workers, scan_shape, started, executor)
     with Hdf5Source(path, dataset) as located:  # missing file, not HDF5, no 4-D cube: one-line errors
         dataset_path = located.dataset_path
     n_workers = executor.workers if executor is not None else resolve_workers(workers)
@@ -340,16 +341,17 @@ def _stored_codec(dset: h5py.Dataset, pipeline: Pipeline) -> Codec | None:
 
 # -- any other format, verified as a source ---------------------------------------------------------------------
 def _verify_source(path: Path, kind: str, against: Dataset4D | None, workers: int | None,
-                   scan_shape: tuple[int, int] | None, started: float) -> VerifyReport:
+                   scan_shape: tuple[int, int] | None, started: float,
+                   executor: Executor | None = None) -> VerifyReport:
     from stempress.data.open import open_source
 
-    if kind == "entropy":
-        from stempress.data.entropy_file import open_entropy
+    if kind != "entropy":
+        with open_source(path, scan_shape=scan_shape if kind in _FRAME_STACKS else None) as source:
+            return _SourceVerifier(path, kind, source, against, started).run()
+    from stempress.data.entropy_file import open_entropy
 
-        source = open_entropy(path, workers=resolve_workers(workers))
-    else:
-        source = open_source(path, scan_shape=scan_shape if kind in _FRAME_STACKS else None)
-    with source:
+    # the caller's process executor, else worker processes of our own (closed after the source)
+    with local_processes(workers, executor) as pool, open_entropy(path, executor=pool) as source:
         return _SourceVerifier(path, kind, source, against, started).run()
 
 
