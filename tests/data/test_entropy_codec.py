@@ -22,11 +22,11 @@ from stempress.data.entropy import (
     STREAM_BLOCK_BYTES,
     EntropyCodedFormat,
     EntropyCodedSource,
-    _Coder,
     fit_model,
     header_crc,
     write_entropy_coded,
 )
+from stempress.data.entropy_coder import ChunkCoder
 from stempress.data.entropy_model import GRIDS, pack_model, unpack_model
 from stempress.data.entropy_parallel import ChunkPool
 from stempress.data.open import open_source
@@ -225,7 +225,7 @@ def test_escaped_gaps_and_counts_of_dark_pixels_decode_and_a_bad_escape_is_named
     beyond the count table both go through the escapes; an escaped gap that would leave its class is refused."""
     model = fit_model(np.full(1000, 0.1 * 64), 64)  # lambda 0.1 everywhere: one dark (event-coded) class
     assert model.sparse.all()
-    coder = _Coder(model)
+    coder = ChunkCoder(model)
     frames = np.zeros((64, 1000), np.uint16)
     frames[63, 999] = 200  # the last key of the class: a gap of ~64000 and a count far outside the window
     frames[0, 3] = 1
@@ -258,8 +258,8 @@ def _in_workers_only(m: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("coded in the calling process, not in a worker")
 
-    m.setattr(_Coder, "encode", refuse)
-    m.setattr(_Coder, "decode", refuse)
+    m.setattr(ChunkCoder, "encode", refuse)
+    m.setattr(ChunkCoder, "decode", refuse)
 
 
 def _arena_names(m: pytest.MonkeyPatch) -> list[str]:

@@ -15,10 +15,10 @@ from stempress.data.base import ArraySource
 from stempress.data.entropy import (
     FORMAT_VERSION,
     EntropyCodedSource,
-    _Coder,
     fit_source,
     write_entropy_coded,
 )
+from stempress.data.entropy_coder import ChunkCoder
 from stempress.data.entropy_groups import kmeans, ward_merges
 from stempress.data.entropy_model import pack_model, unpack_model
 from stempress.data.suites import open_synthetic
@@ -58,7 +58,7 @@ def test_grouped_chunks_decode_any_row_range_bit_exact(grains: tuple[np.ndarray,
         assert int(f.attrs["version"]) == FORMAT_VERSION == 5
     with EntropyCodedSource(grains_file) as src:
         # the first chunk (5 rows) holds positions of several groups, so the per-position groups are exercised
-        assert np.unique(_Coder(src.model).groups(cube[:5].reshape(-1, cube.shape[2] * cube.shape[3]))).size > 1
+        assert np.unique(ChunkCoder(src.model).groups(cube[:5].reshape(-1, cube.shape[2] * cube.shape[3]))).size > 1
         for start, stop in [(0, 1), (3, 7), (4, 5), (9, 24), (23, 24)]:
             assert np.array_equal(src.read_rows(start, stop), cube[start:stop]), (start, stop)
 

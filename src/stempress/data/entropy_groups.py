@@ -8,7 +8,7 @@ the square root of each frame binned into ``CELLS`` x ``CELLS`` cells: close to 
 groups by merging its centres, Ward's rule) and each group gets a class map of its own; ``entropy_model.fit_model``
 weighs each candidate count (``GROUP_COUNTS``) against the single pattern, so a cube that does not vary keeps one
 group. The coder then puts each position in the group whose map gives it the highest likelihood on the pixels that
-tell the groups apart (``entropy._Coder``), so the clusters only seed the maps.
+tell the groups apart (``entropy_coder.ChunkCoder``), so the clusters only seed the maps.
 
 Memory stays O(samples) plus one sum per group: k-means sees at most ``MAX_SAMPLES`` positions (a fixed stride
 through the scan); a second pass sums each group's frames (assigning each position to its nearest centre first

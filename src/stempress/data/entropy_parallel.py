@@ -38,6 +38,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from stempress.data.entropy_coder import ChunkCoder
 from stempress.data.entropy_model import PoissonModel
 from stempress.errors import StempressError
 
@@ -358,9 +359,7 @@ def _coder(where: _Where, shm: shared_memory.SharedMemory) -> Any:
     """The coder for the arena's model, built once per model (constriction's tables take milliseconds)."""
     coder = _coders.get(where.digest)
     if coder is None:
-        from stempress.data.entropy import _Coder
-
-        coder = _coders[where.digest] = _Coder(pickle.loads(shm.buf[:where.model_bytes]))
+        coder = _coders[where.digest] = ChunkCoder(pickle.loads(shm.buf[:where.model_bytes]))
         while len(_coders) > CACHED_MODELS:
             _coders.popitem(last=False)
     _coders.move_to_end(where.digest)
