@@ -211,6 +211,19 @@ def test_checksums_of_a_large_grid_fit_in_attributes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.stored, values)
     np.testing.assert_array_equal(back.raw, values ^ 1)
 
+def test_a_row_range_on_chunk_rows_is_decoded_alone_in_blocks_from_its_start(tmp_path: Path) -> None:
+    """What a remote verify partition reads: rows [start, stop) only, blocks cut from start."""
+    codec = chunk_codec_for(CATALOG["gzip_1"], np.dtype("uint16"))
+    cube = np.arange(7 * 3 * 4 * 4, dtype=np.uint16).reshape(7, 3, 4, 4)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        dset = f.create_dataset("d", data=cube, chunks=(2, 2, 4, 4), **CATALOG["gzip_1"].h5_kwargs())
+        blocks = list(read_chunks_parallel(dset, codec, workers=2, rows=4, start=2, stop=7))
+        assert [(b.start, b.stop) for b in blocks] == [(2, 6), (6, 7)]
+        np.testing.assert_array_equal(np.concatenate([b.data for b in blocks]), cube[2:7])
+        with pytest.raises(ValueError, match="chunk rows"):
+            list(read_chunks_parallel(dset, codec, workers=1, rows=2, start=1, stop=4))
+
+
 def test_unwritten_chunks_read_as_the_fill_value(tmp_path: Path) -> None:
     codec = chunk_codec_for(CATALOG["gzip_1"], np.dtype("uint16"))
     with h5py.File(tmp_path / "f.h5", "w") as f:

@@ -323,6 +323,96 @@ def test_a_bad_dask_option_is_one_line_before_any_work(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.h5").exists()
 
 
+# -- verify: the workers decode and check partitions of the stored file --------------------------------------
+def _verify_in_blocks_of_one_chunk_row(monkeypatch) -> None:
+    """Blocks (and so the remote partitions) of one chunk row: the 13-row file is 4 partitions, the last short."""
+    monkeypatch.setattr(_verify_module(), "BLOCK_BYTES", CHUNKS[0] * int(np.prod(SCAN[1:])) * 2)
+
+
+def _verify_module() -> Any:
+    import importlib
+
+    return importlib.import_module("stempress.store.verify")  # the module; stempress.store.verify is its function
+
+
+def _decoding_here(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the client decoded chunks; the workers should have")
+
+
+def test_verify_on_dask_decodes_and_checks_every_chunk_on_the_workers(dask, files, monkeypatch):
+    _verify_in_blocks_of_one_chunk_row(monkeypatch)
+    inline = verify(files["h5"], workers=1)
+    monkeypatch.setattr(_verify_module(), "read_chunks_parallel", _decoding_here)  # here only: workers import theirs
+    ran = _tasks_run(dask)
+    with open_source(files["npy"]) as same:
+        report = verify(files["h5"], against=same, executor=dask)
+    assert _tasks_run(dask) >= ran + 4  # one task per partition
+    assert report.ok and report.verified and report.compared and report.checksums
+    assert report.chunks_checked == report.chunks_total == inline.chunks_total == 8
+    assert report.summary().endswith(": OK")
+
+
+def test_verify_on_dask_names_a_damaged_chunk_where_inline_does(dask, files, tmp_path, monkeypatch):
+    import shutil
+
+    from damage import flip_byte
+    from stempress.data.checksums import CHECKSUM_GROUP, checksum_group_path
+    from stempress.store import EMD_DATA_PATH
+
+    _verify_in_blocks_of_one_chunk_row(monkeypatch)
+    with open_source(files["npy"]) as source:
+        path = compress(source, tmp_path / "gzip.h5", codec="gzip_6", chunks=CHUNKS, workers=1).path
+    unsummed, wrong_crc = tmp_path / "unsummed.h5", tmp_path / "wrong-crc.h5"
+    shutil.copy(path, unsummed)
+    shutil.copy(path, wrong_crc)
+    with h5py.File(unsummed, "r+") as f:  # no stored CRCs: only decoding (deflate's Adler-32) finds the damage
+        del f[CHECKSUM_GROUP]
+    for damaged in (path, unsummed):
+        with h5py.File(damaged, "r") as f:
+            dset = f[EMD_DATA_PATH]
+            info = dset.id.get_chunk_info_by_coord((8, 3, 0, 0))  # chunk (2, 1, 0, 0): a later partition's
+        flip_byte(damaged, info.byte_offset + info.size // 2)
+    with h5py.File(wrong_crc, "r+") as f:  # the decoded bytes' CRC wrong: the workers' DecodedCheckSink says so
+        group = f[checksum_group_path(EMD_DATA_PATH)]
+        raw = group.attrs["raw_crc"]
+        raw[3, 1, 0, 0] ^= 1
+        group.attrs["raw_crc"] = raw
+    expected = {path: ("stored", (2, 1, 0, 0)), unsummed: ("decoded", (2, 1, 0, 0)),
+                wrong_crc: ("decoded", (3, 1, 0, 0))}
+    for damaged, (kind, chunk) in expected.items():
+        inline, ran = verify(damaged, workers=1), _tasks_run(dask)
+        on_dask = verify(damaged, executor=dask)
+        assert (_tasks_run(dask) > ran) == (kind == "decoded")  # stored bytes' CRCs are checked here, no decoding
+        assert on_dask.problem == inline.problem and inline.problem.kind == kind and inline.problem.chunk == chunk
+        assert on_dask.chunks_checked == inline.chunks_checked < inline.chunks_total
+        assert on_dask.summary() == inline.summary() and "FAILED at scan row" in on_dask.summary()
+
+
+def test_verify_on_dask_against_another_cube_names_the_first_difference_as_inline(dask, files, tmp_path,
+                                                                                   monkeypatch):
+    cube = np.load(files["npy"])
+    other = cube.copy()
+    other[5, 3, 7, 9] += 1  # the second partition
+    other[9, 0, 0, 0] += 1  # the third: found there too, but later in row order
+    other[12, 5, 1, 1] += 1  # the last
+    np.save(tmp_path / "other.npy", other)
+    _verify_in_blocks_of_one_chunk_row(monkeypatch)
+    with open_source(tmp_path / "other.npy") as against:
+        inline = verify(files["h5"], against=against, workers=1)
+        ran = _tasks_run(dask)
+        on_dask = verify(files["h5"], against=against, executor=dask)
+        assert _tasks_run(dask) > ran
+    assert on_dask.problem == inline.problem and inline.problem.where() == "scan position (5, 3)"
+    assert "detector pixel (7, 9)" in inline.problem.reason and on_dask.summary() == inline.summary()
+    ran = _tasks_run(dask)
+    said = subprocess.run([sys.executable, "-m", "stempress", "verify", files["h5"], "--against",
+                           str(tmp_path / "other.npy"), "--dask", dask.client.scheduler.address],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert said.returncode != 0 and _tasks_run(dask) > ran
+    assert "scan position (5, 3)" in said.stderr and "detector pixel (7, 9)" in said.stderr
+    assert len(said.stderr.strip().splitlines()) == 1
+
+
 # -- faults: a worker process killed mid-run (last in the module: the nanny restarts it) ----------------------
 class KillOnce:
     """Wraps a task or a sink's block work: the first call that meets ``when`` kills its own worker process

@@ -199,8 +199,13 @@ def read_chunks_parallel(
     rows: int,
     checksums: ChunkChecksums | None = None,
     max_in_flight: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[Block]:
     """Yield the dataset in blocks of ``rows`` scan rows, in order, decoding chunks in ``workers`` threads.
+
+    ``start``/``stop``: only those scan rows (a partition; both on chunk rows, or ``stop`` the end), in blocks of
+    ``rows`` from ``start``.
 
     Chunks are read on the calling thread; a chunk that HDF5 stored with every filter skipped (optional filters
     do this for incompressible data) is taken as raw bytes, one with only some filters skipped, one that fails
@@ -210,20 +215,23 @@ def read_chunks_parallel(
     shape, chunks = _chunked(dataset)
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
+    stop = shape[0] if stop is None else stop
+    if not 0 <= start <= stop <= shape[0] or start % chunks[0] or (stop % chunks[0] and stop != shape[0]):
+        raise ValueError(f"rows {start}-{stop} of {shape[0]} do not fall on chunk rows of {chunks[0]}")
     bound = _default_in_flight(workers, max_in_flight)
     dtype, fill = dataset.dtype, dataset.fillvalue
     all_skipped = (1 << _filter_count(dataset)) - 1
     raw_codec = RawChunks()
     grid = chunk_grid(shape, chunks)
     per_chunk_row = int(np.prod(grid[1:], dtype=np.int64))
-    n_blocks = -(-shape[0] // rows)
+    n_blocks = -(-(stop - start) // rows)
     blocks: dict[int, _OutBlock] = {}
 
     def out_block(k: int) -> _OutBlock:
         if k not in blocks:
-            start, stop = k * rows, min((k + 1) * rows, shape[0])
-            chunk_rows = (stop - 1) // chunks[0] - start // chunks[0] + 1
-            blocks[k] = _OutBlock(start, np.empty((stop - start, *shape[1:]), dtype=dtype),
+            first, last = start + k * rows, min(start + (k + 1) * rows, stop)
+            chunk_rows = (last - 1) // chunks[0] - first // chunks[0] + 1
+            blocks[k] = _OutBlock(first, np.empty((last - first, *shape[1:]), dtype=dtype),
                                   chunk_rows * per_chunk_row)
         return blocks[k]
 
@@ -233,7 +241,7 @@ def read_chunks_parallel(
         inner_src = tuple(slice(0, h - o) for o, h in zip(lo[1:], hi[1:], strict=True))
         inner_dst = tuple(slice(o, h) for o, h in zip(lo[1:], hi[1:], strict=True))
         ks, out = [], []
-        for k in range(lo[0] // rows, (hi[0] - 1) // rows + 1):
+        for k in range((lo[0] - start) // rows, (hi[0] - 1 - start) // rows + 1):
             block = out_block(k)
             r0, r1 = max(lo[0], block.start), min(hi[0], block.start + block.data.shape[0])
             ks.append(k)
@@ -263,7 +271,8 @@ def read_chunks_parallel(
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stempress-decode") as pool:
         try:
-            for index in itertools.product(*(range(g) for g in grid)):
+            chunk_rows = range(start // chunks[0], -(-stop // chunks[0]))
+            for index in itertools.product(chunk_rows, *(range(g) for g in grid[1:])):
                 while len(pending) >= bound:  # before reading, so at most `bound` stored chunks are held
                     yield from finish_head()
                 offset = tuple(i * c for i, c in zip(index, chunks, strict=True))

@@ -38,11 +38,12 @@ from stempress.data.base import Block, Dataset4D, block_rows, require_file, row_
 from stempress.data.checksums import ChunkChecksums
 from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
+from stempress.data.open import SourceSpec, spec_of
 from stempress.data.stream import BlockStream
-from stempress.engine import run
+from stempress.engine import PARTITIONS_PER_WORKER, partition_ranges, run
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
-from stempress.exec.local import ThreadExecutor
+from stempress.exec.local import InlineExecutor, ThreadExecutor
 from stempress.exec.processes import local_processes
 from stempress.sinks.protocol import Sink
 from stempress.sinks.reference import CheckFailed, DecodedCheckSink, Problem, ReferenceCheckSink, shape_problem
@@ -50,6 +51,9 @@ from stempress.sinks.shards import shard_sources
 
 #: What a report says instead of OK when nothing could prove the data right.
 NOT_VERIFIED = "decoded, not verified (no checksums; pass --against)"
+#: Decoded bytes per block (None: ``data.base.DEFAULT_BLOCK_BYTES``); a remote verification's partitions are
+#: whole blocks.
+BLOCK_BYTES: int | None = None
 #: Kinds of PATH that are frame stacks whose scan shape the user may have to give (``scan_shape``).
 _FRAME_STACKS = ("mib", "npy", "nxmx")
 
@@ -182,11 +186,12 @@ class _Verifier:
     """One verification: holds the dataset, its chunk geometry and what has been checked so far."""
 
     def __init__(self, path: Path, dset: h5py.Dataset, against: Dataset4D | None, workers: int,
-                 started: float, executor: Executor) -> None:
+                 started: float, executor: Executor, span: tuple[int, int] | None = None) -> None:
         self.path, self.dset, self.against, self.workers, self.started = path, dset, against, workers, started
         self.executor = executor
-        self.position = 0
         self.shape = tuple(dset.shape)
+        self.span = span or (0, self.shape[0])  # the scan rows decoded: all, or a remote partition's
+        self.position = self.span[0]
         self.chunks = tuple(dset.chunks) if dset.chunks else self.shape
         self.grid = chunk_grid(self.shape, self.chunks)
         self.total = int(np.prod(self.grid, dtype=np.int64))
@@ -237,16 +242,19 @@ class _Verifier:
                     first = self._at_chunk(index, "stored", reason)
         return first
 
-    def _check_decoded(self) -> Problem | None:
+    def _check_decoded(self, rows: int | None = None) -> Problem | None:
         """Decode every chunk and run the checks over the decoded cube as sinks (``engine.run``): the CRC of each
         decoded chunk where recorded, and the source bit for bit if given. A chunk that does not decode stops the
-        reader; the chunk is then found by decoding the failed block's chunks one at a time."""
+        reader; the chunk is then found by decoding the failed block's chunks one at a time. On a remote executor
+        (Dask) the workers decode and check partitions of the file themselves (``_check_decoded_remote``)."""
         multiple = self.chunks[0] if self.dset.chunks else 1
-        rows = block_rows(self.shape, self.dset.dtype, multiple=multiple)
+        rows = rows or block_rows(self.shape, self.dset.dtype, multiple=multiple, budget=BLOCK_BYTES)
+        if self.executor.remote and (self.against is None or spec_of(self.against) is not None):
+            return self._check_decoded_remote(rows)
         sinks: list[Sink] = [DecodedCheckSink(self.record, self.chunks if self.record else None, self.dset.fillvalue)]
         if self.against is not None:
             sinks.append(ReferenceCheckSink(self.against))
-        self.position = 0
+        self.position = self.span[0]
         stream = BlockStream(self._decoded(rows), self.shape, self.dset.dtype, name=str(self.path))  # type: ignore[arg-type]
         per_row = int(np.prod(self.grid[1:], dtype=np.int64))
         try:
@@ -257,6 +265,28 @@ class _Verifier:
         except StempressError as exc:  # the reader's message names the chunk; find it exactly
             self.checked = self.position // multiple * per_row
             return self._first_bad_chunk(self.position, rows) or Problem("decoded", str(exc))
+        self.checked = self.total if self.span == (0, self.shape[0]) else _chunks_in(self.span, multiple) * per_row
+        return None
+
+    def _check_decoded_remote(self, rows: int) -> Problem | None:
+        """The decoded checks on the executor's workers: each partition (whole blocks of ``rows``, so blocks cut
+        as here) travels as the file's path, dataset and rows (``_DecodeTask``), its worker reopens the file and
+        the source, runs ``_check_decoded`` on its rows and sends back only the first problem; the first one in row
+        order is the one reported, as inline."""
+        parts = PARTITIONS_PER_WORKER * self.executor.workers
+        ranges = partition_ranges(self.shape[0], parts, rows) if self.shape[0] else []
+        against = spec_of(self.against) if self.against is not None else None
+        tasks = (_DecodeTask(str(self.path.absolute()), self.dset.name, span, rows, against) for span in ranges)
+        results = self.executor.map_ordered(_check_part, tasks)
+        try:
+            for problem, checked in results:
+                if problem is not None:
+                    self.checked = checked
+                    return problem
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # the partitions after a problem are cancelled
         self.checked = self.total
         return None
 
@@ -274,12 +304,13 @@ class _Verifier:
 
     def _blocks(self, rows: int) -> Iterator[Block]:
         if self.chunk_codec is not None:
-            return read_chunks_parallel(self.dset, self.chunk_codec, workers=self.workers, rows=rows)
+            return read_chunks_parallel(self.dset, self.chunk_codec, workers=self.workers, rows=rows,
+                                        start=self.span[0], stop=self.span[1])
         return self._filtered_blocks(rows)
 
     def _filtered_blocks(self, rows: int) -> Iterator[Block]:
         """HDF5's own filter path (any filter this process can decode)."""
-        for start, stop in row_spans(self.shape[0], rows):
+        for start, stop in row_spans(self.span[1], rows, self.span[0]):
             try:
                 data = self.dset[start:stop]
             except (OSError, RuntimeError, ValueError) as exc:
@@ -308,6 +339,34 @@ class _Verifier:
         if self.record is None:
             return None
         return self.record.check_chunk(index, raw=full_chunk(piece, self.chunks, self.dset.fillvalue))
+
+
+def _chunks_in(span: tuple[int, int], multiple: int) -> int:
+    """Chunk rows that scan rows ``[start, stop)`` touch."""
+    return -(-span[1] // multiple) - span[0] // multiple
+
+
+@dataclass(frozen=True)
+class _DecodeTask:
+    """One partition of a remote verification, picklable: the stored file (absolute path) and dataset, its scan
+    rows, and how to reopen the source it is compared with."""
+
+    path: str
+    dataset: str
+    span: tuple[int, int]
+    rows: int
+    against: SourceSpec | None = None
+
+
+def _check_part(task: _DecodeTask) -> tuple[Problem | None, int]:
+    """Worker: the decoded checks of one partition, as ``_Verifier`` runs them inline (one decoding thread: the
+    workers are the parallelism); returns the first problem, or None, and the chunks checked before it."""
+    with (open_hdf5(Path(task.path)) as f,
+          task.against.open() if task.against is not None else contextlib.nullcontext() as against):
+        verifier = _Verifier(Path(task.path), f[task.dataset], against, 1, time.perf_counter(), InlineExecutor(),
+                             task.span)
+        problem = verifier._check_decoded(task.rows)  # the client's blocks, so cut where its would be
+        return problem, verifier.checked
 
 
 def _codec_of(dset: h5py.Dataset) -> tuple[Codec | None, ChunkCodec | None]:
