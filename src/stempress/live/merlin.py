@@ -77,7 +77,8 @@ class MerlinReader(EventReader):
                                             "pixel_type": header.pixel_type, "chips": header.chips,
                                             "chip_layout": header.layout, "header_bytes": header.header_bytes,
                                             "det_y_flipped": self.flip}
-                return StreamHeader(event.data.shape, event.data.dtype, 1, metadata)  # type: ignore[arg-type]
+                dtype = event.data.dtype.newbyteorder("=")  # frames come big-endian views; the cube is native
+                return StreamHeader(event.data.shape, dtype, 1, metadata)  # type: ignore[arg-type]
 
     def _next(self) -> Event:
         try:
@@ -92,7 +93,8 @@ class MerlinReader(EventReader):
             return End(f"connection lost ({exc.strerror or exc})")
         try:
             header = parse_frame_header(payload[:768], "Merlin frame")
-            frame = decode_frame(header, memoryview(payload)[header.header_bytes:], flip_det_y=self.flip)
+            # a view of the message (no copy): the row assembler's copy into the scan row swaps the bytes
+            frame = decode_frame(header, memoryview(payload)[header.header_bytes:], flip_det_y=self.flip, copy=False)
         except StempressError as exc:
             return Corrupt(str(exc))
         self._first_header = getattr(self, "_first_header", header)
