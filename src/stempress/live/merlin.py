@@ -53,6 +53,7 @@ class MerlinReader(EventReader):
         self.sock: socket.socket | None = None
         self._pending: list[Event] = []
         self._stop = threading.Event()
+        self._ahead = b""  # the start of the next message's prefix, read with the last payload
 
     def start(self) -> StreamHeader:
         """Connect (retrying until ``timeout``), read the acquisition header and the first valid frame."""
@@ -101,14 +102,17 @@ class MerlinReader(EventReader):
         return Frame(header.number, frame)
 
     def _message(self) -> bytearray:
-        prefix = self._exactly(MPX_BYTES)
+        ahead, self._ahead = self._ahead, b""
+        prefix = ahead + self._exactly(MPX_BYTES - len(ahead)) if len(ahead) < MPX_BYTES else ahead
         if not (prefix.startswith(b"MPX,") and prefix.endswith(b",") and prefix[4:14].isdigit()):
             raise StempressError(f"{self.url}: lost the MPX framing (got {prefix[:15]!r}); the stream is corrupt")
-        return self._exactly(int(prefix[4:14]) - 1)
+        return self._exactly(int(prefix[4:14]) - 1, MPX_BYTES)
 
-    def _exactly(self, n: int) -> bytearray:
+    def _exactly(self, n: int, ahead: int = 0) -> bytearray:
+        """``n`` bytes; with ``ahead``, also up to that many more where they have arrived already (the next
+        message's prefix, kept in ``_ahead``), so a frame costs one receive call, not two."""
         assert self.sock is not None
-        buffer = bytearray(n)
+        buffer = bytearray(n + ahead)
         view, got = memoryview(buffer), 0
         deadline = time.monotonic() + self.timeout
         while got < n:
@@ -122,7 +126,11 @@ class MerlinReader(EventReader):
                 raise _Closed
             got += k
             deadline = time.monotonic() + self.timeout
-        return buffer  # no copy: frames are decoded straight from it
+        view.release()
+        if ahead:
+            self._ahead = bytes(buffer[n:got])
+            del buffer[n:]  # shrinks in place: the frame is decoded straight from it
+        return buffer
 
     def close(self) -> None:
         if self.sock is not None:
