@@ -88,6 +88,8 @@ def instrument() -> None:
 
     merlin.MerlinReader._message = timed("socket read + MPX framing", merlin.MerlinReader._message)
     merlin.parse_frame_header = timed("MQ1 header parse", merlin.parse_frame_header)
+    if hasattr(merlin.MerlinReader, "_same_format"):  # the fast path for frames shaped like the first
+        merlin.MerlinReader._same_format = timed("MQ1 header parse", merlin.MerlinReader._same_format)
     merlin.decode_frame = timed("frame decode", merlin.decode_frame)
     receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
     receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
