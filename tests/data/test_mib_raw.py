@@ -199,3 +199,18 @@ def test_serve_raw_1_bit_through_stempress_live_is_bit_exact(tmp_path):
     assert done.returncode == 0, done.stderr
     with h5py.File(tmp_path / "a.h5") as f:
         assert f[EMD_DATA_PATH].dtype == np.uint8 and np.array_equal(f[EMD_DATA_PATH][()], cube)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+def test_a_binary_frame_decoded_without_a_copy_holds_the_same_values(dtype):
+    frame = np.random.default_rng(3).integers(0, 200, (5, 7)).astype(dtype)
+    record = bytearray(encode_frame(42, frame))
+    header = parse_frame_header(record)
+    assert (header.number, header.shape, header.record_bytes) == (42, (5, 7), len(record))
+    view = decode_frame(header, memoryview(record)[header.header_bytes:], copy=False)
+    assert np.shares_memory(view, np.frombuffer(record, np.uint8))  # no copy: the receiver copies it once
+    assert np.array_equal(view, frame) and np.array_equal(_decode(bytes(record), True), frame)
+    with pytest.raises(StempressError, match=r"unreadable \.mib frame header"):
+        parse_frame_header(record[:100])  # shorter than its 384-byte header
+    with pytest.raises(StempressError, match=r"unreadable \.mib frame header"):
+        parse_frame_header(b"MQ1,000001,00999," + bytes(record[17:]))

@@ -308,6 +308,33 @@ def test_assembler_hands_rows_on_in_order_and_counts_a_late_frame():
     assert (account.received, account.missing) == (8, 4)  # the late frame stays missing
 
 
+def test_assembled_rows_join_without_a_copy_and_a_slab_is_reused_only_once_nothing_holds_it():
+    from stempress.data.stream import join, regroup
+    from stempress.live.accounting import FrameAccount, RowAssembler
+
+    account = FrameAccount(6 * 3)
+    rows = RowAssembler((6, 3), (2, 2), np.dtype(np.uint16), account, window_rows=0, slab_rows=2)
+    frames = np.arange(18 * 4, dtype=np.uint16).reshape(6, 3, 2, 2)
+    emitted = [b for i in range(18) for b in rows.add(i, i + 1, frames.reshape(18, 2, 2)[i])]
+    first, second = emitted[:2], emitted[2:4]
+    joined = join(first)
+    assert np.shares_memory(joined.data, first[0].data) and np.array_equal(joined.data, frames[:2])
+    assert joined.frame_ids.tolist() == [[1, 2, 3], [4, 5, 6]]
+    apart = join([second[0], Block(3, second[1].data.copy())])  # not back to back in one buffer: a copy
+    assert not np.shares_memory(apart.data, second[0].data) and np.array_equal(apart.data, frames[2:4])
+    # both slabs are spare now, but the blocks above still view them: neither may be written again
+    assert len(rows._spare) == 2 and rows._unused((2, 3, 2, 2)) is None
+    held = id(second[0].data.base)
+    del emitted, first, joined
+    at = rows._unused((2, 3, 2, 2))  # the last slab is free; the one of rows 2-3 is still viewed by second
+    assert at is not None and id(rows._spare[at]) != held
+    del second
+    assert rows._unused((2, 3, 2, 2)) is not None
+    rows2 = RowAssembler((4, 3), (2, 2), np.dtype(np.uint16), FrameAccount(12), window_rows=0, slab_rows=2)
+    blocks = list(regroup((b for i in range(12) for b in rows2.add(i, i + 1, frames.reshape(18, 2, 2)[i])), 2, 4))
+    assert [b.start for b in blocks] == [0, 2] and np.array_equal(np.concatenate([b.data for b in blocks]), frames[:4])
+
+
 def test_byte_queue_is_bounded_but_always_takes_one_item():
     from stempress.live.events import End
     from stempress.live.receiver import ByteQueue

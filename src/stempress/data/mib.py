@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,12 @@ class FrameHeader:
     layout: str
     fields: tuple[str, ...]
 
-    @property
+    @cached_property
     def raw(self) -> bool:
         """Merlin's raw format (``R64``): chip readout order, decoded by ``data.mib_raw``."""
         return self.pixel_type == "R64"
 
-    @property
+    @cached_property
     def counter_depth(self) -> int | None:
         """The extended header's counter depth (``MQ1A,time,exposure,depth``), None when absent."""
         if "MQ1A" not in self.fields:
@@ -77,7 +78,7 @@ class FrameHeader:
         at = self.fields.index("MQ1A") + 3
         return _int(self.fields[at].strip()) if at < len(self.fields) else None
 
-    @property
+    @cached_property
     def shape(self) -> tuple[int, int]:
         """The assembled frame's ``(det_y, det_x)`` (a raw header gives the chips' readout geometry instead)."""
         if self.raw:
@@ -85,7 +86,7 @@ class FrameHeader:
                                     f"frame {self.number}")
         return self.height, self.width
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype:
         """The frame's stored dtype (Merlin writes big-endian); a raw frame's decoded native dtype."""
         if self.raw:
@@ -95,13 +96,13 @@ class FrameHeader:
             raise StempressError(f"unsupported .mib pixel type {self.pixel_type!r}; expected U08, U16, U32 or R64")
         return np.dtype(_PIXEL_TYPES[self.pixel_type]).newbyteorder(">")
 
-    @property
+    @cached_property
     def data_bytes(self) -> int:
         if self.raw:
             return mib_raw.data_bytes(self.shape, int(self.counter_depth or 0))
         return self.width * self.height * self.dtype.itemsize
 
-    @property
+    @cached_property
     def record_bytes(self) -> int:
         """Header plus frame: one record of a ``.mib`` file, one message of Merlin's stream."""
         return self.header_bytes + self.data_bytes
@@ -112,12 +113,13 @@ def parse_frame_header(raw: bytes | bytearray, where: str = "frame") -> FrameHea
     one-line StempressError (a file reader stops, a stream receiver counts the frame as corrupt)."""
     if not raw.startswith(b"MQ1,"):
         raise StempressError(f"{where}: no 'MQ1,' frame header; the data is not a Merlin frame or is corrupt")
-    fields = raw[:768].decode("ascii", "replace").split(",")
-    size = _int(fields[2]) if len(fields) > 2 else None
-    if size not in (384, 768) or len(fields) < 8 or len(raw) < size:
-        raise StempressError(f"{where}: unreadable .mib frame header (header size {fields[2:3]}); "
+    lead = raw[:64].decode("ascii", "replace").split(",", 3)  # the header size, so the header is split once
+    size = _int(lead[2]) if len(lead) > 2 else None
+    fields = (raw[:size].decode("ascii", "replace").rstrip("\x00 ").split(",")
+              if size in (384, 768) and len(raw) >= size else [])
+    if len(fields) < 8:
+        raise StempressError(f"{where}: unreadable .mib frame header (header size {lead[2:3]}); "
                              "the data is corrupt or from an unsupported Merlin version")
-    fields = raw[:size].decode("ascii", "replace").rstrip("\x00 ").split(",")
     values = [_int(f) for f in fields[1:6]]
     if any(v is None or v < 0 for v in values):
         raise StempressError(f"{where}: unreadable .mib frame header fields {fields[1:6]}; the data is corrupt")
@@ -126,10 +128,14 @@ def parse_frame_header(raw: bytes | bytearray, where: str = "frame") -> FrameHea
 
 
 def decode_frame(header: FrameHeader, payload: bytes | bytearray | memoryview, *,
-                 flip_det_y: bool = True) -> np.ndarray:
+                 flip_det_y: bool = True, copy: bool = True) -> np.ndarray:
     """The frame after ``header`` as a native-order ``(det_y, det_x)`` array, oriented as ``MibSource`` reads
     it (``flip_det_y``); ``payload`` holds exactly ``header.data_bytes``. Raw (``R64``) frames are assembled
-    from the chips' readout order first (``data.mib_raw``), so both formats give the same frame."""
+    from the chips' readout order first (``data.mib_raw``), so both formats give the same frame.
+
+    ``copy=False`` gives a view of ``payload`` where the format allows (binary frames: big-endian, det_y
+    reversed by strides) for a caller that copies it once anyway (a live receiver, into its scan row): the
+    values are the same, only the byte order and the memory differ."""
     if len(payload) != header.data_bytes:
         raise StempressError(f"frame {header.number}: {len(payload)} data bytes, its header says "
                              f"{header.data_bytes}; the frame is short or corrupt")
@@ -140,6 +146,8 @@ def decode_frame(header: FrameHeader, payload: bytes | bytearray | memoryview, *
         frame = np.frombuffer(payload, header.dtype).reshape(header.height, header.width)
     if flip_det_y:
         frame = frame[::-1]
+    if not copy:
+        return frame
     return frame.astype(header.dtype.newbyteorder("="), order="C")
 
 

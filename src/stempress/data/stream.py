@@ -75,7 +75,9 @@ def join(blocks: list[Block]) -> Block:
     for a, b in itertools.pairwise(blocks):
         if b.start != a.stop:
             raise ValueError(f"blocks at rows {a.start} and {b.start} are not adjacent; a stream must be in row order")
-    data = np.concatenate([b.data for b in blocks])
+    data = _adjacent(blocks) if len(blocks) > 1 else None
+    if data is None:
+        data = np.concatenate([b.data for b in blocks])
 
     def stacked(name: str, default: Any) -> np.ndarray | None:
         parts = [getattr(b, name) for b in blocks]
@@ -86,3 +88,23 @@ def join(blocks: list[Block]) -> Block:
     valid = stacked("valid", lambda b: np.ones(b.data.shape[:2], bool))
     ids = stacked("frame_ids", lambda b: np.full(b.data.shape[:2], -1, np.int64))
     return Block(blocks[0].start, data, valid, ids)
+
+
+def _adjacent(blocks: list[Block]) -> np.ndarray | None:
+    """The blocks' data as one view when they lie back to back in one buffer (a live receiver's rows, views of one
+    slab), so joining them copies nothing; None otherwise."""
+    datas = [b.data for b in blocks]
+    base = datas[0].base
+    if not isinstance(base, np.ndarray) or not base.flags.c_contiguous:
+        return None
+    first = datas[0]
+    if any(d.base is not base or not d.flags.c_contiguous or d.dtype != first.dtype or d.shape[1:] != first.shape[1:]
+           for d in datas):
+        return None
+    addresses = [d.__array_interface__["data"][0] for d in datas]
+    if any(addresses[i] + datas[i].nbytes != addresses[i + 1] for i in range(len(datas) - 1)):
+        return None
+    offset = addresses[0] - base.__array_interface__["data"][0]
+    total = sum(d.nbytes for d in datas)
+    flat = base.reshape(-1).view(np.uint8)[offset:offset + total]
+    return flat.view(first.dtype).reshape(sum(d.shape[0] for d in datas), *first.shape[1:])

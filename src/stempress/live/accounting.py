@@ -4,6 +4,7 @@ complete or the stream has moved ``window_rows`` past it, and counts every fault
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,17 +39,31 @@ class FrameAccount:
                 f" ({self.ended})")
 
 
+#: Scan rows per slab: the default archive chunks' rows (``codecs.chunking``), so the engine joins a slab's rows
+#: into chunk rows as a view (``data.stream.join``) instead of copying them.
+SLAB_ROWS = 16
+#: Slabs kept for reuse once every block over them is gone.
+SPARE_SLABS = 2
+
+
 class RowAssembler:
     """Frames by position index into whole scan rows; missing positions keep ``fill`` and are False in
-    ``Block.valid`` (never zeros posing as data)."""
+    ``Block.valid`` (never zeros posing as data).
+
+    Rows are views of slabs of ``slab_rows`` consecutive rows: adjacent rows join without a copy, and a slab no
+    block refers to any more is reused, so the frames are not copied into freshly mapped memory (whose first
+    touch, page by page, cost more CPU than the copy itself)."""
 
     def __init__(self, scan_shape: tuple[int, int], det_shape: tuple[int, int], dtype: np.dtype,
-                 account: FrameAccount, *, fill: int = 0, window_rows: int = 1) -> None:
+                 account: FrameAccount, *, fill: int = 0, window_rows: int = 1, slab_rows: int = SLAB_ROWS) -> None:
         self.scan_y, self.scan_x = scan_shape
         self.det_shape, self.dtype, self.fill = det_shape, np.dtype(dtype), fill
         self.account, self.window = account, max(0, window_rows)
         self.received = np.zeros(self.scan_y * self.scan_x, bool)
         self.rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.slab_rows = max(1, int(slab_rows))
+        self._slabs: dict[int, np.ndarray] = {}
+        self._spare: list[np.ndarray] = []
         self.next_row = 0
         self.highest = -1
         self.missing_emitted = 0
@@ -78,10 +93,36 @@ class RowAssembler:
 
     def _new_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         # not filled here: the frames overwrite it; the positions still empty get the fill value when it goes
-        data = np.empty((self.scan_x, *self.det_shape), self.dtype)
+        data = self._slab(row // self.slab_rows)[row % self.slab_rows]
         ids = np.full(self.scan_x, -1, np.int64)
         self.rows[row] = (data, ids)
         return data, ids
+
+    def _slab(self, group: int) -> np.ndarray:
+        slab = self._slabs.get(group)
+        if slab is None:
+            rows = min(self.slab_rows, self.scan_y - group * self.slab_rows)
+            shape = (rows, self.scan_x, *self.det_shape)
+            at = self._unused(shape)
+            slab = np.empty(shape, self.dtype) if at is None else self._spare.pop(at)
+            self._slabs[group] = slab
+        return slab
+
+    def _unused(self, shape: tuple[int, ...]) -> int | None:
+        """The index of a spare slab of ``shape`` nothing else refers to: every view of a slab (a block, a sink's
+        piece of one) holds a reference to it (numpy's ``base``), so the list's and the call's own references
+        alone mean unused."""
+        for i in range(len(self._spare)):
+            if sys.getrefcount(self._spare[i]) == 2 and self._spare[i].shape == shape:
+                return i
+        return None
+
+    def _retire(self, row: int) -> None:
+        """The slab of ``row`` once its last row is handed on: kept for reuse, no longer written here."""
+        group = row // self.slab_rows
+        if row + 1 == min(self.scan_y, (group + 1) * self.slab_rows) and group in self._slabs:
+            self._spare.append(self._slabs.pop(group))
+            del self._spare[:-SPARE_SLABS]
 
     def _ready(self, head_row: int) -> list[Block]:
         out = []
@@ -95,17 +136,16 @@ class RowAssembler:
         return out
 
     def _emit(self, r: int) -> Block:
-        data, ids = self.rows.pop(r, None) or self._new_row_detached()
+        data, ids = self.rows.pop(r, None) or self._new_row(r)
+        self.rows.pop(r, None)
         lo = r * self.scan_x
         valid = self.received[lo:lo + self.scan_x].copy()
         self.missing_emitted += int(valid.size - valid.sum())
         if not valid.all():
             data[~valid] = self.fill
         self.next_row = r + 1
+        self._retire(r)
         return Block(r, data[None], None if valid.all() else valid[None], ids[None])
-
-    def _new_row_detached(self) -> tuple[np.ndarray, np.ndarray]:
-        return (np.full((self.scan_x, *self.det_shape), self.fill, self.dtype), np.full(self.scan_x, -1, np.int64))
 
     def flush(self) -> list[Block]:
         """Every row not yet handed on, with what arrived (the stream ended)."""

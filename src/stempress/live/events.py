@@ -11,7 +11,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Frame:
-    """A decoded frame and the detector's frame number for it."""
+    """A decoded frame and the detector's frame number for it (``data`` may be a view of the message in the
+    detector's byte order: the values count, the row assembler copies them into native rows)."""
 
     number: int
     data: np.ndarray

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from stempress.data.mib import decode_frame, parse_frame_header
+from stempress.data.mib import FrameHeader, decode_frame, parse_frame_header
 from stempress.errors import StempressError
 from stempress.live.events import Corrupt, End, Event, EventReader, Frame, StreamHeader
 
@@ -53,6 +53,9 @@ class MerlinReader(EventReader):
         self.sock: socket.socket | None = None
         self._pending: list[Event] = []
         self._stop = threading.Event()
+        self._ahead = b""  # the start of the next message's prefix, read with the last payload
+        self._first_header: FrameHeader | None = None
+        self._format: list[bytes] | None = None  # the first frame's header fields 2-7 (size ... layout)
 
     def start(self) -> StreamHeader:
         """Connect (retrying until ``timeout``), read the acquisition header and the first valid frame."""
@@ -73,11 +76,13 @@ class MerlinReader(EventReader):
                 raise StempressError(f"{self.url}: no frame arrived ({event.reason})")
             if isinstance(event, Frame):
                 header = self._first_header
+                assert header is not None  # set by the frame just read
                 metadata: dict[str, Any] = {"format": "mib", "protocol": "merlin", "url": self.url, "hdr": hdr,
                                             "pixel_type": header.pixel_type, "chips": header.chips,
                                             "chip_layout": header.layout, "header_bytes": header.header_bytes,
                                             "det_y_flipped": self.flip}
-                return StreamHeader(event.data.shape, event.data.dtype, 1, metadata)  # type: ignore[arg-type]
+                dtype = event.data.dtype.newbyteorder("=")  # frames come big-endian views; the cube is native
+                return StreamHeader(event.data.shape, dtype, 1, metadata)  # type: ignore[arg-type]
 
     def _next(self) -> Event:
         try:
@@ -91,22 +96,45 @@ class MerlinReader(EventReader):
         except OSError as exc:
             return End(f"connection lost ({exc.strerror or exc})")
         try:
-            header = parse_frame_header(payload[:768], "Merlin frame")
-            frame = decode_frame(header, memoryview(payload)[header.header_bytes:], flip_det_y=self.flip)
+            number = self._same_format(payload)
+            header = self._first_header if number is not None else parse_frame_header(payload[:768], "Merlin frame")
+            assert header is not None
+            # a view of the message (no copy): the row assembler's copy into the scan row swaps the bytes
+            frame = decode_frame(header, memoryview(payload)[header.header_bytes:], flip_det_y=self.flip, copy=False)
         except StempressError as exc:
             return Corrupt(str(exc))
-        self._first_header = getattr(self, "_first_header", header)
-        return Frame(header.number, frame)
+        if self._first_header is None:
+            self._first_header = header
+            self._format = bytes(payload[:64]).split(b",", 8)[2:8]
+        return Frame(header.number if number is None else number, frame)
+
+    def _same_format(self, payload: bytearray) -> int | None:
+        """The frame number of a binary frame whose size, chips, geometry, pixel type and layout fields are the
+        first frame's (every frame of an acquisition), so it decodes by the first header without parsing the rest
+        (timestamps) again; None for anything else, which the full parser then reads or refuses."""
+        first = self._first_header
+        if first is None or first.raw or not payload.startswith(b"MQ1,"):
+            return None
+        lead = bytes(payload[:64]).split(b",", 8)
+        if lead[2:8] != self._format or not lead[1].isdigit():
+            return None
+        if len(payload) != first.record_bytes:
+            raise StempressError(f"frame {int(lead[1])}: {len(payload) - first.header_bytes} data bytes, its header "
+                                 f"says {first.data_bytes}; the frame is short or corrupt")
+        return int(lead[1])
 
     def _message(self) -> bytearray:
-        prefix = self._exactly(MPX_BYTES)
+        ahead, self._ahead = self._ahead, b""
+        prefix = ahead + self._exactly(MPX_BYTES - len(ahead)) if len(ahead) < MPX_BYTES else ahead
         if not (prefix.startswith(b"MPX,") and prefix.endswith(b",") and prefix[4:14].isdigit()):
             raise StempressError(f"{self.url}: lost the MPX framing (got {prefix[:15]!r}); the stream is corrupt")
-        return self._exactly(int(prefix[4:14]) - 1)
+        return self._exactly(int(prefix[4:14]) - 1, MPX_BYTES)
 
-    def _exactly(self, n: int) -> bytearray:
+    def _exactly(self, n: int, ahead: int = 0) -> bytearray:
+        """``n`` bytes; with ``ahead``, also up to that many more where they have arrived already (the next
+        message's prefix, kept in ``_ahead``), so a frame costs one receive call, not two."""
         assert self.sock is not None
-        buffer = bytearray(n)
+        buffer = bytearray(n + ahead)
         view, got = memoryview(buffer), 0
         deadline = time.monotonic() + self.timeout
         while got < n:
@@ -120,7 +148,11 @@ class MerlinReader(EventReader):
                 raise _Closed
             got += k
             deadline = time.monotonic() + self.timeout
-        return buffer  # no copy: frames are decoded straight from it
+        view.release()
+        if ahead:
+            self._ahead = bytes(buffer[n:got])
+            del buffer[n:]  # shrinks in place: the frame is decoded straight from it
+        return buffer
 
     def close(self) -> None:
         if self.sock is not None:
