@@ -497,3 +497,29 @@ def test_a_missing_frames_fill_value_is_never_counted_as_electrons(tmp_path):
         counts = events.read_rows(0, 6)
     assert not counts[~received].any()  # a fill of 50 ADU above a threshold of 20 would have been electrons
     assert report.events is not None and report.events.n_electrons == int(counts.sum())
+
+
+def test_a_dectris_stream_of_only_invalid_images_says_so_and_what_was_wrong():
+    """A sender that is not a real detector (e.g. a mock without frame numbers and hashes): every image is refused,
+    and the error counts them and names the first problem instead of saying that nothing arrived."""
+    import zmq
+
+    from stempress.live.dectris import DectrisReader, end_parts, header_parts
+
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 1000)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    reader = DectrisReader("127.0.0.1", port, timeout=5)
+    try:
+        push.send_multipart(header_parts(1, {}))
+        for _ in range(2):
+            push.send_multipart([json.dumps({"htype": "dimage-1.0", "series": 1}).encode(), b"{}", b"\0" * 8, b"{}"])
+        push.send_multipart(end_parts(1))
+        with pytest.raises(StempressError, match=r"2 image\(s\) arrived before the series end, none valid "
+                                                 r"\(the first: "):
+            reader.start()
+    finally:
+        reader.close()
+        push.close()
+        context.term()

@@ -149,9 +149,16 @@ class DectrisReader(EventReader):
                                  "(dheader-1.0); start the receiver before arming the detector")
         config = _json(parts[1]) if len(parts) > 1 else {}
         self.series = head.get("series")
+        corrupt: list[Corrupt] = []
         while True:
             event = self._next()
             self._pending.append(event)
+            if isinstance(event, Corrupt):
+                corrupt.append(event)
+            if isinstance(event, End) and corrupt:
+                raise StempressError(f"{self.url}: {len(corrupt)} image(s) arrived before the {event.reason}, none "
+                                     f"valid (the first: {corrupt[0].reason}); check that the sender speaks the "
+                                     "SIMPLON stream (dimage-1.0, dimage_d-1.0 with its shape, type and encoding)")
             if isinstance(event, End):
                 raise StempressError(f"{self.url}: no image arrived ({event.reason})")
             if isinstance(event, Frame):
