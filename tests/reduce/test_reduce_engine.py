@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 
 import numpy as np
@@ -27,6 +28,7 @@ from stempress.reduce import (
     VirtualDetectors,
     default_reducers,
 )
+from stempress.reduce.engine import RowPass
 from stempress.store.reducing import calibrate, run_reducers
 
 
@@ -129,6 +131,23 @@ def test_partition_states_hold_only_their_rows_and_merge_only_when_adjacent():
         reducer.merge(a, c)
     with pytest.raises(ValueError, match="outside"):
         reducer.process(a, Block(9, src.read_rows(9, 11)))
+
+
+def test_a_pass_travels_without_its_constants_and_merges_to_the_same_bits():
+    """A worker's partial pass comes back as its buffers alone (not the masks, weights and work buffers), and
+    the constants derived again where it lands give the same results."""
+    src = _source("counted")
+    calibration = calibrate(src, sample_rows=None)
+    reducers = _reducers(src)
+    passes = [RowPass(reducers, src.shape, src.dtype, calibration, r) for r in ((0, 12), (12, src.shape[0]))]
+    for p in passes:
+        p.process(Block(p.rows[0], src.read_rows(*p.rows)))
+    constants = sum(a.nbytes for s in passes[0].states for a in s.context.values() if isinstance(a, np.ndarray))
+    buffers = sum(a.nbytes for s in passes[0].states for a in s.buffers.values())
+    shipped = [pickle.loads(pickle.dumps(p)) for p in passes]
+    assert len(pickle.dumps(passes[0])) < buffers + constants // 2
+    shipped[0].merge(shipped[1])
+    _assert_identical(run_reducers(src, reducers, calibration=calibration), shipped[0].finish())
 
 
 def test_partition_ranges_cover_the_scan_without_empty_parts():

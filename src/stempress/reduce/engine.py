@@ -89,20 +89,50 @@ class RowPass:
     def __init__(self, reducers: Sequence[Reducer], shape: Shape4, dtype: np.dtype,
                  calibration: Calibration | None, rows: tuple[int, int]):
         self.reducers = list(reducers)
-        self.shape, self.dtype, self.rows = shape, np.dtype(dtype), rows
+        self.shape, self.dtype, self.rows, self.calibration = shape, np.dtype(dtype), rows, calibration
         self.states: list[State] = [r.start(shape, dtype, calibration, rows) for r in self.reducers]
         self.linear: list[tuple[int, slice]] = []
+        self._projection: Projection | None = None
+        self.seen = np.zeros(rows[1] - rows[0], bool)
+        self.nonfinite = NonFinite((int(shape[2]), int(shape[3]))) if self.dtype.kind in "fc" else None
+        self._fuse()
+
+    def _fuse(self) -> None:
         weights = []
         offset = 0
+        self.linear = []
         for i, reducer in enumerate(self.reducers):
             if isinstance(reducer, LinearReducer):
                 w = np.asarray(reducer.weights(self.states[i]), np.float64)
                 self.linear.append((i, slice(offset, offset + w.shape[1])))
                 weights.append(w)
                 offset += w.shape[1]
-        self.projection = Projection(np.hstack(weights), self.dtype, shape) if weights else None
-        self.seen = np.zeros(rows[1] - rows[0], bool)
-        self.nonfinite = NonFinite((int(shape[2]), int(shape[3]))) if self.dtype.kind in "fc" else None
+        self._projection = Projection(np.hstack(weights), self.dtype, self.shape) if weights else None
+
+    @property
+    def projection(self) -> Projection | None:
+        return self._projection
+
+    def __getstate__(self) -> dict[str, object]:
+        """Only what merges travels: a worker's pass comes back without the per-run constants (masks, weights,
+        the projection and its work buffers: ~10 MB at 256 x 256 pixels, against ~0.5 MB of results), which
+        are derived again where they are needed."""
+        state = dict(self.__dict__)
+        state["_projection"] = None
+        state["linear"] = None
+        state["states"] = [State(s.shape, s.dtype, s.rows, s.buffers, s.specs, {}) for s in self.states]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+    def _prepared(self) -> None:
+        """Per-run constants back after unpickling (``prepare`` is deterministic, so the same bits)."""
+        if self.linear is not None:
+            return
+        for reducer, state in zip(self.reducers, self.states, strict=True):
+            state.context = reducer.prepare(self.shape, self.dtype, self.calibration)
+        self._fuse()
 
     def process(self, block: Block) -> None:
         data = block.data
@@ -114,6 +144,7 @@ class RowPass:
         if lo < 0 or hi > self.seen.size:
             raise StempressError(f"block rows [{block.start}, {block.stop}) fall outside the scan rows "
                                  f"[{self.rows[0]}, {self.rows[1]}) being reduced; check the stream's shape")
+        self._prepared()
         if self.seen[lo:hi].any():
             raise StempressError(f"scan rows [{block.start}, {block.stop}) arrived twice; send each row once")
         if not block.complete:
@@ -152,6 +183,7 @@ class RowPass:
             raise StempressError(
                 f"{missing.size} of {self.seen.size} scan rows never arrived (first: row {self.rows[0] + missing[0]}); "
                 "results would be incomplete; resend the missing rows or reduce a complete source")
+        self._prepared()
         results = ReducerResults()
         for reducer, state in zip(self.reducers, self.states, strict=True):
             out = reducer.finish(state)
