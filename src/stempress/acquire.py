@@ -18,6 +18,7 @@ from stempress.errors import StempressError
 from stempress.events.counting import CountingParams
 from stempress.exec.base import Executor
 from stempress.ingest import IngestReport, output_sinks, run_outputs
+from stempress.live.archive_codec import stream_codec
 from stempress.live.receiver import LiveSource, open_live
 from stempress.progress import Progress
 from stempress.reduce.imaging import default_reducers
@@ -33,7 +34,7 @@ from stempress.store.reducing import given_calibration
 SNAPSHOT_EVERY_S = 1.0
 
 
-def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str = DEFAULT_CODEC,
+def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str | None = None,
             chunks: str | tuple[int, ...] | None = None, reduce: Sequence[str] = (),
             reduced: Path | str | None = None, reducers: Sequence[Reducer] | None = None,
             calibration: Calibration | None = None, events: Path | str | None = None,
@@ -55,6 +56,8 @@ def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str
         targets.append("mean_pattern")  # the snapshots show it; one more column of the fused projection
     if calibration is None and (targets or (reducers is None and watch is not None)):
         calibration = _calibration(source, needed=bool(targets))
+    if codec is None:
+        codec = _default_codec(source) if archive is not None else DEFAULT_CODEC
     files = archive is not None or reduced is not None or events is not None
     sinks: list[Any] = output_sinks(source, archive=archive, codec=codec, chunks=chunks,
                                     reduce=targets if reduced is not None else (), reduced=reduced,
@@ -73,6 +76,16 @@ def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str
         raise StempressError("nothing to do with the stream: give an output (archive, reduced, events), reducers "
                              "or a watcher of its snapshots")
     return run_outputs(source, sinks, workers=workers, executor=executor, progress=progress)
+
+
+def _default_codec(source: LiveSource) -> str:
+    """The archive codec when the user named none (``live.archive_codec``); a choice other than the usual default
+    is recorded in the stream's metadata (the archive's provenance) and said by ``stempress live``."""
+    chosen = stream_codec(source.metadata, source.dtype)
+    if chosen is None:
+        return DEFAULT_CODEC
+    source.metadata["archive_codec_default"] = chosen[1]
+    return chosen[0]
 
 
 def _calibration(source: LiveSource, *, needed: bool) -> Calibration | None:

@@ -410,7 +410,8 @@ def live(
                                        "6342) or dectris://HOST:PORT (SIMPLON stream, 9999).")],
     scan_shape: Annotated[str, typer.Option(help="Scan positions ROWSxCOLS (the stream does not say).")],
     archive: ArchiveOption = None,
-    codec: ArchiveCodecOption = "blosc_zstd",
+    codec: Annotated[str | None, typer.Option(help="Codec of the archive (stempress codecs; default blosc_zstd, "
+                                              "blosc_lz4_bitshuffle for a 1-bit stream).")] = None,
     chunks: ArchiveChunksOption = None,
     reduce: ReduceTargetsOption = None,
     reduced: ReducedOption = None,
@@ -480,6 +481,8 @@ def live(
                              progress=lambda done, total: bar(done, total, source.status(done)))
     account = source.account
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    if report.archive is not None and "archive_codec_default" in source.metadata:
+        console.print(source.metadata["archive_codec_default"], highlight=False, soft_wrap=True)
     warn(report.events.warnings if report.events is not None else [])
     console.print(account.summary(), highlight=False, soft_wrap=True)
     if account.ended == STOPPED_BY_CTRL_C:

@@ -523,3 +523,44 @@ def test_a_dectris_stream_of_only_invalid_images_says_so_and_what_was_wrong():
         reader.close()
         push.close()
         context.term()
+
+
+def _one_bit_messages(frames: np.ndarray, raw: bool) -> list[bytes]:
+    flat = frames.reshape(-1, *frames.shape[2:])
+    return [mpx_message(acquisition_header(len(flat), frames.shape[1], 1)),
+            *(mpx_message(encode_frame(i + 1, f, counter_depth=1, raw=raw)) for i, f in enumerate(flat))]
+
+
+@pytest.mark.parametrize(("raw", "codec", "stored"), [(False, None, "blosc_lz4_bitshuffle"),
+                                                       (True, None, "blosc_lz4_bitshuffle"),
+                                                       (False, "blosc_zstd", "blosc_zstd")])
+def test_a_1bit_stream_is_archived_bitshuffled_unless_the_user_names_a_codec(tmp_path, raw, codec, stored):
+    from stempress.acquire import receive
+    from stempress.codecs.blosc import CNAME_CODES, SHUFFLE_MODES
+
+    frames = (np.random.default_rng(2).random((2, 4, 256, 256)) < 0.08).astype(np.uint8)
+    live = LiveSource(f"merlin://127.0.0.1:{_merlin_sender(_one_bit_messages(frames, raw))}", (2, 4), timeout=10)
+    assert live.metadata["counter_depth"] == 1 and live.dtype == np.uint8
+    report = receive(live, archive=tmp_path / "a.h5", codec=codec)
+    assert report.archive is not None and report.archive.codec.name == stored and report.archive.direct
+    with h5py.File(tmp_path / "a.h5") as f:
+        dset = f[EMD_DATA_PATH]
+        assert np.array_equal(dset[()], frames)  # the 0/1 counts, losslessly
+        cd_values = dset.id.get_create_plist().get_filter(0)[2]
+        assert (cd_values[5], cd_values[6]) == ((SHUFFLE_MODES["bit"], CNAME_CODES["lz4"]) if codec is None else
+                                                (SHUFFLE_MODES["byte"], CNAME_CODES["zstd"]))
+        said = json.loads(dset.attrs[METADATA_ATTR]).get("archive_codec_default", "")
+    assert ("blosc_lz4_bitshuffle: the default for 1-bit streams" in said) == (codec is None)
+
+
+def test_a_12bit_stream_keeps_the_usual_default_codec(tmp_path):
+    from stempress.acquire import receive
+
+    frames = np.random.default_rng(3).integers(0, 4096, (2, 3, 8, 8)).astype(np.uint16)
+    flat = frames.reshape(6, 8, 8)
+    messages = [mpx_message(acquisition_header(6, 3, 12)), *(mpx_message(encode_frame(i + 1, f))
+                                                              for i, f in enumerate(flat))]
+    live = LiveSource(f"merlin://127.0.0.1:{_merlin_sender(messages)}", (2, 3), timeout=10)
+    report = receive(live, archive=tmp_path / "a.h5")
+    assert live.metadata["counter_depth"] == 12 and report.archive.codec.name == "blosc_zstd"
+    assert "archive_codec_default" not in live.metadata

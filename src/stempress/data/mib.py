@@ -190,7 +190,7 @@ def _header_fields(path: Path) -> list[str]:
     return list(parse_frame_header(head, str(path)).fields)
 
 
-def _counter_depth(fields: list[str], hdr: dict[str, str] | None) -> int | None:
+def counter_depth(fields: list[str], hdr: dict[str, str] | None) -> int | None:
     """Counter depth (1/6/12/24 bits) from the extended header (``MQ1A,time,exposure,depth``) or .hdr."""
     values = []
     if "MQ1A" in fields:
@@ -299,7 +299,7 @@ class MibSource(SourceBase):
             "scan_shape_source": source,
             "header_bytes": headers.dtype.itemsize,
             "pixel_type": pixel_type,
-            "counter_depth": _counter_depth(fields, hdr),
+            "counter_depth": counter_depth(fields, hdr),
             "chips": _int(fields[3]),
             "chip_layout": fields[7].strip(),
             "exposure_ms": _first(parse_exposures, first),

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from stempress.data.mib import FrameHeader, decode_frame, parse_frame_header
+from stempress.data.mib import FrameHeader, counter_depth, decode_frame, parse_frame_header
 from stempress.errors import StempressError
 from stempress.live.events import Corrupt, End, Event, EventReader, Frame, StreamHeader
 
@@ -80,6 +80,7 @@ class MerlinReader(EventReader):
                 metadata: dict[str, Any] = {"format": "mib", "protocol": "merlin", "url": self.url, "hdr": hdr,
                                             "pixel_type": header.pixel_type, "chips": header.chips,
                                             "chip_layout": header.layout, "header_bytes": header.header_bytes,
+                                            "counter_depth": counter_depth(list(header.fields), hdr),
                                             "det_y_flipped": self.flip}
                 dtype = event.data.dtype.newbyteorder("=")  # frames come big-endian views; the cube is native
                 return StreamHeader(event.data.shape, dtype, 1, metadata)  # type: ignore[arg-type]
