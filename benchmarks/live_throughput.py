@@ -5,12 +5,14 @@
 
 For each mode (Merlin 256x256 12-bit, uint16, with the default reducers (BF, ADF, HAADF, CoM, mean pattern) and a
 blosc_zstd archive; Merlin 256x256 1-bit, sent as Merlin's binary format does: one byte per pixel, counter depth 1,
-same outputs) the rate starts at ``--start`` frames/s and grows by ``--factor`` until a step fails. A step runs
-``serve`` (in a process of its own, replaying a few Poisson frames over a scan of ``rate * hold`` positions, so the
-sender reads nothing from disk) and the real ``stempress live`` command (a subprocess) for ``--hold`` seconds. A
-step passes when the receiver reports 0 frames missing AND the sender kept its schedule (sent everything within
-``TOLERANCE`` of ``frames / rate``): over TCP nothing is lost, a receiver that falls behind holds the sender back
-instead, which a real detector would not wait for. Prints every step and the highest rate that passed.
+or with ``--merlin-format raw`` bit-packed (8 KiB a frame), same reducers, the archive in ``stempress live``'s
+default for a 1-bit stream, blosc_lz4_bitshuffle; ``--codec`` names one for every mode) the rate starts at
+``--start`` frames/s and grows by ``--factor`` until a step fails. A step runs ``serve`` (in a process of its own,
+replaying a few Poisson frames over a scan of ``rate * hold`` positions, so the sender reads nothing from disk) and
+the real ``stempress live`` command (a subprocess) for ``--hold`` seconds. A step passes when the receiver reports 0
+frames missing AND the sender kept its schedule (sent everything within ``TOLERANCE`` of ``frames / rate``): over
+TCP nothing is lost, a receiver that falls behind holds the sender back instead, which a real detector would not
+wait for. Prints every step and the highest rate that passed.
 
 Sender and receiver share this machine's cores: on a small or busy machine the sender's own work lowers the numbers.
 The DECTRIS target and the comparison with LiberTEM-live are not measured here.
@@ -62,23 +64,23 @@ class RepeatedFrames:
         """Nothing held."""
 
 
-def base_frames(mode: str) -> np.ndarray:
-    """Poisson frames with a bright disk (12-bit counts), or their 1-bit hits (0/1)."""
+def base_frames(mode: str, n: int = BASE_FRAMES) -> np.ndarray:
+    """``n`` Poisson frames with a bright disk (12-bit counts), or their 1-bit hits (0/1)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:DET, :DET]
     disk = (yy - DET / 2) ** 2 + (xx - DET / 2) ** 2 < 30**2
-    frames = rng.poisson(np.where(disk, 20.0, 0.05), (BASE_FRAMES, DET, DET))
+    frames = rng.poisson(np.where(disk, 20.0, 0.05), (n, DET, DET))
     dtype, depth = MODES[mode]
     return (frames > 0).astype(dtype) if depth == 1 else np.minimum(frames, 4095).astype(dtype)
 
 
-def _serve(mode: str, scan_y: int, rate: float, ports: Any, results: Any) -> None:
+def _serve(mode: str, scan_y: int, rate: float, ports: Any, results: Any, merlin_format: str | None = None) -> None:
     """Child process: serve the repeated scan at ``rate`` to the first receiver; report what was sent."""
     from stempress.live.serve import serve
 
     depth = MODES[mode][1]
     source = RepeatedFrames(base_frames(mode), scan_y, depth)
-    log = serve(source, "merlin", rate=rate, timeout=120, ready=ports.put)
+    log = serve(source, "merlin", rate=rate, timeout=120, ready=ports.put, merlin_format=merlin_format)
     results.put((log.sent, log.frames, log.seconds, log.ended))
 
 
@@ -106,17 +108,18 @@ class Step:
                 + ("PASS" if self.passed else f"FAIL ({self.status if self.status != 'ok' else 'behind schedule'})"))
 
 
-def run_step(mode: str, rate: float, hold: float, workdir: Path, workers: int | None) -> Step:
+def run_step(mode: str, rate: float, hold: float, workdir: Path, workers: int | None, codec: str | None = None,
+             merlin_format: str | None = None) -> Step:
     scan_y = max(2, math.ceil(rate * hold / SCAN_X))
     ctx = mp.get_context("spawn")
     ports, results = ctx.Queue(), ctx.Queue()
-    sender = ctx.Process(target=_serve, args=(mode, scan_y, rate, ports, results), daemon=True)
+    sender = ctx.Process(target=_serve, args=(mode, scan_y, rate, ports, results, merlin_format), daemon=True)
     sender.start()
     port = ports.get(timeout=120)
     out = workdir / f"{mode}-{rate:.0f}"
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "stempress", "live", f"merlin://127.0.0.1:{port}", "--scan-shape",
-               f"{scan_y}x{SCAN_X}", "--archive", str(out / "a.h5"), "--codec", "blosc_zstd",
+               f"{scan_y}x{SCAN_X}", "--archive", str(out / "a.h5"), *(["--codec", codec] if codec else []),
                *[a for t in TARGETS for a in ("--reduce", t)], "--reduced", str(out / "r.h5"),
                "--centre", f"{(DET - 1) / 2},{(DET - 1) / 2}", "--bf-radius", "30", "--timeout", "10",
                "--allow-missing", "--force", *(["--workers", str(workers)] if workers else [])]
@@ -148,16 +151,21 @@ def main() -> None:
     parser.add_argument("--modes", default="12bit,1bit", help="12bit and/or 1bit, separated by commas")
     parser.add_argument("--workers", type=int, default=None, help="live --workers (default: all usable cores)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the outputs go (deleted after each step)")
+    parser.add_argument("--codec", default=None, help="archive codec (default: live's own, blosc_zstd for 12-bit, "
+                        "blosc_lz4_bitshuffle for 1-bit)")
+    parser.add_argument("--merlin-format", choices=("binary", "raw"), default="binary",
+                        help="frames as Merlin's binary (U08/U16) or raw (R64: 1-bit packed) format")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="live-throughput-", dir=args.workdir))
     best: dict[str, float | None] = {}
     try:
         for mode in args.modes.split(","):
-            print(f"Merlin {DET}x{DET} {mode}, default reducers + blosc_zstd archive, hold {args.hold:g} s:",
-                  flush=True)
+            codec = args.codec or ("blosc_lz4_bitshuffle (1-bit default)" if mode == "1bit" else "blosc_zstd")
+            print(f"Merlin {DET}x{DET} {mode} ({args.merlin_format}), default reducers + {codec} archive, hold "
+                  f"{args.hold:g} s:", flush=True)
             rate, best[mode] = args.start, None
             while rate <= args.max_rate:
-                step = run_step(mode, rate, args.hold, workdir, args.workers)
+                step = run_step(mode, rate, args.hold, workdir, args.workers, args.codec, args.merlin_format)
                 print(step.line(), flush=True)
                 if not step.passed:
                     break
