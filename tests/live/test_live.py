@@ -564,3 +564,13 @@ def test_a_12bit_stream_keeps_the_usual_default_codec(tmp_path):
     report = receive(live, archive=tmp_path / "a.h5")
     assert live.metadata["counter_depth"] == 12 and report.archive.codec.name == "blosc_zstd"
     assert "archive_codec_default" not in live.metadata
+
+
+def test_raw_frames_decode_by_the_first_header_unless_their_counter_depth_changes():
+    frames = (np.random.default_rng(4).random((1, 3, 256, 256)) < 0.1).astype(np.uint8)
+    messages = _one_bit_messages(frames, raw=True)
+    frames[0, 1] *= 37  # frame 2 comes at counter depth 6 (another length), which the first header cannot decode
+    messages[2] = mpx_message(encode_frame(2, frames[0, 1], counter_depth=6, raw=True))
+    live, blocks = _receive("merlin", _merlin_sender(messages), (1, 3), timeout=10)
+    assert np.array_equal(np.concatenate([b.data for b in blocks]), frames)
+    assert (live.account.received, live.account.corrupt) == (3, 0)

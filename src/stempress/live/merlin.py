@@ -110,15 +110,18 @@ class MerlinReader(EventReader):
         return Frame(header.number if number is None else number, frame)
 
     def _same_format(self, payload: bytearray) -> int | None:
-        """The frame number of a binary frame whose size, chips, geometry, pixel type and layout fields are the
-        first frame's (every frame of an acquisition), so it decodes by the first header without parsing the rest
-        (timestamps) again; None for anything else, which the full parser then reads or refuses."""
+        """The frame number of a frame whose size, chips, geometry, pixel type and layout fields are the first
+        frame's (every frame of an acquisition), so it decodes by the first header without parsing the rest
+        (timestamps) again; None for anything else, which the full parser then reads or refuses. A raw frame's
+        decoding also depends on its counter depth, which its length gives (each depth packs its own size)."""
         first = self._first_header
-        if first is None or first.raw or not payload.startswith(b"MQ1,"):
+        if first is None or not payload.startswith(b"MQ1,"):
             return None
         lead = bytes(payload[:64]).split(b",", 8)
         if lead[2:8] != self._format or not lead[1].isdigit():
             return None
+        if first.raw and len(payload) != first.record_bytes:
+            return None  # another counter depth (or a short frame): the full parser reads or refuses it
         if len(payload) != first.record_bytes:
             raise StempressError(f"frame {int(lead[1])}: {len(payload) - first.header_bytes} data bytes, its header "
                                  f"says {first.data_bytes}; the frame is short or corrupt")
