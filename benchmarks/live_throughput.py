@@ -37,8 +37,9 @@ import numpy as np
 
 DET = 256
 SCAN_X = 256
-#: Distinct frames replayed over the scan (a few MiB; the rest repeats them).
-BASE_FRAMES = 64
+#: Distinct frames replayed over the scan (one scan row, so the sender reads each row as a view, not a copy: its CPU
+#: is not the receiver's to share; the rest repeats them).
+BASE_FRAMES = SCAN_X
 #: A step passes only if the sender needed at most this much longer than ``frames / rate``.
 TOLERANCE = 1.02
 TARGETS = ["bf", "adf", "haadf", "com", "mean_pattern"]  # reduce.imaging.default_reducers, by name
@@ -57,6 +58,8 @@ class RepeatedFrames:
         self.metadata: dict[str, Any] = {"counter_depth": depth}
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        if stop - start == 1 and self.base.shape[0] == SCAN_X:  # one row (as serve reads): the frames, no copy
+            return self.base[None]
         index = (np.arange(start * SCAN_X, stop * SCAN_X) % self.base.shape[0])
         return self.base[index].reshape(stop - start, SCAN_X, *self.base.shape[1:])
 

@@ -110,6 +110,17 @@ class _Frames:
         return self._data[i % self.scan_x]
 
 
+def _send_parts(conn: socket.socket, parts: list[bytes | bytearray]) -> None:
+    """``sendall`` of the parts one after the other, gathered by the kernel (no joined copy of a frame)."""
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        sent = conn.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
 class _MibRecords:
     """Record ``i`` of a ``.mib`` file, its bytes as stored."""
 
@@ -243,6 +254,7 @@ class _MerlinSender(_Sender):
         self.raw = merlin_format == "raw"
         self.records: Any = _MibRecords(path) if path is not None else None
         self.frames = _Frames(source)
+        self._out: bytearray | None = None
         n = int(source.shape[0]) * int(source.shape[1])
         hdr_path = path.with_suffix(".hdr") if path is not None else None
         depth = int(source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(
@@ -273,14 +285,19 @@ class _MerlinSender(_Sender):
         self.conn.settimeout(timeout)
         self.conn.sendall(mpx_message(self.header))
 
-    def record(self, i: int) -> bytes:
+    def record(self, i: int) -> bytes | bytearray:
         if self.records is not None:
             return self.records(i)
-        return encode_frame(i + 1, self.frames(i), counter_depth=self.depth, raw=self.raw)  # the header's depth
+        # the header's depth; the last record's buffer is reused (sent by then: the kernel copied it)
+        self._out = encode_frame(i + 1, self.frames(i), counter_depth=self.depth, raw=self.raw, out=self._out)
+        return self._out
 
     def send(self, i: int, corrupt: bool) -> None:
         record = self.record(i)
-        self.conn.sendall(mpx_message(_corrupt_merlin(record, i) if corrupt else record))
+        if corrupt:
+            self.conn.sendall(mpx_message(_corrupt_merlin(bytes(record), i)))
+        else:
+            _send_parts(self.conn, [b"MPX,%010d," % (len(record) + 1), record])  # ``mpx_message`` without a copy
 
     def close(self) -> None:
         self.conn.close()
