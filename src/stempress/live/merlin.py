@@ -19,9 +19,14 @@ from stempress.live.events import Corrupt, End, Event, EventReader, Frame, Strea
 MPX_BYTES = 15  # b"MPX," + 10 digits + b","
 
 
+def mpx_prefix(payload_bytes: int) -> bytes:
+    """The ``MPX`` prefix of a message of ``payload_bytes`` (the length counts the comma after the prefix)."""
+    return b"MPX,%010d," % (payload_bytes + 1)
+
+
 def mpx_message(payload: bytes) -> bytes:
-    """One message of the stream: the ``MPX`` prefix (length counts the comma after it) and ``payload``."""
-    return b"MPX,%010d," % (len(payload) + 1) + payload
+    """One message of the stream: the ``MPX`` prefix and ``payload``."""
+    return mpx_prefix(len(payload)) + payload
 
 
 def parse_acquisition_header(payload: bytes | bytearray) -> dict[str, str]:

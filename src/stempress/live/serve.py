@@ -21,7 +21,7 @@ from stempress.data.mib import FrameHeader, encode_frame, parse_frame_header
 from stempress.errors import StempressError
 from stempress.live import dectris
 from stempress.live.control import MerlinControlServer, SimplonApiServer
-from stempress.live.merlin import acquisition_header, mpx_message
+from stempress.live.merlin import acquisition_header, mpx_message, mpx_prefix
 
 PROTOCOLS = ("merlin", "dectris")
 MERLIN_FORMATS = ("binary", "raw")  # Merlin's FILEFORMAT 0 (U08/U16/U32 frames) and 2 (R64 chip readout)
@@ -297,7 +297,7 @@ class _MerlinSender(_Sender):
         if corrupt:
             self.conn.sendall(mpx_message(_corrupt_merlin(bytes(record), i)))
         else:
-            _send_parts(self.conn, [b"MPX,%010d," % (len(record) + 1), record])  # ``mpx_message`` without a copy
+            _send_parts(self.conn, [mpx_prefix(len(record)), record])  # ``mpx_message`` without joining a copy
 
     def close(self) -> None:
         self.conn.close()
