@@ -408,7 +408,8 @@ def one_chunking(chunks: str | None) -> str | tuple[int, ...] | None:
 def live(
     url: Annotated[str, typer.Argument(help="The detector's stream: merlin://HOST:PORT (Merlin's data port, "
                                        "6342), dectris://HOST:PORT (SIMPLON stream v1, 9999) or "
-                                       "dectris2://HOST:PORT (Stream V2, CBOR, 31001).")],
+                                       "dectris2://HOST:PORT (Stream V2, CBOR, 31001; ?channel=NAME takes "
+                                       "that channel, default the first).")],
     scan_shape: Annotated[str, typer.Option(help="Scan positions ROWSxCOLS (the stream does not say).")],
     archive: ArchiveOption = None,
     codec: ArchiveCodecOption = "blosc_zstd",

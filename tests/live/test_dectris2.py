@@ -165,3 +165,46 @@ def test_stream_v2_refuses_a_source_it_cannot_carry():
         serve(ArraySource(np.zeros((1, 1, 4, 4), np.float32), name="f"), "dectris2", timeout=1)
     with pytest.raises(StempressError, match="unknown Stream V2 encoding 'bs16-lz4<'"):
         serve(ArraySource(np.zeros((1, 1, 4, 4), np.uint16), name="f"), "dectris2", encoding="bs16-lz4<", timeout=1)
+
+
+SELF_DESCRIBED = b"\xd9\xd9\xf7"  # CBOR tag 55799, which a detector puts before every message
+
+
+def _detector_like_series(frames: np.ndarray) -> list[list[bytes]]:
+    """Messages as a real EIGER2 sends them (as in dectris/documentation's recorded stream): self-described CBOR,
+    two threshold channels, dates, rationals and user data beside the arrays."""
+    import datetime
+
+    date = datetime.datetime(2023, 2, 10, 15, 49, 5, tzinfo=datetime.UTC)
+    start = {"type": "start", "series_id": 3, "series_unique_id": "01GRX", "arm_date": date,
+             "channels": ["threshold_1", "threshold_2"], "image_dtype": "uint16", "image_size_x": 4,
+             "image_size_y": 4, "number_of_images": len(frames), "threshold_energy": {"threshold_1": 4000.0,
+                                                                                      "threshold_2": 8000.0}}
+    out = [[SELF_DESCRIBED + dectris2.dumps(start)]]
+    for i, frame in enumerate(frames):
+        data = {name: dectris2.MultiDimArray((4, 4), dectris2.TypedArray(np.dtype("<u2"),
+                                                                          dectris2.compress(f, "bslz4")))
+                for name, f in (("threshold_1", frame), ("threshold_2", frame * 2))}
+        out.append([SELF_DESCRIBED + dectris2.dumps({
+            "type": "image", "series_id": 3, "series_unique_id": "01GRX", "image_id": i, "series_date": date,
+            "real_time": [999995, 50000000], "start_time": [0, 50000000], "stop_time": [999995, 50000000],
+            "user_data": [1, "x"], "data": data})])
+    return [*out, [SELF_DESCRIBED + dectris2.end_message(3, "01GRX")]]
+
+
+@pytest.mark.parametrize(("query", "factor"), [("", 1), ("?channel=threshold_2", 2)])
+def test_a_detector_like_series_gives_the_channel_asked_for(query, factor):
+    frames = np.arange(2 * 16, dtype=np.uint16).reshape(2, 4, 4)
+    live = LiveSource(f"dectris2://127.0.0.1:{_sender(_detector_like_series(frames))}{query}", (1, 2), timeout=5)
+    blocks = list(live.blocks())
+    assert np.array_equal(blocks[0].data[0], frames * factor) and live.account.ended == "complete"
+    assert live.metadata["channel"] == f"threshold_{factor}"
+    config = live.metadata["detector_config"]
+    assert config["arm_date"] == "2023-02-10T15:49:05+00:00" and config["threshold_energy"]["threshold_2"] == 8000.0
+
+
+def test_a_channel_the_series_has_not_is_refused_in_one_line():
+    port = _sender(_detector_like_series(np.zeros((2, 4, 4), np.uint16)))
+    with pytest.raises(StempressError, match=r"no channel 'difference' in this series \(its channels: threshold_1, "
+                                             r"threshold_2\); give \?channel= one of them"):
+        LiveSource(f"dectris2://127.0.0.1:{port}?channel=difference", (1, 2), timeout=5)

@@ -8,7 +8,8 @@ as [numerator, denominator]), ``end`` at disarm. Arrays are RFC 8746: tag 40 ``[
 (tag 1040 column-major), typed arrays tag 64 + flags (69: uint16 little-endian, 70: uint32 LE, 64: uint8 ...)
 over a byte string, or over DECTRIS's compression tag 56500 ``["bslz4", element size, bytes]`` /
 ``["lz4", 0, bytes]`` whose bytes are framed as the HDF5 filters frame them (``codecs.bitshuffle``,
-``codecs.lz4`` decode them). The receiver takes one channel (the first the start message lists)."""
+``codecs.lz4`` decode them). A detector wraps each message in the self-described CBOR tag 55799. The receiver
+takes one channel: the first the start message lists, or ``dectris2://HOST:PORT?channel=NAME``."""
 
 from __future__ import annotations
 
@@ -279,9 +280,14 @@ _OMIT = object()
 
 
 class Dectris2Reader(PullReader):
-    """PULLs Stream V2 from a detector (``tcp://HOST:PORT``, default port 31001)."""
+    """PULLs Stream V2 from a detector (``tcp://HOST:PORT``, default port 31001) and takes ``channel`` of each
+    image (None: the first the start message lists)."""
 
     protocol = "dectris2"
+
+    def __init__(self, host: str, port: int, *, channel: str | None = None, **options: Any) -> None:
+        super().__init__(host, port, **options)
+        self.channel = channel
 
     def start(self) -> StreamHeader:
         """Wait for the start message, then the first valid image (its shape and type)."""
@@ -300,8 +306,12 @@ class Dectris2Reader(PullReader):
             raise StempressError(f"{self.url}: the first message is a {start['type']!r} message, not 'start'; start "
                                  "the receiver before arming the detector")
         self.series_id, self.unique_id = start.get("series_id"), start.get("series_unique_id")
-        channels = start.get("channels") or [DEFAULT_CHANNEL]
-        self.channel = str(channels[0])
+        channels = [str(c) for c in start.get("channels") or [DEFAULT_CHANNEL]]
+        if self.channel is None:
+            self.channel = channels[0]
+        elif self.channel not in channels:
+            raise StempressError(f"{self.url}: no channel {self.channel!r} in this series (its channels: "
+                                 f"{', '.join(channels)}); give ?channel= one of them")
         try:
             self.det_shape: tuple[int, int] | None = (int(start["image_size_y"]), int(start["image_size_x"]))
         except (KeyError, TypeError, ValueError):
@@ -333,7 +343,7 @@ class Dectris2Reader(PullReader):
             if series != self.series_id or message.get("series_unique_id", self.unique_id) != self.unique_id:
                 raise StempressError(f"image {message.get('image_id')!r} of series {series!r}, not of series "
                                      f"{self.series_id!r} (a different series)")
-            frame = parse_image(message, self.channel, self.det_shape, self.dtype)
+            frame = parse_image(message, str(self.channel), self.det_shape, self.dtype)
             if self.det_shape is None or self.dtype is None:  # the first valid image sets what the start did not
                 self.det_shape, self.dtype = frame.data.shape, frame.data.dtype  # type: ignore[assignment]
             return frame

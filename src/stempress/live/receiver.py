@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
@@ -63,9 +63,9 @@ class ByteQueue:
 
 class LiveSource:
     """A scan of ``scan_shape`` positions received from ``url`` (``merlin://HOST:PORT``, ``dectris://HOST:PORT``
-    for SIMPLON stream v1 or ``dectris2://HOST:PORT`` for Stream V2). Opening connects and reads the stream's
-    header and first frame (so the cube's shape and dtype are known before the sinks open); ``blocks()`` may be
-    iterated once."""
+    for SIMPLON stream v1 or ``dectris2://HOST:PORT[?channel=NAME]`` for Stream V2). Opening connects and reads
+    the stream's header and first frame (so the cube's shape and dtype are known before the sinks open);
+    ``blocks()`` may be iterated once."""
 
     def __init__(self, url: str, scan_shape: tuple[int, int], *, timeout: float = 10.0,
                  queue_bytes: int = QUEUE_BYTES, window_rows: int = 1, fill: int = 0,
@@ -85,7 +85,8 @@ class LiveSource:
         else:
             from stempress.live.dectris2 import Dectris2Reader
 
-            self.reader = Dectris2Reader(host, port, timeout=timeout)
+            channel = parse_qs(urlparse(url).query).get("channel", [None])[-1]  # dectris2://HOST:PORT?channel=NAME
+            self.reader = Dectris2Reader(host, port, timeout=timeout, channel=channel)
         self.url, self.protocol = url, protocol
         try:
             header = self.reader.start()
