@@ -60,6 +60,15 @@ def test_compressed_data_is_framed_as_the_hdf5_filters_read_it(tmp_path, algorit
     assert np.array_equal(dectris2.decompress(item, frame.nbytes, frame.dtype).view(dtype).reshape(32, 32), frame)
 
 
+@pytest.mark.parametrize("algorithm", ["bslz4", "lz4"])
+def test_damaged_compressed_data_is_refused_as_corrupt(algorithm):
+    frame = _scan("uint16", seed=2)[0, 0]
+    item = dectris2.compress(frame, algorithm)
+    for damaged in (item.data[:5], item.data[:20], item.data[:12] + b"\xff" * 40, item.data[:-3]):
+        with pytest.raises(StempressError, match=f"undecodable {algorithm} data .*; the message is corrupt"):
+            dectris2.decompress(item._replace(data=damaged), frame.nbytes, frame.dtype)
+
+
 def _sender(messages: list[list[bytes]]) -> int:
     """A PUSH socket of our own on a free loopback port, sending ``messages`` (each a list of parts) from a thread
     once a receiver connects; returns the port."""

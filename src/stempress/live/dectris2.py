@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -110,7 +111,7 @@ def decompress(item: Compressed, nbytes: int, dtype: np.dtype) -> np.ndarray:
         raise StempressError(f"{nbytes} bytes of {dtype.name} are not whole {like.itemsize}-byte bslz4 elements")
     try:
         return _codec(item.algorithm).decode(item.data, (nbytes // like.itemsize,), like).view(np.uint8)
-    except (ValueError, RuntimeError, TypeError) as exc:  # header_check's wrong size, a bad block, short data
+    except (ValueError, RuntimeError, TypeError, struct.error) as exc:  # a wrong size, a bad block, short data
         raise StempressError(f"undecodable {item.algorithm} data ({exc}); the message is corrupt") from exc
 
 

@@ -303,6 +303,7 @@ class _DectrisSender(_Sender):
 
     encodings = dectris.ENCODINGS
     stream_format = "legacy"  # SIMPLON stream/config "format"
+    name = "DECTRIS"
 
     def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, encoding: str,
                  api_port: int | None = None, api_ready: Any = None) -> None:
@@ -335,8 +336,6 @@ class _DectrisSender(_Sender):
         if ready is not None:
             ready(port)
         self._send(self.header(config))
-
-    name = "DECTRIS"
 
     def check(self, dtype: np.dtype) -> None:
         """Refuse a source the stream cannot carry (stream v1 carries any dtype)."""
