@@ -16,7 +16,7 @@ from stempress.data.base import ArraySource
 from stempress.errors import StempressError
 from stempress.live import LiveSource, dectris2
 from stempress.live.dectris import header_parts
-from stempress.live.serve import serve
+from stempress.live.serve import Faults, serve
 
 
 def _scan(dtype: str, seed: int = 0) -> np.ndarray:
@@ -42,6 +42,24 @@ def test_clean_stream_v2_is_received_bit_exact(encoding, dtype):
     assert (a.received, a.missing, a.duplicate, a.reordered, a.corrupt, a.ended) == (64, 0, 0, 0, 0, "complete")
     assert live.metadata["format"] == "dectris-stream-v2" and live.metadata["channel"] == dectris2.DEFAULT_CHANNEL
     assert live.metadata["detector_config"]["image_dtype"] == dtype  # the start message's fields, as JSON
+
+
+def test_a_stall_longer_than_the_timeout_ends_the_stream_with_what_arrived():
+    ready, out = threading.Event(), {}
+
+    def run() -> None:  # a short send timeout: the simulator gives up on the receiver that left
+        out["log"] = serve(ArraySource(_scan("uint16"), name="scan"), "dectris2", faults=Faults(stall=1.5, stall_at=10),
+                           timeout=3, ready=lambda p: (out.setdefault("port", p), ready.set()))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    live = LiveSource(f"dectris2://127.0.0.1:{out['port']}", (8, 8), timeout=0.5)
+    blocks = list(live.blocks())
+    thread.join(30)
+    assert live.account.received == 10 and live.account.missing == 54 and "stalled" in live.account.ended
+    assert sum(b.data.shape[0] for b in blocks) == 8 and live.received_mask.ravel().sum() == 10
+    assert "went away" in out["log"].ended
 
 
 @pytest.mark.parametrize("algorithm", ["bslz4", "lz4"])
