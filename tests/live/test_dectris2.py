@@ -169,6 +169,13 @@ def test_an_image_of_a_different_series_is_not_a_frame_of_this_one():
     assert (live.account.received, live.account.corrupt, live.account.missing) == (1, 1, 1)
 
 
+def test_an_image_of_the_same_series_id_but_another_unique_id_is_another_series():
+    other = dectris2.image_message(1, FRAME, "none", 7, "another")
+    live = _receive_messages([[START], [dectris2.image_message(0, FRAME, "none", 7, "u7")], [other], [END]])
+    list(live.blocks())
+    assert (live.account.received, live.account.corrupt) == (1, 1)
+
+
 def test_a_new_series_starting_ends_this_one():
     live = _receive_messages([[START], [dectris2.image_message(0, FRAME, "lz4", 7, "u7")],
                               [dectris2.start_message(8, "u8", (4, 4), np.dtype(np.uint16), 2)]])

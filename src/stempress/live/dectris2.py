@@ -341,9 +341,10 @@ class Dectris2Reader(PullReader):
                 return End(f"series {series} started before series {self.series_id} ended")
             if kind != "image":
                 raise StempressError(f"a {kind!r} message, not an image")
-            if series != self.series_id or message.get("series_unique_id", self.unique_id) != self.unique_id:
-                raise StempressError(f"image {message.get('image_id')!r} of series {series!r}, not of series "
-                                     f"{self.series_id!r} (a different series)")
+            unique = message.get("series_unique_id")
+            if series != self.series_id or (None not in (unique, self.unique_id) and unique != self.unique_id):
+                raise StempressError(f"image {message.get('image_id')!r} of series {series!r} ({unique}), not of "
+                                     f"series {self.series_id!r} ({self.unique_id}): a different series")
             frame = parse_image(message, str(self.channel), self.det_shape, self.dtype)
             if self.det_shape is None or self.dtype is None:  # the first valid image sets what the start did not
                 self.det_shape, self.dtype = frame.data.shape, frame.data.dtype  # type: ignore[assignment]
