@@ -95,11 +95,15 @@ def _sender(messages: list[list[bytes]]) -> int:
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 5000)
+    push.setsockopt(zmq.SNDTIMEO, 10000)  # a receiver that refused the stream early takes no more
     port = push.bind_to_random_port("tcp://127.0.0.1")
 
     def send() -> None:
-        for parts in messages:
-            push.send_multipart(parts)  # blocks until the receiver connects
+        try:
+            for parts in messages:
+                push.send_multipart(parts)  # blocks until the receiver connects
+        except zmq.Again:
+            push.setsockopt(zmq.LINGER, 0)
         push.close()
         context.term()
 
