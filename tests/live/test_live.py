@@ -1,5 +1,6 @@
-"""Live acquisition: receivers (Merlin TCP, DECTRIS ZeroMQ) fed by hand-made senders and by ``serve``, their
-frame accounting, and their blocks through the engine's sinks. Loopback ports are taken free at run time."""
+"""Live acquisition: receivers (Merlin TCP, DECTRIS ZeroMQ stream v1 and v2) fed by hand-made senders and by
+``serve``, their frame accounting, and their blocks through the engine's sinks. Loopback ports are taken free
+at run time."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def _receive(protocol: str, port: int, scan_shape, **options) -> tuple[LiveSourc
     return source, list(source.blocks())
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 def test_clean_stream_gives_the_source_frames(protocol):
     cube = _cube()
     port, out = _serve_in_thread(open_source(cube), protocol)
@@ -135,7 +136,7 @@ def test_clean_stream_gives_the_source_frames(protocol):
                                                                                              "complete")
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 @pytest.mark.parametrize("kind", ["drop", "duplicate", "reorder", "corrupt"])
 def test_each_injected_fault_is_counted_exactly(protocol, kind):
     cube = _cube()
@@ -159,7 +160,7 @@ def test_each_injected_fault_is_counted_exactly(protocol, kind):
     assert np.array_equal(valid, mask)
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 def test_disconnect_ends_the_stream_with_what_arrived(protocol):
     cube = _cube()
     port, out = _serve_in_thread(open_source(cube), protocol, Faults(disconnect_after=20))
