@@ -132,3 +132,24 @@ def test_engine_progress_on_worker_processes_moves_inside_partitions(tmp_path) -
     # no partition could end before the caller saw progress: the first value is one block of one partition
     assert dones[0] == row and dones == sorted(dones) and dones[-1] == total and {t for _, t in calls} == {total}
     assert len(calls) > len(ranges)
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def test_stempress_errors_raised_in_a_worker_come_back_whole_and_the_pool_stays_up() -> None:
+    """An exception that cannot be unpickled breaks the whole pool (BrokenProcessPool), hiding the real error."""
+    from stempress.data.event_checksums import ChecksumError
+    from stempress.sinks.reference import CheckFailed, Problem
+
+    problem = Problem("differs", "pixel (1, 2) differs", (3, 4), (0, 1))
+    with ProcessExecutor(2) as executor:
+        with pytest.raises(CheckFailed) as failed:
+            executor.submit(_raise, CheckFailed(problem)).result()
+        assert failed.value.problem == problem and str(failed.value).startswith("scan position (3, 0)")
+        with pytest.raises(ChecksumError, match="chunk 7 is bad") as bad:
+            executor.submit(_raise, ChecksumError("chunk 7 is bad", 7, (42, 48))).result()
+        assert (bad.value.chunk, bad.value.positions) == (7, (42, 48))
+        pool = executor._pool
+        assert executor.submit(abs, -4).result() == 4 and executor._pool is pool  # not broken: the same pool
