@@ -522,7 +522,7 @@ def test_verify_on_dask_checks_event_and_frame_files_on_the_workers_as_inline(da
         assert broken.bad_chunks == 2  # every bad chunk counted, by the workers of two partitions
 
 
-def test_verify_on_dask_says_once_why_an_in_memory_reference_is_compared_here(dask, tmp_path):
+def test_verify_on_dask_says_once_why_an_in_memory_reference_is_compared_here(dask, files, tmp_path):
     from stempress.data.base import ArraySource
 
     path, _ = _source_file("raw_csr", tmp_path)
@@ -533,6 +533,10 @@ def test_verify_on_dask_says_once_why_an_in_memory_reference_is_compared_here(da
     here = verify(path, against=ArraySource(data), executor=dask)
     assert _tasks_run(dask) == ran and "held in this process" in here.note and "--against" in here.note
     _same_report(inline, here)
+    with open_source(files["npy"]) as cube:  # an HDF5 cube compared with an array: the same note
+        in_memory = ArraySource(cube.read_rows(0, SCAN[0]))
+    hdf5 = verify(files["h5"], against=in_memory, executor=dask)
+    assert hdf5.ok and hdf5.compared and "held in this process" in hdf5.note
     said = subprocess.run([sys.executable, "-m", "stempress", "verify", str(path), "--dask",
                            dask.client.scheduler.address], capture_output=True, text=True, timeout=300)
     assert said.returncode == 0 and "verify:" not in said.stdout and said.stdout.strip().endswith("OK")
