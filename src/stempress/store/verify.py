@@ -176,8 +176,8 @@ def verify_master(path: Path, dset: h5py.Dataset, against: Dataset4D | None, wor
         problem = Problem("stored", f"the shards end at scan row {row}, the cube has {dset.shape[0]}")
     compared, note = False, None
     if problem is None and against is not None:  # read through the virtual dataset, as a user does
-        checked = _Verifier(path, dset, against, workers, started, executor).run()
-        problem, note = checked.problem, checked.note
+        comparison = _Verifier(path, dset, against, workers, started, executor).run()
+        problem, note = comparison.problem, comparison.note
         compared = problem is None
     return VerifyReport(path=path, dataset_path=dset.name, codec=codec, direct=direct, chunks_total=total,
                         chunks_checked=checked, checksums=checksums and bool(sources), compared=compared,
