@@ -599,8 +599,8 @@ def verify(
                                                    "--against source, or PATH).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding threads, processes for an entropy-coded file "
                                                 "(default: all usable cores).")] = None,
-    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers decode an HDF5 cube's chunks and "
-                                             "check them (and compare with --against) by partitions of the scan; "
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers decode PATH (any kind) and "
+                                             "check it (and compare with --against) by partitions of the scan; "
                                              "both files must be visible to them.")] = None,
 ) -> None:
     """Re-read every chunk, check its checksums and (with --against) compare bit-exact; names the first bad chunk.
@@ -618,6 +618,8 @@ def verify(
     with dask_executor(dask) as executor, reference as source:
         report = verify_file(path, against=source, workers=workers, dataset=dataset, scan_shape=shape,
                              executor=executor)
+    if report.note:  # checks asked for on the workers that ran here, and why
+        console.print(f"verify: {report.note}", highlight=False, soft_wrap=True)
     if not report.ok:
         raise StempressError(report.summary())
     console.print(report.summary(), highlight=False, soft_wrap=True)
