@@ -186,3 +186,39 @@ def test_unknown_executor_and_no_sinks_are_one_line_errors(cube):
         make_executor("gpu")
     with pytest.raises(StempressError, match="no sinks given; give at least one sink"):
         run(ArraySource(cube), [])
+
+
+class _Refuses:
+    """A sink that stops the run at its second block (as verify's check sinks do at the first problem)."""
+
+    name = "refuses"
+
+    def open(self, info: RunInfo) -> None:
+        self.seen = 0
+
+    def consume(self, block: Block) -> None:
+        self.seen += 1
+        if self.seen == 2:
+            raise StempressError("stop here")
+
+    def finish(self) -> None:
+        return None
+
+
+def test_a_stopped_run_closes_its_blocks_before_returning() -> None:
+    """A sink that raises leaves the source's generator closed by the engine, in this thread, not suspended for the
+    garbage collector to finalize in some other thread later (a decoder pool's shutdown there once deadlocked a
+    thread start)."""
+    cube = np.arange(6 * 2 * 3 * 3, dtype=np.uint16).reshape(6, 2, 3, 3)
+    closed: list[str] = []
+
+    def blocks(name: str):
+        try:
+            for r in range(cube.shape[0]):
+                yield Block(r, cube[r:r + 1])
+        finally:
+            closed.append(name)
+
+    with pytest.raises(StempressError, match="stop here") as raised:
+        run(BlockStream(blocks("stream"), cube.shape, cube.dtype), [_Refuses()])
+    assert closed == ["stream"] and raised.value is not None  # the traceback is still held: no GC helped

@@ -80,6 +80,19 @@ def partitions_for(source: Dataset4D, workers: int, multiple: int = 1) -> list[t
 
 
 # -- running -----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def closing_iterator(blocks: Iterator[Block]) -> Iterator[Iterator[Block]]:
+    """Close a generator of blocks here, in this thread, however the run ends. Left suspended (a sink raised), it
+    would be finalized by the garbage collector at any moment in any thread, and its cleanup (a decoder pool's
+    shutdown joins threads) could then run inside another thread's start and deadlock it, as a test once did."""
+    try:
+        yield blocks
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+
+
 def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Executor | None = None,
         progress: Progress | None = None, rows: int | None = None, read_ahead_blocks: int = 1) -> list[Any]:
     """Feed every block of ``source`` to every sink once; returns each sink's ``finish()`` in order.
@@ -108,10 +121,11 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
         if _can_partition(source, sinks, executor):
             _run_partitions(source, sinks, info, executor, step, multiple, counter)  # type: ignore[arg-type]
         elif isinstance(source, Dataset4D):  # blocks already on every sink's multiple: one lane, as read
-            _run_stream(read_blocks(source, step, depth=read_ahead_blocks), [_Lane(sinks, 1, shape[0], executor)],
-                        info, executor, counter)
+            with closing_iterator(read_blocks(source, step, depth=read_ahead_blocks)) as blocks:
+                _run_stream(blocks, [_Lane(sinks, 1, shape[0], executor)], info, executor, counter)
         else:
-            _run_stream(source.blocks(), stream_lanes(sinks, shape[0], executor), info, executor, counter)
+            with closing_iterator(source.blocks()) as blocks:
+                _run_stream(blocks, stream_lanes(sinks, shape[0], executor), info, executor, counter)
         return [sink.finish() for sink in sinks]
     except BaseException:
         for sink in opened:
@@ -250,14 +264,15 @@ def _run_partition(task: _PartitionTask) -> tuple[list[MergeableSink], int]:
         for part in task.parts:
             part.open(task.info)
         start, stop = task.info.row_range
-        for block in read_blocks(source, task.step, start, stop, depth=0):
-            for part in task.parts:
-                part.consume(block)
-            nbytes += block.data.nbytes
-            if task.counter is not None:
-                task.counter.add(block.data.nbytes)
-            elif task.link is not None:
-                task.link(task.index, nbytes)
+        with closing_iterator(read_blocks(source, task.step, start, stop, depth=0)) as blocks:
+            for block in blocks:
+                for part in task.parts:
+                    part.consume(block)
+                nbytes += block.data.nbytes
+                if task.counter is not None:
+                    task.counter.add(block.data.nbytes)
+                elif task.link is not None:
+                    task.link(task.index, nbytes)
         return task.parts, nbytes
     finally:
         if reopened:
