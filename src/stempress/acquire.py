@@ -162,8 +162,8 @@ def live_scan(url: str, scan_shape: tuple[int, int], *, reducers: Sequence[Reduc
               centre: tuple[float, float] | None = None, bf_radius: float | None = None,
               calibration: Calibration | None = None, every: float = SNAPSHOT_EVERY_S, timeout: float = 10.0,
               **options: Any) -> LiveScan:
-    """Connect to ``url`` (``merlin://HOST:PORT``, ``dectris://HOST:PORT``) and receive a scan of ``scan_shape``,
-    yielding a ``Snapshot`` about every ``every`` seconds::
+    """Connect to ``url`` (``merlin://``, ``dectris://`` or ``dectris2://HOST:PORT``) and receive a scan of
+    ``scan_shape``, yielding a ``Snapshot`` about every ``every`` seconds::
 
         for snap in live_scan("merlin://detector:6342", (256, 256), centre=(127.5, 127.5), bf_radius=12):
             show(snap.image("BF"), snap.received)

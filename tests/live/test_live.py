@@ -1,5 +1,6 @@
-"""Live acquisition: receivers (Merlin TCP, DECTRIS ZeroMQ) fed by hand-made senders and by ``serve``, their
-frame accounting, and their blocks through the engine's sinks. Loopback ports are taken free at run time."""
+"""Live acquisition: receivers (Merlin TCP, DECTRIS ZeroMQ stream v1 and v2) fed by hand-made senders and by
+``serve``, their frame accounting, and their blocks through the engine's sinks. Loopback ports are taken free
+at run time."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def _receive(protocol: str, port: int, scan_shape, **options) -> tuple[LiveSourc
     return source, list(source.blocks())
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 def test_clean_stream_gives_the_source_frames(protocol):
     cube = _cube()
     port, out = _serve_in_thread(open_source(cube), protocol)
@@ -135,7 +136,7 @@ def test_clean_stream_gives_the_source_frames(protocol):
                                                                                              "complete")
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 @pytest.mark.parametrize("kind", ["drop", "duplicate", "reorder", "corrupt"])
 def test_each_injected_fault_is_counted_exactly(protocol, kind):
     cube = _cube()
@@ -159,7 +160,7 @@ def test_each_injected_fault_is_counted_exactly(protocol, kind):
     assert np.array_equal(valid, mask)
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 def test_disconnect_ends_the_stream_with_what_arrived(protocol):
     cube = _cube()
     port, out = _serve_in_thread(open_source(cube), protocol, Faults(disconnect_after=20))
@@ -366,6 +367,29 @@ def test_snapshots_are_taken_at_most_every_so_often_and_once_at_the_end(every, e
     assert np.isnan(seen[0].image("BF")[1:]).all()  # rows not reduced yet are NaN, not zeros
     full = run_reducers_of(cube)
     np.testing.assert_array_equal(seen[-1].image("BF"), full["virtual"]["BF"])
+
+
+def test_snapshots_fill_row_by_row_while_the_archive_takes_whole_chunk_rows(tmp_path):
+    """With an archive of 4-row chunks, snapshot k still holds exactly the k + 1 rows received so far (not a
+    multiple of 4), and the archive is byte for byte the one compress writes."""
+    from stempress.acquire import receive
+    from stempress.reduce.imaging import default_reducers
+
+    cube = _cube((10, 8, 12, 10))
+    port, out = _serve_in_thread(open_source(cube), "merlin")
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    seen: list = []
+    receive(live, reducers=default_reducers(CAL), watch=seen.append, every=0.0, archive=tmp_path / "a.h5",
+            chunks="4x4x12x10", workers=1)
+    out["thread"].join(30)
+    assert [s.rows_done for s in seen] == [*range(1, 11), 10] and seen[-1].final
+    for k, snapshot in enumerate(seen[:-1]):
+        bf = snapshot.image("BF")
+        assert int(snapshot.received.sum()) == 8 * (k + 1) and snapshot.received[:k + 1].all()
+        assert np.isfinite(bf[:k + 1]).all() and np.isnan(bf[k + 1:]).all()
+    np.testing.assert_array_equal(seen[-1].image("BF"), run_reducers_of(cube)["virtual"]["BF"])
+    compress(ArraySource(cube, name="cube"), tmp_path / "c.h5", chunks="4x4x12x10", workers=1)
+    assert _chunks(tmp_path / "a.h5") == _chunks(tmp_path / "c.h5")
 
 
 def run_reducers_of(cube: np.ndarray) -> dict:
