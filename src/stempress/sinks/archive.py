@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,12 @@ from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, fu
 from stempress.data.base import Block
 from stempress.data.checksums import ChunkChecksums
 from stempress.data.emd import data_path, prepare_layout, write_source_metadata
-from stempress.exec.base import Executor
+from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.sinks.protocol import RunInfo
 
+#: What a chunk task returns (``ChunkEncoder``): stored bytes, stored CRC, raw CRC, encode and CRC seconds.
+EncodedChunk = tuple[bytes, int, int, float, float]
 #: The dataset beside the cube marking which frames arrived (live streams).
 RECEIVED = "received"
 #: Chunk bytes per worker in one block, so every worker has chunks to compress while the next block is read.
@@ -147,6 +151,8 @@ class ArchiveSink:
                                      tuple(self.dset.shape), self.checksums.algorithm if self.checksums else None)
                         if self.chunk_codec is not None else None)
         self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if info.metadata.get("live") else None
+        self._pending: deque[tuple[tuple[int, ...], tuple[int, ...], Future[EncodedChunk]]] = deque()
+        self._in_flight = in_flight_for(self.executor.workers)  # once: a Dask executor asks its scheduler
 
     def consume(self, block: Block) -> None:
         with writing(Path(self.spec.path)):  # a full disk here is one line naming OUT, as inside atomic_output
@@ -165,16 +171,27 @@ class ArchiveSink:
             self.expected[block.start:block.stop] = self.spec.truth(block.start, block.stop)  # type: ignore[misc]
 
     def _direct(self, block: Block) -> None:
+        """Submit the block's chunks, storing encoded ones in grid order whenever ``in_flight`` are pending.
+        Chunks still encoding when the block is submitted stay pending into the next block (``finish`` stores
+        the last): draining at every block's end left workers idle while the slowest chunk finished and the
+        next block came (half a chunk per worker per block). Pending chunks keep their block alive, so memory
+        is at most one block more."""
         data = block_data(block, self.dset)
-        pieces = list(chunk_pieces(block.start, data, self.dset.chunks))
-        encoded = self.executor.map_ordered(self.encoder, [(index, piece) for index, _offset, piece in pieces])
-        stages = self.stages
-        for index, offset, _piece in pieces:
-            t0 = time.perf_counter()
-            stored, stored_crc, raw_crc, encode_s, crc_s = next(encoded)
-            t1 = time.perf_counter()
-            self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
-            stages["wait"] += t1 - t0
+        pending = self._pending
+        for index, offset, piece in chunk_pieces(block.start, data, self.dset.chunks):
+            while len(pending) >= self._in_flight:
+                self._store_next()
+            pending.append((index, offset, self.executor.submit(self.encoder, (index, piece))))
+        while pending and pending[0][2].done():  # what is encoded already, without waiting
+            self._store_next()
+
+    def _store_next(self) -> None:
+        """Store the oldest pending chunk, waiting for it (a failed encode is raised here, in grid order)."""
+        index, offset, future = self._pending.popleft()
+        t0 = time.perf_counter()
+        stored, stored_crc, raw_crc, encode_s, crc_s = future.result()
+        self.stages["wait"] += time.perf_counter() - t0
+        self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
 
     def _store(self, index: tuple[int, ...], offset: tuple[int, ...], stored: bytes, stored_crc: int, raw_crc: int,
                encode_s: float, crc_s: float) -> None:
@@ -226,6 +243,8 @@ class ArchiveSink:
             return self._finish()
 
     def _finish(self) -> ArchiveResult:
+        while self._pending:
+            self._store_next()
         if self.checksums is not None:
             self.checksums.save(self.file)
         if self.spec.provenance:
@@ -245,7 +264,10 @@ class ArchiveSink:
                              dict(self.stages))
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Close and delete the partial file (chunks not yet encoding are cancelled, the rest discarded)."""
+        pending, self._pending = getattr(self, "_pending", deque()), deque()
+        for *_, future in pending:
+            future.cancel()
         if self._stack is not None:
             stack, self._stack = self._stack, None
             with contextlib.suppress(_Aborted):
