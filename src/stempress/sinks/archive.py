@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.atomic import atomic_output, check_new_output, writing
+from stempress.atomic import EarlyWriteback, atomic_output, check_new_output, writing
 from stempress.codecs.base import ChunkCodec
 from stempress.codecs.catalog import Codec
 from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
@@ -135,6 +135,9 @@ class ArchiveSink:
             tmp = Path(spec.path)
             self._stack.callback(_delete_unless_finished, self, tmp)
         self.file = self._stack.enter_context(h5py.File(tmp, "w"))
+        # a durable file is fsynced when complete: have the kernel write its chunks while the rest are made
+        self.writeback = EarlyWriteback(tmp if spec.durable else None)
+        self._stack.callback(self.writeback.close)
         group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
         kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
             spec.codec.h5_kwargs() if spec.codec is not None else {})
@@ -197,6 +200,7 @@ class ArchiveSink:
                encode_s: float, crc_s: float) -> None:
         t0 = time.perf_counter()
         self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+        self.writeback.wrote(len(stored))
         if self.checksums is not None:
             self.checksums.add_values(index, stored_crc, raw_crc)
         stages = self.stages
@@ -227,6 +231,7 @@ class ArchiveSink:
     def _filtered(self, block: Block) -> None:
         t0 = time.perf_counter()
         self.dset[block.start:block.stop] = block.data  # HDF5 encodes and writes in one call
+        self.writeback.wrote(block.data.nbytes)  # raw bytes: the stored ones are HDF5's to know
         self.stages["write"] += time.perf_counter() - t0
         if self.checksums is None:
             return
