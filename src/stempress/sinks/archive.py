@@ -28,9 +28,9 @@ from stempress.codecs.catalog import Codec
 from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
-from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk, whole_chunk_rows
+from stempress.codecs.parallel import ChunkEncoder, chunk_pieces, full_chunk, whole_chunk_rows
 from stempress.data.base import Block
-from stempress.data.checksums import ChunkChecksums
+from stempress.data.checksums import ALGORITHM, ChunkChecksums
 from stempress.data.emd import data_path, prepare_layout, write_source_metadata
 from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
@@ -138,24 +138,45 @@ class ArchiveSink:
         # a durable file is fsynced when complete: have the kernel write its chunks while the rest are made
         self.writeback = EarlyWriteback(tmp if spec.durable else None)
         self._stack.callback(self.writeback.close)
-        group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
-        kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
+        self._kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
             spec.codec.h5_kwargs() if spec.codec is not None else {})
-        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs, maxshape)
-        self.expected = None
-        if spec.truth is not None:
-            self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.dset.chunks,
-                                                kwargs)
-        self.row_multiple = self.dset.chunks[0] if self.dset.chunks else 1  # h5py may chunk for a filter itself
-        self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.dset.chunks else None
+        self._maxshape = maxshape
+        self.dset: h5py.Dataset | None = None
+        self.expected: h5py.Dataset | None = None
+        self.checksums: ChunkChecksums | None = None
         self.stages = {"encode": 0.0, "checksum": 0.0, "write": 0.0, "wait": 0.0, "publish": 0.0}
-        # the chunk task holds the codec's configuration only, so it pickles to worker processes and Dask workers
-        self.encoder = (ChunkEncoder(self.chunk_codec, tuple(self.dset.chunks), self.dset.fillvalue,
-                                     tuple(self.dset.shape), self.checksums.algorithm if self.checksums else None)
-                        if self.chunk_codec is not None else None)
+        self.encoder: ChunkEncoder | None = None
+        self._fill = np.zeros((), info.dtype)[()]  # h5py's default fill value, the dataset's
+        if self.chunk_codec is None:
+            self._prepare()  # h5py may chunk for a filter itself: row_multiple comes from the dataset
+        else:
+            # the layout and dataset are made at the first store (``_prepare``), so the first chunks already
+            # compress on the workers while this thread builds the EMD tree (5-10 ms of HDF5 calls, the same calls
+            # in the same order: the same file). The chunk task holds the codec's configuration only, so it
+            # pickles to worker processes and Dask workers; the fill value is h5py's default, as the dataset's.
+            self.row_multiple = self.chunks[0]  # type: ignore[index]
+            self.encoder = ChunkEncoder(self.chunk_codec, tuple(self.chunks), self._fill, tuple(info.shape),  # type: ignore[arg-type]
+                                        ALGORITHM if spec.checksums else None)
         self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if info.metadata.get("live") else None
         self._pending: deque[tuple[tuple[int, ...], tuple[int, ...], Future[EncodedChunk]]] = deque()
         self._in_flight = in_flight_for(self.executor.workers)  # once: a Dask executor asks its scheduler
+
+    def _prepare(self) -> None:
+        """The file's layout (EMD tree), the cube's dataset, ``expected`` and the checksum record, once."""
+        if self.dset is not None:
+            return
+        spec, info, kwargs = self.spec, self.info, self._kwargs
+        group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
+        dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs, self._maxshape)
+        if spec.truth is not None:
+            self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), dset.chunks,
+                                                kwargs)
+        self.row_multiple = dset.chunks[0] if dset.chunks else 1
+        self.checksums = ChunkChecksums.for_dataset(dset) if spec.checksums and dset.chunks else None
+        if self.encoder is not None and (tuple(dset.chunks) != tuple(self.chunks)  # type: ignore[arg-type]
+                                         or dset.fillvalue != self._fill or tuple(dset.shape) != tuple(info.shape)):
+            raise AssertionError(f"{dset.name}: chunks {dset.chunks}, fill {dset.fillvalue!r}, not the encoder's")
+        self.dset = dset
 
     def consume(self, block: Block) -> None:
         with writing(Path(self.spec.path)):  # a full disk here is one line naming OUT, as inside atomic_output
@@ -170,8 +191,11 @@ class ArchiveSink:
             self._direct(block)
         else:
             self._filtered(block)
-        if self.expected is not None:
-            self.expected[block.start:block.stop] = self.spec.truth(block.start, block.stop)  # type: ignore[misc]
+        if self.spec.truth is not None:
+            while self._pending:  # the block's chunks before its expected counts, in the file as ever
+                self._store_next()
+            self._prepare()
+            self.expected[block.start:block.stop] = self.spec.truth(block.start, block.stop)  # type: ignore[index]
 
     def _direct(self, block: Block) -> None:
         """Submit the block's chunks, storing encoded ones in grid order whenever ``in_flight`` are pending.
@@ -179,9 +203,10 @@ class ArchiveSink:
         the last): draining at every block's end left workers idle while the slowest chunk finished and the
         next block came (half a chunk per worker per block). Pending chunks keep their block alive, so memory
         is at most one block more."""
-        data = block_data(block, self.dset)
+        chunks = tuple(self.chunks)  # type: ignore[arg-type]
+        data = whole_chunk_rows(block, self.info.shape, chunks, self.info.dtype, self.target)
         pending = self._pending
-        for index, offset, piece in chunk_pieces(block.start, data, self.dset.chunks):
+        for index, offset, piece in chunk_pieces(block.start, data, chunks):
             while len(pending) >= self._in_flight:
                 self._store_next()
             pending.append((index, offset, self.executor.submit(self.encoder, (index, piece))))
@@ -198,8 +223,9 @@ class ArchiveSink:
 
     def _store(self, index: tuple[int, ...], offset: tuple[int, ...], stored: bytes, stored_crc: int, raw_crc: int,
                encode_s: float, crc_s: float) -> None:
+        self._prepare()
         t0 = time.perf_counter()
-        self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+        self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)  # type: ignore[union-attr]
         self.writeback.wrote(len(stored))
         if self.checksums is not None:
             self.checksums.add_values(index, stored_crc, raw_crc)
@@ -215,7 +241,7 @@ class ArchiveSink:
 
     def partial(self, rows: tuple[int, int]) -> EncodedRows:
         assert self.encoder is not None, "open the sink first"
-        return EncodedRows(self.encoder, np.dtype(self.dset.dtype), self.dset.name)
+        return EncodedRows(self.encoder, np.dtype(self.info.dtype), self.target)
 
     def merge(self, part: EncodedRows) -> None:
         """Write a partition's compressed chunks (partitions arrive in row order, so chunks in grid order)."""
@@ -225,8 +251,9 @@ class ArchiveSink:
     def _merge(self, part: EncodedRows) -> None:
         for index, offset, stored, stored_crc, raw_crc, encode_s, crc_s in part.chunks:
             self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
-        if self.expected is not None:
-            self.expected[part.start:part.stop] = self.spec.truth(part.start, part.stop)  # type: ignore[misc]
+        if self.spec.truth is not None:
+            self._prepare()
+            self.expected[part.start:part.stop] = self.spec.truth(part.start, part.stop)  # type: ignore[index]
 
     def _filtered(self, block: Block) -> None:
         t0 = time.perf_counter()
@@ -248,6 +275,7 @@ class ArchiveSink:
             return self._finish()
 
     def _finish(self) -> ArchiveResult:
+        self._prepare()  # a run with no block still leaves a complete file
         while self._pending:
             self._store_next()
         if self.checksums is not None:
