@@ -75,6 +75,14 @@ def filter_path_seconds(source, codec, chunks, scratch: Path) -> float:
     return seconds
 
 
+def fresh_compress(source, out: Path, codec: str, workers: int):
+    """``compress`` into a new file, deleted afterwards, as the filter path's file is: replacing the last run's
+    file would time the deletion of its blocks too (ms per 20 MiB on a file system mounted with discard)."""
+    report = compress(source, out, codec=codec, workers=workers, force=True)
+    out.unlink()
+    return report
+
+
 def stages_table(sources, codecs: list[str], workers: int, runs: int, scratch: Path) -> None:
     print(f"\ncompress vs h5py's filter path (median of {runs}), {workers} workers; stages of the {workers}-worker "
           "compress in seconds (encode and checksum summed over workers)")
@@ -87,9 +95,9 @@ def stages_table(sources, codecs: list[str], workers: int, runs: int, scratch: P
             filt, one, many, stages, reads = [], [], [], [], []
             for _ in range(runs):
                 filt.append(filter_path_seconds(source, codec, chunks, scratch))
-                one.append(compress(source, scratch / "one.h5", codec=name, workers=1, force=True).seconds)
+                one.append(fresh_compress(source, scratch / "one.h5", name, 1).seconds)
                 timed = TimedSource(source)
-                report = compress(timed, scratch / "many.h5", codec=name, workers=workers, force=True)
+                report = fresh_compress(timed, scratch / "many.h5", name, workers)
                 many.append(report.seconds)
                 stages.append(report.stages)
                 reads.append(timed.read_s)

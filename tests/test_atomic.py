@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from stempress import atomic
 from stempress.atomic import HOST_TAG, atomic_output, partial_folder, stale_partials, watch_outputs
 from stempress.errors import StempressError
 from tiny_fs import tiny_fs
@@ -180,3 +181,41 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
         assert done.returncode == 1, done.stderr
         assert "no space left" in done.stdout and str(out) in done.stdout
         assert list(disk.iterdir()) == []
+
+
+@pytest.mark.skipif(atomic._SYNC_FILE_RANGE is None, reason="sync_file_range is Linux's")
+def test_early_writeback_starts_the_kernel_writing_every_so_many_bytes_and_never_for_no_file(tmp_path, monkeypatch):
+    calls: list[tuple[int, int]] = []
+    real = atomic._SYNC_FILE_RANGE
+    monkeypatch.setattr(atomic, "_SYNC_FILE_RANGE", lambda fd: calls.append((fd, real(fd))) or 0)
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(64 * 1024))
+    writeback = atomic.EarlyWriteback(path, every=40 * 1024)
+    writeback.wrote(30 * 1024)
+    assert calls == []
+    writeback.wrote(30 * 1024)  # 60 KiB reported: past 40 KiB once
+    assert len(calls) == 1 and calls[0][1] == 0  # the real call, on the file's own descriptor, succeeded
+    assert os.path.samefile(f"/proc/self/fd/{calls[0][0]}", path)
+    writeback.close()
+    writeback.wrote(100 * 1024)  # closed: nothing more
+    none = atomic.EarlyWriteback(None, every=1)
+    none.wrote(10)
+    assert len(calls) == 1
+
+
+def test_a_durable_archive_has_its_chunks_written_back_while_it_is_made(tmp_path, monkeypatch):
+    import numpy as np
+
+    from stempress.data.base import ArraySource
+    from stempress.store.compress import compress
+
+    calls: list[int] = []
+    monkeypatch.setattr(atomic, "WRITEBACK_BYTES", 1)  # after every chunk
+    if atomic._SYNC_FILE_RANGE is not None:
+        real = atomic._SYNC_FILE_RANGE
+        monkeypatch.setattr(atomic, "_SYNC_FILE_RANGE", lambda fd: calls.append(real(fd)) or 0)
+    cube = np.random.default_rng(0).poisson(1.0, (4, 4, 16, 16)).astype(np.uint16)
+    report = compress(ArraySource(cube), tmp_path / "a.h5", codec="blosc_lz4", chunks=(2, 4, 16, 16), workers=2)
+    assert report.direct and report.path.exists()
+    if atomic._SYNC_FILE_RANGE is not None:
+        assert calls == [0, 0]  # once per chunk, each a successful call

@@ -247,6 +247,33 @@ def test_edge_chunks_are_padded_with_the_fill_value(tmp_path: Path) -> None:
     assert chunk[0, 0, 0, 0] == 1 and (chunk[1] == 9).all() and (chunk[0, 0, 1:] == 9).all()
 
 
+class _ViewCodec:
+    """A codec whose encode hands back a view of its input (as a careless one might): the encoder must copy it."""
+
+    name = "view"
+
+    def encode(self, chunk: np.ndarray) -> memoryview:
+        return memoryview(chunk.reshape(-1).view(np.uint8))
+
+
+@pytest.mark.parametrize("codec_name", ["none", "blosc_lz4", "view"])
+def test_chunks_encoded_one_after_another_in_a_thread_do_not_share_the_gather_buffer(codec_name: str) -> None:
+    chunks, shape = (2, 2, 4, 4), (3, 4, 5, 4)
+    cube = np.random.default_rng(3).integers(0, 60000, size=shape, dtype=np.uint16)
+    codec = _ViewCodec() if codec_name == "view" else chunk_codec_for(CATALOG[codec_name], np.dtype("u2"))
+    encoder = ChunkEncoder(codec, chunks, np.uint16(9), shape, ALGORITHM)  # type: ignore[arg-type]
+    pieces = [((0, 0, 0, 0), cube[:2, :2, :4]), ((1, 1, 1, 0), cube[2:, 2:, 4:]), ((0, 1, 0, 0), cube[:2, 2:, :4])]
+    results = [encoder(item) for item in pieces]  # one thread: each chunk is gathered into the same buffer
+    record = ChunkChecksums("d", chunks, (2, 2, 2, 1))
+    for (_index, piece), (stored, stored_crc, raw_crc, *_) in zip(pieces, results, strict=True):
+        expected = np.full(chunks, 9, np.uint16)
+        expected[tuple(slice(0, n) for n in piece.shape)] = piece
+        back = np.frombuffer(stored, np.uint16).reshape(chunks) if codec_name == "view" else \
+            codec.decode(stored, chunks, np.dtype("u2"))
+        np.testing.assert_array_equal(back, expected)
+        assert type(stored) is bytes and (stored_crc, raw_crc) == (record.crc(stored), record.crc(expected))
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_blocks_not_on_chunk_rows_are_regrouped_by_the_engine(rows: int, tmp_path: Path) -> None:
     codec = CATALOG["gzip_1"]

@@ -114,7 +114,8 @@ class Bitshuffle(Hdf5Codec):
         else:
             level = _DEFAULT_ZSTD_LEVEL if self.clevel is None else self.clevel
             body = bitshuffle.compress_zstd(flat, block, level)
-        return struct.pack(">QI", flat.nbytes, block * flat.dtype.itemsize) + body.tobytes()
+        # one copy of the compressed body into the result (``+ body.tobytes()`` made two)
+        return b"".join((struct.pack(">QI", flat.nbytes, block * flat.dtype.itemsize), body))
 
     def decode(self, data: bytes, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
         _one_openmp_thread()

@@ -10,6 +10,7 @@ memory is a block plus a few chunks per worker, never the cube.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -111,16 +112,43 @@ def full_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.n
     return full
 
 
-def _padded_and_encoded(codec: ChunkCodec, piece: np.ndarray, chunks: tuple[int, ...], fill: object, index: Index,
-                        shape: Sequence[int]) -> tuple[np.ndarray, bytes]:
-    chunk = full_chunk(piece, chunks, fill)
+#: Chunks up to this size are gathered into one buffer per thread, reused chunk after chunk: a fresh array per
+#: chunk costs a page fault per 4 KiB on every chunk (on 2 cores, the gather of an 8 MiB chunk went from ~3 ms to
+#: ~1 ms of CPU, as much as LZ4 itself saves over the filter path). Larger chunks allocate (memory stays bounded).
+SCRATCH_MAX_BYTES = 64 * 1024**2
+_scratch = threading.local()
+
+
+def gathered_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.ndarray:
+    """``full_chunk`` of ``piece``, for an encoder: the piece itself when it already is a whole contiguous chunk,
+    else copied into this thread's reusable buffer, so the result is only valid until this thread's next call."""
+    if piece.shape == chunks and piece.flags.c_contiguous:
+        return piece
+    nbytes = int(np.prod(chunks, dtype=np.int64)) * piece.dtype.itemsize
+    if nbytes > SCRATCH_MAX_BYTES or piece.dtype.hasobject:
+        return full_chunk(piece, chunks, fill)
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _scratch.buffer = np.empty(nbytes, np.uint8)
+    out = buffer[:nbytes].view(piece.dtype).reshape(chunks)
+    if piece.shape == chunks:
+        np.copyto(out, piece)
+    else:  # an edge chunk: the fill value around the piece, as np.full (full_chunk) makes it
+        np.copyto(out, fill, casting="unsafe")
+        out[tuple(slice(0, n) for n in piece.shape)] = piece
+    return out
+
+
+def _encoded(codec: ChunkCodec, chunk: np.ndarray, index: Index, chunks: tuple[int, ...],
+             shape: Sequence[int]) -> bytes:
     try:
-        return chunk, codec.encode(chunk)
+        stored = codec.encode(chunk)
     except StempressError:
         raise
     except Exception as exc:
         raise StempressError(f"compressing {scan_position(index, chunks, shape)} with {codec.name} failed: {exc}") \
             from exc
+    return stored if isinstance(stored, bytes) else bytes(stored)  # never a view of the reused gather buffer
 
 
 @dataclass(frozen=True)
@@ -129,7 +157,8 @@ class ChunkEncoder:
 
     Why a module-level class holding only the codec's configuration: a remote executor (processes, Dask) must
     pickle the task, and a worker there cannot fill the writer's checksum record, so the CRCs travel back with
-    the bytes (``ChunkChecksums.add_values``). ``algorithm`` None: no checksums (both CRCs 0)."""
+    the bytes (``ChunkChecksums.add_values``). ``algorithm`` None: no checksums (both CRCs 0). The chunk is
+    gathered once (``gathered_chunk``), and encoded and checksummed from that one copy in the same task."""
 
     codec: ChunkCodec
     chunks: tuple[int, ...]
@@ -141,7 +170,8 @@ class ChunkEncoder:
         """(stored bytes, stored CRC, raw CRC, seconds encoding incl. padding, seconds checksumming)."""
         index, piece = item
         t0 = time.perf_counter()
-        chunk, stored = _padded_and_encoded(self.codec, piece, self.chunks, self.fill, index, self.shape)
+        chunk = gathered_chunk(piece, self.chunks, self.fill)
+        stored = _encoded(self.codec, chunk, index, self.chunks, self.shape)
         t1 = time.perf_counter()
         stored_crc, raw_crc = chunk_crcs(self.algorithm, stored, chunk) if self.algorithm else (0, 0)
         return stored, stored_crc, raw_crc, t1 - t0, time.perf_counter() - t1

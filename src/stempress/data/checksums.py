@@ -40,7 +40,9 @@ def _crc32(data: _Buffer) -> int:
 
 
 def _crc32c_function() -> Callable[[_Buffer], int] | None:
-    """The fastest CRC32C here, or None. google-crc32c wants read-only bytes, so buffers are copied first."""
+    """The fastest CRC32C here, or None. google-crc32c takes read-only buffers only, so other buffers go in as a
+    read-only view of the same memory, not a copy: copying an 8 MiB chunk cost more CPU than its CRC. (It releases
+    the GIL for ``bytes`` of 1 MiB and more only; on a view it holds the GIL for the CRC, ~0.7 ms per 8 MiB.)"""
     try:
         import google_crc32c
     except ImportError:
@@ -49,8 +51,12 @@ def _crc32c_function() -> Callable[[_Buffer], int] | None:
         return None
 
     def crc32c(data: _Buffer) -> int:
+        if isinstance(data, memoryview) and not data.c_contiguous:
+            data = data.tobytes()
         if not isinstance(data, bytes):
-            data = data.tobytes() if isinstance(data, np.ndarray | memoryview) else bytes(data)
+            view = np.ascontiguousarray(data) if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+            data = view.view()
+            data.flags.writeable = False
         return int(google_crc32c.value(data))
 
     return crc32c

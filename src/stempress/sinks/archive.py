@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,20 +22,22 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.atomic import atomic_output, check_new_output, writing
+from stempress.atomic import EarlyWriteback, atomic_output, check_new_output, writing
 from stempress.codecs.base import ChunkCodec
 from stempress.codecs.catalog import Codec
 from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import create_cube_dataset
-from stempress.codecs.parallel import ChunkEncoder, block_data, chunk_pieces, full_chunk, whole_chunk_rows
+from stempress.codecs.parallel import ChunkEncoder, chunk_pieces, full_chunk, whole_chunk_rows
 from stempress.data.base import Block
-from stempress.data.checksums import ChunkChecksums
+from stempress.data.checksums import ALGORITHM, ChunkChecksums
 from stempress.data.emd import data_path, prepare_layout, write_source_metadata
-from stempress.exec.base import Executor
+from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.sinks.protocol import RunInfo
 
+#: What a chunk task returns (``ChunkEncoder``): stored bytes, stored CRC, raw CRC, encode and CRC seconds.
+EncodedChunk = tuple[bytes, int, int, float, float]
 #: The dataset beside the cube marking which frames arrived (live streams).
 RECEIVED = "received"
 #: Chunk bytes per worker in one block, so every worker has chunks to compress while the next block is read.
@@ -131,22 +135,48 @@ class ArchiveSink:
             tmp = Path(spec.path)
             self._stack.callback(_delete_unless_finished, self, tmp)
         self.file = self._stack.enter_context(h5py.File(tmp, "w"))
-        group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
-        kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
+        # a durable file is fsynced when complete: have the kernel write its chunks while the rest are made
+        self.writeback = EarlyWriteback(tmp if spec.durable else None)
+        self._stack.callback(self.writeback.close)
+        self._kwargs = dict(spec.filter_kwargs) if spec.filter_kwargs is not None else (
             spec.codec.h5_kwargs() if spec.codec is not None else {})
-        self.dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs, maxshape)
-        self.expected = None
-        if spec.truth is not None:
-            self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), self.dset.chunks,
-                                                kwargs)
-        self.row_multiple = self.dset.chunks[0] if self.dset.chunks else 1  # h5py may chunk for a filter itself
-        self.checksums = ChunkChecksums.for_dataset(self.dset) if spec.checksums and self.dset.chunks else None
+        self._maxshape = maxshape
+        self.dset: h5py.Dataset | None = None
+        self.expected: h5py.Dataset | None = None
+        self.checksums: ChunkChecksums | None = None
         self.stages = {"encode": 0.0, "checksum": 0.0, "write": 0.0, "wait": 0.0, "publish": 0.0}
-        # the chunk task holds the codec's configuration only, so it pickles to worker processes and Dask workers
-        self.encoder = (ChunkEncoder(self.chunk_codec, tuple(self.dset.chunks), self.dset.fillvalue,
-                                     tuple(self.dset.shape), self.checksums.algorithm if self.checksums else None)
-                        if self.chunk_codec is not None else None)
+        self.encoder: ChunkEncoder | None = None
+        self._fill = np.zeros((), info.dtype)[()]  # h5py's default fill value, the dataset's
+        if self.chunk_codec is None:
+            self._prepare()  # h5py may chunk for a filter itself: row_multiple comes from the dataset
+        else:
+            # the layout and dataset are made at the first store (``_prepare``), so the first chunks already
+            # compress on the workers while this thread builds the EMD tree (5-10 ms of HDF5 calls, the same calls
+            # in the same order: the same file). The chunk task holds the codec's configuration only, so it
+            # pickles to worker processes and Dask workers; the fill value is h5py's default, as the dataset's.
+            self.row_multiple = self.chunks[0]  # type: ignore[index]
+            self.encoder = ChunkEncoder(self.chunk_codec, tuple(self.chunks), self._fill, tuple(info.shape),  # type: ignore[arg-type]
+                                        ALGORITHM if spec.checksums else None)
         self.received: np.ndarray | None = np.ones(info.shape[:2], bool) if info.metadata.get("live") else None
+        self._pending: deque[tuple[tuple[int, ...], tuple[int, ...], Future[EncodedChunk]]] = deque()
+        self._in_flight = in_flight_for(self.executor.workers)  # once: a Dask executor asks its scheduler
+
+    def _prepare(self) -> None:
+        """The file's layout (EMD tree), the cube's dataset, ``expected`` and the checksum record, once."""
+        if self.dset is not None:
+            return
+        spec, info, kwargs = self.spec, self.info, self._kwargs
+        group, name = prepare_layout(self.file, spec.layout, info.metadata, spec.dataset_path)
+        dset = create_cube_dataset(group, name, info.shape, info.dtype, self.chunks, kwargs, self._maxshape)
+        if spec.truth is not None:
+            self.expected = create_cube_dataset(group, "expected", info.shape, np.dtype(np.float32), dset.chunks,
+                                                kwargs)
+        self.row_multiple = dset.chunks[0] if dset.chunks else 1
+        self.checksums = ChunkChecksums.for_dataset(dset) if spec.checksums and dset.chunks else None
+        if self.encoder is not None and (tuple(dset.chunks) != tuple(self.chunks)  # type: ignore[arg-type]
+                                         or dset.fillvalue != self._fill or tuple(dset.shape) != tuple(info.shape)):
+            raise AssertionError(f"{dset.name}: chunks {dset.chunks}, fill {dset.fillvalue!r}, not the encoder's")
+        self.dset = dset
 
     def consume(self, block: Block) -> None:
         with writing(Path(self.spec.path)):  # a full disk here is one line naming OUT, as inside atomic_output
@@ -161,25 +191,42 @@ class ArchiveSink:
             self._direct(block)
         else:
             self._filtered(block)
-        if self.expected is not None:
-            self.expected[block.start:block.stop] = self.spec.truth(block.start, block.stop)  # type: ignore[misc]
+        if self.spec.truth is not None:
+            while self._pending:  # the block's chunks before its expected counts, in the file as ever
+                self._store_next()
+            self._prepare()
+            self.expected[block.start:block.stop] = self.spec.truth(block.start, block.stop)  # type: ignore[index]
 
     def _direct(self, block: Block) -> None:
-        data = block_data(block, self.dset)
-        pieces = list(chunk_pieces(block.start, data, self.dset.chunks))
-        encoded = self.executor.map_ordered(self.encoder, [(index, piece) for index, _offset, piece in pieces])
-        stages = self.stages
-        for index, offset, _piece in pieces:
-            t0 = time.perf_counter()
-            stored, stored_crc, raw_crc, encode_s, crc_s = next(encoded)
-            t1 = time.perf_counter()
-            self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
-            stages["wait"] += t1 - t0
+        """Submit the block's chunks, storing encoded ones in grid order whenever ``in_flight`` are pending.
+        Chunks still encoding when the block is submitted stay pending into the next block (``finish`` stores
+        the last): draining at every block's end left workers idle while the slowest chunk finished and the
+        next block came (half a chunk per worker per block). Pending chunks keep their block alive, so memory
+        is at most one block more."""
+        chunks = tuple(self.chunks)  # type: ignore[arg-type]
+        data = whole_chunk_rows(block, self.info.shape, chunks, self.info.dtype, self.target)
+        pending = self._pending
+        for index, offset, piece in chunk_pieces(block.start, data, chunks):
+            while len(pending) >= self._in_flight:
+                self._store_next()
+            pending.append((index, offset, self.executor.submit(self.encoder, (index, piece))))
+        while pending and pending[0][2].done():  # what is encoded already, without waiting
+            self._store_next()
+
+    def _store_next(self) -> None:
+        """Store the oldest pending chunk, waiting for it (a failed encode is raised here, in grid order)."""
+        index, offset, future = self._pending.popleft()
+        t0 = time.perf_counter()
+        stored, stored_crc, raw_crc, encode_s, crc_s = future.result()
+        self.stages["wait"] += time.perf_counter() - t0
+        self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
 
     def _store(self, index: tuple[int, ...], offset: tuple[int, ...], stored: bytes, stored_crc: int, raw_crc: int,
                encode_s: float, crc_s: float) -> None:
+        self._prepare()
         t0 = time.perf_counter()
-        self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)
+        self.dset.id.write_direct_chunk(offset, stored, filter_mask=0)  # type: ignore[union-attr]
+        self.writeback.wrote(len(stored))
         if self.checksums is not None:
             self.checksums.add_values(index, stored_crc, raw_crc)
         stages = self.stages
@@ -194,7 +241,7 @@ class ArchiveSink:
 
     def partial(self, rows: tuple[int, int]) -> EncodedRows:
         assert self.encoder is not None, "open the sink first"
-        return EncodedRows(self.encoder, np.dtype(self.dset.dtype), self.dset.name)
+        return EncodedRows(self.encoder, np.dtype(self.info.dtype), self.target)
 
     def merge(self, part: EncodedRows) -> None:
         """Write a partition's compressed chunks (partitions arrive in row order, so chunks in grid order)."""
@@ -204,12 +251,14 @@ class ArchiveSink:
     def _merge(self, part: EncodedRows) -> None:
         for index, offset, stored, stored_crc, raw_crc, encode_s, crc_s in part.chunks:
             self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
-        if self.expected is not None:
-            self.expected[part.start:part.stop] = self.spec.truth(part.start, part.stop)  # type: ignore[misc]
+        if self.spec.truth is not None:
+            self._prepare()
+            self.expected[part.start:part.stop] = self.spec.truth(part.start, part.stop)  # type: ignore[index]
 
     def _filtered(self, block: Block) -> None:
         t0 = time.perf_counter()
         self.dset[block.start:block.stop] = block.data  # HDF5 encodes and writes in one call
+        self.writeback.wrote(block.data.nbytes)  # raw bytes: the stored ones are HDF5's to know
         self.stages["write"] += time.perf_counter() - t0
         if self.checksums is None:
             return
@@ -226,6 +275,9 @@ class ArchiveSink:
             return self._finish()
 
     def _finish(self) -> ArchiveResult:
+        self._prepare()  # a run with no block still leaves a complete file
+        while self._pending:
+            self._store_next()
         if self.checksums is not None:
             self.checksums.save(self.file)
         if self.spec.provenance:
@@ -245,7 +297,10 @@ class ArchiveSink:
                              dict(self.stages))
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Close and delete the partial file (chunks not yet encoding are cancelled, the rest discarded)."""
+        pending, self._pending = getattr(self, "_pending", deque()), deque()
+        for *_, future in pending:
+            future.cancel()
         if self._stack is not None:
             stack, self._stack = self._stack, None
             with contextlib.suppress(_Aborted):
