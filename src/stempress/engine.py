@@ -238,11 +238,12 @@ def _run_partitions(source: Dataset4D, sinks: Sequence[MergeableSink], info: Run
     with executor.progress_link(remote.update) if executor.remote else contextlib.nullcontext(None) as link:
         tasks = (_PartitionTask(where, info.for_rows(*r), [s.partial(r) for s in sinks], step, local, (i, link))
                  for i, r in enumerate(ranges))
-        for i, (parts, nbytes) in enumerate(executor.map_ordered(_run_partition, tasks)):
-            for sink, part in zip(sinks, parts, strict=True):
-                sink.merge(part)
-            if executor.remote:
-                remote.update(i, nbytes)
+        with closing_iterator(executor.map_ordered(_run_partition, tasks)) as done:
+            for i, (parts, nbytes) in enumerate(done):
+                for sink, part in zip(sinks, parts, strict=True):
+                    sink.merge(part)
+                if executor.remote:
+                    remote.update(i, nbytes)
 
 
 class _PartitionTask:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
@@ -40,7 +40,8 @@ class Executor(ABC):
 
     def map_ordered(self, fn: Callable[[T], R], items: Iterable[T], in_flight: int | None = None) -> Iterator[R]:
         """``fn(item)`` for each item, yielded in input order, with at most ``in_flight`` pending; a failure is
-        raised when its turn comes and the tasks not yet started are cancelled."""
+        raised when its turn comes, the tasks not yet started are cancelled and the running ones are waited for,
+        so none still writes when the caller cleans up after the failure."""
         bound = in_flight_for(self.workers, in_flight)
         pending: deque[Future[R]] = deque()
         try:
@@ -53,6 +54,7 @@ class Executor(ABC):
         finally:
             for future in pending:
                 future.cancel()
+            wait([f for f in pending if isinstance(f, Future) and not f.cancelled()])  # a cluster's run remotely
 
     def progress_link(self, report: Callable[[int, int], None]
                       ) -> AbstractContextManager[Callable[[int, int], None] | None]:
