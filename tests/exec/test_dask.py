@@ -648,3 +648,20 @@ def test_workers_dying_again_and_again_stop_compress_in_one_line_with_no_output(
         compress(source, out, codec="gzip_6", chunks=CHUNKS, executor=dask)
     assert "\n" not in str(caught.value)
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary partial
+
+
+def _killed(name: str) -> None:
+    from types import SimpleNamespace
+
+    from distributed import KilledWorker
+
+    raise KilledWorker(name, SimpleNamespace(address="tcp://10.0.0.9:40000"), 3)  # as the scheduler words it
+
+
+def test_a_task_result_read_outside_the_ordered_map_words_a_lost_worker_in_one_line(dask: DaskExecutor) -> None:
+    """The archive writer reads its chunks' futures itself (executor.result): a cluster that keeps losing workers
+    is still said in one line there, and a task's own error comes through as it was."""
+    with pytest.raises(StempressError, match="Dask workers died running encode-chunk several times"):
+        dask.result(dask.submit(_killed, "encode-chunk"))
+    with pytest.raises(ZeroDivisionError):
+        dask.result(dask.submit(divmod, 1, 0))

@@ -38,6 +38,10 @@ class Executor(ABC):
     def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
         """Start ``fn(*args)``; the result comes back through the future."""
 
+    def result(self, future: Future[R]) -> R:
+        """A submitted task's result, or its failure as this executor words it (a lost cluster in one line)."""
+        return future.result()
+
     def map_ordered(self, fn: Callable[[T], R], items: Iterable[T], in_flight: int | None = None) -> Iterator[R]:
         """``fn(item)`` for each item, yielded in input order, with at most ``in_flight`` pending; a failure is
         raised when its turn comes, the tasks not yet started are cancelled and the running ones are waited for,
@@ -47,10 +51,10 @@ class Executor(ABC):
         try:
             for item in items:
                 while len(pending) >= bound:
-                    yield pending.popleft().result()
+                    yield self.result(pending.popleft())
                 pending.append(self.submit(fn, item))
             while pending:
-                yield pending.popleft().result()
+                yield self.result(pending.popleft())
         finally:
             for future in pending:
                 future.cancel()

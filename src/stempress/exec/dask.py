@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stempress.cores import resolve_workers
@@ -154,13 +154,13 @@ class DaskExecutor(Executor):
         """``fn(*args)`` on a worker; ``pure=False``: every call runs (no hashing of large arguments)."""
         return self.client.submit(fn, *args, pure=False)  # type: ignore[return-value]
 
-    def map_ordered(self, fn: Callable[[T], R], items: Iterable[T], in_flight: int | None = None) -> Iterator[R]:
+    def result(self, future: Future[R]) -> R:
         """As every executor's, with a cluster failure (workers lost again and again, the scheduler gone) said
         in one line; a task's own error is raised as it was."""
         from distributed import KilledWorker
 
         try:
-            yield from super().map_ordered(fn, items, in_flight)
+            return future.result()
         except KilledWorker as exc:
             raise StempressError(f"Dask workers died running {exc.args[0] if exc.args else 'a task'} several "
                                  "times; check the workers' memory limit and logs") from None

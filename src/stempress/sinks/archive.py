@@ -217,7 +217,7 @@ class ArchiveSink:
         """Store the oldest pending chunk, waiting for it (a failed encode is raised here, in grid order)."""
         index, offset, future = self._pending.popleft()
         t0 = time.perf_counter()
-        stored, stored_crc, raw_crc, encode_s, crc_s = future.result()
+        stored, stored_crc, raw_crc, encode_s, crc_s = self.executor.result(future)
         self.stages["wait"] += time.perf_counter() - t0
         self._store(index, offset, stored, stored_crc, raw_crc, encode_s, crc_s)
 
