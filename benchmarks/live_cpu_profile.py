@@ -1,14 +1,23 @@
 """CPU time per frame, stage by stage, of ``stempress live``'s receive path (Merlin 256x256, 12-bit and 1-bit).
 
     python benchmarks/live_cpu_profile.py                 # both modes, 48 scan rows of 256 frames each
-    python benchmarks/live_cpu_profile.py --rows 32 --modes 1bit
+    python benchmarks/live_cpu_profile.py --rows 32 --modes 1bit --codec blosc_zstd
+    python benchmarks/live_cpu_profile.py --codec-table   # archive codecs on these frames: encode CPU and ratio
 
 A sender process replays pre-built Merlin records over localhost as fast as TCP takes them (its own CPU is not
 counted); this process receives them with ``acquire.receive`` (as ``stempress live`` does: default reducers into a
-reduced file, a blosc_zstd archive, one worker, so every stage runs on this process's two threads). Each stage is
-timed with ``time.thread_time`` (CPU of the thread that runs it, not wall time, so a loaded machine or a waiting
-thread does not inflate it). Prints microseconds of CPU per frame per stage, the process's total CPU per frame and
-the frames/s one core could take at that cost.
+reduced file, the archive in the stream's default codec (blosc_zstd; blosc_lz4_bitshuffle for 1-bit) unless
+``--codec``, one worker, so every stage runs on this process's two threads). Each stage is timed with
+``time.thread_time`` (CPU of the thread that runs it, not wall time, so a loaded machine or a waiting thread does
+not inflate it). The first ``--warmup-rows`` are received but not counted: the row assembler's first slabs are
+fresh memory whose first touch (page faults) costs more than the copy into it, a cost of the scan's first three
+slabs only (of 16 in a 256x256 scan). Prints microseconds of CPU per frame per stage, the process's total CPU per
+frame and the frames/s one core could take at that cost.
+
+Measured 2026-12-07 (2 cores, load ~5, steady state; before = 50b3448): 12-bit 841 -> 774 us/frame (within noise;
+blosc_zstd's encode ~550 of it: Blosc clevel 3 is zstd level 5), 1-bit binary 628 -> 218 (the archive's 1-bit
+default, blosc_lz4_bitshuffle: encode 475 -> 62), 1-bit raw 653 -> 203. With --warmup-rows 0 the first two slabs'
+page faults add ~230 (12-bit) / ~50-70 (1-bit) us per frame over the first 32 rows.
 """
 
 from __future__ import annotations
@@ -29,16 +38,20 @@ from live_throughput import DET, SCAN_X, TARGETS, base_frames
 
 MODES = {"12bit": 12, "1bit": 1}
 STAGES: dict[str, float] = defaultdict(float)
+CODECS: dict[str, str] = {}
+TABLE_CODECS = ("blosc_zstd,blosc_lz4,blosc_lz4_bitshuffle,blosc_zstd_bitshuffle,blosc_blosclz_bitshuffle,"
+                "bitshuffle_lz4,bitshuffle_zstd,blosc2_lz4_bitshuffle,blosc2_zstd_bitshuffle,zstd_1")
 
 
-def _sender(mode: str, n_frames: int, ports: Any) -> None:
-    """Child: serve ``n_frames`` Merlin records (cycling a few frames) to the first client, then close."""
+def _sender(mode: str, n_frames: int, ports: Any, raw: bool = False) -> None:
+    """Child: serve ``n_frames`` Merlin records (cycling a few frames; ``raw``: Merlin's R64 format, 1-bit packed)
+    to the first client, then close."""
     from stempress.data.mib import encode_frame
     from stempress.live.merlin import acquisition_header, mpx_message
 
     depth = MODES[mode]
     base = base_frames(mode)
-    records = [encode_frame(1, f, counter_depth=depth) for f in base]
+    records = [encode_frame(1, f, counter_depth=depth, raw=raw) for f in base]
     server = socket.create_server(("127.0.0.1", 0))
     ports.put(server.getsockname()[1])
     conn, _ = server.accept()
@@ -96,48 +109,106 @@ def instrument() -> None:
     accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
     stream.join = timed("regroup/join rows into chunk rows", stream.join)
     reduce.ReducerSink.consume = timed("reducers", reduce.ReducerSink.consume)
-    parallel.ChunkEncoder.__call__ = timed("archive encode (blosc_zstd)", parallel.ChunkEncoder.__call__)
+    parallel.ChunkEncoder.__call__ = timed("archive encode", parallel.ChunkEncoder.__call__)
     archive.ArchiveSink._store = timed("archive write (HDF5 direct chunk)", archive.ArchiveSink._store)
 
 
-def profile(mode: str, rows: int) -> tuple[dict[str, float], float, int]:
-    """Stage CPU seconds, total process CPU seconds and frames received for one mode."""
+class Warmup:
+    """A progress callback that, once ``rows`` scan rows are through every sink, takes the stage times, the process
+    CPU and the frames done so far, so they can be subtracted (the steady state without the cold start)."""
+
+    def __init__(self, rows: int, frame_bytes: int) -> None:
+        self.bytes, self.frame_bytes = rows * SCAN_X * frame_bytes, frame_bytes
+        self.stages: dict[str, float] = {}
+        self.cpu, self.frames = time.process_time(), 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.frames and self.bytes and done >= self.bytes:
+            self.stages, self.cpu, self.frames = dict(STAGES), time.process_time(), done // self.frame_bytes
+
+
+def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
+            raw: bool = False) -> tuple[dict[str, float], float, int]:
+    """Stage CPU seconds, total process CPU seconds and frames received for one mode, after ``warmup_rows``."""
     from stempress.acquire import receive
     from stempress.live import open_live
     from stempress.store.reducing import given_calibration
 
-    n = rows * SCAN_X
+    n = (rows + warmup_rows) * SCAN_X
     ctx = mp.get_context("spawn")
     ports = ctx.Queue()
-    sender = ctx.Process(target=_sender, args=(mode, n, ports), daemon=True)
+    sender = ctx.Process(target=_sender, args=(mode, n, ports, raw), daemon=True)
     sender.start()
     port = ports.get(timeout=120)
     STAGES.clear()
     with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
-        cpu0 = time.process_time()
-        source = open_live(f"merlin://127.0.0.1:{port}", (rows, SCAN_X), timeout=30)
+        source = open_live(f"merlin://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)
+        warm = Warmup(warmup_rows, source.frame_bytes)
         centre = ((DET - 1) / 2, (DET - 1) / 2)
         calibration = given_calibration(source, centre=centre, bf_radius=30)
-        receive(source, archive=Path(tmp) / "a.h5", codec="blosc_zstd", reduce=TARGETS,
-                reduced=Path(tmp) / "r.h5", calibration=calibration, workers=1)
-        cpu = time.process_time() - cpu0
+        extra = {} if codec is None else {"codec": codec}  # else the stream's default, as `stempress live` picks
+        report = receive(source, archive=Path(tmp) / "a.h5", reduce=TARGETS, reduced=Path(tmp) / "r.h5",
+                         calibration=calibration, workers=1, progress=warm, **extra)
+        cpu = time.process_time() - warm.cpu
     sender.join(30)
     if source.account.received != n:
         raise SystemExit(f"{mode}: received {source.account.received} of {n} frames ({source.account.ended})")
-    return dict(STAGES), cpu, n
+    assert report.archive is not None
+    CODECS[mode] = f"{report.archive.codec.name} (ratio {report.raw_bytes / report.archive.file_bytes:.1f})"
+    stages = {k: v - warm.stages.get(k, 0.0) for k, v in STAGES.items()}
+    return stages, cpu, n - warm.frames
+
+
+def codec_table(modes: list[str], names: list[str]) -> None:
+    """Each codec's encode CPU per frame (one thread) and ratio on a default chunk (16x16x128x128) of frames like
+    the benchmark's (all distinct), and that it decodes them bit-exactly."""
+    import numpy as np
+
+    from stempress.codecs.catalog import get_codec
+
+    for mode in modes:
+        frames = base_frames(mode, 256)  # distinct frames: a repeat inside a chunk would flatter some codecs
+        chunk = np.ascontiguousarray(frames.reshape(16, 16, DET, DET)[:, :, :128, :128])
+        print(f"{mode}: archive codecs on a 16x16x128x128 chunk (encode CPU per {DET}x{DET} frame, one thread):")
+        for name in names:
+            codec = get_codec(name).chunk_codec(chunk.dtype, threads=1)
+            stored = codec.encode(chunk)
+            assert np.array_equal(codec.decode(stored, chunk.shape, chunk.dtype), chunk), name
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.process_time()
+                for _ in range(3):
+                    codec.encode(chunk)
+                best = min(best, (time.process_time() - t0) / 3)
+            per_frame = best * (DET // 128) ** 2 / 256  # a frame is spread over 4 chunks of 256 frames each
+            print(f"  {name:<26} {1e6 * per_frame:8.1f} us/frame   ratio {chunk.nbytes / len(stored):6.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=48, help=f"scan rows of {SCAN_X} frames (default 48)")
     parser.add_argument("--modes", default="12bit,1bit", help="12bit and/or 1bit, separated by commas")
+    parser.add_argument("--warmup-rows", type=int, default=48, help="rows received first and not counted (default "
+                        "48: the row assembler's three fresh slabs; 0 counts the cold start too)")
+    parser.add_argument("--codec", default=None, help="archive codec (default: the stream's, as `stempress live` "
+                        "picks it)")
+    parser.add_argument("--merlin-format", choices=("binary", "raw"), default="binary",
+                        help="frames as Merlin's binary (U08/U16) or raw (R64: 1-bit packed, 8 KiB a frame) format")
+    parser.add_argument("--codec-table", nargs="?", const=TABLE_CODECS, default=None, metavar="CODECS",
+                        help="only compare archive codecs on the benchmark's frames (default list: a few fast ones)")
     args = parser.parse_args()
-    instrument()
     modes = args.modes.split(",")
-    results = {mode: profile(mode, args.rows) for mode in modes}
+    if args.codec_table:
+        codec_table(modes, args.codec_table.split(","))
+        return
+    instrument()
+    raw = args.merlin_format == "raw"
+    results = {mode: profile(mode, args.rows, args.warmup_rows, args.codec, raw) for mode in modes}
     names = list(dict.fromkeys(k for stages, _, _ in results.values() for k in stages))
-    print(f"CPU microseconds per frame, Merlin {DET}x{DET}, {args.rows}x{SCAN_X} scan, default reducers + "
-          "blosc_zstd archive, one worker:")
+    print(f"CPU microseconds per frame, Merlin {DET}x{DET} ({args.merlin_format}), {args.rows}x{SCAN_X} scan after "
+          f"{args.warmup_rows} warm-up rows, default reducers + archive, one worker:")
+    for mode in modes:
+        print(f"  {mode} archive: {CODECS[mode]}")
     print(f"  {'stage':<36}" + "".join(f"{m:>10}" for m in modes))
     for name in names:
         print(f"  {name:<36}" + "".join(f"{1e6 * results[m][0].get(name, 0.0) / results[m][2]:>10.1f}"

@@ -7,8 +7,10 @@ with ``--libertem-live PYTHON`` LiberTEM-live's beside it on the same stream.
 
 For each mode (Merlin 256x256 12-bit, uint16, with the default reducers (BF, ADF, HAADF, CoM, mean pattern) and a
 blosc_zstd archive; Merlin 256x256 1-bit, sent as Merlin's binary format does: one byte per pixel, counter depth 1,
-same outputs; DECTRIS 96x96 uint16, bitshuffle-LZ4 (``bs16-lz4<``), same outputs) the rate starts at ``--start``
-frames/s and grows by ``--factor`` until a step fails. A step runs ``serve`` (in a process of its own, replaying a
+or with ``--merlin-format raw`` bit-packed (8 KiB a frame), same reducers, the archive in ``stempress live``'s
+default for a 1-bit stream, blosc_lz4_bitshuffle; DECTRIS 96x96 uint16, bitshuffle-LZ4 (``bs16-lz4<``), same
+outputs; ``--codec`` names the archive's codec for every mode) the rate starts at ``--start`` frames/s and grows by
+``--factor`` until a step fails. A step runs ``serve`` (in a process of its own, replaying a
 few Poisson frames over a scan of ``rate * hold`` positions, so the sender reads nothing from disk) and the real
 ``stempress live`` command (a subprocess) for ``--hold`` seconds. A step passes when the receiver reports 0 frames
 missing AND the sender kept its schedule (sent everything within ``TOLERANCE`` of ``frames / rate``): over TCP
@@ -54,8 +56,9 @@ import numpy as np
 
 DET = 256
 SCAN_X = 256
-#: Distinct frames replayed over the scan (a few MiB; the rest repeats them).
-BASE_FRAMES = 64
+#: Distinct frames replayed over the scan (one scan row, so the sender reads each row as a view, not a copy: its CPU
+#: is not the receiver's to share; the rest repeats them).
+BASE_FRAMES = SCAN_X
 #: A step passes only if the sender needed at most this much longer than ``frames / rate``...
 TOLERANCE = 1.02
 #: ... and the receiver had every result at most this much later after the last frame went out than at the first
@@ -114,6 +117,8 @@ class RepeatedFrames:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         if stop == self.shape[0]:
             self.last_row_read = time.monotonic()
+        if stop - start == 1 and self.base.shape[0] == SCAN_X:  # one row (as serve reads): the frames, no copy
+            return self.base[None]
         index = (np.arange(start * SCAN_X, stop * SCAN_X) % self.base.shape[0])
         return self.base[index].reshape(stop - start, SCAN_X, *self.base.shape[1:])
 
@@ -121,17 +126,18 @@ class RepeatedFrames:
         """Nothing held."""
 
 
-def base_frames(mode: str) -> np.ndarray:
-    """Poisson frames with a bright disk (counts clipped to the counter depth), or their 1-bit hits (0/1)."""
+def base_frames(mode: str, n: int = BASE_FRAMES) -> np.ndarray:
+    """``n`` Poisson frames with a bright disk (counts clipped to the counter depth), or their 1-bit hits (0/1)."""
     m = MODES[mode]
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:m.det, :m.det]
     disk = (yy - m.det / 2) ** 2 + (xx - m.det / 2) ** 2 < m.disk**2
-    frames = rng.poisson(np.where(disk, 20.0, 0.05), (BASE_FRAMES, m.det, m.det))
+    frames = rng.poisson(np.where(disk, 20.0, 0.05), (n, m.det, m.det))
     return (frames > 0).astype(m.dtype) if m.depth == 1 else np.minimum(frames, 2**m.depth - 1).astype(m.dtype)
 
 
-def _serve(mode: str, scan_y: int, rate: float, ports: Any, results: Any, api: bool) -> None:
+def _serve(mode: str, scan_y: int, rate: float, ports: Any, results: Any, api: bool,
+           merlin_format: str | None = None) -> None:
     """Child process: serve the repeated scan at ``rate`` to the first receiver; report what was sent. With
     ``api`` the detector's control interface answers too (LiberTEM-live asks it), its port told first. One
     OpenMP thread: bitshuffle's encoder (DECTRIS) otherwise runs a parallel region per frame, which on a busy
@@ -143,7 +149,7 @@ def _serve(mode: str, scan_y: int, rate: float, ports: Any, results: Any, api: b
     m = MODES[mode]
     source = RepeatedFrames(base_frames(mode), scan_y, m.depth)
     log = serve(source, m.protocol, rate=rate, timeout=120, ready=ports.put, encoding=m.encoding,
-                api_port=0 if api else None, api_ready=ports.put if api else None)
+                api_port=0 if api else None, api_ready=ports.put if api else None, merlin_format=merlin_format)
     last_send = source.last_row_read + ((SCAN_X - 1) / rate if rate > 0 else 0.0)  # its frames go at the rate
     results.put((log.sent, log.frames, log.seconds, log.ended, last_send))
 
@@ -194,20 +200,20 @@ def _last_line(text: str) -> str:
 
 
 class Stempress:
-    """The real ``stempress live`` command; ``outputs`` 'default' (the default reducers + a blosc_zstd archive)
-    or 'sum-com' (the mean pattern and the CoM only: LiberTEM's SumUDF and CoMUDF)."""
+    """The real ``stempress live`` command; ``outputs`` 'default' (the default reducers + an archive in ``codec``,
+    None: live's own default) or 'sum-com' (the mean pattern and the CoM only: LiberTEM's SumUDF and CoMUDF)."""
 
     name = "stempress"
     api = False
 
-    def __init__(self, outputs: str = "default", workers: int | None = None) -> None:
-        self.outputs, self.workers = outputs, workers
+    def __init__(self, outputs: str = "default", workers: int | None = None, codec: str | None = None) -> None:
+        self.outputs, self.workers, self.codec = outputs, workers, codec
 
     def command(self, mode: str, ports: tuple[int, int | None], scan_y: int, out: Path) -> list[str]:
         m = MODES[mode]
         targets = TARGETS if self.outputs == "default" else SUM_COM
-        work = [*(["--archive", str(out / "a.h5"), "--codec", "blosc_zstd"] if self.outputs == "default" else []),
-                *[a for t in targets for a in ("--reduce", t)]]
+        archive = ["--archive", str(out / "a.h5"), *(["--codec", self.codec] if self.codec else [])]
+        work = [*(archive if self.outputs == "default" else []), *[a for t in targets for a in ("--reduce", t)]]
         return [sys.executable, "-m", "stempress", "live", f"{m.protocol}://127.0.0.1:{ports[0]}", "--scan-shape",
                 f"{scan_y}x{SCAN_X}", *work, "--reduced", str(out / "r.h5"), "--centre", f"{m.centre},{m.centre}",
                 "--bf-radius", f"{m.disk:g}", "--timeout", "10", "--allow-missing", "--force",
@@ -289,13 +295,14 @@ Receiver = Stempress | LiberTEMLive
 
 
 def run_step(mode: str, rate: float, hold: float, workdir: Path, receiver: Receiver,
-             scan_y: int | None = None, keep: bool = False) -> tuple[Step, Path]:
-    """One step: ``serve`` at ``rate`` (0: as fast as the receiver takes) and ``receiver`` on it. Returns the step
-    and its output folder (deleted unless ``keep``)."""
+             scan_y: int | None = None, keep: bool = False, merlin_format: str | None = None) -> tuple[Step, Path]:
+    """One step: ``serve`` at ``rate`` (0: as fast as the receiver takes) and ``receiver`` on it, Merlin frames in
+    ``merlin_format``. Returns the step and its output folder (deleted unless ``keep``)."""
     scan_y = scan_y or max(2, math.ceil(rate * hold / SCAN_X))
     ctx = mp.get_context("spawn")
     ports, results = ctx.Queue(), ctx.Queue()
-    sender = ctx.Process(target=_serve, args=(mode, scan_y, rate, ports, results, receiver.api), daemon=True)
+    sender = ctx.Process(target=_serve, args=(mode, scan_y, rate, ports, results, receiver.api,
+                                                      merlin_format), daemon=True)
     sender.start()
     api_port = ports.get(timeout=120) if receiver.api else None
     port = ports.get(timeout=120)
@@ -319,11 +326,11 @@ def run_step(mode: str, rate: float, hold: float, workdir: Path, receiver: Recei
                 hold), out
 
 
-def check_equal(mode: str, tools: list[Receiver], workdir: Path) -> bool:
+def check_equal(mode: str, tools: list[Receiver], workdir: Path, merlin_format: str | None = None) -> bool:
     """Every tool receives the same short scan at full speed; their sums and CoM shifts must agree."""
     got = {}
     for tool in tools:
-        step, out = run_step(mode, 0.0, 0.0, workdir, tool, scan_y=CHECK_ROWS, keep=True)
+        step, out = run_step(mode, 0.0, 0.0, workdir, tool, scan_y=CHECK_ROWS, keep=True, merlin_format=merlin_format)
         if step.status != "ok" or step.missing:
             print(f"  check: {tool.name} did not receive the check scan: {step.status}, missing {step.missing}")
             return False
@@ -344,7 +351,7 @@ def step_up(mode: str, receiver: Receiver, args: argparse.Namespace, workdir: Pa
     """Raise the rate by ``--factor`` from ``--start`` until a step fails; the highest rate that passed."""
     rate, best, first_lag = args.start, None, None
     while rate <= args.max_rate:
-        step, _ = run_step(mode, rate, args.hold, workdir, receiver)
+        step, _ = run_step(mode, rate, args.hold, workdir, receiver, merlin_format=args.merlin_format)
         step.first_lag = first_lag = step.lag if first_lag is None else first_lag
         print(f"  {receiver.name:<13}" + step.line()[2:], flush=True)
         if not step.passed:
@@ -370,18 +377,24 @@ def main() -> int:
     parser.add_argument("--libertem-live", type=Path, default=None, metavar="PYTHON",
                         help="the peer venv's python: compare with LiberTEM-live (SumUDF + CoMUDF) on each stream")
     parser.add_argument("--workdir", type=Path, default=None, help="where the outputs go (deleted after each step)")
+    parser.add_argument("--codec", default=None, help="archive codec (default: live's own, blosc_zstd for 12-bit, "
+                        "blosc_lz4_bitshuffle for 1-bit)")
+    parser.add_argument("--merlin-format", choices=("binary", "raw"), default="binary",
+                        help="frames as Merlin's binary (U08/U16) or raw (R64: 1-bit packed) format")
     args = parser.parse_args()
     modes = (args.modes or ("12bit,dectris" if args.libertem_live else "12bit,1bit")).split(",")
     theirs = LiberTEMLive(args.libertem_live) if args.libertem_live else None
-    ours = Stempress("sum-com" if theirs else "default", args.workers)
-    work = "sum + CoM (no archive)" if theirs else "default reducers + blosc_zstd archive"
+    ours = Stempress("sum-com" if theirs else "default", args.workers, args.codec)
+    work = "sum + CoM (no archive)" if theirs else "default reducers + {codec} archive"
     workdir = Path(tempfile.mkdtemp(prefix="live-throughput-", dir=args.workdir))
     load = os.getloadavg()
     best: dict[str, dict[str, float | None]] = {}
     try:
         for mode in modes:
-            print(f"{MODES[mode].describe()}, {work}, hold {args.hold:g} s:", flush=True)
-            if theirs and not check_equal(mode, [ours, theirs], workdir):
+            form = f" ({args.merlin_format})" if MODES[mode].protocol == "merlin" else ""
+            codec = args.codec or ("blosc_lz4_bitshuffle (1-bit default)" if mode == "1bit" else "blosc_zstd")
+            print(f"{MODES[mode].describe()}{form}, {work.format(codec=codec)}, hold {args.hold:g} s:", flush=True)
+            if theirs and not check_equal(mode, [ours, theirs], workdir, args.merlin_format):
                 print("the results differ: no rates are timed for this mode")
                 return 1
             best[mode] = {tool.name: step_up(mode, tool, args, workdir) for tool in ([ours, theirs] if theirs

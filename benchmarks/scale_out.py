@@ -16,8 +16,10 @@ Writes a Poisson cube (a bright disk and a weak halo, as a diffraction pattern) 
 
 The cluster's start is timed apart (it is paid once per command); each run checks its output against inline
 (bit-identical reduced images, byte-identical archive but for the EMD UUID). Prints seconds, GB/s (1e9 raw
-bytes per second) and the ratios inline/Dask and 1 worker/N workers. Not a test: the numbers depend on the
-machine (its cores, whether other work shares them) and on the codec's speed beside the writer's.
+bytes per second), the cores kept busy (CPU seconds of this process and every worker over the wall time: inline
+already runs its reads on a second thread, so where it nears the machine's cores a second worker has nothing left
+to run on) and the ratios inline/Dask and 1 worker/N workers. Not a test: the numbers depend on the machine (its
+cores, whether other work shares them) and on the codec's speed beside the writer's.
 
 Then the model of ``docs/scale-out.md``, fitted to these runs, and its prediction for ``--predict-tb`` of raw
 data on 8 and 64 nodes of ``--workers-per-node`` workers:
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -141,6 +144,22 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
+
+
+def cpu_seconds(executor: DaskExecutor | None) -> float:
+    """CPU seconds used so far by this process (the client, and a LocalCluster's scheduler) and every worker."""
+    own = time.process_time()
+    if executor is None:
+        return own
+    return own + sum(executor.client.run(time.process_time).values())
+
+
+def busy_timed(fn: Callable[[], object], executor: DaskExecutor | None) -> tuple[float, object, float]:
+    """Wall seconds, the result, and the cores kept busy on average (CPU seconds of every process / wall): where
+    it nears the machine's cores, more workers have nothing left to run on."""
+    before = cpu_seconds(executor)
+    took, result = timed(fn)
+    return took, result, (cpu_seconds(executor) - before) / took
 
 
 def reduced_images(path: Path) -> dict[str, np.ndarray]:
@@ -301,20 +320,22 @@ def main() -> None:
     starts: list[float] = []
     run_no = [0]
 
-    def best(label: str, where: str, fn: Callable[[Path], object], check: Callable[[Path], None]) -> None:
-        times = []
+    def best(label: str, where: str, fn: Callable[[Path], object], check: Callable[[Path], None],
+             executor: DaskExecutor | None) -> None:
+        times, cores = [], 0.0
         for _ in range(args.repeat):
             run_no[0] += 1
             target = out / f"{run_no[0]}.h5"
-            took, result = timed(lambda t=target: fn(t))
+            took, result, busy = busy_timed(lambda t=target: fn(t), executor)
             check(target)
             target.unlink()
             shutil.rmtree(shard_folder(target), ignore_errors=True)
             times.append(took)
             if took == min(times):
-                results[label, where] = result
+                results[label, where], cores = result, busy
         seconds[label, where] = min(times)
-        print(f"  {label:<28} {where:<10} {min(times):7.2f} s  {raw / 1e9 / min(times):6.2f} GB/s", flush=True)
+        print(f"  {label:<28} {where:<10} {min(times):7.2f} s  {raw / 1e9 / min(times):6.2f} GB/s  "
+              f"cores busy {cores:4.2f} of {os.cpu_count()}", flush=True)
 
     references: dict[str, object] = {}
     geometry: list[Geometry] = []
@@ -352,16 +373,16 @@ def main() -> None:
         where = "inline" if executor is None else f"dask:{executor.workers}"
         with open_source(cube_path) as source:
             best("reduce", where,
-                 lambda p: reduce_to_file(source, TARGETS, p, executor=executor), check_reduce)
+                 lambda p: reduce_to_file(source, TARGETS, p, executor=executor), check_reduce, executor)
             if args.libertem:
                 pass_alone(source, executor, where)
             for codec in codecs:
                 best(f"compress {codec}", where,
                      lambda p, c=codec: compress(source, p, codec=c, workers=1, executor=executor),
-                     lambda p, c=codec: keep_or_compare(c, without_uuid(p)))
+                     lambda p, c=codec: keep_or_compare(c, without_uuid(p)), executor)
                 best(f"compress {codec} --shards", where,
                      lambda p, c=codec: compress(source, p, codec=c, workers=1, executor=executor, shards=True),
-                     lambda p: verified(p))
+                     lambda p: verified(p), executor)
 
     print("inline (this process alone):")
     jobs(None)

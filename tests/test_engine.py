@@ -131,6 +131,48 @@ def test_a_stream_is_regrouped_to_whole_rows_of_what_sinks_need(cube):
     assert all(start % 4 == 0 for start, _ in rows) and rows[-1][1] == cube.shape[0]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stream_feeds_each_sink_at_its_own_pace_without_copying_rows(cube, workers):
+    """Sinks taking any rows get each block as it arrives (a live preview fills row by row); a sink of whole chunk
+    rows gets them joined, as views of the rows' buffer; progress counts what went through every sink."""
+    log: list[tuple[str, int, int]] = []
+    joined: list[np.ndarray] = []
+
+    class Rows(Recorder):
+        name, row_multiple = "rows", 1
+
+        def consume(self, block: Block) -> None:
+            log.append(("rows", block.start, block.stop))
+
+    class Chunks(Recorder):
+        name = "chunks"
+
+        def consume(self, block: Block) -> None:
+            log.append(("chunks", block.start, block.stop))
+            joined.append(block.data)
+
+    buffer = cube.copy()  # one buffer, as a live receiver's rows are views of one slab
+    stream = BlockStream([Block(r, buffer[r:r + 1]) for r in range(cube.shape[0])], cube.shape, cube.dtype)
+    done: list[int] = []
+    with ThreadExecutor(workers) as pool:
+        totals, _, _ = run(stream, [FrameTotals(), Chunks(), Rows()], executor=pool,
+                           progress=lambda d, _total: done.append(d))
+    np.testing.assert_array_equal(totals, cube.sum(axis=(2, 3)))  # offloaded per row on 2 workers, merged
+    expected = []
+    for r in range(cube.shape[0]):
+        expected.append(("rows", r, r + 1))
+        if (r + 1) % 4 == 0 or r + 1 == cube.shape[0]:
+            expected.append(("chunks", r + 1 - ((r + 1) % 4 or 4), r + 1))
+    assert log == expected
+    assert all(np.shares_memory(d, buffer) for d in joined)
+    row = cube[0].nbytes
+    assert done[-1] == cube.nbytes and done == sorted(done)
+    if workers == 1:
+        assert done == [4 * row, 8 * row, 12 * row, 13 * row]  # rows count once the chunk row is written too
+    else:  # the slower of the reducers' merged partials and the chunk rows
+        assert all(d % row == 0 for d in done)
+
+
 def test_block_rows_is_one_rule_for_every_sink():
     assert block_rows((100, 10, 64, 64), np.uint16, multiple=4, budget=10 * 10 * 64 * 64 * 2) == 8
     assert block_rows((100, 10, 64, 64), np.uint16, multiple=4, rows=5) == 8
@@ -144,3 +186,39 @@ def test_unknown_executor_and_no_sinks_are_one_line_errors(cube):
         make_executor("gpu")
     with pytest.raises(StempressError, match="no sinks given; give at least one sink"):
         run(ArraySource(cube), [])
+
+
+class _Refuses:
+    """A sink that stops the run at its second block (as verify's check sinks do at the first problem)."""
+
+    name = "refuses"
+
+    def open(self, info: RunInfo) -> None:
+        self.seen = 0
+
+    def consume(self, block: Block) -> None:
+        self.seen += 1
+        if self.seen == 2:
+            raise StempressError("stop here")
+
+    def finish(self) -> None:
+        return None
+
+
+def test_a_stopped_run_closes_its_blocks_before_returning() -> None:
+    """A sink that raises leaves the source's generator closed by the engine, in this thread, not suspended for the
+    garbage collector to finalize in some other thread later (a decoder pool's shutdown there once deadlocked a
+    thread start)."""
+    cube = np.arange(6 * 2 * 3 * 3, dtype=np.uint16).reshape(6, 2, 3, 3)
+    closed: list[str] = []
+
+    def blocks(name: str):
+        try:
+            for r in range(cube.shape[0]):
+                yield Block(r, cube[r:r + 1])
+        finally:
+            closed.append(name)
+
+    with pytest.raises(StempressError, match="stop here") as raised:
+        run(BlockStream(blocks("stream"), cube.shape, cube.dtype), [_Refuses()])
+    assert closed == ["stream"] and raised.value is not None  # the traceback is still held: no GC helped

@@ -18,6 +18,7 @@ from stempress.errors import StempressError
 from stempress.events.counting import CountingParams
 from stempress.exec.base import Executor
 from stempress.ingest import IngestReport, output_sinks, run_outputs
+from stempress.live.archive_codec import stream_codec
 from stempress.live.receiver import LiveSource, open_live
 from stempress.progress import Progress
 from stempress.reduce.imaging import default_reducers
@@ -33,7 +34,7 @@ from stempress.store.reducing import given_calibration
 SNAPSHOT_EVERY_S = 1.0
 
 
-def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str = DEFAULT_CODEC,
+def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str | None = None,
             chunks: str | tuple[int, ...] | None = None, reduce: Sequence[str] = (),
             reduced: Path | str | None = None, reducers: Sequence[Reducer] | None = None,
             calibration: Calibration | None = None, events: Path | str | None = None,
@@ -55,6 +56,8 @@ def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str
         targets.append("mean_pattern")  # the snapshots show it; one more column of the fused projection
     if calibration is None and (targets or (reducers is None and watch is not None)):
         calibration = _calibration(source, needed=bool(targets))
+    if codec is None:
+        codec = _default_codec(source) if archive is not None else DEFAULT_CODEC
     files = archive is not None or reduced is not None or events is not None
     sinks: list[Any] = output_sinks(source, archive=archive, codec=codec, chunks=chunks,
                                     reduce=targets if reduced is not None else (), reduced=reduced,
@@ -73,6 +76,16 @@ def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str
         raise StempressError("nothing to do with the stream: give an output (archive, reduced, events), reducers "
                              "or a watcher of its snapshots")
     return run_outputs(source, sinks, workers=workers, executor=executor, progress=progress)
+
+
+def _default_codec(source: LiveSource) -> str:
+    """The archive codec when the user named none (``live.archive_codec``); a choice other than the usual default
+    is recorded in the stream's metadata (the archive's provenance) and said by ``stempress live``."""
+    chosen = stream_codec(source.metadata, source.dtype)
+    if chosen is None:
+        return DEFAULT_CODEC
+    source.metadata["archive_codec_default"] = chosen[1]
+    return chosen[0]
 
 
 def _calibration(source: LiveSource, *, needed: bool) -> Calibration | None:
@@ -149,8 +162,8 @@ def live_scan(url: str, scan_shape: tuple[int, int], *, reducers: Sequence[Reduc
               centre: tuple[float, float] | None = None, bf_radius: float | None = None,
               calibration: Calibration | None = None, every: float = SNAPSHOT_EVERY_S, timeout: float = 10.0,
               **options: Any) -> LiveScan:
-    """Connect to ``url`` (``merlin://HOST:PORT``, ``dectris://HOST:PORT``) and receive a scan of ``scan_shape``,
-    yielding a ``Snapshot`` about every ``every`` seconds::
+    """Connect to ``url`` (``merlin://``, ``dectris://`` or ``dectris2://HOST:PORT``) and receive a scan of
+    ``scan_shape``, yielding a ``Snapshot`` about every ``every`` seconds::
 
         for snap in live_scan("merlin://detector:6342", (256, 256), centre=(127.5, 127.5), bf_radius=12):
             show(snap.image("BF"), snap.received)

@@ -407,10 +407,13 @@ def one_chunking(chunks: str | None) -> str | tuple[int, ...] | None:
 @app.command()
 def live(
     url: Annotated[str, typer.Argument(help="The detector's stream: merlin://HOST:PORT (Merlin's data port, "
-                                       "6342) or dectris://HOST:PORT (SIMPLON stream, 9999).")],
+                                       "6342), dectris://HOST:PORT (SIMPLON stream v1, 9999) or "
+                                       "dectris2://HOST:PORT (Stream V2, CBOR, 31001; ?channel=NAME takes "
+                                       "that channel, default the first).")],
     scan_shape: Annotated[str, typer.Option(help="Scan positions ROWSxCOLS (the stream does not say).")],
     archive: ArchiveOption = None,
-    codec: ArchiveCodecOption = "blosc_zstd",
+    codec: Annotated[str | None, typer.Option(help="Codec of the archive (stempress codecs; default blosc_zstd, "
+                                              "blosc_lz4_bitshuffle for a 1-bit stream).")] = None,
     chunks: ArchiveChunksOption = None,
     reduce: ReduceTargetsOption = None,
     reduced: ReducedOption = None,
@@ -480,6 +483,8 @@ def live(
                              progress=lambda done, total: bar(done, total, source.status(done)))
     account = source.account
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    if report.archive is not None and "archive_codec_default" in source.metadata:
+        console.print(source.metadata["archive_codec_default"], highlight=False, soft_wrap=True)
     warn(report.events.warnings if report.events is not None else [])
     console.print(account.summary(), highlight=False, soft_wrap=True)
     if account.ended == STOPPED_BY_CTRL_C:
@@ -536,15 +541,17 @@ def _ctrl_c_stops(source) -> Iterator[None]:
 @app.command()
 def serve(
     source: Annotated[str, typer.Argument(help="Any source to replay: EMD/HDF5, NXmx, .mib, .npy, synthetic:...")],
-    as_: Annotated[str, typer.Option("--as", help="The detector to act as: merlin or dectris.")] = "merlin",
+    as_: Annotated[str, typer.Option("--as", help="The detector to act as: merlin, dectris (SIMPLON stream v1) "
+                                     "or dectris2 (Stream V2, CBOR).")] = "merlin",
     port: Annotated[int, typer.Option(help="Port to listen on (0: a free one, printed).")] = 0,
     api_port: Annotated[int, typer.Option(help="Port of the detector's control interface: Merlin's control port "
                                           "(6341 on a real one), DECTRIS's SIMPLON REST API (0: a free one, "
                                           "printed).")] = 0,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     rate: Annotated[float, typer.Option(help="Frames per second (0: as fast as the receiver takes them).")] = 0.0,
-    encoding: Annotated[str, typer.Option(help="DECTRIS data encoding: bs16-lz4<, bs32-lz4<, lz4< or <.")]
-    = "bs16-lz4<",
+    encoding: Annotated[str | None, typer.Option(help="DECTRIS data encoding: bs16-lz4< (default), bs32-lz4<, "
+                                                 "bs8-lz4<, lz4< or < for dectris; bslz4 (default), lz4 or none "
+                                                 "for dectris2.")] = None,
     merlin_format: Annotated[str | None, typer.Option(help="Merlin frame format: binary (U08/U16/U32) or raw "
                                                       "(R64 chip readout at the counter depth; 256x256 or 512x512 "
                                                       "frames). Default: a .mib as stored, else binary.")] = None,
@@ -559,7 +566,7 @@ def serve(
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside an HDF5 source.")] = None,
     scan_shape: Annotated[str | None, typer.Option(help="Scan shape ROWSxCOLS for .mib / NXmx sources.")] = None,
 ) -> None:
-    """Act as a detector: send SOURCE once, as Merlin's TCP data stream or a DECTRIS SIMPLON ZeroMQ stream, to
+    """Act as a detector: send SOURCE once, as Merlin's TCP data stream or a DECTRIS ZeroMQ stream (v1 or V2), to
     the first receiver (stempress live, LiberTEM-live), at --rate, with the faults asked for; then say what was
     sent. A .mib file goes out record for record, byte for byte."""
     from stempress.live.serve import Faults, libertem_live_call
@@ -595,8 +602,8 @@ def verify(
                                                    "--against source, or PATH).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding threads, processes for an entropy-coded file "
                                                 "(default: all usable cores).")] = None,
-    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers decode an HDF5 cube's chunks and "
-                                             "check them (and compare with --against) by partitions of the scan; "
+    dask: Annotated[str | None, typer.Option("--dask", help=DASK_HELP + " Workers decode PATH (any kind) and "
+                                             "check it (and compare with --against) by partitions of the scan; "
                                              "both files must be visible to them.")] = None,
 ) -> None:
     """Re-read every chunk, check its checksums and (with --against) compare bit-exact; names the first bad chunk.
@@ -614,6 +621,8 @@ def verify(
     with dask_executor(dask) as executor, reference as source:
         report = verify_file(path, against=source, workers=workers, dataset=dataset, scan_shape=shape,
                              executor=executor)
+    if report.note:  # checks asked for on the workers that ran here, and why
+        console.print(f"verify: {report.note}", highlight=False, soft_wrap=True)
     if not report.ok:
         raise StempressError(report.summary())
     console.print(report.summary(), highlight=False, soft_wrap=True)

@@ -8,7 +8,9 @@ Two ways through a run, chosen here, never by a command:
   merge in row order (bit-identical for any worker count; the archive's chunks written in grid order).
 - **one stream**: otherwise (an archive on threads, an event file, or a live stream), blocks are read once,
   ahead of the sinks by a thread, and every sink consumes each block in row order; a writer sink spreads its
-  own work (compressing chunks) over the run's executor.
+  own work (compressing chunks) over the run's executor. A streaming source (a live detector) is paced per
+  sink (``stream_lanes``): sinks taking any rows (reducers, snapshots) get each block as it arrives, the archive
+  its whole chunk rows, joined from the same blocks.
 
 Either way every byte of the source is read once, whatever the number of sinks.
 """
@@ -27,7 +29,7 @@ import numpy as np
 
 from stempress.data.base import DEFAULT_BLOCK_BYTES, Block, Dataset4D, block_rows, check_shape_dtype, iter_blocks
 from stempress.data.open import SourceSpec, spec_of
-from stempress.data.stream import StreamSource, regroup
+from stempress.data.stream import Regrouper, StreamSource
 from stempress.errors import StempressError, require_distinct_names
 from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
@@ -78,6 +80,19 @@ def partitions_for(source: Dataset4D, workers: int, multiple: int = 1) -> list[t
 
 
 # -- running -----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def closing_iterator(blocks: Iterator[Block]) -> Iterator[Iterator[Block]]:
+    """Close a generator of blocks here, in this thread, however the run ends. Left suspended (a sink raised), it
+    would be finalized by the garbage collector at any moment in any thread, and its cleanup (a decoder pool's
+    shutdown joins threads) could then run inside another thread's start and deadlock it, as a test once did."""
+    try:
+        yield blocks
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+
+
 def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Executor | None = None,
         progress: Progress | None = None, rows: int | None = None, read_ahead_blocks: int = 1) -> list[Any]:
     """Feed every block of ``source`` to every sink once; returns each sink's ``finish()`` in order.
@@ -105,8 +120,12 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
                           budget=sinks_budget(sinks, executor.workers))
         if _can_partition(source, sinks, executor):
             _run_partitions(source, sinks, info, executor, step, multiple, counter)  # type: ignore[arg-type]
+        elif isinstance(source, Dataset4D):  # blocks already on every sink's multiple: one lane, as read
+            with closing_iterator(read_blocks(source, step, depth=read_ahead_blocks)) as blocks:
+                _run_stream(blocks, [_Lane(sinks, 1, shape[0], executor)], info, executor, counter)
         else:
-            _run_stream(_stream(source, step, multiple, read_ahead_blocks), sinks, info, executor, counter)
+            with closing_iterator(source.blocks()) as blocks:
+                _run_stream(blocks, stream_lanes(sinks, shape[0], executor), info, executor, counter)
         return [sink.finish() for sink in sinks]
     except BaseException:
         for sink in opened:
@@ -118,39 +137,81 @@ def run(source: Dataset4D | StreamSource, sinks: Sequence[Sink], *, executor: Ex
             executor.close()
 
 
-def _run_stream(blocks: Iterator[Block], sinks: Sequence[Sink], info: RunInfo, executor: Executor,
+class _Lane:
+    """Sinks fed one granularity of a stream: blocks joined to ``multiple`` rows (1: each block as it comes). The
+    mergeable ones (with several local workers) take each block as a partial on a worker; ``done``: bytes through
+    every sink of the lane (an offloaded partial's once merged)."""
+
+    def __init__(self, sinks: Sequence[Sink], multiple: int, scan_y: int, executor: Executor) -> None:
+        self.sinks = list(sinks)
+        self.offload = ([s for s in self.sinks if merges_on(s, executor)]  # type: ignore[misc]
+                        if executor.workers > 1 and not executor.remote else [])
+        self.inline = [s for s in self.sinks if s not in self.offload]
+        self.joining = Regrouper(multiple, scan_y)
+        self.done = 0
+
+
+def stream_lanes(sinks: Sequence[Sink], scan_y: int, executor: Executor) -> list[_Lane]:
+    """A stream's sinks by the rows they need: those taking any rows (reducers, snapshots, events) get each block
+    as soon as it arrives, so a live preview fills row by row; those needing whole chunk rows (the archive) get
+    the blocks joined to the least common multiple of theirs, exactly the blocks (and joins) a single pace gave."""
+    fine = [s for s in sinks if row_multiple(s) == 1]
+    coarse = [s for s in sinks if row_multiple(s) > 1]
+    return [_Lane(group, sinks_multiple(group), scan_y, executor) for group in (fine, coarse) if group]
+
+
+def _run_stream(blocks: Iterator[Block], lanes: Sequence[_Lane], info: RunInfo, executor: Executor,
                 counter: ProgressCounter) -> None:
-    """Every block to every sink, in row order. With several workers, the mergeable sinks (reducers) take each
-    block as a partial on a worker while the writer sinks work on this thread (and spread their own work over the
-    same executor); the partials merge in row order, so results equal a one-thread pass."""
-    offload = ([s for s in sinks if merges_on(s, executor)]  # type: ignore[misc]
-               if executor.workers > 1 and not executor.remote else [])
-    inline = [s for s in sinks if s not in offload]
-    pending: deque[tuple[Future[list[MergeableSink]], int]] = deque()
+    """Every block to every sink, in row order, each lane's sinks at its own granularity. With several workers, the
+    mergeable sinks (reducers) take each block as a partial on a worker while the writer sinks work on this thread
+    (and spread their own work over the same executor); the partials merge in row order, so results equal a
+    one-thread pass. Progress counts the bytes through every lane."""
+    pending: deque[tuple[Future[list[MergeableSink]], _Lane, int]] = deque()
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        done = min(lane.done for lane in lanes)
+        if done > reported:
+            counter.add(done - reported)
+            reported = done
 
     def settle(limit: int) -> None:
         # beyond the bound, wait; below it, take what is done already, so progress (a live stream's lag) follows
         # the work instead of trailing by the blocks in flight until more arrive
         while pending and (len(pending) > limit or pending[0][0].done()):
-            future, nbytes = pending.popleft()
-            for sink, part in zip(offload, future.result(), strict=True):
+            future, lane, nbytes = pending.popleft()
+            for sink, part in zip(lane.offload, future.result(), strict=True):
                 sink.merge(part)
-            counter.add(nbytes)
+            lane.done += nbytes
 
-    for block in blocks:
-        if offload:
-            parts = [s.partial((block.start, block.stop)) for s in offload]
+    def feed(lane: _Lane, block: Block) -> None:
+        if lane.offload:
+            parts = [s.partial((block.start, block.stop)) for s in lane.offload]
             pending.append((executor.submit(_consume_parts, parts, info.for_rows(block.start, block.stop), block),
-                            block.data.nbytes))
-        for sink in inline:
+                            lane, block.data.nbytes))
+        for sink in lane.inline:
             sink.consume(block)
-        for sink in offload:
+        for sink in lane.offload:
             observe(sink, block)
-        if offload:
+        if not lane.offload:
+            lane.done += block.data.nbytes
+
+    offloading = any(lane.offload for lane in lanes)
+    for block in blocks:
+        for lane in lanes:
+            joined = lane.joining.add(block)
+            if joined is not None:
+                feed(lane, joined)
+        if offloading:
             settle(in_flight_for(executor.workers))
-        else:
-            counter.add(block.data.nbytes)
+        report()
+    for lane in lanes:  # a stream that ended short of a multiple
+        rest = lane.joining.flush()
+        if rest is not None:
+            feed(lane, rest)
     settle(0)
+    report()
 
 
 def _consume_parts(parts: list[MergeableSink], info: RunInfo, block: Block) -> list[MergeableSink]:
@@ -158,12 +219,6 @@ def _consume_parts(parts: list[MergeableSink], info: RunInfo, block: Block) -> l
         part.open(info)
         part.consume(block)
     return parts
-
-
-def _stream(source: Dataset4D | StreamSource, step: int, multiple: int, depth: int) -> Iterator[Block]:
-    if isinstance(source, Dataset4D):
-        return read_blocks(source, step, depth=depth)
-    return regroup(source.blocks(), multiple, source.shape[0])
 
 
 def _can_partition(source: Any, sinks: Sequence[Sink], executor: Executor) -> bool:
@@ -209,14 +264,15 @@ def _run_partition(task: _PartitionTask) -> tuple[list[MergeableSink], int]:
         for part in task.parts:
             part.open(task.info)
         start, stop = task.info.row_range
-        for block in read_blocks(source, task.step, start, stop, depth=0):
-            for part in task.parts:
-                part.consume(block)
-            nbytes += block.data.nbytes
-            if task.counter is not None:
-                task.counter.add(block.data.nbytes)
-            elif task.link is not None:
-                task.link(task.index, nbytes)
+        with closing_iterator(read_blocks(source, task.step, start, stop, depth=0)) as blocks:
+            for block in blocks:
+                for part in task.parts:
+                    part.consume(block)
+                nbytes += block.data.nbytes
+                if task.counter is not None:
+                    task.counter.add(block.data.nbytes)
+                elif task.link is not None:
+                    task.link(task.index, nbytes)
         return task.parts, nbytes
     finally:
         if reopened:

@@ -22,7 +22,9 @@ from stempress.data.entropy import (
     STREAM_BLOCK_BYTES,
     EntropyCodedFormat,
     EntropyCodedSource,
+    encode_blocks,
     fit_model,
+    fit_source,
     header_crc,
     write_entropy_coded,
 )
@@ -581,3 +583,20 @@ def test_threads_or_one_worker_code_in_this_process(counted: np.ndarray, tmp_pat
             with EntropyCodedSource(path, executor=executor) as src:
                 assert np.array_equal(src.read_rows(0, 32), counted)
         _same_file(one, path)
+
+
+def test_the_file_does_not_depend_on_how_the_caller_cuts_the_cube(counted: np.ndarray, tmp_path: Path) -> None:
+    """Chunks start at multiples of chunk_rows whatever the blocks, so --rows or a memory budget never changes
+    the file."""
+    source = ArraySource(counted[:10])
+    model = fit_source(source, 10)
+    stored = []
+    for rows in (10, 1, 2, 4):
+        path = tmp_path / f"rows{rows}.h5"
+        encode_blocks(path, iter_blocks(source, rows), source.shape, source.dtype, model=model, chunk_rows=3)
+        with h5py.File(path, "r") as f:
+            stored.append({name: f["chunks"][name][()] for name in f["chunks"]})
+            assert list(f["chunks/index"][:, 0]) == [0, 3, 6, 9, 10]
+    for other in stored[1:]:
+        assert other.keys() == stored[0].keys()
+        assert all(np.array_equal(other[k], stored[0][k]) for k in other)

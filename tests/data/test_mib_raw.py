@@ -214,3 +214,18 @@ def test_a_binary_frame_decoded_without_a_copy_holds_the_same_values(dtype):
         parse_frame_header(record[:100])  # shorter than its 384-byte header
     with pytest.raises(StempressError, match=r"unreadable \.mib frame header"):
         parse_frame_header(b"MQ1,000001,00999," + bytes(record[17:]))
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_record_built_into_the_last_ones_buffer_is_the_record_built_fresh(raw):
+    rng = np.random.default_rng(9)
+    first, second = (rng.integers(0, 4096, (256, 256)).astype(np.uint16) for _ in range(2))
+    buffer = encode_frame(1, first, raw=raw, counter_depth=12)
+    reused = encode_frame(123456, second, raw=raw, counter_depth=12, out=buffer,
+                          time="2026-12-07 01:02:03.000000")
+    fresh = encode_frame(123456, second, raw=raw, counter_depth=12, time="2026-12-07 01:02:03.000000")
+    assert reused is buffer and reused == fresh
+    header = parse_frame_header(bytes(reused[:768]))
+    assert np.array_equal(decode_frame(header, reused[header.header_bytes:]), second)
+    small = encode_frame(1, second[:8, :8], out=buffer)  # a buffer of another size is not used
+    assert small is not buffer and small == encode_frame(1, second[:8, :8])

@@ -413,6 +413,139 @@ def test_verify_on_dask_against_another_cube_names_the_first_difference_as_inlin
     assert len(said.stderr.strip().splitlines()) == 1
 
 
+# -- verify of event and frame files: the workers reopen the file and check their partitions ----------------
+EVENT_SCAN = (8, 6, 16, 16)
+
+
+def _same_report(a: Any, b: Any) -> None:
+    """Two reports equal in everything but the time taken and the note on where the checks ran."""
+    from dataclasses import replace
+
+    assert replace(a, seconds=0.0, note=None) == replace(b, seconds=0.0, note=None)
+    assert a.summary() == b.summary()
+
+
+def _source_file(kind: str, folder: Path) -> tuple[Path, tuple[int, int] | None]:
+    """A file of ``kind`` holding the module's event cube (a real .mib read as 4 x 2), and its scan shape option."""
+    import shutil
+
+    from real_data import real_file
+    from stempress.data.base import ArraySource
+    from stempress.events import write_raw_csr, write_stempy
+    from stempress.events.entropy_file import write_entropy_events
+
+    if kind == "mib":
+        for suffix in (".mib", ".hdr"):
+            shutil.copy(real_file("001_4x2_6bit" + suffix), folder / ("scan" + suffix))
+        return folder / "scan.mib", (4, 2)
+    if kind == "nxmx":  # a DECTRIS master and its data file, frames in bitshuffle-LZ4 chunks of one frame
+        for name in ("test_00_master.h5", "test_00_data_000001.h5"):
+            shutil.copy(real_file(name), folder / name)
+        return folder / "test_00_master.h5", None
+    data = np.random.default_rng(3).poisson(0.3, EVENT_SCAN).astype(np.uint8)
+    if kind == "npy":
+        np.save(folder / "scan.npy", data)
+        return folder / "scan.npy", None
+    if kind == "entropy":  # chunks of two scan rows: four partitions, each decoding and checking its own chunks
+        return write_entropy_events(ArraySource(data), folder / "scan.h5", chunk_rows=2), None
+    writer = write_raw_csr if kind == "raw_csr" else write_stempy
+    return writer(ArraySource(data), folder / ("scan.toml" if kind == "raw_csr" else "scan.h5")), None
+
+
+def _damage(kind: str, path: Path) -> None:
+    """Flip bytes of two later scan rows (the entropy file: one chunk's coded words), as bit rot would."""
+    from damage import flip_byte
+    from stempress.events import raw_csr_files
+
+    if kind == "raw_csr":
+        indptr = np.fromfile(raw_csr_files(path)["indptr"], "<i8")
+        for row in (3, 6):  # the first value of each row (uint8: one byte each)
+            flip_byte(raw_csr_files(path)["data"], int(indptr[row * EVENT_SCAN[1]]), 1)
+    elif kind == "stempy":
+        with h5py.File(path, "r") as f:
+            entries = f["electron_events/frames"][()]
+        blob, per_row = path.read_bytes(), len(entries) // EVENT_SCAN[0]
+        for row in (3, 6):
+            first = next(e for e in entries[row * per_row:(row + 1) * per_row] if len(e))
+            assert blob.count(first.astype("<u4").tobytes()) == 1
+            flip_byte(path, blob.index(first.astype("<u4").tobytes()), 1)
+    elif kind == "nxmx":  # frame 9 (scan row 2) no longer decodes: the reader fails, its row is found
+        with h5py.File(path.parent / "test_00_data_000001.h5", "r") as f:
+            info = f["entry/data/data"].id.get_chunk_info(9)
+        flip_byte(path.parent / "test_00_data_000001.h5", info.byte_offset + info.size // 2)
+    elif kind == "entropy":
+        with h5py.File(path, "r") as f:
+            words, index = f["chunks/words"], f["chunks/index"][()]
+            at = words.id.get_offset() + int(index[2, 1] + 1) * words.dtype.itemsize  # chunk 2: scan rows 4-5
+        flip_byte(path, at, 0x10)
+    else:  # frame files carry no checksums: a pixel of scan row 2 (6 of 8 rows) differs from the source
+        frame = path.stat().st_size // 8 if kind == "mib" else None
+        at = 5 * frame + frame - 7 if frame else path.stat().st_size - (8 - 2) * 6 * 16 * 16 + 100
+        flip_byte(path, at, 1)
+
+
+@pytest.mark.parametrize("kind", ["npy", "mib", "nxmx", "stempy", "raw_csr", "entropy"])
+def test_verify_on_dask_checks_event_and_frame_files_on_the_workers_as_inline(dask, kind, tmp_path, monkeypatch):
+    import shutil
+
+    path, scan = _source_file(kind, tmp_path)
+    original = tmp_path / "original"
+    original.mkdir()
+    for each in tmp_path.iterdir():  # the intact file(s), to compare with once the file is damaged
+        if each.is_file():
+            shutil.copy(each, original / each.name)
+    with open_source(original / path.name, scan_shape=scan) as intact:
+        reference = original / "reference.npy"
+        np.save(reference, intact.read_rows(0, intact.shape[0]))
+    checks = []
+    for damaged in (False, True):
+        if damaged:
+            _damage(kind, path)
+        with open_source(reference) as against:
+            inline = verify(path, against=against, scan_shape=scan)
+            alone = verify(path, scan_shape=scan)
+            with monkeypatch.context() as patched:
+                patched.setattr(_verify_module(), "read_blocks", _decoding_here)  # here only: the workers decode
+                ran = _tasks_run(dask)
+                on_dask = verify(path, against=against, scan_shape=scan, executor=dask)
+                assert _tasks_run(dask) >= ran + 2 and on_dask.note is None  # partitions ran on the workers
+                _same_report(inline, on_dask)
+                _same_report(alone, verify(path, scan_shape=scan, executor=dask))
+        checks.append(on_dask)
+    intact, broken = checks
+    assert intact.ok and intact.compared and intact.chunks_checked == intact.chunks_total
+    assert not broken.ok and broken.problem.rows is not None and broken.chunks_checked < broken.chunks_total
+    expected = {"npy": ("differs", 2), "mib": ("differs", 2), "nxmx": ("decoded", 2), "stempy": ("stored", 3),
+                "raw_csr": ("stored", 3), "entropy": ("stored", 4)}[kind]
+    assert (broken.problem.kind, broken.problem.rows[0]) == expected, broken.summary()
+    if kind in ("stempy", "raw_csr"):
+        assert broken.bad_chunks == 2  # every bad chunk counted, by the workers of two partitions
+
+
+def test_verify_on_dask_says_once_why_an_in_memory_reference_is_compared_here(dask, files, tmp_path):
+    from stempress.data.base import ArraySource
+
+    path, _ = _source_file("raw_csr", tmp_path)
+    with open_source(path) as source:
+        data = source.read_rows(0, EVENT_SCAN[0])
+    inline = verify(path, against=ArraySource(data))
+    ran = _tasks_run(dask)
+    here = verify(path, against=ArraySource(data), executor=dask)
+    assert _tasks_run(dask) == ran and "held in this process" in here.note and "--against" in here.note
+    _same_report(inline, here)
+    with open_source(files["npy"]) as cube:  # an HDF5 cube compared with an array: the same note
+        in_memory = ArraySource(cube.read_rows(0, SCAN[0]))
+    hdf5 = verify(files["h5"], against=in_memory, executor=dask)
+    assert hdf5.ok and hdf5.compared and "held in this process" in hdf5.note
+    _damage("raw_csr", path)  # the command line: the workers' report, in one line
+    ran = _tasks_run(dask)
+    said = subprocess.run([sys.executable, "-m", "stempress", "verify", str(path), "--dask",
+                           dask.client.scheduler.address], capture_output=True, text=True, timeout=300)
+    lines = [line for line in said.stderr.splitlines() if line.strip()]
+    assert said.returncode == 1 and len(lines) == 1 and lines[0].endswith(verify(path).summary()), said.stderr
+    assert "verify:" not in said.stdout and _tasks_run(dask) > ran  # no note: it ran on the workers
+
+
 # -- faults: a worker process killed mid-run (last in the module: the nanny restarts it) ----------------------
 class KillOnce:
     """Wraps a task or a sink's block work: the first call that meets ``when`` kills its own worker process

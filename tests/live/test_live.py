@@ -1,5 +1,6 @@
-"""Live acquisition: receivers (Merlin TCP, DECTRIS ZeroMQ) fed by hand-made senders and by ``serve``, their
-frame accounting, and their blocks through the engine's sinks. Loopback ports are taken free at run time."""
+"""Live acquisition: receivers (Merlin TCP, DECTRIS ZeroMQ stream v1 and v2) fed by hand-made senders and by
+``serve``, their frame accounting, and their blocks through the engine's sinks. Loopback ports are taken free
+at run time."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def _receive(protocol: str, port: int, scan_shape, **options) -> tuple[LiveSourc
     return source, list(source.blocks())
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 def test_clean_stream_gives_the_source_frames(protocol):
     cube = _cube()
     port, out = _serve_in_thread(open_source(cube), protocol)
@@ -135,7 +136,7 @@ def test_clean_stream_gives_the_source_frames(protocol):
                                                                                              "complete")
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 @pytest.mark.parametrize("kind", ["drop", "duplicate", "reorder", "corrupt"])
 def test_each_injected_fault_is_counted_exactly(protocol, kind):
     cube = _cube()
@@ -159,7 +160,7 @@ def test_each_injected_fault_is_counted_exactly(protocol, kind):
     assert np.array_equal(valid, mask)
 
 
-@pytest.mark.parametrize("protocol", ["merlin", "dectris"])
+@pytest.mark.parametrize("protocol", ["merlin", "dectris", "dectris2"])
 def test_disconnect_ends_the_stream_with_what_arrived(protocol):
     cube = _cube()
     port, out = _serve_in_thread(open_source(cube), protocol, Faults(disconnect_after=20))
@@ -368,6 +369,29 @@ def test_snapshots_are_taken_at_most_every_so_often_and_once_at_the_end(every, e
     np.testing.assert_array_equal(seen[-1].image("BF"), full["virtual"]["BF"])
 
 
+def test_snapshots_fill_row_by_row_while_the_archive_takes_whole_chunk_rows(tmp_path):
+    """With an archive of 4-row chunks, snapshot k still holds exactly the k + 1 rows received so far (not a
+    multiple of 4), and the archive is byte for byte the one compress writes."""
+    from stempress.acquire import receive
+    from stempress.reduce.imaging import default_reducers
+
+    cube = _cube((10, 8, 12, 10))
+    port, out = _serve_in_thread(open_source(cube), "merlin")
+    live = LiveSource(f"merlin://127.0.0.1:{port}", cube.shape[:2], timeout=10)
+    seen: list = []
+    receive(live, reducers=default_reducers(CAL), watch=seen.append, every=0.0, archive=tmp_path / "a.h5",
+            chunks="4x4x12x10", workers=1)
+    out["thread"].join(30)
+    assert [s.rows_done for s in seen] == [*range(1, 11), 10] and seen[-1].final
+    for k, snapshot in enumerate(seen[:-1]):
+        bf = snapshot.image("BF")
+        assert int(snapshot.received.sum()) == 8 * (k + 1) and snapshot.received[:k + 1].all()
+        assert np.isfinite(bf[:k + 1]).all() and np.isnan(bf[k + 1:]).all()
+    np.testing.assert_array_equal(seen[-1].image("BF"), run_reducers_of(cube)["virtual"]["BF"])
+    compress(ArraySource(cube, name="cube"), tmp_path / "c.h5", chunks="4x4x12x10", workers=1)
+    assert _chunks(tmp_path / "a.h5") == _chunks(tmp_path / "c.h5")
+
+
 def run_reducers_of(cube: np.ndarray) -> dict:
     from stempress.reduce.imaging import default_reducers
     from stempress.store.reducing import run_reducers
@@ -523,3 +547,54 @@ def test_a_dectris_stream_of_only_invalid_images_says_so_and_what_was_wrong():
         reader.close()
         push.close()
         context.term()
+
+
+def _one_bit_messages(frames: np.ndarray, raw: bool) -> list[bytes]:
+    flat = frames.reshape(-1, *frames.shape[2:])
+    return [mpx_message(acquisition_header(len(flat), frames.shape[1], 1)),
+            *(mpx_message(encode_frame(i + 1, f, counter_depth=1, raw=raw)) for i, f in enumerate(flat))]
+
+
+@pytest.mark.parametrize(("raw", "codec", "stored"), [(False, None, "blosc_lz4_bitshuffle"),
+                                                       (True, None, "blosc_lz4_bitshuffle"),
+                                                       (False, "blosc_zstd", "blosc_zstd")])
+def test_a_1bit_stream_is_archived_bitshuffled_unless_the_user_names_a_codec(tmp_path, raw, codec, stored):
+    from stempress.acquire import receive
+    from stempress.codecs.blosc import CNAME_CODES, SHUFFLE_MODES
+
+    frames = (np.random.default_rng(2).random((2, 4, 256, 256)) < 0.08).astype(np.uint8)
+    live = LiveSource(f"merlin://127.0.0.1:{_merlin_sender(_one_bit_messages(frames, raw))}", (2, 4), timeout=10)
+    assert live.metadata["counter_depth"] == 1 and live.dtype == np.uint8
+    report = receive(live, archive=tmp_path / "a.h5", codec=codec)
+    assert report.archive is not None and report.archive.codec.name == stored and report.archive.direct
+    with h5py.File(tmp_path / "a.h5") as f:
+        dset = f[EMD_DATA_PATH]
+        assert np.array_equal(dset[()], frames)  # the 0/1 counts, losslessly
+        cd_values = dset.id.get_create_plist().get_filter(0)[2]
+        assert (cd_values[5], cd_values[6]) == ((SHUFFLE_MODES["bit"], CNAME_CODES["lz4"]) if codec is None else
+                                                (SHUFFLE_MODES["byte"], CNAME_CODES["zstd"]))
+        said = json.loads(dset.attrs[METADATA_ATTR]).get("archive_codec_default", "")
+    assert ("blosc_lz4_bitshuffle: the default for 1-bit streams" in said) == (codec is None)
+
+
+def test_a_12bit_stream_keeps_the_usual_default_codec(tmp_path):
+    from stempress.acquire import receive
+
+    frames = np.random.default_rng(3).integers(0, 4096, (2, 3, 8, 8)).astype(np.uint16)
+    flat = frames.reshape(6, 8, 8)
+    messages = [mpx_message(acquisition_header(6, 3, 12)), *(mpx_message(encode_frame(i + 1, f))
+                                                              for i, f in enumerate(flat))]
+    live = LiveSource(f"merlin://127.0.0.1:{_merlin_sender(messages)}", (2, 3), timeout=10)
+    report = receive(live, archive=tmp_path / "a.h5")
+    assert live.metadata["counter_depth"] == 12 and report.archive.codec.name == "blosc_zstd"
+    assert "archive_codec_default" not in live.metadata
+
+
+def test_raw_frames_decode_by_the_first_header_unless_their_counter_depth_changes():
+    frames = (np.random.default_rng(4).random((1, 3, 256, 256)) < 0.1).astype(np.uint8)
+    messages = _one_bit_messages(frames, raw=True)
+    frames[0, 1] *= 37  # frame 2 comes at counter depth 6 (another length), which the first header cannot decode
+    messages[2] = mpx_message(encode_frame(2, frames[0, 1], counter_depth=6, raw=True))
+    live, blocks = _receive("merlin", _merlin_sender(messages), (1, 3), timeout=10)
+    assert np.array_equal(np.concatenate([b.data for b in blocks]), frames)
+    assert (live.account.received, live.account.corrupt) == (3, 0)

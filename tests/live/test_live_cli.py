@@ -62,12 +62,14 @@ def test_missing_frames_exit_non_zero_and_the_summary_counts_them(tmp_path):
     assert np.isnan(next(iter(images["bf"].values()))[~received]).all()
 
 
-def test_allow_missing_and_a_clean_dectris_stream_exit_zero(tmp_path):
+@pytest.mark.parametrize(("protocol", "encoding"), [("dectris", "bs16-lz4<"), ("dectris2", "bslz4")])
+def test_allow_missing_and_a_clean_dectris_stream_exit_zero(tmp_path, protocol, encoding):
     path, cube = _cube(tmp_path)
-    server, port = _serve(str(path), "--as", "dectris", "--encoding", "bs16-lz4<")
-    done = subprocess.run(_live(f"dectris://127.0.0.1:{port}", tmp_path, "--allow-missing"), capture_output=True,
+    server, port = _serve(str(path), "--as", protocol, "--encoding", encoding)
+    done = subprocess.run(_live(f"{protocol}://127.0.0.1:{port}", tmp_path, "--allow-missing"), capture_output=True,
                           text=True, timeout=120)
-    server.communicate(timeout=60)
+    served, _ = server.communicate(timeout=60)
+    assert "sent 48 messages for 48 frames" in served
     assert done.returncode == 0, done.stderr
     assert "received 48, missing 0" in done.stdout and "(complete)" in done.stdout
     with h5py.File(tmp_path / "a.h5") as f:

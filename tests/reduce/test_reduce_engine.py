@@ -150,6 +150,30 @@ def test_a_pass_travels_without_its_constants_and_merges_to_the_same_bits():
     _assert_identical(run_reducers(src, reducers, calibration=calibration), shipped[0].finish())
 
 
+def test_a_pass_like_another_shares_its_constants_and_gives_the_same_bits():
+    """A stream's partial per block shares the run's masks and weights (deriving them cost more than reducing a
+    row); a reducer with its own ``start`` (Bragg peaks' NaN padding) still starts its own way."""
+    from stempress.reduce.diffraction import BraggPeaks
+
+    src = _source("counted")
+    calibration = calibrate(src, sample_rows=None)
+    reducers = [*_reducers(src), BraggPeaks(threshold=2.0)]
+    template = RowPass(reducers, src.shape, src.dtype, calibration, (0, src.shape[0]))
+    rows = (3, 5)
+    alike = RowPass(reducers, src.shape, src.dtype, calibration, rows, like=template)
+    alone = RowPass(reducers, src.shape, src.dtype, calibration, rows)
+    assert all(a.context is t.context for a, t, r in zip(alike.states, template.states, reducers, strict=True)
+               if not isinstance(r, BraggPeaks))
+    assert alike.projection is not template.projection and alike.projection._buf is not template.projection._buf
+    for p in (alike, alone):
+        p.process(Block(rows[0], src.read_rows(*rows)))
+    for a, b in zip(alone.states, alike.states, strict=True):  # a partial's buffers: finish needs the whole scan
+        assert a.buffers.keys() == b.buffers.keys()
+        assert all(np.array_equal(a.buffers[k], b.buffers[k], equal_nan=True) for k in a.buffers)
+    other = RowPass(reducers[:2], src.shape, src.dtype, calibration, rows, like=template)  # not the same run
+    assert other.states[0].context is not template.states[0].context
+
+
 def test_partition_ranges_cover_the_scan_without_empty_parts():
     assert partition_ranges(10, 3) == [(0, 3), (3, 7), (7, 10)]
     assert partition_ranges(2, 5) == [(0, 1), (1, 2)]

@@ -364,3 +364,21 @@ def test_verify_runs_its_checks_on_the_callers_executor(tmp_path):
             assert verify(path, against=ArraySource(data), executor=executor).verified
             report = verify(path, against=ArraySource(altered), executor=executor)
         assert report.problem.kind == "differs" and report.problem.where() == "scan position (3, 1)"
+
+
+def test_an_event_file_verified_on_worker_processes_gives_the_inline_report(tmp_path):
+    """Any remote executor, not only Dask: the processes reopen the file and check partitions of its rows."""
+    from dataclasses import replace
+
+    from stempress.events import raw_csr_files, write_raw_csr
+    from stempress.exec.processes import ProcessExecutor
+
+    path = write_raw_csr(ArraySource(cube("uint8")), tmp_path / "ev.toml")
+    indptr = np.fromfile(raw_csr_files(path)["indptr"], "<i8")
+    for row in (4, 6):
+        flip_byte(raw_csr_files(path)["data"], int(indptr[row * 6]), 1)
+    inline = verify(path)
+    with ProcessExecutor(2) as executor:
+        on_workers = verify(path, executor=executor)
+    assert replace(inline, seconds=0) == replace(on_workers, seconds=0)
+    assert on_workers.bad_chunks == 2 and on_workers.problem.rows == (4, 5) and on_workers.note is None

@@ -19,8 +19,10 @@ from stempress.errors import StempressError
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "int8", "int16", "int32",
                                                 "float32", "float64", "uint64", "int64"))
 
-#: Default memory budget for one block when the caller gives no row count.
-DEFAULT_BLOCK_BYTES = 64 * 1024**2
+#: Default memory budget for one block when the caller gives no row count: below glibc's largest mmap threshold
+#: (32 MiB), so a freed block's memory is reused for the next one instead of being mapped and faulted in again
+#: (reducing a page-cached .npy: 64 MiB blocks cost ~0.2 s of system time per GB, 24 MiB ones ~0.01-0.03 s).
+DEFAULT_BLOCK_BYTES = 24 * 1024**2
 
 
 @dataclass(frozen=True)

@@ -142,19 +142,42 @@ class _Writer:
         self.next_row = 0  # rows handed out to be coded (some may still be in a worker)
 
     def pieces(self, blocks: Iterable[Block], chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Each block checked, then cut into chunks of ``chunk_rows`` scan rows: (rows, (positions, pixels))."""
+        """Each block checked, then cut into chunks of ``chunk_rows`` scan rows: (rows, (positions, pixels)).
+        Chunks start at multiples of ``chunk_rows`` whatever the blocks (rows left over at a block's end wait for
+        the next one), so the file does not depend on how the caller cut the cube."""
         frame = self.shape[2] * self.shape[3]
+        received = self.next_row
+        held: list[np.ndarray] = []  # rows of the chunk being assembled across blocks
         for block in blocks:
             data = np.ascontiguousarray(block.data)
-            if block.start != self.next_row or data.shape[1:] != self.shape[1:] or data.dtype != self.dtype:
+            if block.start != received or data.shape[1:] != self.shape[1:] or data.dtype != self.dtype:
                 raise StempressError(f"entropy codec: block at row {block.start} of shape {data.shape} "
                                      f"{data.dtype} does not continue cube {self.shape} {self.dtype} at row "
-                                     f"{self.next_row}; feed whole scan rows in order, in the declared dtype")
+                                     f"{received}; feed whole scan rows in order, in the declared dtype")
             refuse_non_counts(data, block.start, "entropy codec")  # counts only, with the events' message
-            for a in range(0, data.shape[0], chunk_rows):
-                part = data[a:a + chunk_rows]
+            received += data.shape[0]
+            a = 0
+            if held:
+                a = min(data.shape[0], chunk_rows - sum(h.shape[0] for h in held))
+                held.append(data[:a])
+                if sum(h.shape[0] for h in held) < chunk_rows:
+                    continue
+                part = np.concatenate(held)
+                held = []
                 self.next_row += part.shape[0]
                 yield part.shape[0], part.reshape(-1, frame)
+            while a < data.shape[0]:
+                part = data[a:a + chunk_rows]
+                a += part.shape[0]
+                if part.shape[0] < chunk_rows and received < self.shape[0]:
+                    held.append(part)
+                    break
+                self.next_row += part.shape[0]
+                yield part.shape[0], part.reshape(-1, frame)
+        if held:
+            part = np.concatenate(held)
+            self.next_row += part.shape[0]
+            yield part.shape[0], part.reshape(-1, frame)
 
     def append(self, rows: int, words: np.ndarray, raw: np.ndarray) -> None:
         """The next chunk's ANS words and escaped values."""

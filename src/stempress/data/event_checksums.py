@@ -36,6 +36,11 @@ class ChecksumError(StempressError):
         super().__init__(message)
         self.chunk, self.positions = chunk, positions
 
+    def __reduce__(self) -> tuple[type[ChecksumError], tuple[str, int, tuple[int, int]]]:
+        """Whole where it lands (raised in a worker process): pickling gives an exception its message only, and
+        a process pool whose result cannot be read back breaks."""
+        return type(self), (str(self), self.chunk, self.positions)
+
 
 def positions_per_chunk(shape: tuple[int, ...]) -> int:
     """Scan positions per chunk for a cube of ``shape``: whole scan rows, at most ``MAX_CHUNKS`` chunks."""

@@ -152,11 +152,14 @@ def decode_frame(header: FrameHeader, payload: bytes | bytearray | memoryview, *
 
 
 def encode_frame(number: int, frame: np.ndarray, *, counter_depth: int | None = None,
-                 time: str = "2026-01-01 00:00:00.000000", flip_det_y: bool = True, raw: bool = False) -> bytes:
+                 time: str = "2026-01-01 00:00:00.000000", flip_det_y: bool = True, raw: bool = False,
+                 out: bytearray | None = None) -> bytearray:
     """A ``.mib`` record (``MQ1`` header, then big-endian data, or with ``raw`` Merlin's raw ``R64`` chip
     readout at ``counter_depth``) holding ``frame`` as ``MibSource`` returns it (``flip_det_y``), so
     ``decode_frame`` gives ``frame`` back. Raw frames are 256x256 (single chip) or 512x512 (quad, a 768-byte
-    header naming 4 chips in layout 2x2, as a Merlin Quad writes it)."""
+    header naming 4 chips in layout 2x2, as a Merlin Quad writes it). The record is built in one buffer (a binary
+    frame's pixels flipped and made big-endian in one pass): ``out``, the last record of the same size, is reused
+    (a sender makes thousands a second, and fresh memory costs more to touch than to fill)."""
     names = {np.dtype(v): k for k, v in _PIXEL_TYPES.items()}
     dtype = np.dtype(frame.dtype).newbyteorder("=")
     if dtype not in names or frame.ndim != 2:
@@ -169,16 +172,20 @@ def encode_frame(number: int, frame: np.ndarray, *, counter_depth: int | None = 
     if raw:
         if depth not in mib_raw.DEPTHS:
             raise StempressError(f"counter depth {depth} has no raw format; choose 1, 6, 12 or 24")
-        data = mib_raw.encode(np.asarray(stored)[None], depth)[0].tobytes()
+        data = mib_raw.encode(np.asarray(stored)[None], depth)[0]
         width, height = mib_raw.header_size(frame.shape, depth)
         kind = "R64"
         if frame.shape != (mib_raw.CHIP, mib_raw.CHIP):
             chips, layout, select, size = 4, "2x2", "0F", 768
     else:
-        data = np.ascontiguousarray(stored, dtype.newbyteorder(">")).tobytes()
+        data = stored
     head = (f"MQ1,{number:06d},{size:05d},{chips:02d},{width:04d},{height:04d},{kind},{layout:>6},{select},{time},"
             f"0.001000,0,0,0,MQ1A,{time.replace(' ', 'T')}Z,1000000ns,{depth},").encode("ascii")
-    return head.ljust(size, b"\x00") + data
+    record = out if out is not None and len(out) == size + data.nbytes else bytearray(size + data.nbytes)
+    record[:size] = head.ljust(size, b"\x00")
+    stored_type = data.dtype if raw else dtype.newbyteorder(">")
+    np.copyto(np.frombuffer(record, stored_type, offset=size).reshape(data.shape), data, casting="unsafe")
+    return record
 
 
 def _header_fields(path: Path) -> list[str]:
@@ -190,7 +197,7 @@ def _header_fields(path: Path) -> list[str]:
     return list(parse_frame_header(head, str(path)).fields)
 
 
-def _counter_depth(fields: list[str], hdr: dict[str, str] | None) -> int | None:
+def counter_depth(fields: list[str], hdr: dict[str, str] | None) -> int | None:
     """Counter depth (1/6/12/24 bits) from the extended header (``MQ1A,time,exposure,depth``) or .hdr."""
     values = []
     if "MQ1A" in fields:
@@ -299,7 +306,7 @@ class MibSource(SourceBase):
             "scan_shape_source": source,
             "header_bytes": headers.dtype.itemsize,
             "pixel_type": pixel_type,
-            "counter_depth": _counter_depth(fields, hdr),
+            "counter_depth": counter_depth(fields, hdr),
             "chips": _int(fields[3]),
             "chip_layout": fields[7].strip(),
             "exposure_ms": _first(parse_exposures, first),

@@ -57,15 +57,38 @@ def regroup(blocks: Iterable[Block], multiple: int, scan_y: int) -> Iterator[Blo
     if multiple <= 1:
         yield from blocks
         return
-    held: list[Block] = []
+    joining = Regrouper(multiple, scan_y)
     for block in blocks:
-        held.append(block)
-        stop = block.stop
-        if stop % multiple == 0 or stop >= scan_y:
-            yield join(held)
-            held = []
-    if held:
-        yield join(held)
+        joined = joining.add(block)
+        if joined is not None:
+            yield joined
+    rest = joining.flush()
+    if rest is not None:
+        yield rest
+
+
+class Regrouper:
+    """``regroup`` one block at a time, for a caller that feeds other sinks between blocks (the engine's stream
+    lanes): ``add`` holds a block until its rows end on a multiple of ``multiple`` (or the scan's end), then
+    returns the held blocks joined; ``flush`` returns what is still held when the stream ends."""
+
+    def __init__(self, multiple: int, scan_y: int) -> None:
+        self.multiple, self.scan_y = max(1, int(multiple)), int(scan_y)
+        self.held: list[Block] = []
+
+    def add(self, block: Block) -> Block | None:
+        if self.multiple == 1 and not self.held:
+            return block
+        self.held.append(block)
+        if block.stop % self.multiple == 0 or block.stop >= self.scan_y:
+            return self.flush()
+        return None
+
+    def flush(self) -> Block | None:
+        if not self.held:
+            return None
+        held, self.held = self.held, []
+        return join(held)
 
 
 def join(blocks: list[Block]) -> Block:

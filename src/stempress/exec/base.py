@@ -58,7 +58,7 @@ class Executor(ABC):
                       ) -> AbstractContextManager[Callable[[int, int], None] | None]:
         """A picklable ``link(part, done)`` for remote tasks to report progress from inside their work, delivered
         here as ``report(part, done)`` while the context is open; None where there is no channel back (a local
-        executor's tasks share the caller's counter; worker processes report when their results arrive)."""
+        executor's tasks share the caller's counter). Worker processes and Dask workers have one."""
         return nullcontext(None)
 
     def close(self) -> None:  # noqa: B027 - most executors hold nothing to release

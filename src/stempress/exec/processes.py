@@ -91,6 +91,19 @@ class ProcessExecutor(Executor):
                 break
         return self.workers
 
+    @contextlib.contextmanager
+    def progress_link(self, report: Callable[[int, int], None]) -> Iterator[Callable[[int, int], None] | None]:
+        """Progress from inside tasks: each worker sends ``(part, done)`` over its own local socket to a thread
+        here, which calls ``report`` (thread-safe) until the context closes, after delivering what finished tasks
+        sent (``exec.report_back``)."""
+        from stempress.exec.report_back import ProgressListener
+
+        listener = ProgressListener(report)
+        try:
+            yield listener.link
+        finally:
+            listener.close()
+
     def pids(self) -> list[int]:
         """The worker processes' ids (none before the first task or after ``close``)."""
         pool = self._pool

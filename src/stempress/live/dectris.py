@@ -12,17 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import threading
-import time
 from typing import Any
 
 import numpy as np
 
 from stempress.errors import StempressError
-from stempress.live.events import Corrupt, End, Event, EventReader, Frame, StreamHeader
+from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
+from stempress.live.zmq_pull import PullReader
 
-#: Messages the receiving socket queues before ZeroMQ stops the sender.
-RECEIVE_HWM = 1000
 ENCODINGS = ("bs16-lz4<", "bs32-lz4<", "bs8-lz4<", "lz4<", "<")
 _BLOCK_BYTES = 8192  # bitshuffle block size in bytes (DECTRIS and the bitshuffle filter's default)
 
@@ -110,32 +107,10 @@ def parse_image(parts: list[bytes]) -> Frame:
     return Frame(number, decode_image(parts[2], shape, dtype, encoding))  # type: ignore[arg-type]
 
 
-class DectrisReader(EventReader):
+class DectrisReader(PullReader):
     """PULLs from a detector's stream interface (``tcp://HOST:PORT``, default port 9999)."""
 
     protocol = "dectris"
-    ends_with_message = True  # dseries_end-1.0 follows the last image
-
-    def __init__(self, host: str, port: int, *, timeout: float = 10.0, hwm: int = RECEIVE_HWM) -> None:
-        import zmq
-
-        self.host, self.port, self.timeout = host, int(port), float(timeout)
-        self.url = f"dectris://{host}:{port}"
-        self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.RCVHWM, hwm)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(f"tcp://{host}:{port}")
-        self._pending: list[Event] = []
-        self._stop = threading.Event()
-
-    def _recv(self) -> list[bytes] | None:
-        """The next message, or None after ``timeout`` seconds without one (or once asked to stop)."""
-        deadline = time.monotonic() + self.timeout
-        while not self.sock.poll(100):
-            if time.monotonic() >= deadline or self._stop.is_set():
-                return None
-        return self.sock.recv_multipart(copy=True)
 
     def start(self) -> StreamHeader:
         """Wait for the series header, then the first valid image (its shape and type)."""
@@ -149,22 +124,10 @@ class DectrisReader(EventReader):
                                  "(dheader-1.0); start the receiver before arming the detector")
         config = _json(parts[1]) if len(parts) > 1 else {}
         self.series = head.get("series")
-        corrupt: list[Corrupt] = []
-        while True:
-            event = self._next()
-            self._pending.append(event)
-            if isinstance(event, Corrupt):
-                corrupt.append(event)
-            if isinstance(event, End) and corrupt:
-                raise StempressError(f"{self.url}: {len(corrupt)} image(s) arrived before the {event.reason}, none "
-                                     f"valid (the first: {corrupt[0].reason}); check that the sender speaks the "
-                                     "SIMPLON stream (dimage-1.0, dimage_d-1.0 with its shape, type and encoding)")
-            if isinstance(event, End):
-                raise StempressError(f"{self.url}: no image arrived ({event.reason})")
-            if isinstance(event, Frame):
-                metadata = {"format": "dectris-stream", "protocol": "dectris", "url": self.url,
-                            "series": self.series, "detector_config": config}
-                return StreamHeader(event.data.shape, event.data.dtype, 0, metadata)  # type: ignore[arg-type]
+        first = self._first_frame("the SIMPLON stream (dimage-1.0, dimage_d-1.0 with its shape, type and encoding)")
+        metadata = {"format": "dectris-stream", "protocol": "dectris", "url": self.url,
+                    "series": self.series, "detector_config": config}
+        return StreamHeader(first.data.shape, first.data.dtype, 0, metadata)  # type: ignore[arg-type]
 
     def _next(self) -> Event:
         parts = self._recv()
@@ -177,10 +140,6 @@ class DectrisReader(EventReader):
             return parse_image(parts)
         except StempressError as exc:
             return Corrupt(str(exc))
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.context.term()
 
 
 def _json(part: bytes) -> dict[str, Any]:

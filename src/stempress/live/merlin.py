@@ -12,16 +12,21 @@ import threading
 import time
 from typing import Any
 
-from stempress.data.mib import FrameHeader, decode_frame, parse_frame_header
+from stempress.data.mib import FrameHeader, counter_depth, decode_frame, parse_frame_header
 from stempress.errors import StempressError
 from stempress.live.events import Corrupt, End, Event, EventReader, Frame, StreamHeader
 
 MPX_BYTES = 15  # b"MPX," + 10 digits + b","
 
 
+def mpx_prefix(payload_bytes: int) -> bytes:
+    """The ``MPX`` prefix of a message of ``payload_bytes`` (the length counts the comma after the prefix)."""
+    return b"MPX,%010d," % (payload_bytes + 1)
+
+
 def mpx_message(payload: bytes) -> bytes:
-    """One message of the stream: the ``MPX`` prefix (length counts the comma after it) and ``payload``."""
-    return b"MPX,%010d," % (len(payload) + 1) + payload
+    """One message of the stream: the ``MPX`` prefix and ``payload``."""
+    return mpx_prefix(len(payload)) + payload
 
 
 def parse_acquisition_header(payload: bytes | bytearray) -> dict[str, str]:
@@ -80,6 +85,7 @@ class MerlinReader(EventReader):
                 metadata: dict[str, Any] = {"format": "mib", "protocol": "merlin", "url": self.url, "hdr": hdr,
                                             "pixel_type": header.pixel_type, "chips": header.chips,
                                             "chip_layout": header.layout, "header_bytes": header.header_bytes,
+                                            "counter_depth": counter_depth(list(header.fields), hdr),
                                             "det_y_flipped": self.flip}
                 dtype = event.data.dtype.newbyteorder("=")  # frames come big-endian views; the cube is native
                 return StreamHeader(event.data.shape, dtype, 1, metadata)  # type: ignore[arg-type]
@@ -109,15 +115,18 @@ class MerlinReader(EventReader):
         return Frame(header.number if number is None else number, frame)
 
     def _same_format(self, payload: bytearray) -> int | None:
-        """The frame number of a binary frame whose size, chips, geometry, pixel type and layout fields are the
-        first frame's (every frame of an acquisition), so it decodes by the first header without parsing the rest
-        (timestamps) again; None for anything else, which the full parser then reads or refuses."""
+        """The frame number of a frame whose size, chips, geometry, pixel type and layout fields are the first
+        frame's (every frame of an acquisition), so it decodes by the first header without parsing the rest
+        (timestamps) again; None for anything else, which the full parser then reads or refuses. A raw frame's
+        decoding also depends on its counter depth, which its length gives (each depth packs its own size)."""
         first = self._first_header
-        if first is None or first.raw or not payload.startswith(b"MQ1,"):
+        if first is None or not payload.startswith(b"MQ1,"):
             return None
         lead = bytes(payload[:64]).split(b",", 8)
         if lead[2:8] != self._format or not lead[1].isdigit():
             return None
+        if first.raw and len(payload) != first.record_bytes:
+            return None  # another counter depth (or a short frame): the full parser reads or refuses it
         if len(payload) != first.record_bytes:
             raise StempressError(f"frame {int(lead[1])}: {len(payload) - first.header_bytes} data bytes, its header "
                                  f"says {first.data_bytes}; the frame is short or corrupt")

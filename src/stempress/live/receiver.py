@@ -2,8 +2,8 @@
 
 A reader thread takes messages off the network, decodes them and puts them on a queue bounded in bytes; when
 the sinks fall behind, the queue fills, the thread stops reading and the protocol's own backpressure (TCP for
-Merlin, the ZeroMQ high-water mark for DECTRIS) holds the detector back, so memory stays bounded. ``blocks()``
-assembles whole scan rows (``accounting.RowAssembler``) with ``valid`` marking what arrived. A stall or a
+Merlin, the ZeroMQ high-water mark for DECTRIS v1 and v2) holds the detector back, so memory stays bounded.
+``blocks()`` assembles whole scan rows (``accounting.RowAssembler``) with ``valid`` marking what arrived. A stall or a
 disconnect ends the stream with a one-line reason in ``account.ended``; the rows hold what arrived."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from stempress.live.events import Corrupt, End, Event, Frame
 
 #: Decoded frames held between the network and the sinks.
 QUEUE_BYTES = 256 * 1024**2
-PROTOCOLS = ("merlin", "dectris")
+PROTOCOLS = ("merlin", "dectris", "dectris2")
 
 
 class ByteQueue:
@@ -62,9 +62,10 @@ class ByteQueue:
 
 
 class LiveSource:
-    """A scan of ``scan_shape`` positions received from ``url`` (``merlin://HOST:PORT`` or
-    ``dectris://HOST:PORT``). Opening connects and reads the stream's header and first frame (so the cube's
-    shape and dtype are known before the sinks open); ``blocks()`` may be iterated once."""
+    """A scan of ``scan_shape`` positions received from ``url`` (``merlin://HOST:PORT``, ``dectris://HOST:PORT``
+    for SIMPLON stream v1 or ``dectris2://HOST:PORT[?channel=NAME]`` for Stream V2). Opening connects and reads
+    the stream's header and first frame (so the cube's shape and dtype are known before the sinks open);
+    ``blocks()`` may be iterated once."""
 
     def __init__(self, url: str, scan_shape: tuple[int, int], *, timeout: float = 10.0,
                  queue_bytes: int = QUEUE_BYTES, window_rows: int = 1, fill: int = 0,
@@ -77,10 +78,15 @@ class LiveSource:
             from stempress.live.merlin import MerlinReader
 
             self.reader: Any = MerlinReader(host, port, timeout=timeout, flip_det_y=flip_det_y)
-        else:
+        elif protocol == "dectris":
             from stempress.live.dectris import DectrisReader
 
             self.reader = DectrisReader(host, port, timeout=timeout)
+        else:
+            from stempress.live.dectris2 import Dectris2Reader
+
+            channel = parse_qs(urlparse(url).query).get("channel", [None])[-1]  # dectris2://HOST:PORT?channel=NAME
+            self.reader = Dectris2Reader(host, port, timeout=timeout, channel=channel)
         self.url, self.protocol = url, protocol
         try:
             header = self.reader.start()
@@ -216,11 +222,11 @@ class LiveSource:
 
 
 def parse_url(url: str) -> tuple[str, str, int]:
-    """``merlin://HOST:PORT`` or ``dectris://HOST:PORT`` as (protocol, host, port)."""
+    """``merlin://HOST:PORT``, ``dectris://HOST:PORT`` or ``dectris2://HOST:PORT`` as (protocol, host, port)."""
     parsed = urlparse(url)
     if parsed.scheme not in PROTOCOLS or not parsed.hostname or parsed.port is None:
-        raise StempressError(f"{url!r} is not a detector stream address; give merlin://HOST:PORT or "
-                             "dectris://HOST:PORT")
+        raise StempressError(f"{url!r} is not a detector stream address; give merlin://HOST:PORT, "
+                             "dectris://HOST:PORT (SIMPLON stream v1) or dectris2://HOST:PORT (Stream V2, CBOR)")
     return parsed.scheme, parsed.hostname, int(parsed.port)
 
 

@@ -3,8 +3,8 @@ rate, with faults injected on purpose (dropped, duplicated, swapped, corrupt fra
 the receiver's accounting can be checked against what was really sent (``FaultLog``) and a user can rehearse.
 
 A ``.mib`` source is sent as its file's own records, byte for byte (unless another Merlin format is asked for);
-any other source as frames encoded by ``data.mib.encode_frame`` (Merlin, binary or raw) or ``live.dectris``
-(DECTRIS), read one scan row at a time."""
+any other source as frames encoded by ``data.mib.encode_frame`` (Merlin, binary or raw), ``live.dectris``
+(DECTRIS stream v1) or ``live.dectris2`` (Stream V2), read one scan row at a time."""
 
 from __future__ import annotations
 
@@ -19,12 +19,15 @@ import numpy as np
 
 from stempress.data.mib import FrameHeader, encode_frame, parse_frame_header
 from stempress.errors import StempressError
-from stempress.live import dectris
+from stempress.live import dectris, dectris2
 from stempress.live.control import MerlinControlServer, SimplonApiServer
-from stempress.live.merlin import acquisition_header, mpx_message
+from stempress.live.merlin import acquisition_header, mpx_message, mpx_prefix
+from stempress.live.zmq_pull import RECEIVE_HWM
 
-PROTOCOLS = ("merlin", "dectris")
+PROTOCOLS = ("merlin", "dectris", "dectris2")
 MERLIN_FORMATS = ("binary", "raw")  # Merlin's FILEFORMAT 0 (U08/U16/U32 frames) and 2 (R64 chip readout)
+#: What each DECTRIS stream sends when no encoding is asked for.
+DEFAULT_ENCODINGS = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,17 @@ class _Frames:
         return self._data[i % self.scan_x]
 
 
+def _send_parts(conn: socket.socket, parts: list[bytes | bytearray]) -> None:
+    """``sendall`` of the parts one after the other, gathered by the kernel (no joined copy of a frame)."""
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        sent = conn.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
 class _MibRecords:
     """Record ``i`` of a ``.mib`` file, its bytes as stored."""
 
@@ -149,19 +163,20 @@ def _corrupt_dectris(parts: list[bytes], i: int) -> list[bytes]:
 
 
 def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1", rate: float = 0.0,
-          faults: Faults | None = None, encoding: str = "bs16-lz4<", timeout: float = 60.0,
+          faults: Faults | None = None, encoding: str | None = None, timeout: float = 60.0,
           ready: Callable[[int], None] | None = None, api_port: int | None = None,
           api_ready: Callable[[int], None] | None = None, api_linger: float = 3.0,
           merlin_format: str | None = None) -> FaultLog:
     """Send ``source`` once to one receiver as ``protocol`` (``merlin``: a TCP server, as the detector's data
-    port; ``dectris``: a ZeroMQ PUSH socket). ``port`` 0 takes a free one, told to ``ready(port)`` once
+    port; ``dectris``: a ZeroMQ PUSH socket sending SIMPLON stream v1, ``dectris2``: Stream V2, CBOR). ``encoding``:
+    the DECTRIS data encoding (None: ``DEFAULT_ENCODINGS``). ``port`` 0 takes a free one, told to ``ready(port)`` once
     listening; ``rate`` frames/s (0: as fast as the receiver takes them). With ``api_port`` (0: a free one, told
     to ``api_ready``) the detector's control interface answers too, as clients such as LiberTEM-live need
     (``live.control``: Merlin's control port, DECTRIS's SIMPLON REST API), and outlives the stream until no
     client asked it anything for ``api_linger`` seconds. ``merlin_format``: ``binary`` or ``raw`` frames (None:
     a ``.mib`` as stored, anything else binary). Returns what was sent."""
     if protocol not in PROTOCOLS:
-        raise StempressError(f"unknown detector protocol {protocol!r}; choose merlin or dectris")
+        raise StempressError(f"unknown detector protocol {protocol!r}; choose merlin, dectris or dectris2")
     if merlin_format not in (None, *MERLIN_FORMATS):
         raise StempressError(f"unknown Merlin format {merlin_format!r}; choose binary or raw")
     faults = faults or Faults()
@@ -169,8 +184,9 @@ def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1",
     log = schedule(n, faults)
     stall_at = faults.stall_at if faults.stall_at is not None else len(log.sends) // 2
     limit = len(log.sends) if faults.disconnect_after is None else min(len(log.sends), faults.disconnect_after)
-    send = _MerlinSender if protocol == "merlin" else _DectrisSender
-    form = merlin_format if protocol == "merlin" else encoding  # the data format the sender is asked for
+    send = {"merlin": _MerlinSender, "dectris": _DectrisSender, "dectris2": _Dectris2Sender}[protocol]
+    # the data format the sender is asked for
+    form = merlin_format if protocol == "merlin" else encoding or DEFAULT_ENCODINGS[protocol]
     with send(source, host, port, timeout, ready, form, api_port, api_ready) as sender:
         sender.linger = (api_linger, timeout)
         started = time.monotonic()
@@ -200,9 +216,12 @@ LIBERTEM_LIVE_ENCODINGS = ("bs32-lz4<", "bs16-lz4<", "bs8-lz4<", "lz4<")
 
 
 def libertem_live_call(protocol: str, host: str, data_port: int, api_port: int, nav_shape: tuple[int, ...],
-                       encoding: str = "bs16-lz4<") -> str:
+                       encoding: str | None = None) -> str:
     """What a LiberTEM-live user runs (after ``ctx = LiveContext()``) to receive this stream in passive mode, or
     why it cannot."""
+    if protocol == "dectris2":
+        return "cannot receive Stream V2 (LiberTEM-live 0.3 reads SIMPLON stream v1): serve --as dectris for it"
+    encoding = encoding or DEFAULT_ENCODINGS["dectris"]
     if protocol == "dectris" and encoding not in LIBERTEM_LIVE_ENCODINGS:
         return (f"cannot decode the {encoding!r} encoding (libertem-dectris decodes "
                 f"{', '.join(LIBERTEM_LIVE_ENCODINGS)}): serve with --encoding bs16-lz4< for it")
@@ -243,6 +262,7 @@ class _MerlinSender(_Sender):
         self.raw = merlin_format == "raw"
         self.records: Any = _MibRecords(path) if path is not None else None
         self.frames = _Frames(source)
+        self._out: bytearray | None = None
         n = int(source.shape[0]) * int(source.shape[1])
         hdr_path = path.with_suffix(".hdr") if path is not None else None
         depth = int(source.metadata.get("counter_depth") or {1: 6, 2: 12, 4: 24}.get(
@@ -273,14 +293,19 @@ class _MerlinSender(_Sender):
         self.conn.settimeout(timeout)
         self.conn.sendall(mpx_message(self.header))
 
-    def record(self, i: int) -> bytes:
+    def record(self, i: int) -> bytes | bytearray:
         if self.records is not None:
             return self.records(i)
-        return encode_frame(i + 1, self.frames(i), counter_depth=self.depth, raw=self.raw)  # the header's depth
+        # the header's depth; the last record's buffer is reused (sent by then: the kernel copied it)
+        self._out = encode_frame(i + 1, self.frames(i), counter_depth=self.depth, raw=self.raw, out=self._out)
+        return self._out
 
     def send(self, i: int, corrupt: bool) -> None:
         record = self.record(i)
-        self.conn.sendall(mpx_message(_corrupt_merlin(record, i) if corrupt else record))
+        if corrupt:
+            self.conn.sendall(mpx_message(_corrupt_merlin(bytes(record), i)))
+        else:
+            _send_parts(self.conn, [mpx_prefix(len(record)), record])  # ``mpx_message`` without joining a copy
 
     def close(self) -> None:
         self.conn.close()
@@ -291,33 +316,56 @@ class _MerlinSender(_Sender):
 
 
 class _DectrisSender(_Sender):
+    """A ZeroMQ PUSH socket sending SIMPLON stream v1 (JSON multipart); ``_Dectris2Sender`` sends Stream V2."""
+
+    encodings = dectris.ENCODINGS
+    stream_format = "legacy"  # SIMPLON stream/config "format"
+    name = "DECTRIS"
+
     def __init__(self, source: Any, host: str, port: int, timeout: float, ready: Any, encoding: str,
                  api_port: int | None = None, api_ready: Any = None) -> None:
         import zmq
 
-        if encoding not in dectris.ENCODINGS:
-            raise StempressError(f"unknown DECTRIS encoding {encoding!r}; choose one of {', '.join(dectris.ENCODINGS)}")
+        if encoding not in self.encodings:
+            raise StempressError(f"unknown {self.name} encoding {encoding!r}; choose one of "
+                                 f"{', '.join(self.encodings)}")
         self.frames, self.encoding, self.timeout = _Frames(source), encoding, timeout
+        self.dtype, self.det_shape = np.dtype(source.dtype), (int(source.shape[2]), int(source.shape[3]))
+        self.check(self.dtype)
         self.context = zmq.Context()
         self.sock = self.context.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.SNDHWM, dectris.RECEIVE_HWM)
+        self.sock.setsockopt(zmq.SNDHWM, RECEIVE_HWM)
         self.sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
         if port:
             self.sock.bind(f"tcp://{host}:{port}")
         else:
             port = self.sock.bind_to_random_port(f"tcp://{host}")
         _, _, dy, dx = (int(s) for s in source.shape)
+        self.images = int(source.shape[0]) * int(source.shape[1])
         config = {"x_pixels_in_detector": dx, "y_pixels_in_detector": dy, "nimages": 1,
-                  "ntrigger": int(source.shape[0]) * int(source.shape[1]), "trigger_mode": "exte",
+                  "ntrigger": self.images, "trigger_mode": "exte",
                   "bit_depth_image": np.dtype(source.dtype).itemsize * 8}
         if api_port is not None:
             self.api = SimplonApiServer(host, api_port, {"detector": dict(config), "stream": {
-                "mode": "enabled", "header_detail": "basic"}})
+                "mode": "enabled", "format": self.stream_format, "header_detail": "basic"}})
             if api_ready is not None:
                 api_ready(self.api.port)
         if ready is not None:
             ready(port)
-        self._send(dectris.header_parts(1, config))
+        self._send(self.header(config))
+
+    def check(self, dtype: np.dtype) -> None:
+        """Refuse a source the stream cannot carry (stream v1 carries any dtype)."""
+
+    def header(self, config: dict[str, Any]) -> list[bytes]:
+        return dectris.header_parts(1, config)
+
+    def image(self, i: int, corrupt: bool) -> list[bytes]:
+        parts = dectris.image_parts(i, self.frames(i), self.encoding)
+        return _corrupt_dectris(parts, i) if corrupt else parts
+
+    def end(self) -> list[bytes]:
+        return dectris.end_parts(1)
 
     def _send(self, parts: list[bytes]) -> None:
         import zmq
@@ -328,14 +376,37 @@ class _DectrisSender(_Sender):
             raise TimeoutError(f"no receiver took data for {self.timeout:g} s") from exc
 
     def send(self, i: int, corrupt: bool) -> None:
-        parts = dectris.image_parts(i, self.frames(i), self.encoding)
-        self._send(_corrupt_dectris(parts, i) if corrupt else parts)
+        self._send(self.image(i, corrupt))
 
     def close(self) -> None:
         try:
             if self.clean:
-                self._send(dectris.end_parts(1))
+                self._send(self.end())
         finally:
             self.sock.close(linger=int(self.timeout * 1000) if self.deliver else 0)  # deliver what is queued
             self.context.term()
             self.close_api()
+
+
+class _Dectris2Sender(_DectrisSender):
+    """Stream V2: one CBOR map per ZeroMQ message (start, images, end) on the same PUSH socket."""
+
+    encodings = dectris2.ENCODINGS
+    stream_format = "cbor"
+    name = "Stream V2"
+    series_id, unique_id = 1, "stempress-serve-1"
+
+    def check(self, dtype: np.dtype) -> None:
+        dectris2.image_dtype(dtype)
+
+    def header(self, config: dict[str, Any]) -> list[bytes]:
+        return [dectris2.start_message(self.series_id, self.unique_id, self.det_shape, self.dtype, self.images,
+                                       detector_description="stempress serve", frame_time=0.0, count_time=0.0)]
+
+    def image(self, i: int, corrupt: bool) -> list[bytes]:
+        cut = 8 if corrupt and i % 2 else 0  # odd frames: data short of its shape
+        message = dectris2.image_message(i, self.frames(i), self.encoding, self.series_id, self.unique_id, cut=cut)
+        return [message[:-8] if corrupt and not cut else message]  # even frames: the message cut (not CBOR)
+
+    def end(self) -> list[bytes]:
+        return [dectris2.end_message(self.series_id, self.unique_id)]

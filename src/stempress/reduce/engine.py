@@ -87,15 +87,23 @@ class RowPass:
     """All reducers' states over one range of scan rows, the linear ones fused into one projection."""
 
     def __init__(self, reducers: Sequence[Reducer], shape: Shape4, dtype: np.dtype,
-                 calibration: Calibration | None, rows: tuple[int, int]):
+                 calibration: Calibration | None, rows: tuple[int, int], *, like: RowPass | None = None):
+        """``like``: a pass of the same run in this process whose per-run constants (masks, weights, the fused
+        projection's columns) this one shares instead of deriving them again (a partial per block of a stream)."""
         self.reducers = list(reducers)
         self.shape, self.dtype, self.rows, self.calibration = shape, np.dtype(dtype), rows, calibration
-        self.states: list[State] = [r.start(shape, dtype, calibration, rows) for r in self.reducers]
         self.linear: list[tuple[int, slice]] = []
         self._projection: Projection | None = None
         self.seen = np.zeros(rows[1] - rows[0], bool)
         self.nonfinite = NonFinite((int(shape[2]), int(shape[3]))) if self.dtype.kind in "fc" else None
-        self._fuse()
+        if like is not None and like.linear is not None and _same_run(self, like):
+            self.states = [_restart(r, s, rows) if type(r).start is Reducer.start else r.start(shape, dtype,
+                           calibration, rows) for r, s in zip(self.reducers, like.states, strict=True)]
+            self.linear = like.linear
+            self._projection = like.projection.fresh() if like.projection is not None else None
+        else:
+            self.states = [r.start(shape, dtype, calibration, rows) for r in self.reducers]
+            self._fuse()
 
     def _fuse(self) -> None:
         weights = []
@@ -192,6 +200,19 @@ class RowPass:
         if self.nonfinite is not None and self.nonfinite.values:
             results.nonfinite = self.nonfinite
         return results
+
+
+def _same_run(a: RowPass, b: RowPass) -> bool:
+    return (len(a.reducers) == len(b.reducers) and all(x is y for x, y in zip(a.reducers, b.reducers, strict=True))
+            and tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype and a.calibration == b.calibration)
+
+
+def _restart(reducer: Reducer, like: State, rows: tuple[int, int]) -> State:
+    """``reducer.start`` over ``rows`` with ``like``'s constants (``context``), for a reducer whose ``start`` is the
+    protocol's (empty accumulators, then ``prepare``): the same state, without preparing it again."""
+    lo, hi = rows
+    buffers = {key: spec.empty(like.shape, hi - lo) for key, spec in like.specs.items()}
+    return State(like.shape, like.dtype, (lo, hi), buffers, like.specs, like.context)
 
 
 def _check_outputs(reducer: Reducer, out: dict[str, np.ndarray], shape: Shape4, dtype: np.dtype) -> None:

@@ -7,6 +7,7 @@ bits.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,6 +55,15 @@ class Projection:
         self._psum = np.empty(self.pixels, self.work)
         if self.exact32:
             self._res = np.empty((self.chunk, self._w32.shape[1]), np.float32)
+
+    def fresh(self) -> Projection:
+        """The same weights with work buffers of its own, for another pass of the same run (a partial over a few
+        rows, on another thread): deriving the weights' columns again costs more than reducing a scan row."""
+        twin = copy.copy(self)
+        twin._buf, twin._psum = np.empty_like(self._buf), np.empty_like(self._psum)
+        if hasattr(self, "_res"):
+            twin._res = np.empty_like(self._res)
+        return twin
 
     def apply(self, data: np.ndarray, pattern_into: Sequence[np.ndarray] = ()) -> np.ndarray:
         """Products ``(rows, scan_x, k)`` in float64; the block's frame sums are added to each of

@@ -31,12 +31,15 @@ class ReducerSink:
         self.received: np.ndarray | None = None
         self._parts: list[np.ndarray] = []
         self.results: Results | None = None
+        #: the pass of the sink this one is a partial of, while in its process (shares its per-run constants)
+        self._like: RowPass | None = None
 
     def open(self, info: RunInfo) -> None:
         if self.calibration is None:
             self.calibration = Calibration.from_metadata(info.metadata, info.shape[2:])
         self.shape, self.rows = info.shape, info.row_range
-        self._pass = RowPass(self.reducers, info.shape, info.dtype, self.calibration, info.row_range)
+        self._pass = RowPass(self.reducers, info.shape, info.dtype, self.calibration, info.row_range, like=self._like)
+        self._like = None
 
     def consume(self, block: Block) -> None:
         assert self._pass is not None, "open the sink first"
@@ -47,7 +50,13 @@ class ReducerSink:
             self.received[block.start - self.rows[0]:block.stop - self.rows[0]] = block.valid
 
     def partial(self, rows: tuple[int, int]) -> ReducerSink:
-        return ReducerSink(self.reducers, self.calibration, name=self.name)
+        part = ReducerSink(self.reducers, self.calibration, name=self.name)
+        part._like = self._pass  # a stream offloads a partial per block: its masks and weights are this pass's
+        return part
+
+    def __getstate__(self) -> dict[str, object]:
+        """A partial sent to another process leaves the parent's pass behind (it derives its own constants)."""
+        return {**self.__dict__, "_like": None}
 
     def merge(self, other: ReducerSink) -> None:
         """Absorb the partition over the next rows (partitions arrive in row order)."""

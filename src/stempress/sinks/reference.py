@@ -58,6 +58,11 @@ class CheckFailed(StempressError):
         super().__init__(f"{problem.where()}: {problem.reason}")
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type[CheckFailed], tuple[Problem]]:
+        """Rebuilt from its problem where it lands (raised in a worker process): pickling gives an exception
+        its message only, which this ``__init__`` cannot take, and a pool whose result cannot be read breaks."""
+        return type(self), (self.problem,)
+
 
 def shape_problem(src: Dataset4D | None, shape: tuple[int, ...], dtype: np.dtype) -> Problem | None:
     """A source of another shape or dtype cannot be compared; when only its scan is cut differently, say how to

@@ -13,12 +13,19 @@ raw_csr with the CRC of each chunk of scan rows, ``data.event_checksums``; the e
 its own chunks), and frame files without checksums (.mib, .npy, NXmx), which are decoded whole (a truncated file
 fails) and compared with ``against``. The report says which checks it could make. A ``--shards`` master is
 verified shard by shard (``verify_master``), each shard as the archive it is.
+
+On a remote executor (Dask, worker processes) the workers do the decoding: each partition of scan rows (the
+engine's ``partitions_for``) travels as the file's ``SourceSpec`` and the ``--against`` source's, its worker reopens
+both and checks its rows (an HDF5 cube: ``_check_part``; any other format: ``_check_source_part``), and the first
+problem in row order is the one reported, so the report is the one an inline run gives. What stays in this
+process, and why, is said once in ``VerifyReport.note`` (``here_reason``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -40,7 +47,7 @@ from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
 from stempress.data.open import SourceSpec, spec_of
 from stempress.data.stream import BlockStream
-from stempress.engine import PARTITIONS_PER_WORKER, partition_ranges, run
+from stempress.engine import PARTITIONS_PER_WORKER, partition_ranges, partitions_for, read_blocks, run
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor, ThreadExecutor
@@ -79,6 +86,8 @@ class VerifyReport:
     checks: str | None = None
     #: The configuration (``get_config()``) the cube was decoded with, when stempress could rebuild its codec.
     codec_config: dict[str, Any] | None = None
+    #: Why checks asked to run on an executor's workers ran in this process instead (None: they ran where asked).
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -165,16 +174,17 @@ def verify_master(path: Path, dset: h5py.Dataset, against: Dataset4D | None, wor
             break
     if problem is None and row != dset.shape[0]:
         problem = Problem("stored", f"the shards end at scan row {row}, the cube has {dset.shape[0]}")
-    compared = False
+    compared, note = False, None
     if problem is None and against is not None:  # read through the virtual dataset, as a user does
-        problem = _Verifier(path, dset, against, workers, started, executor).run().problem
+        comparison = _Verifier(path, dset, against, workers, started, executor).run()
+        problem, note = comparison.problem, comparison.note
         compared = problem is None
     return VerifyReport(path=path, dataset_path=dset.name, codec=codec, direct=direct, chunks_total=total,
                         chunks_checked=checked, checksums=checksums and bool(sources), compared=compared,
                         bad_chunks=bad, problem=problem, seconds=time.perf_counter() - started,
                         checks=(f"stored and decoded CRCs of {len(sources)} shards" if checksums and sources
                                 else None),
-                        codec_config=config)
+                        codec_config=config, note=note)
 
 
 def _shifted(problem: Problem, rows: int, prefix: str) -> Problem:
@@ -199,6 +209,7 @@ class _Verifier:
         self.bad_chunks = 0
         self.record = ChunkChecksums.load(dset.file, dset.name) if dset.chunks else None
         self.codec, self.chunk_codec = _codec_of(dset)
+        self.note: str | None = None
 
     def run(self) -> VerifyReport:
         problem = self._check_geometry() or self._check_stored() or self._check_decoded()
@@ -211,7 +222,7 @@ class _Verifier:
                             chunks_checked=self.checked, checksums=self.record is not None,
                             compared=self.against is not None, bad_chunks=self.bad_chunks, problem=problem,
                             seconds=time.perf_counter() - self.started,
-                            codec_config=self.codec.get_config() if self.codec else None)
+                            codec_config=self.codec.get_config() if self.codec else None, note=self.note)
 
     def _check_geometry(self) -> Problem | None:
         if self.record is not None and (self.record.grid_shape != self.grid
@@ -249,8 +260,10 @@ class _Verifier:
         (Dask) the workers decode and check partitions of the file themselves (``_check_decoded_remote``)."""
         multiple = self.chunks[0] if self.dset.chunks else 1
         rows = rows or block_rows(self.shape, self.dset.dtype, multiple=multiple, budget=BLOCK_BYTES)
-        if self.executor.remote and (self.against is None or spec_of(self.against) is not None):
-            return self._check_decoded_remote(rows)
+        if self.executor.remote:
+            self.note = here_reason(self.against)
+            if self.note is None:
+                return self._check_decoded_remote(rows)
         sinks: list[Sink] = [DecodedCheckSink(self.record, self.chunks if self.record else None, self.dset.fillvalue)]
         if self.against is not None:
             sinks.append(ReferenceCheckSink(self.against))
@@ -398,15 +411,30 @@ def _stored_codec(dset: h5py.Dataset, pipeline: Pipeline) -> Codec | None:
     return codec if codec.filters == tuple(fid for fid, _ in pipeline) else None
 
 
+# -- where the checks run -----------------------------------------------------------------------------------------
+def here_reason(against: Dataset4D | None) -> str | None:
+    """Why a verification asked to run on remote workers must check in this process, or None when the workers
+    can. Every file ``verify`` reads splits into partitions of scan rows that a worker reopens by path: an HDF5
+    cube, a ``--shards`` master's shards, and every format verified as a source (mib, npy and NXmx frame stacks;
+    stempy, raw_csr and entropy-coded event files), since each reads any scan rows on their own and remembers
+    how it was opened (``SourceSpec``). What a worker cannot reopen is a reference that exists only in this
+    process (an array, a wrapper): its comparison, and so the decoding it needs, runs here."""
+    if against is None or spec_of(against) is not None:
+        return None
+    return (f"the --against source {against.name!r} is held in this process (not a file the workers can reopen), "
+            "so the file was decoded and compared here, not on the workers")
+
+
 # -- any other format, verified as a source ---------------------------------------------------------------------
 def _verify_source(path: Path, kind: str, against: Dataset4D | None, workers: int | None,
                    scan_shape: tuple[int, int] | None, started: float,
                    executor: Executor | None = None) -> VerifyReport:
     from stempress.data.open import open_source
 
-    if kind != "entropy":
+    remote = executor if executor is not None and executor.remote else None
+    if kind != "entropy" or remote is not None:  # on workers, each decodes its own rows' chunks in its process
         with open_source(path, scan_shape=scan_shape if kind in _FRAME_STACKS else None) as source:
-            return _SourceVerifier(path, kind, source, against, started).run()
+            return _SourceVerifier(path, kind, source, against, started).run(remote)
     from stempress.data.entropy_file import open_entropy
 
     # the caller's process executor, else worker processes of our own (closed after the source)
@@ -417,22 +445,36 @@ def _verify_source(path: Path, kind: str, against: Dataset4D | None, workers: in
 class _SourceVerifier:
     """A file read through its source: every chunk checksum it carries (stempy, raw_csr: all of them, without
     decoding, so every bad chunk is counted), then every scan row decoded (an entropy-coded file's reader checks
-    its own chunks) and, with ``against``, compared bit for bit."""
+    its own chunks) and, with ``against``, compared bit for bit. ``span``: the scan rows of a remote partition,
+    whose stored checks cover the chunks that start in it (each chunk in exactly one partition).
 
-    def __init__(self, path: Path, kind: str, source: Dataset4D, against: Dataset4D | None, started: float) -> None:
+    ``rows_done`` counts the scan rows checked before the first problem (all of them when there is none), so the
+    report does not depend on how the rows were cut into blocks or partitions."""
+
+    def __init__(self, path: Path, kind: str, source: Dataset4D, against: Dataset4D | None, started: float,
+                 span: tuple[int, int] | None = None) -> None:
         from stempress.data.entropy_file import CODEC, has_checksums
 
         self.path, self.kind, self.source, self.against, self.started = path, kind, source, against, started
+        self.span = span or (0, source.shape[0])
         self.guard = getattr(source, "guard", None)  # data.event_checksums.ChunkGuard of a stempy / raw_csr source
         self.sums = None if self.guard is None else self.guard.checksums
         self.label = CODEC if kind == "entropy" else kind
         self.reader_checksums = kind == "entropy" and has_checksums(path)
         self.rows_done = self.bad = 0
+        self.position = self.span[0]
+        self.note: str | None = None
 
-    def run(self) -> VerifyReport:
-        problem = (shape_problem(self.against, self.source.shape, np.dtype(self.source.dtype))
-                   or self._check_stored() or self._check_decoded())
-        return self._report(problem)
+    def run(self, executor: Executor | None = None) -> VerifyReport:
+        """The checks here, or on ``executor``'s (remote) workers partition by partition where they can."""
+        problem = shape_problem(self.against, self.source.shape, np.dtype(self.source.dtype))
+        if problem is None and executor is not None:
+            self.note = here_reason(self.against) or (None if spec_of(self.source) is not None else
+                                                      f"{self.path} was not opened from a file the workers can "
+                                                      "reopen, so it was checked here")
+            if self.note is None:
+                return self._report(self._check_on_workers(executor))
+        return self._report(problem or self._check_stored() or self._check_decoded())
 
     def _at(self, positions: tuple[int, int], kind: str, reason: str, chunk: int | None = None) -> Problem:
         """A problem at scan positions ``[first, end)``, as the scan rows (and columns, within one row) they span."""
@@ -441,11 +483,18 @@ class _SourceVerifier:
         cols = (c0, c1 + 1) if r0 == r1 else (0, scan_x)
         return Problem(kind, reason, (r0, r1 + 1), cols, None if chunk is None else (chunk,))
 
+    def _own_chunks(self) -> range:
+        """The checksummed chunks whose first scan position lies in ``span``: every chunk for the whole file."""
+        assert self.sums is not None
+        scan_x, per = self.source.shape[1], self.sums.per_chunk
+        first, end = self.span[0] * scan_x, self.span[1] * scan_x
+        return range(-(-first // per), min(self.sums.n_chunks, -(-end // per)))
+
     def _check_stored(self) -> Problem | None:
         if self.sums is None:
             return None
         first: Problem | None = None
-        for chunk in range(self.sums.n_chunks):
+        for chunk in self._own_chunks():
             try:
                 reason = self.guard.chunk_problem(chunk)  # type: ignore[union-attr]
             except (StempressError, OSError, ValueError) as exc:  # an unreadable chunk is as bad as a wrong one
@@ -456,29 +505,43 @@ class _SourceVerifier:
         return first
 
     def _check_decoded(self) -> Problem | None:
-        """Every scan row read through the source by ``engine.run`` (the source's reader checks what it carries),
-        compared with ``against`` by a sink if given; a failed block is narrowed down to its first bad row."""
+        """Every scan row of ``span`` read through the source by ``engine.run`` (the source's reader checks what it
+        carries), compared with ``against`` by a sink if given; a failed block is narrowed down to its first bad
+        row."""
         from stempress.data.event_checksums import ChecksumError
 
-        total = self.source.shape[0]
+        start, stop = self.span
         rows = rows_for_budget(self.source)
-        row_bytes = int(np.prod(self.source.shape[1:])) * np.dtype(self.source.dtype).itemsize
-
-        def done(nbytes: int, _total: int) -> None:
-            self.rows_done = nbytes // row_bytes
-
         sinks: list[Sink] = [DecodedCheckSink()]
         if self.against is not None:
             sinks.append(ReferenceCheckSink(self.against))
+        self.position = start
+        stream = BlockStream(self._tracked(read_blocks(self.source, rows, start, stop)), self.source.shape,
+                             self.source.dtype, name=self.source.name)
         try:
-            run(self.source, sinks, rows=rows, progress=done)
+            run(stream, sinks)
         except ChecksumError as exc:
-            return self._at(exc.positions, "stored", str(exc), exc.chunk)
+            problem = self._at(exc.positions, "stored", str(exc), exc.chunk)
         except CheckFailed as exc:
-            return exc.problem
+            problem = exc.problem
         except StempressError as exc:
-            return self._first_bad_row(self.rows_done, min(self.rows_done + rows, total), exc)
-        return None
+            problem = self._first_bad_row(self.position, min(self.position + rows, stop), exc)
+        else:
+            self.rows_done = stop
+            return None
+        self.rows_done = problem.rows[0] if problem.rows is not None else start
+        return problem
+
+    def _tracked(self, blocks: Iterator[Block]) -> Iterator[Block]:
+        """The blocks, with ``position`` where the next one starts (a reader's failure is in the block there)."""
+        try:
+            for block in blocks:
+                self.position = block.stop
+                yield block
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
 
     def _first_bad_row(self, start: int, stop: int, error: StempressError) -> Problem:
         """After a failed block, the first row that fails alone (a reader's message names what it could)."""
@@ -490,11 +553,52 @@ class _SourceVerifier:
                 return Problem("decoded", str(exc), (row, row + 1), (0, scan_x))
         return Problem("decoded", str(error), (start, stop), (0, scan_x))
 
+    def _partition_rows(self) -> int:
+        """Rows a partition's edges fall on, so each checksummed chunk lies in one partition and is read by one
+        worker: whole chunks of an event file (chunks are runs of scan positions), an entropy file's chunk rows."""
+        if self.sums is not None:
+            scan_x = self.source.shape[1]
+            return math.lcm(self.sums.per_chunk, scan_x) // scan_x
+        starts = getattr(self.source, "row_starts", None)
+        return int(starts[1] - starts[0]) if starts is not None and len(starts) > 1 else 1
+
+    def _check_on_workers(self, executor: Executor) -> Problem | None:
+        """``_check_stored`` and ``_check_decoded`` of each partition on a worker (``_check_source_part``). Every
+        partition's stored checks are counted, as inline; a stored problem anywhere comes first (inline checks
+        every chunk's stored bytes before decoding any), else the first decoded problem in row order. Without
+        stored checks nothing after the first problem can come before it, so the partitions left are cancelled."""
+        spec = spec_of(self.source)
+        against = spec_of(self.against) if self.against is not None else None
+        ranges = partitions_for(self.source, executor.workers, self._partition_rows())
+        tasks = (_SourcePart(spec, self.kind, span, against) for span in ranges)  # type: ignore[arg-type]
+        results = executor.map_ordered(_check_source_part, tasks)
+        stored = decoded = None
+        try:
+            for bad, stored_here, decoded_here, rows_done in results:
+                self.bad += bad
+                stored = stored or stored_here
+                if decoded is None and decoded_here is not None:
+                    decoded, self.rows_done = decoded_here, rows_done
+                if decoded is not None and self.sums is None:
+                    break
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # the partitions not yet run are cancelled
+        if stored is not None:
+            self.rows_done = 0  # as inline: nothing is decoded when stored bytes are wrong
+            return stored
+        if decoded is None:
+            self.rows_done = self.source.shape[0]
+        return decoded
+
     def _entropy_checks(self) -> str:
-        """What the entropy reader checked: its chunks' coded bytes against their stored CRCs."""
+        """What the entropy reader checked: its chunks' coded bytes against their stored CRCs, counted as the
+        chunks that end before the first problem (every one read, in order, inline or by some worker)."""
         algorithm = getattr(self.source, "checksum_algorithm", None) or "CRC"
-        checked = getattr(self.source, "chunks_checked", 0)
-        total = int(self.source.metadata.get("n_chunks", checked))
+        total = int(self.source.metadata.get("n_chunks", 0))
+        starts = getattr(self.source, "row_starts", None)
+        checked = total if starts is None else int(np.count_nonzero(np.asarray(starts[1:]) <= self.rows_done))
         return f"stored {algorithm} of {checked}/{total} coded chunks (words, escapes) and of the model"
 
     def _report(self, problem: Problem | None) -> VerifyReport:
@@ -514,4 +618,28 @@ class _SourceVerifier:
         return VerifyReport(path=self.path, dataset_path="", codec=self.label, direct=False, chunks_total=total,
                             chunks_checked=checked, checksums=self.sums is not None or self.reader_checksums,
                             compared=self.against is not None, bad_chunks=self.bad, problem=problem,
-                            seconds=time.perf_counter() - self.started, unit=unit, checks=checks)
+                            seconds=time.perf_counter() - self.started, unit=unit, checks=checks, note=self.note)
+
+
+@dataclass(frozen=True)
+class _SourcePart:
+    """One partition of a remote verification of a file read as a source, picklable: how to reopen the file and
+    the source it is compared with, its kind and its scan rows."""
+
+    source: SourceSpec
+    kind: str
+    span: tuple[int, int]
+    against: SourceSpec | None = None
+
+
+def _check_source_part(task: _SourcePart) -> tuple[int, Problem | None, Problem | None, int]:
+    """Worker: the stored checks of the partition's chunks, then (when they pass) its rows decoded and compared,
+    as ``_SourceVerifier`` runs them inline; returns the bad chunks, the first stored problem, the first decoded
+    problem and the scan rows checked before it."""
+    with (task.source.open() as source,
+          task.against.open() if task.against is not None else contextlib.nullcontext() as against):
+        verifier = _SourceVerifier(Path(task.source.target), task.kind, source, against, time.perf_counter(),
+                                   task.span)
+        stored = verifier._check_stored()
+        decoded = verifier._check_decoded() if stored is None else None
+        return verifier.bad, stored, decoded, verifier.rows_done
