@@ -139,11 +139,7 @@ def base_frames(mode: str, n: int = BASE_FRAMES) -> np.ndarray:
 def _serve(mode: str, scan_y: int, rate: float, ports: Any, results: Any, api: bool,
            merlin_format: str | None = None) -> None:
     """Child process: serve the repeated scan at ``rate`` to the first receiver; report what was sent. With
-    ``api`` the detector's control interface answers too (LiberTEM-live asks it), its port told first. One
-    OpenMP thread: bitshuffle's encoder (DECTRIS) otherwise runs a parallel region per frame, which on a busy
-    small machine waits for a descheduled thread (~30 us/frame alone, 100-800 us under load), and the sender
-    stands in for a detector, whose CPU is not ours."""
-    os.environ["OMP_NUM_THREADS"] = "1"  # before bitshuffle loads libgomp
+    ``api`` the detector's control interface answers too (LiberTEM-live asks it), its port told first."""
     from stempress.live.serve import serve
 
     m = MODES[mode]
