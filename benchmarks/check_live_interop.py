@@ -31,11 +31,11 @@ the LiberTEM-rs repository that the PyPI wheels do not ship and that cannot be b
 ``record_dectris`` writes that format from ``stempress serve --as dectris`` (synthetic uint16, the real ARINA
 file); the simulator, armed over its SIMPLON REST API as a microscope's control software does, replays it with
 its own sender (headers as two single messages, the four image parts as it stored them, a footer of its own)
-and ``stempress live dectris://...`` must archive the source's frames bit for bit. Its summary line shows
-``corrupt 1`` there: stempress live expects the series header and the detector config as the two parts of one
-message, as ``serve`` sends them, and counts the simulator's separate config message as a broken image (and keeps
-no detector config). The simulator's built-in ``DectrisSim.new_mocked`` stream is no detector's (image messages
-without ``htype``, ``frame`` or ``hash``, a zeroed bitshuffle header): stempress live refuses every image of it.
+and ``stempress live dectris://...`` must archive the source's frames bit for bit and count nothing corrupt (it
+takes a config sent as its own message after the header, as this simulator sends it, as the config; a detector
+sends both as parts of one message, as ``serve`` does). The simulator's built-in ``DectrisSim.new_mocked``
+stream is no detector's (image messages without ``htype``, ``frame`` or ``hash``, a zeroed bitshuffle header):
+stempress live refuses every image of it.
 
 Where ``serve`` says LiberTEM-live cannot receive the stream (an encoding libertem-dectris does not decode:
 uncompressed ``<``), the case is SKIP with what it said. Prints PASS / FAIL / SKIP per case with the reason;
@@ -355,7 +355,11 @@ def receive_dectris_sim(python: Path, folder: Path, timeout: float, label: str, 
             same = np.array_equal(got.read_rows(0, rows), want)
     except StempressError as exc:
         return "FAIL", str(exc)
-    return ("PASS", summary[-1] if summary else "") if same else ("FAIL", "the archive's frames differ from the source")
+    if not same:
+        return "FAIL", "the archive's frames differ from the source"
+    if not summary or " corrupt 0 " not in summary[-1]:
+        return "FAIL", f"messages counted corrupt: {summary[-1] if summary else 'no summary line'}"
+    return "PASS", summary[-1]
 
 
 def main() -> int:
