@@ -49,10 +49,12 @@ def _bitshuffle_openmp() -> ctypes.CDLL | None:
     return None
 
 
-def _one_openmp_thread() -> None:
+def one_openmp_thread() -> None:
     """Run bitshuffle's OpenMP loop on this thread only: the caller's pool is the parallelism, and nested OpenMP
-    teams oversubscribe the cores (seen as several times slower per call on 2 cores, not a benchmark).
-    The setting is per thread."""
+    teams oversubscribe the cores (seen as several times slower per call on 2 cores, not a benchmark); a small
+    chunk (a detector frame) gains nothing from a team, whose start-up alone costs more than the frame. The
+    setting is per thread and touches only the runtime bitshuffle's wheel bundles, so any other OpenMP user keeps
+    its threads; every caller of ``bitshuffle`` calls this first (codecs here, the live DECTRIS frames)."""
     if getattr(_omp_state, "done", False):
         return
     runtime = _bitshuffle_openmp()
@@ -106,7 +108,7 @@ class Bitshuffle(Hdf5Codec):
         return None
 
     def encode(self, chunk: np.ndarray) -> bytes:
-        _one_openmp_thread()
+        one_openmp_thread()
         flat = contiguous(chunk).reshape(-1)
         block = self.nelems or bitshuffle_block_size(flat.dtype.itemsize)
         if self.cname == "lz4":
@@ -118,7 +120,7 @@ class Bitshuffle(Hdf5Codec):
         return b"".join((struct.pack(">QI", flat.nbytes, block * flat.dtype.itemsize), body))
 
     def decode(self, data: bytes, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-        _one_openmp_thread()
+        one_openmp_thread()
         dtype = np.dtype(dtype)
         total, block_bytes = struct.unpack_from(">QI", data, 0)
         header_check(total, shape, dtype, self.name)

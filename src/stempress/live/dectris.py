@@ -1,11 +1,12 @@
 """DECTRIS SIMPLON ZeroMQ stream (stream v1, ARINA / QUADRO / EIGER2): the detector PUSHes, we PULL.
 
 Messages (JSON parts): the series header ``{"htype": "dheader-1.0", "series": S, ...}`` (+ the detector
-configuration); per image four parts ``dimage-1.0`` (``frame`` number from 0), ``dimage_d-1.0`` (``shape``
-[width, height], ``type``, ``encoding`` ``bs16-lz4<`` / ``bs32-lz4<`` / ``bs8-lz4<`` / ``lz4<`` / ``<``, ``size``),
-the data, ``dconfig-1.0`` (times); then ``dseries_end-1.0``. Bitshuffle-LZ4 data carries the HDF5 filter's
-12-byte header (big-endian total bytes and block bytes) and is decoded by the ``bitshuffle`` library, plain
-LZ4 by ``numcodecs``. The ZeroMQ high-water mark is the backpressure: a full receive queue stops the sender."""
+configuration, the header message's second part or, from LiberTEM-live's simulator, the next message); per image
+four parts ``dimage-1.0`` (``frame`` number from 0), ``dimage_d-1.0`` (``shape`` [width, height], ``type``,
+``encoding`` ``bs16-lz4<`` / ``bs32-lz4<`` / ``bs8-lz4<`` / ``lz4<`` / ``<``, ``size``), the data, ``dconfig-1.0``
+(times); then ``dseries_end-1.0``. Bitshuffle-LZ4 data carries the HDF5 filter's 12-byte header (big-endian total
+bytes and block bytes) and is decoded by the ``bitshuffle`` library, plain LZ4 by ``numcodecs``. The ZeroMQ
+high-water mark is the backpressure: a full receive queue stops the sender."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def encode_image(frame: np.ndarray, encoding: str) -> bytes:
     if encoding.startswith("bs") and encoding.endswith("-lz4<"):
         import bitshuffle
 
+        from stempress.codecs.bitshuffle import one_openmp_thread
+
+        one_openmp_thread()  # a frame is too small for an OpenMP team (its start-up costs more than the frame)
         block = _BLOCK_BYTES // data.itemsize
         return struct.pack(">QI", data.nbytes, block * data.itemsize) + bitshuffle.compress_lz4(data, block).tobytes()
     raise StempressError(f"unknown DECTRIS encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
@@ -55,6 +59,9 @@ def decode_image(blob: bytes, shape: tuple[int, int], dtype: np.dtype, encoding:
         elif encoding.startswith("bs") and encoding.endswith("-lz4<"):
             import bitshuffle
 
+            from stempress.codecs.bitshuffle import one_openmp_thread
+
+            one_openmp_thread()  # as in encode_image
             total, block_bytes = struct.unpack(">QI", bytes(blob[:12]))
             if total != nbytes or block_bytes % dtype.itemsize:
                 raise ValueError(f"header says {total} bytes in blocks of {block_bytes}, expected {nbytes}")
@@ -112,8 +119,14 @@ class DectrisReader(PullReader):
 
     protocol = "dectris"
 
+    def __init__(self, host: str, port: int, **options: Any) -> None:
+        super().__init__(host, port, **options)
+        self._held: list[list[bytes] | None] = []  # messages read ahead and put back (None: a receive timed out)
+
     def start(self) -> StreamHeader:
-        """Wait for the series header, then the first valid image (its shape and type)."""
+        """Wait for the series header (and the detector configuration: a part of the header's message, as the
+        detector sends it, or the next message on its own, as LiberTEM-live's simulator sends it), then the first
+        valid image (its shape and type)."""
         parts = self._recv()
         if parts is None:
             raise StempressError(f"{self.url}: no series header for {self.timeout:g} s; arm the detector (or start "
@@ -122,12 +135,26 @@ class DectrisReader(PullReader):
         if head.get("htype") != "dheader-1.0":
             raise StempressError(f"{self.url}: the first message is {head.get('htype')!r}, not a series header "
                                  "(dheader-1.0); start the receiver before arming the detector")
-        config = _json(parts[1]) if len(parts) > 1 else {}
+        config = _json(parts[1]) if len(parts) > 1 else self._config_message()
         self.series = head.get("series")
         first = self._first_frame("the SIMPLON stream (dimage-1.0, dimage_d-1.0 with its shape, type and encoding)")
         metadata = {"format": "dectris-stream", "protocol": "dectris", "url": self.url,
                     "series": self.series, "detector_config": config}
         return StreamHeader(first.data.shape, first.data.dtype, 0, metadata)  # type: ignore[arg-type]
+
+    def _config_message(self) -> dict[str, Any]:
+        """The detector configuration sent as its own message after a one-part header: a JSON object without an
+        ``htype`` (every other message of the stream has one). Anything else is put back to be read as usual, and
+        the configuration is empty."""
+        parts = self._recv()
+        config = _json(parts[0]) if parts else {}
+        if config and "htype" not in config:
+            return config
+        self._held.append(parts)
+        return {}
+
+    def _recv(self) -> list[bytes] | None:
+        return self._held.pop(0) if self._held else super()._recv()
 
     def _next(self) -> Event:
         parts = self._recv()

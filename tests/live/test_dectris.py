@@ -1,0 +1,109 @@
+"""SIMPLON stream v1 receiving (live.dectris): the series header's two forms, and bitshuffle's OpenMP threads in the
+receiver, over real ZeroMQ on loopback."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from stempress.live import LiveSource
+from stempress.live.dectris import end_parts, header_parts, image_parts
+from stempress.live.events import Frame
+
+CONFIG = {"trigger_mode": "exte", "ntrigger": 6, "x_pixels_in_detector": 12, "y_pixels_in_detector": 10}
+
+
+def _frames() -> np.ndarray:
+    return np.random.default_rng(5).poisson(2.0, (6, 10, 12)).astype(np.uint16)
+
+
+def _push_series(form: str, frames: np.ndarray) -> tuple[int, threading.Thread, list]:
+    """A hand-made detector on a free loopback port, in a thread: the series header as ``form`` ('multipart': header
+    and config as parts of one message, as SIMPLON detectors send them; 'split': each its own message, as
+    LiberTEM-live's DECTRIS simulator sends them; 'no config': the header alone), bitshuffle-LZ4 images, the end."""
+    import zmq
+
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 5000)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    errors: list = []
+
+    def run() -> None:
+        try:
+            head, config = header_parts(7, CONFIG)
+            if form == "multipart":
+                push.send_multipart([head, config])
+            elif form == "split":
+                push.send(head)
+                push.send(config)
+            else:
+                push.send(head)
+            for number, frame in enumerate(frames):
+                push.send_multipart(image_parts(number, frame, "bs16-lz4<", series=7))
+            push.send_multipart(end_parts(7))
+        except Exception as exc:  # the test fails on it
+            errors.append(exc)
+        finally:
+            push.close()
+            context.term()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return port, thread, errors
+
+
+@pytest.mark.parametrize("form, config", [("multipart", CONFIG), ("split", CONFIG), ("no config", {})])
+def test_the_detector_config_is_kept_whether_it_is_a_part_of_the_header_or_its_own_message(form, config):
+    frames = _frames()
+    port, thread, errors = _push_series(form, frames)
+    live = LiveSource(f"dectris://127.0.0.1:{port}", (2, 3), timeout=10)
+    got = np.concatenate([b.data for b in live.blocks()])
+    thread.join(10)
+    assert not errors
+    assert np.array_equal(got.reshape(frames.shape), frames)
+    a = live.account
+    assert (a.received, a.missing, a.corrupt, a.ended) == (6, 0, 0, "complete")
+    assert live.metadata["detector_config"] == config
+    assert live.metadata["series"] == 7
+
+
+def _bitshuffle_openmp_threads() -> int:
+    """The OpenMP thread count bitshuffle's own runtime would use for a call from this thread."""
+    from threadpoolctl import threadpool_info
+
+    found = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp" and "bitshuffle" in i["filepath"]]
+    assert found, "bitshuffle's OpenMP runtime is not loaded"
+    return found[0]
+
+
+def test_the_receiver_thread_decodes_bitshuffle_frames_with_one_openmp_thread_and_leaves_other_threads_alone():
+    """A 96x96 frame gains nothing from an OpenMP team, whose start-up on a busy small machine costs several times
+    the frame; the limit holds in the receiving thread without OMP_NUM_THREADS, and only there."""
+    frames = _frames()
+    port, thread, errors = _push_series("multipart", frames)
+    live = LiveSource(f"dectris://127.0.0.1:{port}", (2, 3), timeout=10)
+    seen: dict = {}
+    events = live.reader.events
+
+    def watched(stop):  # observes the real reader in the receiver's thread after each frame (the last: its own)
+        for event in events(stop):
+            if isinstance(event, Frame):
+                seen["threads"] = _bitshuffle_openmp_threads()
+                seen["name"] = threading.current_thread().name
+            yield event
+
+    live.reader.events = watched
+    got = np.concatenate([b.data for b in live.blocks()])
+    thread.join(10)
+    assert not errors and np.array_equal(got.reshape(frames.shape), frames)
+    assert seen == {"threads": 1, "name": "stempress-live-receiver"}
+    other: list[int] = []
+    untouched = threading.Thread(target=lambda: other.append(_bitshuffle_openmp_threads()))
+    untouched.start()
+    untouched.join()
+    default = int(os.environ.get("OMP_NUM_THREADS", "0").split(",")[0] or 0) or len(os.sched_getaffinity(0))
+    assert other == [default]  # a thread that never decoded keeps the runtime's default team
