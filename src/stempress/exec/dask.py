@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from stempress.cores import resolve_workers
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
+from stempress.exec.processes import keep_heap
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -55,7 +56,9 @@ def parse_dask(where: str) -> tuple[str, int | None]:
 
 
 def limit_worker_threads() -> None:
-    """One BLAS/OpenMP thread and one Blosc thread in this process: the worker count is the parallelism."""
+    """One BLAS/OpenMP thread and one Blosc thread in this process: the worker count is the parallelism. Freed
+    blocks stay on the heap (``keep_heap``), as in our own worker processes."""
+    keep_heap()
     with contextlib.suppress(ImportError):
         from threadpoolctl import threadpool_limits
 
