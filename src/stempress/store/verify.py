@@ -47,7 +47,14 @@ from stempress.data.emd import CODEC_ATTR
 from stempress.data.hdf5 import Hdf5Source, dataset_filters, one_line, open_hdf5
 from stempress.data.open import SourceSpec, spec_of
 from stempress.data.stream import BlockStream
-from stempress.engine import PARTITIONS_PER_WORKER, partition_ranges, partitions_for, read_blocks, run
+from stempress.engine import (
+    PARTITIONS_PER_WORKER,
+    closing_iterator,
+    partition_ranges,
+    partitions_for,
+    read_blocks,
+    run,
+)
 from stempress.errors import StempressError
 from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor, ThreadExecutor
@@ -192,6 +199,15 @@ def _shifted(problem: Problem, rows: int, prefix: str) -> Problem:
     return replace(problem, reason=prefix + problem.reason, rows=moved)
 
 
+def tracked(holder: Any, blocks: Iterator[Block]) -> Iterator[Block]:
+    """The blocks, with ``holder.position`` where the next one starts (a reader's failure is in the block there),
+    closed here however the walk ends."""
+    with closing_iterator(blocks):
+        for block in blocks:
+            holder.position = block.stop
+            yield block
+
+
 class _Verifier:
     """One verification: holds the dataset, its chunk geometry and what has been checked so far."""
 
@@ -305,15 +321,7 @@ class _Verifier:
 
     def _decoded(self, rows: int) -> Iterator[Block]:
         """The stored cube decoded, block by block; ``position`` is where the next block starts."""
-        blocks = self._blocks(rows)
-        try:
-            for block in blocks:
-                self.position = block.stop
-                yield block
-        finally:
-            close = getattr(blocks, "close", None)
-            if close is not None:
-                close()
+        return tracked(self, self._blocks(rows))
 
     def _blocks(self, rows: int) -> Iterator[Block]:
         if self.chunk_codec is not None:
@@ -516,7 +524,7 @@ class _SourceVerifier:
         if self.against is not None:
             sinks.append(ReferenceCheckSink(self.against))
         self.position = start
-        stream = BlockStream(self._tracked(read_blocks(self.source, rows, start, stop)), self.source.shape,
+        stream = BlockStream(tracked(self, read_blocks(self.source, rows, start, stop)), self.source.shape,
                              self.source.dtype, name=self.source.name)
         try:
             run(stream, sinks)
@@ -531,17 +539,6 @@ class _SourceVerifier:
             return None
         self.rows_done = problem.rows[0] if problem.rows is not None else start
         return problem
-
-    def _tracked(self, blocks: Iterator[Block]) -> Iterator[Block]:
-        """The blocks, with ``position`` where the next one starts (a reader's failure is in the block there)."""
-        try:
-            for block in blocks:
-                self.position = block.stop
-                yield block
-        finally:
-            close = getattr(blocks, "close", None)
-            if close is not None:
-                close()
 
     def _first_bad_row(self, start: int, stop: int, error: StempressError) -> Problem:
         """After a failed block, the first row that fails alone (a reader's message names what it could)."""
