@@ -306,16 +306,11 @@ class _Verifier:
         ranges = partition_ranges(self.shape[0], parts, rows) if self.shape[0] else []
         against = spec_of(self.against) if self.against is not None else None
         tasks = (_DecodeTask(str(self.path.absolute()), self.dset.name, span, rows, against) for span in ranges)
-        results = self.executor.map_ordered(_check_part, tasks)
-        try:
+        with closing_iterator(self.executor.map_ordered(_check_part, tasks)) as results:  # closing cancels the rest
             for problem, checked in results:
                 if problem is not None:
                     self.checked = checked
                     return problem
-        finally:
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()  # the partitions after a problem are cancelled
         self.checked = self.total
         return None
 
@@ -568,9 +563,9 @@ class _SourceVerifier:
         against = spec_of(self.against) if self.against is not None else None
         ranges = partitions_for(self.source, executor.workers, self._partition_rows())
         tasks = (_SourcePart(spec, self.kind, span, against) for span in ranges)  # type: ignore[arg-type]
-        results = executor.map_ordered(_check_source_part, tasks)
         stored = decoded = None
-        try:
+        # closing the map cancels the partitions not yet run
+        with closing_iterator(executor.map_ordered(_check_source_part, tasks)) as results:
             for bad, stored_here, decoded_here, rows_done in results:
                 self.bad += bad
                 stored = stored or stored_here
@@ -578,10 +573,6 @@ class _SourceVerifier:
                     decoded, self.rows_done = decoded_here, rows_done
                 if decoded is not None and self.sums is None:
                     break
-        finally:
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()  # the partitions not yet run are cancelled
         if stored is not None:
             self.rows_done = 0  # as inline: nothing is decoded when stored bytes are wrong
             return stored
