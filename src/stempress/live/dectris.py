@@ -17,12 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from stempress.codecs.bitshuffle import Bitshuffle
 from stempress.errors import StempressError
 from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
 from stempress.live.zmq_pull import PullReader
 
 ENCODINGS = ("bs16-lz4<", "bs32-lz4<", "bs8-lz4<", "lz4<", "<")
 _BLOCK_BYTES = 8192  # bitshuffle block size in bytes (DECTRIS and the bitshuffle filter's default)
+
+
+def _bitshuffle_lz4(itemsize: int) -> Bitshuffle:
+    """The ``bs*-lz4<`` encodings: the HDF5 bitshuffle filter's framing (a 12-byte header, then LZ4 blocks of
+    bit-shuffled elements), with one OpenMP thread per call (a frame is too small for a team)."""
+    return Bitshuffle("bslz4", nelems=_BLOCK_BYTES // itemsize, cname="lz4")
 
 
 def encode_image(frame: np.ndarray, encoding: str) -> bytes:
@@ -35,13 +42,7 @@ def encode_image(frame: np.ndarray, encoding: str) -> bytes:
 
         return bytes(LZ4().encode(data))[4:]  # numcodecs prefixes the raw size; the stream does not
     if encoding.startswith("bs") and encoding.endswith("-lz4<"):
-        import bitshuffle
-
-        from stempress.codecs.bitshuffle import one_openmp_thread
-
-        one_openmp_thread()  # a frame is too small for an OpenMP team (its start-up costs more than the frame)
-        block = _BLOCK_BYTES // data.itemsize
-        return struct.pack(">QI", data.nbytes, block * data.itemsize) + bitshuffle.compress_lz4(data, block).tobytes()
+        return _bitshuffle_lz4(data.itemsize).encode(data)
     raise StempressError(f"unknown DECTRIS encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
 
 
@@ -57,16 +58,7 @@ def decode_image(blob: bytes, shape: tuple[int, int], dtype: np.dtype, encoding:
 
             raw = LZ4().decode(struct.pack("<i", nbytes) + bytes(blob))
         elif encoding.startswith("bs") and encoding.endswith("-lz4<"):
-            import bitshuffle
-
-            from stempress.codecs.bitshuffle import one_openmp_thread
-
-            one_openmp_thread()  # as in encode_image
-            total, block_bytes = struct.unpack(">QI", bytes(blob[:12]))
-            if total != nbytes or block_bytes % dtype.itemsize:
-                raise ValueError(f"header says {total} bytes in blocks of {block_bytes}, expected {nbytes}")
-            out = bitshuffle.decompress_lz4(np.frombuffer(blob, np.uint8, offset=12), tuple(shape), dtype,
-                                            block_bytes // dtype.itemsize)
+            out = _bitshuffle_lz4(dtype.itemsize).decode(bytes(blob), tuple(shape), dtype)
             return out.astype(dtype.newbyteorder("="), copy=False)
         else:
             raise StempressError(f"unknown DECTRIS encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
