@@ -18,8 +18,9 @@ The cluster's start is timed apart (it is paid once per command); each run check
 (bit-identical reduced images, byte-identical archive but for the EMD UUID). Prints seconds, GB/s (1e9 raw
 bytes per second), the cores kept busy (CPU seconds of this process and every worker over the wall time: inline
 already runs its reads on a second thread, so where it nears the machine's cores a second worker has nothing left
-to run on) and the ratios inline/Dask and 1 worker/N workers. Not a test: the numbers depend on the machine (its
-cores, whether other work shares them) and on the codec's speed beside the writer's.
+to run on), their system time and page faults per raw GB, and the ratios inline/Dask and 1 worker/N workers.
+Not a test: the numbers depend on the machine (its cores, whether other work shares them) and on the codec's
+speed beside the writer's.
 
 Then the model of ``docs/scale-out.md``, fitted to these runs, and its prediction for ``--predict-tb`` of raw
 data on 8 and 64 nodes of ``--workers-per-node`` workers:
@@ -146,20 +147,38 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def cpu_seconds(executor: DaskExecutor | None) -> float:
-    """CPU seconds used so far by this process (the client, and a LocalCluster's scheduler) and every worker."""
-    own = time.process_time()
+def usage() -> np.ndarray:
+    """This process's (user s, system s, minor page faults) so far: resource.getrusage, run in each process."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return np.array([r.ru_utime, r.ru_stime, r.ru_minflt], np.float64)
+
+
+def usage_all(executor: DaskExecutor | None) -> np.ndarray:
+    """``usage`` summed over this process (the client, and a LocalCluster's scheduler) and every worker."""
+    own = usage()
     if executor is None:
         return own
-    return own + sum(executor.client.run(time.process_time).values())
+    return own + sum(executor.client.run(usage).values())
 
 
-def busy_timed(fn: Callable[[], object], executor: DaskExecutor | None) -> tuple[float, object, float]:
-    """Wall seconds, the result, and the cores kept busy on average (CPU seconds of every process / wall): where
-    it nears the machine's cores, more workers have nothing left to run on."""
-    before = cpu_seconds(executor)
+@dataclass(frozen=True)
+class Busy:
+    """What a run cost every process together: the cores kept busy on average (CPU seconds / wall: where it nears
+    the machine's cores, more workers have nothing left to run on), system seconds and page faults per raw GB."""
+
+    cores: float
+    system_s_per_gb: float
+    faults_per_gb: float
+
+
+def busy_timed(fn: Callable[[], object], executor: DaskExecutor | None, raw: int) -> tuple[float, object, Busy]:
+    """Wall seconds, the result, and what the run cost (``Busy``)."""
+    before = usage_all(executor)
     took, result = timed(fn)
-    return took, result, (cpu_seconds(executor) - before) / took
+    user, system, faults = usage_all(executor) - before
+    return took, result, Busy((user + system) / took, system / (raw / 1e9), faults / (raw / 1e9))
 
 
 def reduced_images(path: Path) -> dict[str, np.ndarray]:
@@ -322,20 +341,22 @@ def main() -> None:
 
     def best(label: str, where: str, fn: Callable[[Path], object], check: Callable[[Path], None],
              executor: DaskExecutor | None) -> None:
-        times, cores = [], 0.0
+        times: list[float] = []
+        cost = Busy(0.0, 0.0, 0.0)
         for _ in range(args.repeat):
             run_no[0] += 1
             target = out / f"{run_no[0]}.h5"
-            took, result, busy = busy_timed(lambda t=target: fn(t), executor)
+            took, result, busy = busy_timed(lambda t=target: fn(t), executor, raw)
             check(target)
             target.unlink()
             shutil.rmtree(shard_folder(target), ignore_errors=True)
             times.append(took)
             if took == min(times):
-                results[label, where], cores = result, busy
+                results[label, where], cost = result, busy
         seconds[label, where] = min(times)
         print(f"  {label:<28} {where:<10} {min(times):7.2f} s  {raw / 1e9 / min(times):6.2f} GB/s  "
-              f"cores busy {cores:4.2f} of {os.cpu_count()}", flush=True)
+              f"cores busy {cost.cores:4.2f} of {os.cpu_count()}  system {cost.system_s_per_gb:5.2f} s/GB  "
+              f"page faults {cost.faults_per_gb:8,.0f}/GB", flush=True)
 
     references: dict[str, object] = {}
     geometry: list[Geometry] = []

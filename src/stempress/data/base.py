@@ -21,7 +21,7 @@ SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "int
 
 #: Default memory budget for one block when the caller gives no row count: below glibc's largest mmap threshold
 #: (32 MiB), so a freed block's memory is reused for the next one instead of being mapped and faulted in again
-#: (reducing a page-cached .npy: 64 MiB blocks cost ~0.2 s of system time per GB, 24 MiB ones ~0.01-0.03 s).
+#: (``benchmarks/scale_out.py`` prints the page faults per GB of each run).
 DEFAULT_BLOCK_BYTES = 24 * 1024**2
 
 

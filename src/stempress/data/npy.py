@@ -45,7 +45,7 @@ class NpySource(SourceBase):
         self.dtype = np.dtype(dtype)
         self._array: np.ndarray | None = array
         # rows of a C-ordered, native-order file are read with pread into the block: a fresh map in every worker
-        # that reopens the file would fault each page in again (~0.1 s of system time per GB)
+        # that reopens the file would fault each page in again (scale_out.py's page faults per GB show it)
         self._offset = int(array.offset) if (isinstance(array, np.memmap) and array.flags.c_contiguous
                                              and array.dtype == self.dtype) else None
         self.metadata: dict[str, Any] = {"format": "npy", "file": str(self.path),
