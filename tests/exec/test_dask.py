@@ -665,3 +665,15 @@ def test_a_task_result_read_outside_the_ordered_map_words_a_lost_worker_in_one_l
         dask.result(dask.submit(_killed, "encode-chunk"))
     with pytest.raises(ZeroDivisionError):
         dask.result(dask.submit(divmod, 1, 0))
+
+
+def test_a_scheduler_left_without_workers_ends_the_wait_in_one_line() -> None:
+    """Dask holds a task until some worker joins: a cluster whose workers all died would hang the run forever."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        executor = DaskExecutor(client)
+        executor.no_workers_seconds = 0.5
+        with pytest.raises(StempressError, match=r"has had no workers for 0\.5 s; start workers") as caught:
+            executor.result(executor.submit(divmod, 1, 2))
+        assert "\n" not in str(caught.value)

@@ -14,6 +14,7 @@ parallelism comes from the workers: a BLAS pool per worker on a shared node over
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +36,8 @@ R = TypeVar("R")
 LOCAL = "local"
 #: Name of the worker plugin that limits threads (registered once per cluster; workers that join later get it).
 PLUGIN_NAME = "stempress-thread-limits"
+#: How often a wait for a task's result looks whether the scheduler still has workers.
+WAIT_POLL_SECONDS = 1.0
 
 
 def parse_dask(where: str) -> tuple[str, int | None]:
@@ -97,6 +100,8 @@ class DaskExecutor(Executor):
 
     name = "dask"
     remote = True
+    #: A scheduler without workers this long ends the run (workers that restart within it are waited for).
+    no_workers_seconds = 60.0
 
     def __init__(self, where: str | Client | None = None, workers: int | None = None) -> None:
         self._client: Client | None = None
@@ -163,7 +168,7 @@ class DaskExecutor(Executor):
         from distributed import KilledWorker
 
         try:
-            return future.result()
+            return self._wait_with_workers(future)
         except KilledWorker as exc:
             raise StempressError(f"Dask workers died running {exc.args[0] if exc.args else 'a task'} several "
                                  "times; check the workers' memory limit and logs") from None
@@ -172,6 +177,23 @@ class DaskExecutor(Executor):
                 raise StempressError(f"lost the Dask scheduler at {self.address or 'the local cluster'} ({exc}); "
                                      "no output was written, rerun when it is back") from None
             raise
+
+    def _wait_with_workers(self, future: Future[R]) -> R:
+        """The future's result; a scheduler left with no workers for ``no_workers_seconds`` is said in one line
+        (Dask itself would hold the task until a worker joins, so a run whose workers all died would hang)."""
+        alone_since: float | None = None
+        while True:
+            try:
+                return future.result(timeout=WAIT_POLL_SECONDS)
+            except TimeoutError:
+                if self.client.nthreads():
+                    alone_since = None
+                    continue
+                alone_since = alone_since if alone_since is not None else time.monotonic()
+                if time.monotonic() - alone_since >= self.no_workers_seconds:
+                    raise StempressError(f"the Dask scheduler at {self.address or 'the local cluster'} has had no "
+                                         f"workers for {self.no_workers_seconds:g} s; start workers (dask worker "
+                                         "ADDRESS) or use --dask local:N") from None
 
     @contextlib.contextmanager
     def progress_link(self, report: Callable[[int, int], None]) -> Iterator[Callable[[int, int], None] | None]:
