@@ -150,7 +150,7 @@ class ArchiveSink:
         if self.chunk_codec is None:
             self._prepare()  # h5py may chunk for a filter itself: row_multiple comes from the dataset
         else:
-            # the layout and dataset are made at the first store (``_prepare``), so the first chunks already
+            # the layout and dataset are made once the first chunks are submitted (``_prepare``), so they already
             # compress on the workers while this thread builds the EMD tree (5-10 ms of HDF5 calls, the same calls
             # in the same order: the same file). The chunk task holds the codec's configuration only, so it
             # pickles to worker processes and Dask workers; the fill value is h5py's default, as the dataset's.
@@ -208,8 +208,10 @@ class ArchiveSink:
         pending = self._pending
         for index, offset, piece in chunk_pieces(block.start, data, chunks):
             while len(pending) >= self._in_flight:
+                self._prepare()  # the EMD tree while the first chunks encode, not while the workers wait for more
                 self._store_next()
             pending.append((index, offset, self.executor.submit(self.encoder, (index, piece))))
+        self._prepare()
         while pending and pending[0][2].done():  # what is encoded already, without waiting
             self._store_next()
 
