@@ -12,7 +12,10 @@ worker and with every worker against h5py's filter pipeline on the same data and
 95 %-sparse counted cube (64x64x128x128 uint16), with the time per stage of the archive writer (read, encode,
 checksum, write, wait for encoded chunks, publish = close + fsync + rename), so the limit is visible, and the
 CPU seconds of both (every thread of the process): ``bound`` = filter CPU / (compress CPU / cores), the speed-up
-compress would reach were its CPU spread over the cores with nothing serial, the ceiling on a small machine.
+compress would reach were its CPU spread over the cores with nothing serial, and ``bnd N/1`` = encoders' CPU /
+(compress CPU / cores), the same for the workers (one worker is at least its encoder's CPU time; the writer has
+the other core to itself, while N workers share the cores with it): the ceilings on a small machine (README,
+"compress against h5py's filter path": why the LZ4 codecs stay below 1.8x on 2 cores).
 
     python benchmarks/parallel_vs_filter.py --no-grid --stage-codecs blosc_lz4,bitshuffle_lz4 --cubes source
 """
@@ -105,11 +108,12 @@ def discard(path: Path) -> None:
 def stages_table(sources, codecs: list[str], workers: int, runs: int, scratch: Path) -> None:
     cores = min(workers, usable_cores())
     print(f"\ncompress vs h5py's filter path (median of {runs}), {workers} workers; stages of the {workers}-worker "
-          "compress in seconds (encode and checksum summed over workers); CPU seconds of the filter path and of "
-          f"the {workers}-worker compress, and bound = filter CPU / (compress CPU / {cores} cores)")
+          "compress in seconds (encode and checksum: CPU summed over workers); CPU seconds of the filter path and "
+          f"of the {workers}-worker compress; bound = filter CPU / (compress CPU / {cores} cores), bnd N/1 = "
+          f"(encode + crc) / (compress CPU / {cores} cores)")
     print(f"{'cube':20s} {'codec':15s} {'filter s':>9s} {'1 worker':>9s} {'N workers':>9s} {'N/filter':>9s} "
           f"{'N/1':>6s} | {'read':>6s} {'encode':>7s} {'crc':>6s} {'write':>6s} {'wait':>6s} {'publish':>7s} | "
-          f"{'cpu filt':>8s} {'cpu N':>6s} {'bound':>6s}")
+          f"{'cpu filt':>8s} {'cpu N':>6s} {'bound':>6s} {'bnd N/1':>7s}")
     for source in sources:
         for name in codecs:
             codec = get_codec(name)
@@ -130,7 +134,8 @@ def stages_table(sources, codecs: list[str], workers: int, runs: int, scratch: P
             st = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
             print(f"{source.name[:20]:20s} {name:15s} {f:9.3f} {o:9.3f} {m:9.3f} {f / m:8.2f}x {o / m:5.2f}x | "
                   f"{statistics.median(reads):6.3f} {st['encode']:7.3f} {st['checksum']:6.3f} {st['write']:6.3f} "
-                  f"{st['wait']:6.3f} {st['publish']:7.3f} | {fc:8.3f} {mc:6.3f} {fc / (mc / cores):5.2f}x")
+                  f"{st['wait']:6.3f} {st['publish']:7.3f} | {fc:8.3f} {mc:6.3f} {fc / (mc / cores):5.2f}x "
+                  f"{(st['encode'] + st['checksum']) / (mc / cores):6.2f}x")
 
 
 def main() -> None:

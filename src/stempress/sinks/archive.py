@@ -36,7 +36,7 @@ from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.sinks.protocol import RunInfo
 
-#: What a chunk task returns (``ChunkEncoder``): stored bytes, stored CRC, raw CRC, encode and CRC seconds.
+#: What a chunk task returns (``ChunkEncoder``): stored bytes, stored CRC, raw CRC, encode and CRC CPU seconds.
 EncodedChunk = tuple[bytes, int, int, float, float]
 #: The dataset beside the cube marking which frames arrived (live streams).
 RECEIVED = "received"
@@ -82,8 +82,8 @@ class ArchiveResult:
     dataset_path: str
     file_bytes: int
     checksums_saved: bool = False
-    #: Seconds per stage: encode and checksum summed over workers; write (HDF5 calls), wait (the writer waiting
-    #: for encoded chunks) and publish (close, fsync, rename) on the writer's thread.
+    #: Seconds per stage: encode (gathering included) and checksum as CPU seconds summed over workers; write (HDF5
+    #: calls), wait (the writer waiting for encoded chunks) and publish (close, fsync, rename): the writer's clock.
     stages: dict[str, float] = field(default_factory=dict)
     #: Shard files behind a ``--shards`` master (``sinks.shards``); 0 for one file.
     shards: int = 0
