@@ -18,6 +18,7 @@ from stempress.data.checksums import (
     ALGORITHM,
     NOGIL_CRC_BYTES,
     ChunkChecksums,
+    _crc32c_nogil,
     checksum_function,
     checksum_group_path,
     verify_stored,
@@ -203,6 +204,8 @@ def test_large_chunks_get_the_same_crc32c_outside_the_gil() -> None:
     expected = google_crc32c.value(chunk.tobytes())
     assert crc(chunk) == expected == crc(memoryview(chunk.tobytes())) == crc(chunk.view(np.uint8).reshape(-1))
     assert crc(chunk[:, ::2]) == google_crc32c.value(chunk[:, ::2].tobytes()) != expected
+    nogil = _crc32c_nogil(google_crc32c._crc32c.__file__)  # the ctypes call itself, where the symbol is found
+    assert nogil is None or nogil(chunk.ctypes.data, chunk.nbytes) == expected
 
 
 def test_checksums_refuse_to_save_a_partial_record(tmp_path: Path) -> None:
