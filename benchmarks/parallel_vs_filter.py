@@ -10,12 +10,20 @@ Prints write and read GiB/s of each path, the speed-up (median over runs) and th
 Then, as the engine issue's targets ask, ``compress`` itself (its own reported time, fsync included) with one
 worker and with every worker against h5py's filter pipeline on the same data and chunks, on the source and on a
 95 %-sparse counted cube (64x64x128x128 uint16), with the time per stage of the archive writer (read, encode,
-checksum, write, wait for encoded chunks, publish = close + fsync + rename), so the limit is visible.
+checksum, write, wait for encoded chunks, publish = close + fsync + rename), so the limit is visible, and the
+CPU seconds of both (every thread of the process): ``bound`` = filter CPU / (compress CPU / cores), the speed-up
+compress would reach were its CPU spread over the cores with nothing serial, and ``bnd N/1`` = encoders' CPU /
+(compress CPU / cores), the same for the workers (one worker is at least its encoder's CPU time; the writer has
+the other core to itself, while N workers share the cores with it): the ceilings on a small machine (README,
+"compress against h5py's filter path": why the LZ4 codecs stay below 1.8x on 2 cores).
+
+    python benchmarks/parallel_vs_filter.py --no-grid --stage-codecs blosc_lz4,bitshuffle_lz4 --cubes source
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -37,6 +45,8 @@ from stempress.store.compress import compress
 CODECS = "gzip_6,gzip_9,blosc_zstd,bitshuffle_lz4"
 #: The study's six best by its own ranking (write speed x ratio), the engine issue's targets.
 TOP_SIX = "gzip_6,gzip_9,blosc_zstd,bitshuffle_lz4,blosc_lz4,zstd_3"
+#: The stage table's cubes: ``--source`` (in memory) and the 95 %-sparse counted cube.
+CUBES = ("source", "sparse")
 
 
 class TimedSource:
@@ -64,48 +74,68 @@ def sparse_counted_cube():
     return ArraySource(cube, name="sparse-counted 95%")
 
 
-def filter_path_seconds(source, codec, chunks, scratch: Path) -> float:
-    """h5py's filter pipeline on the same data and chunks (bare file, as a user writing with h5py gets)."""
+def filter_path_seconds(source, codec, chunks, scratch: Path) -> tuple[float, float]:
+    """h5py's filter pipeline on the same data and chunks (bare file, as a user writing with h5py gets): wall
+    and CPU seconds."""
     spec = ArchiveSpec(scratch / "filter.h5", codec, chunks, layout="plain", checksums=False, direct=False,
                        provenance=False, force=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run(source, [ArchiveSink(spec)])
-    seconds = time.perf_counter() - t0
-    (scratch / "filter.h5").unlink()
-    return seconds
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    discard(scratch / "filter.h5")
+    return seconds, cpu
 
 
 def fresh_compress(source, out: Path, codec: str, workers: int):
     """``compress`` into a new file, deleted afterwards, as the filter path's file is: replacing the last run's
-    file would time the deletion of its blocks too (ms per 20 MiB on a file system mounted with discard)."""
+    file would time the deletion of its blocks too (ms per 20 MiB on a file system mounted with discard).
+    Returns the report and the CPU seconds of the call (every thread)."""
+    c0 = time.process_time()
     report = compress(source, out, codec=codec, workers=workers, force=True)
-    out.unlink()
-    return report
+    cpu = time.process_time() - c0
+    discard(out)
+    return report, cpu
+
+
+def discard(path: Path) -> None:
+    """Delete a timed run's file and sync, untimed: on ext4 mounted with ``discard`` the freed blocks are
+    discarded at the next journal commit, which the next run's fsync would otherwise wait for (the publish
+    stage of one run timing the deletion of the run before)."""
+    path.unlink()
+    os.sync()
 
 
 def stages_table(sources, codecs: list[str], workers: int, runs: int, scratch: Path) -> None:
+    cores = min(workers, usable_cores())
     print(f"\ncompress vs h5py's filter path (median of {runs}), {workers} workers; stages of the {workers}-worker "
-          "compress in seconds (encode and checksum summed over workers)")
+          "compress in seconds (encode and checksum: CPU summed over workers); CPU seconds of the filter path and "
+          f"of the {workers}-worker compress; bound = filter CPU / (compress CPU / {cores} cores), bnd N/1 = "
+          f"(encode + crc) / (compress CPU / {cores} cores)")
     print(f"{'cube':20s} {'codec':15s} {'filter s':>9s} {'1 worker':>9s} {'N workers':>9s} {'N/filter':>9s} "
-          f"{'N/1':>6s} | {'read':>6s} {'encode':>7s} {'crc':>6s} {'write':>6s} {'wait':>6s} {'publish':>7s}")
+          f"{'N/1':>6s} | {'read':>6s} {'encode':>7s} {'crc':>6s} {'write':>6s} {'wait':>6s} {'publish':>7s} | "
+          f"{'cpu filt':>8s} {'cpu N':>6s} {'bound':>6s} {'bnd N/1':>7s}")
     for source in sources:
         for name in codecs:
             codec = get_codec(name)
             chunks = chunk_shape("balanced", source.shape)
-            filt, one, many, stages, reads = [], [], [], [], []
+            filt, one, many, stages, reads, filt_cpu, many_cpu = [], [], [], [], [], [], []
             for _ in range(runs):
-                filt.append(filter_path_seconds(source, codec, chunks, scratch))
-                one.append(fresh_compress(source, scratch / "one.h5", name, 1).seconds)
+                seconds, cpu = filter_path_seconds(source, codec, chunks, scratch)
+                filt.append(seconds)
+                filt_cpu.append(cpu)
+                one.append(fresh_compress(source, scratch / "one.h5", name, 1)[0].seconds)
                 timed = TimedSource(source)
-                report = fresh_compress(timed, scratch / "many.h5", name, workers)
+                report, cpu = fresh_compress(timed, scratch / "many.h5", name, workers)
                 many.append(report.seconds)
+                many_cpu.append(cpu)
                 stages.append(report.stages)
                 reads.append(timed.read_s)
-            f, o, m = (statistics.median(v) for v in (filt, one, many))
+            f, o, m, fc, mc = (statistics.median(v) for v in (filt, one, many, filt_cpu, many_cpu))
             st = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
             print(f"{source.name[:20]:20s} {name:15s} {f:9.3f} {o:9.3f} {m:9.3f} {f / m:8.2f}x {o / m:5.2f}x | "
                   f"{statistics.median(reads):6.3f} {st['encode']:7.3f} {st['checksum']:6.3f} {st['write']:6.3f} "
-                  f"{st['wait']:6.3f} {st['publish']:7.3f}")
+                  f"{st['wait']:6.3f} {st['publish']:7.3f} | {fc:8.3f} {mc:6.3f} {fc / (mc / cores):5.2f}x "
+                  f"{(st['encode'] + st['checksum']) / (mc / cores):6.2f}x")
 
 
 def main() -> None:
@@ -117,12 +147,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--stage-codecs", default=TOP_SIX, help="codecs of the compress-vs-filter stage table")
     parser.add_argument("--no-grid", action="store_true", help="only the compress-vs-filter stage table")
+    parser.add_argument("--cubes", default=",".join(CUBES),
+                        help=f"cubes of the stage table: {', '.join(CUBES)} (the source, the sparse counted cube)")
     args = parser.parse_args()
     if not args.no_grid:
         grid(args)
+    cubes = [c.strip() for c in args.cubes.split(",") if c.strip()]
+    unknown = sorted(set(cubes) - set(CUBES))
+    if unknown:
+        parser.error(f"unknown cubes {unknown}; choose from {', '.join(CUBES)}")
     with open_source(args.source) as source, tempfile.TemporaryDirectory(prefix="stempress-stages-") as scratch:
-        stages_table([in_memory(source), sparse_counted_cube()], args.stage_codecs.split(","), args.workers,
-                     args.runs, Path(scratch))
+        sources = [in_memory(source) if c == "source" else sparse_counted_cube() for c in cubes]
+        stages_table(sources, args.stage_codecs.split(","), args.workers, args.runs, Path(scratch))
 
 
 def in_memory(source, budget: int = 4 * 1024**3):

@@ -14,7 +14,15 @@ from stempress.codecs.catalog import CATALOG
 from stempress.codecs.chunk_codec import chunk_codec_for, direct_chunk_reason
 from stempress.codecs.parallel import ChunkEncoder, block_data, read_chunks_parallel, read_parallel_cube_blocks
 from stempress.data.base import ArraySource, Block, iter_blocks
-from stempress.data.checksums import ALGORITHM, ChunkChecksums, checksum_group_path, verify_stored
+from stempress.data.checksums import (
+    ALGORITHM,
+    NOGIL_CRC_BYTES,
+    ChunkChecksums,
+    _crc32c_nogil,
+    checksum_function,
+    checksum_group_path,
+    verify_stored,
+)
 from stempress.data.stream import BlockStream
 from stempress.errors import StempressError
 from stempress.sinks.archive import ArchiveResult, ArchiveSpec
@@ -184,6 +192,20 @@ def test_checksums_record_stored_and_raw_bytes(tmp_path: Path) -> None:
         assert "decoded data" in record.check_chunk((3, 1, 2, 1), raw=np.zeros_like(raw))
         assert ChunkChecksums.load(f, "/no/such/dataset") is None
         assert list(f) == ["stempress", "version_1"]  # the cube's own tree is untouched
+
+
+def test_large_chunks_get_the_same_crc32c_outside_the_gil() -> None:
+    """Chunks from NOGIL_CRC_BYTES on go to libcrc32c through ctypes (GIL released): the value must be
+    google-crc32c's for the same bytes, for a numpy chunk, a strided one (copied first) and a memoryview."""
+    google_crc32c = pytest.importorskip("google_crc32c")
+    crc = checksum_function("crc32c")
+    chunk = np.random.default_rng(1).integers(0, 4096, (4, 8, 64, 128), dtype=np.uint16)
+    assert chunk.nbytes >= 2 * NOGIL_CRC_BYTES
+    expected = google_crc32c.value(chunk.tobytes())
+    assert crc(chunk) == expected == crc(memoryview(chunk.tobytes())) == crc(chunk.view(np.uint8).reshape(-1))
+    assert crc(chunk[:, ::2]) == google_crc32c.value(chunk[:, ::2].tobytes()) != expected
+    nogil = _crc32c_nogil(google_crc32c._crc32c.__file__)  # the ctypes call itself, where the symbol is found
+    assert nogil is None or nogil(chunk.ctypes.data, chunk.nbytes) == expected
 
 
 def test_checksums_refuse_to_save_a_partial_record(tmp_path: Path) -> None:

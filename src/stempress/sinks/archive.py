@@ -36,7 +36,7 @@ from stempress.exec.base import Executor, in_flight_for
 from stempress.exec.local import InlineExecutor
 from stempress.sinks.protocol import RunInfo
 
-#: What a chunk task returns (``ChunkEncoder``): stored bytes, stored CRC, raw CRC, encode and CRC seconds.
+#: What a chunk task returns (``ChunkEncoder``): stored bytes, stored CRC, raw CRC, encode and CRC CPU seconds.
 EncodedChunk = tuple[bytes, int, int, float, float]
 #: The dataset beside the cube marking which frames arrived (live streams).
 RECEIVED = "received"
@@ -82,8 +82,8 @@ class ArchiveResult:
     dataset_path: str
     file_bytes: int
     checksums_saved: bool = False
-    #: Seconds per stage: encode and checksum summed over workers; write (HDF5 calls), wait (the writer waiting
-    #: for encoded chunks) and publish (close, fsync, rename) on the writer's thread.
+    #: Seconds per stage: encode (gathering included) and checksum as CPU seconds summed over workers; write (HDF5
+    #: calls), wait (the writer waiting for encoded chunks) and publish (close, fsync, rename): the writer's clock.
     stages: dict[str, float] = field(default_factory=dict)
     #: Shard files behind a ``--shards`` master (``sinks.shards``); 0 for one file.
     shards: int = 0
@@ -150,7 +150,7 @@ class ArchiveSink:
         if self.chunk_codec is None:
             self._prepare()  # h5py may chunk for a filter itself: row_multiple comes from the dataset
         else:
-            # the layout and dataset are made at the first store (``_prepare``), so the first chunks already
+            # the layout and dataset are made once the first chunks are submitted (``_prepare``), so they already
             # compress on the workers while this thread builds the EMD tree (5-10 ms of HDF5 calls, the same calls
             # in the same order: the same file). The chunk task holds the codec's configuration only, so it
             # pickles to worker processes and Dask workers; the fill value is h5py's default, as the dataset's.
@@ -208,8 +208,10 @@ class ArchiveSink:
         pending = self._pending
         for index, offset, piece in chunk_pieces(block.start, data, chunks):
             while len(pending) >= self._in_flight:
+                self._prepare()  # the EMD tree while the first chunks encode, not while the workers wait for more
                 self._store_next()
             pending.append((index, offset, self.executor.submit(self.encoder, (index, piece))))
+        self._prepare()
         while pending and pending[0][2].done():  # what is encoded already, without waiting
             self._store_next()
 
