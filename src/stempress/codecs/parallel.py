@@ -114,7 +114,8 @@ def full_chunk(piece: np.ndarray, chunks: tuple[int, ...], fill: object) -> np.n
 
 #: Chunks up to this size are gathered into one buffer per thread, reused chunk after chunk: a fresh array per
 #: chunk costs a page fault per 4 KiB on every chunk (on 2 cores, the gather of an 8 MiB chunk went from ~3 ms to
-#: ~1 ms of CPU, as much as LZ4 itself saves over the filter path). Larger chunks allocate (memory stays bounded).
+#: ~1 ms of CPU, as much as LZ4 itself saves over the filter path; the encode stage of benchmarks/parallel_vs_filter.py
+#: includes the gather). Larger chunks allocate (memory stays bounded).
 SCRATCH_MAX_BYTES = 64 * 1024**2
 _scratch = threading.local()
 
