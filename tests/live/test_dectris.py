@@ -113,3 +113,46 @@ def test_the_receiver_thread_decodes_bitshuffle_frames_with_one_openmp_thread_an
     assert not errors and np.array_equal(got.reshape(frames.shape), frames)
     assert seen == {"threads": 1, "name": "stempress-live-receiver"}
     assert in_a_fresh_thread() == default  # a thread that never decoded keeps the runtime's default team
+
+
+@pytest.mark.parametrize(("head", "number"), [
+    (b'{"htype": "dimage-1.0", "series": 3, "frame": 17, "hash": "ab01"}', 17),  # json.dumps's spacing
+    (b'{"htype":"dimage-1.0","series":3,"frame":0,"hash":""}', 0),  # a detector's compact JSON
+    (b' {\n "htype" : "dimage-1.0",\t"series": -1, "frame": 9 , "hash": "F0"}\r\n', 9),
+    (b'{"frame": 12, "htype": "dimage-1.0", "series": 3, "hash": "ab01"}', 12),  # other key order: json.loads
+    (b'{"htype": "dimage-1.0", "series": 3, "frame": 5.0, "hash": "ab01"}', 5),  # as int() took it before
+    (b'{"htype": "dimage-1.0", "series": 3, "frame": 007, "hash": "ab01"}', None),  # not JSON: corrupt
+    (b'{"htype": "dimage-1.0", "series": 3, "frame": 8, "hash": "ab01"', None),  # cut: corrupt
+    (b'{"htype": "dimage-1.0", "series": 3, "hash": "ab01"}', None)])  # no frame number: corrupt
+def test_an_image_header_gives_its_frame_number_exactly_as_json_reads_it(head, number):
+    from stempress.errors import StempressError
+    from stempress.live.dectris import parse_image
+
+    frame = _frames()[0]
+    _, desc, data, config = image_parts(0, frame, "bs16-lz4<")
+    if number is None:
+        with pytest.raises(StempressError, match="unreadable image header"):
+            parse_image([head, desc, data, config])
+        return
+    got = parse_image([head, desc, data, config])
+    assert got.number == number and np.array_equal(got.data, frame)
+
+
+def test_image_descriptions_are_parsed_once_per_distinct_part_and_a_bad_one_is_refused_every_time():
+    from stempress.errors import StempressError
+    from stempress.live import dectris
+
+    frames = _frames()
+    messages = [image_parts(i, f, "bs16-lz4<") for i, f in enumerate(frames)]
+    for i, parts in enumerate(messages):
+        assert np.array_equal(dectris.parse_image(parts).data, frames[i])
+    assert all(dectris._DESCRIPTIONS[parts[1]].size == len(parts[2]) for parts in messages)
+    desc = messages[0][1]
+    for bad in (desc.replace(b"[12, 10]", b'[12, "a"]'), desc.replace(b"[12, 10]", b"3"), b"[1, 2]",
+                desc.replace(b'"size": ', b'"size": "x", "other": '), desc.replace(b"uint16", b"uint99")):
+        for _ in range(2):
+            with pytest.raises(StempressError, match="unreadable image header"):
+                dectris.parse_image([messages[0][0], bad, *messages[0][2:]])
+    short = [messages[1][0], messages[1][1], messages[1][2][:-8], messages[1][3]]
+    with pytest.raises(StempressError, match="short or corrupt"):
+        dectris.parse_image(short)

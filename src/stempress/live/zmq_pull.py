@@ -31,11 +31,18 @@ class PullReader(EventReader):
         self.sock.setsockopt(zmq.RCVHWM, hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(f"tcp://{host}:{port}")
+        self._noblock, self._again = zmq.NOBLOCK, zmq.Again
         self._pending: list[Event] = []
         self._stop = threading.Event()
 
     def _recv(self) -> list[bytes] | None:
-        """The next message's parts, or None after ``timeout`` seconds without one (or once asked to stop)."""
+        """The next message's parts, or None after ``timeout`` seconds without one (or once asked to stop). A
+        message already queued is taken without polling first (while data flows, nearly every one: the poll
+        cost as much CPU as the receive)."""
+        try:
+            return self.sock.recv_multipart(self._noblock, copy=True)
+        except self._again:
+            pass
         deadline = time.monotonic() + self.timeout
         while not self.sock.poll(100):
             if time.monotonic() >= deadline or self._stop.is_set():
