@@ -156,3 +156,36 @@ def test_image_descriptions_are_parsed_once_per_distinct_part_and_a_bad_one_is_r
     short = [messages[1][0], messages[1][1], messages[1][2][:-8], messages[1][3]]
     with pytest.raises(StempressError, match="short or corrupt"):
         dectris.parse_image(short)
+
+
+def test_the_image_head_is_the_json_a_detector_sends_byte_for_byte():
+    import json
+
+    from stempress.live.dectris import image_head
+
+    for series, number, digest in ((1, 0, "d41d8cd98f00b204e9800998ecf8427e"), (7, 123456789, "ab"), (-2, 5, "")):
+        expected = json.dumps({"htype": "dimage-1.0", "series": series, "frame": number, "hash": digest}).encode()
+        assert image_head(number, digest.encode(), series) == expected
+
+
+def test_serve_encodes_a_repeated_frame_once_keyed_on_its_content_not_on_the_array():
+    from stempress.live.serve import _Repeats
+
+    calls: list[bytes] = []
+
+    def encode(frame: np.ndarray) -> tuple[bytes]:
+        calls.append(frame.tobytes())
+        return (frame.tobytes(),)
+
+    repeats = _Repeats(encode, max_bytes=3 * 240)
+    frames = _frames()  # 6 frames of 10x12 uint16: 240 bytes each
+    assert [repeats(frames[i % 2])[0] for i in range(4)] == [frames[i % 2].tobytes() for i in range(4)]
+    assert len(calls) == 2  # each content encoded once
+    frames[0, 0, 0] += 1  # the same array, other content: encoded again, never taken for the old one
+    assert repeats(frames[0])[0] == frames[0].tobytes() and len(calls) == 3
+    assert repeats(frames[2].copy())[0] == frames[2].tobytes() and repeats(frames[2])[0] == frames[2].tobytes()
+    assert len(calls) == 5 and repeats.bytes == 3 * 240  # over max_bytes: encoded each time, not held
+    plain = _Repeats(encode, probe=3)
+    for frame in frames[:5]:  # nothing repeated in the first 3: no more keys taken
+        plain(frame)
+    assert plain.seen == 3 and len(plain.held) == 3

@@ -79,16 +79,31 @@ def _lz4() -> Any:
     return LZ4()
 
 
-def image_parts(number: int, frame: np.ndarray, encoding: str, series: int = 1) -> list[bytes]:
-    """The four parts of one image message."""
+#: The ``dimage`` part, byte for byte as ``json.dumps`` writes it for an int series and frame and a hex hash.
+_IMAGE_HEAD_FORMAT = b'{"htype": "dimage-1.0", "series": %d, "frame": %d, "hash": "%s"}'
+#: The ``dconfig`` part (times, which serve does not keep).
+CONFIG_PART = json.dumps({"htype": "dconfig-1.0", "start_time": 0, "stop_time": 0, "real_time": 0}).encode()
+
+
+def encoded_image(frame: np.ndarray, encoding: str) -> tuple[bytes, bytes, bytes]:
+    """What an image message says of ``frame`` whatever its number: the ``dimage_d`` part, the data and its md5
+    (the detector's hash; receivers refuse an empty one) in hex."""
     blob = encode_image(frame, encoding)
     height, width = frame.shape
-    digest = hashlib.md5(blob).hexdigest()  # the detector's hash of the data (receivers refuse an empty one)
-    return [json.dumps({"htype": "dimage-1.0", "series": series, "frame": number, "hash": digest}).encode(),
-            json.dumps({"htype": "dimage_d-1.0", "shape": [width, height], "type": np.dtype(frame.dtype).name,
-                        "encoding": encoding, "size": len(blob)}).encode(),
-            blob,
-            json.dumps({"htype": "dconfig-1.0", "start_time": 0, "stop_time": 0, "real_time": 0}).encode()]
+    desc = json.dumps({"htype": "dimage_d-1.0", "shape": [width, height], "type": np.dtype(frame.dtype).name,
+                       "encoding": encoding, "size": len(blob)}).encode()
+    return desc, blob, hashlib.md5(blob).hexdigest().encode()
+
+
+def image_head(number: int, digest: bytes, series: int = 1) -> bytes:
+    """The ``dimage`` part of image ``number`` whose data has the md5 ``digest`` (hex)."""
+    return _IMAGE_HEAD_FORMAT % (series, number, digest)
+
+
+def image_parts(number: int, frame: np.ndarray, encoding: str, series: int = 1) -> list[bytes]:
+    """The four parts of one image message."""
+    desc, blob, digest = encoded_image(frame, encoding)
+    return [image_head(number, digest, series), desc, blob, CONFIG_PART]
 
 
 def header_parts(series: int, config: dict[str, Any]) -> list[bytes]:
