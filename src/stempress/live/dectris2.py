@@ -224,14 +224,21 @@ def start_message(series_id: int, unique_id: str, det_shape: tuple[int, int], dt
                   "number_of_images": int(images), **fields})
 
 
-def image_message(image_id: int, frame: np.ndarray, encoding: str, series_id: int, unique_id: str,
-                  channel: str = DEFAULT_CHANNEL, cut: int = 0) -> bytes:
-    """Image ``image_id``; ``cut`` bytes taken off the (encoded) data rehearse a corrupt message."""
+def image_array(frame: np.ndarray, encoding: str, cut: int = 0) -> MultiDimArray:
+    """``frame`` as an image message carries it; ``cut`` bytes taken off the (encoded) data rehearse a corrupt
+    message."""
     data = np.ascontiguousarray(frame, image_dtype(frame.dtype))
     payload: bytes | Compressed = data.tobytes() if encoding == "none" else compress(data, encoding)
     if cut:
         payload = payload[:-cut] if isinstance(payload, bytes) else payload._replace(data=payload.data[:-cut])
-    array = MultiDimArray(tuple(data.shape), TypedArray(data.dtype, payload))
+    return MultiDimArray(tuple(data.shape), TypedArray(data.dtype, payload))
+
+
+def image_message(image_id: int, frame: np.ndarray | MultiDimArray, encoding: str, series_id: int, unique_id: str,
+                  channel: str = DEFAULT_CHANNEL, cut: int = 0) -> bytes:
+    """Image ``image_id`` of ``frame`` (or of its ``image_array``, encoded already: ``encoding`` and ``cut``
+    were applied to it)."""
+    array = frame if isinstance(frame, MultiDimArray) else image_array(frame, encoding, cut)
     return dumps({"type": "image", "series_id": series_id, "series_unique_id": unique_id, "image_id": image_id,
                   "real_time": [0, 1], "start_time": [0, 1], "stop_time": [0, 1], "data": {channel: array}})
 

@@ -443,9 +443,14 @@ class _Dectris2Sender(_DectrisSender):
         return [dectris2.start_message(self.series_id, self.unique_id, self.det_shape, self.dtype, self.images,
                                        detector_description="stempress serve", frame_time=0.0, count_time=0.0)]
 
+    def encode(self, frame: np.ndarray) -> Any:
+        return dectris2.image_array(frame, self.encoding)
+
     def image(self, i: int, corrupt: bool) -> list[bytes]:
         cut = 8 if corrupt and i % 2 else 0  # odd frames: data short of its shape
-        message = dectris2.image_message(i, self.frames(i), self.encoding, self.series_id, self.unique_id, cut=cut)
+        frame = self.frames(i)
+        array = dectris2.image_array(frame, self.encoding, cut) if cut else self.encoded(frame)
+        message = dectris2.image_message(i, array, self.encoding, self.series_id, self.unique_id)
         return [message[:-8] if corrupt and not cut else message]  # even frames: the message cut (not CBOR)
 
     def end(self) -> list[bytes]:
