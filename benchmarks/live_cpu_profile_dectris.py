@@ -73,8 +73,11 @@ def instrument() -> None:
     from stempress.live import accounting, dectris, dectris2, receiver, zmq_pull
     from stempress.sinks import reduce
 
-    dectris.DectrisReader._next = timed("message -> event", dectris.DectrisReader._next)
-    dectris2.Dectris2Reader._next = timed("message -> event", dectris2.Dectris2Reader._next)
+    if hasattr(zmq_pull.PullReader, "_event"):  # the readers' shared loop (batching frames, where it does)
+        zmq_pull.PullReader._next = timed("message -> event", zmq_pull.PullReader._next)
+    else:
+        dectris.DectrisReader._next = timed("message -> event", dectris.DectrisReader._next)
+        dectris2.Dectris2Reader._next = timed("message -> event", dectris2.Dectris2Reader._next)
     zmq_pull.PullReader._recv = timed("  of which: zmq receive", zmq_pull.PullReader._recv)
     dectris2.loads = timed("  of which: CBOR loads", dectris2.loads)
     dectris.decode_image = timed("  of which: image decode", dectris.decode_image)
@@ -82,6 +85,8 @@ def instrument() -> None:
     receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
     receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
     accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
+    if hasattr(accounting.RowAssembler, "add_run"):  # a batch of consecutive frames placed at once
+        accounting.RowAssembler.add_run = timed("accounting + row assembly", accounting.RowAssembler.add_run)
     stream.join = timed("regroup/join rows", stream.join)
     reduce.ReducerSink.consume = timed("reducers", reduce.ReducerSink.consume)
 

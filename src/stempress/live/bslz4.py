@@ -45,9 +45,10 @@ def _fallback() -> Bitshuffle:
     return Bitshuffle("bslz4", cname="lz4")
 
 
-def decode(blob: bytes, count: int, dtype: np.dtype) -> np.ndarray:
+def decode(blob: bytes, count: int, dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
     """``count`` elements of ``dtype`` (its size the bit-shuffled element size) from HDF5-framed bitshuffle-LZ4
-    ``blob``, as a new flat array; anything malformed raises ValueError."""
+    ``blob``, as a new flat array or into ``out`` (C-contiguous, ``count`` elements of ``dtype``, returned flat;
+    its content undefined after an error); anything malformed raises ValueError."""
     dtype = np.dtype(dtype)
     if len(blob) < _HEADER.size:
         raise ValueError(f"{len(blob)} bytes, shorter than the 12-byte bitshuffle header")
@@ -59,18 +60,26 @@ def decode(blob: bytes, count: int, dtype: np.dtype) -> np.ndarray:
         raise ValueError(f"bitshuffle block of {block_bytes} bytes is not whole {itemsize}-byte elements")
     fn = _c_decompress()
     if fn is None:
-        return _fallback().decode(bytes(blob), (count,), dtype)
+        values = _fallback().decode(bytes(blob), (count,), dtype)
+        if out is None:
+            return values
+        flat = out.reshape(-1)
+        flat[...] = values
+        return flat
     block = block_bytes // itemsize or bitshuffle_block_size(itemsize)
     if block % _BLOCKED_MULT:
         raise ValueError(f"bitshuffle block of {block} elements is not a multiple of {_BLOCKED_MULT}")
     body = bytes(blob[_HEADER.size:])
     _check_blocks(body, count, itemsize, block)
-    out = np.empty(count, dtype)
+    if out is None:
+        out = np.empty(count, dtype)
+    elif out.dtype != dtype or out.size != count or not out.flags.c_contiguous:
+        raise ValueError(f"an output of {out.size} {out.dtype} is not {count} contiguous {dtype}")
     one_openmp_thread()
     used = fn(body, out.ctypes.data, count, itemsize, block)
     if used < 0:
         raise ValueError(f"bitshuffle-LZ4 error {used} (a damaged block)")
-    return out
+    return out.reshape(-1)
 
 
 def _check_blocks(body: bytes, count: int, itemsize: int, block: int) -> None:

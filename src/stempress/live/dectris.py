@@ -24,7 +24,7 @@ from stempress.codecs.bitshuffle import Bitshuffle
 from stempress.errors import StempressError
 from stempress.live import bslz4
 from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
-from stempress.live.zmq_pull import PullReader
+from stempress.live.zmq_pull import FrameSlots, PullReader
 
 ENCODINGS = ("bs16-lz4<", "bs32-lz4<", "bs8-lz4<", "lz4<", "<")
 _BLOCK_BYTES = 8192  # bitshuffle block size in bytes (DECTRIS and the bitshuffle filter's default)
@@ -50,8 +50,10 @@ def encode_image(frame: np.ndarray, encoding: str) -> bytes:
     raise StempressError(f"unknown DECTRIS encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
 
 
-def decode_image(blob: bytes, shape: tuple[int, int], dtype: np.dtype, encoding: str) -> np.ndarray:
-    """The image of a ``dimage_d`` description; a wrong length or undecodable data raises StempressError."""
+def decode_image(blob: bytes, shape: tuple[int, int], dtype: np.dtype, encoding: str,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """The image of a ``dimage_d`` description (into ``out`` when given: C-contiguous, of ``shape`` and the
+    native ``dtype``); a wrong length or undecodable data raises StempressError."""
     dtype = np.dtype(dtype).newbyteorder("<")
     count = math.prod(shape)
     nbytes = count * dtype.itemsize
@@ -61,15 +63,22 @@ def decode_image(blob: bytes, shape: tuple[int, int], dtype: np.dtype, encoding:
         elif encoding == "lz4<":
             raw = _lz4().decode(struct.pack("<i", nbytes) + bytes(blob))
         elif encoding.startswith("bs") and encoding.endswith("-lz4<"):
-            out = bslz4.decode(blob, count, dtype).reshape(shape)
-            return out if dtype.isnative else out.astype(dtype.newbyteorder("="))
+            if out is not None:
+                bslz4.decode(blob, count, dtype, out)
+                return out
+            image = bslz4.decode(blob, count, dtype).reshape(shape)
+            return image if dtype.isnative else image.astype(dtype.newbyteorder("="))
         else:
             raise StempressError(f"unknown DECTRIS encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
     except (ValueError, RuntimeError, struct.error) as exc:
         raise StempressError(f"undecodable {encoding} image ({exc}); the message is corrupt") from exc
     if len(raw) != nbytes:
         raise StempressError(f"image of {len(raw)} bytes, expected {nbytes}; the message is short or corrupt")
-    return np.frombuffer(raw, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    image = np.frombuffer(raw, dtype).reshape(shape)
+    if out is None:
+        return image.astype(dtype.newbyteorder("="))
+    out[...] = image
+    return out
 
 
 @cache
@@ -154,9 +163,9 @@ def describe(part: bytes) -> Description:
     return found
 
 
-def parse_image(parts: list[bytes], head: re.Match[bytes] | None = None) -> Frame:
-    """An image message as a frame (``head``: its first part's ``_IMAGE_HEAD`` match, when the caller has it);
-    anything malformed raises StempressError."""
+def parse_image(parts: list[bytes], head: re.Match[bytes] | None = None, slots: FrameSlots | None = None) -> Frame:
+    """An image message as a frame (``head``: its first part's ``_IMAGE_HEAD`` match, when the caller has it;
+    decoded into the next of ``slots`` when it fits them); anything malformed raises StempressError."""
     if len(parts) < 3:
         raise StempressError(f"image message of {len(parts)} parts, expected 4; the message is corrupt")
     head = head or _IMAGE_HEAD.fullmatch(parts[0])
@@ -168,6 +177,10 @@ def parse_image(parts: list[bytes], head: re.Match[bytes] | None = None) -> Fram
     if size is not None and size != len(parts[2]):
         raise StempressError(f"frame {number}: {len(parts[2])} data bytes, its header says {size}; the message is "
                              "short or corrupt")
+    if slots is not None and slots.fits(shape, dtype.newbyteorder("<")):
+        data = decode_image(parts[2], shape, dtype, encoding, slots.slot())
+        slots.taken()
+        return Frame(number, data)
     return Frame(number, decode_image(parts[2], shape, dtype, encoding))
 
 
@@ -195,6 +208,7 @@ class DectrisReader(PullReader):
         config = _json(parts[1]) if len(parts) > 1 else self._config_message()
         self.series = head.get("series")
         first = self._first_frame("the SIMPLON stream (dimage-1.0, dimage_d-1.0 with its shape, type and encoding)")
+        self._batch_from(first)
         metadata = {"format": "dectris-stream", "protocol": "dectris", "url": self.url,
                     "series": self.series, "detector_config": config}
         return StreamHeader(first.data.shape, first.data.dtype, 0, metadata)  # type: ignore[arg-type]
@@ -213,15 +227,15 @@ class DectrisReader(PullReader):
     def _recv(self) -> list[bytes] | None:
         return self._held.pop(0) if self._held else super()._recv()
 
-    def _next(self) -> Event:
-        parts = self._recv()
-        if parts is None:
-            return End(f"no data for {self.timeout:g} s (stalled or disconnected)")
+    def _recv_queued(self) -> list[bytes] | None:
+        return None if self._held else super()._recv_queued()  # a held message goes first, through _recv
+
+    def _event(self, parts: list[bytes]) -> Event:
         head = _IMAGE_HEAD.fullmatch(parts[0])  # an image, the frame number read (nearly every message)
         if head is None and _json(parts[0]).get("htype") == "dseries_end-1.0":
             return End("series end")
         try:
-            return parse_image(parts, head)
+            return parse_image(parts, head, self.slots)
         except StempressError as exc:
             return Corrupt(str(exc))
 

@@ -335,10 +335,7 @@ class Dectris2Reader(PullReader):
                     "detector_config": _json_safe({k: v for k, v in start.items() if k != "type"})}
         return StreamHeader(first.data.shape, first.data.dtype, 0, metadata)  # type: ignore[arg-type]
 
-    def _next(self) -> Event:
-        parts = self._recv()
-        if parts is None:
-            return End(f"no data for {self.timeout:g} s (stalled or disconnected)")
+    def _event(self, parts: list[bytes]) -> Event:
         try:
             if len(parts) != 1:
                 raise StempressError(f"a message of {len(parts)} parts, not one CBOR map")

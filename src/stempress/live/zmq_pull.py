@@ -8,15 +8,46 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+
 from stempress.errors import StempressError
+from stempress.live import events
 from stempress.live.events import Corrupt, End, Event, EventReader, Frame
 
 #: Messages the receiving socket queues before ZeroMQ stops the sender.
 RECEIVE_HWM = 1000
+#: Frames decoded into one buffer (at most ``SLOT_BYTES`` of them), and so handed on together at most.
+SLOT_FRAMES, SLOT_BYTES = 64, 2 * 1024**2
+#: The receiver's batch event (consecutive frames as one array), where this version has one.
+_BATCH = getattr(events, "Frames", None)
+
+
+class FrameSlots:
+    """Frames of the stream's shape and native dtype decoded straight into consecutive slots of a buffer of
+    ``n``, so frames that arrive back to back are handed on as one view of it (one event, one queue entry,
+    one placement per scan row) instead of one by one; a full buffer is left to the frames in it and a new one
+    taken."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, n: int) -> None:
+        self.shape, self.dtype, self.n = tuple(shape), np.dtype(dtype), int(n)
+        self.buf = np.empty((self.n, *self.shape), self.dtype)
+        self.used = 0
+
+    def fits(self, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+        return shape == self.shape and dtype == self.dtype
+
+    def slot(self) -> np.ndarray:
+        """Where the next frame goes (``taken`` once it decoded)."""
+        if self.used == self.n:
+            self.buf, self.used = np.empty((self.n, *self.shape), self.dtype), 0
+        return self.buf[self.used]
+
+    def taken(self) -> None:
+        self.used += 1
 
 
 class PullReader(EventReader):
-    """PULLs from ``tcp://HOST:PORT``; subclasses parse the messages (``_next``) and the series start."""
+    """PULLs from ``tcp://HOST:PORT``; subclasses parse the messages (``_event``) and the series start."""
 
     protocol = "dectris"
     ends_with_message = True  # an end message follows the last image
@@ -34,6 +65,48 @@ class PullReader(EventReader):
         self._noblock, self._rcvmore, self._again = int(zmq.NOBLOCK), int(zmq.RCVMORE), zmq.Again
         self._pending: list[Event] = []
         self._stop = threading.Event()
+        self._ahead: list[Event] = []  # an event read while batching that did not join the batch
+        self.slots: FrameSlots | None = None  # once the frame shape is known (``_batch_from``)
+
+    def _event(self, parts: list[bytes]) -> Event:
+        """One message as an event (a frame decoded into ``self.slots`` when it fits them)."""
+        raise NotImplementedError
+
+    def _next(self) -> Event:
+        if self._ahead:
+            return self._ahead.pop(0)
+        parts = self._recv()
+        if parts is None:
+            return End(f"no data for {self.timeout:g} s (stalled or disconnected)")
+        event = self._event(parts)
+        if self.slots is not None and isinstance(event, Frame) and event.data.base is self.slots.buf:
+            return self._batch(event)
+        return event
+
+    def _batch_from(self, first: Frame) -> None:
+        """Batch frames shaped like ``first`` from now on, if the receiver takes batches and several fit a buffer."""
+        n = min(SLOT_FRAMES, SLOT_BYTES // max(1, first.data.nbytes))
+        if _BATCH is not None and n > 1 and first.data.dtype.isnative:
+            self.slots = FrameSlots(first.data.shape, first.data.dtype, n)
+
+    def _batch(self, first: Frame) -> Event:
+        """``first`` and the frames already queued behind it that follow it (the next numbers, the next slots of
+        its buffer) as one batch event; whatever does not join is handed on next, nothing waits for more."""
+        slots = self.slots
+        assert slots is not None
+        start, numbers = slots.used - 1, [first.number]
+        while slots.used < slots.n:
+            parts = self._recv_queued()
+            if parts is None:
+                break
+            event = self._event(parts)
+            if not (isinstance(event, Frame) and event.number == numbers[-1] + 1 and event.data.base is slots.buf):
+                self._ahead.append(event)
+                break
+            numbers.append(event.number)
+        if len(numbers) == 1:
+            return first
+        return _BATCH(np.array(numbers, np.int64), slots.buf[start:start + len(numbers)])  # type: ignore[misc]
 
     def _recv(self) -> list[bytes] | None:
         """The next message's parts, or None after ``timeout`` seconds without one (or once asked to stop). A
@@ -48,6 +121,13 @@ class PullReader(EventReader):
             if time.monotonic() >= deadline or self._stop.is_set():
                 return None
         return self._parts(0)
+
+    def _recv_queued(self) -> list[bytes] | None:
+        """The next message if one is queued, else None at once."""
+        try:
+            return self._parts(self._noblock)
+        except self._again:
+            return None
 
     def _parts(self, flags: int) -> list[bytes]:
         """``recv_multipart`` with plain int flags: pyzmq's own combines enum flags per part, which cost a third
