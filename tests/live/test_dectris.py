@@ -10,7 +10,6 @@ import pytest
 
 from stempress.live import LiveSource
 from stempress.live.dectris import end_parts, header_parts, image_parts
-from stempress.live.events import Frame
 
 CONFIG = {"trigger_mode": "exte", "ntrigger": 6, "x_pixels_in_detector": 12, "y_pixels_in_detector": 10}
 
@@ -100,9 +99,9 @@ def test_the_receiver_thread_decodes_bitshuffle_frames_with_one_openmp_thread_an
     seen: dict = {}
     events = live.reader.events
 
-    def watched(stop):  # observes the real reader in the receiver's thread after each frame (the last: its own)
-        for event in events(stop):
-            if isinstance(event, Frame):
+    def watched(stop):  # observes the real reader in the receiver's thread after each frame or batch of them
+        for event in events(stop):  # (the last: decoded there)
+            if hasattr(event, "data"):
                 seen["threads"] = _bitshuffle_openmp_threads()
                 seen["name"] = threading.current_thread().name
             yield event
@@ -189,3 +188,46 @@ def test_serve_encodes_a_repeated_frame_once_keyed_on_its_content_not_on_the_arr
     for frame in frames[:5]:  # nothing repeated in the first 3: no more keys taken
         plain(frame)
     assert plain.seen == 3 and len(plain.held) == 3
+
+
+def test_frames_queued_back_to_back_go_on_as_batches_and_every_fault_still_comes_one_by_one(monkeypatch):
+    """The reader's own batching, fed a fixed queue of messages (the socket's receive replaced by the list: ZeroMQ
+    itself is not under test): consecutive frames already queued join one batch event (where the receiver takes
+    batches); a corrupt, reordered, duplicated or non-consecutive message ends it and goes on as before."""
+    import zmq
+
+    from stempress.live import events
+    from stempress.live.dectris import DectrisReader
+
+    frames = np.random.default_rng(9).poisson(2.0, (8, 10, 12)).astype(np.uint16)
+    sent = [0, 1, 2, 3, 4, 6, 5, 5, 7]  # 3 corrupt, 6 before 5, 5 twice
+    queue = [header_parts(1, CONFIG)]
+    for n in sent:
+        parts = image_parts(n, frames[n], "bs16-lz4<")
+        queue.append([b"{not json", *parts[1:]] if n == 3 else parts)
+    queue.append(end_parts(1))
+
+    def parts(flags: int) -> list[bytes]:
+        if not queue:
+            raise zmq.Again()
+        return queue.pop(0)
+
+    reader = DectrisReader("127.0.0.1", 9, timeout=1)
+    try:
+        monkeypatch.setattr(reader, "_parts", parts)
+        reader.start()
+        got = list(reader.events(threading.Event()))
+    finally:
+        reader.close()
+    flat, batches = [], []
+    for event in got:
+        if hasattr(event, "numbers"):  # a batch
+            batches.append(event.numbers.tolist())
+            flat += [(n, d) for n, d in zip(event.numbers.tolist(), event.data, strict=True)]
+        elif hasattr(event, "number"):
+            flat.append((event.number, event.data))
+        else:
+            flat.append((type(event).__name__, None))
+    assert [n for n, _ in flat] == [0, 1, 2, "Corrupt", 4, 6, 5, 5, 7, "End"]
+    assert all(np.array_equal(d, frames[n]) for n, d in flat if isinstance(n, int))
+    assert batches == ([[1, 2]] if hasattr(events, "Frames") else [])
