@@ -78,7 +78,10 @@ def instrument() -> None:
     else:
         dectris.DectrisReader._next = timed("message -> event", dectris.DectrisReader._next)
         dectris2.Dectris2Reader._next = timed("message -> event", dectris2.Dectris2Reader._next)
-    zmq_pull.PullReader._recv = timed("  of which: zmq receive", zmq_pull.PullReader._recv)
+    if hasattr(zmq_pull.PullReader, "_parts"):  # the receive itself, also of the messages a batch takes
+        zmq_pull.PullReader._parts = timed("  of which: zmq receive", zmq_pull.PullReader._parts)
+    else:
+        zmq_pull.PullReader._recv = timed("  of which: zmq receive", zmq_pull.PullReader._recv)
     dectris2.loads = timed("  of which: CBOR loads", dectris2.loads)
     dectris.decode_image = timed("  of which: image decode", dectris.decode_image)
     dectris2.decompress = timed("  of which: image decode", dectris2.decompress)

@@ -330,6 +330,7 @@ class Dectris2Reader(PullReader):
         named = start.get("image_dtype")
         self.dtype: np.dtype | None = np.dtype(named) if named in IMAGE_DTYPES else None
         first = self._first_frame(_EXPECTED)
+        self._batch_from(first)
         metadata = {"format": "dectris-stream-v2", "protocol": self.protocol, "url": self.url,
                     "series": self.series_id, "series_unique_id": self.unique_id, "channel": self.channel,
                     "detector_config": _json_safe({k: v for k, v in start.items() if k != "type"})}
@@ -355,6 +356,12 @@ class Dectris2Reader(PullReader):
             frame = parse_image(message, str(self.channel), self.det_shape, self.dtype)
             if self.det_shape is None or self.dtype is None:  # the first valid image sets what the start did not
                 self.det_shape, self.dtype = frame.data.shape, frame.data.dtype  # type: ignore[assignment]
+            slots = self.slots
+            if slots is not None and slots.fits(frame.data.shape, frame.data.dtype):
+                slot = slots.slot()  # a copy (the frame is a view of the decoded bytes) that can join a batch
+                slot[...] = frame.data
+                slots.taken()
+                return Frame(frame.number, slot)
             return frame
         except StempressError as exc:
             return Corrupt(str(exc))
