@@ -67,6 +67,29 @@ def _sender(protocol: str, n_frames: int, ports: Any) -> None:
     ctx.term()
 
 
+class FaultsWarmup(Warmup):
+    """``Warmup`` that also takes the process's minor page faults (fresh memory touched) when the warm-up ends."""
+
+    def __init__(self, rows: int, frame_bytes: int) -> None:
+        super().__init__(rows, frame_bytes)
+        self.faults = _minor_faults()
+
+    def __call__(self, done: int, total: int) -> None:
+        before = self.frames
+        super().__call__(done, total)
+        if self.frames and not before:
+            self.faults = _minor_faults()
+
+
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+FAULTS: dict[str, float] = {}
+
+
 def instrument() -> None:
     """Wrap each stage of the DECTRIS receive path (the patched names are the ones the callers look up)."""
     from stempress.data import stream
@@ -110,12 +133,13 @@ def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[d
     STAGES.clear()
     with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
         source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)
-        warm = Warmup(warmup_rows, source.frame_bytes)
+        warm = FaultsWarmup(warmup_rows, source.frame_bytes)
         calibration = given_calibration(source, centre=(m.centre, m.centre), bf_radius=m.disk)
         targets = SUM_COM if outputs == "sum-com" else TARGETS
         receive(source, reduce=targets, reduced=Path(tmp) / "r.h5", calibration=calibration, workers=1,
                 progress=warm)
         cpu = time.process_time() - warm.cpu
+        FAULTS[protocol] = (_minor_faults() - warm.faults) / max(1, n - warm.frames)
     sender.join(60)
     if source.account.received != n:
         raise SystemExit(f"{protocol}: received {source.account.received} of {n} frames ({source.account.ended})")
@@ -185,6 +209,7 @@ def main() -> None:
     print(f"  {'other (untimed)':<36}" + "".join(f"{1e6 * (results[m][1] - staged[m]) / results[m][2]:>10.1f}"
                                                for m in modes))
     print(f"  {'process total':<36}" + "".join(f"{1e6 * results[m][1] / results[m][2]:>10.1f}" for m in modes))
+    print(f"  {'page faults per frame':<36}" + "".join(f"{FAULTS[m]:>10.2f}" for m in modes))
     print(f"  {'frames/s per core at that cost':<36}" + "".join(f"{results[m][2] / results[m][1]:>10,.0f}"
                                                                for m in modes))
 
