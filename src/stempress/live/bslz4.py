@@ -50,6 +50,17 @@ def decode(blob: bytes, count: int, dtype: np.dtype, out: np.ndarray | None = No
     ``blob``, as a new flat array or into ``out`` (C-contiguous, ``count`` elements of ``dtype``, returned flat;
     its content undefined after an error); anything malformed raises ValueError."""
     dtype = np.dtype(dtype)
+    if out is None:
+        out = np.empty(count, dtype)
+    elif out.dtype != dtype or out.size != count or not out.flags.c_contiguous:
+        raise ValueError(f"an output of {out.size} {out.dtype} is not {count} contiguous {dtype}")
+    decode_into(blob, count, dtype, out.ctypes.data)
+    return out.reshape(-1)
+
+
+def decode_into(blob: bytes, count: int, dtype: np.dtype, address: int) -> None:
+    """``decode`` into the ``count * dtype.itemsize`` bytes at ``address`` (the caller's buffer, which it keeps
+    alive; a frame slot's address is known without asking numpy for it each time)."""
     if len(blob) < _HEADER.size:
         raise ValueError(f"{len(blob)} bytes, shorter than the 12-byte bitshuffle header")
     total, block_bytes = _HEADER.unpack_from(blob)
@@ -61,25 +72,17 @@ def decode(blob: bytes, count: int, dtype: np.dtype, out: np.ndarray | None = No
     fn = _c_decompress()
     if fn is None:
         values = _fallback().decode(bytes(blob), (count,), dtype)
-        if out is None:
-            return values
-        flat = out.reshape(-1)
-        flat[...] = values
-        return flat
+        ctypes.memmove(address, values.ctypes.data, values.nbytes)
+        return
     block = block_bytes // itemsize or bitshuffle_block_size(itemsize)
     if block % _BLOCKED_MULT:
         raise ValueError(f"bitshuffle block of {block} elements is not a multiple of {_BLOCKED_MULT}")
     body = bytes(blob[_HEADER.size:])
     _check_blocks(body, count, itemsize, block)
-    if out is None:
-        out = np.empty(count, dtype)
-    elif out.dtype != dtype or out.size != count or not out.flags.c_contiguous:
-        raise ValueError(f"an output of {out.size} {out.dtype} is not {count} contiguous {dtype}")
     one_openmp_thread()
-    used = fn(body, out.ctypes.data, count, itemsize, block)
+    used = fn(body, address, count, itemsize, block)
     if used < 0:
         raise ValueError(f"bitshuffle-LZ4 error {used} (a damaged block)")
-    return out.reshape(-1)
 
 
 def _check_blocks(body: bytes, count: int, itemsize: int, block: int) -> None:

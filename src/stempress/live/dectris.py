@@ -141,6 +141,9 @@ class Description(NamedTuple):
     dtype: np.dtype
     encoding: str
     size: int | None
+    little: np.dtype  # ``dtype`` as the stream sends it (little endian)
+    count: int  # pixels
+    bitshuffled: bool  # a bs*-lz4< encoding
 
 
 #: ``dimage_d`` parts seen, by their exact bytes: within a series they differ only in ``size`` (a few hundred
@@ -156,7 +159,9 @@ def describe(part: bytes) -> Description:
         desc = json.loads(part)
         shape = tuple(reversed([int(n) for n in desc["shape"]]))  # a list or a number fails here, not in .get
         dtype, encoding, size = np.dtype(desc["type"]), str(desc["encoding"]), desc.get("size")
-        found = Description(shape, dtype, encoding, None if size is None else int(size))  # type: ignore[arg-type]
+        found = Description(shape, dtype, encoding, None if size is None else int(size),  # type: ignore[arg-type]
+                            dtype.newbyteorder("<"), math.prod(shape),
+                            encoding.startswith("bs") and encoding.endswith("-lz4<"))
         if len(_DESCRIPTIONS) >= _DESCRIPTIONS_MAX:
             _DESCRIPTIONS.clear()
         _DESCRIPTIONS[bytes(part)] = found
@@ -171,17 +176,25 @@ def parse_image(parts: list[bytes], head: re.Match[bytes] | None = None, slots: 
     head = head or _IMAGE_HEAD.fullmatch(parts[0])
     try:
         number = int(head[1]) if head is not None else int(json.loads(parts[0])["frame"])
-        shape, dtype, encoding, size = describe(parts[1])
+        desc = describe(parts[1])
     except (ValueError, KeyError, TypeError) as exc:
         raise StempressError(f"unreadable image header ({exc}); the message is corrupt") from exc
-    if size is not None and size != len(parts[2]):
-        raise StempressError(f"frame {number}: {len(parts[2])} data bytes, its header says {size}; the message is "
+    blob = parts[2]
+    if desc.size is not None and desc.size != len(blob):
+        raise StempressError(f"frame {number}: {len(blob)} data bytes, its header says {desc.size}; the message is "
                              "short or corrupt")
-    if slots is not None and slots.fits(shape, dtype.newbyteorder("<")):
-        data = decode_image(parts[2], shape, dtype, encoding, slots.slot())
-        slots.taken()
-        return Frame(number, data)
-    return Frame(number, decode_image(parts[2], shape, dtype, encoding))
+    if slots is None or not slots.fits(desc.shape, desc.little):
+        return Frame(number, decode_image(blob, desc.shape, desc.dtype, desc.encoding))
+    out = slots.slot()
+    if desc.bitshuffled:  # the stream's usual frame: straight into the slot, as decode_image would
+        try:
+            bslz4.decode_into(blob, desc.count, desc.little, slots.slot_address())
+        except (ValueError, RuntimeError, struct.error) as exc:
+            raise StempressError(f"undecodable {desc.encoding} image ({exc}); the message is corrupt") from exc
+    else:
+        decode_image(blob, desc.shape, desc.dtype, desc.encoding, out)
+    slots.taken()
+    return Frame(number, out)
 
 
 class DectrisReader(PullReader):

@@ -30,8 +30,12 @@ class FrameSlots:
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, n: int) -> None:
         self.shape, self.dtype, self.n = tuple(shape), np.dtype(dtype), int(n)
+        self.frame_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self._new()
+
+    def _new(self) -> None:
         self.buf = np.empty((self.n, *self.shape), self.dtype)
-        self.used = 0
+        self.used, self.address = 0, self.buf.ctypes.data
 
     def fits(self, shape: tuple[int, ...], dtype: np.dtype) -> bool:
         return shape == self.shape and dtype == self.dtype
@@ -39,8 +43,12 @@ class FrameSlots:
     def slot(self) -> np.ndarray:
         """Where the next frame goes (``taken`` once it decoded)."""
         if self.used == self.n:
-            self.buf, self.used = np.empty((self.n, *self.shape), self.dtype), 0
+            self._new()
         return self.buf[self.used]
+
+    def slot_address(self) -> int:
+        """The next slot's address (``slot``'s memory; call ``slot`` first)."""
+        return self.address + self.used * self.frame_bytes
 
     def taken(self) -> None:
         self.used += 1
@@ -79,14 +87,16 @@ class PullReader(EventReader):
         if parts is None:
             return End(f"no data for {self.timeout:g} s (stalled or disconnected)")
         event = self._event(parts)
-        if self.slots is not None and isinstance(event, Frame) and event.data.base is self.slots.buf:
+        if _BATCH is not None and self.slots is not None and isinstance(event, Frame) \
+                and event.data.base is self.slots.buf:
             return self._batch(event)
         return event
 
     def _batch_from(self, first: Frame) -> None:
-        """Batch frames shaped like ``first`` from now on, if the receiver takes batches and several fit a buffer."""
+        """Decode frames shaped like ``first`` into slots from now on (and batch them, where the receiver takes
+        batches), if several fit a buffer."""
         n = min(SLOT_FRAMES, SLOT_BYTES // max(1, first.data.nbytes))
-        if _BATCH is not None and n > 1 and first.data.dtype.isnative:
+        if n > 1 and first.data.dtype.isnative:
             self.slots = FrameSlots(first.data.shape, first.data.dtype, n)
 
     def _batch(self, first: Frame) -> Event:
