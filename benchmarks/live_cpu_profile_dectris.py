@@ -106,8 +106,13 @@ def instrument() -> None:
     else:
         zmq_pull.PullReader._recv = timed("  of which: zmq receive", zmq_pull.PullReader._recv)
     dectris2.loads = timed("  of which: CBOR loads", dectris2.loads)
-    dectris.decode_image = timed("  of which: image decode", dectris.decode_image)
-    dectris2.decompress = timed("  of which: image decode", dectris2.decompress)
+    try:  # every bitshuffle-LZ4 decode goes through bslz4.decode_into (v1 into the frame's slot)
+        from stempress.live import bslz4
+
+        bslz4.decode_into = timed("  of which: image decode", bslz4.decode_into)
+    except ImportError:  # before it: each stream's decode
+        dectris.decode_image = timed("  of which: image decode", dectris.decode_image)
+        dectris2.decompress = timed("  of which: image decode", dectris2.decompress)
     receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
     receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
     accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
