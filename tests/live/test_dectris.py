@@ -190,21 +190,27 @@ def test_serve_encodes_a_repeated_frame_once_keyed_on_its_content_not_on_the_arr
     assert plain.seen == 3 and len(plain.held) == 3
 
 
-def test_frames_queued_back_to_back_go_on_as_batches_and_every_fault_still_comes_one_by_one(monkeypatch):
+@pytest.mark.parametrize(("sent", "slot_frames", "expected_batches"), [
+    ([0, 1, 2, "3 corrupt", 4, 6, 5, 5, 7], 64, [[1, 2]]),  # 6 before 5, 5 twice
+    ([0, 1, 2, "3 corrupt", 4, 6, 5, 5, 7], 3, [[1, 2]]),  # the same across three buffers (4 fills the first)
+    (list(range(8)), 3, [[1, 2, 3], [4, 5, 6]])])  # a batch ends where its buffer does
+def test_frames_queued_back_to_back_go_on_as_batches_and_every_fault_still_comes_one_by_one(
+        monkeypatch, sent, slot_frames, expected_batches):
     """The reader's own batching, fed a fixed queue of messages (the socket's receive replaced by the list: ZeroMQ
     itself is not under test): consecutive frames already queued join one batch event (where the receiver takes
-    batches); a corrupt, reordered, duplicated or non-consecutive message ends it and goes on as before."""
+    batches); a corrupt, reordered, duplicated or non-consecutive message ends it and goes on as before; frames
+    decoded into a buffer's slots stay intact once it is full and the next one fills."""
     import zmq
 
-    from stempress.live import events
+    from stempress.live import events, zmq_pull
     from stempress.live.dectris import DectrisReader
 
+    monkeypatch.setattr(zmq_pull, "SLOT_FRAMES", slot_frames)
     frames = np.random.default_rng(9).poisson(2.0, (8, 10, 12)).astype(np.uint16)
-    sent = [0, 1, 2, 3, 4, 6, 5, 5, 7]  # 3 corrupt, 6 before 5, 5 twice
     queue = [header_parts(1, CONFIG)]
     for n in sent:
-        parts = image_parts(n, frames[n], "bs16-lz4<")
-        queue.append([b"{not json", *parts[1:]] if n == 3 else parts)
+        parts = image_parts(int(str(n)[0]), frames[int(str(n)[0])], "bs16-lz4<")
+        queue.append([b"{not json", *parts[1:]] if "corrupt" in str(n) else parts)
     queue.append(end_parts(1))
 
     def parts(flags: int) -> list[bytes]:
@@ -228,6 +234,6 @@ def test_frames_queued_back_to_back_go_on_as_batches_and_every_fault_still_comes
             flat.append((event.number, event.data))
         else:
             flat.append((type(event).__name__, None))
-    assert [n for n, _ in flat] == [0, 1, 2, "Corrupt", 4, 6, 5, 5, 7, "End"]
+    assert [n for n, _ in flat] == [n if isinstance(n, int) else "Corrupt" for n in sent] + ["End"]
     assert all(np.array_equal(d, frames[n]) for n, d in flat if isinstance(n, int))
-    assert batches == ([[1, 2]] if hasattr(events, "Frames") else [])
+    assert batches == (expected_batches if hasattr(events, "Frames") else [])
