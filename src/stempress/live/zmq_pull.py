@@ -87,10 +87,14 @@ class PullReader(EventReader):
         if parts is None:
             return End(f"no data for {self.timeout:g} s (stalled or disconnected)")
         event = self._event(parts)
-        if _BATCH is not None and self.slots is not None and isinstance(event, Frame) \
-                and event.data.base is self.slots.buf:
+        if self.batching and isinstance(event, Frame) and event.data.base is self.slots.buf:  # type: ignore[union-attr]
             return self._batch(event)
         return event
+
+    @property
+    def batching(self) -> bool:
+        """Whether frames in slots are handed on in batches (the receiver takes them and the shape is known)."""
+        return _BATCH is not None and self.slots is not None
 
     def _batch_from(self, first: Frame) -> None:
         """Decode frames shaped like ``first`` into slots from now on (and batch them, where the receiver takes
