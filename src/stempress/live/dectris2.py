@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stempress.errors import StempressError
+from stempress.live import bslz4
 from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
 from stempress.live.zmq_pull import PullReader
 
@@ -110,6 +111,8 @@ def decompress(item: Compressed, nbytes: int, dtype: np.dtype) -> np.ndarray:
     if nbytes % like.itemsize:
         raise StempressError(f"{nbytes} bytes of {dtype.name} are not whole {like.itemsize}-byte bslz4 elements")
     try:
+        if item.algorithm == "bslz4":  # bitshuffle's C function, its blocks checked first (live.bslz4)
+            return bslz4.decode(item.data, nbytes // like.itemsize, like).view(np.uint8)
         return _codec(item.algorithm).decode(item.data, (nbytes // like.itemsize,), like).view(np.uint8)
     except (ValueError, RuntimeError, TypeError, struct.error) as exc:  # a wrong size, a bad block, short data
         raise StempressError(f"undecodable {item.algorithm} data ({exc}); the message is corrupt") from exc
@@ -221,14 +224,21 @@ def start_message(series_id: int, unique_id: str, det_shape: tuple[int, int], dt
                   "number_of_images": int(images), **fields})
 
 
-def image_message(image_id: int, frame: np.ndarray, encoding: str, series_id: int, unique_id: str,
-                  channel: str = DEFAULT_CHANNEL, cut: int = 0) -> bytes:
-    """Image ``image_id``; ``cut`` bytes taken off the (encoded) data rehearse a corrupt message."""
+def image_array(frame: np.ndarray, encoding: str, cut: int = 0) -> MultiDimArray:
+    """``frame`` as an image message carries it; ``cut`` bytes taken off the (encoded) data rehearse a corrupt
+    message."""
     data = np.ascontiguousarray(frame, image_dtype(frame.dtype))
     payload: bytes | Compressed = data.tobytes() if encoding == "none" else compress(data, encoding)
     if cut:
         payload = payload[:-cut] if isinstance(payload, bytes) else payload._replace(data=payload.data[:-cut])
-    array = MultiDimArray(tuple(data.shape), TypedArray(data.dtype, payload))
+    return MultiDimArray(tuple(data.shape), TypedArray(data.dtype, payload))
+
+
+def image_message(image_id: int, frame: np.ndarray | MultiDimArray, encoding: str, series_id: int, unique_id: str,
+                  channel: str = DEFAULT_CHANNEL, cut: int = 0) -> bytes:
+    """Image ``image_id`` of ``frame`` (or of its ``image_array``, encoded already: ``encoding`` and ``cut``
+    were applied to it)."""
+    array = frame if isinstance(frame, MultiDimArray) else image_array(frame, encoding, cut)
     return dumps({"type": "image", "series_id": series_id, "series_unique_id": unique_id, "image_id": image_id,
                   "real_time": [0, 1], "start_time": [0, 1], "stop_time": [0, 1], "data": {channel: array}})
 
@@ -320,15 +330,13 @@ class Dectris2Reader(PullReader):
         named = start.get("image_dtype")
         self.dtype: np.dtype | None = np.dtype(named) if named in IMAGE_DTYPES else None
         first = self._first_frame(_EXPECTED)
+        self._batch_from(first)
         metadata = {"format": "dectris-stream-v2", "protocol": self.protocol, "url": self.url,
                     "series": self.series_id, "series_unique_id": self.unique_id, "channel": self.channel,
                     "detector_config": _json_safe({k: v for k, v in start.items() if k != "type"})}
         return StreamHeader(first.data.shape, first.data.dtype, 0, metadata)  # type: ignore[arg-type]
 
-    def _next(self) -> Event:
-        parts = self._recv()
-        if parts is None:
-            return End(f"no data for {self.timeout:g} s (stalled or disconnected)")
+    def _event(self, parts: list[bytes]) -> Event:
         try:
             if len(parts) != 1:
                 raise StempressError(f"a message of {len(parts)} parts, not one CBOR map")
@@ -348,6 +356,12 @@ class Dectris2Reader(PullReader):
             frame = parse_image(message, str(self.channel), self.det_shape, self.dtype)
             if self.det_shape is None or self.dtype is None:  # the first valid image sets what the start did not
                 self.det_shape, self.dtype = frame.data.shape, frame.data.dtype  # type: ignore[assignment]
+            slots = self.slots
+            if self.batching and slots is not None and slots.fits(frame.data.shape, frame.data.dtype):
+                slot = slots.slot()  # a copy (the frame is a view of the decoded bytes) that can join a batch
+                slot[...] = frame.data
+                slots.taken()
+                return Frame(frame.number, slot)
             return frame
         except StempressError as exc:
             return Corrupt(str(exc))

@@ -1,0 +1,223 @@
+"""CPU time per frame, stage by stage, of ``stempress live``'s DECTRIS receive path (96x96 uint16, as
+``benchmarks/live_throughput.py --modes dectris`` sends it), and of the sender, ``stempress serve --as dectris``.
+
+    python benchmarks/live_cpu_profile_dectris.py                    # v1 (bs16-lz4<) and v2 (bslz4), sum + CoM
+    python benchmarks/live_cpu_profile_dectris.py --modes dectris --outputs default   # default reducers, no archive
+    python benchmarks/live_cpu_profile_dectris.py --sender           # serve's own CPU per frame, to a drain
+
+Receive: a sender process PUSHes pre-built messages (``live.dectris.image_parts`` / ``live.dectris2.image_message``
+of ``live_throughput``'s 256 Poisson frames, numbered per send) as fast as ZeroMQ takes them (its CPU is not
+counted); this process receives them with ``acquire.receive`` as ``stempress live`` does (``--outputs sum-com``:
+the mean pattern and CoM into a reduced file, what the LiberTEM-live comparison runs; ``default``: the default
+reducers; one worker). Each stage is timed with ``time.thread_time`` (CPU of the thread running it); stages
+marked ``of which`` are inside ``message -> event``. The first ``--warmup-rows`` are not counted.
+
+Sender (``--sender``): ``live.serve.serve`` in a process of its own at full speed, this process draining the
+socket (``recv_multipart``, nothing else); prints serve's process CPU per frame and the frames/s reached. If serve
+alone cannot outrun both receivers, ``live_throughput`` measures the sender, not them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from live_cpu_profile import STAGES, Warmup, timed, timed_iter  # noqa: F401 - timed_iter for stages to come
+from live_throughput import MODES, SCAN_X, SUM_COM, TARGETS, RepeatedFrames, base_frames
+
+ENCODING = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
+ORDER = ["message -> event", "  of which: zmq receive", "  of which: CBOR loads", "  of which: image decode",
+         "queue put", "queue get", "accounting + row assembly", "regroup/join rows", "reducers"]
+
+
+def _sender(protocol: str, n_frames: int, ports: Any) -> None:
+    """Child: PUSH ``n_frames`` pre-encoded images (cycling the base frames) to the first receiver, then the end."""
+    import zmq
+
+    from stempress.live import dectris, dectris2
+
+    base = base_frames("dectris")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    ports.put(port)
+    if protocol == "dectris":
+        config = {"x_pixels_in_detector": base.shape[2], "y_pixels_in_detector": base.shape[1], "nimages": 1,
+                  "ntrigger": n_frames}
+        sock.send_multipart(dectris.header_parts(1, config))
+        built = [dectris.image_parts(0, f, ENCODING[protocol]) for f in base]
+        for i in range(n_frames):
+            parts = built[i % len(built)]
+            head = parts[0].replace(b'"frame": 0,', b'"frame": %d,' % i)
+            sock.send_multipart([head, *parts[1:]])
+        sock.send_multipart(dectris.end_parts(1))
+    else:
+        sock.send(dectris2.start_message(1, "u", base.shape[1:], base.dtype, n_frames))
+        for i in range(n_frames):  # CBOR numbers vary in length: encode each (the sender's CPU is not counted)
+            sock.send(dectris2.image_message(i, base[i % len(base)], ENCODING[protocol], 1, "u"))
+        sock.send(dectris2.end_message(1, "u"))
+    sock.close(linger=120_000)
+    ctx.term()
+
+
+class FaultsWarmup(Warmup):
+    """``Warmup`` that also takes the process's minor page faults (fresh memory touched) when the warm-up ends."""
+
+    def __init__(self, rows: int, frame_bytes: int) -> None:
+        super().__init__(rows, frame_bytes)
+        self.faults = _minor_faults()
+
+    def __call__(self, done: int, total: int) -> None:
+        before = self.frames
+        super().__call__(done, total)
+        if self.frames and not before:
+            self.faults = _minor_faults()
+
+
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+FAULTS: dict[str, float] = {}
+
+
+def instrument() -> None:
+    """Wrap each stage of the DECTRIS receive path (the patched names are the ones the callers look up)."""
+    from stempress.data import stream
+    from stempress.live import accounting, dectris, dectris2, receiver, zmq_pull
+    from stempress.sinks import reduce
+
+    if hasattr(zmq_pull.PullReader, "_event"):  # the readers' shared loop (batching frames, where it does)
+        zmq_pull.PullReader._next = timed("message -> event", zmq_pull.PullReader._next)
+    else:
+        dectris.DectrisReader._next = timed("message -> event", dectris.DectrisReader._next)
+        dectris2.Dectris2Reader._next = timed("message -> event", dectris2.Dectris2Reader._next)
+    if hasattr(zmq_pull.PullReader, "_parts"):  # the receive itself, also of the messages a batch takes
+        zmq_pull.PullReader._parts = timed("  of which: zmq receive", zmq_pull.PullReader._parts)
+    else:
+        zmq_pull.PullReader._recv = timed("  of which: zmq receive", zmq_pull.PullReader._recv)
+    dectris2.loads = timed("  of which: CBOR loads", dectris2.loads)
+    try:  # every bitshuffle-LZ4 decode goes through bslz4.decode_into (v1 into the frame's slot)
+        from stempress.live import bslz4
+
+        bslz4.decode_into = timed("  of which: image decode", bslz4.decode_into)
+    except ImportError:  # before it: each stream's decode
+        dectris.decode_image = timed("  of which: image decode", dectris.decode_image)
+        dectris2.decompress = timed("  of which: image decode", dectris2.decompress)
+    receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
+    receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
+    accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
+    if hasattr(accounting.RowAssembler, "add_run"):  # a batch of consecutive frames placed at once
+        accounting.RowAssembler.add_run = timed("accounting + row assembly", accounting.RowAssembler.add_run)
+    stream.join = timed("regroup/join rows", stream.join)
+    reduce.ReducerSink.consume = timed("reducers", reduce.ReducerSink.consume)
+
+
+def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[dict[str, float], float, int]:
+    """Stage CPU seconds, total process CPU seconds and frames counted, after ``warmup_rows``."""
+    from stempress.acquire import receive
+    from stempress.live import open_live
+    from stempress.store.reducing import given_calibration
+
+    m = MODES["dectris"]
+    n = (rows + warmup_rows) * SCAN_X
+    ctx = mp.get_context("spawn")
+    ports = ctx.Queue()
+    sender = ctx.Process(target=_sender, args=(protocol, n, ports), daemon=True)
+    sender.start()
+    port = ports.get(timeout=120)
+    STAGES.clear()
+    with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
+        source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)
+        warm = FaultsWarmup(warmup_rows, source.frame_bytes)
+        calibration = given_calibration(source, centre=(m.centre, m.centre), bf_radius=m.disk)
+        targets = SUM_COM if outputs == "sum-com" else TARGETS
+        receive(source, reduce=targets, reduced=Path(tmp) / "r.h5", calibration=calibration, workers=1,
+                progress=warm)
+        cpu = time.process_time() - warm.cpu
+        FAULTS[protocol] = (_minor_faults() - warm.faults) / max(1, n - warm.frames)
+    sender.join(60)
+    if source.account.received != n:
+        raise SystemExit(f"{protocol}: received {source.account.received} of {n} frames ({source.account.ended})")
+    stages = {k: v - warm.stages.get(k, 0.0) for k, v in STAGES.items()}
+    return stages, cpu, n - warm.frames
+
+
+def _serve_child(protocol: str, scan_y: int, ports: Any, results: Any) -> None:
+    from stempress.live.serve import serve
+
+    source = RepeatedFrames(base_frames("dectris"), scan_y, 16)
+    t0 = time.process_time()
+    log = serve(source, protocol, timeout=60, ready=ports.put, encoding=ENCODING[protocol])
+    results.put((time.process_time() - t0, log.sent, log.seconds))
+
+
+def sender_cost(protocol: str, rows: int) -> tuple[float, float]:
+    """serve's process CPU per frame (microseconds) and the frames/s it reached, to a receiver that only drains."""
+    import zmq
+
+    ctx = mp.get_context("spawn")
+    ports, results = ctx.Queue(), ctx.Queue()
+    child = ctx.Process(target=_serve_child, args=(protocol, rows, ports, results), daemon=True)
+    child.start()
+    port = ports.get(timeout=120)
+    zctx = zmq.Context()
+    sock = zctx.socket(zmq.PULL)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    n = rows * SCAN_X
+    got = 0
+    while got < n + 2:  # header, images, end
+        sock.recv_multipart(copy=False)
+        got += 1
+    cpu, sent, seconds = results.get(timeout=120)
+    child.join(30)
+    sock.close(linger=0)
+    zctx.term()
+    return 1e6 * cpu / sent, sent / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=64, help=f"scan rows of {SCAN_X} frames (default 64)")
+    parser.add_argument("--warmup-rows", type=int, default=16, help="rows received first, not counted (default 16)")
+    parser.add_argument("--modes", default="dectris,dectris2", help="dectris (v1) and/or dectris2, by commas")
+    parser.add_argument("--outputs", choices=("sum-com", "default"), default="sum-com",
+                        help="sum-com: mean pattern + CoM (the LiberTEM-live comparison); default: default reducers")
+    parser.add_argument("--sender", action="store_true", help="only serve's own CPU per frame, to a drain")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    if args.sender:
+        for mode in modes:
+            us, rate = sender_cost(mode, args.rows)
+            print(f"serve --as {mode} ({ENCODING[mode]}, 96x96 uint16, {args.rows * SCAN_X} frames) to a drain: "
+                  f"{us:.1f} us CPU per frame, {rate:,.0f} frames/s")
+        return
+    instrument()
+    results = {mode: profile(mode, args.rows, args.warmup_rows, args.outputs) for mode in modes}
+    names = sorted(dict.fromkeys(k for stages, _, _ in results.values() for k in stages), key=ORDER.index)
+    print(f"CPU microseconds per frame, DECTRIS 96x96 uint16, {args.rows}x{SCAN_X} scan after {args.warmup_rows} "
+          f"warm-up rows, {args.outputs} outputs, one worker:")
+    print(f"  {'stage':<36}" + "".join(f"{m:>10}" for m in modes))
+    for name in names:
+        print(f"  {name:<36}" + "".join(f"{1e6 * results[m][0].get(name, 0.0) / results[m][2]:>10.1f}"
+                                        for m in modes))
+    staged = {m: sum(v for k, v in r[0].items() if not k.startswith(" ")) for m, r in results.items()}
+    print(f"  {'other (untimed)':<36}" + "".join(f"{1e6 * (results[m][1] - staged[m]) / results[m][2]:>10.1f}"
+                                               for m in modes))
+    print(f"  {'process total':<36}" + "".join(f"{1e6 * results[m][1] / results[m][2]:>10.1f}" for m in modes))
+    print(f"  {'page faults per frame':<36}" + "".join(f"{FAULTS[m]:>10.2f}" for m in modes))
+    print(f"  {'frames/s per core at that cost':<36}" + "".join(f"{results[m][2] / results[m][1]:>10,.0f}"
+                                                               for m in modes))
+
+
+if __name__ == "__main__":
+    main()
