@@ -107,7 +107,7 @@ def instrument() -> None:
         zmq_pull.PullReader._recv = timed("  of which: zmq receive", zmq_pull.PullReader._recv)
     dectris2.loads = timed("  of which: CBOR loads", dectris2.loads)
     try:  # every bitshuffle-LZ4 decode goes through bslz4.decode_into (v1 into the frame's slot)
-        from stempress.live import bslz4
+        from stempress.codecs import bslz4
 
         bslz4.decode_into = timed("  of which: image decode", bslz4.decode_into)
     except ImportError:  # before it: each stream's decode

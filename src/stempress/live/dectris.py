@@ -5,7 +5,7 @@ configuration, the header message's second part or, from LiberTEM-live's simulat
 four parts ``dimage-1.0`` (``frame`` number from 0), ``dimage_d-1.0`` (``shape`` [width, height], ``type``,
 ``encoding`` ``bs16-lz4<`` / ``bs32-lz4<`` / ``bs8-lz4<`` / ``lz4<`` / ``<``, ``size``), the data, ``dconfig-1.0``
 (times); then ``dseries_end-1.0``. Bitshuffle-LZ4 data carries the HDF5 filter's 12-byte header (big-endian total
-bytes and block bytes) and is decoded by the ``bitshuffle`` library's C function (``live.bslz4``), plain LZ4 by
+bytes and block bytes) and is decoded by the ``bitshuffle`` library's C function (``codecs.bslz4``), plain LZ4 by
 ``numcodecs``. The ZeroMQ high-water mark is the backpressure: a full receive queue stops the sender."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from stempress.codecs import bslz4
 from stempress.codecs.bitshuffle import Bitshuffle
 from stempress.errors import StempressError
-from stempress.live import bslz4
 from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
 from stempress.live.zmq_pull import FrameSlots, PullReader
 

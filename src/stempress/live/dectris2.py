@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from stempress.codecs import bslz4
 from stempress.errors import StempressError
-from stempress.live import bslz4
 from stempress.live.events import Corrupt, End, Event, Frame, StreamHeader
 from stempress.live.zmq_pull import PullReader
 
@@ -111,7 +111,7 @@ def decompress(item: Compressed, nbytes: int, dtype: np.dtype) -> np.ndarray:
     if nbytes % like.itemsize:
         raise StempressError(f"{nbytes} bytes of {dtype.name} are not whole {like.itemsize}-byte bslz4 elements")
     try:
-        if item.algorithm == "bslz4":  # bitshuffle's C function, its blocks checked first (live.bslz4)
+        if item.algorithm == "bslz4":  # bitshuffle's C function, its blocks checked first (codecs.bslz4)
             return bslz4.decode(item.data, nbytes // like.itemsize, like).view(np.uint8)
         return _codec(item.algorithm).decode(item.data, (nbytes // like.itemsize,), like).view(np.uint8)
     except (ValueError, RuntimeError, TypeError, struct.error) as exc:  # a wrong size, a bad block, short data

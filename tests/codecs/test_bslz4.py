@@ -1,4 +1,4 @@
-"""live.bslz4: bitshuffle's C function decodes detector frames exactly as the codecs' Bitshuffle (the framing's
+"""codecs.bslz4: bitshuffle's C function decodes detector frames exactly as the codecs' Bitshuffle (the framing's
 home) does, and a frame whose blocks would lead it past the data's end is refused before C reads it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
+from stempress.codecs import bslz4
 from stempress.codecs.bitshuffle import Bitshuffle
-from stempress.live import bslz4
 
 
 def _framed(values: np.ndarray, block: int = 0) -> bytes:

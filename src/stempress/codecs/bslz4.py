@@ -1,13 +1,13 @@
 """Bitshuffle-LZ4 detector frames (DECTRIS stream v1 ``bs*-lz4<``, Stream V2 ``bslz4``) decoded by the bitshuffle
 library's own C function, ``bshuf_decompress_lz4``, straight into a new array.
 
-Why not ``codecs.bitshuffle.Bitshuffle.decode`` (the framing's home, and the fallback here): on a 96x96 uint16
-frame it costs ~30 us of CPU, two thirds of it Python and Cython around the C call, and a live stream decodes
-every frame on one thread. The framing is the same (a 12-byte header: big-endian total bytes and block bytes, then
-per block a big-endian length and LZ4 of the bit-shuffled block, the last ``count % 8`` elements copied as they
-are). The C function takes each block's length from the data and is not told the input's length, so the blocks
-are walked here first: a frame whose blocks run past its end (cut, or a damaged length) is refused before C reads
-it, as is a header that announces another size than the frame's."""
+Why not ``codecs.bitshuffle.Bitshuffle.decode`` (the framing's encoder and general decoder, and the fallback here):
+on a 96x96 uint16 frame it costs ~30 us of CPU, two thirds of it Python and Cython around the C call, and a live
+stream decodes every frame on one thread. The framing is the same (a 12-byte header: big-endian total bytes and
+block bytes, then per block a big-endian length and LZ4 of the bit-shuffled block, the last ``count % 8`` elements
+copied as they are). The C function takes each block's length from the data and is not told the input's length, so
+the blocks are walked here first: a frame whose blocks run past its end (cut, or a damaged length) is refused before
+C reads it, as is a header that announces another size than the frame's."""
 
 from __future__ import annotations
 
