@@ -3,14 +3,18 @@
 
     python benchmarks/live_cpu_profile_dectris.py                    # v1 (bs16-lz4<) and v2 (bslz4), sum + CoM
     python benchmarks/live_cpu_profile_dectris.py --modes dectris --outputs default   # default reducers, no archive
+    python benchmarks/live_cpu_profile_dectris.py --modes dectris --outputs events    # + entropy-coded events
     python benchmarks/live_cpu_profile_dectris.py --sender           # serve's own CPU per frame, to a drain
 
 Receive: a sender process PUSHes pre-built messages (``live.dectris.image_parts`` / ``live.dectris2.image_message``
 of ``live_throughput``'s 256 Poisson frames, numbered per send) as fast as ZeroMQ takes them (its CPU is not
 counted); this process receives them with ``acquire.receive`` as ``stempress live`` does (``--outputs sum-com``:
 the mean pattern and CoM into a reduced file, what the LiberTEM-live comparison runs; ``default``: the default
-reducers; one worker). Each stage is timed with ``time.thread_time`` (CPU of the thread running it); stages
-marked ``of which`` are inside ``message -> event``. The first ``--warmup-rows`` are not counted.
+reducers; ``events``: the default reducers and the frames as entropy-coded events, ``live_throughput``'s DECTRIS
+outputs (issue #14); one worker). Each stage is timed with ``time.thread_time`` (CPU of the thread running it); stages
+marked ``of which`` are inside the unindented stage above them. The first ``--warmup-rows`` are not counted, except
+by the ``finish`` stages: the entropy model is fitted and every frame coded once the scan has ended, so their CPU is
+divided by all the frames received (and added so to the process total).
 
 Sender (``--sender``): ``live.serve.serve`` in a process of its own at full speed, this process draining the
 socket (``recv_multipart``, nothing else); prints serve's process CPU per frame and the frames/s reached. If serve
@@ -33,7 +37,11 @@ from live_throughput import MODES, SCAN_X, SUM_COM, TARGETS, RepeatedFrames, bas
 
 ENCODING = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
 ORDER = ["message -> event", "  of which: zmq receive", "  of which: CBOR loads", "  of which: image decode",
-         "queue put", "queue get", "accounting + row assembly", "regroup/join rows", "reducers"]
+         "queue put", "queue get", "accounting + row assembly", "regroup/join rows", "reducers",
+         "events (per block)", "  of which: event extraction", "  of which: tally", "  of which: staging write",
+         "finish: events", "  of which: model fit", "  of which: entropy coding", "  of which: HDF5 write"]
+#: Stages that run once the scan has ended, over every frame (warm-up rows included).
+FINISH = ("finish: events", "  of which: model fit", "  of which: entropy coding", "  of which: HDF5 write")
 
 
 def _sender(protocol: str, n_frames: int, ports: Any) -> None:
@@ -120,6 +128,26 @@ def instrument() -> None:
         accounting.RowAssembler.add_run = timed("accounting + row assembly", accounting.RowAssembler.add_run)
     stream.join = timed("regroup/join rows", stream.join)
     reduce.ReducerSink.consume = timed("reducers", reduce.ReducerSink.consume)
+    instrument_events()
+
+
+def instrument_events() -> None:
+    """The events sink's stages: per block (events out of the counts, the tally, the staged raw_csr set) and at
+    finish (the model fitted on every count, the chunks coded, the file written)."""
+    from stempress.data import entropy
+    from stempress.data.entropy_coder import ChunkCoder
+    from stempress.events import libertem
+    from stempress.events.counting import CountTally
+    from stempress.sinks import events
+
+    events.EventSink.consume = timed("events (per block)", events.EventSink.consume)
+    events.events_from_block = timed("  of which: event extraction", events.events_from_block)
+    CountTally.add = timed("  of which: tally", CountTally.add)
+    libertem.RawCsrWriter.append = timed("  of which: staging write", libertem.RawCsrWriter.append)
+    events.EventSink.finish = timed("finish: events", events.EventSink.finish)
+    entropy.fit_source = timed("  of which: model fit", entropy.fit_source)
+    ChunkCoder.encode = timed("  of which: entropy coding", ChunkCoder.encode)
+    entropy._Writer.finish = timed("  of which: HDF5 write", entropy._Writer.finish)
 
 
 def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[dict[str, float], float, int]:
@@ -141,14 +169,18 @@ def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[d
         warm = FaultsWarmup(warmup_rows, source.frame_bytes)
         calibration = given_calibration(source, centre=(m.centre, m.centre), bf_radius=m.disk)
         targets = SUM_COM if outputs == "sum-com" else TARGETS
+        events = {"events": Path(tmp) / "e.h5", "event_format": "entropy"} if outputs == "events" else {}
         receive(source, reduce=targets, reduced=Path(tmp) / "r.h5", calibration=calibration, workers=1,
-                progress=warm)
+                progress=warm, **events)
         cpu = time.process_time() - warm.cpu
         FAULTS[protocol] = (_minor_faults() - warm.faults) / max(1, n - warm.frames)
     sender.join(60)
     if source.account.received != n:
         raise SystemExit(f"{protocol}: received {source.account.received} of {n} frames ({source.account.ended})")
-    stages = {k: v - warm.stages.get(k, 0.0) for k, v in STAGES.items()}
+    # the finish stages' CPU as if spread over the counted frames at their per-frame rate over all frames
+    scale = {k: (n - warm.frames) / n if k in FINISH else 1.0 for k in STAGES}
+    stages = {k: (v - warm.stages.get(k, 0.0)) * scale[k] for k, v in STAGES.items()}
+    cpu -= STAGES.get(FINISH[0], 0.0) * (1 - scale.get(FINISH[0], 1.0))
     return stages, cpu, n - warm.frames
 
 
@@ -190,8 +222,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help=f"scan rows of {SCAN_X} frames (default 64)")
     parser.add_argument("--warmup-rows", type=int, default=16, help="rows received first, not counted (default 16)")
     parser.add_argument("--modes", default="dectris,dectris2", help="dectris (v1) and/or dectris2, by commas")
-    parser.add_argument("--outputs", choices=("sum-com", "default"), default="sum-com",
-                        help="sum-com: mean pattern + CoM (the LiberTEM-live comparison); default: default reducers")
+    parser.add_argument("--outputs", choices=("sum-com", "default", "events"), default="sum-com",
+                        help="sum-com: mean pattern + CoM (the LiberTEM-live comparison); default: default reducers; "
+                        "events: default reducers + entropy-coded events (live_throughput's DECTRIS outputs)")
     parser.add_argument("--sender", action="store_true", help="only serve's own CPU per frame, to a drain")
     args = parser.parse_args()
     modes = args.modes.split(",")

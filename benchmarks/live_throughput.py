@@ -8,8 +8,11 @@ with ``--libertem-live PYTHON`` LiberTEM-live's beside it on the same stream.
 For each mode (Merlin 256x256 12-bit, uint16, with the default reducers (BF, ADF, HAADF, CoM, mean pattern) and a
 blosc_zstd archive; Merlin 256x256 1-bit, sent as Merlin's binary format does: one byte per pixel, counter depth 1,
 or with ``--merlin-format raw`` bit-packed (8 KiB a frame), same reducers, the archive in ``stempress live``'s
-default for a 1-bit stream, blosc_lz4_bitshuffle; DECTRIS 96x96 uint16, bitshuffle-LZ4 (``bs16-lz4<``), same
-outputs; ``--codec`` names the archive's codec for every mode) the rate starts at ``--start`` frames/s and grows by
+default for a 1-bit stream, blosc_lz4_bitshuffle; DECTRIS 96x96 uint16, bitshuffle-LZ4 (``bs16-lz4<``) as ARINA
+sends it, the same reducers and, as issue #14 names it, the electrons as entropy-coded events (``--events E.h5
+--event-format entropy``: the frames are counts already, so nothing is thresholded; the file is ``stempress count
+--format entropy``'s) instead of an archive; ``--codec`` names the archive's codec of the Merlin modes) the rate
+starts at ``--start`` frames/s and grows by
 ``--factor`` until a step fails. A step runs ``serve`` (in a process of its own, replaying a
 few Poisson frames over a scan of ``rate * hold`` positions, so the sender reads nothing from disk) and the real
 ``stempress live`` command (a subprocess) for ``--hold`` seconds. A step passes when the receiver reports 0 frames
@@ -83,6 +86,8 @@ class Mode:
     dtype: type
     depth: int
     encoding: str = "bs16-lz4<"
+    #: what is written besides the reducers: "archive" (the frames compressed) or "events" (entropy-coded events)
+    written: str = "archive"
 
     @property
     def disk(self) -> float:
@@ -99,7 +104,7 @@ class Mode:
 
 
 MODES = {"12bit": Mode("merlin", DET, np.uint16, 12), "1bit": Mode("merlin", DET, np.uint8, 1),
-         "dectris": Mode("dectris", 96, np.uint16, 16)}
+         "dectris": Mode("dectris", 96, np.uint16, 16, written="events")}
 
 
 class RepeatedFrames:
@@ -196,8 +201,9 @@ def _last_line(text: str) -> str:
 
 
 class Stempress:
-    """The real ``stempress live`` command; ``outputs`` 'default' (the default reducers + an archive in ``codec``,
-    None: live's own default) or 'sum-com' (the mean pattern and the CoM only: LiberTEM's SumUDF and CoMUDF)."""
+    """The real ``stempress live`` command; ``outputs`` 'default' (the default reducers + the mode's ``written``:
+    an archive in ``codec``, None: live's own default, or entropy-coded events) or 'sum-com' (the mean pattern and
+    the CoM only: LiberTEM's SumUDF and CoMUDF)."""
 
     name = "stempress"
     api = False
@@ -209,7 +215,9 @@ class Stempress:
         m = MODES[mode]
         targets = TARGETS if self.outputs == "default" else SUM_COM
         archive = ["--archive", str(out / "a.h5"), *(["--codec", self.codec] if self.codec else [])]
-        work = [*(archive if self.outputs == "default" else []), *[a for t in targets for a in ("--reduce", t)]]
+        events = ["--events", str(out / "e.h5"), "--event-format", "entropy"]
+        written = (archive if m.written == "archive" else events) if self.outputs == "default" else []
+        work = [*written, *[a for t in targets for a in ("--reduce", t)]]
         return [sys.executable, "-m", "stempress", "live", f"{m.protocol}://127.0.0.1:{ports[0]}", "--scan-shape",
                 f"{scan_y}x{SCAN_X}", *work, "--reduced", str(out / "r.h5"), "--centre", f"{m.centre},{m.centre}",
                 "--bf-radius", f"{m.disk:g}", "--timeout", "10", "--allow-missing", "--force",
@@ -373,15 +381,15 @@ def main() -> int:
     parser.add_argument("--libertem-live", type=Path, default=None, metavar="PYTHON",
                         help="the peer venv's python: compare with LiberTEM-live (SumUDF + CoMUDF) on each stream")
     parser.add_argument("--workdir", type=Path, default=None, help="where the outputs go (deleted after each step)")
-    parser.add_argument("--codec", default=None, help="archive codec (default: live's own, blosc_zstd for 12-bit, "
-                        "blosc_lz4_bitshuffle for 1-bit)")
+    parser.add_argument("--codec", default=None, help="archive codec of the Merlin modes (default: live's own, "
+                        "blosc_zstd for 12-bit, blosc_lz4_bitshuffle for 1-bit)")
     parser.add_argument("--merlin-format", choices=("binary", "raw"), default="binary",
                         help="frames as Merlin's binary (U08/U16) or raw (R64: 1-bit packed) format")
     args = parser.parse_args()
     modes = (args.modes or ("12bit,dectris" if args.libertem_live else "12bit,1bit")).split(",")
     theirs = LiberTEMLive(args.libertem_live) if args.libertem_live else None
     ours = Stempress("sum-com" if theirs else "default", args.workers, args.codec)
-    work = "sum + CoM (no archive)" if theirs else "default reducers + {codec} archive"
+    work = "sum + CoM (no archive, no events)" if theirs else "default reducers + {written}"
     workdir = Path(tempfile.mkdtemp(prefix="live-throughput-", dir=args.workdir))
     load = os.getloadavg()
     best: dict[str, dict[str, float | None]] = {}
@@ -389,7 +397,8 @@ def main() -> int:
         for mode in modes:
             form = f" ({args.merlin_format})" if MODES[mode].protocol == "merlin" else ""
             codec = args.codec or ("blosc_lz4_bitshuffle (1-bit default)" if mode == "1bit" else "blosc_zstd")
-            print(f"{MODES[mode].describe()}{form}, {work.format(codec=codec)}, hold {args.hold:g} s:", flush=True)
+            written = f"{codec} archive" if MODES[mode].written == "archive" else "entropy-coded events"
+            print(f"{MODES[mode].describe()}{form}, {work.format(written=written)}, hold {args.hold:g} s:", flush=True)
             if theirs and not check_equal(mode, [ours, theirs], workdir, args.merlin_format):
                 print("the results differ: no rates are timed for this mode")
                 return 1

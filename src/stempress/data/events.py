@@ -154,7 +154,9 @@ def events_from_block(block: Block, *, where: str = "data") -> EventBlock:
     n, frame_size = rows * scan_x, det_y * det_x
     _check_frame_size(frame_size, where)
     flat = data.reshape(-1)  # a view for C-ordered blocks, one copy otherwise
-    nonzero = np.flatnonzero(flat)  # ascending: position-major, pixel-minor, exactly CSR order
+    # ascending: position-major, pixel-minor, exactly CSR order; through a mask because numpy's nonzero is ~3x
+    # faster on bool than on uint16 (96x96 frames: 12 against 32 us per frame)
+    nonzero = np.flatnonzero(flat != 0)
     values = flat[nonzero]
     indptr = np.searchsorted(nonzero, np.arange(n + 1, dtype=np.int64) * frame_size).astype(INDPTR_DTYPE)
     max_count = int(values.max()) if values.size else 0

@@ -49,6 +49,7 @@ import numpy as np
 from scipy import ndimage
 
 from stempress.data.base import Dataset4D, SourceBase, iter_blocks
+from stempress.data.events import EventBlock
 from stempress.data.hdf5 import one_line, open_hdf5
 from stempress.data.record import read_h5_record, read_toml_record
 from stempress.errors import StempressError, require_choice
@@ -344,6 +345,16 @@ class CountTally:
         self.n_electrons += int(counts.sum(dtype=np.uint64))
         self.max_count = max(self.max_count, int(counts.max(initial=0)))
         self.pattern += counts.sum(axis=(0, 1), dtype=np.uint64)
+
+    def add_events(self, events: EventBlock) -> None:
+        """The same as ``add`` of the block ``events`` came from, from its events: a live block's counts are added
+        up once per electron instead of once per pixel (96x96 frames: ~3 against ~11 us per frame)."""
+        self.n_events += events.n_events
+        self.n_electrons += events.n_electrons
+        self.max_count = max(self.max_count, events.max_count)
+        if events.n_events:  # float64 sums of integers are exact far beyond any pixel's electrons in one block
+            self.pattern += np.bincount(events.indices, weights=events.counts,
+                                        minlength=self.pattern.size).astype(np.uint64).reshape(self.pattern.shape)
 
     def merge(self, other: CountTally) -> None:
         """Add another range of scan rows' tally (integer sums: the same totals in any order)."""
