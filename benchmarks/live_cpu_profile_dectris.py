@@ -39,6 +39,7 @@ ENCODING = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
 ORDER = ["message -> event", "  of which: zmq receive", "  of which: CBOR loads", "  of which: image decode",
          "queue put", "queue get", "accounting + row assembly", "regroup/join rows", "reducers",
          "events (per block)", "  of which: event extraction", "  of which: tally", "  of which: staging write",
+         "  of which: model sampling",
          "finish: events", "  of which: model fit", "  of which: entropy coding", "  of which: HDF5 write"]
 #: Stages that run once the scan has ended, over every frame (warm-up rows included).
 FINISH = ("finish: events", "  of which: model fit", "  of which: entropy coding", "  of which: HDF5 write")
@@ -143,9 +144,18 @@ def instrument_events() -> None:
     events.EventSink.consume = timed("events (per block)", events.EventSink.consume)
     events.events_from_block = timed("  of which: event extraction", events.events_from_block)
     CountTally.add = timed("  of which: tally", CountTally.add)
+    if hasattr(CountTally, "add_events"):  # the tally from the events, not the dense counts
+        CountTally.add_events = timed("  of which: tally", CountTally.add_events)
     libertem.RawCsrWriter.append = timed("  of which: staging write", libertem.RawCsrWriter.append)
     events.EventSink.finish = timed("finish: events", events.EventSink.finish)
     entropy.fit_source = timed("  of which: model fit", entropy.fit_source)
+    try:  # the model's first pass taken from the blocks as they pass, the rest at finish
+        from stempress.events.entropy_file import ModelFit
+
+        ModelFit.sample = timed("  of which: model sampling", ModelFit.sample)
+        ModelFit.model = timed("  of which: model fit", ModelFit.model)
+    except ImportError:  # before it: the whole fit at finish
+        pass
     ChunkCoder.encode = timed("  of which: entropy coding", ChunkCoder.encode)
     entropy._Writer.finish = timed("  of which: HDF5 write", entropy._Writer.finish)
 

@@ -1,0 +1,57 @@
+"""The events sink's entropy-coded output from a stream of scan rows (as ``stempress live`` feeds it) is the file
+``write_entropy_events`` writes from the same counts, byte for byte, though the sink takes the model's first pass
+from the blocks as they pass; and its tally, taken from the events, is the dense counts'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from stempress.data.base import ArraySource, Block
+from stempress.data.entropy import EntropyCodedSource
+from stempress.data.events import events_from_block
+from stempress.data.stream import BlockStream
+from stempress.engine import run
+from stempress.events.counting import CountTally
+from stempress.events.entropy_file import write_entropy_events
+from stempress.sinks.events import EventSink
+
+
+def _coded(path: Path) -> dict[str, bytes]:
+    """The codec's datasets (the record under metadata/ aside)."""
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()].tobytes() for name in ("model/packed", "chunks/index", "chunks/words",
+                                                           "chunks/escapes", "chunks/crc")}
+
+
+def test_a_streamed_scan_codes_as_the_counts_do(tmp_path: Path) -> None:
+    # more positions than the model samples (8192): every other one is sampled, across the rows' boundaries;
+    # every third row's pattern is the others' mirrored, so the model groups the positions (two groups)
+    rng = np.random.default_rng(3)
+    lam = np.array([[0.02, 0.3], [0.3, 4.0]])
+    cube = rng.poisson(np.where(np.arange(90)[:, None, None, None] % 3 == 0, lam[::-1, ::-1], lam),
+                       (90, 92, 2, 2)).astype(np.uint16)
+    valid = np.ones((90, 92), bool)
+    valid[4, 7] = False  # a missing frame holds no events: its fill value is never seen
+    stream = BlockStream((Block(r, cube[r:r + 1], valid[r:r + 1]) for r in range(90)), cube.shape, cube.dtype)
+    report, = run(stream, [EventSink(tmp_path / "live.h5", fmt="entropy")])
+    counts = cube.copy()
+    counts[4, 7] = 0
+    write_entropy_events(ArraySource(counts), tmp_path / "count.h5", record={})
+    assert _coded(tmp_path / "live.h5") == _coded(tmp_path / "count.h5")
+    with EntropyCodedSource(tmp_path / "live.h5") as coded:
+        assert coded.metadata["n_groups"] == 2
+    assert report.n_electrons == int(counts.sum()) and report.n_events == np.count_nonzero(counts)
+
+
+def test_the_tally_of_events_is_the_tally_of_their_counts() -> None:
+    cube = np.random.default_rng(4).poisson(0.7, (3, 4, 5, 6)).astype(np.uint16)
+    cube[1, 2, 3, 4] = 900
+    dense, sparse = CountTally((5, 6)), CountTally((5, 6))
+    for r in range(3):
+        dense.add(cube[r:r + 1])
+        sparse.add_events(events_from_block(Block(r, cube[r:r + 1])))
+    assert (sparse.n_events, sparse.n_electrons, sparse.max_count) == (dense.n_events, dense.n_electrons, 900)
+    assert sparse.pattern.dtype == np.uint64 and np.array_equal(sparse.pattern, dense.pattern)
