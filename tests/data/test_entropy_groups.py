@@ -123,3 +123,26 @@ def test_a_version_4_file_written_before_groups_reads_bit_exact() -> None:
         assert src.model.n_groups == 1 and src.checksum_algorithm == "crc32c"
         assert np.array_equal(src.read_rows(0, cube.shape[0]), cube)
         assert src.chunks_checked == 3  # every chunk's CRC was checked
+
+
+@pytest.mark.parametrize("positions", [40, 9000])  # every position sampled (labels kept); every other one
+def test_groups_summed_from_events_are_the_groups_summed_from_frames(positions: int) -> None:
+    from stempress.data.base import Block
+    from stempress.data.entropy_groups import ScanGroups
+    from stempress.data.events import events_from_block
+
+    rng = np.random.default_rng(5)
+    frames = rng.poisson(np.linspace(0.05, 3.0, 5 * 7), (positions, 5 * 7)).astype(np.uint16)
+    frames[::3, :9] += 4  # positions that differ, so k-means has groups to find
+    dense, sparse = ScanGroups(positions, (5, 7)), ScanGroups(positions, (5, 7))
+    for groups in (dense, sparse):
+        groups.sample(0, frames)
+        groups.cluster()
+    half = positions // 2  # two blocks, the second starting mid-scan
+    for first, part in ((0, frames[:half]), (half, frames[half:])):
+        dense.add(first, part)
+        events = events_from_block(Block(0, part.reshape(1, -1, 5, 7)))
+        sparse.add_events(first, events.indptr, events.indices, events.counts)
+    a, b = dense.groupings(), sparse.groupings()
+    assert len(a) == len(dense.counts) > 1
+    assert all(np.array_equal(x, y) and np.array_equal(m, n) for (x, m), (y, n) in zip(a, b, strict=True))

@@ -51,6 +51,20 @@ def features(frames: np.ndarray, det: tuple[int, int]) -> np.ndarray:
     return np.sqrt(binned / area).reshape(cube.shape[0], -1)
 
 
+def _event_features(positions: np.ndarray, pixels: np.ndarray, counts: np.ndarray, n: int,
+                    det: tuple[int, int]) -> np.ndarray:
+    """``features`` of ``n`` positions from their events (block-local position, flat pixel, count of each): the
+    cells' sums counted per event, the same integers, so the same float64 features."""
+    rows, cols = _cell_starts(det[0]), _cell_starts(det[1])
+    cell_row = np.searchsorted(rows, np.arange(det[0]), side="right") - 1
+    cell_col = np.searchsorted(cols, np.arange(det[1]), side="right") - 1
+    cell = (cell_row[:, None] * cols.size + cell_col[None, :]).reshape(-1)
+    binned = np.bincount(positions * (rows.size * cols.size) + cell[pixels], weights=counts,
+                         minlength=n * rows.size * cols.size).reshape(n, rows.size, cols.size)
+    area = np.outer(np.diff(np.append(rows, det[0])), np.diff(np.append(cols, det[1])))
+    return np.sqrt(binned / area).reshape(n, -1)
+
+
 def _cell_starts(n: int) -> np.ndarray:
     """First pixel of each of ``CELLS`` near-equal runs of ``n`` detector pixels."""
     return np.unique(np.arange(min(CELLS, n)) * n // min(CELLS, n))
@@ -168,6 +182,20 @@ class ScanGroups:
         self._members += np.bincount(labels, minlength=self._members.size)
         for g in np.unique(labels).tolist():
             self._sums[g] += frames[labels == g].sum(axis=0, dtype=np.float64)
+
+    def add_events(self, first: int, indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray) -> None:
+        """``add`` of the positions ``first`` on given as CSR events (``indptr`` over them, flat pixels, counts):
+        the same features and sums (integers, exact in float64), from each event instead of each pixel."""
+        n, pixels = int(indptr.size) - 1, self.det[0] * self.det[1]
+        positions = np.repeat(np.arange(n, dtype=np.int64), np.diff(np.asarray(indptr, np.int64)))
+        indices = np.asarray(indices, np.int64)
+        if self._labels is not None:
+            labels = self._labels[first:first + n]
+        else:
+            labels = nearest(_event_features(positions, indices, counts, n, self.det), self.centres)
+        self._members += np.bincount(labels, minlength=self._members.size)
+        self._sums += np.bincount(labels[positions] * pixels + indices, weights=counts,
+                                  minlength=self._sums.size).reshape(self._sums.shape)
 
     def groupings(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(sums, positions) per candidate count, groups left empty dropped."""

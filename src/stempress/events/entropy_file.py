@@ -27,7 +27,7 @@ from stempress.data.entropy_file import FORMAT
 from stempress.data.entropy_groups import ScanGroups
 from stempress.data.entropy_model import PoissonModel, fit_model
 from stempress.data.entropy_parallel import ChunkExecutor
-from stempress.data.events import Events, as_source, check_counts_dtype
+from stempress.data.events import Events, as_source, check_counts_dtype, iter_events
 from stempress.data.record import Record, write_h5_record
 from stempress.events.record import event_record
 
@@ -47,13 +47,12 @@ class ModelFit:
 
     def model(self, total: np.ndarray, source: Dataset4D) -> PoissonModel:
         """The model from ``total`` (every position's counts summed per pixel, exact) and ``source`` (the same
-        counts, read again only where the scan is long enough to group its positions)."""
+        counts, read again as events only where the scan is long enough to group its positions)."""
         groups = self.groups
         if groups.wanted:
             groups.cluster()
-            pixels = self.shape[2] * self.shape[3]
-            for block in iter_blocks(source, rows_for_budget(source)):  # fit_source's blocks
-                groups.add(block.start * self.shape[1], block.data.reshape(-1, pixels))
+            for events in iter_events(source, rows_for_budget(source)):  # fit_source's blocks, as events
+                groups.add_events(events.start * self.shape[1], events.indptr, events.indices, events.counts)
         return fit_model(np.asarray(total, np.float64).reshape(-1), self.shape[0] * self.shape[1],
                          groupings=groups.groupings())
 
