@@ -11,8 +11,9 @@ appear whole (``atomic_output``) or not at all: ``abort`` deletes every partial 
 
 Entropy-coded: the model's first pass (the mean pattern: the tally's; the sampled positions' features:
 ``events.entropy_file.ModelFit``) is taken from the blocks as they pass, so at ``finish`` the staged counts are read
-once to group the positions (long scans only) and once to code them, densified straight from the staged maps
-(``StagedCounts``). The file is the one ``write_entropy_events`` writes from the same counts, byte for byte.
+once to group the positions (as events, no dense frames) and once to code them (densified), straight from the
+staged maps (``StagedCounts``). The file is the one ``write_entropy_events`` writes from the same counts, byte for
+byte.
 """
 
 from __future__ import annotations
