@@ -145,12 +145,14 @@ class ChunkCoder:
     def _sparse_events(self, layout: _Layout, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Events of the sparse pixels in class-major order: gaps before each, counts, per-class boundaries."""
         n = frames.shape[0]
-        nz = np.flatnonzero(frames)
+        nz = np.flatnonzero(frames != 0)  # numpy's nonzero is ~3x faster on bool than on uint16
         pos, pix = np.divmod(nz, frames.shape[1])
         keep = layout.sparse_pixel[pix]
-        keys = layout.slot_of_pixel[pix[keep]] * n + pos[keep]
-        sort = np.argsort(keys)
-        keys, values = keys[sort], frames.reshape(-1)[nz[keep][sort]]
+        slots, pos = layout.slot_of_pixel[pix[keep]], pos[keep]
+        # class-major order: the events come position-major, so a stable sort by slot alone (unique per pixel)
+        # orders them by (slot, position), as the keys; on 16 bits numpy sorts it by radix, ~10x faster
+        sort = np.argsort(slots.astype(np.uint16) if layout.order.size <= 1 << 16 else slots, kind="stable")
+        keys, values = slots[sort] * n + pos[sort], frames.reshape(-1)[nz[keep][sort]]
         n_sparse = int(np.count_nonzero(self.model.sparse))
         starts = layout.bounds[:n_sparse + 1].astype(np.int64) * n
         edges = np.searchsorted(keys, starts)
