@@ -2,6 +2,7 @@
 
     python benchmarks/live_cpu_profile.py                 # both modes, 48 scan rows of 256 frames each
     python benchmarks/live_cpu_profile.py --rows 32 --modes 1bit --codec blosc_zstd
+    python benchmarks/live_cpu_profile.py --sum-com       # what live_throughput.py --libertem-live compares
     python benchmarks/live_cpu_profile.py --codec-table   # archive codecs on these frames: encode CPU and ratio
 
 A sender process replays pre-built Merlin records over localhost as fast as TCP takes them (its own CPU is not
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_throughput import DET, SCAN_X, TARGETS, base_frames
+from live_throughput import DET, SCAN_X, SUM_COM, TARGETS, base_frames
 
 MODES = {"12bit": 12, "1bit": 1}
 STAGES: dict[str, float] = defaultdict(float)
@@ -99,14 +100,19 @@ def instrument() -> None:
     from stempress.live import accounting, merlin, receiver
     from stempress.sinks import archive, reduce
 
-    merlin.MerlinReader._message = timed("socket read + MPX framing", merlin.MerlinReader._message)
+    reader = merlin.MerlinReader
+    bulk = hasattr(reader, "_receive")  # the bulk path (an older reader read every message with _message)
+    for name, stage in (("_receive" if bulk else "_message", "socket read + MPX framing"),
+                        *([("_exactly", "socket read + MPX framing"), ("_framed", "MQ1 header parse"),
+                           ("_frames", "frame decode")] if bulk else []), ("_same_format", "MQ1 header parse")):
+        setattr(reader, name, timed(stage, getattr(reader, name)))
     merlin.parse_frame_header = timed("MQ1 header parse", merlin.parse_frame_header)
-    if hasattr(merlin.MerlinReader, "_same_format"):  # the fast path for frames shaped like the first
-        merlin.MerlinReader._same_format = timed("MQ1 header parse", merlin.MerlinReader._same_format)
     merlin.decode_frame = timed("frame decode", merlin.decode_frame)
     receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
     receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
     accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
+    if hasattr(accounting.RowAssembler, "add_run"):
+        accounting.RowAssembler.add_run = timed("accounting + row assembly", accounting.RowAssembler.add_run)
     stream.join = timed("regroup/join rows into chunk rows", stream.join)
     reduce.ReducerSink.consume = timed("reducers", reduce.ReducerSink.consume)
     parallel.ChunkEncoder.__call__ = timed("archive encode", parallel.ChunkEncoder.__call__)
@@ -128,8 +134,10 @@ class Warmup:
 
 
 def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
-            raw: bool = False) -> tuple[dict[str, float], float, int]:
-    """Stage CPU seconds, total process CPU seconds and frames received for one mode, after ``warmup_rows``."""
+            raw: bool = False, sum_com: bool = False) -> tuple[dict[str, float], float, int]:
+    """Stage CPU seconds, total process CPU seconds and frames received for one mode, after ``warmup_rows``;
+    ``sum_com``: only the mean pattern and the CoM, no archive (what live_throughput.py compares with
+    LiberTEM-live)."""
     from stempress.acquire import receive
     from stempress.live import open_live
     from stempress.store.reducing import given_calibration
@@ -146,15 +154,17 @@ def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
         warm = Warmup(warmup_rows, source.frame_bytes)
         centre = ((DET - 1) / 2, (DET - 1) / 2)
         calibration = given_calibration(source, centre=centre, bf_radius=30)
-        extra = {} if codec is None else {"codec": codec}  # else the stream's default, as `stempress live` picks
-        report = receive(source, archive=Path(tmp) / "a.h5", reduce=TARGETS, reduced=Path(tmp) / "r.h5",
+        extra: dict[str, Any] = {} if codec is None else {"codec": codec}  # else the stream's default
+        if not sum_com:
+            extra["archive"] = Path(tmp) / "a.h5"
+        report = receive(source, reduce=SUM_COM if sum_com else TARGETS, reduced=Path(tmp) / "r.h5",
                          calibration=calibration, workers=1, progress=warm, **extra)
         cpu = time.process_time() - warm.cpu
     sender.join(30)
     if source.account.received != n:
         raise SystemExit(f"{mode}: received {source.account.received} of {n} frames ({source.account.ended})")
-    assert report.archive is not None
-    CODECS[mode] = f"{report.archive.codec.name} (ratio {report.raw_bytes / report.archive.file_bytes:.1f})"
+    CODECS[mode] = ("none (mean pattern + CoM only)" if report.archive is None else
+                    f"{report.archive.codec.name} (ratio {report.raw_bytes / report.archive.file_bytes:.1f})")
     stages = {k: v - warm.stages.get(k, 0.0) for k, v in STAGES.items()}
     return stages, cpu, n - warm.frames
 
@@ -194,6 +204,8 @@ def main() -> None:
                         "picks it)")
     parser.add_argument("--merlin-format", choices=("binary", "raw"), default="binary",
                         help="frames as Merlin's binary (U08/U16) or raw (R64: 1-bit packed, 8 KiB a frame) format")
+    parser.add_argument("--sum-com", action="store_true", help="only the mean pattern and the CoM, no archive: "
+                        "the work live_throughput.py --libertem-live compares")
     parser.add_argument("--codec-table", nargs="?", const=TABLE_CODECS, default=None, metavar="CODECS",
                         help="only compare archive codecs on the benchmark's frames (default list: a few fast ones)")
     args = parser.parse_args()
@@ -203,10 +215,11 @@ def main() -> None:
         return
     instrument()
     raw = args.merlin_format == "raw"
-    results = {mode: profile(mode, args.rows, args.warmup_rows, args.codec, raw) for mode in modes}
+    results = {mode: profile(mode, args.rows, args.warmup_rows, args.codec, raw, args.sum_com) for mode in modes}
     names = list(dict.fromkeys(k for stages, _, _ in results.values() for k in stages))
     print(f"CPU microseconds per frame, Merlin {DET}x{DET} ({args.merlin_format}), {args.rows}x{SCAN_X} scan after "
-          f"{args.warmup_rows} warm-up rows, default reducers + archive, one worker:")
+          f"{args.warmup_rows} warm-up rows, "
+          f"{'mean pattern + CoM' if args.sum_com else 'default reducers + archive'}, one worker:")
     for mode in modes:
         print(f"  {mode} archive: {CODECS[mode]}")
     print(f"  {'stage':<36}" + "".join(f"{m:>10}" for m in modes))
