@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import multiprocessing as mp
+import resource
 import socket
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from live_throughput import DET, SCAN_X, SUM_COM, TARGETS, base_frames
 MODES = {"12bit": 12, "1bit": 1}
 STAGES: dict[str, float] = defaultdict(float)
 CODECS: dict[str, str] = {}
+FAULTS: dict[str, float] = {}  # page faults per frame after the warm-up (fresh memory touched)
 TABLE_CODECS = ("blosc_zstd,blosc_lz4,blosc_lz4_bitshuffle,blosc_zstd_bitshuffle,blosc_blosclz_bitshuffle,"
                 "bitshuffle_lz4,bitshuffle_zstd,blosc2_lz4_bitshuffle,blosc2_zstd_bitshuffle,zstd_1")
 
@@ -62,6 +64,12 @@ def _sender(mode: str, n_frames: int, ports: Any, raw: bool = False) -> None:
         conn.sendall(mpx_message(b"MQ1,%06d" % (i + 1) + record[10:]))
     conn.close()
     server.close()
+
+
+def _faults() -> int:
+    """This process's page faults so far (minor and major)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
 
 
 def timed(name: str, fn: Any) -> Any:
@@ -127,10 +135,12 @@ class Warmup:
         self.bytes, self.frame_bytes = rows * SCAN_X * frame_bytes, frame_bytes
         self.stages: dict[str, float] = {}
         self.cpu, self.frames = time.process_time(), 0
+        self.faults = 0
 
     def __call__(self, done: int, total: int) -> None:
         if not self.frames and self.bytes and done >= self.bytes:
             self.stages, self.cpu, self.frames = dict(STAGES), time.process_time(), done // self.frame_bytes
+            self.faults = _faults()
 
 
 def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
@@ -160,6 +170,7 @@ def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
         report = receive(source, reduce=SUM_COM if sum_com else TARGETS, reduced=Path(tmp) / "r.h5",
                          calibration=calibration, workers=1, progress=warm, **extra)
         cpu = time.process_time() - warm.cpu
+        FAULTS[mode] = (_faults() - warm.faults) / (n - warm.frames)
     sender.join(30)
     if source.account.received != n:
         raise SystemExit(f"{mode}: received {source.account.received} of {n} frames ({source.account.ended})")
@@ -230,6 +241,7 @@ def main() -> None:
     print(f"  {'other (untimed)':<36}" + "".join(f"{1e6 * (results[m][1] - staged[m]) / results[m][2]:>10.1f}"
                                                for m in modes))
     print(f"  {'process total':<36}" + "".join(f"{1e6 * results[m][1] / results[m][2]:>10.1f}" for m in modes))
+    print(f"  {'page faults per frame':<36}" + "".join(f"{FAULTS[m]:>10.1f}" for m in modes))
     print(f"  {'frames/s per core at that cost':<36}" + "".join(f"{results[m][2] / results[m][1]:>10,.0f}"
                                                                for m in modes))
 
