@@ -23,7 +23,7 @@ from stempress.ingest import ingest
 from stempress.live import LiveSource
 from stempress.live.dectris import decode_image, encode_image
 from stempress.live.merlin import acquisition_header, mpx_message
-from stempress.live.serve import FaultLog, Faults, serve
+from stempress.live.serve import FaultLog, Faults, due_sends, serve
 from stempress.reduce.output import read_reduced
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
@@ -660,3 +660,11 @@ def test_frames_whose_numbers_grow_a_digit_and_a_short_last_frame_are_read_as_on
     assert "closed" in a.ended
     data = np.concatenate([b.data for b in blocks]).reshape(12, 6, 5)
     assert np.array_equal(data[:11], flat[:11]) and not data[11].any()
+
+
+def test_serve_groups_only_the_sends_already_due():
+    """A Merlin sender hands the kernel every frame due by now in one call; none goes before its time."""
+    assert due_sends(0, 32, 10.0, 1000.0, 10.0105) == 11  # sends 0..10 are due by 10.5 ms, 11 at 11 ms is not
+    assert due_sends(5, 32, 10.0, 1000.0, 10.0) == 6  # behind nothing: just the one whose time has come
+    assert due_sends(0, 8, 10.0, 1000.0, 99.0) == 8  # far behind: at most the group
+    assert due_sends(3, 35, 10.0, 0.0, 10.0) == 35  # as fast as it goes: the whole group

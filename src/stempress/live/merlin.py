@@ -56,7 +56,7 @@ BUFFER_BYTES = 4 * 1024**2
 #: Receive buffers kept for reuse.
 SPARE_BUFFERS = 2
 #: Messages one receive call may fill (its scatter list), so a call that brings one frame builds a short list.
-SCATTER = 16
+SCATTER = 64
 
 
 class _Layout:
@@ -113,6 +113,7 @@ class MerlinReader(EventReader):
         self._slots = np.empty((0, 0), np.uint8)  # the buffer as (slot, byte)
         self._filled = self._cut = 0  # stream bytes placed in the slots; slots handed on
         self._spare: list[bytearray] = []
+        self._slot_views: list[memoryview] = []  # of the current buffer, for the receive calls
 
     def start(self) -> StreamHeader:
         """Connect (retrying until ``timeout``), read the acquisition header and the first valid frame."""
@@ -270,15 +271,12 @@ class MerlinReader(EventReader):
 
     def _views(self, layout: _Layout) -> list[memoryview]:
         """The free part of the slot being filled and the next ones (up to ``SCATTER`` messages)."""
-        views, at = [], self._filled
-        end = min(layout.slots * layout.message, (at // layout.message + SCATTER) * layout.message)
-        row = memoryview(self._buffer)
-        while at < end:
-            slot, offset = divmod(at, layout.message)
-            base = slot * layout.slot + layout.pad
-            views.append(row[base + offset:base + layout.message])
-            at += layout.message - offset
-        return views
+        slot, offset = divmod(self._filled, layout.message)
+        if not self._slot_views:  # one view per slot, made once per buffer (dropped with it: see _new_buffer)
+            whole = memoryview(self._buffer)
+            self._slot_views = [whole[j * layout.slot + layout.pad:j * layout.slot + layout.pad + layout.message]
+                                for j in range(layout.slots)]
+        return [self._slot_views[slot][offset:], *self._slot_views[slot + 1:slot + SCATTER]]
 
     def _scatter(self, layout: _Layout, data: bytes) -> None:
         """Copy ``data`` (stream bytes) into the slots from ``_filled`` on."""
@@ -294,6 +292,9 @@ class MerlinReader(EventReader):
         """Start filling a buffer nothing refers to (a spare, or a new one); every slot of the current one has
         been handed on, so it becomes a spare once its frames are let go."""
         size = layout.slots * layout.slot
+        for view in self._slot_views:
+            view.release()
+        self._slot_views = []
         if len(self._buffer) == size:
             self._spare.append(self._buffer)
         # a spare nothing else refers to: the list's reference and the call's own only (see RowAssembler._unused)
