@@ -9,16 +9,22 @@ A sender process replays pre-built Merlin records over localhost as fast as TCP 
 counted); this process receives them with ``acquire.receive`` (as ``stempress live`` does: default reducers into a
 reduced file, the archive in the stream's default codec (blosc_zstd; blosc_lz4_bitshuffle for 1-bit) unless
 ``--codec``, one worker, so every stage runs on this process's two threads). Each stage is timed with
-``time.thread_time`` (CPU of the thread that runs it, not wall time, so a loaded machine or a waiting thread does
-not inflate it). The first ``--warmup-rows`` are received but not counted: the row assembler's first slabs are
-fresh memory whose first touch (page faults) costs more than the copy into it, a cost of the scan's first three
-slabs only (of 16 in a 256x256 scan). Prints microseconds of CPU per frame per stage, the process's total CPU per
-frame and the frames/s one core could take at that cost.
+``time.thread_time`` (CPU of the thread that runs it, not wall time, so a waiting thread does not inflate it; a
+loaded machine still does, through contended caches and memory). The first ``--warmup-rows`` are received but not
+counted: the row assembler's first slabs are fresh memory whose first touch (page faults) costs more than the copy
+into it, a cost of the scan's first three slabs only (of 16 in a 256x256 scan). Prints microseconds of CPU per
+frame per stage, the process's total CPU per frame, its page faults per frame (fresh memory touched) and the
+frames/s one core could take at that cost.
 
-Measured 2026-12-07 (2 cores, load ~5, steady state; before = 50b3448): 12-bit 841 -> 774 us/frame (within noise;
-blosc_zstd's encode ~550 of it: Blosc clevel 3 is zstd level 5), 1-bit binary 628 -> 218 (the archive's 1-bit
-default, blosc_lz4_bitshuffle: encode 475 -> 62), 1-bit raw 653 -> 203. With --warmup-rows 0 the first two slabs'
-page faults add ~230 (12-bit) / ~50-70 (1-bit) us per frame over the first 32 rows.
+Measured 2026-12-07 (2 cores, LOADED: three other helpers' tests running, load average 2-7, so CPU times
+inflate with the load; compare runs taken side by side), before = 7a3abd9 (a message at a time), after = the
+bulk Merlin receive (frames received many per call into reused slots, headers checked at once, one event per
+batch, placed a row's part at a time): the receive path (socket read through row assembly) 12-bit 105-116 ->
+81-85 us/frame, 1-bit 41-62 -> 25-31, raw 1-bit 42 -> 17; process total, default reducers + archive, 12-bit
+734-786 -> 681-777 (blosc_zstd's encode 510-580 of it), 1-bit 189-235 -> 176-210; with --sum-com 12-bit 213-236
+-> 145-214, 1-bit 149-158 -> 82-105. Earlier (before = 50b3448): 12-bit 841 -> 774, 1-bit binary 628 -> 218
+(the archive's 1-bit default, blosc_lz4_bitshuffle: encode 475 -> 62), 1-bit raw 653 -> 203. With --warmup-rows 0
+the first two slabs' page faults add ~230 (12-bit) / ~50-70 (1-bit) us per frame over the first 32 rows.
 """
 
 from __future__ import annotations
