@@ -109,10 +109,10 @@ class MerlinReader(EventReader):
         self._first_header: FrameHeader | None = None
         self._format: list[bytes] | None = None  # the first frame's header fields 2-7 (size ... layout)
         self._layout: _Layout | None = None
-        self._buffer = bytearray()
+        self._buffer = np.empty(0, np.uint8)
         self._slots = np.empty((0, 0), np.uint8)  # the buffer as (slot, byte)
         self._filled = self._cut = 0  # stream bytes placed in the slots; slots handed on
-        self._spare: list[bytearray] = []
+        self._spare: list[np.ndarray] = []
         self._slot_views: list[memoryview] = []  # of the current buffer, for the receive calls
 
     def start(self) -> StreamHeader:
@@ -300,9 +300,10 @@ class MerlinReader(EventReader):
         # a spare nothing else refers to: the list's reference and the call's own only (see RowAssembler._unused)
         fresh = next((i for i in range(len(self._spare))
                       if sys.getrefcount(self._spare[i]) == 2 and len(self._spare[i]) == size), None)
-        self._buffer = bytearray(size) if fresh is None else self._spare.pop(fresh)
+        # not zeroed (the stream overwrites every byte it is read from)
+        self._buffer = np.empty(size, np.uint8) if fresh is None else self._spare.pop(fresh)
         del self._spare[:-SPARE_BUFFERS]
-        self._slots = np.frombuffer(self._buffer, np.uint8).reshape(layout.slots, layout.slot)
+        self._slots = self._buffer.reshape(layout.slots, layout.slot)
         self._filled = self._cut = 0
 
     # -- one message at a time -------------------------------------------------------------------------------
