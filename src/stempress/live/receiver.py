@@ -1,8 +1,10 @@
 """``LiveSource``: a detector stream as the engine's streaming source (``data.stream.StreamSource``).
 
-A reader thread takes messages off the network, decodes them and puts them on a queue bounded in bytes; when
-the sinks fall behind, the queue fills, the thread stops reading and the protocol's own backpressure (TCP for
-Merlin, the ZeroMQ high-water mark for DECTRIS v1 and v2) holds the detector back, so memory stays bounded.
+A reader thread takes messages off the network, decodes them and puts them on a queue bounded in bytes (an event
+per frame, or one per batch of frames that arrived together: ``events.Frames``, placed a scan row's part at a
+time); when the sinks fall behind, the queue fills, the thread stops reading and the protocol's own backpressure
+(TCP for Merlin, the ZeroMQ high-water mark for DECTRIS v1 and v2) holds the detector back, so memory stays
+bounded.
 ``blocks()`` assembles whole scan rows (``accounting.RowAssembler``) with ``valid`` marking what arrived. A stall or a
 disconnect ends the stream with a one-line reason in ``account.ended``; the rows hold what arrived."""
 
