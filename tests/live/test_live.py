@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import h5py
 import numpy as np
@@ -52,6 +53,10 @@ def test_merlin_receiver_marks_a_missing_frame_invalid_and_counts_it():
     messages += [mpx_message(encode_frame(i + 1, flat[i])) for i in range(12) if i != 5]
     source = LiveSource(f"merlin://127.0.0.1:{_merlin_sender(messages)}", (3, 4), timeout=5)
     assert source.shape == (3, 4, 8, 8) and source.dtype == np.uint16
+    deadline = time.monotonic() + 10
+    while source.pumped < 11 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert source.pumped == 11  # read from the moment it opened (TCP would block the sender while sinks open)
     blocks = list(source.blocks())
     assert [b.start for b in blocks] == [0, 1, 2]
     assert blocks[1].valid is not None and blocks[1].valid.tolist() == [[True, False, True, True]]

@@ -98,6 +98,10 @@ class MerlinReader(EventReader):
 
     protocol = "merlin"
     ends_with_message = False  # the data port stays open between acquisitions
+    #: the receiver reads from the moment it opens, not once the sinks are open (files, weights: a good part of a
+    #: second): TCP buffers a few MB only (a few ms of frames), so the detector's sends would block meanwhile;
+    #: ZeroMQ's high-water marks (DECTRIS) hold thousands of messages already
+    pump_at_open = True
 
     def __init__(self, host: str, port: int, *, timeout: float = 10.0, flip_det_y: bool = True) -> None:
         self.host, self.port, self.timeout, self.flip = host, int(port), float(timeout), flip_det_y

@@ -108,11 +108,19 @@ class LiveSource:
         self.assembler: RowAssembler | None = None
         self.started = time.monotonic()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._used = False
         self._stop_reason: str | None = None
         #: frames the reader thread has taken off the network, and those the engine's thread took off the queue
         self.pumped = self.dequeued = 0
+        self._thread: threading.Thread | None = None
+        if getattr(self.reader, "pump_at_open", False):
+            self._start_pump()
+
+    def _start_pump(self) -> None:
+        """The reader thread, once."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._pump, name="stempress-live-receiver", daemon=True)
+            self._thread.start()
 
     def stop(self, reason: str = "stopped") -> None:
         """End the stream at the next frame (safe from a signal handler: it only sets a flag); the rows in
@@ -155,8 +163,7 @@ class LiveSource:
         self._used = True
         self.assembler = assembler = RowAssembler(self.shape[:2], self.shape[2:], self.dtype, self.account,
                                                   fill=self.fill, window_rows=self.window_rows)
-        self._thread = threading.Thread(target=self._pump, name="stempress-live-receiver", daemon=True)
-        self._thread.start()
+        self._start_pump()
         n = self.account.expected
         try:
             while not assembler.done:
