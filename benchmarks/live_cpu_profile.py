@@ -16,13 +16,13 @@ into it, a cost of the scan's first three slabs only (of 16 in a 256x256 scan). 
 frame per stage, the process's total CPU per frame, its page faults per frame (fresh memory touched) and the
 frames/s one core could take at that cost.
 
-Measured 2026-12-07 (2 cores, LOADED: three other helpers' tests running, load average 2-7, so CPU times
-inflate with the load; compare runs taken side by side), before = 7a3abd9 (a message at a time), after = the
-bulk Merlin receive (frames received many per call into reused slots, headers checked at once, one event per
-batch, placed a row's part at a time): the receive path (socket read through row assembly) 12-bit 105-116 ->
-81-85 us/frame, 1-bit 41-62 -> 25-31, raw 1-bit 42 -> 17; process total, default reducers + archive, 12-bit
-734-786 -> 681-777 (blosc_zstd's encode 510-580 of it), 1-bit 189-235 -> 176-210; with --sum-com 12-bit 213-236
--> 145-214, 1-bit 149-158 -> 82-105. Earlier (before = 50b3448): 12-bit 841 -> 774, 1-bit binary 628 -> 218
+Measured 2026-12-07 05:35-05:40 UTC (2 cores, LOADED: other helpers' tests running, load average 3-5, so CPU
+times inflate; compare runs taken in turn), before = 7a3abd9 (a message at a time), after = the bulk Merlin receive
+(frames received many per call into reused slots, headers checked at once, one event per batch, placed a row's
+part at a time), two runs each: default reducers + archive, 12-bit 807/823 -> 762/758 us/frame (blosc_zstd's
+encode 533-558 of it), of which the receive path (socket read through row assembly) 148/147 -> 88/86; 1-bit
+226/208 -> 193/193, receive path 54/46 -> 25/26 (raw 1-bit: 42 -> 17); --sum-com, 12-bit 243/282 -> 159/174,
+1-bit 184/201 -> 93/119. Earlier (before = 50b3448): 12-bit 841 -> 774, 1-bit binary 628 -> 218
 (the archive's 1-bit default, blosc_lz4_bitshuffle: encode 475 -> 62), 1-bit raw 653 -> 203. With --warmup-rows 0
 the first two slabs' page faults add ~230 (12-bit) / ~50-70 (1-bit) us per frame over the first 32 rows.
 """
