@@ -3,6 +3,7 @@
     python benchmarks/live_cpu_profile.py                 # both modes, 48 scan rows of 256 frames each
     python benchmarks/live_cpu_profile.py --rows 32 --modes 1bit --codec blosc_zstd
     python benchmarks/live_cpu_profile.py --sum-com       # what live_throughput.py --libertem-live compares
+    python benchmarks/live_cpu_profile.py --sender        # the sender alone (serve --as merlin), to a draining client
     python benchmarks/live_cpu_profile.py --codec-table   # archive codecs on these frames: encode CPU and ratio
 
 A sender process replays pre-built Merlin records over localhost as fast as TCP takes them (its own CPU is not
@@ -22,9 +23,12 @@ times inflate; compare runs taken in turn), before = 7a3abd9 (a message at a tim
 part at a time), two runs each: default reducers + archive, 12-bit 807/823 -> 762/758 us/frame (blosc_zstd's
 encode 533-558 of it), of which the receive path (socket read through row assembly) 148/147 -> 88/86; 1-bit
 226/208 -> 193/193, receive path 54/46 -> 25/26 (raw 1-bit: 42 -> 17); --sum-com, 12-bit 243/282 -> 159/174,
-1-bit 184/201 -> 93/119. Earlier (before = 50b3448): 12-bit 841 -> 774, 1-bit binary 628 -> 218
-(the archive's 1-bit default, blosc_lz4_bitshuffle: encode 475 -> 62), 1-bit raw 653 -> 203. With --warmup-rows 0
-the first two slabs' page faults add ~230 (12-bit) / ~50-70 (1-bit) us per frame over the first 32 rows.
+1-bit 184/201 -> 93/119; --sender (serve's own CPU, frames already due sent in one sendmsg): 12-bit 131/121 ->
+98/109, 1-bit 51/79 -> 52/45, pushing 4,600-5,500 12-bit frames/s to a draining client either way (so at
+load 3 the sender alone does not cap live_throughput.py's comparison near 3,000). Earlier (before = 50b3448):
+12-bit 841 -> 774, 1-bit binary 628 -> 218 (the archive's 1-bit default, blosc_lz4_bitshuffle: encode 475 -> 62),
+1-bit raw 653 -> 203. With --warmup-rows 0 the first two slabs' page faults add ~230 (12-bit) / ~50-70 (1-bit) us
+per frame over the first 32 rows.
 """
 
 from __future__ import annotations
@@ -76,6 +80,39 @@ def _faults() -> int:
     """This process's page faults so far (minor and major)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_minflt + usage.ru_majflt
+
+
+def _serve_alone(mode: str, rows: int, results: Any) -> None:
+    """Child: ``stempress serve``'s Merlin sender at full speed (live_throughput.py's repeated frames) to the first
+    client; reports its own CPU (user, system) and frames sent."""
+    from live_throughput import MODES as STREAMS
+    from live_throughput import RepeatedFrames
+    from stempress.live.serve import serve
+
+    source = RepeatedFrames(base_frames(mode), rows, STREAMS[mode].depth)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    log = serve(source, "merlin", rate=0, timeout=60, ready=results.put)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    results.put((after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, log.sent, log.seconds))
+
+
+def sender_alone(modes: list[str], rows: int) -> None:
+    """What the sender of live_throughput.py costs, to a client that only drains the socket: if it cannot push much
+    more than a receiver takes, both tools of the comparison top out at the sender, not at themselves."""
+    for mode in modes:
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        sender = ctx.Process(target=_serve_alone, args=(mode, rows, results), daemon=True)
+        sender.start()
+        buffer = bytearray(1 << 20)
+        with socket.create_connection(("127.0.0.1", results.get(timeout=120))) as conn:
+            while conn.recv_into(buffer):
+                pass
+        user, system, sent, seconds = results.get(timeout=60)
+        sender.join(30)
+        print(f"{mode}: serve --as merlin alone, {sent} frames: CPU {1e6 * (user + system) / sent:.1f} us/frame "
+              f"(user {1e6 * user / sent:.1f}, system {1e6 * system / sent:.1f}), {sent / seconds:,.0f} frames/s "
+              "to a client that only drains the socket")
 
 
 def timed(name: str, fn: Any) -> Any:
@@ -223,12 +260,17 @@ def main() -> None:
                         help="frames as Merlin's binary (U08/U16) or raw (R64: 1-bit packed, 8 KiB a frame) format")
     parser.add_argument("--sum-com", action="store_true", help="only the mean pattern and the CoM, no archive: "
                         "the work live_throughput.py --libertem-live compares")
+    parser.add_argument("--sender", action="store_true", help="only time the sender (stempress serve --as merlin, "
+                        "as live_throughput.py runs it) to a client that drains the socket")
     parser.add_argument("--codec-table", nargs="?", const=TABLE_CODECS, default=None, metavar="CODECS",
                         help="only compare archive codecs on the benchmark's frames (default list: a few fast ones)")
     args = parser.parse_args()
     modes = args.modes.split(",")
     if args.codec_table:
         codec_table(modes, args.codec_table.split(","))
+        return
+    if args.sender:
+        sender_alone(modes, args.rows)
         return
     instrument()
     raw = args.merlin_format == "raw"
