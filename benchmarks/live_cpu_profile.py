@@ -2,22 +2,33 @@
 
     python benchmarks/live_cpu_profile.py                 # both modes, 48 scan rows of 256 frames each
     python benchmarks/live_cpu_profile.py --rows 32 --modes 1bit --codec blosc_zstd
+    python benchmarks/live_cpu_profile.py --sum-com       # what live_throughput.py --libertem-live compares
+    python benchmarks/live_cpu_profile.py --sender        # the sender alone (serve --as merlin), to a draining client
     python benchmarks/live_cpu_profile.py --codec-table   # archive codecs on these frames: encode CPU and ratio
 
 A sender process replays pre-built Merlin records over localhost as fast as TCP takes them (its own CPU is not
 counted); this process receives them with ``acquire.receive`` (as ``stempress live`` does: default reducers into a
 reduced file, the archive in the stream's default codec (blosc_zstd; blosc_lz4_bitshuffle for 1-bit) unless
 ``--codec``, one worker, so every stage runs on this process's two threads). Each stage is timed with
-``time.thread_time`` (CPU of the thread that runs it, not wall time, so a loaded machine or a waiting thread does
-not inflate it). The first ``--warmup-rows`` are received but not counted: the row assembler's first slabs are
-fresh memory whose first touch (page faults) costs more than the copy into it, a cost of the scan's first three
-slabs only (of 16 in a 256x256 scan). Prints microseconds of CPU per frame per stage, the process's total CPU per
-frame and the frames/s one core could take at that cost.
+``time.thread_time`` (CPU of the thread that runs it, not wall time, so a waiting thread does not inflate it; a
+loaded machine still does, through contended caches and memory). The first ``--warmup-rows`` are received but not
+counted: the row assembler's first slabs are fresh memory whose first touch (page faults) costs more than the copy
+into it, a cost of the scan's first three slabs only (of 16 in a 256x256 scan). Prints microseconds of CPU per
+frame per stage, the process's total CPU per frame, its page faults per frame (fresh memory touched) and the
+frames/s one core could take at that cost.
 
-Measured 2026-12-07 (2 cores, load ~5, steady state; before = 50b3448): 12-bit 841 -> 774 us/frame (within noise;
-blosc_zstd's encode ~550 of it: Blosc clevel 3 is zstd level 5), 1-bit binary 628 -> 218 (the archive's 1-bit
-default, blosc_lz4_bitshuffle: encode 475 -> 62), 1-bit raw 653 -> 203. With --warmup-rows 0 the first two slabs'
-page faults add ~230 (12-bit) / ~50-70 (1-bit) us per frame over the first 32 rows.
+Measured 2026-12-07 05:35-05:40 UTC (2 cores, LOADED: other helpers' tests running, load average 3-5, so CPU
+times inflate; compare runs taken in turn), before = 7a3abd9 (a message at a time), after = the bulk Merlin receive
+(frames received many per call into reused slots, headers checked at once, one event per batch, placed a row's
+part at a time), two runs each: default reducers + archive, 12-bit 807/823 -> 762/758 us/frame (blosc_zstd's
+encode 533-558 of it), of which the receive path (socket read through row assembly) 148/147 -> 88/86; 1-bit
+226/208 -> 193/193, receive path 54/46 -> 25/26 (raw 1-bit: 42 -> 17); --sum-com, 12-bit 243/282 -> 159/174,
+1-bit 184/201 -> 93/119; --sender (serve's own CPU, frames already due sent in one sendmsg): 12-bit 131/121 ->
+98/109, 1-bit 51/79 -> 52/45, pushing 4,600-5,500 12-bit frames/s to a draining client either way (so at
+load 3 the sender alone does not cap live_throughput.py's comparison near 3,000). Earlier (before = 50b3448):
+12-bit 841 -> 774, 1-bit binary 628 -> 218 (the archive's 1-bit default, blosc_lz4_bitshuffle: encode 475 -> 62),
+1-bit raw 653 -> 203. With --warmup-rows 0 the first two slabs' page faults add ~230 (12-bit) / ~50-70 (1-bit) us
+per frame over the first 32 rows.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import argparse
 import functools
 import multiprocessing as mp
+import resource
 import socket
 import sys
 import tempfile
@@ -34,11 +46,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_throughput import DET, SCAN_X, TARGETS, base_frames
+from live_throughput import DET, SCAN_X, SUM_COM, TARGETS, base_frames
 
 MODES = {"12bit": 12, "1bit": 1}
 STAGES: dict[str, float] = defaultdict(float)
 CODECS: dict[str, str] = {}
+FAULTS: dict[str, float] = {}  # page faults per frame after the warm-up (fresh memory touched)
 TABLE_CODECS = ("blosc_zstd,blosc_lz4,blosc_lz4_bitshuffle,blosc_zstd_bitshuffle,blosc_blosclz_bitshuffle,"
                 "bitshuffle_lz4,bitshuffle_zstd,blosc2_lz4_bitshuffle,blosc2_zstd_bitshuffle,zstd_1")
 
@@ -61,6 +74,45 @@ def _sender(mode: str, n_frames: int, ports: Any, raw: bool = False) -> None:
         conn.sendall(mpx_message(b"MQ1,%06d" % (i + 1) + record[10:]))
     conn.close()
     server.close()
+
+
+def _faults() -> int:
+    """This process's page faults so far (minor and major)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
+
+
+def _serve_alone(mode: str, rows: int, results: Any) -> None:
+    """Child: ``stempress serve``'s Merlin sender at full speed (live_throughput.py's repeated frames) to the first
+    client; reports its own CPU (user, system) and frames sent."""
+    from live_throughput import MODES as STREAMS
+    from live_throughput import RepeatedFrames
+    from stempress.live.serve import serve
+
+    source = RepeatedFrames(base_frames(mode), rows, STREAMS[mode].depth)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    log = serve(source, "merlin", rate=0, timeout=60, ready=results.put)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    results.put((after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, log.sent, log.seconds))
+
+
+def sender_alone(modes: list[str], rows: int) -> None:
+    """What the sender of live_throughput.py costs, to a client that only drains the socket: if it cannot push much
+    more than a receiver takes, both tools of the comparison top out at the sender, not at themselves."""
+    for mode in modes:
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        sender = ctx.Process(target=_serve_alone, args=(mode, rows, results), daemon=True)
+        sender.start()
+        buffer = bytearray(1 << 20)
+        with socket.create_connection(("127.0.0.1", results.get(timeout=120))) as conn:
+            while conn.recv_into(buffer):
+                pass
+        user, system, sent, seconds = results.get(timeout=60)
+        sender.join(30)
+        print(f"{mode}: serve --as merlin alone, {sent} frames: CPU {1e6 * (user + system) / sent:.1f} us/frame "
+              f"(user {1e6 * user / sent:.1f}, system {1e6 * system / sent:.1f}), {sent / seconds:,.0f} frames/s "
+              "to a client that only drains the socket")
 
 
 def timed(name: str, fn: Any) -> Any:
@@ -99,14 +151,19 @@ def instrument() -> None:
     from stempress.live import accounting, merlin, receiver
     from stempress.sinks import archive, reduce
 
-    merlin.MerlinReader._message = timed("socket read + MPX framing", merlin.MerlinReader._message)
+    reader = merlin.MerlinReader
+    bulk = hasattr(reader, "_receive")  # the bulk path (an older reader read every message with _message)
+    for name, stage in (("_receive" if bulk else "_message", "socket read + MPX framing"),
+                        *([("_exactly", "socket read + MPX framing"), ("_framed", "MQ1 header parse"),
+                           ("_frames", "frame decode")] if bulk else []), ("_same_format", "MQ1 header parse")):
+        setattr(reader, name, timed(stage, getattr(reader, name)))
     merlin.parse_frame_header = timed("MQ1 header parse", merlin.parse_frame_header)
-    if hasattr(merlin.MerlinReader, "_same_format"):  # the fast path for frames shaped like the first
-        merlin.MerlinReader._same_format = timed("MQ1 header parse", merlin.MerlinReader._same_format)
     merlin.decode_frame = timed("frame decode", merlin.decode_frame)
     receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
     receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
     accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
+    if hasattr(accounting.RowAssembler, "add_run"):
+        accounting.RowAssembler.add_run = timed("accounting + row assembly", accounting.RowAssembler.add_run)
     stream.join = timed("regroup/join rows into chunk rows", stream.join)
     reduce.ReducerSink.consume = timed("reducers", reduce.ReducerSink.consume)
     parallel.ChunkEncoder.__call__ = timed("archive encode", parallel.ChunkEncoder.__call__)
@@ -121,15 +178,19 @@ class Warmup:
         self.bytes, self.frame_bytes = rows * SCAN_X * frame_bytes, frame_bytes
         self.stages: dict[str, float] = {}
         self.cpu, self.frames = time.process_time(), 0
+        self.faults = 0
 
     def __call__(self, done: int, total: int) -> None:
         if not self.frames and self.bytes and done >= self.bytes:
             self.stages, self.cpu, self.frames = dict(STAGES), time.process_time(), done // self.frame_bytes
+            self.faults = _faults()
 
 
 def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
-            raw: bool = False) -> tuple[dict[str, float], float, int]:
-    """Stage CPU seconds, total process CPU seconds and frames received for one mode, after ``warmup_rows``."""
+            raw: bool = False, sum_com: bool = False) -> tuple[dict[str, float], float, int]:
+    """Stage CPU seconds, total process CPU seconds and frames received for one mode, after ``warmup_rows``;
+    ``sum_com``: only the mean pattern and the CoM, no archive (what live_throughput.py compares with
+    LiberTEM-live)."""
     from stempress.acquire import receive
     from stempress.live import open_live
     from stempress.store.reducing import given_calibration
@@ -146,15 +207,18 @@ def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
         warm = Warmup(warmup_rows, source.frame_bytes)
         centre = ((DET - 1) / 2, (DET - 1) / 2)
         calibration = given_calibration(source, centre=centre, bf_radius=30)
-        extra = {} if codec is None else {"codec": codec}  # else the stream's default, as `stempress live` picks
-        report = receive(source, archive=Path(tmp) / "a.h5", reduce=TARGETS, reduced=Path(tmp) / "r.h5",
+        extra: dict[str, Any] = {} if codec is None else {"codec": codec}  # else the stream's default
+        if not sum_com:
+            extra["archive"] = Path(tmp) / "a.h5"
+        report = receive(source, reduce=SUM_COM if sum_com else TARGETS, reduced=Path(tmp) / "r.h5",
                          calibration=calibration, workers=1, progress=warm, **extra)
         cpu = time.process_time() - warm.cpu
+        FAULTS[mode] = (_faults() - warm.faults) / (n - warm.frames)
     sender.join(30)
     if source.account.received != n:
         raise SystemExit(f"{mode}: received {source.account.received} of {n} frames ({source.account.ended})")
-    assert report.archive is not None
-    CODECS[mode] = f"{report.archive.codec.name} (ratio {report.raw_bytes / report.archive.file_bytes:.1f})"
+    CODECS[mode] = ("none (mean pattern + CoM only)" if report.archive is None else
+                    f"{report.archive.codec.name} (ratio {report.raw_bytes / report.archive.file_bytes:.1f})")
     stages = {k: v - warm.stages.get(k, 0.0) for k, v in STAGES.items()}
     return stages, cpu, n - warm.frames
 
@@ -194,6 +258,10 @@ def main() -> None:
                         "picks it)")
     parser.add_argument("--merlin-format", choices=("binary", "raw"), default="binary",
                         help="frames as Merlin's binary (U08/U16) or raw (R64: 1-bit packed, 8 KiB a frame) format")
+    parser.add_argument("--sum-com", action="store_true", help="only the mean pattern and the CoM, no archive: "
+                        "the work live_throughput.py --libertem-live compares")
+    parser.add_argument("--sender", action="store_true", help="only time the sender (stempress serve --as merlin, "
+                        "as live_throughput.py runs it) to a client that drains the socket")
     parser.add_argument("--codec-table", nargs="?", const=TABLE_CODECS, default=None, metavar="CODECS",
                         help="only compare archive codecs on the benchmark's frames (default list: a few fast ones)")
     args = parser.parse_args()
@@ -201,12 +269,16 @@ def main() -> None:
     if args.codec_table:
         codec_table(modes, args.codec_table.split(","))
         return
+    if args.sender:
+        sender_alone(modes, args.rows)
+        return
     instrument()
     raw = args.merlin_format == "raw"
-    results = {mode: profile(mode, args.rows, args.warmup_rows, args.codec, raw) for mode in modes}
+    results = {mode: profile(mode, args.rows, args.warmup_rows, args.codec, raw, args.sum_com) for mode in modes}
     names = list(dict.fromkeys(k for stages, _, _ in results.values() for k in stages))
     print(f"CPU microseconds per frame, Merlin {DET}x{DET} ({args.merlin_format}), {args.rows}x{SCAN_X} scan after "
-          f"{args.warmup_rows} warm-up rows, default reducers + archive, one worker:")
+          f"{args.warmup_rows} warm-up rows, "
+          f"{'mean pattern + CoM' if args.sum_com else 'default reducers + archive'}, one worker:")
     for mode in modes:
         print(f"  {mode} archive: {CODECS[mode]}")
     print(f"  {'stage':<36}" + "".join(f"{m:>10}" for m in modes))
@@ -217,6 +289,7 @@ def main() -> None:
     print(f"  {'other (untimed)':<36}" + "".join(f"{1e6 * (results[m][1] - staged[m]) / results[m][2]:>10.1f}"
                                                for m in modes))
     print(f"  {'process total':<36}" + "".join(f"{1e6 * results[m][1] / results[m][2]:>10.1f}" for m in modes))
+    print(f"  {'page faults per frame':<36}" + "".join(f"{FAULTS[m]:>10.1f}" for m in modes))
     print(f"  {'frames/s per core at that cost':<36}" + "".join(f"{results[m][2] / results[m][1]:>10,.0f}"
                                                                for m in modes))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import h5py
 import numpy as np
@@ -23,7 +24,7 @@ from stempress.ingest import ingest
 from stempress.live import LiveSource
 from stempress.live.dectris import decode_image, encode_image
 from stempress.live.merlin import acquisition_header, mpx_message
-from stempress.live.serve import FaultLog, Faults, serve
+from stempress.live.serve import FaultLog, Faults, due_sends, serve
 from stempress.reduce.output import read_reduced
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
@@ -52,6 +53,10 @@ def test_merlin_receiver_marks_a_missing_frame_invalid_and_counts_it():
     messages += [mpx_message(encode_frame(i + 1, flat[i])) for i in range(12) if i != 5]
     source = LiveSource(f"merlin://127.0.0.1:{_merlin_sender(messages)}", (3, 4), timeout=5)
     assert source.shape == (3, 4, 8, 8) and source.dtype == np.uint16
+    deadline = time.monotonic() + 10
+    while source.pumped < 11 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert source.pumped == 11  # read from the moment it opened (TCP would block the sender while sinks open)
     blocks = list(source.blocks())
     assert [b.start for b in blocks] == [0, 1, 2]
     assert blocks[1].valid is not None and blocks[1].valid.tolist() == [[True, False, True, True]]
@@ -307,6 +312,46 @@ def test_assembler_hands_rows_on_in_order_and_counts_a_late_frame():
     last = rows.flush()
     assert [b.start for b in last] == [2] and last[0].valid.tolist() == [[True, False, False, False]]
     assert (account.received, account.missing) == (8, 4)  # the late frame stays missing
+
+
+@pytest.mark.parametrize("window", [0, 1, 2])
+def test_a_run_of_frames_placed_at_once_is_accounted_as_one_by_one(window):
+    """``add_run`` (a batch of consecutive frames) gives the rows, ids, valid masks and counts that ``add`` gives
+    one frame at a time, on arrivals with reordered, duplicate, late and dropped frames in runs of any length."""
+    from stempress.live.accounting import FrameAccount, RowAssembler
+
+    rng = np.random.default_rng(window)
+    # a 5x6 scan: a jump ahead, runs back below it (reordered), a duplicate run, 15 dropped, a jump to the last
+    # row, then a run into row 3 (late unless the window still holds it) and the rest of it
+    order = [0, 1, 2, 4, 5, 9, 10, 11, 6, 7, 8, 3, 12, 13, 14, 16, 17, 12, 13, 24, 25, 26, 27, 28, 29, 18, 19, 20,
+             21, 22, 23]
+    frames = np.arange(30 * 4, dtype=np.uint16).reshape(30, 2, 2)
+    big_endian = frames.astype(">u2")[:, ::-1]  # views as the reader hands them on: the copy makes them native
+    one, batched = (RowAssembler((5, 6), (2, 2), np.dtype(np.uint16), FrameAccount(30), window_rows=window)
+                    for _ in range(2))
+    expected = [b for i in order for b in one.add(i, i + 1, big_endian[i])]
+    got, at = [], 0
+    while at < len(order):  # runs as a reader cuts them: consecutive numbers, of any length
+        n = 1
+        while at + n < len(order) and order[at + n] == order[at + n - 1] + 1 and rng.random() < 0.8:
+            n += 1
+        run = order[at:at + n]
+        placed = None
+        if run == list(range(run[0], run[0] + len(run))):
+            numbers = np.array(run) + 1
+            placed = batched.add_run(run[0], numbers, big_endian[run[0]:run[-1] + 1])
+        got += placed if placed is not None else [b for i in run for b in batched.add(i, i + 1, big_endian[i])]
+        at += n
+    expected += one.flush()
+    got += batched.flush()
+    assert one.account == batched.account and one.account.reordered and one.account.duplicate
+    assert bool(one.account.late) == (window == 0)
+    assert [b.start for b in got] == [b.start for b in expected] == list(range(5))
+    for a, b in zip(expected, got, strict=True):
+        assert np.array_equal(a.data, b.data) and np.array_equal(a.frame_ids, b.frame_ids)
+        assert (a.valid is None and b.valid is None) or np.array_equal(a.valid, b.valid)
+    assert np.array_equal(np.concatenate([b.data for b in got])[batched.received.reshape(5, 6)],
+                          frames[batched.received][:, ::-1])
 
 
 def test_assembled_rows_join_without_a_copy_and_a_slab_is_reused_only_once_nothing_holds_it():
@@ -598,3 +643,33 @@ def test_raw_frames_decode_by_the_first_header_unless_their_counter_depth_change
     live, blocks = _receive("merlin", _merlin_sender(messages), (1, 3), timeout=10)
     assert np.array_equal(np.concatenate([b.data for b in blocks]), frames)
     assert (live.account.received, live.account.corrupt) == (3, 0)
+
+
+def test_frames_whose_numbers_grow_a_digit_and_a_short_last_frame_are_read_as_one_by_one():
+    """The bulk reader matches frames by the first one's header layout: numbers written without zero padding
+    (9 -> 10 changes the layout) still arrive in order, and a short frame at the end of the stream is corrupt, not
+    swallowed by the connection closing."""
+    frames = np.random.default_rng(5).integers(0, 4000, (3, 4, 6, 5)).astype(np.uint16)
+    flat = frames.reshape(12, 6, 5)
+
+    def unpadded(i: int) -> bytes:
+        record = bytes(encode_frame(i + 1, flat[i]))
+        head = record[:384].replace(b"MQ1,%06d," % (i + 1), b"MQ1,%d," % (i + 1), 1).ljust(384, b"\0")
+        return head + record[384:]
+
+    messages = [mpx_message(acquisition_header(12, 4, 12)), *(mpx_message(unpadded(i)) for i in range(11)),
+                mpx_message(unpadded(11)[:-16])]
+    live, blocks = _receive("merlin", _merlin_sender(messages), (3, 4), timeout=10)
+    a = live.account
+    assert (a.received, a.corrupt, a.missing, a.duplicate, a.reordered) == (11, 1, 1, 0, 0)
+    assert "closed" in a.ended
+    data = np.concatenate([b.data for b in blocks]).reshape(12, 6, 5)
+    assert np.array_equal(data[:11], flat[:11]) and not data[11].any()
+
+
+def test_serve_groups_only_the_sends_already_due():
+    """A Merlin sender hands the kernel every frame due by now in one call; none goes before its time."""
+    assert due_sends(0, 32, 10.0, 1000.0, 10.0105) == 11  # sends 0..10 are due by 10.5 ms, 11 at 11 ms is not
+    assert due_sends(5, 32, 10.0, 1000.0, 10.0) == 6  # behind nothing: just the one whose time has come
+    assert due_sends(0, 8, 10.0, 1000.0, 99.0) == 8  # far behind: at most the group
+    assert due_sends(3, 35, 10.0, 0.0, 10.0) == 35  # as fast as it goes: the whole group

@@ -208,6 +208,25 @@ def test_projection_is_exact_for_bright_frames_and_large_integer_weights():
     assert not projection.exact32  # switched to float64 after the first bright frame
 
 
+def test_weights_inside_a_band_of_detector_rows_multiply_only_there_with_the_same_bits():
+    """A disk's weights (a CoM) touch a band of detector rows only: the float32 product keeps to the band, bright
+    frames (over 2**24 counts, but not inside the band, or inside it too) still come out exact."""
+    rng = np.random.default_rng(5)
+    cube = rng.poisson(3.0, size=(2, 6, 24, 16)).astype(np.uint16)
+    cube[0, :3] = 65000  # bright everywhere: redone in float64
+    cube[1, :3, :4] = 65000  # bright outside the band only: still float32 over the band
+    yy, xx = np.indices((24, 16))
+    disk = (yy - 12) ** 2 + (xx - 8) ** 2 < 16
+    weights = np.stack([disk, disk * (yy * 100 - 1200), disk * (xx - 8)], axis=-1).reshape(-1, 3).astype(float)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    inside = np.flatnonzero(disk)
+    assert projection._band == (inside[0], inside[-1] + 1) == (9 * 16 + 6, 15 * 16 + 11)
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(projection.apply(cube), want.astype(np.float64))
+    everywhere = Projection(np.c_[weights, np.ones(24 * 16)], cube.dtype, cube.shape)  # a total: every pixel
+    assert everywhere._band is None
+
+
 def test_projection_uses_float32_exactly_for_counts_and_float64_otherwise():
     rng = np.random.default_rng(4)
     cube = rng.poisson(3.0, size=(4, 6, 16, 16)).astype(np.uint16)

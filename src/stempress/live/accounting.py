@@ -91,6 +91,34 @@ class RowAssembler:
         self.account.received += 1
         return self._ready(self.highest // self.scan_x)
 
+    def add_run(self, start: int, numbers: np.ndarray, frames: np.ndarray) -> list[Block] | None:
+        """Place ``len(frames)`` frames of consecutive indices from ``start`` (detector numbers ``numbers``) at
+        once, with exactly the accounting of ``add`` one by one; None (nothing done) unless none of them is a
+        duplicate or late, the only faults a consecutive run can hold (then ``add`` takes them one by one).
+
+        One by one, frame ``j`` is reordered iff its index is below the highest before the run (the run itself
+        only rises), and no row a frame of the run belongs to can be handed on before that frame is placed
+        (a row goes once complete, or ``window`` rows behind the highest index, and the run's rows are at or past
+        the highest row minus ``window`` that every earlier ``add`` already emitted up to); so one ``_ready`` at the
+        end hands on the same rows with the same contents."""
+        k = len(frames)
+        stop = start + k
+        if start // self.scan_x < self.next_row or self.received[start:stop].any():
+            return None
+        self.account.reordered += max(0, min(k, self.highest - start))
+        self.highest = max(self.highest, stop - 1)
+        at = start
+        while at < stop:
+            row, col = divmod(at, self.scan_x)
+            n = min(stop - at, self.scan_x - col)
+            data, ids = self.rows.get(row) or self._new_row(row)
+            data[col:col + n] = frames[at - start:at - start + n]  # byte order and det_y flip in the one copy
+            ids[col:col + n] = numbers[at - start:at - start + n]
+            at += n
+        self.received[start:stop] = True
+        self.account.received += k
+        return self._ready(self.highest // self.scan_x)
+
     def _new_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         # not filled here: the frames overwrite it; the positions still empty get the fill value when it goes
         data = self._slab(row // self.slab_rows)[row % self.slab_rows]

@@ -1,4 +1,5 @@
-"""What a protocol reader hands the receiver: a decoded frame, a message that could not be one, or the end."""
+"""What a protocol reader hands the receiver: a decoded frame (or a batch of them), a message that could not be one,
+or the end."""
 
 from __future__ import annotations
 
@@ -19,6 +20,24 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class Frames:
+    """Consecutive frames that arrived together, handed on as one event (a reader cuts many from one receive,
+    so the receiver's per-event work is paid once per batch, not per frame): ``numbers[i]`` is the detector's
+    number of ``data[i]`` (``(n, det_y, det_x)``, possibly a view in the detector's byte order, as ``Frame``)."""
+
+    numbers: np.ndarray
+    data: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def frames(self) -> Iterator[Frame]:
+        """One ``Frame`` each, in order (for a consumer that takes them one at a time)."""
+        for number, data in zip(self.numbers.tolist(), self.data, strict=True):
+            yield Frame(number, data)
+
+
+@dataclass(frozen=True)
 class Corrupt:
     """A message that was not a valid frame (bad header, wrong length); its position stays missing."""
 
@@ -32,7 +51,7 @@ class End:
     reason: str
 
 
-Event = Frame | Corrupt | End
+Event = Frame | Frames | Corrupt | End
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
 """``LiveSource``: a detector stream as the engine's streaming source (``data.stream.StreamSource``).
 
-A reader thread takes messages off the network, decodes them and puts them on a queue bounded in bytes; when
-the sinks fall behind, the queue fills, the thread stops reading and the protocol's own backpressure (TCP for
-Merlin, the ZeroMQ high-water mark for DECTRIS v1 and v2) holds the detector back, so memory stays bounded.
+A reader thread takes messages off the network, decodes them and puts them on a queue bounded in bytes (an event
+per frame, or one per batch of frames that arrived together: ``events.Frames``, placed a scan row's part at a
+time); when the sinks fall behind, the queue fills, the thread stops reading and the protocol's own backpressure
+(TCP for Merlin, the ZeroMQ high-water mark for DECTRIS v1 and v2) holds the detector back, so memory stays
+bounded.
 ``blocks()`` assembles whole scan rows (``accounting.RowAssembler``) with ``valid`` marking what arrived. A stall or a
 disconnect ends the stream with a one-line reason in ``account.ended``; the rows hold what arrived."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -20,7 +23,7 @@ import numpy as np
 from stempress.data.base import Block, check_shape_dtype
 from stempress.errors import StempressError
 from stempress.live.accounting import FrameAccount, RowAssembler
-from stempress.live.events import Corrupt, End, Event, Frame
+from stempress.live.events import Corrupt, End, Event, Frame, Frames
 
 #: Decoded frames held between the network and the sinks.
 QUEUE_BYTES = 256 * 1024**2
@@ -105,11 +108,19 @@ class LiveSource:
         self.assembler: RowAssembler | None = None
         self.started = time.monotonic()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._used = False
         self._stop_reason: str | None = None
         #: frames the reader thread has taken off the network, and those the engine's thread took off the queue
         self.pumped = self.dequeued = 0
+        self._thread: threading.Thread | None = None
+        if getattr(self.reader, "pump_at_open", False):
+            self._start_pump()
+
+    def _start_pump(self) -> None:
+        """The reader thread, once."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._pump, name="stempress-live-receiver", daemon=True)
+            self._thread.start()
 
     def stop(self, reason: str = "stopped") -> None:
         """End the stream at the next frame (safe from a signal handler: it only sets a flag); the rows in
@@ -152,13 +163,15 @@ class LiveSource:
         self._used = True
         self.assembler = assembler = RowAssembler(self.shape[:2], self.shape[2:], self.dtype, self.account,
                                                   fill=self.fill, window_rows=self.window_rows)
-        self._thread = threading.Thread(target=self._pump, name="stempress-live-receiver", daemon=True)
-        self._thread.start()
+        self._start_pump()
         n = self.account.expected
         try:
             while not assembler.done:
                 event = self.queue.get(lambda: self._stop_reason)
-                self.dequeued += isinstance(event, Frame)
+                self.dequeued += _frames(event)
+                if isinstance(event, Frames):
+                    yield from self._place(assembler, event)
+                    continue
                 if isinstance(event, End):
                     self.account.ended = event.reason
                     yield from assembler.flush()
@@ -181,24 +194,51 @@ class LiveSource:
             self.metadata["frames"].update(self.account.as_dict())  # in place: sinks hold this dict
             self.close()
 
+    def _place(self, assembler: RowAssembler, batch: Frames) -> Iterator[Block]:
+        """A batch of frames: a scan row's part at a time when they are a consecutive run inside the scan
+        (``add_run``; the rows a part completes go on before the next part is placed, as one by one), else one
+        by one as separate ``Frame`` events would be (stopping, as the loop does, once every row is handed on)."""
+        start, n, at = int(batch.numbers[0]) - self.first_number, len(batch), 0
+        if start >= 0 and start + n <= self.account.expected and (
+                n == 1 or bool((np.diff(batch.numbers) == 1).all())):
+            scan_x = self.shape[1]
+            while at < n:
+                stop = min(n, at + scan_x - (start + at) % scan_x)
+                blocks = assembler.add_run(start + at, batch.numbers[at:stop], batch.data[at:stop])
+                if blocks is None:
+                    break
+                yield from blocks
+                at = stop
+            if at == n:
+                return
+        for frame in itertools.islice(batch.frames(), at, None):
+            if assembler.done:
+                return
+            index = frame.number - self.first_number
+            if 0 <= index < self.account.expected:
+                yield from assembler.add(index, frame.number, frame.data)
+            else:
+                self.account.corrupt += 1  # a number outside the scan: not a frame of it
+
     def _drain(self, assembler: RowAssembler) -> None:
         while True:
             event = self.queue.get(lambda: self._stop_reason)
-            self.dequeued += isinstance(event, Frame)
+            self.dequeued += _frames(event)
             if isinstance(event, End):
                 return
-            if isinstance(event, Corrupt):
-                self.account.corrupt += 1
-            elif 0 <= event.number - self.first_number < self.account.expected:
-                assembler.add(event.number - self.first_number, event.number, event.data)
-            else:
-                self.account.corrupt += 1
+            for frame in event.frames() if isinstance(event, Frames) else [event]:
+                if isinstance(frame, Corrupt):
+                    self.account.corrupt += 1
+                elif 0 <= frame.number - self.first_number < self.account.expected:
+                    assembler.add(frame.number - self.first_number, frame.number, frame.data)
+                else:
+                    self.account.corrupt += 1
 
     def _pump(self) -> None:
         try:
             for event in self.reader.events(self._stop):
-                nbytes = event.data.nbytes if isinstance(event, Frame) else 0
-                self.pumped += isinstance(event, Frame)  # frames off the network (one writer: this thread)
+                nbytes = event.data.nbytes if isinstance(event, Frame | Frames) else 0
+                self.pumped += _frames(event)  # frames off the network (one writer: this thread)
                 if not self.queue.put(event, nbytes, self._stop):
                     return
                 if isinstance(event, End):
@@ -219,6 +259,11 @@ class LiveSource:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self.reader.close()
+
+
+def _frames(event: Event) -> int:
+    """Frames an event carries."""
+    return len(event) if isinstance(event, Frames) else int(isinstance(event, Frame))
 
 
 def parse_url(url: str) -> tuple[str, str, int]:

@@ -46,9 +46,13 @@ class Projection:
         small = self.k == 0 or float(np.abs(weights).max()) < _EXACT_F32
         self.exact32 = dtype.kind == "u" and dtype.itemsize <= 2 and integer_weights and small
         self.work = np.dtype(np.float32 if self.exact32 else np.float64)
+        #: the pixels [lo, hi) outside which every product's weights are zero (a disk's detector rows): the float32
+        #: product runs over them only (None: over every pixel)
+        self._band: tuple[int, int] | None = None
         if self.exact32:
             self._w32, self._recombine = _digit_columns(self.weights64)
             self._wmax = max(1.0, float(np.abs(self._w32).max()))
+            self._band = _band(self._w32, self._recombine)
         self.chunk = int(max(1, min(_CHUNK_FRAMES, self.scan_x, _CHUNK_BYTES // (self.pixels * self.work.itemsize))))
         self._buf = np.empty((self.chunk, self.pixels), self.work)
         self._ones = np.ones(self.chunk, self.work)
@@ -91,7 +95,11 @@ class Projection:
             np.matmul(buf, self.weights64, out=dest)
             return
         res = self._res[:buf.shape[0]]
-        np.matmul(buf, self._w32, out=res)
+        if self._band is None:
+            np.matmul(buf, self._w32, out=res)
+        else:  # column 0 sums the band only: still a bound on every partial sum of the band's products
+            lo, hi = self._band
+            np.matmul(buf[:, lo:hi], self._w32[lo:hi], out=res)
         np.matmul(res.astype(np.float64), self._recombine, out=dest)
         # column 0 is the frame sum; every partial sum is bounded by it times the largest weight
         bright = res[:, 0].astype(np.float64) * self._wmax >= _EXACT_F32
@@ -107,6 +115,27 @@ class Projection:
         self._buf = np.empty((self.chunk, self.pixels), self.work)
         self._ones = np.ones(self.chunk, self.work)
         self._psum = np.empty(self.pixels, self.work)
+
+
+#: the float32 product keeps to a band of pixels only when the band leaves out at least this fraction of them
+_BAND_SAVES = 0.25
+
+
+def _band(w32: np.ndarray, recombine: np.ndarray) -> tuple[int, int] | None:
+    """The pixel range ``[lo, hi)`` holding every nonzero weight of the columns after the frame sum (column 0), when
+    it is small enough to pay off and no output uses column 0 itself (an all-ones weight, which needs every pixel).
+
+    Why the bits stay the same: with unsigned counts and integer weights every result is an exact integer, and the
+    pixels outside the band add exact zeros; the brightness bound (column 0 times the largest weight) then bounds
+    the band's partial sums by the band's own sum, so a frame it passes is exact in float32, and one it does not is
+    redone in float64 (exact too)."""
+    if w32.shape[1] < 2 or recombine[0].any():
+        return None
+    used = np.flatnonzero((w32[:, 1:] != 0).any(axis=1))
+    if used.size == 0:
+        return None
+    lo, hi = int(used[0]), int(used[-1]) + 1
+    return (lo, hi) if hi - lo <= (1 - _BAND_SAVES) * w32.shape[0] else None
 
 
 def _digit_columns(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
