@@ -11,9 +11,10 @@ or with ``--merlin-format raw`` bit-packed (8 KiB a frame), same reducers, the a
 default for a 1-bit stream, blosc_lz4_bitshuffle; DECTRIS 96x96 uint16, bitshuffle-LZ4 (``bs16-lz4<``) as ARINA
 sends it, the same reducers and, as issue #14 names it, the electrons as entropy-coded events (``--events E.h5
 --event-format entropy``: the frames are counts already, so nothing is thresholded; the file is ``stempress count
---format entropy``'s) instead of an archive; ``--codec`` names the archive's codec of the Merlin modes) the rate
-starts at ``--start`` frames/s and grows by
-``--factor`` until a step fails. A step runs ``serve`` (in a process of its own, replaying a
+--format entropy``'s, its model fitted on the whole scan, so the events are coded once the scan has ended and that
+work counts in the results' lag below) instead of an archive; ``--codec`` names the archive's codec of the Merlin
+modes) the rate starts at ``--start`` frames/s and grows by ``--factor`` until a step fails. A step runs ``serve``
+(in a process of its own, replaying a
 few Poisson frames over a scan of ``rate * hold`` positions, so the sender reads nothing from disk) and the real
 ``stempress live`` command (a subprocess) for ``--hold`` seconds. A step passes when the receiver reports 0 frames
 missing AND the sender kept its schedule (sent everything within ``TOLERANCE`` of ``frames / rate``): over TCP
