@@ -57,10 +57,7 @@ def test_bench_on_the_smoke_suite_writes_tidy_results(tmp_path):
     assert not list(out.glob(".stempress-bench-*"))
     html = out / "report" / "report.html"
     assert html.exists() and "data:image/png;base64" in html.read_text()
-    html.unlink()
-    rebuilt = stempress("report", str(out))
-    assert rebuilt.returncode == 0, rebuilt.stderr
-    assert html.exists()
+    # `stempress report` rebuilding a deleted report.html: test_bench_reads_a_real_file_... below
 
 
 def test_bench_where_nothing_succeeds_prints_the_reasons_and_one_error_line(tmp_path):
@@ -78,13 +75,29 @@ def test_report_on_a_folder_without_results(tmp_path):
     assert_one_line_error(stempress("report", str(tmp_path)), "results.csv")
 
 
-def test_bench_reads_a_real_file_and_refuses_to_overwrite_results(tmp_path):
+def test_bench_reads_a_real_file_refuses_a_second_writer_and_to_overwrite_results(tmp_path):
+    """One benchmark of a real file, its report rebuilt by ``stempress report``; a second benchmark of the same
+    folder started meanwhile is refused (the folder is locked), one started after it ends needs --force."""
     emd = real_file("smoke_test.emd")
     out = tmp_path / "res"
     args = ("bench", str(emd), "--runs", "1", "--methods", "gzip_6", "--chunks", "balanced", "--out", str(out))
-    assert stempress(*args).returncode == 0
+    first = subprocess.Popen([sys.executable, "-m", "stempress", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = stempress(*args)  # the first still measures or draws its report (seconds)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert_one_line_error(second, "being written by another stempress command")
     frame = pd.read_csv(out / "results.csv")
     assert frame.loc[0, "dataset"] == "smoke_test" and frame.loc[0, "shape"] == "(4, 4, 16, 16)"
+    assert set(frame["codec"]) == {"gzip_6"} and set(frame["status"]) == {"ok"}
+    html = out / "report" / "report.html"
+    html.unlink()
+    rebuilt = stempress("report", str(out))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert html.exists() and "data:image/png;base64" in html.read_text()
     assert_one_line_error(stempress(*args), "--force")
     assert stempress(*args, "--force").returncode == 0
 
@@ -352,21 +365,3 @@ def test_an_interrupted_bench_leaves_no_empty_results_folder(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted: stempress bench stopped by SIGINT; no output was written" in err, err
     assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
-
-
-def test_two_benchmarks_cannot_write_one_results_folder_at_once(tmp_path):
-    out = tmp_path / "res"
-    first = subprocess.Popen([sys.executable, "-m", "stempress", "bench", "--suite", "smoke", "--runs", "1",
-                              "--methods", "gzip_1", "--out", str(out)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not out.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    second = stempress("bench", "--suite", "smoke", "--runs", "1", "--methods", "gzip_1", "--out", str(out))
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
-    if second.returncode == 0:
-        pytest.skip("the first benchmark finished before the second started")
-    assert_one_line_error(second, "being written by another stempress command")
-    frame = pd.read_csv(out / "results.csv")
-    assert set(frame["codec"]) == {"gzip_1"} and set(frame["status"]) == {"ok"}

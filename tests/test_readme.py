@@ -201,3 +201,6 @@ def test_readme_command_runs(runs, index):
     assert "Traceback" not in done.stderr
     for name in outputs(run.args):
         assert (run.work / name).exists(), f"README line {line}: {name} was not written"
+    if run.args[0] == "report":  # writes RESULTS/report/report.html (the workspace's results hold none)
+        html = run.work / run.args[1] / "report" / "report.html"
+        assert "data:image/png;base64" in html.read_text(), f"README line {line}: {html} has no figure"

@@ -166,9 +166,8 @@ def test_single_dataset_skips_the_fit_and_says_why(smoke_results, tmp_path):
     assert list(best["dataset"]) == ["4D_Diff"]
 
 
-def test_missing_inventory_skips_table1_and_figure3_and_removes_stale_files(smoke_results, tmp_path):
-    folder = copy_results(smoke_results, tmp_path / "old")
-    build_report(folder)
+def test_missing_inventory_skips_table1_and_figure3_and_removes_stale_files(built, tmp_path):
+    folder = shutil.copytree(built.parent.parent, tmp_path / "old")  # results with a full report built
     assert (folder / "report" / FIGURES_DIR / "fig3_sparsity.png").exists()
     (folder / INVENTORY_CSV).unlink()
     html = build_report(folder).read_text()
