@@ -365,3 +365,35 @@ def test_an_interrupted_bench_leaves_no_empty_results_folder(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted: stempress bench stopped by SIGINT; no output was written" in err, err
     assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
+def test_a_stop_whose_raise_python_dropped_is_raised_at_the_next_progress_report_in_the_main_thread(monkeypatch):
+    """Python drops an exception a signal handler raises inside a finalizer: the command would run on as if never
+    stopped, with an "Exception ignored" traceback. The next progress report raises it again, once, and only in the
+    main thread (workers report progress too); only that dropped stop is kept off the unraisable hook."""
+    import threading
+
+    from stempress import cli
+
+    class StoppedInFinalizer:
+        def __del__(self) -> None:
+            cli._interrupt(signal.SIGINT, None)
+
+    class BrokenFinalizer:
+        def __del__(self) -> None:
+            raise ValueError("a real bug")
+
+    reported: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_value))
+    reporter = cli.ProgressReporter("work")
+    with cli._handlers_restored({signal.SIGINT: signal.getsignal(signal.SIGINT)}):
+        StoppedInFinalizer()  # collected at once: its raise is dropped
+        BrokenFinalizer()
+        worker = threading.Thread(target=reporter, args=(1, 10))
+        worker.start()
+        worker.join()  # a worker's report does not raise
+        with pytest.raises(cli.Interrupted) as caught:
+            reporter(2, 10)
+        reporter(3, 10)  # raised once
+    assert caught.value.signum == signal.SIGINT
+    assert [type(e) for e in reported] == [ValueError]

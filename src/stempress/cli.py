@@ -70,6 +70,7 @@ class ProgressReporter:
                 f"{workers} workers")
 
     def __call__(self, done: float, total: float | None = None, last: str = "") -> None:
+        stop_if_interrupted()
         with self._lock:
             if not last and self._rates is not None:
                 last = self._rate_text(done)
@@ -948,9 +949,25 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+#: The Ctrl-C or SIGTERM received and not yet raised again by ``stop_if_interrupted``. Python drops an exception
+#: raised by a signal handler while it runs a finalizer or a weakref callback ("Exception ignored"): the command
+#: would then run to its end as if never stopped, so the next progress report raises it again.
+_pending_signal: int | None = None
+
+
 def _interrupt(signum: int, _frame: object) -> None:
+    global _pending_signal
+    _pending_signal = signum
     signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
     raise Interrupted(signum)
+
+
+def stop_if_interrupted() -> None:
+    """Raise, in the main thread, a stop signal whose first raise may have been lost (once per signal)."""
+    global _pending_signal
+    if _pending_signal is not None and threading.current_thread() is threading.main_thread():
+        signum, _pending_signal = _pending_signal, None
+        raise Interrupted(signum)
 
 
 class _Notes(logging.Handler):
@@ -1018,11 +1035,14 @@ def main() -> None:
     notes.addHandler(_Notes())
     notes.setLevel(logging.INFO)
     notes.propagate = False
+    global _pending_signal
+    _pending_signal = None
     before = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     command = " ".join(filter(None, ("stempress", _command(sys.argv[1:]))))
     with watch_outputs() as journal, _handlers_restored(before):
         try:
             app()
+            stop_if_interrupted()  # a stop whose raise was lost after the last progress report: still said
         except StempressError as exc:
             kept = f"; {_outputs_said(journal, removed=False)}" if any(p.exists() for p in journal.written) else ""
             _fail(f"{_escape(str(exc))}{_escape(kept)}")
@@ -1040,12 +1060,22 @@ def main() -> None:
 @contextmanager
 def _handlers_restored(before: dict[int, Any]) -> Iterator[None]:
     """Put the signal handlers back when ``main`` returns, so a host that calls it (a test, a notebook) keeps its
-    own Ctrl-C and SIGTERM."""
+    own Ctrl-C and SIGTERM. Meanwhile a stop raised where Python drops it (a finalizer) prints no "Exception
+    ignored" traceback: ``stop_if_interrupted`` raises it again."""
+    hook = sys.unraisablehook
+
+    def quiet_lost_stop(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet_lost_stop
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
 
 
 def _os_error_line(exc: OSError, write_errnos: set[int], os_error_message) -> str:
