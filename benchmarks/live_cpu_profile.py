@@ -76,7 +76,7 @@ def _sender(mode: str, n_frames: int, ports: Any, raw: bool = False) -> None:
     server.close()
 
 
-def _faults() -> int:
+def page_faults() -> int:
     """This process's page faults so far (minor and major)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_minflt + usage.ru_majflt
@@ -183,7 +183,7 @@ class Warmup:
     def __call__(self, done: int, total: int) -> None:
         if not self.frames and self.bytes and done >= self.bytes:
             self.stages, self.cpu, self.frames = dict(STAGES), time.process_time(), done // self.frame_bytes
-            self.faults = _faults()
+            self.faults = page_faults()
 
 
 def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
@@ -213,7 +213,7 @@ def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
         report = receive(source, reduce=SUM_COM if sum_com else TARGETS, reduced=Path(tmp) / "r.h5",
                          calibration=calibration, workers=1, progress=warm, **extra)
         cpu = time.process_time() - warm.cpu
-        FAULTS[mode] = (_faults() - warm.faults) / (n - warm.frames)
+        FAULTS[mode] = (page_faults() - warm.faults) / max(1, n - warm.frames)
     sender.join(30)
     if source.account.received != n:
         raise SystemExit(f"{mode}: received {source.account.received} of {n} frames ({source.account.ended})")
@@ -246,6 +246,24 @@ def codec_table(modes: list[str], names: list[str]) -> None:
                 best = min(best, (time.process_time() - t0) / 3)
             per_frame = best * (DET // 128) ** 2 / 256  # a frame is spread over 4 chunks of 256 frames each
             print(f"  {name:<26} {1e6 * per_frame:8.1f} us/frame   ratio {chunk.nbytes / len(stored):6.2f}")
+
+
+def print_stages(results: dict[str, tuple[dict[str, float], float, int]], modes: list[str], names: list[str],
+                 faults: dict[str, float]) -> None:
+    """The table of ``profile`` results (stage CPU seconds, process CPU seconds, frames) per frame: each stage, the
+    untimed rest (names starting with a space are parts of the stage above, not summed again), the process total,
+    page faults and the frames/s one core takes at that cost."""
+    def row(label: str, values: Any, fmt: str = ">10.1f") -> None:
+        print(f"  {label:<36}" + "".join(f"{v:{fmt}}" for v in values))
+
+    row("stage", modes, ">10")
+    for name in names:
+        row(name, (1e6 * results[m][0].get(name, 0.0) / results[m][2] for m in modes))
+    staged = {m: sum(v for k, v in r[0].items() if not k.startswith(" ")) for m, r in results.items()}
+    row("other (untimed)", (1e6 * (results[m][1] - staged[m]) / results[m][2] for m in modes))
+    row("process total", (1e6 * results[m][1] / results[m][2] for m in modes))
+    row("page faults per frame", (faults[m] for m in modes), ">10.2f")
+    row("frames/s per core at that cost", (results[m][2] / results[m][1] for m in modes), ">10,.0f")
 
 
 def main() -> None:
@@ -281,18 +299,7 @@ def main() -> None:
           f"{'mean pattern + CoM' if args.sum_com else 'default reducers + archive'}, one worker:")
     for mode in modes:
         print(f"  {mode} archive: {CODECS[mode]}")
-    print(f"  {'stage':<36}" + "".join(f"{m:>10}" for m in modes))
-    for name in names:
-        print(f"  {name:<36}" + "".join(f"{1e6 * results[m][0].get(name, 0.0) / results[m][2]:>10.1f}"
-                                        for m in modes))
-    staged = {m: sum(r[0].values()) for m, r in results.items()}
-    print(f"  {'other (untimed)':<36}" + "".join(f"{1e6 * (results[m][1] - staged[m]) / results[m][2]:>10.1f}"
-                                               for m in modes))
-    print(f"  {'process total':<36}" + "".join(f"{1e6 * results[m][1] / results[m][2]:>10.1f}" for m in modes))
-    print(f"  {'page faults per frame':<36}" + "".join(f"{FAULTS[m]:>10.1f}" for m in modes))
-    print(f"  {'frames/s per core at that cost':<36}" + "".join(f"{results[m][2] / results[m][1]:>10,.0f}"
-                                                               for m in modes))
-
+    print_stages(results, modes, names, FAULTS)
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_cpu_profile import STAGES, Warmup, timed, timed_iter  # noqa: F401 - timed_iter for stages to come
+from live_cpu_profile import STAGES, Warmup, page_faults, print_stages, timed, timed_iter  # noqa: F401 - timed_iter for stages to come
 from live_throughput import MODES, SCAN_X, SUM_COM, TARGETS, RepeatedFrames, base_frames
 
 ENCODING = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
@@ -74,26 +74,6 @@ def _sender(protocol: str, n_frames: int, ports: Any) -> None:
         sock.send(dectris2.end_message(1, "u"))
     sock.close(linger=120_000)
     ctx.term()
-
-
-class FaultsWarmup(Warmup):
-    """``Warmup`` that also takes the process's minor page faults (fresh memory touched) when the warm-up ends."""
-
-    def __init__(self, rows: int, frame_bytes: int) -> None:
-        super().__init__(rows, frame_bytes)
-        self.faults = _minor_faults()
-
-    def __call__(self, done: int, total: int) -> None:
-        before = self.frames
-        super().__call__(done, total)
-        if self.frames and not before:
-            self.faults = _minor_faults()
-
-
-def _minor_faults() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 FAULTS: dict[str, float] = {}
@@ -176,14 +156,14 @@ def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[d
     STAGES.clear()
     with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
         source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)
-        warm = FaultsWarmup(warmup_rows, source.frame_bytes)
+        warm = Warmup(warmup_rows, source.frame_bytes)
         calibration = given_calibration(source, centre=(m.centre, m.centre), bf_radius=m.disk)
         targets = SUM_COM if outputs == "sum-com" else TARGETS
         events = {"events": Path(tmp) / "e.h5", "event_format": "entropy"} if outputs == "events" else {}
         receive(source, reduce=targets, reduced=Path(tmp) / "r.h5", calibration=calibration, workers=1,
                 progress=warm, **events)
         cpu = time.process_time() - warm.cpu
-        FAULTS[protocol] = (_minor_faults() - warm.faults) / max(1, n - warm.frames)
+        FAULTS[protocol] = (page_faults() - warm.faults) / max(1, n - warm.frames)
     sender.join(60)
     if source.account.received != n:
         raise SystemExit(f"{protocol}: received {source.account.received} of {n} frames ({source.account.ended})")
@@ -249,18 +229,7 @@ def main() -> None:
     names = sorted(dict.fromkeys(k for stages, _, _ in results.values() for k in stages), key=ORDER.index)
     print(f"CPU microseconds per frame, DECTRIS 96x96 uint16, {args.rows}x{SCAN_X} scan after {args.warmup_rows} "
           f"warm-up rows, {args.outputs} outputs, one worker:")
-    print(f"  {'stage':<36}" + "".join(f"{m:>10}" for m in modes))
-    for name in names:
-        print(f"  {name:<36}" + "".join(f"{1e6 * results[m][0].get(name, 0.0) / results[m][2]:>10.1f}"
-                                        for m in modes))
-    staged = {m: sum(v for k, v in r[0].items() if not k.startswith(" ")) for m, r in results.items()}
-    print(f"  {'other (untimed)':<36}" + "".join(f"{1e6 * (results[m][1] - staged[m]) / results[m][2]:>10.1f}"
-                                               for m in modes))
-    print(f"  {'process total':<36}" + "".join(f"{1e6 * results[m][1] / results[m][2]:>10.1f}" for m in modes))
-    print(f"  {'page faults per frame':<36}" + "".join(f"{FAULTS[m]:>10.2f}" for m in modes))
-    print(f"  {'frames/s per core at that cost':<36}" + "".join(f"{results[m][2] / results[m][1]:>10,.0f}"
-                                                               for m in modes))
-
+    print_stages(results, modes, names, FAULTS)
 
 if __name__ == "__main__":
     main()
