@@ -76,6 +76,15 @@ def _sender(mode: str, n_frames: int, ports: Any, raw: bool = False) -> None:
     server.close()
 
 
+def spawn_sender(target: Any, *args: Any, **kwargs: Any) -> tuple[Any, int]:
+    """``target(*args, ports, **kwargs)`` in a fresh process (its CPU is not this one's), and the port it listens on."""
+    ctx = mp.get_context("spawn")
+    ports = ctx.Queue()
+    sender = ctx.Process(target=target, args=(*args, ports), kwargs=kwargs, daemon=True)
+    sender.start()
+    return sender, ports.get(timeout=120)
+
+
 def page_faults() -> int:
     """This process's page faults so far (minor and major)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -196,11 +205,7 @@ def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
     from stempress.store.reducing import given_calibration
 
     n = (rows + warmup_rows) * SCAN_X
-    ctx = mp.get_context("spawn")
-    ports = ctx.Queue()
-    sender = ctx.Process(target=_sender, args=(mode, n, ports, raw), daemon=True)
-    sender.start()
-    port = ports.get(timeout=120)
+    sender, port = spawn_sender(_sender, mode, n, raw=raw)
     STAGES.clear()
     with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
         source = open_live(f"merlin://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)

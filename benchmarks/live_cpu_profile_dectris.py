@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_cpu_profile import STAGES, Warmup, page_faults, print_stages, timed, timed_iter  # noqa: F401 - timed_iter for stages to come
+from live_cpu_profile import STAGES, Warmup, page_faults, print_stages, spawn_sender, timed, timed_iter  # noqa: F401 - timed_iter for stages to come
 from live_throughput import MODES, SCAN_X, SUM_COM, TARGETS, RepeatedFrames, base_frames
 
 ENCODING = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
@@ -148,11 +148,7 @@ def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[d
 
     m = MODES["dectris"]
     n = (rows + warmup_rows) * SCAN_X
-    ctx = mp.get_context("spawn")
-    ports = ctx.Queue()
-    sender = ctx.Process(target=_sender, args=(protocol, n, ports), daemon=True)
-    sender.start()
-    port = ports.get(timeout=120)
+    sender, port = spawn_sender(_sender, protocol, n)
     STAGES.clear()
     with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
         source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)
