@@ -42,8 +42,11 @@ def reference(message: dict, channel: str, scratch: Path) -> np.ndarray:
 
 
 def messages(folder: Path) -> list[bytes]:
-    """The recording's messages in order, a start made from the first image when the recording has none."""
+    """The recording's messages in order, a start made from the first image when the recording has none; none when
+    it holds no image."""
     out = [p.read_bytes() for p in sorted(folder.glob("*.cbor")) if p.stat().st_size]
+    if not any(dectris2.loads(m)["type"] == "image" for m in out):
+        return []
     if dectris2.loads(out[0])["type"] != "start":
         first = dectris2.loads(out[0])
         array = next(iter(first["data"].values()))
@@ -79,6 +82,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for folder in args.folders:
             stream = messages(folder)
+            if not stream:
+                failed += 1
+                print(f"FAIL {folder.name}: no image messages in {folder} (a partial copy of the recording?)")
+                continue
             images = [m for m in map(dectris2.loads, stream) if m["type"] == "image"]
             for channel in images[0]["data"]:
                 got, live = receive(stream, channel, len(images))
