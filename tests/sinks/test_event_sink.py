@@ -11,11 +11,13 @@ import numpy as np
 
 from stempress.data.base import ArraySource, Block
 from stempress.data.entropy import EntropyCodedSource
+from stempress.data.entropy_file import open_entropy
 from stempress.data.events import events_from_block
 from stempress.data.stream import BlockStream
 from stempress.engine import run
 from stempress.events.counting import CountTally
 from stempress.events.entropy_file import write_entropy_events
+from stempress.exec.local import ThreadExecutor
 from stempress.sinks.events import EventSink
 
 
@@ -55,3 +57,39 @@ def test_the_tally_of_events_is_the_tally_of_their_counts() -> None:
         sparse.add_events(events_from_block(Block(r, cube[r:r + 1])))
     assert (sparse.n_events, sparse.n_electrons, sparse.max_count) == (dense.n_events, dense.n_electrons, 900)
     assert sparse.pattern.dtype == np.uint64 and np.array_equal(sparse.pattern, dense.pattern)
+
+
+def test_a_live_stream_is_coded_as_it_comes_with_a_model_of_its_first_rows(tmp_path: Path) -> None:
+    # the receiver's accounting in the metadata marks a live stream: chunks (3 rows) are coded on the run's threads
+    # as their rows come, under a model of the first 8 rows; the events are exactly the counts all the same, and
+    # counts the first rows never saw (a pixel dark there, a value beyond any table) escape, not fail
+    rng = np.random.default_rng(5)
+    cube = rng.poisson(np.where(np.arange(20)[:, None, None, None] < 8, 0.3, 1.5), (20, 6, 4, 4)).astype(np.uint16)
+    cube[:8, :, 0, 0] = 0
+    cube[15, 2, 0, 0] = 60000
+    valid = np.ones((20, 6), bool)
+    valid[9, 1] = False
+    sink = EventSink(tmp_path / "live.h5", fmt="entropy", chunk_rows=3)
+    submitted = []
+
+    def blocks():  # what the sink had handed to the coder before each block
+        for r in range(0, 20, 2):
+            submitted.append(sink._stream.submitted_rows if r else 0)
+            yield Block(r, cube[r:r + 2], valid[r:r + 2])
+
+    stream = BlockStream(blocks(), cube.shape, cube.dtype, metadata={"frames": {"received": 119}})
+    with ThreadExecutor(2) as pool:
+        report, = run(stream, [sink], executor=pool)
+    assert submitted == [0, 0, 0, 0, 6, 9, 12, 12, 15, 18]  # none before the 8 rows of the fit, then as they come
+    counts = cube.copy()
+    counts[9, 1] = 0
+    with open_entropy(tmp_path / "live.h5") as coded:
+        assert np.array_equal(coded.read_rows(0, 20), counts)
+        assert coded.metadata["provenance"]["entropy_model"]["name"] == "prefix"
+        assert coded.metadata["provenance"]["entropy_model"]["fitted_rows"] == 8
+        assert coded.metadata["provenance"]["frames"]["missing_positions"] == [9 * 6 + 1]
+    with h5py.File(tmp_path / "live.h5", "r") as f:
+        assert f["chunks/index"][:, 0].tolist() == [0, 3, 6, 9, 12, 15, 18, 20]
+    assert report.n_electrons == int(counts.sum()) and report.n_events == np.count_nonzero(counts)
+    assert not list(tmp_path.glob("*partial*"))  # nothing staged, nothing left
+
