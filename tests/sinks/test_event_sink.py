@@ -4,6 +4,7 @@ from the blocks as they pass; and its tally, taken from the events, is the dense
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import h5py
@@ -93,3 +94,32 @@ def test_a_live_stream_is_coded_as_it_comes_with_a_model_of_its_first_rows(tmp_p
     assert report.n_electrons == int(counts.sum()) and report.n_events == np.count_nonzero(counts)
     assert not list(tmp_path.glob("*partial*"))  # nothing staged, nothing left
 
+
+
+def test_a_received_scan_holds_the_events_that_counting_its_frames_gives(tmp_path: Path) -> None:
+    # end to end: serve (DECTRIS) -> live receiver -> ingest's entropy events, coded during the scan under the
+    # first rows' model; the file decodes to the counts `count_to_file` writes (whole-scan model) from the frames
+    from stempress.events.counting import CountingParams
+    from stempress.ingest import ingest
+    from stempress.live import LiveSource
+    from stempress.live.serve import serve
+    from stempress.store.count import count_to_file
+    from stempress.store.verify import verify
+
+    cube = np.random.default_rng(6).poisson(40.0, (12, 5, 6, 4)).astype(np.uint16)
+    params = CountingParams(dark=0.0, gain=1.0, threshold=45.0)
+    ready, port, served = threading.Event(), [], {}
+    thread = threading.Thread(target=lambda: served.update(log=serve(
+        ArraySource(cube), "dectris", ready=lambda p: (port.append(p), ready.set()), timeout=10)), daemon=True)
+    thread.start()
+    assert ready.wait(30) and port
+    live = LiveSource(f"dectris://127.0.0.1:{port[0]}", cube.shape[:2], timeout=10)
+    ingest(live, events=tmp_path / "live.h5", event_format="entropy", counting=params)
+    thread.join(30)
+    count_to_file(ArraySource(cube), tmp_path / "count.h5", params, fmt="entropy")
+    with open_entropy(tmp_path / "live.h5") as received, open_entropy(tmp_path / "count.h5") as counted:
+        assert np.array_equal(received.read_rows(0, 12), counted.read_rows(0, 12))
+        assert received.read_rows(0, 12).any()
+        assert received.metadata["provenance"]["entropy_model"]["name"] == "prefix"
+        assert "entropy_model" not in counted.metadata["provenance"]
+        assert verify(tmp_path / "live.h5", against=counted).ok  # its CRCs, and the counts against the other file
