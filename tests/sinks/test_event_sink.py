@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from stempress.data.base import ArraySource, Block
 from stempress.data.entropy import EntropyCodedSource
@@ -16,6 +17,7 @@ from stempress.data.entropy_file import open_entropy
 from stempress.data.events import events_from_block
 from stempress.data.stream import BlockStream
 from stempress.engine import run
+from stempress.errors import StempressError
 from stempress.events.counting import CountTally
 from stempress.events.entropy_file import write_entropy_events
 from stempress.exec.local import ThreadExecutor
@@ -123,3 +125,17 @@ def test_a_received_scan_holds_the_events_that_counting_its_frames_gives(tmp_pat
         assert received.metadata["provenance"]["entropy_model"]["name"] == "prefix"
         assert "entropy_model" not in counted.metadata["provenance"]
         assert verify(tmp_path / "live.h5", against=counted).ok  # its CRCs, and the counts against the other file
+
+
+def test_a_live_stream_that_fails_after_its_first_chunks_leaves_no_file(tmp_path: Path) -> None:
+    cube = np.random.default_rng(7).poisson(0.5, (12, 3, 2, 2)).astype(np.uint16)
+
+    def blocks():
+        for r in range(10):  # chunks are coded by now: the file is open when the source fails
+            yield Block(r, cube[r:r + 1])
+        raise StempressError("the detector went away")
+
+    stream = BlockStream(blocks(), cube.shape, cube.dtype, metadata={"frames": {}})
+    with ThreadExecutor(2) as pool, pytest.raises(StempressError, match="went away"):
+        run(stream, [EventSink(tmp_path / "live.h5", fmt="entropy", chunk_rows=2)], executor=pool)
+    assert list(tmp_path.iterdir()) == []
