@@ -27,26 +27,33 @@ from stempress.data.entropy_model import PoissonModel, fit_model
 from stempress.data.entropy_parallel import ChunkExecutor
 from stempress.data.record import Record, write_h5_record
 
-#: Scan rows the streamed model is fitted on (fewer when the scan is shorter).
+#: Scan rows the streamed model is fitted on (fewer when the scan is shorter, or when they would hold more than
+#: ``FIT_BYTES`` of dense counts: they wait in memory for the model).
 FIT_ROWS = 8
+FIT_BYTES = 64 * 1024**2
 #: The record's name for the model a streamed file was coded with (``provenance.entropy_model``).
 PREFIX_MODEL = "prefix"
 #: Chunks in flight per worker (``exec.base.IN_FLIGHT_PER_WORKER``'s rule; ``events`` sits below ``exec``).
 IN_FLIGHT_PER_WORKER = 2
 
+
 class StreamedEntropy:
     """Codes dense counts given in scan-row order (``add``) into ``path`` (a temporary name: the caller renames
-    it), chunks of ``chunk_rows`` rows on ``executor`` (a remote one codes here: a model per task costs more than
-    it saves), in order; ``finish`` codes the rest and writes ``record``. ``provenance`` says which model."""
+    it), chunks of ``chunk_rows`` rows on ``executor``'s threads (a remote one's chunks are coded here: the model
+    would travel with every task), written in order; ``finish`` codes the rest and writes ``record``;
+    ``provenance`` says which model."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int, int], dtype: np.dtype, executor: ChunkExecutor,
                  fit_rows: int = FIT_ROWS, chunk_rows: int | None = None) -> None:
         self.path, self.shape, self.dtype = Path(path), tuple(int(v) for v in shape), np.dtype(dtype)
-        self.fit_rows = max(1, min(int(fit_rows), self.shape[0]))
+        row_bytes = self.shape[1] * self.shape[2] * self.shape[3] * self.dtype.itemsize
+        self.fit_rows = max(1, min(int(fit_rows), self.shape[0], FIT_BYTES // row_bytes))
         self.chunk_rows = chunk_rows or default_chunk_rows(self.shape, self.dtype)
         self.executor = executor
         self.frame = self.shape[2] * self.shape[3]
-        self._held: list[np.ndarray] = []  # rows not yet coded: (rows, scan_x, pixels)
+        # rows not yet coded, (rows, scan_x, pixels): views of the blocks, not copies (a live receiver reuses a
+        # buffer only once nothing refers to it)
+        self._held: list[np.ndarray] = []
         self._held_rows = 0
         self._next = 0  # the next scan row expected
         self._pending: deque[tuple[int, Future[Any]]] = deque()
