@@ -63,9 +63,9 @@ def test_the_tally_of_events_is_the_tally_of_their_counts() -> None:
 
 
 def test_a_live_stream_is_coded_as_it_comes_with_a_model_of_its_first_rows(tmp_path: Path) -> None:
-    # the receiver's accounting in the metadata marks a live stream: chunks (3 rows) are coded on the run's threads
-    # as their rows come, under a model of the first 8 rows; the events are exactly the counts all the same, and
-    # counts the first rows never saw (a pixel dark there, a value beyond any table) escape, not fail
+    # the receiver's accounting in the metadata marks a live stream: chunks (3 rows) are coded as their rows come,
+    # under a model of the first 8 rows; the events are exactly the counts all the same, and counts the first rows
+    # never saw (a pixel dark there, a value beyond any table) escape, not fail
     rng = np.random.default_rng(5)
     cube = rng.poisson(np.where(np.arange(20)[:, None, None, None] < 8, 0.3, 1.5), (20, 6, 4, 4)).astype(np.uint16)
     cube[:8, :, 0, 0] = 0
@@ -75,9 +75,9 @@ def test_a_live_stream_is_coded_as_it_comes_with_a_model_of_its_first_rows(tmp_p
     sink = EventSink(tmp_path / "live.h5", fmt="entropy", chunk_rows=3)
     submitted = []
 
-    def blocks():  # what the sink had handed to the coder before each block
+    def blocks():  # what the sink had coded before each block
         for r in range(0, 20, 2):
-            submitted.append(sink._stream.submitted_rows if r else 0)
+            submitted.append(sink._stream.coded_rows if r else 0)
             yield Block(r, cube[r:r + 2], valid[r:r + 2])
 
     stream = BlockStream(blocks(), cube.shape, cube.dtype, metadata={"frames": {"received": 119}})

@@ -17,8 +17,8 @@ byte.
 
 A live stream (the receiver's source: its metadata carries the ``frames`` accounting) is entropy-coded while it is
 received instead (``fit="prefix"``, ``events.entropy_stream``): the model is fitted on the first scan rows and
-each chunk is coded on the run's executor once its rows are in, so the end of the scan leaves one chunk to code
-rather than the whole scan (issue #14). Nothing is staged then; the events are the same, the file's
+each chunk is coded once its rows are in, so the end of the scan leaves one chunk to code rather than the whole
+scan (issue #14). Nothing is staged then; the events are the same, the file's
 ``provenance.entropy_model`` names the model. Files at rest keep the whole-scan model.
 """
 
@@ -132,7 +132,7 @@ class EventSink:
             if prefix:  # coded as the rows come: nothing to stage
                 from stempress.events.entropy_stream import StreamedEntropy
 
-                self._stream = StreamedEntropy(self._tmp[self.out], info.shape, self.counts.dtype, self.executor,
+                self._stream = StreamedEntropy(self._tmp[self.out], info.shape, self.counts.dtype,
                                                chunk_rows=self.chunk_rows)
                 self._stack = stack
                 return
