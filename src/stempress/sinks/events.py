@@ -37,7 +37,13 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output, discard, partial_folder, writing
 from stempress.data.base import Block
-from stempress.data.events import EventBlock, check_counts_dtype, dense_from_events, events_from_block
+from stempress.data.events import (
+    EventBlock,
+    check_counts_dtype,
+    dense_from_events,
+    events_from_block,
+    refuse_non_counts,
+)
 from stempress.data.raw_csr import RawCsrSource
 from stempress.data.stempy import METADATA as STEMPY_METADATA
 from stempress.errors import StempressError
@@ -149,13 +155,15 @@ class EventSink:
                 self.received = np.ones(self.source.shape[:2], bool)
             self.received[block.start:block.stop] = block.valid
         # a missing frame's fill value is never counted
-        events, top, counts = counted_events(block.without_missing(), self.params, self.source.name,
-                                             self.counts.name, self.tally, self._count)
-        if self._stream is not None:
+        if self._stream is not None:  # coded from the dense counts: no events to extract
+            counts, top = dense_counts(block.without_missing(), self.params, self.source.name, self._count)
+            self.tally.add(counts)
             self._top(top)
             with writing(self.out):
                 self._stream.add(block.start, counts)
             return
+        events, top, counts = counted_events(block.without_missing(), self.params, self.source.name,
+                                             self.counts.name, self.tally, self._count)
         if self._fit is not None:
             self._fit.sample(block.start * self.source.shape[1], counts)
         self._append([events], top)
@@ -311,16 +319,26 @@ class CountedRows:
         return self
 
 
+def dense_counts(block: Block, params: CountingParams | None, source: str,
+                 count: Any) -> tuple[np.ndarray, float | None]:
+    """A block's counts (its frames counted with ``count`` first when ``params`` are given; else the block's
+    data, refused unless non-negative integers) and the largest input value (for the warnings), None when the
+    frames were counts already."""
+    data = np.asarray(block.data)
+    if params is None:
+        refuse_non_counts(data, block.start, source)
+        return data, None
+    check_frames(data, f"{source} rows [{block.start}, {block.stop})")
+    top = float(data.max()) if data.size else None
+    return count(data), top
+
+
 def counted_events(block: Block, params: CountingParams | None, source: str, counts: str, tally: CountTally,
                    count: Any) -> tuple[EventBlock, float | None, np.ndarray]:
     """One block's events (its frames counted with ``count`` first when ``params`` are given), added to ``tally``;
     the largest input value (for the warnings), None when the frames were counts already; and the dense counts."""
-    data = np.asarray(block.data)
-    top = None
-    if params is not None:
-        check_frames(data, f"{source} rows [{block.start}, {block.stop})")
-        top = float(data.max()) if data.size else None
-        data = count(data)
+    # counts as they are: events_from_block refuses non-counts as it goes
+    data, top = (np.asarray(block.data), None) if params is None else dense_counts(block, params, source, count)
     events = events_from_block(Block(block.start, data), where=counts)
     tally.add_events(events)
     return events, top, data
