@@ -4,18 +4,23 @@ from the blocks as they pass; and its tally, taken from the events, is the dense
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from stempress.data.base import ArraySource, Block
 from stempress.data.entropy import EntropyCodedSource
+from stempress.data.entropy_file import open_entropy
 from stempress.data.events import events_from_block
 from stempress.data.stream import BlockStream
 from stempress.engine import run
+from stempress.errors import StempressError
 from stempress.events.counting import CountTally
 from stempress.events.entropy_file import write_entropy_events
+from stempress.exec.local import ThreadExecutor
 from stempress.sinks.events import EventSink
 
 
@@ -55,3 +60,82 @@ def test_the_tally_of_events_is_the_tally_of_their_counts() -> None:
         sparse.add_events(events_from_block(Block(r, cube[r:r + 1])))
     assert (sparse.n_events, sparse.n_electrons, sparse.max_count) == (dense.n_events, dense.n_electrons, 900)
     assert sparse.pattern.dtype == np.uint64 and np.array_equal(sparse.pattern, dense.pattern)
+
+
+def test_a_live_stream_is_coded_as_it_comes_with_a_model_of_its_first_rows(tmp_path: Path) -> None:
+    # the receiver's accounting in the metadata marks a live stream: chunks (3 rows) are coded as their rows come,
+    # under a model of the first 8 rows; the events are exactly the counts all the same, and counts the first rows
+    # never saw (a pixel dark there, a value beyond any table) escape, not fail
+    rng = np.random.default_rng(5)
+    cube = rng.poisson(np.where(np.arange(20)[:, None, None, None] < 8, 0.3, 1.5), (20, 6, 4, 4)).astype(np.uint16)
+    cube[:8, :, 0, 0] = 0
+    cube[15, 2, 0, 0] = 60000
+    valid = np.ones((20, 6), bool)
+    valid[9, 1] = False
+    sink = EventSink(tmp_path / "live.h5", fmt="entropy", chunk_rows=3)
+    submitted = []
+
+    def blocks():  # what the sink had coded before each block
+        for r in range(0, 20, 2):
+            submitted.append(sink._stream.coded_rows if r else 0)
+            yield Block(r, cube[r:r + 2], valid[r:r + 2])
+
+    stream = BlockStream(blocks(), cube.shape, cube.dtype, metadata={"frames": {"received": 119}})
+    with ThreadExecutor(2) as pool:
+        report, = run(stream, [sink], executor=pool)
+    assert submitted == [0, 0, 0, 0, 6, 9, 12, 12, 15, 18]  # none before the 8 rows of the fit, then as they come
+    counts = cube.copy()
+    counts[9, 1] = 0
+    with open_entropy(tmp_path / "live.h5") as coded:
+        assert np.array_equal(coded.read_rows(0, 20), counts)
+        assert coded.metadata["provenance"]["entropy_model"]["name"] == "prefix"
+        assert coded.metadata["provenance"]["entropy_model"]["fitted_rows"] == 8
+        assert coded.metadata["provenance"]["frames"]["missing_positions"] == [9 * 6 + 1]
+    with h5py.File(tmp_path / "live.h5", "r") as f:
+        assert f["chunks/index"][:, 0].tolist() == [0, 3, 6, 9, 12, 15, 18, 20]
+    assert report.n_electrons == int(counts.sum()) and report.n_events == np.count_nonzero(counts)
+    assert not list(tmp_path.glob("*partial*"))  # nothing staged, nothing left
+
+
+
+def test_a_received_scan_holds_the_events_that_counting_its_frames_gives(tmp_path: Path) -> None:
+    # end to end: serve (DECTRIS) -> live receiver -> ingest's entropy events, coded during the scan under the
+    # first rows' model; the file decodes to the counts `count_to_file` writes (whole-scan model) from the frames
+    from stempress.events.counting import CountingParams
+    from stempress.ingest import ingest
+    from stempress.live import LiveSource
+    from stempress.live.serve import serve
+    from stempress.store.count import count_to_file
+    from stempress.store.verify import verify
+
+    cube = np.random.default_rng(6).poisson(40.0, (12, 5, 6, 4)).astype(np.uint16)
+    params = CountingParams(dark=0.0, gain=1.0, threshold=45.0)
+    ready, port, served = threading.Event(), [], {}
+    thread = threading.Thread(target=lambda: served.update(log=serve(
+        ArraySource(cube), "dectris", ready=lambda p: (port.append(p), ready.set()), timeout=10)), daemon=True)
+    thread.start()
+    assert ready.wait(30) and port
+    live = LiveSource(f"dectris://127.0.0.1:{port[0]}", cube.shape[:2], timeout=10)
+    ingest(live, events=tmp_path / "live.h5", event_format="entropy", counting=params)
+    thread.join(30)
+    count_to_file(ArraySource(cube), tmp_path / "count.h5", params, fmt="entropy")
+    with open_entropy(tmp_path / "live.h5") as received, open_entropy(tmp_path / "count.h5") as counted:
+        assert np.array_equal(received.read_rows(0, 12), counted.read_rows(0, 12))
+        assert received.read_rows(0, 12).any()
+        assert received.metadata["provenance"]["entropy_model"]["name"] == "prefix"
+        assert "entropy_model" not in counted.metadata["provenance"]
+        assert verify(tmp_path / "live.h5", against=counted).ok  # its CRCs, and the counts against the other file
+
+
+def test_a_live_stream_that_fails_after_its_first_chunks_leaves_no_file(tmp_path: Path) -> None:
+    cube = np.random.default_rng(7).poisson(0.5, (12, 3, 2, 2)).astype(np.uint16)
+
+    def blocks():
+        for r in range(10):  # chunks are coded by now: the file is open when the source fails
+            yield Block(r, cube[r:r + 1])
+        raise StempressError("the detector went away")
+
+    stream = BlockStream(blocks(), cube.shape, cube.dtype, metadata={"frames": {}})
+    with ThreadExecutor(2) as pool, pytest.raises(StempressError, match="went away"):
+        run(stream, [EventSink(tmp_path / "live.h5", fmt="entropy", chunk_rows=2)], executor=pool)
+    assert list(tmp_path.iterdir()) == []

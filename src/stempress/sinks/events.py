@@ -14,6 +14,12 @@ Entropy-coded: the model's first pass (the mean pattern: the tally's; the sample
 once to group the positions (as events, no dense frames) and once to code them (densified), straight from the
 staged maps (``StagedCounts``). The file is the one ``write_entropy_events`` writes from the same counts, byte for
 byte.
+
+A live stream (the receiver's source: its metadata carries the ``frames`` accounting) is entropy-coded while it is
+received instead (``fit="prefix"``, ``events.entropy_stream``): the model is fitted on the first scan rows and
+each chunk is coded once its rows are in, so the end of the scan leaves one chunk to code rather than the whole
+scan (issue #14). Nothing is staged then; the events are the same, the file's
+``provenance.entropy_model`` names the model. Files at rest keep the whole-scan model.
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output, discard, partial_folder, writing
 from stempress.data.base import Block
-from stempress.data.events import EventBlock, check_counts_dtype, dense_from_events, events_from_block
+from stempress.data.events import (
+    EventBlock,
+    check_counts_dtype,
+    dense_from_events,
+    events_from_block,
+    refuse_non_counts,
+)
 from stempress.data.raw_csr import RawCsrSource
 from stempress.data.stempy import METADATA as STEMPY_METADATA
 from stempress.errors import StempressError
@@ -68,6 +80,9 @@ class EventSink:
     ``events.counting.event_format`` says), counting them first with ``params`` when given.
 
     ``rows``: scan rows per block of the stempy conversion; ``inputs``: stored in the counting record as given.
+    ``fit`` (entropy): ``"scan"``, the model of the whole scan, coded at ``finish``; ``"prefix"``, the model of the
+    first scan rows, chunks (``chunk_rows`` rows, default the codec's) coded as their rows come; None: prefix for
+    a live stream, else scan.
     ``finish`` returns a ``CountReport``. One file, written in row order: on threads it consumes every block; on a
     remote executor it merges ``CountedRows`` partitions (counted where they are read) in row order.
     """
@@ -76,16 +91,21 @@ class EventSink:
 
     def __init__(self, out: str | Path, params: CountingParams | None = None, *, fmt: str | None = None,
                  force: bool = False, rows: int | None = None, inputs: Mapping[str, str] | None = None,
-                 name: str = "events") -> None:
+                 name: str = "events", fit: str | None = None, chunk_rows: int | None = None) -> None:
         self.out, self.params, self.force, self.rows, self.name = Path(out), params, force, rows, name
         self.fmt = event_format(self.out, fmt)
         self.inputs = dict(inputs) if inputs else None
+        if fit not in (None, "scan", "prefix"):
+            raise ValueError(f"fit must be 'scan' (model from the whole scan), 'prefix' (from its first rows, coded "
+                             f"as the rows come) or None (prefix for a live stream), got {fit!r}")
+        self.fit, self.chunk_rows = fit, chunk_rows
         self.targets = [self.out, *raw_csr_files(self.out).values()] if self.fmt == "raw_csr" else [self.out]
         for path in self.targets:
             check_new_output(path, force)  # before the pass, not after it
         self._stack: contextlib.ExitStack | None = None
         self._writer: RawCsrWriter | None = None
         self._fit: Any = None  # events.entropy_file.ModelFit, for the entropy format
+        self._stream: Any = None  # events.entropy_stream.StreamedEntropy, for the entropy format of a stream
 
     def open(self, info: RunInfo) -> None:
         """Check the references against the detector and the dtype, then claim the outputs and the staging."""
@@ -102,7 +122,9 @@ class EventSink:
             self.counts = self.source
         self.executor: Executor = info.executor or InlineExecutor()
         self.tally = CountTally(info.shape[2:])
-        if self.fmt == "entropy":
+        live = "frames" in info.metadata  # the live receiver's accounting: a stream being received
+        prefix = self.fmt == "entropy" and (self.fit == "prefix" or (self.fit is None and live))
+        if self.fmt == "entropy" and not prefix:
             from stempress.events.entropy_file import ModelFit  # the codec loads only when used
 
             self._fit = ModelFit(info.shape)
@@ -113,6 +135,13 @@ class EventSink:
         try:
             self._tmp = {path: stack.enter_context(atomic_output(path, force=self.force))
                          for path in self.targets}
+            if prefix:  # coded as the rows come: nothing to stage
+                from stempress.events.entropy_stream import StreamedEntropy
+
+                self._stream = StreamedEntropy(self._tmp[self.out], info.shape, self.counts.dtype,
+                                               chunk_rows=self.chunk_rows)
+                self._stack = stack
+                return
             staging = stack.enter_context(partial_folder(self.out))  # a killed run's leftover is known as such
             self._writer = RawCsrWriter(staging / self.out.with_suffix(".toml").name, info.shape, self.counts.dtype)
         except BaseException:
@@ -126,15 +155,25 @@ class EventSink:
                 self.received = np.ones(self.source.shape[:2], bool)
             self.received[block.start:block.stop] = block.valid
         # a missing frame's fill value is never counted
+        if self._stream is not None:  # coded from the dense counts: no events to extract
+            counts, top = dense_counts(block.without_missing(), self.params, self.source.name, self._count)
+            self.tally.add(counts)
+            self._top(top)
+            with writing(self.out):
+                self._stream.add(block.start, counts)
+            return
         events, top, counts = counted_events(block.without_missing(), self.params, self.source.name,
                                              self.counts.name, self.tally, self._count)
         if self._fit is not None:
             self._fit.sample(block.start * self.source.shape[1], counts)
         self._append([events], top)
 
-    def _append(self, events: list[EventBlock], top: float | None) -> None:
+    def _top(self, top: float | None) -> None:
         if top is not None:
             self.max_input = top if self.max_input is None else max(self.max_input, top)
+
+    def _append(self, events: list[EventBlock], top: float | None) -> None:
+        self._top(top)
         assert self._writer is not None
         with writing(self.out):  # the staged set's writes happen here, outside its atomic_output block
             for each in events:
@@ -151,10 +190,15 @@ class EventSink:
 
     def merge(self, part: CountedRows) -> None:
         """A partition's events appended in row order (partitions arrive in row order), its tally added."""
-        if self._fit is not None:
+        if self._stream is not None:
+            self._top(part.max_input)
             for each in part.events:
-                self._fit.sample(each.start * self.source.shape[1], dense_from_events(each))
-        self._append(part.events, part.max_input)
+                self._stream.add(each.start, dense_from_events(each))
+        else:
+            if self._fit is not None:
+                for each in part.events:
+                    self._fit.sample(each.start * self.source.shape[1], dense_from_events(each))
+            self._append(part.events, part.max_input)
         self.tally.merge(part.tally)
 
     def _count(self, frames: np.ndarray) -> np.ndarray:
@@ -178,7 +222,7 @@ class EventSink:
             raise
 
     def _finish(self) -> CountReport:
-        assert self._writer is not None and self._stack is not None
+        assert self._stack is not None
         record = event_record(self.counts, self.fmt)  # type: ignore[arg-type]
         if self.received is not None:  # a stream's accounting: missing positions are no events, not empty frames
             record["provenance"]["frames"] = {**self.source.metadata.get("frames", {}),
@@ -192,8 +236,13 @@ class EventSink:
             from stempress.data.open import scan_shape_note
 
             warnings += [n for n in (scan_shape_note(self.source),) if n is not None]  # type: ignore[arg-type]
-        staged = self._writer.close(record if self.fmt == "raw_csr" else None)
         out = self._tmp[self.out]
+        if self._stream is not None:
+            record["provenance"]["entropy_model"] = self._stream.provenance
+            self._stream.finish(record)
+            return self._report(warnings, record)
+        assert self._writer is not None
+        staged = self._writer.close(record if self.fmt == "raw_csr" else None)
         if self.fmt == "raw_csr":
             for path, partial in self._tmp.items():  # atomic_output renames them, the TOML last
                 os.replace(staged.parent / path.name, partial)
@@ -208,6 +257,10 @@ class EventSink:
             with local_processes(1, self.executor) as pool, StagedCounts(staged) as events:
                 model = self._fit.model(self.tally.pattern, events)
                 write_entropy_events(events, out, force=True, record=record, executor=pool, model=model)
+        return self._report(warnings, record)
+
+    def _report(self, warnings: list[str], record: dict[str, Any]) -> CountReport:
+        assert self._stack is not None
         stack, self._stack = self._stack, None
         stack.close()  # the staging folder goes, the outputs get their names
         tally = self.tally
@@ -231,6 +284,8 @@ class EventSink:
 
     def abort(self) -> None:
         """Delete the staged set, the staging folder and every partial output."""
+        if self._stream is not None:
+            self._stream.abort()
         if self._writer is not None:
             self._writer.abort()
         if self._stack is not None:
@@ -264,16 +319,26 @@ class CountedRows:
         return self
 
 
+def dense_counts(block: Block, params: CountingParams | None, source: str,
+                 count: Any) -> tuple[np.ndarray, float | None]:
+    """A block's counts (its frames counted with ``count`` first when ``params`` are given; else the block's
+    data, refused unless non-negative integers) and the largest input value (for the warnings), None when the
+    frames were counts already."""
+    data = np.asarray(block.data)
+    if params is None:
+        refuse_non_counts(data, block.start, source)
+        return data, None
+    check_frames(data, f"{source} rows [{block.start}, {block.stop})")
+    top = float(data.max()) if data.size else None
+    return count(data), top
+
+
 def counted_events(block: Block, params: CountingParams | None, source: str, counts: str, tally: CountTally,
                    count: Any) -> tuple[EventBlock, float | None, np.ndarray]:
     """One block's events (its frames counted with ``count`` first when ``params`` are given), added to ``tally``;
     the largest input value (for the warnings), None when the frames were counts already; and the dense counts."""
-    data = np.asarray(block.data)
-    top = None
-    if params is not None:
-        check_frames(data, f"{source} rows [{block.start}, {block.stop})")
-        top = float(data.max()) if data.size else None
-        data = count(data)
+    # counts as they are: events_from_block refuses non-counts as it goes
+    data, top = (np.asarray(block.data), None) if params is None else dense_counts(block, params, source, count)
     events = events_from_block(Block(block.start, data), where=counts)
     tally.add_events(events)
     return events, top, data
