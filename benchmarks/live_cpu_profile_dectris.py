@@ -13,8 +13,9 @@ the mean pattern and CoM into a reduced file, what the LiberTEM-live comparison 
 reducers; ``events``: the default reducers and the frames as entropy-coded events, ``live_throughput``'s DECTRIS
 outputs (issue #14); one worker). Each stage is timed with ``time.thread_time`` (CPU of the thread running it); stages
 marked ``of which`` are inside the unindented stage above them. The first ``--warmup-rows`` are not counted, except
-by the ``finish`` stages: the entropy model is fitted and every frame coded once the scan has ended, so their CPU is
-divided by all the frames received (and added so to the process total).
+by the ``finish`` stages, what runs once the scan has ended (on a stream the events are coded chunk by chunk during
+the scan, in ``events (per block)``, with a model fitted on the first rows: only the last chunk is left), whose CPU
+is divided by all the frames received (and added so to the process total).
 
 Sender (``--sender``): ``live.serve.serve`` in a process of its own at full speed, this process draining the
 socket (``recv_multipart``, nothing else); prints serve's process CPU per frame and the frames/s reached. If serve
@@ -137,7 +138,7 @@ def instrument_events() -> None:
     except ImportError:  # before it: the whole fit at finish
         pass
     ChunkCoder.encode = timed("  of which: entropy coding", ChunkCoder.encode)
-    entropy._Writer.finish = timed("  of which: HDF5 write", entropy._Writer.finish)
+    entropy.ChunkWriter.finish = timed("  of which: HDF5 write", entropy.ChunkWriter.finish)
 
 
 def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[dict[str, float], float, int]:

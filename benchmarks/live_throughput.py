@@ -10,20 +10,19 @@ blosc_zstd archive; Merlin 256x256 1-bit, sent as Merlin's binary format does: o
 or with ``--merlin-format raw`` bit-packed (8 KiB a frame), same reducers, the archive in ``stempress live``'s
 default for a 1-bit stream, blosc_lz4_bitshuffle; DECTRIS 96x96 uint16, bitshuffle-LZ4 (``bs16-lz4<``) as ARINA
 sends it, the same reducers and, as issue #14 names it, the electrons as entropy-coded events (``--events E.h5
---event-format entropy``: the frames are counts already, so nothing is thresholded; the file is ``stempress count
---format entropy``'s, its model fitted on the whole scan, so the events are coded once the scan has ended and that
-work counts in the results' lag below) instead of an archive; ``--codec`` names the archive's codec of the Merlin
-modes) the rate starts at ``--start`` frames/s and grows by ``--factor`` until a step fails. A step runs ``serve``
-(in a process of its own, replaying a
-few Poisson frames over a scan of ``rate * hold`` positions, so the sender reads nothing from disk) and the real
-``stempress live`` command (a subprocess) for ``--hold`` seconds. A step passes when the receiver reports 0 frames
-missing AND the sender kept its schedule (sent everything within ``TOLERANCE`` of ``frames / rate``): over TCP
-nothing is lost, a receiver that falls behind holds the sender back instead, which a real detector would not wait
-for; AND the receiver had every result at most ``LAG_SECONDS`` (or ``LAG_FRACTION`` of the hold) later after the
-last frame went out than at the first step (its fixed finishing work), since buffers hide a slow receiver for a
-while (ZeroMQ queues ``RECEIVE_HWM`` messages at each end; LiberTEM-live receives into shared memory, 2 GiB for
-DECTRIS). Our results count as there when ``stempress live`` has exited (its final writes and teardown included),
-LiberTEM-live's when its script has saved them.
+--event-format entropy``: the frames are counts already, so nothing is thresholded; on a stream the entropy model is
+fitted on the first scan rows and the events coded chunk by chunk as their rows arrive, so only the last chunk is
+left when the scan ends; what is left counts in the results' lag below) instead of an archive; ``--codec`` names the
+archive's codec of the Merlin modes) the rate starts at ``--start`` frames/s and grows by ``--factor`` until a step
+fails. A step runs ``serve`` (in a process of its own, replaying a few Poisson frames over a scan of ``rate * hold``
+positions, so the sender reads nothing from disk) and the real ``stempress live`` command (a subprocess) for
+``--hold`` seconds. A step passes when the receiver reports 0 frames missing AND the sender kept its schedule (sent
+everything within ``TOLERANCE`` of ``frames / rate``): over TCP nothing is lost, a receiver that falls behind holds
+the sender back instead, which a real detector would not wait for; AND the receiver had every result at most
+``LAG_SECONDS`` (or ``LAG_FRACTION`` of the hold) later after the last frame went out than at the first step (its
+fixed finishing work), since buffers hide a slow receiver for a while (ZeroMQ queues ``RECEIVE_HWM`` messages at
+each end; LiberTEM-live receives into shared memory, 2 GiB for DECTRIS). Our results count as there when ``stempress
+live`` has exited (its final writes and teardown included), LiberTEM-live's when its script has saved them.
 
 With ``--libertem-live PYTHON`` (a python of the peer venv of ``benchmarks/requirements-external.txt``, without
 stempress) both tools do the same work on the same stream: ``stempress live --reduce mean_pattern --reduce com``

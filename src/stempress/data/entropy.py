@@ -117,8 +117,8 @@ def default_chunk_rows(shape: tuple[int, ...], dtype: Any, chunk_bytes: int = DE
     return max(1, min(int(shape[0]), chunk_bytes // max(1, row)))
 
 
-class _Writer:
-    """Appends coded chunks to an open HDF5 file, in scan-row order."""
+class ChunkWriter:
+    """Appends coded chunks to an open HDF5 file, in scan-row order (the file codec and the live stream's coder)."""
 
     def __init__(self, f: h5py.File, model: PoissonModel, shape: tuple[int, int, int, int], dtype: np.dtype):
         self.f, self.shape, self.dtype = f, shape, dtype
@@ -266,7 +266,7 @@ def encode_blocks(path: Path, blocks: Iterable[Block], shape: Any, dtype: Any, *
     if model is None:
         model = _fit_block(first, shape)
     with h5py.File(path, "w", libver=("v110", "latest")) as f:  # compact object headers: a smaller file
-        writer = _Writer(f, model, shape, dtype)
+        writer = ChunkWriter(f, model, shape, dtype)
         pieces = writer.pieces(itertools.chain([first], it), chunk_rows)
         slot_bytes = chunk_rows * int(np.prod(shape[1:])) * dtype.itemsize
         with contextlib.closing(_encoded(model, pieces, pool, slot_bytes)) as coded:

@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from stempress.data.entropy import _Writer, default_chunk_rows
+from stempress.data.entropy import ChunkWriter, default_chunk_rows
 from stempress.data.entropy_coder import ChunkCoder
 from stempress.data.entropy_model import PoissonModel, fit_model
 from stempress.data.record import Record, write_h5_record
@@ -53,7 +53,7 @@ class StreamedEntropy:
         self._held_rows = 0
         self._next = 0  # the next scan row expected
         self._file: h5py.File | None = None
-        self._writer: _Writer | None = None
+        self._writer: ChunkWriter | None = None
         self.model: PoissonModel | None = None
         self._coder: ChunkCoder | None = None
 
@@ -87,7 +87,7 @@ class StreamedEntropy:
         self.model = fit_model(first.sum(axis=0, dtype=np.float64), first.shape[0], self.shape[0] * self.shape[1])
         self._coder = ChunkCoder(self.model)
         self._file = h5py.File(self.path, "w", libver=("v110", "latest"))
-        self._writer = _Writer(self._file, self.model, self.shape, self.dtype)
+        self._writer = ChunkWriter(self._file, self.model, self.shape, self.dtype)
 
     def _code(self, last: bool) -> None:
         """Code every whole chunk held (and at the end the rest) and append it to the file."""
