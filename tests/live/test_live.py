@@ -24,7 +24,7 @@ from stempress.ingest import ingest
 from stempress.live import LiveSource
 from stempress.live.dectris import decode_image, encode_image
 from stempress.live.merlin import acquisition_header, mpx_message
-from stempress.live.serve import FaultLog, Faults, due_sends, serve
+from stempress.live.serve import FaultLog, Faults, _send_parts, due_sends, serve
 from stempress.reduce.output import read_reduced
 from stempress.store.compress import compress
 from stempress.store.reduced import reduce_to_file
@@ -665,6 +665,27 @@ def test_frames_whose_numbers_grow_a_digit_and_a_short_last_frame_are_read_as_on
     assert "closed" in a.ended
     data = np.concatenate([b.data for b in blocks]).reshape(12, 6, 5)
     assert np.array_equal(data[:11], flat[:11]) and not data[11].any()
+
+
+def test_a_group_cut_short_counts_the_messages_the_kernel_took_whole():
+    """A grouped send that fails (the receiver stops reading: a timeout) says how many of its messages went out
+    whole, so serve's log counts exactly what was sent, not the group before it."""
+    import socket
+
+    sender, receiver = socket.socketpair()
+    with sender, receiver:
+        sender.settimeout(0.2)
+        prefix, record = b"P" * 15, bytes(64 * 1024)  # two parts a message, as Merlin's MPX prefix and record
+        parts = [prefix, record] * 64
+        with pytest.raises(TimeoutError) as caught:
+            _send_parts(sender, parts, list(range(2, len(parts) + 1, 2)))
+        sender.shutdown(socket.SHUT_WR)
+        got = 0
+        while chunk := receiver.recv(1 << 20):
+            got += len(chunk)
+    whole = caught.value.messages_sent  # type: ignore[attr-defined]
+    assert 0 < whole < 64
+    assert whole * (15 + 64 * 1024) <= got < (whole + 1) * (15 + 64 * 1024)
 
 
 def test_serve_groups_only_the_sends_already_due():

@@ -113,15 +113,24 @@ class _Frames:
         return self._data[i % self.scan_x]
 
 
-def _send_parts(conn: socket.socket, parts: list[bytes | bytearray]) -> None:
-    """``sendall`` of the parts one after the other, gathered by the kernel (no joined copy of a frame)."""
+def _send_parts(conn: socket.socket, parts: list[bytes | bytearray], message_ends: list[int] | None = None) -> None:
+    """``sendall`` of the parts one after the other, gathered by the kernel (no joined copy of a frame). Where it
+    fails, the error carries ``messages_sent``: how many of the messages (ending after the parts numbered
+    ``message_ends``, default one part each) the kernel took whole, so a group's sender still counts exactly."""
     views = [memoryview(p).cast("B") for p in parts]
-    while views:
-        sent = conn.sendmsg(views)
-        while views and sent >= len(views[0]):
-            sent -= len(views.pop(0))
-        if views and sent:
-            views[0] = views[0][sent:]
+    done = 0  # parts sent whole
+    try:
+        while views:
+            sent = conn.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+                done += 1
+            if views and sent:
+                views[0] = views[0][sent:]
+    except OSError as exc:
+        ends = message_ends if message_ends is not None else range(1, len(parts) + 1)
+        exc.messages_sent = sum(1 for end in ends if end <= done)  # type: ignore[attr-defined]
+        raise
 
 
 class _MibRecords:
@@ -204,6 +213,7 @@ def serve(source: Any, protocol: str, *, port: int = 0, host: str = "127.0.0.1",
                 sender.send_many([(i, kind == "corrupt") for i, kind in log.sends[k:end]])
                 k = log.sent = end
         except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
+            log.sent += getattr(exc, "messages_sent", 0)  # a group's frames the kernel took before it failed
             log.ended = f"the receiver went away after {log.sent} frames ({type(exc).__name__})"
             sender.clean, sender.deliver = False, False
             return log
@@ -340,11 +350,13 @@ class _MerlinSender(_Sender):
     def send_many(self, sends: list[tuple[int, bool]]) -> None:
         """The messages of ``sends`` in one gathered ``sendmsg`` (``mpx_message`` without joining copies)."""
         parts: list[bytes | bytearray] = []
+        ends: list[int] = []
         for slot, (i, corrupt) in enumerate(sends):
             record = self.record(i, slot)
             parts += [mpx_message(_corrupt_merlin(bytes(record), i))] if corrupt else [mpx_prefix(len(record)),
                                                                                       record]
-        _send_parts(self.conn, parts)
+            ends.append(len(parts))
+        _send_parts(self.conn, parts, ends)
 
     def close(self) -> None:
         self.conn.close()
