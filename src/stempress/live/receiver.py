@@ -164,7 +164,6 @@ class LiveSource:
         self.assembler = assembler = RowAssembler(self.shape[:2], self.shape[2:], self.dtype, self.account,
                                                   fill=self.fill, window_rows=self.window_rows)
         self._start_pump()
-        n = self.account.expected
         try:
             while not assembler.done:
                 event = self.queue.get(lambda: self._stop_reason)
@@ -179,11 +178,7 @@ class LiveSource:
                 if isinstance(event, Corrupt):
                     self.account.corrupt += 1
                     continue
-                index = event.number - self.first_number
-                if not 0 <= index < n:
-                    self.account.corrupt += 1  # a number outside the scan: not a frame of it
-                    continue
-                yield from assembler.add(index, event.number, event.data)
+                yield from self._add(assembler, event)
             else:
                 if getattr(self.reader, "ends_with_message", False):
                     self._drain(assembler)  # faults after the last row (a duplicate of the last frame) still count
@@ -214,11 +209,16 @@ class LiveSource:
         for frame in itertools.islice(batch.frames(), at, None):
             if assembler.done:
                 return
-            index = frame.number - self.first_number
-            if 0 <= index < self.account.expected:
-                yield from assembler.add(index, frame.number, frame.data)
-            else:
-                self.account.corrupt += 1  # a number outside the scan: not a frame of it
+            yield from self._add(assembler, frame)
+
+    def _add(self, assembler: RowAssembler, frame: Frame) -> list[Block]:
+        """One frame placed by its number (the rows it lets go), or counted corrupt when the number is outside the
+        scan (not a frame of it)."""
+        index = frame.number - self.first_number
+        if 0 <= index < self.account.expected:
+            return assembler.add(index, frame.number, frame.data)
+        self.account.corrupt += 1
+        return []
 
     def _drain(self, assembler: RowAssembler) -> None:
         while True:
@@ -226,13 +226,11 @@ class LiveSource:
             self.dequeued += _frames(event)
             if isinstance(event, End):
                 return
+            if isinstance(event, Corrupt):
+                self.account.corrupt += 1
+                continue
             for frame in event.frames() if isinstance(event, Frames) else [event]:
-                if isinstance(frame, Corrupt):
-                    self.account.corrupt += 1
-                elif 0 <= frame.number - self.first_number < self.account.expected:
-                    assembler.add(frame.number - self.first_number, frame.number, frame.data)
-                else:
-                    self.account.corrupt += 1
+                self._add(assembler, frame)  # the rows are all handed on: only the accounting counts
 
     def _pump(self) -> None:
         try:
