@@ -357,7 +357,7 @@ class Dectris2Reader(PullReader):
             if self.det_shape is None or self.dtype is None:  # the first valid image sets what the start did not
                 self.det_shape, self.dtype = frame.data.shape, frame.data.dtype  # type: ignore[assignment]
             slots = self.slots
-            if self.batching and slots is not None and slots.fits(frame.data.shape, frame.data.dtype):
+            if slots is not None and slots.fits(frame.data.shape, frame.data.dtype):
                 slot = slots.slot()  # a copy (the frame is a view of the decoded bytes) that can join a batch
                 slot[...] = frame.data
                 slots.taken()

@@ -11,15 +11,12 @@ import time
 import numpy as np
 
 from stempress.errors import StempressError
-from stempress.live import events
-from stempress.live.events import Corrupt, End, Event, EventReader, Frame
+from stempress.live.events import Corrupt, End, Event, EventReader, Frame, Frames
 
 #: Messages the receiving socket queues before ZeroMQ stops the sender.
 RECEIVE_HWM = 1000
 #: Frames decoded into one buffer (at most ``SLOT_BYTES`` of them), and so handed on together at most.
 SLOT_FRAMES, SLOT_BYTES = 64, 2 * 1024**2
-#: The receiver's batch event (consecutive frames as one array), where this version has one.
-_BATCH = getattr(events, "Frames", None)
 
 
 class FrameSlots:
@@ -87,18 +84,13 @@ class PullReader(EventReader):
         if parts is None:
             return End(f"no data for {self.timeout:g} s (stalled or disconnected)")
         event = self._event(parts)
-        if self.batching and isinstance(event, Frame) and event.data.base is self.slots.buf:  # type: ignore[union-attr]
+        if self.slots is not None and isinstance(event, Frame) and event.data.base is self.slots.buf:
             return self._batch(event)
         return event
 
-    @property
-    def batching(self) -> bool:
-        """Whether frames in slots are handed on in batches (the receiver takes them and the shape is known)."""
-        return _BATCH is not None and self.slots is not None
-
     def _batch_from(self, first: Frame) -> None:
-        """Decode frames shaped like ``first`` into slots from now on (and batch them, where the receiver takes
-        batches), if several fit a buffer."""
+        """Decode frames shaped like ``first`` into slots from now on, and hand them on in batches, if several fit
+        a buffer."""
         n = min(SLOT_FRAMES, SLOT_BYTES // max(1, first.data.nbytes))
         if n > 1 and first.data.dtype.isnative:
             self.slots = FrameSlots(first.data.shape, first.data.dtype, n)
@@ -120,7 +112,7 @@ class PullReader(EventReader):
             numbers.append(event.number)
         if len(numbers) == 1:
             return first
-        return _BATCH(np.array(numbers, np.int64), slots.buf[start:start + len(numbers)])  # type: ignore[misc]
+        return Frames(np.array(numbers, np.int64), slots.buf[start:start + len(numbers)])
 
     def _recv(self) -> list[bytes] | None:
         """The next message's parts, or None after ``timeout`` seconds without one (or once asked to stop). A
