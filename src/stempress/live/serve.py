@@ -113,10 +113,10 @@ class _Frames:
         return self._data[i % self.scan_x]
 
 
-def _send_parts(conn: socket.socket, parts: list[bytes | bytearray], message_ends: list[int] | None = None) -> None:
+def _send_parts(conn: socket.socket, parts: list[bytes | bytearray], message_ends: list[int]) -> None:
     """``sendall`` of the parts one after the other, gathered by the kernel (no joined copy of a frame). Where it
     fails, the error carries ``messages_sent``: how many of the messages (ending after the parts numbered
-    ``message_ends``, default one part each) the kernel took whole, so a group's sender still counts exactly."""
+    ``message_ends``) the kernel took whole, so a group's sender still counts exactly."""
     views = [memoryview(p).cast("B") for p in parts]
     done = 0  # parts sent whole
     try:
@@ -128,8 +128,7 @@ def _send_parts(conn: socket.socket, parts: list[bytes | bytearray], message_end
             if views and sent:
                 views[0] = views[0][sent:]
     except OSError as exc:
-        ends = message_ends if message_ends is not None else range(1, len(parts) + 1)
-        exc.messages_sent = sum(1 for end in ends if end <= done)  # type: ignore[attr-defined]
+        exc.messages_sent = sum(1 for end in message_ends if end <= done)  # type: ignore[attr-defined]
         raise
 
 
