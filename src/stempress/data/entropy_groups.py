@@ -39,7 +39,7 @@ def features(frames: np.ndarray, det: tuple[int, int]) -> np.ndarray:
     """(positions, cells): the square root of each frame's mean count per detector cell (``CELLS`` per axis),
     summed in integers (exact, so the same everywhere)."""
     cube = np.asarray(frames).reshape(-1, *det)
-    rows, cols = _cell_starts(det[0]), _cell_starts(det[1])
+    rows, cols, area = _cells(det)
     wide = np.uint64 if cube.dtype.itemsize > 2 else np.uint32  # a cell of <= 65536 uint16 counts fits uint32
     # rows first, a slice of detector rows at a time (8x faster than reduceat there), then the 1/CELLS as much left
     ends = np.append(rows[1:], det[0])
@@ -47,7 +47,6 @@ def features(frames: np.ndarray, det: tuple[int, int]) -> np.ndarray:
     for j, (r0, r1) in enumerate(zip(rows.tolist(), ends.tolist(), strict=True)):
         np.sum(cube[:, r0:r1], axis=1, dtype=wide, out=by_rows[:, j])
     binned = np.add.reduceat(by_rows, cols, axis=2)
-    area = np.outer(np.diff(np.append(rows, det[0])), np.diff(np.append(cols, det[1])))
     return np.sqrt(binned / area).reshape(cube.shape[0], -1)
 
 
@@ -55,14 +54,19 @@ def _event_features(positions: np.ndarray, pixels: np.ndarray, counts: np.ndarra
                     det: tuple[int, int]) -> np.ndarray:
     """``features`` of ``n`` positions from their events (block-local position, flat pixel, count of each): the
     cells' sums counted per event, the same integers, so the same float64 features."""
-    rows, cols = _cell_starts(det[0]), _cell_starts(det[1])
+    rows, cols, area = _cells(det)
     cell_row = np.searchsorted(rows, np.arange(det[0]), side="right") - 1
     cell_col = np.searchsorted(cols, np.arange(det[1]), side="right") - 1
     cell = (cell_row[:, None] * cols.size + cell_col[None, :]).reshape(-1)
     binned = np.bincount(positions * (rows.size * cols.size) + cell[pixels], weights=counts,
                          minlength=n * rows.size * cols.size).reshape(n, rows.size, cols.size)
-    area = np.outer(np.diff(np.append(rows, det[0])), np.diff(np.append(cols, det[1])))
     return np.sqrt(binned / area).reshape(n, -1)
+
+
+def _cells(det: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cells' first detector rows and columns, and each cell's pixel count (rows, columns)."""
+    rows, cols = _cell_starts(det[0]), _cell_starts(det[1])
+    return rows, cols, np.outer(np.diff(np.append(rows, det[0])), np.diff(np.append(cols, det[1])))
 
 
 def _cell_starts(n: int) -> np.ndarray:
