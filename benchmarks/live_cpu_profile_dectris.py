@@ -15,7 +15,11 @@ outputs (issue #14); one worker). Each stage is timed with ``time.thread_time`` 
 marked ``of which`` are inside the unindented stage above them. The first ``--warmup-rows`` are not counted, except
 by the ``finish`` stages, what runs once the scan has ended (on a stream the events are coded chunk by chunk during
 the scan, in ``events (per block)``, with a model fitted on the first rows: only the last chunk is left), whose CPU
-is divided by all the frames received (and added so to the process total).
+is divided by all the frames received (and added so to the process total). The events' chunks are coded in one
+worker process, as ``stempress live`` codes them (``sinks.events.stream_coder``): the table shows this process's
+"arena copy" (a chunk into the worker's shared memory) and "coded chunks taken", and below it the worker's own
+CPU per frame (from /proc) and both processes' sum; ``--coder inline`` codes them in this process ("entropy
+coding"), the way before the worker.
 
 Sender (``--sender``): ``live.serve.serve`` in a process of its own at full speed, this process draining the
 socket (``recv_multipart``, nothing else); prints serve's process CPU per frame and the frames/s reached. If serve

@@ -16,6 +16,10 @@ no script reproduces; ``benchmarks/event_codec.py`` prints the end-to-end speeds
 * At most ``IN_FLIGHT_PER_WORKER`` chunks per worker are in flight (memory O(workers x chunk)) and results are
   taken in submission order, so a file is byte-identical whatever the worker count. Each chunk costs the caller
   ~0.2 ms of pool overhead (a 4 MiB chunk coded in 3-13 ms) plus its copy.
+* A file is coded from an iterable (``encode``, ``decode``: the pool pulls); a live stream pushes one chunk at a
+  time as its rows come (``put_encode`` / ``take_encoded``, ``full`` and ``ready`` to pace it:
+  ``events.entropy_stream``), on the same slots and workers, and may code here a chunk whose worker died, from its
+  slot (``take_encoded(fallback=)``), as a stream cannot be read again.
 """
 
 from __future__ import annotations

@@ -9,33 +9,41 @@ and ``stempress verify``: the one-pass file codec (``data.entropy.encode_blocks`
 the same way, on its first block, one group. The counts are exact either way; only the ratio depends on the model.
 Files at rest keep the whole-scan model (``stempress count`` / ``ingest`` outputs are unchanged).
 
-Where the chunks are coded. constriction holds the GIL (~49 us of CPU per 96x96 frame), and a live process is
+Where the chunks are coded. constriction holds the GIL (~50 us of CPU per 96x96 frame), and a live process is
 GIL-bound before it is CPU-bound (the receiver, the reducers and the coder take turns on one core while others
 idle), so a worker thread gains nothing (its hand-offs even cost: ~160 against ~180 us of process CPU per frame).
 Given worker processes (``executor``: ``stempress.exec.ProcessExecutor``), each chunk is copied into a slot of
 ``data.entropy_parallel.ChunkPool``'s shared-memory arena (the model goes once per worker, in the arena's head)
 and coded there while this thread takes the next blocks; the words come back in submission order and are appended
 here, so the file is byte for byte the one coded in this thread (same model, same chunks, same coder).
+``benchmarks/live_cpu_profile_dectris.py --modes dectris --outputs events`` (``--coder inline``: the old way), on
+the busy 2-core development machine: the events sink's CPU in the receiving process fell from ~75 to ~11 us per
+frame and the process's from ~130-150 to ~57-78; the worker spends ~47-50 us per frame beside it.
 
 * Who owns the process: not this writer (sinks never start pools: ``info.executor``). The live run's executor is
   threads, and a process started by a library call would import the caller's main module (``exec.processes``),
   so the caller that may start one says so: ``sinks.events.stream_coder`` gives the one worker process that
   ``stempress live`` owns for the pass (handed down as ``receive(event_coder=)`` -> ``EventSink(coder=)``), and a
-  run on worker processes (``--executor processes``) codes on those. One worker is enough: it codes ~20,000
-  frames/s, more than a stream brings, and the other cores stay with the archive's threads.
-* Started at ``__init__`` (the sink's ``open``), on a thread of its own: the first start of a pool (the fork server
-  importing stempress) takes ~0.4 s, which would stall the stream at its first chunk; by the time the model's rows
-  are in, the worker is waiting.
+  run on worker processes (``--executor processes``) codes on those. One worker is enough: at ~50 us per frame it
+  codes ~20,000 frames/s, more than a stream brings, and the other cores stay with the archive's threads.
+* Started at ``__init__`` (the sink's ``open``), by a thread of its own handing the worker a first task: the
+  first pool of a process starts the fork server, which imports stempress (observed: the submit returned after
+  ~0.6 s, the worker ran its task after ~0.7 s; a later pool: ~6 ms and ~0.1 s), which would otherwise stall the
+  stream at its first chunk. The model waits for 8 scan rows (~0.3 s of a fast stream), so the worker is usually
+  up by then; if not, the first chunk waits for the rest of its start.
 * Bounded: ``ChunkPool`` has two slots per worker; a third chunk first takes the oldest back (this thread then
-  waits for the worker), so at most two chunks are in flight besides the rows held for the next one. Copying a
-  chunk into its slot costs this thread ~1-2 us per frame (``benchmarks/live_cpu_profile_dectris.py --outputs
-  events``, "arena copy"); the block's rows are released once copied.
+  waits for the worker), so at most two chunks (DECTRIS 96x96, 256 frames a row: 2 x 4.7 MB) are in flight besides
+  the rows held for the next one. Copying a chunk into its slot costs this thread ~2 us per frame (the profile's
+  "arena copy", its hand-over included), less than what it saves besides the coding: the coder's big temporaries
+  no longer fault fresh pages in this process (~10 page faults per frame before, ~1 after). The block's rows are
+  released once copied.
 * Inline, the same bytes: no executor (a library call, one usable core: ``stream_coder`` starts none), an arena
   /dev/shm cannot hold, a worker that cannot start or dies mid-stream (its chunks still in the arena are coded
   here) -- a live scan cannot be sent again, so the coder never fails it for want of a process.
-* Shut down on every path: ``finish`` takes every chunk back; ``abort`` (an error, Ctrl-C) cancels what is queued
-  and removes the arena (a chunk being coded finishes into it, unseen); the owner closes the executor after the
-  pass (``stream_coder``'s exit), whose workers also leave when this process dies.
+* Shut down on every path: ``finish`` takes every chunk back; ``abort`` (an error, a second Ctrl-C) cancels what
+  is queued and removes the arena (a chunk being coded finishes into it, unseen); the owner closes the executor
+  after the pass (``stream_coder``'s exit: waits for a running chunk, ~10 ms), whose workers ignore Ctrl-C and
+  leave when this process dies.
 """
 
 from __future__ import annotations
