@@ -151,7 +151,14 @@ def coder():
     """One worker process for the module's tests, as ``stempress live`` owns one for its pass."""
     with stream_coder(True, cores=2) as executor:
         assert executor is not None
+        executor.start()
         yield executor
+
+
+def _worker_up(sink: EventSink, row: int = 0) -> None:
+    """Wait until the sink's worker has run its first task (until then chunks are coded in this process)."""
+    sink._stream._starter.join()
+    sink._stream._started[0].result(timeout=60)
 
 
 def _live_cube() -> np.ndarray:
@@ -181,7 +188,7 @@ def _stream_to(out: Path, cube: np.ndarray, coder=None, *, each=None) -> tuple[l
 def test_chunks_coded_on_a_worker_process_make_the_file_this_process_codes(tmp_path: Path, coder) -> None:
     cube = _live_cube()
     _stream_to(tmp_path / "inline.h5", cube)
-    on_worker, sink = _stream_to(tmp_path / "worker.h5", cube, coder)
+    on_worker, sink = _stream_to(tmp_path / "worker.h5", cube, coder, each=_worker_up)
     assert on_worker[5:] == [True] * 5  # from the model (8 rows in) on, every chunk went to the worker
     assert sink._stream._coder is None  # none was coded here
     assert _coded(tmp_path / "worker.h5") == _coded(tmp_path / "inline.h5")
@@ -196,6 +203,7 @@ def test_a_worker_that_dies_mid_stream_leaves_its_chunks_to_this_process(tmp_pat
     _stream_to(tmp_path / "inline.h5", cube)
 
     def kill(sink, row: int) -> None:
+        _worker_up(sink)
         if row == 10:  # every chunk so far taken back, then the worker stopped: rows 9-11 wait in their slot
             sink._stream._take(wait=True)
             os.kill(coder.pids()[0], signal.SIGSTOP)
@@ -205,6 +213,20 @@ def test_a_worker_that_dies_mid_stream_leaves_its_chunks_to_this_process(tmp_pat
 
     on_worker, sink = _stream_to(tmp_path / "worker.h5", cube, coder, each=kill)
     assert on_worker[6] and sink._stream._coder is not None  # a chunk the worker had was coded here
+    assert _coded(tmp_path / "worker.h5") == _coded(tmp_path / "inline.h5")
+
+
+def test_a_stream_does_not_wait_for_its_worker_to_start(tmp_path: Path, coder) -> None:
+    # the worker stopped before its first task: every chunk is coded here, none waits for it
+    cube = _live_cube()
+    _stream_to(tmp_path / "inline.h5", cube)
+    coder.start()  # a worker running (the test before may have killed one)
+    os.kill(coder.pids()[0], signal.SIGSTOP)
+    try:
+        on_worker, sink = _stream_to(tmp_path / "worker.h5", cube, coder)
+    finally:
+        os.kill(coder.pids()[0], signal.SIGCONT)
+    assert not any(on_worker) and sink._stream._coder is not None
     assert _coded(tmp_path / "worker.h5") == _coded(tmp_path / "inline.h5")
 
 
@@ -225,6 +247,7 @@ def test_a_stream_aborted_on_a_worker_leaves_no_file_no_arena_and_no_worker(tmp_
     seen: dict[str, object] = {}
 
     def fail(sink, row: int) -> None:
+        _worker_up(sink)
         if row == 14:
             seen.update(pids=sink.coder.pids(), arena=sink._stream._pool.arena.shm.name)
             raise StempressError("the detector went away")

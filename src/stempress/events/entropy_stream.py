@@ -30,7 +30,7 @@ frame and the process's from ~130-150 to ~57-78; the worker spends ~47-50 us per
   first pool of a process starts the fork server, which imports stempress (observed: the submit returned after
   ~0.6 s, the worker ran its task after ~0.7 s; a later pool: ~6 ms and ~0.1 s), which would otherwise stall the
   stream at its first chunk. The model waits for 8 scan rows (~0.3 s of a fast stream), so the worker is usually
-  up by then; if not, the first chunk waits for the rest of its start.
+  up by then; until it is, chunks are coded here (the same bytes), never waited for.
 * Bounded: ``ChunkPool`` has two slots per worker; a third chunk first takes the oldest back (this thread then
   waits for the worker), so at most two chunks (DECTRIS 96x96, 256 frames a row: 2 x 4.7 MB) are in flight besides
   the rows held for the next one. Copying a chunk into its slot costs this thread ~2 us per frame (the profile's
@@ -107,6 +107,7 @@ class StreamedEntropy:
         self._pool: ChunkPool | None = None
         self._started: list[Future[Any] | BaseException] = []
         self._starter: threading.Thread | None = None
+        self._waiting = executor is not None  # for the worker to start
         if executor is not None:  # the worker starts while the model's rows come in
             self._starter = threading.Thread(target=self._start, name="stempress-coder-start", daemon=True)
             self._starter.start()
@@ -153,19 +154,21 @@ class StreamedEntropy:
         self.model = fit_model(first.sum(axis=0, dtype=np.float64), first.shape[0], self.shape[0] * self.shape[1])
         self._file = h5py.File(self.path, "w", libver=("v110", "latest"))
         self._writer = ChunkWriter(self._file, self.model, self.shape, self.dtype)
-        if self._worker_started():
-            assert self.executor is not None
-            slot = self.chunk_rows * self.shape[1] * self.frame * self.dtype.itemsize
-            with contextlib.suppress(OSError):  # no shared memory here: None, as where /dev/shm has no room
-                self._pool = ChunkPool.open(ModelBlob.of(self.model), self.executor, slot)
 
-    def _worker_started(self) -> bool:
-        """The worker was handed its first task (it may still be starting: the first chunk then waits for it)."""
-        if self._starter is None:
-            return False
-        self._starter.join()  # only while the pool is being started, which the first chunk would wait for anyway
-        started = self._started[0] if self._started else None
-        return isinstance(started, Future) and not (started.done() and started.exception() is not None)
+    def _use_worker(self) -> None:
+        """Open the worker's arena once the worker has run its first task. Until then (a first start takes up to
+        ~0.7 s) the chunks are coded here, so the stream never waits for a start; a worker that could not start
+        leaves them here for good."""
+        started = self._started[0] if self._started else None  # appended by the start-up thread
+        if started is None or (isinstance(started, Future) and not started.done()):
+            return
+        self._waiting = False
+        if isinstance(started, BaseException) or started.cancelled() or started.exception() is not None:
+            return
+        assert self.executor is not None and self.model is not None
+        slot = self.chunk_rows * self.shape[1] * self.frame * self.dtype.itemsize
+        with contextlib.suppress(OSError):  # no shared memory here: None, as where /dev/shm has no room
+            self._pool = ChunkPool.open(ModelBlob.of(self.model), self.executor, slot)
 
     def _inline(self) -> ChunkCoder:
         """The coder of this thread (built once: constriction's tables take milliseconds)."""
@@ -191,6 +194,8 @@ class StreamedEntropy:
     def _code(self, last: bool) -> None:
         """Hand every whole chunk held (and at the end the rest) to the coder, and append the chunks coded."""
         assert self._writer is not None
+        if self._waiting:
+            self._use_worker()
         while self._held_rows >= self.chunk_rows or (last and self._held_rows):
             n = min(self.chunk_rows, self._held_rows)
             pieces = self._rows(n)
