@@ -473,9 +473,11 @@ def live(
     if not outputs and preview is None:
         raise StempressError("live needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5, "
                              "--events EV.h5 and/or --preview DIR")
-    entropy = events is not None and (event_format or "").strip().lower() == "entropy"
+    # entropy-coded events: coded in one worker process of this command's (on processes: the run's workers)
+    entropy = (events is not None and (event_format or "").strip().lower() == "entropy"
+               and executor.strip().lower() != "processes")
     with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar, \
-            _previewing(preview, force) as watch, stream_coder(entropy) as coder:  # coding off this process's GIL
+            _previewing(preview, force) as watch, stream_coder(entropy, workers) as coder:  # off this one's GIL
         source = open_live(url, shape, timeout=timeout, queue_bytes=buffer_mb * 1024**2)  # type: ignore[arg-type]
         calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduce else None
         with _ctrl_c_stops(source):

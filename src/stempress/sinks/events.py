@@ -83,9 +83,9 @@ COUNT_BYTES_PER_WORKER = 8 * 1024**2
 def stream_coder(wanted: bool = True, cores: int | None = None) -> Iterator[ProcessExecutor | None]:
     """One worker process to code a live stream's entropy chunks (``ProcessExecutor(1)``), for the command that
     owns the pass (``stempress live``) to hand to ``receive(event_coder=)``; closed on exit, whatever ended the
-    pass. None (code in the receiving process) when not ``wanted`` or with fewer than two usable ``cores``: on one
-    core a process gains nothing and costs a copy of every chunk. Why a process and who owns it:
-    ``events.entropy_stream``."""
+    pass. None (code in the receiving process) when not ``wanted`` or with fewer than two ``cores`` (the command's
+    workers, default every usable core): on one core a process gains nothing and costs a copy of every chunk. Why a
+    process and who owns it: ``events.entropy_stream``."""
     if not wanted or resolve_workers(cores) < 2:
         yield None
         return
