@@ -208,23 +208,28 @@ def test_projection_is_exact_for_bright_frames_and_large_integer_weights():
     assert not projection.exact32  # switched to float64 after the first bright frame
 
 
-def test_weights_inside_a_band_of_detector_rows_multiply_only_there_with_the_same_bits():
-    """A disk's weights (a CoM) touch a band of detector rows only: the float32 product keeps to the band, bright
-    frames (over 2**24 counts, but not inside the band, or inside it too) still come out exact."""
+def test_weights_inside_a_window_of_the_detector_multiply_only_there_with_the_same_bits():
+    """A disk's weights (a CoM) touch a box of the detector only: the float32 product keeps to the box (a total over
+    every pixel is the frame's sum apart), bright frames (over 2**24 counts, but not inside the box, or inside it
+    too) still come out exact."""
     rng = np.random.default_rng(5)
     cube = rng.poisson(3.0, size=(2, 6, 24, 16)).astype(np.uint16)
     cube[0, :3] = 65000  # bright everywhere: redone in float64
-    cube[1, :3, :4] = 65000  # bright outside the band only: still float32 over the band
+    cube[1, :3, :4] = 65000  # bright outside the box only: still float32 over the box
     yy, xx = np.indices((24, 16))
     disk = (yy - 12) ** 2 + (xx - 8) ** 2 < 16
     weights = np.stack([disk, disk * (yy * 100 - 1200), disk * (xx - 8)], axis=-1).reshape(-1, 3).astype(float)
-    projection = Projection(weights, cube.dtype, cube.shape)
-    inside = np.flatnonzero(disk)
-    assert projection._band == (inside[0], inside[-1] + 1) == (9 * 16 + 6, 15 * 16 + 11)
     want = np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(np.int64), weights.astype(np.int64))
-    assert np.array_equal(projection.apply(cube), want.astype(np.float64))
-    everywhere = Projection(np.c_[weights, np.ones(24 * 16)], cube.dtype, cube.shape)  # a total: every pixel
-    assert everywhere._band is None
+    for extra in (np.empty((24 * 16, 0)), np.ones((24 * 16, 1)), 1.0 - disk.reshape(-1, 1)):  # + a total, HAADF
+        w = np.c_[weights, extra]
+        projection = Projection(w, cube.dtype, cube.shape)
+        assert projection._columns.box == (9, 16, 5, 12)
+        assert (projection._columns.background is None) == (extra.shape[1] == 0)
+        assert np.array_equal(projection.apply(cube), np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(
+            np.int64), w.astype(np.int64)).astype(np.float64))
+    outside = Projection(weights, cube.dtype, cube.shape)
+    assert np.array_equal(outside.apply(cube[1:]), want[1:].astype(np.float64))
+    assert outside.exact32  # bright only outside the box: float32 still
 
 
 def test_projection_uses_float32_exactly_for_counts_and_float64_otherwise():
