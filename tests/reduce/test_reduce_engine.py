@@ -214,10 +214,13 @@ def test_weights_inside_a_window_of_the_detector_multiply_only_there_with_the_sa
     too) still come out exact."""
     rng = np.random.default_rng(5)
     cube = rng.poisson(3.0, size=(2, 6, 24, 16)).astype(np.uint16)
-    cube[0, :3] = 65000  # bright everywhere: redone in float64
-    cube[1, :3, :4] = 65000  # bright outside the box only: still float32 over the box
+    cube[1, :3] = 65000  # bright everywhere: redone in float64
     yy, xx = np.indices((24, 16))
     disk = (yy - 12) ** 2 + (xx - 8) ** 2 < 16
+    box = (yy >= 9) & (yy < 16) & (xx >= 5) & (xx < 12)
+    # bright outside the box only (odd counts, so a float32 total over 2**24 would round): float32 over the box, the
+    # frame total redone in float64
+    cube[0, :3] = np.where(box, cube[0, :3], rng.integers(60000, 65536, size=(3, 24, 16)))
     weights = np.stack([disk, disk * (yy * 100 - 1200), disk * (xx - 8)], axis=-1).reshape(-1, 3).astype(float)
     want = np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(np.int64), weights.astype(np.int64))
     for extra in (np.empty((24 * 16, 0)), np.ones((24 * 16, 1)), 1.0 - disk.reshape(-1, 1)):  # + a total, HAADF
@@ -228,8 +231,23 @@ def test_weights_inside_a_window_of_the_detector_multiply_only_there_with_the_sa
         assert np.array_equal(projection.apply(cube), np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(
             np.int64), w.astype(np.int64)).astype(np.float64))
     outside = Projection(weights, cube.dtype, cube.shape)
-    assert np.array_equal(outside.apply(cube[1:]), want[1:].astype(np.float64))
+    assert np.array_equal(outside.apply(cube[:1]), want[:1].astype(np.float64))
     assert outside.exact32  # bright only outside the box: float32 still
+
+
+def test_the_float32_pattern_sum_is_flushed_before_a_pixel_reaches_2_to_the_24():
+    """Rows of 300 frames near the largest uint16 count: the pattern's float32 running sum would pass 2**24 after 256
+    frames; it goes into the float64 sums before that, and the frames themselves stay on the float32 path."""
+    cube = np.random.default_rng(6).integers(60000, 65536, size=(2, 300, 4, 4), dtype=np.uint16)
+    cube[1, ::7] = 3
+    weights = np.stack([np.ones(16), np.arange(16) % 4 == 1], axis=1).astype(float)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    pattern = np.zeros(16)
+    got = projection.apply(cube, [pattern])
+    assert projection.exact32
+    assert np.array_equal(pattern, cube.reshape(-1, 16).sum(axis=0, dtype=np.int64).astype(np.float64))
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 300, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(got, want.astype(np.float64))
 
 
 def test_projection_uses_float32_exactly_for_counts_and_float64_otherwise():

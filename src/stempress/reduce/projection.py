@@ -8,8 +8,10 @@ bits.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +59,8 @@ class Projection:
         self.work = np.dtype(np.float32 if self.exact32 else np.float64)
         self.chunk = int(max(1, min(_CHUNK_FRAMES, self.scan_x, _CHUNK_BYTES // (self.pixels * self.work.itemsize))))
         self._columns: _Columns | None = _columns(self.weights64, self.det) if self.exact32 else None
+        #: frames whose float32 pattern sum stays exact (each pixel's sum below 2**24 at the dtype's largest count)
+        self._run_limit = (_EXACT_F32 - 1) // int(np.iinfo(dtype).max) if self.exact32 else 0
         self._allocate()
 
     def _allocate(self) -> None:
@@ -70,6 +74,8 @@ class Projection:
             self._res = np.empty((self.chunk, cols.w32.shape[1]), np.float32)
             self._total = np.empty(self.chunk, np.float32)
             self._ones_pixels = np.ones(self.pixels, np.float32) if cols.background is not None else None
+            self._run = np.zeros(self.pixels, np.float32)  # the pattern's float32 sum over the last frames
+            self._run_frames = 0
 
     def fresh(self) -> Projection:
         """The same weights with work buffers of its own, for another pass of the same run (a partial over a few
@@ -93,6 +99,7 @@ class Projection:
                     self._chunk32(frames[lo:lo + n], flat[lo:lo + n], pattern_into)
                 else:
                     self._chunk64(frames[lo:lo + n], flat[lo:lo + n], pattern_into)
+        self._flush(pattern_into)
         return out
 
     def _chunk64(self, frames: np.ndarray, dest: np.ndarray, pattern_into: Sequence[np.ndarray]) -> None:
@@ -135,10 +142,23 @@ class Projection:
                 # a float32 sum of counts is exact while it stays below 2**24 (its partial sums only grow)
                 bright |= total >= _EXACT_F32
                 dest += np.multiply.outer(total.astype(np.float64), cols.background)
-        self._pattern(buf, pattern_into)
+        if pattern_into:
+            if self._run_frames + n > self._run_limit:
+                self._flush(pattern_into)
+            # the float32 sum of counts, accumulated in place (y = buf.T @ ones + y): exact below 2**24
+            _sgemv()(1.0, buf.T, self._ones[:n], beta=1.0, y=self._run, overwrite_y=1)
+            self._run_frames += n
         if bright.any():
             dest[bright] = frames[bright].reshape(-1, self.pixels).astype(np.float64) @ self.weights64
             self._use_float64()
+
+    def _flush(self, pattern_into: Sequence[np.ndarray]) -> None:
+        """The float32 path's pattern sum so far into the float64 sums (exact integers: any order, same bits)."""
+        if self._run_limit and self._run_frames:
+            for acc in pattern_into:
+                acc += self._run
+            self._run.fill(0)
+            self._run_frames = 0
 
     def _pattern(self, buf: np.ndarray, pattern_into: Sequence[np.ndarray]) -> None:
         if pattern_into:
@@ -154,6 +174,14 @@ class Projection:
         self._buf = np.empty((self.chunk, self.pixels), self.work)
         self._ones = np.ones(self.chunk, self.work)
         self._psum = np.empty(self.pixels, self.work)
+
+
+@functools.cache
+def _sgemv() -> Any:
+    """BLAS's sgemv with ``beta``, which numpy does not expose (imported on first use: scipy.linalg is slow to load)."""
+    from scipy.linalg.blas import sgemv
+
+    return sgemv
 
 
 @dataclass(frozen=True)
