@@ -250,6 +250,27 @@ def test_the_float32_pattern_sum_is_flushed_before_a_pixel_reaches_2_to_the_24()
     assert np.array_equal(got, want.astype(np.float64))
 
 
+@pytest.mark.parametrize("top", [1, 15])
+def test_sums_of_byte_counts_over_every_pixel_are_taken_on_the_bytes_with_the_same_bits(top):
+    """1-bit (and other small 8-bit) counts: the frame totals and the pattern add up in the bytes themselves (no
+    byte's sum passes 255: in groups, and flushed in time over rows of 300 frames); a chunk holding larger counts
+    goes the float32 way; the bits are those of exact integer sums either way."""
+    rng = np.random.default_rng(7)
+    cube = np.minimum(rng.poisson(3.0 * top, size=(2, 300, 32, 32)), top).astype(np.uint8)
+    cube[1, 32:35] = 100  # a chunk with counts too large for its bytes
+    yy, xx = np.indices((32, 32))
+    disk = ((yy - 16) ** 2 + (xx - 16) ** 2 < 25).ravel()
+    weights = np.stack([disk, 1 - disk, disk * (yy.ravel() - 16), np.ones(1024)], axis=1).astype(float)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    assert projection._byte_top(cube[0, :16]) == top and projection._byte_top(cube[1, 32:48]) is None
+    pattern = np.zeros(1024)
+    got = projection.apply(cube, [pattern])
+    assert projection.exact32
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 300, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(got, want.astype(np.float64))
+    assert np.array_equal(pattern, cube.reshape(-1, 1024).sum(axis=0, dtype=np.int64).astype(np.float64))
+
+
 def test_projection_uses_float32_exactly_for_counts_and_float64_otherwise():
     rng = np.random.default_rng(4)
     cube = rng.poisson(3.0, size=(4, 6, 16, 16)).astype(np.uint16)

@@ -26,6 +26,8 @@ _CHUNK_FRAMES = 256
 #: float32 product columns come in groups of this many: OpenBLAS's sgemm for a few frames by a few columns costs
 #: per group of 8 columns (measured on AVX2: 2, 4 or 8 columns cost the same, 6 more than 8, 12 as much as 16)
 _COLUMN_GROUP = 8
+#: byte counts up to this are summed over every pixel in their own bytes (at least 16 frames or pixels per byte sum)
+_BYTE_TOP = 15
 #: the float32 product keeps to a window of the detector only when it leaves out at least this fraction of it
 _WINDOW_SAVES = 0.25
 
@@ -76,6 +78,9 @@ class Projection:
             self._ones_pixels = np.ones(self.pixels, np.float32) if cols.background is not None else None
             self._run = np.zeros(self.pixels, np.float32)  # the pattern's float32 sum over the last frames
             self._run_frames = 0
+            self._bytes = np.zeros(self.pixels, np.uint8)  # ... and its sum of byte counts, at most _bytes_top
+            self._chunk_bytes = np.empty(self.pixels, np.uint8)
+            self._bytes_top = 0
 
     def fresh(self) -> Projection:
         """The same weights with work buffers of its own, for another pass of the same run (a partial over a few
@@ -112,20 +117,24 @@ class Projection:
         self._pattern(buf, pattern_into)
 
     def _chunk32(self, frames: np.ndarray, dest: np.ndarray, pattern_into: Sequence[np.ndarray]) -> None:
-        """Counts and integer weights: float32, exact (see ``_columns``); a frame too bright is redone in float64."""
+        """Counts and integer weights: float32, exact (see ``_columns``); a frame too bright is redone in float64.
+        Sums over every pixel (the pattern, the frame totals) of byte counts small enough to add up in their own
+        bytes are taken on the bytes themselves, without the frames' float32 copy."""
         cols = self._columns
         assert cols is not None
         n = frames.shape[0]
+        every = bool(pattern_into) or cols.background is not None  # sums over every pixel
+        top = self._byte_top(frames) if every else None
+        copied = every and top is None
         buf = self._buf[:n]
-        full = bool(pattern_into) or cols.background is not None
-        if full:
+        if copied:
             np.copyto(buf.reshape(frames.shape), frames, casting="unsafe")
         bright = np.zeros(n, bool)
         if self.k:
             res = self._res[:n]
             if cols.w32.shape[1]:
                 y0, y1, x0, x1 = cols.box
-                if full and cols.rows_only:
+                if copied and cols.rows_only:
                     win = buf[:, y0 * self.det[1]:y1 * self.det[1]]
                 else:
                     if self._win is None:
@@ -137,28 +146,55 @@ class Projection:
                 bright |= res[:, 0].astype(np.float64) * cols.wmax >= _EXACT_F32
             np.matmul(res.astype(np.float64), cols.recombine, out=dest)
             if cols.background is not None:
-                total = self._total[:n]
-                np.matmul(buf, self._ones_pixels, out=total)
-                # a float32 sum of counts is exact while it stays below 2**24 (its partial sums only grow)
-                bright |= total >= _EXACT_F32
+                if top is None:
+                    total = self._total[:n]
+                    np.matmul(buf, self._ones_pixels, out=total)
+                    # a float32 sum of counts is exact while it stays below 2**24 (its partial sums only grow)
+                    bright |= total >= _EXACT_F32
+                else:
+                    total = _byte_totals(frames.reshape(n, -1), top)
                 dest += np.multiply.outer(total.astype(np.float64), cols.background)
         if pattern_into:
-            if self._run_frames + n > self._run_limit:
-                self._flush(pattern_into)
-            # the float32 sum of counts, accumulated in place (y = buf.T @ ones + y): exact below 2**24
-            _sgemv()(1.0, buf.T, self._ones[:n], beta=1.0, y=self._run, overwrite_y=1)
-            self._run_frames += n
+            if top is None:
+                if self._run_frames + n > self._run_limit:
+                    self._flush(pattern_into)
+                # the float32 sum of counts, accumulated in place (y = buf.T @ ones + y): exact below 2**24
+                _sgemv()(1.0, buf.T, self._ones[:n], beta=1.0, y=self._run, overwrite_y=1)
+                self._run_frames += n
+            elif top:
+                flat = frames.reshape(n, -1)
+                step = 255 // top
+                for f0 in range(0, n, step):  # each pixel's sum over these frames, and so far, stays in its byte
+                    part = flat[f0:f0 + step]
+                    if self._bytes_top + len(part) * top > 255:
+                        self._flush(pattern_into)
+                    np.add.reduce(part, axis=0, dtype=np.uint8, out=self._chunk_bytes)
+                    np.add(self._bytes, self._chunk_bytes, out=self._bytes)
+                    self._bytes_top += len(part) * top
         if bright.any():
             dest[bright] = frames[bright].reshape(-1, self.pixels).astype(np.float64) @ self.weights64
             self._use_float64()
 
+    def _byte_top(self, frames: np.ndarray) -> int | None:
+        """The chunk's largest count when the frames are bytes this small (1-bit and other sparse 8-bit counts),
+        else None."""
+        if frames.dtype.itemsize != 1 or self.pixels % 8:
+            return None
+        top = int(frames.max())
+        return top if top <= _BYTE_TOP else None
+
     def _flush(self, pattern_into: Sequence[np.ndarray]) -> None:
-        """The float32 path's pattern sum so far into the float64 sums (exact integers: any order, same bits)."""
+        """The float32 path's pattern sums so far into the float64 sums (exact integers: any order, same bits)."""
         if self._run_limit and self._run_frames:
             for acc in pattern_into:
                 acc += self._run
             self._run.fill(0)
             self._run_frames = 0
+        if self._run_limit and self._bytes_top:
+            for acc in pattern_into:
+                acc += self._bytes
+            self._bytes.fill(0)
+            self._bytes_top = 0
 
     def _pattern(self, buf: np.ndarray, pattern_into: Sequence[np.ndarray]) -> None:
         if pattern_into:
@@ -174,6 +210,17 @@ class Projection:
         self._buf = np.empty((self.chunk, self.pixels), self.work)
         self._ones = np.ones(self.chunk, self.work)
         self._psum = np.empty(self.pixels, self.work)
+
+
+def _byte_totals(frames: np.ndarray, top: int) -> np.ndarray:
+    """Each frame's sum of byte counts up to ``top``, as uint64: the bytes added eight at a time as 64-bit words,
+    in groups small enough that no byte's sum passes 255 (no carry), then the groups' bytes summed."""
+    n, size = frames.shape
+    words = np.ascontiguousarray(frames).view(np.uint64)
+    lanes = size // 8
+    group = 1 << min((255 // max(top, 1)).bit_length() - 1, (lanes & -lanes).bit_length() - 1)
+    part = np.add.reduce(words.reshape(n, group, lanes // group), axis=1)
+    return np.add.reduce(part.view(np.uint8), axis=1, dtype=np.uint64)
 
 
 @functools.cache
