@@ -271,6 +271,16 @@ def test_sums_of_byte_counts_over_every_pixel_are_taken_on_the_bytes_with_the_sa
     assert np.array_equal(pattern, cube.reshape(-1, 1024).sum(axis=0, dtype=np.int64).astype(np.float64))
 
 
+def test_weights_whose_digits_or_remainder_are_zero_need_no_column():
+    """30 = 6 * 5 + 0: a large weight's low digit can be all zero, and a constant weight is all background."""
+    cube = np.random.default_rng(8).poisson(2.0, size=(2, 5, 16, 16)).astype(np.uint16)
+    weights = np.stack([np.where(np.arange(256) % 3 == 0, 30.0, 0.0), np.full(256, 30.0)], axis=1)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    assert projection._columns.w32.shape[1] == 8  # the window's ones and one digit, padded
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 5, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(projection.apply(cube), want.astype(np.float64))
+
+
 def test_projection_uses_float32_exactly_for_counts_and_float64_otherwise():
     rng = np.random.default_rng(4)
     cube = rng.poisson(3.0, size=(4, 6, 16, 16)).astype(np.uint16)

@@ -91,7 +91,7 @@ class Projection:
 
     def apply(self, data: np.ndarray, pattern_into: Sequence[np.ndarray] = ()) -> np.ndarray:
         """Products ``(rows, scan_x, k)`` in float64; the block's frame sums are added to each of
-        ``pattern_into`` (float64, ``(pixels,)``) chunk by chunk, in scan order."""
+        ``pattern_into`` (float64, ``(pixels,)``): chunk by chunk in scan order (float64), or as exact integer sums."""
         n_rows = data.shape[0]
         frames = data.reshape(n_rows * self.scan_x, *self.det)
         out = np.empty((n_rows, self.scan_x, self.k), np.float64)
@@ -108,7 +108,8 @@ class Projection:
         return out
 
     def _chunk64(self, frames: np.ndarray, dest: np.ndarray, pattern_into: Sequence[np.ndarray]) -> None:
-        """Any data: float64 (or float32 frames after a bright one), one BLAS call of the chunk's shape."""
+        """Anything else (float data, other integer types, counts after a frame too bright for float32) in float64:
+        one BLAS call of the chunk's shape."""
         n = frames.shape[0]
         buf = self._buf[:n]
         np.copyto(buf.reshape(frames.shape), frames, casting="unsafe")
@@ -258,7 +259,7 @@ def _columns(weights: np.ndarray, det: tuple[int, int]) -> _Columns:
     weight column is taken relative to its background (the value at the detector's corner, when that leaves fewer
     nonzero weights: an annulus reaching the corners, HAADF, is the frame total minus a disk), and the product
     runs over the box around every nonzero weight left (a BF disk, an ADF annulus, a CoM mask); the total over every
-    pixel is one float32 sum. A column with entries above ``_DIGIT_MAX`` becomes ``B * q + r`` with ``|q|, r <= B
+    pixel is summed apart. A column with entries above ``_DIGIT_MAX`` becomes ``B * q + r`` with ``|q|, r <= B
     ~ sqrt(max)`` (the float32 bound is the window's sum times the largest entry); columns equal up to sign are
     shared.
     """
@@ -269,15 +270,18 @@ def _columns(weights: np.ndarray, det: tuple[int, int]) -> _Columns:
     pieces: list[list[tuple[int, float]]] = []
     background = np.zeros(k)
 
-    def column(values: np.ndarray) -> tuple[int, float]:
+    def add(parts: list[tuple[int, float]], values: np.ndarray, factor: float) -> None:
+        """``factor * values`` as a shared column times a factor (nothing for zeros)."""
         nonzero = np.flatnonzero(values)
+        if not nonzero.size:
+            return
         sign = -1.0 if values[nonzero[0]] < 0 else 1.0
         values = values * sign + 0.0  # no negative zeros, so equal columns have equal bytes
         key = values.tobytes()
         if key not in index:
             index[key] = len(columns)
             columns.append(values)
-        return index[key], sign
+        parts.append((index[key], sign * factor))
 
     for j in range(k):
         w = weights[:, j] + 0.0
@@ -285,15 +289,15 @@ def _columns(weights: np.ndarray, det: tuple[int, int]) -> _Columns:
             background[j] = w[0]
             w = w - w[0] + 0.0
         top = float(np.abs(w).max()) if pixels else 0.0
-        if top == 0:
-            pieces.append([])
-        elif top <= _DIGIT_MAX:
-            pieces.append([column(w)])
+        parts: list[tuple[int, float]] = []
+        if top <= _DIGIT_MAX:
+            add(parts, w, 1.0)
         else:
             base = float(np.ceil(np.sqrt(top + 1)))
             q = np.floor(w / base)
-            (iq, sign), rest = column(q + 0.0), column(w - base * q)
-            pieces.append([(iq, sign * base), rest])
+            add(parts, q, base)
+            add(parts, w - base * q, 1.0)
+        pieces.append(parts)
     box = (0, 0, 0, 0)
     if columns:
         used = np.any([values != 0 for values in columns], axis=0).reshape(dy, dx)
