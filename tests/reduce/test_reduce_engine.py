@@ -235,6 +235,24 @@ def test_weights_inside_a_window_of_the_detector_multiply_only_there_with_the_sa
     assert outside.exact32  # bright only outside the box: float32 still
 
 
+def test_a_window_nearly_as_wide_as_the_detector_is_multiplied_in_place_over_whole_rows():
+    """A wide window: its detector rows in the frames' float32 copy cost less than copying it out; the frame total is
+    then the rows' sum plus the rows above and below, each checked against 2**24 (odd counts over it outside the
+    rows are redone in float64); the bits are the exact integers'."""
+    rng = np.random.default_rng(9)
+    cube = rng.poisson(3.0, size=(2, 6, 40, 16)).astype(np.uint16)
+    yy, xx = np.indices((40, 16))
+    ellipse = ((yy - 21) / 3.5) ** 2 + ((xx - 8) / 7) ** 2 < 1
+    rows = (yy >= 18) & (yy < 25)
+    cube[0] = np.where(rows, cube[0], rng.integers(60000, 65536, size=(6, 40, 16)))
+    cube[1, :2] = 65000
+    weights = np.stack([ellipse, ellipse * (xx - 8), np.ones((40, 16))], axis=-1).reshape(-1, 3).astype(float)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    assert projection._columns.box == (18, 25, 2, 15) and projection._columns.band == (True, True)
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(projection.apply(cube), want.astype(np.float64))
+
+
 def test_the_float32_pattern_sum_is_flushed_before_a_pixel_reaches_2_to_the_24():
     """Rows of 300 frames near the largest uint16 count: the pattern's float32 running sum would pass 2**24 after 256
     frames; it goes into the float64 sums before that, and the frames themselves stay on the float32 path."""
