@@ -214,14 +214,16 @@ def test_weights_inside_a_window_of_the_detector_multiply_only_there_with_the_sa
     too) still come out exact."""
     rng = np.random.default_rng(5)
     cube = rng.poisson(3.0, size=(2, 6, 24, 16)).astype(np.uint16)
-    cube[1, :3] = 65000  # bright everywhere: redone in float64
+    cube[1, :3] = rng.integers(60000, 65536, size=(3, 24, 16))  # bright everywhere: redone in float64
     yy, xx = np.indices((24, 16))
     disk = (yy - 12) ** 2 + (xx - 8) ** 2 < 16
     box = (yy >= 9) & (yy < 16) & (xx >= 5) & (xx < 12)
     # bright outside the box only (odd counts, so a float32 total over 2**24 would round): float32 over the box, the
     # frame total redone in float64
     cube[0, :3] = np.where(box, cube[0, :3], rng.integers(60000, 65536, size=(3, 24, 16)))
-    weights = np.stack([disk, disk * (yy * 100 - 1200), disk * (xx - 8)], axis=-1).reshape(-1, 3).astype(float)
+    # 15 * the disk: odd products whose sums pass 2**24 (and round) once the window's sum passes 2**24 / 18
+    weights = np.stack([disk, disk * (yy * 100 - 1200), disk * (xx - 8), disk * 15], axis=-1).reshape(-1, 4)
+    weights = weights.astype(float)
     want = np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(np.int64), weights.astype(np.int64))
     for extra in (np.empty((24 * 16, 0)), np.ones((24 * 16, 1)), 1.0 - disk.reshape(-1, 1)):  # + a total, HAADF
         w = np.c_[weights, extra]

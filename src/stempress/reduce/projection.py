@@ -78,7 +78,7 @@ class Projection:
         if cols is not None:
             self._win: np.ndarray | None = None  # the window's copy, made when first needed
             self._res = np.empty((self.chunk, cols.w32.shape[1]), np.float32)
-            self._total = np.empty(self.chunk, np.float32)
+            self._ext = np.zeros((self.chunk, cols.w32.shape[1] + 1), np.float64)  # [products, frame total]
             self._ones_pixels = np.ones(self.pixels, np.float32) if cols.background is not None else None
             self._run = np.zeros(self.pixels, np.float32)  # the pattern's float32 sum over the last frames
             self._run_frames = 0
@@ -127,67 +127,84 @@ class Projection:
         bytes are taken on the bytes themselves, without the frames' float32 copy."""
         cols = self._columns
         assert cols is not None
-        n = frames.shape[0]
         every = bool(pattern_into) or cols.background is not None  # sums over every pixel
         top = self._byte_top(frames) if every else None
         copied = every and top is None
-        buf = self._buf[:n]
+        buf = self._buf[:frames.shape[0]]
         if copied:
             np.copyto(buf.reshape(frames.shape), frames, casting="unsafe")
-        bright = np.zeros(n, bool)
-        if self.k:
-            res = self._res[:n]
-            total: np.ndarray | None = None
-            if cols.w32.shape[1]:
-                y0, y1, x0, x1 = cols.box
-                band = copied and cols.band[cols.background is not None]
-                if band:  # whole detector rows of the frames' copy, a view
-                    win, w32 = buf[:, y0 * self.det[1]:y1 * self.det[1]], cols.w32_band
-                else:
-                    if self._win is None:
-                        self._win = np.empty((self.chunk, cols.w32.shape[0]), np.float32)
-                    win, w32 = self._win[:n], cols.w32
-                    np.copyto(win.reshape(n, y1 - y0, x1 - x0), frames[:, y0:y1, x0:x1], casting="unsafe")
-                np.matmul(win, w32, out=res)
-                # column 0 sums the window; every partial sum of the window's products is bounded by it times wmax
-                bright |= res[:, 0].astype(np.float64) * cols.wmax >= _EXACT_F32
-                if band and cols.background is not None:  # the frame total: the band's, plus the rows outside it
-                    total = res[:, 0].astype(np.float64)
-                    for rows in (buf[:, :y0 * self.det[1]], buf[:, y1 * self.det[1]:]):
-                        if rows.shape[1]:
-                            part = rows @ self._ones_pixels[:rows.shape[1]]
-                            bright |= part >= _EXACT_F32  # exact below 2**24 (see below)
-                            total += part
-            np.matmul(res.astype(np.float64), cols.recombine, out=dest)
-            if cols.background is not None:
-                if top is not None:
-                    total = _byte_totals(frames.reshape(n, -1), top)
-                elif total is None:
-                    total = self._total[:n]
-                    np.matmul(buf, self._ones_pixels, out=total)
-                    # a float32 sum of counts is exact while it stays below 2**24 (its partial sums only grow)
-                    bright |= total >= _EXACT_F32
-                dest += np.multiply.outer(total.astype(np.float64), cols.background)
+        bright = self._products32(frames, buf, copied, top, dest) if self.k else None
         if pattern_into:
-            if top is None:
-                if self._run_frames + n > self._run_limit:
-                    self._flush(pattern_into)
-                # the float32 sum of counts, accumulated in place (y = buf.T @ ones + y): exact below 2**24
-                _sgemv()(1.0, buf.T, self._ones[:n], beta=1.0, y=self._run, overwrite_y=1)
-                self._run_frames += n
-            elif top:
-                flat = frames.reshape(n, -1)
-                step = 255 // top
-                for f0 in range(0, n, step):  # each pixel's sum over these frames, and so far, stays in its byte
-                    part = flat[f0:f0 + step]
-                    if self._bytes_top + len(part) * top > 255:
-                        self._flush(pattern_into)
-                    np.add.reduce(part, axis=0, dtype=np.uint8, out=self._chunk_bytes)
-                    np.add(self._bytes, self._chunk_bytes, out=self._bytes)
-                    self._bytes_top += len(part) * top
-        if bright.any():
+            self._pattern32(frames, buf, top, pattern_into)
+        if bright is not None and bright.any():
             dest[bright] = frames[bright].reshape(-1, self.pixels).astype(np.float64) @ self.weights64
             self._use_float64()
+
+    def _products32(self, frames: np.ndarray, buf: np.ndarray, copied: bool, top: int | None,
+                    dest: np.ndarray) -> np.ndarray:
+        """The chunk's products into ``dest``, ``[window products, frame total] @ recombine``; returns which frames
+        were too bright for float32."""
+        cols = self._columns
+        assert cols is not None
+        n, width = frames.shape[0], cols.w32.shape[1]
+        ext = self._ext[:n]
+        bright = np.zeros(n, bool)
+        band = copied and width and cols.band[cols.background is not None]
+        if width:
+            y0, y1, x0, x1 = cols.box
+            res = self._res[:n]
+            if band:  # whole detector rows of the frames' copy, a view
+                np.matmul(buf[:, y0 * self.det[1]:y1 * self.det[1]], cols.w32_band, out=res)
+            else:
+                if self._win is None:
+                    self._win = np.empty((self.chunk, cols.w32.shape[0]), np.float32)
+                win = self._win[:n]
+                np.copyto(win.reshape(n, y1 - y0, x1 - x0), frames[:, y0:y1, x0:x1], casting="unsafe")
+                np.matmul(win, cols.w32, out=res)
+            # column 0 sums the window; every partial sum of the window's products is bounded by it times wmax
+            bright = res[:, 0] >= cols.limit
+            ext[:, :width] = res
+        if cols.background is None:
+            np.matmul(ext[:, :width], cols.recombine[:width], out=dest)
+            return bright
+        total = ext[:, width]
+        if top is not None:
+            total[:] = _byte_totals(frames.reshape(n, -1), top)
+        else:  # a float32 sum of counts is exact while it stays below 2**24 (its partial sums only grow)
+            if band:  # the band's sum (column 0) plus the rows above and below it
+                total[:] = ext[:, 0]
+                parts = [rows for rows in (buf[:, :y0 * self.det[1]], buf[:, y1 * self.det[1]:]) if rows.shape[1]]
+            else:
+                total[:] = 0
+                parts = [buf]
+            for rows in parts:
+                part = rows @ self._ones_pixels[:rows.shape[1]]
+                bright |= part >= _EXACT_F32
+                total += part
+        np.matmul(ext, cols.recombine, out=dest)
+        return bright
+
+    def _pattern32(self, frames: np.ndarray, buf: np.ndarray, top: int | None,
+                   pattern_into: Sequence[np.ndarray]) -> None:
+        """The chunk's pattern sum, in float32 (from the frames' copy) or in bytes, flushed into ``pattern_into``
+        before it could pass what either holds exactly."""
+        n = frames.shape[0]
+        if top is None:
+            if self._run_frames + n > self._run_limit:
+                self._flush(pattern_into)
+            # the float32 sum of counts, accumulated in place (y = buf.T @ ones + y): exact below 2**24
+            _sgemv()(1.0, buf.T, self._ones[:n], beta=1.0, y=self._run, overwrite_y=1)
+            self._run_frames += n
+        elif top:
+            flat = frames.reshape(n, -1)
+            step = 255 // top
+            for f0 in range(0, n, step):  # each pixel's sum over these frames, and so far, stays in its byte
+                part = flat[f0:f0 + step]
+                if self._bytes_top + len(part) * top > 255:
+                    self._flush(pattern_into)
+                np.add.reduce(part, axis=0, dtype=np.uint8, out=self._chunk_bytes)
+                np.add(self._bytes, self._chunk_bytes, out=self._bytes)
+                self._bytes_top += len(part) * top
 
     def _byte_top(self, frames: np.ndarray) -> int | None:
         """The chunk's largest count when the frames are bytes this small (1-bit and other sparse 8-bit counts),
@@ -252,9 +269,9 @@ class _Columns:
     #: (window pixels, width) float32 small-integer columns (width 0: none); column 0 is all ones (the window's sum,
     #: which bounds every partial sum of the others)
     w32: np.ndarray
-    #: (width, k) float64: the outputs are ``window products @ recombine`` ...
+    #: (width + 1, k) float64: the outputs are ``[window products, frame total (over every pixel)] @ recombine``
     recombine: np.ndarray
-    #: ... plus the frame's total (over every pixel) times this (k,) vector, None where no output needs it
+    #: the last row of ``recombine``, None where no output needs the frame total
     background: np.ndarray | None
     #: the window: detector rows [y0, y1) and columns [x0, x1)
     box: tuple[int, int, int, int]
@@ -263,8 +280,8 @@ class _Columns:
     #: ... and whether those rows, a view of the frames' float32 copy where there is one, cost less than copying
     #: the window out, [without, with] a frame total to take
     band: tuple[bool, bool]
-    #: the largest weight magnitude of ``w32`` (at least 1)
-    wmax: float
+    #: a window sum at least this (2**24 over the largest weight magnitude of ``w32``) may not be exact in float32
+    limit: float
 
 
 def _columns(weights: np.ndarray, det: tuple[int, int]) -> _Columns:
@@ -334,15 +351,17 @@ def _columns(weights: np.ndarray, det: tuple[int, int]) -> _Columns:
 
     w32 = restricted(x0, x1)
     w32_band = w32 if x1 - x0 == dx else restricted(0, dx)
-    recombine = np.zeros((width, k), np.float64)
+    recombine = np.zeros((width + 1, k), np.float64)
     for j, parts in enumerate(pieces):
         for i, factor in parts:
             recombine[1 + i, j] += factor
     if w32.shape[0] == pixels:  # the window is the whole detector: column 0 is the frame total
         recombine[0] += background
-        background[:] = 0
+    else:
+        recombine[width] = background
     wmax = max(1.0, float(np.abs(w32).max())) if w32.size else 1.0
     band_px, box_px = w32_band.shape[0], w32.shape[0]
     band = tuple(band_px + with_total * _SUM_COST * (pixels - band_px) <= (1 + _COPY_COST) * box_px
                  + with_total * _SUM_COST * pixels for with_total in (False, True))
-    return _Columns(w32, recombine, background if background.any() else None, box, w32_band, band, wmax)
+    background = recombine[width] if recombine[width].any() else None
+    return _Columns(w32, recombine, background, box, w32_band, band, float(np.ceil(_EXACT_F32 / wmax)))
