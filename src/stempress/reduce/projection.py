@@ -209,7 +209,7 @@ class Projection:
     def _byte_top(self, frames: np.ndarray) -> int | None:
         """The chunk's largest count when the frames are bytes this small (1-bit and other sparse 8-bit counts),
         else None."""
-        if frames.dtype.itemsize != 1 or self.pixels % 8:
+        if frames.dtype.itemsize != 1 or self.pixels % 8 or not frames.size:
             return None
         top = int(frames.max())
         return top if top <= _BYTE_TOP else None
