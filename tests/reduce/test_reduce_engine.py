@@ -174,6 +174,27 @@ def test_a_pass_like_another_shares_its_constants_and_gives_the_same_bits():
     assert other.states[0].context is not template.states[0].context
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_counts_give_the_bits_of_their_float64_copy_whatever_the_blocking(dtype):
+    """1-bit and 12-bit-like counts (a few bright frames among them) through the default reducers: the float32
+    window, the byte sums and the float64 fallback give exactly what the same cube as float64 gives, for any block
+    size or worker count."""
+    rng = np.random.default_rng(10)
+    yy, xx = np.indices((48, 48))
+    disk = (yy - 23.5) ** 2 + (xx - 23.5) ** 2 < 25
+    cube = rng.poisson(np.where(disk, 3.0, 0.1), size=(6, 40, 48, 48))
+    cube = np.minimum(cube, 1) if dtype == np.uint8 else np.minimum(cube * 300, 4095)
+    cube[2, 5] = 255 if dtype == np.uint8 else 65535  # a chunk of the byte path's floats; a float64 fallback
+    cube = cube.astype(dtype)
+    calibration = Calibration(centre_y=23.5, centre_x=23.5, bf_radius_px=5.0, det_shape=(48, 48))
+    reducers = default_reducers(calibration)
+    want = run_reducers(ArraySource(cube.astype(np.float64)), reducers, calibration=calibration)
+    _assert_identical(want, run_reducers(ArraySource(cube), reducers, calibration=calibration, rows=1))
+    with ThreadExecutor(2) as pool:
+        _assert_identical(want, run_reducers(ArraySource(cube), reducers, calibration=calibration, rows=2,
+                                             executor=pool))
+
+
 def test_partition_ranges_cover_the_scan_without_empty_parts():
     assert partition_ranges(10, 3) == [(0, 3), (3, 7), (7, 10)]
     assert partition_ranges(2, 5) == [(0, 1), (1, 2)]
