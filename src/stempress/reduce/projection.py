@@ -8,10 +8,8 @@ bits.
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -192,8 +190,9 @@ class Projection:
         if top is None:
             if self._run_frames + n > self._run_limit:
                 self._flush(pattern_into)
-            # the float32 sum of counts, accumulated in place (y = buf.T @ ones + y): exact below 2**24
-            _sgemv()(1.0, buf.T, self._ones[:n], beta=1.0, y=self._run, overwrite_y=1)
+            # the float32 sum of counts: exact below 2**24 (scipy's sgemv could add in place, but holds the GIL)
+            np.matmul(self._ones[:n], buf, out=self._psum)
+            np.add(self._run, self._psum, out=self._run)
             self._run_frames += n
         elif top:
             flat = frames.reshape(n, -1)
@@ -252,14 +251,6 @@ def _byte_totals(frames: np.ndarray, top: int) -> np.ndarray:
     group = 1 << min((255 // max(top, 1)).bit_length() - 1, (lanes & -lanes).bit_length() - 1)
     part = np.add.reduce(words.reshape(n, group, lanes // group), axis=1)
     return np.add.reduce(part.view(np.uint8), axis=1, dtype=np.uint64)
-
-
-@functools.cache
-def _sgemv() -> Any:
-    """BLAS's sgemv with ``beta``, which numpy does not expose (imported on first use: scipy.linalg is slow to load)."""
-    from scipy.linalg.blas import sgemv
-
-    return sgemv
 
 
 @dataclass(frozen=True)
