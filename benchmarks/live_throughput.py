@@ -36,6 +36,9 @@ is printed with ours/theirs. LiberTEM-live's context starts before it connects, 
 sender's clock (ours neither); what it does between connecting and its first frame is, as for ours.
 
 Sender and receiver share this machine's cores: on a small or busy machine the sender's own work lowers the numbers.
+Each step also prints the cores the machine kept busy while it ran (``/proc/stat``, the median of 1-s samples) and
+that over the rate: the CPU per frame of sender and receiver together. A step that fails with the cores nearly all
+busy is bound by the machine; one that fails with a core's worth idle is bound by something else (a lock, a queue).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +170,7 @@ class Step:
     lag: float  # seconds from the last frame sent to the receiver having every result
     hold: float
     first_lag: float | None = None  # the same at the tool's first step: its fixed finishing work
+    busy: float | None = None  # cores the machine kept busy while the step ran (median of 1-s samples)
 
     @property
     def late(self) -> float:
@@ -192,8 +197,53 @@ class Step:
         return (f"  {self.rate:>9,.0f} frames/s x {self.frames:>8,} frames: missing {self.missing}, sent in "
                 f"{self.send_seconds:6.1f} s (schedule {self.frames / self.rate:6.1f} s, "
                 f"{self.frames / max(self.send_seconds, 1e-9):>9,.0f}/s), results {self.lag:4.1f} s after "
-                f"({self.late:+4.1f} s on the first step) -> "
+                f"({self.late:+4.1f} s on the first step), "
+                + (f"{self.busy:.2f} cores busy ({1e6 * self.busy / self.rate:,.0f} us CPU/frame) " if self.busy
+                   and self.rate > 0 else "") + "-> "
                 + ("PASS" if self.passed else f"FAIL ({self.why()})"))
+
+
+class BusyCores:
+    """Cores the whole machine keeps busy (``/proc/stat``: every process, the sender's and the receiver's included),
+    sampled each second while a step runs; the median is the steady state, the start-up seconds of the receiver
+    (imports) and its last writes being a few of the samples. Divided by the rate it is the CPU each frame costs
+    sender and receiver together, what decides whether a higher rate can fit the machine's cores."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every, self.samples = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _jiffies() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None  # not Linux: no figure
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle + iowait
+
+    def _sample(self) -> None:
+        last, tick = self._jiffies(), time.monotonic()
+        while last is not None and not self._stop.wait(self.every):
+            now, at = self._jiffies(), time.monotonic()
+            if now is None:
+                return
+            busy = (now[0] - last[0]) - (now[1] - last[1])
+            self.samples.append(busy / (os.sysconf("SC_CLK_TCK") * (at - tick)))
+            last, tick = now, at
+
+    def __enter__(self) -> BusyCores:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def median(self) -> float | None:
+        return float(np.median(self.samples)) if self.samples else None
 
 
 def _last_line(text: str) -> str:
@@ -313,8 +363,9 @@ def run_step(mode: str, rate: float, hold: float, workdir: Path, receiver: Recei
     out = workdir / f"{mode}-{receiver.name}-{rate:.0f}"
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    done = subprocess.run(receiver.command(mode, (port, api_port), scan_y, out), capture_output=True, text=True,
-                          timeout=hold * 10 + 300)
+    with BusyCores() as busy:
+        done = subprocess.run(receiver.command(mode, (port, api_port), scan_y, out), capture_output=True,
+                              text=True, timeout=hold * 10 + 300)
     exited = time.monotonic()
     try:
         sent, frames, seconds, ended, last_send = results.get(timeout=60)
@@ -327,7 +378,7 @@ def run_step(mode: str, rate: float, hold: float, workdir: Path, receiver: Recei
     if status == "ok" and (ended != "complete" or sent < frames):
         status = f"sender: {ended}"
     return Step(rate, scan_y * SCAN_X, missing, seconds, exited - started, status, max(0.0, finished - last_send),
-                hold), out
+                hold, busy=busy.median), out
 
 
 def check_equal(mode: str, tools: list[Receiver], workdir: Path, merlin_format: str | None = None) -> bool:
