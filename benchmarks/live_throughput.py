@@ -198,8 +198,8 @@ class Step:
                 f"{self.send_seconds:6.1f} s (schedule {self.frames / self.rate:6.1f} s, "
                 f"{self.frames / max(self.send_seconds, 1e-9):>9,.0f}/s), results {self.lag:4.1f} s after "
                 f"({self.late:+4.1f} s on the first step), "
-                + (f"{self.busy:.2f} cores busy ({1e6 * self.busy / self.rate:,.0f} us CPU/frame) " if self.busy
-                   and self.rate > 0 else "") + "-> "
+                + (f"{self.busy:.2f} cores busy ({1e6 * self.busy * self.send_seconds / self.frames:,.0f} us CPU per "
+                   "frame sent) " if self.busy and self.rate > 0 else "") + "-> "
                 + ("PASS" if self.passed else f"FAIL ({self.why()})"))
 
 
