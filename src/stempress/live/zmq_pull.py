@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from stempress.errors import StempressError
-from stempress.live.events import Corrupt, End, Event, EventReader, Frame, Frames
+from stempress.live.events import Buffers, Corrupt, End, Event, EventReader, Frame, Frames
 
 #: Messages the receiving socket queues before ZeroMQ stops the sender.
 RECEIVE_HWM = 1000
@@ -25,13 +25,14 @@ class FrameSlots:
     one placement per scan row) instead of one by one; a full buffer is left to the frames in it and a new one
     taken."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, n: int) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, n: int, buffers: Buffers) -> None:
         self.shape, self.dtype, self.n = tuple(shape), np.dtype(dtype), int(n)
         self.frame_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.buffers = buffers  # the reader's, looked up there: the receiving process points it at its ring
         self._new()
 
     def _new(self) -> None:
-        self.buf = np.empty((self.n, *self.shape), self.dtype)
+        self.buf = self.buffers.take((self.n, *self.shape), self.dtype)
         self.used, self.address = 0, self.buf.ctypes.data
 
     def fits(self, shape: tuple[int, ...], dtype: np.dtype) -> bool:
@@ -93,7 +94,7 @@ class PullReader(EventReader):
         a buffer."""
         n = min(SLOT_FRAMES, SLOT_BYTES // max(1, first.data.nbytes))
         if n > 1 and first.data.dtype.isnative:
-            self.slots = FrameSlots(first.data.shape, first.data.dtype, n)
+            self.slots = FrameSlots(first.data.shape, first.data.dtype, n, self.buffers)
 
     def _batch(self, first: Frame) -> Event:
         """``first`` and the frames already queued behind it that follow it (the next numbers, the next slots of
