@@ -33,12 +33,24 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_cpu_profile import STAGES, Warmup, page_faults, print_stages, spawn_sender, timed, timed_iter  # noqa: F401 - timed_iter for stages to come
+from live_cpu_profile import (  # noqa: F401 - timed_iter for stages to come
+    CHILD,
+    STAGES,
+    THREAD,
+    Warmup,
+    instrument_ring,
+    page_faults,
+    print_stages,
+    receiver_cpu,
+    spawn_sender,
+    timed,
+    timed_iter,
+)
 from live_throughput import MODES, SCAN_X, SUM_COM, TARGETS, RepeatedFrames, base_frames
 
 ENCODING = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
 ORDER = ["message -> event", "  of which: zmq receive", "  of which: CBOR loads", "  of which: image decode",
-         "queue put", "queue get", "accounting + row assembly", "regroup/join rows", "reducers",
+         "queue put", "queue get", "ring get (parent)", "accounting + row assembly", "regroup/join rows", "reducers",
          "events (per block)", "  of which: event extraction", "  of which: tally", "  of which: staging write",
          "  of which: model sampling",
          "finish: events", "  of which: model fit", "  of which: entropy coding", "  of which: HDF5 write"]
@@ -83,7 +95,7 @@ FAULTS: dict[str, float] = {}
 def instrument() -> None:
     """Wrap each stage of the DECTRIS receive path (the patched names are the ones the callers look up)."""
     from stempress.data import stream
-    from stempress.live import accounting, dectris, dectris2, receiver, zmq_pull
+    from stempress.live import accounting, dectris, dectris2, zmq_pull
     from stempress.sinks import reduce
 
     if hasattr(zmq_pull.PullReader, "_event"):  # the readers' shared loop (batching frames, where it does)
@@ -103,8 +115,7 @@ def instrument() -> None:
     except ImportError:  # before it: each stream's decode
         dectris.decode_image = timed("  of which: image decode", dectris.decode_image)
         dectris2.decompress = timed("  of which: image decode", dectris2.decompress)
-    receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
-    receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
+    instrument_ring()
     accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
     if hasattr(accounting.RowAssembler, "add_run"):  # a batch of consecutive frames placed at once
         accounting.RowAssembler.add_run = timed("accounting + row assembly", accounting.RowAssembler.add_run)
@@ -152,7 +163,7 @@ def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[d
     sender, port = spawn_sender(_sender, protocol, n)
     STAGES.clear()
     with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
-        source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)
+        source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30, **THREAD)
         warm = Warmup(warmup_rows, source.frame_bytes)
         calibration = given_calibration(source, centre=(m.centre, m.centre), bf_radius=m.disk)
         targets = SUM_COM if outputs == "sum-com" else TARGETS
@@ -164,6 +175,7 @@ def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[d
     sender.join(60)
     if source.account.received != n:
         raise SystemExit(f"{protocol}: received {source.account.received} of {n} frames ({source.account.ended})")
+    CHILD[protocol] = receiver_cpu(source, n)
     # the finish stages' CPU as if spread over the counted frames at their per-frame rate over all frames
     scale = {k: (n - warm.frames) / n if k in FINISH else 1.0 for k in STAGES}
     stages = {k: (v - warm.stages.get(k, 0.0)) * scale[k] for k, v in STAGES.items()}
@@ -212,6 +224,8 @@ def main() -> None:
     parser.add_argument("--outputs", choices=("sum-com", "default", "events"), default="sum-com",
                         help="sum-com: mean pattern + CoM (the LiberTEM-live comparison); default: default reducers; "
                         "events: default reducers + entropy-coded events (live_throughput's DECTRIS outputs)")
+    parser.add_argument("--thread", action="store_true", help="the receiver in a thread of this process (its "
+                        "receive stages timed one by one) instead of its own process")
     parser.add_argument("--sender", action="store_true", help="only serve's own CPU per frame, to a drain")
     args = parser.parse_args()
     modes = args.modes.split(",")
@@ -222,11 +236,12 @@ def main() -> None:
                   f"{us:.1f} us CPU per frame, {rate:,.0f} frames/s")
         return
     instrument()
+    THREAD.update({"thread": True} if args.thread else {})
     results = {mode: profile(mode, args.rows, args.warmup_rows, args.outputs) for mode in modes}
     names = sorted(dict.fromkeys(k for stages, _, _ in results.values() for k in stages), key=ORDER.index)
     print(f"CPU microseconds per frame, DECTRIS 96x96 uint16, {args.rows}x{SCAN_X} scan after {args.warmup_rows} "
           f"warm-up rows, {args.outputs} outputs, one worker:")
-    print_stages(results, modes, names, FAULTS)
+    print_stages(results, modes, names, FAULTS, CHILD)
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +64,34 @@ def test_a_slow_consumer_fills_the_ring_and_holds_the_sender_back_without_losing
     assert (a.received, a.missing, a.duplicate, a.corrupt, a.ended) == (512, 0, 0, 0, "complete")
     peak = live.receiver.peak
     assert capacity // 2 < peak <= capacity  # it filled, and never past its bound
+
+
+def test_the_ring_takes_its_start_again_while_the_parent_keeps_up_and_waits_when_full():
+    from stempress.live.ring import Ring, RingBuffers, Stopped
+
+    shared, stop = Ring(1 << 20), threading.Event()
+    buffers = RingBuffers(stop)
+    buffers.attach(shared)
+    try:
+        offsets = []
+        for event in range(1, 20):
+            taken = buffers.take((100_000,), np.uint8)
+            offsets.append(shared.offset_of(taken))
+            buffers.mark(offsets[-1], event)
+            del taken  # the child lets it go ...
+            shared.placed(event)  # ... and the parent has placed it: free again
+        assert set(offsets) == {0}  # the same memory over and over, not every page of the ring in turn
+        held = [buffers.take((200_000,), np.uint8) for _ in range(5)]  # 1,000,160 of 1,048,576 bytes
+        for i, h in enumerate(held):
+            h[:] = i
+            buffers.mark(shared.offset_of(h), 100 + i)
+        stop.set()
+        with pytest.raises(Stopped):  # full: it would wait for the parent (here: told to stop)
+            buffers.take((200_000,), np.uint8)
+        assert all((h == i).all() for i, h in enumerate(held)) and shared.peak <= shared.capacity
+        del held, h
+    finally:
+        shared.close()
 
 
 @needs_dev_shm

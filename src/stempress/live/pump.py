@@ -20,6 +20,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import selectors
 import signal
 import threading
 import time
@@ -203,6 +204,8 @@ class Receiver:
             worker.start()
             self._state.worker = worker
             child.close()  # our copy: the pipe reads as closed once the child has gone
+        self._ready = selectors.DefaultSelector()  # made once: Connection.poll makes one per call
+        self._ready.register(self.conn, selectors.EVENT_READ)
         self.start_s = time.monotonic() - self.started
 
     def header(self) -> tuple[StreamHeader, bool]:
@@ -262,7 +265,7 @@ class Receiver:
             if reason:
                 return End(reason)
             try:
-                if not self.conn.poll(0.1):
+                if not self._ready.select(0.1):
                     continue
                 message = self.conn.recv()
             except (EOFError, OSError):
@@ -292,6 +295,7 @@ class Receiver:
     def close(self) -> None:
         """Stop the child (waiting a moment for its CPU times), unlink the ring."""
         self.ring = None  # the counters are read from the last look from now on (``_State.final``)
+        self._ready.close()
         cpu = self._state.close()
         if cpu is not None and self.cpu is None:
             self.cpu = cpu

@@ -112,9 +112,8 @@ class Stopped(Exception):
 
 
 class _Taken:
-    """A buffer taken from the ring: from ``start`` (its ``data`` from ``offset`` in the ring, the end of the ring
-    skipped before it counted as its own), free again once ``done`` here (nothing refers to it) and the parent has
-    placed event ``last`` (the last one that used it)."""
+    """A buffer taken from the ring: from position ``start`` (``offset`` in the ring), free again once ``done`` here
+    (nothing refers to it) and the parent has placed event ``last`` (the last one that used it)."""
 
     __slots__ = ("done", "last", "nbytes", "offset", "start")
 
@@ -152,23 +151,31 @@ class RingBuffers(Buffers):
         return array
 
     def _room(self, ring: Ring, nbytes: int) -> _Taken:
-        """A buffer of ``nbytes`` once they are free; it never wraps: the end of the ring is skipped (and counted as
-        this buffer's) when it does not fit there."""
+        """A buffer of ``nbytes`` once they are free. It never wraps (the end of the ring is skipped when it does not
+        fit there), and it goes back to the ring's start whenever that is free: while the parent keeps up, the same
+        few megabytes are used over and over (resident, in cache) instead of every page of the ring in turn."""
         counters, capacity = ring.counters, ring.capacity
         if nbytes > capacity // 2:
             raise StempressError(f"a receive buffer of {nbytes} bytes does not fit the ring of {capacity} bytes; "
                                  "give a larger --buffer-mb")
         head = int(counters[_HEAD])
         at = head % capacity
-        skip = capacity - at if at + nbytes > capacity else 0
-        end = head + skip + nbytes
-        while end - self.free_from() > capacity:
+        start_again = head + (capacity - at) if at else head  # the ring's start, next time round
+        onwards = head if at + nbytes <= capacity else start_again
+        while True:
+            free = self.free_from()
+            if not self._taken:  # none in use: the whole ring is free
+                free = start = start_again
+                break
+            start = next((p for p in (start_again, onwards) if p + nbytes - free <= capacity), None)
+            if start is not None:
+                break
             if self.stop.is_set():
                 raise Stopped
             time.sleep(WAIT_S)
-        counters[_HEAD] = end
-        counters[_PEAK] = max(int(counters[_PEAK]), end - self.free_from())
-        taken = _Taken(head, (at + skip) % capacity, nbytes)
+        counters[_HEAD] = start + nbytes
+        counters[_PEAK] = max(int(counters[_PEAK]), start + nbytes - free)
+        taken = _Taken(start, start % capacity, nbytes)
         self._taken.append(taken)
         return taken
 
