@@ -126,6 +126,22 @@ def test_a_stream_cut_short_ends_with_its_reason_and_leaves_no_process_or_ring()
     assert not _running(pid) and not (SHM / name).exists()
 
 
+def test_a_receiver_closed_while_it_still_opens_the_stream_leaves_no_process():
+    import socket
+
+    from stempress.live.pump import ReaderSpec, Receiver
+
+    server = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog) and never sends a header
+    try:
+        receiver = Receiver(ReaderSpec("merlin", "127.0.0.1", server.getsockname()[1], 60.0), 1)
+        pid = receiver.pid
+        assert _until(lambda: _running(pid))
+        receiver.close()  # the child waits up to 60 s for the header: it is ended, not waited for
+        assert not _running(pid)
+    finally:
+        server.close()
+
+
 def test_a_reader_that_fails_mid_stream_ends_it_with_the_reason(monkeypatch):
     from stempress.live.merlin import MerlinReader
 

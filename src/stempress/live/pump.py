@@ -204,8 +204,12 @@ class Receiver:
             worker.start()
             self._state.worker = worker
             child.close()  # our copy: the pipe reads as closed once the child has gone
-        self._ready = selectors.DefaultSelector()  # made once: Connection.poll makes one per call
-        self._ready.register(self.conn, selectors.EVENT_READ)
+        self._ready: selectors.BaseSelector | None = selectors.DefaultSelector()  # once: conn.poll makes one per call
+        try:
+            self._ready.register(self.conn, selectors.EVENT_READ)
+        except (ValueError, OSError):  # a connection no selector takes (Windows' pipes): conn.poll then
+            self._ready.close()
+            self._ready = None
         self.start_s = time.monotonic() - self.started
 
     def header(self) -> tuple[StreamHeader, bool]:
@@ -214,10 +218,13 @@ class Receiver:
             message = self.conn.recv()
         except (EOFError, OSError):
             raise StempressError(f"{self.spec.protocol}://{self.spec.host}:{self.spec.port}: the receiving process "
-                                 f"exited before the stream's header ({self._exit()})") from None
+                                 f"exited before the stream's header ({self._exit()}); a script that opens a live "
+                                 "stream keeps its work under if __name__ == '__main__': (the process imports the "
+                                 "main module)") from None
         if message[0] == "error":
             raise message[1]
         _, header, ends_with_message = message
+        self._state.opened = True
         frame_bytes = int(np.prod(header.det_shape)) * np.dtype(header.dtype).itemsize
         self.ring = self._state.ring = Ring(ring_bytes(self.queue_bytes, frame_bytes))
         self.ring_name = self.ring.name
@@ -265,7 +272,7 @@ class Receiver:
             if reason:
                 return End(reason)
             try:
-                if not self._ready.select(0.1):
+                if not (self._ready.select(0.1) if self._ready is not None else self.conn.poll(0.1)):
                     continue
                 message = self.conn.recv()
             except (EOFError, OSError):
@@ -295,7 +302,9 @@ class Receiver:
     def close(self) -> None:
         """Stop the child (waiting a moment for its CPU times), unlink the ring."""
         self.ring = None  # the counters are read from the last look from now on (``_State.final``)
-        self._ready.close()
+        if self._ready is not None:
+            self._ready.close()
+            self._ready = None
         cpu = self._state.close()
         if cpu is not None and self.cpu is None:
             self.cpu = cpu
@@ -309,6 +318,7 @@ class _State:
         self.worker: Any = None
         self.ring: Ring | None = None
         self.final: dict[str, int] = {}
+        self.opened = False  # the header came: from then on the child is stopped through the pipe
         self.closed = False
 
     def close(self) -> dict[str, float] | None:
@@ -317,7 +327,9 @@ class _State:
         self.closed = True
         cpu = None
         conn, worker = self.conn, self.worker
-        if conn is not None:
+        if not self.opened and isinstance(worker, multiprocessing.process.BaseProcess) and worker.is_alive():
+            worker.kill()  # still opening the stream (up to its timeout): nothing of it to keep
+        elif conn is not None:
             with contextlib.suppress(OSError):
                 conn.send(("stop",))
             deadline = time.monotonic() + 5
