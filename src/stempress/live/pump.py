@@ -122,8 +122,7 @@ def pump(spec: ReaderSpec, conn: multiprocessing.connection.Connection, in_proce
 
 def _message(event: Event, buffers: RingBuffers, ring: Ring, number: int) -> tuple:
     """An event as the parent rebuilds it: frames (event ``number``) as where they are in the ring (copied there
-    first when a reader decoded them elsewhere: before the first frame or on a path that makes its own array) and
-    the start of their buffer (the parent's measure of the ring in use)."""
+    first when a reader decoded them elsewhere: before the first frame or on a path that makes its own array)."""
     if isinstance(event, Frame | Frames):
         data = event.data
         offset = ring.offset_of(data)
@@ -135,8 +134,8 @@ def _message(event: Event, buffers: RingBuffers, ring: Ring, number: int) -> tup
         assert offset is not None
         ring.count(len(event) if isinstance(event, Frames) else 1)
         numbers = event.numbers.tobytes() if isinstance(event, Frames) else int(event.number)
-        return ("frames", number, numbers, offset, data.shape, data.strides, data.dtype.str,
-                buffers.mark(offset, number))
+        buffers.mark(offset, number)
+        return ("frames", number, numbers, offset, data.shape, data.strides, data.dtype.str)
     if isinstance(event, Corrupt):
         return ("corrupt", event.reason)
     return ("end", event.reason)
@@ -184,7 +183,7 @@ class Receiver:
         self.spec, self.queue_bytes = spec, int(queue_bytes)
         self.ring: Ring | None = None
         self.ring_name: str | None = None
-        self._holding = self._placed_from = 0  # the event being placed: its number, its buffer's start
+        self._holding = 0  # the number of the event being placed
         self.cpu: dict[str, float] | None = None  # the receiver's CPU seconds (its thread, its process), at the end
         self._state = _State()
         self._finalizer = weakref.finalize(self, self._state.close)
@@ -242,10 +241,8 @@ class Receiver:
 
     @property
     def used(self) -> int:
-        """Bytes of the ring in use: taken by the child and not yet placed here (to the start of the buffer of the
-        last event placed)."""
-        ring = self.ring
-        return max(0, ring.head - self._placed_from) if ring is not None else 0
+        """Bytes of the ring in use (as of the last buffer the child took)."""
+        return self._counter("used")
 
     @property
     def pumped(self) -> int:
@@ -279,7 +276,7 @@ class Receiver:
                 return End(f"receiver failed: the receiving process exited ({self._exit()})")
             kind = message[0]
             if kind == "frames":
-                _, self._holding, numbers, offset, shape, strides, dtype, self._placed_from = message
+                _, self._holding, numbers, offset, shape, strides, dtype = message
                 data = ring.view(offset, shape, dtype, strides)
                 if isinstance(numbers, int):
                     return Frame(numbers, data)
@@ -345,7 +342,7 @@ class _State:
                 worker.kill()
                 worker.join(1)
         if self.ring is not None:
-            self.final = {"pumped": self.ring.pumped, "peak": self.ring.peak}
+            self.final = {"pumped": self.ring.pumped, "peak": self.ring.peak}  # "used": none any more
             self.ring.close()
             self.ring = None
         if conn is not None:

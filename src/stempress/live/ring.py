@@ -6,12 +6,11 @@ be pickled and copied twice; here the child writes each frame once, where the pa
 per batch cross the pipe. Why bounded: when the parent falls behind, the ring fills, the child waits for space and
 stops reading, and the protocol's own backpressure (TCP, the ZeroMQ high-water mark) holds the detector back.
 
-Positions are byte counts since the start (they only grow); ``position % capacity`` is where they are. The child
-takes buffers in order (``RingBuffers.take``; a reader decodes many frames into one) and numbers the events it
+The child takes buffers (``RingBuffers.take``; a reader decodes many frames into one) and numbers the events it
 sends; the parent stores the number of the last event it has placed (``Ring.placed``). A buffer is free again once
 the child no longer refers to it and the parent has placed the last event that used it, so the child alone decides
 what is free and never waits on a stale answer. Four int64 counters lead the segment: events placed (written by
-the parent), head, frames pumped and peak bytes in use (written by the child)."""
+the parent), bytes in use, frames pumped and peak bytes in use (written by the child)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import contextlib
 import threading
 import time
 import weakref
-from collections import deque
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -27,19 +25,20 @@ import numpy as np
 from stempress.errors import StempressError
 from stempress.live.events import Buffers
 
-_PLACED, _HEAD, _PUMPED, _PEAK = range(4)
+_PLACED, _USED, _PUMPED, _PEAK = range(4)
 HEADER_BYTES = 64
 ALIGN = 64
-#: The smallest ring: readers take buffers of up to 4 MiB (Merlin's receive buffer, ``merlin.BUFFER_BYTES``), and a
-#: ring at least four times that never waits on a buffer the child itself still holds.
+#: The smallest ring: readers take buffers of up to 4 MiB (Merlin's receive buffer, ``merlin.BUFFER_BYTES``); the child
+#: holds at most three at once (the one it fills, one whose frames are in flight, a copy), and in a ring of eight
+#: such buffers those always leave a gap for the next one, wherever they lie.
 MIN_BYTES = 32 * 1024**2
 #: How long the child sleeps between looks at ``released`` while the ring is full.
 WAIT_S = 0.0005
 
 
 def ring_bytes(queue_bytes: int, frame_bytes: int) -> int:
-    """The ring's capacity for a byte budget of ``queue_bytes``: at least ``MIN_BYTES`` and 16 frames, so any buffer
-    a reader takes fits in a quarter of it (one frame always fits, as it always did)."""
+    """The ring's capacity for a byte budget of ``queue_bytes``: at least ``MIN_BYTES`` and 16 frames (a receive
+    buffer holds two frames at least), so any buffer a reader takes fits in an eighth of it."""
     size = max(int(queue_bytes), MIN_BYTES, 16 * int(frame_bytes))
     return size + (-size % ALIGN)
 
@@ -63,9 +62,9 @@ class Ring:
 
     # -- both sides ------------------------------------------------------------------------------------------------
     @property
-    def head(self) -> int:
-        """Bytes taken by the child so far (a position)."""
-        return int(self.counters[_HEAD])
+    def used(self) -> int:
+        """Bytes in use, as of the last buffer the child took."""
+        return int(self.counters[_USED])
 
     @property
     def pumped(self) -> int:
@@ -112,29 +111,34 @@ class Stopped(Exception):
 
 
 class _Taken:
-    """A buffer taken from the ring: from position ``start`` (``offset`` in the ring), free again once ``done`` here
-    (nothing refers to it) and the parent has placed event ``last`` (the last one that used it)."""
+    """A buffer taken from the ring at ``offset``, free again once ``done`` here (nothing refers to it) and the parent
+    has placed event ``last`` (the last one that used it)."""
 
-    __slots__ = ("done", "last", "nbytes", "offset", "start")
+    __slots__ = ("done", "last", "nbytes", "offset")
 
-    def __init__(self, start: int, offset: int, nbytes: int) -> None:
-        self.start, self.offset, self.nbytes, self.done, self.last = start, offset, nbytes, False, 0
+    def __init__(self, offset: int, nbytes: int) -> None:
+        self.offset, self.nbytes, self.done, self.last = offset, nbytes, False, 0
 
     def finish(self) -> None:
         self.done = True
 
 
 class RingBuffers(Buffers):
-    """The child's side: buffers taken from the ring in order, waiting while it is full (until ``stop``). Each event
-    sent is numbered (``mark``); the parent counts the events it has placed (``placed``), and a buffer is free once
-    nothing here refers to it any more and the parent has placed the last event that used it."""
+    """The child's side: buffers taken from the ring, waiting while none fits (until ``stop``). Each event sent is
+    numbered (``mark``); the parent counts the events it has placed (``Ring.placed``), and a buffer is free once
+    nothing here refers to it any more and the parent has placed the last event that used it.
+
+    A buffer goes at the lowest offset where it fits between the buffers in use (first fit, not a head running
+    round the ring): while the parent keeps up, the same few megabytes are used over and over (resident, in cache),
+    and a buffer the reader still fills never blocks the rest of the ring behind it (a head that had wrapped
+    round behind it would wait for it, and the reader would wait for the head: stuck)."""
 
     reusable = False  # the parent may still read a buffer the child has let go: never refill one
 
     def __init__(self, stop: threading.Event) -> None:
         self.ring: Ring | None = None  # until ``attach``: heap buffers (those the reader takes before the first frame)
         self.stop = stop
-        self._taken: deque[_Taken] = deque()  # the buffers not yet free, oldest first
+        self._taken: list[_Taken] = []  # the buffers not yet free, in the order taken
 
     def attach(self, ring: Ring) -> None:
         self.ring = ring
@@ -151,47 +155,40 @@ class RingBuffers(Buffers):
         return array
 
     def _room(self, ring: Ring, nbytes: int) -> _Taken:
-        """A buffer of ``nbytes`` once they are free. It never wraps (the end of the ring is skipped when it does not
-        fit there), and it goes back to the ring's start whenever that is free: while the parent keeps up, the same
-        few megabytes are used over and over (resident, in cache) instead of every page of the ring in turn."""
-        counters, capacity = ring.counters, ring.capacity
-        if nbytes > capacity // 2:
-            raise StempressError(f"a receive buffer of {nbytes} bytes does not fit the ring of {capacity} bytes; "
-                                 "give a larger --buffer-mb")
-        head = int(counters[_HEAD])
-        at = head % capacity
-        start_again = head + (capacity - at) if at else head  # the ring's start, next time round
-        onwards = head if at + nbytes <= capacity else start_again
-        while True:
-            free = self.free_from()
-            if not self._taken:  # none in use: the whole ring is free
-                free = start = start_again
-                break
-            start = next((p for p in (start_again, onwards) if p + nbytes - free <= capacity), None)
-            if start is not None:
-                break
+        """A buffer of ``nbytes`` once it fits somewhere."""
+        if nbytes > ring.capacity // 2:
+            raise StempressError(f"a receive buffer of {nbytes} bytes does not fit the ring of {ring.capacity} "
+                                 "bytes; give a larger --buffer-mb")
+        while (at := self._gap(ring, nbytes)) is None:
             if self.stop.is_set():
                 raise Stopped
             time.sleep(WAIT_S)
-        counters[_HEAD] = start + nbytes
-        counters[_PEAK] = max(int(counters[_PEAK]), start + nbytes - free)
-        taken = _Taken(start, start % capacity, nbytes)
+        taken = _Taken(at, nbytes)
         self._taken.append(taken)
+        self._count_used(ring)
         return taken
 
-    def free_from(self) -> int:
-        """The position from which the ring is in use: the start of the oldest buffer not yet free."""
-        ring, taken = self.ring, self._taken
-        assert ring is not None
+    def _gap(self, ring: Ring, nbytes: int) -> int | None:
+        """The lowest offset with ``nbytes`` free after the buffers that are free again have been let go."""
         placed = int(ring.counters[_PLACED])
-        while taken and taken[0].done and taken[0].last <= placed:
-            taken.popleft()
-        return taken[0].start if taken else int(ring.counters[_HEAD])
+        self._taken = [t for t in self._taken if not (t.done and t.last <= placed)]
+        at = 0
+        for offset, end in sorted((t.offset, t.offset + t.nbytes) for t in self._taken):
+            if offset - at >= nbytes:
+                return at
+            at = max(at, end)
+        return at if ring.capacity - at >= nbytes else None
 
-    def mark(self, offset: int, event: int) -> int:
-        """Event number ``event`` uses the buffer holding ring offset ``offset``; that buffer's start."""
+    def _count_used(self, ring: Ring) -> None:
+        """Bytes in use (as of the last buffer taken: the parent's status line) and the peak."""
+        used = sum(t.nbytes for t in self._taken)
+        ring.counters[_USED] = used
+        ring.counters[_PEAK] = max(int(ring.counters[_PEAK]), used)
+
+    def mark(self, offset: int, event: int) -> None:
+        """Event number ``event`` uses the buffer holding ring offset ``offset``."""
         for taken in reversed(self._taken):  # nearly always the newest
             if taken.offset <= offset < taken.offset + taken.nbytes:
                 taken.last = event
-                return taken.start
+                return
         raise AssertionError(f"ring offset {offset} is in no buffer taken")
