@@ -94,6 +94,20 @@ def test_the_ring_takes_its_start_again_while_the_parent_keeps_up_and_waits_when
         shared.close()
 
 
+def test_the_ring_is_sized_by_the_budget_within_the_free_shared_memory(tmp_path, monkeypatch):
+    from stempress.errors import StempressError
+    from stempress.live.ring import MIN_BYTES, ring_bytes
+
+    free = 10 * MIN_BYTES
+    monkeypatch.setattr(ring.shutil, "disk_usage", lambda path: type("Usage", (), {"free": free})())
+    assert ring_bytes(1, 18_432, str(tmp_path)) == MIN_BYTES  # at least the smallest ring
+    assert ring_bytes(3 * MIN_BYTES + 5, 18_432, str(tmp_path)) == 3 * MIN_BYTES  # the budget, whole lines
+    assert ring_bytes(100 * MIN_BYTES, 18_432, str(tmp_path)) < free  # no more than is free there
+    free = MIN_BYTES // 2
+    with pytest.raises(StempressError, match="shared memory; free some"):
+        ring_bytes(1, 18_432, str(tmp_path))
+
+
 @needs_dev_shm
 @pytest.mark.parametrize("read", [False, True])
 def test_close_ends_the_receiving_process_and_unlinks_the_ring(read):

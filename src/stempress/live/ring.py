@@ -15,6 +15,8 @@ the parent), bytes in use, frames pumped and peak bytes in use (written by the c
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import threading
 import time
 import weakref
@@ -36,11 +38,20 @@ MIN_BYTES = 32 * 1024**2
 WAIT_S = 0.0005
 
 
-def ring_bytes(queue_bytes: int, frame_bytes: int) -> int:
+def ring_bytes(queue_bytes: int, frame_bytes: int, shm: str = "/dev/shm") -> int:
     """The ring's capacity for a byte budget of ``queue_bytes``: at least ``MIN_BYTES`` and 16 frames (a receive
-    buffer holds two frames at least), so any buffer a reader takes fits in an eighth of it."""
-    size = max(int(queue_bytes), MIN_BYTES, 16 * int(frame_bytes))
-    return size + (-size % ALIGN)
+    buffer holds two frames at least), so any buffer a reader takes fits in an eighth of it; no more than the
+    shared-memory filesystem has free (a container's is often 64 MB), where the processes would die of SIGBUS when
+    the ring filled, or a one-line refusal when even the smallest ring does not fit there."""
+    least = max(MIN_BYTES, 16 * int(frame_bytes))
+    size = max(int(queue_bytes), least)
+    if os.path.isdir(shm):
+        free = shutil.disk_usage(shm).free - HEADER_BYTES
+        if free < least:
+            raise StempressError(f"{shm} has {free / 1e6:,.0f} MB free, the live receiver needs {least / 1e6:,.0f} MB "
+                                 "of shared memory; free some (in a container: a larger --shm-size)")
+        size = min(size, free)
+    return size - size % ALIGN
 
 
 class Ring:
