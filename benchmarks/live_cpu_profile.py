@@ -301,7 +301,8 @@ def print_stages(results: dict[str, tuple[dict[str, float], float, int]], modes:
         print("  receiving process (its own CPU, every frame of the stream, warm-up included):")
         row("  pump thread (receive + decode)", (1e6 * child[m][0] for m in modes))  # type: ignore[index]
         row("  process total (+ ZeroMQ I/O)", (1e6 * child[m][1] for m in modes))  # type: ignore[index]
-        row("both processes", (1e6 * (results[m][1] / results[m][2] + child[m][1]) for m in modes))  # type: ignore[index]
+        row("this + receiving process", (1e6 * (results[m][1] / results[m][2] + child[m][1])  # type: ignore[index]
+                                         for m in modes))
 
 
 def main() -> None:

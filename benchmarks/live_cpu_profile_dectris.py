@@ -15,7 +15,11 @@ outputs (issue #14); one worker). Each stage is timed with ``time.thread_time`` 
 marked ``of which`` are inside the unindented stage above them. The first ``--warmup-rows`` are not counted, except
 by the ``finish`` stages, what runs once the scan has ended (on a stream the events are coded chunk by chunk during
 the scan, in ``events (per block)``, with a model fitted on the first rows: only the last chunk is left), whose CPU
-is divided by all the frames received (and added so to the process total).
+is divided by all the frames received (and added so to the process total). The events' chunks are coded in one
+worker process, as ``stempress live`` codes them (``sinks.events.stream_coder``): the table shows this process's
+"arena copy" (a chunk into the worker's shared memory) and "coded chunks taken", and below it the worker's own
+CPU per frame (from /proc) and both processes' sum; ``--coder inline`` codes them in this process ("entropy
+coding"), the way before the worker.
 
 Sender (``--sender``): ``live.serve.serve`` in a process of its own at full speed, this process draining the
 socket (``recv_multipart``, nothing else); prints serve's process CPU per frame and the frames/s reached. If serve
@@ -25,6 +29,7 @@ alone cannot outrun both receivers, ``live_throughput`` measures the sender, not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import sys
 import tempfile
@@ -52,7 +57,7 @@ ENCODING = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
 ORDER = ["message -> event", "  of which: zmq receive", "  of which: CBOR loads", "  of which: image decode",
          "queue put", "queue get", "ring get (parent)", "accounting + row assembly", "regroup/join rows", "reducers",
          "events (per block)", "  of which: event extraction", "  of which: tally", "  of which: staging write",
-         "  of which: model sampling",
+         "  of which: model sampling", "  of which: arena copy", "  of which: coded chunks taken",
          "finish: events", "  of which: model fit", "  of which: entropy coding", "  of which: HDF5 write"]
 #: Stages that run once the scan has ended, over every frame (warm-up rows included).
 FINISH = ("finish: events", "  of which: model fit", "  of which: entropy coding", "  of which: HDF5 write")
@@ -90,6 +95,34 @@ def _sender(protocol: str, n_frames: int, ports: Any) -> None:
 
 
 FAULTS: dict[str, float] = {}
+#: The coder's worker process: its CPU seconds after the warm-up rows, per mode (none: coded in this process).
+WORKER: dict[str, float] = {}
+
+
+def worker_cpu(executor: Any) -> float:
+    """CPU seconds (user + system) of ``executor``'s worker processes so far, from /proc."""
+    import os
+
+    total = 0.0
+    for pid in executor.pids() if executor is not None else ():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
+class CoderWarmup(Warmup):
+    """``Warmup`` that also takes the coder's worker CPU when the warm-up rows are through."""
+
+    def __init__(self, rows: int, frame_bytes: int, coder: Any) -> None:
+        super().__init__(rows, frame_bytes)
+        self.coder, self.worker = coder, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        before = self.frames
+        super().__call__(done, total)
+        if self.frames and not before:
+            self.worker = worker_cpu(self.coder)
 
 
 def instrument() -> None:
@@ -148,29 +181,51 @@ def instrument_events() -> None:
         ModelFit.model = timed("  of which: model fit", ModelFit.model)
     except ImportError:  # before it: the whole fit at finish
         pass
-    ChunkCoder.encode = timed("  of which: entropy coding", ChunkCoder.encode)
+    ChunkCoder.encode = timed("  of which: entropy coding", ChunkCoder.encode)  # this process's coding only
+    try:  # a live stream's chunks handed to the coder's worker process (its CPU: worker_cpu)
+        from stempress.data.entropy_parallel import ChunkPool
+
+        ChunkPool.put_encode = timed("  of which: arena copy", ChunkPool.put_encode)
+        ChunkPool.take_encoded = timed("  of which: coded chunks taken", ChunkPool.take_encoded)
+    except AttributeError:  # before it: coded in the consuming thread
+        pass
     entropy.ChunkWriter.finish = timed("  of which: HDF5 write", entropy.ChunkWriter.finish)
 
 
-def profile(protocol: str, rows: int, warmup_rows: int, outputs: str) -> tuple[dict[str, float], float, int]:
-    """Stage CPU seconds, total process CPU seconds and frames counted, after ``warmup_rows``."""
+def profile(protocol: str, rows: int, warmup_rows: int, outputs: str,
+            coder: str = "process") -> tuple[dict[str, float], float, int]:
+    """Stage CPU seconds, total process CPU seconds and frames counted, after ``warmup_rows``; ``coder``: where
+    the events' chunks are coded (``process``: one worker process, as ``stempress live`` does; ``inline``: here)."""
     from stempress.acquire import receive
     from stempress.live import open_live
     from stempress.store.reducing import given_calibration
+
+    try:
+        from stempress.sinks.events import stream_coder
+    except ImportError:  # before it: coded in this process
+        stream_coder = None
 
     m = MODES["dectris"]
     n = (rows + warmup_rows) * SCAN_X
     sender, port = spawn_sender(_sender, protocol, n)
     STAGES.clear()
-    with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
+    wanted = outputs == "events" and coder == "process" and stream_coder is not None
+    with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp, \
+            (stream_coder(wanted) if stream_coder is not None else contextlib.nullcontext()) as executor:
         source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30, **THREAD)
-        warm = Warmup(warmup_rows, source.frame_bytes)
+        warm = CoderWarmup(warmup_rows, source.frame_bytes, executor)
         calibration = given_calibration(source, centre=(m.centre, m.centre), bf_radius=m.disk)
         targets = SUM_COM if outputs == "sum-com" else TARGETS
-        events = {"events": Path(tmp) / "e.h5", "event_format": "entropy"} if outputs == "events" else {}
+        events: dict[str, Any] = {}
+        if outputs == "events":
+            events.update(events=Path(tmp) / "e.h5", event_format="entropy")
+        if executor is not None:
+            events["event_coder"] = executor
         receive(source, reduce=targets, reduced=Path(tmp) / "r.h5", calibration=calibration, workers=1,
                 progress=warm, **events)
         cpu = time.process_time() - warm.cpu
+        if executor is not None:
+            WORKER[protocol] = worker_cpu(executor) - warm.worker
         FAULTS[protocol] = (page_faults() - warm.faults) / max(1, n - warm.frames)
     sender.join(60)
     if source.account.received != n:
@@ -226,6 +281,9 @@ def main() -> None:
                         "events: default reducers + entropy-coded events (live_throughput's DECTRIS outputs)")
     parser.add_argument("--thread", action="store_true", help="the receiver in a thread of this process (its "
                         "receive stages timed one by one) instead of its own process")
+    parser.add_argument("--coder", choices=("process", "inline"), default="process",
+                        help="events: where the chunks are coded, one worker process (as stempress live does; its CPU "
+                        "is printed below the table) or this process")
     parser.add_argument("--sender", action="store_true", help="only serve's own CPU per frame, to a drain")
     args = parser.parse_args()
     modes = args.modes.split(",")
@@ -237,11 +295,21 @@ def main() -> None:
         return
     instrument()
     THREAD.update({"thread": True} if args.thread else {})
-    results = {mode: profile(mode, args.rows, args.warmup_rows, args.outputs) for mode in modes}
+    results = {mode: profile(mode, args.rows, args.warmup_rows, args.outputs, args.coder) for mode in modes}
     names = sorted(dict.fromkeys(k for stages, _, _ in results.values() for k in stages), key=ORDER.index)
     print(f"CPU microseconds per frame, DECTRIS 96x96 uint16, {args.rows}x{SCAN_X} scan after {args.warmup_rows} "
           f"warm-up rows, {args.outputs} outputs, one worker:")
     print_stages(results, modes, names, FAULTS, CHILD)
+    if WORKER:  # the coder's worker process: its CPU is off this process's GIL
+        print("  " + f"{'coder worker process (its CPU)':<36}" + "".join(
+            f"{1e6 * WORKER.get(m, 0.0) / results[m][2]:>10.1f}" for m in modes))
+        print("  " + f"{'this + coder processes':<36}" + "".join(
+            f"{1e6 * (results[m][1] + WORKER.get(m, 0.0)) / results[m][2]:>10.1f}" for m in modes))
+    if WORKER and all(CHILD.get(m) for m in modes):
+        print("  " + f"{'all three processes':<36}" + "".join(
+            f"{1e6 * ((results[m][1] + WORKER.get(m, 0.0)) / results[m][2] + CHILD[m][1]):>10.1f}"  # type: ignore[index]
+            for m in modes))
+
 
 if __name__ == "__main__":
     main()

@@ -41,11 +41,14 @@ def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str
             event_format: str | None = None, counting: CountingParams | None = None,
             event_inputs: Mapping[str, str] | None = None, watch: Callable[[Snapshot], None] | None = None,
             every: float = SNAPSHOT_EVERY_S, workers: int | None = None, executor: str | Executor | None = None,
-            force: bool = False, progress: Progress | None = None) -> IngestReport:
+            force: bool = False, progress: Progress | None = None,
+            event_coder: Executor | None = None) -> IngestReport:
     """``ingest``'s outputs (``archive``, ``reduce`` targets into ``reduced``, ``events``) from ``source`` in one
     pass; with ``watch``, also a ``Snapshot`` every ``every`` seconds and one at the end. The images come from the
     ``reduce`` targets (then the mean pattern is added to them, for the snapshots) or from ``reducers`` (kept in
-    memory, no file); ``reduce`` targets without ``reduced`` are reduced in memory too."""
+    memory, no file); ``reduce`` targets without ``reduced`` are reduced in memory too. ``event_coder``: worker
+    processes (yours, left open) that entropy-code the events off this process's GIL, as ``stempress live`` gives
+    (``sinks.events.stream_coder``; a script keeps its work under ``if __name__ == "__main__":``)."""
     if reducers is not None and reduce:
         raise StempressError("give reducers (objects, in memory) or reduce targets (names), not both")
     if reduce and reduced is None and watch is None:
@@ -62,7 +65,8 @@ def receive(source: LiveSource, *, archive: Path | str | None = None, codec: str
     sinks: list[Any] = output_sinks(source, archive=archive, codec=codec, chunks=chunks,
                                     reduce=targets if reduced is not None else (), reduced=reduced,
                                     calibration=calibration, events=events, event_format=event_format,
-                                    counting=counting, event_inputs=event_inputs, force=force) if files else []
+                                    counting=counting, event_inputs=event_inputs, force=force,
+                                    event_coder=event_coder) if files else []
     in_memory = reducers if reducers is not None else (
         [t.reducer(calibration, name=t.label) for t in parse_targets(targets)] if targets and reduced is None else
         default_reducers(calibration) if watch is not None and not targets and calibration is not None else [])

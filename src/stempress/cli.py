@@ -451,6 +451,7 @@ def live(
     from stempress.acquire import receive
     from stempress.events.counting import counting_options
     from stempress.live import open_live
+    from stempress.sinks.events import stream_coder
     from stempress.store.reducing import given_calibration
 
     shape = parse_scan_shape(scan_shape)
@@ -472,15 +473,18 @@ def live(
     if not outputs and preview is None:
         raise StempressError("live needs at least one output: --archive OUT.h5, --reduce TARGET --reduced RED.h5, "
                              "--events EV.h5 and/or --preview DIR")
+    # entropy-coded events: coded in one worker process of this command's (on processes: the run's workers)
+    entropy = (events is not None and (event_format or "").strip().lower() == "entropy"
+               and executor.strip().lower() != "processes")
     with saying_new_folders(*outputs), progress_reporter("live", unit="bytes") as bar, \
-            _previewing(preview, force) as watch:
+            _previewing(preview, force) as watch, stream_coder(entropy, workers) as coder:  # off this one's GIL
         source = open_live(url, shape, timeout=timeout, queue_bytes=buffer_mb * 1024**2)  # type: ignore[arg-type]
         calibration = given_calibration(source, centre=point, bf_radius=bf_radius) if reduce else None
         with _ctrl_c_stops(source):
             report = receive(source, archive=archive, codec=codec, chunks=chunking, reduce=reduce or [],
                              reduced=reduced, calibration=calibration, events=events, event_format=event_format,
                              counting=counting, event_inputs={"source": url, **references}, watch=watch,
-                             workers=workers, executor=executor, force=force,
+                             workers=workers, executor=executor, force=force, event_coder=coder,
                              progress=lambda done, total: bar(done, total, source.status(done)))
     account = source.account
     console.print(report.summary(), highlight=False, soft_wrap=True)

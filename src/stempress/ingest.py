@@ -86,9 +86,10 @@ def output_sinks(source: Dataset4D | StreamSource, *, archive: Path | str | None
                  calibration: Calibration | None = None, events: Path | str | None = None,
                  event_format: str | None = None, counting: CountingParams | None = None,
                  event_inputs: Mapping[str, str] | None = None, force: bool = False,
-                 shards: bool = False) -> list[Any]:
+                 shards: bool = False, event_coder: Executor | None = None) -> list[Any]:
     """The sinks of ``ingest``'s outputs (checked, nothing written yet), for a caller that adds sinks of its own to
-    the same pass (a live scan's snapshots) before ``run_outputs``."""
+    the same pass (a live scan's snapshots) before ``run_outputs``. ``event_coder``: worker processes for a
+    stream's entropy-coded events (``sinks.events.EventSink``'s ``coder``)."""
     shape = check_shape_dtype(tuple(source.shape), np.dtype(source.dtype), source.name)
     if bool(reduce) != (reduced is not None):
         raise StempressError("--reduce TARGET and --reduced RED.h5 go together; give both or neither")
@@ -117,7 +118,8 @@ def output_sinks(source: Dataset4D | StreamSource, *, archive: Path | str | None
         measured = calibration if calibration is not None else source_calibration(source)
         sinks.append(ReducedFileSink(source, list(reduce), reduced, calibration=measured, force=force))
     if events is not None:
-        sinks.append(EventSink(events, counting, fmt=event_format, force=force, inputs=event_inputs))
+        sinks.append(EventSink(events, counting, fmt=event_format, force=force, inputs=event_inputs,
+                               coder=event_coder))
     return sinks
 
 

@@ -174,6 +174,27 @@ def test_a_pass_like_another_shares_its_constants_and_gives_the_same_bits():
     assert other.states[0].context is not template.states[0].context
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_counts_give_the_bits_of_their_float64_copy_whatever_the_blocking(dtype):
+    """1-bit and 12-bit-like counts (a few bright frames among them) through the default reducers: the float32
+    window, the byte sums and the float64 fallback give exactly what the same cube as float64 gives, for any block
+    size or worker count."""
+    rng = np.random.default_rng(10)
+    yy, xx = np.indices((48, 48))
+    disk = (yy - 23.5) ** 2 + (xx - 23.5) ** 2 < 25
+    cube = rng.poisson(np.where(disk, 3.0, 0.1), size=(6, 40, 48, 48))
+    cube = np.minimum(cube, 1) if dtype == np.uint8 else np.minimum(cube * 300, 4095)
+    cube[2, 5] = 255 if dtype == np.uint8 else 65535  # a chunk of the byte path's floats; a float64 fallback
+    cube = cube.astype(dtype)
+    calibration = Calibration(centre_y=23.5, centre_x=23.5, bf_radius_px=5.0, det_shape=(48, 48))
+    reducers = default_reducers(calibration)
+    want = run_reducers(ArraySource(cube.astype(np.float64)), reducers, calibration=calibration)
+    _assert_identical(want, run_reducers(ArraySource(cube), reducers, calibration=calibration, rows=1))
+    with ThreadExecutor(2) as pool:
+        _assert_identical(want, run_reducers(ArraySource(cube), reducers, calibration=calibration, rows=2,
+                                             executor=pool))
+
+
 def test_partition_ranges_cover_the_scan_without_empty_parts():
     assert partition_ranges(10, 3) == [(0, 3), (3, 7), (7, 10)]
     assert partition_ranges(2, 5) == [(0, 1), (1, 2)]
@@ -208,23 +229,97 @@ def test_projection_is_exact_for_bright_frames_and_large_integer_weights():
     assert not projection.exact32  # switched to float64 after the first bright frame
 
 
-def test_weights_inside_a_band_of_detector_rows_multiply_only_there_with_the_same_bits():
-    """A disk's weights (a CoM) touch a band of detector rows only: the float32 product keeps to the band, bright
-    frames (over 2**24 counts, but not inside the band, or inside it too) still come out exact."""
+def test_weights_inside_a_window_of_the_detector_multiply_only_there_with_the_same_bits():
+    """A disk's weights (a CoM) touch a box of the detector only: the float32 product keeps to the box (a total over
+    every pixel is the frame's sum apart), bright frames (over 2**24 counts, but not inside the box, or inside it
+    too) still come out exact."""
     rng = np.random.default_rng(5)
     cube = rng.poisson(3.0, size=(2, 6, 24, 16)).astype(np.uint16)
-    cube[0, :3] = 65000  # bright everywhere: redone in float64
-    cube[1, :3, :4] = 65000  # bright outside the band only: still float32 over the band
+    cube[1, :3] = rng.integers(60000, 65536, size=(3, 24, 16))  # bright everywhere: redone in float64
     yy, xx = np.indices((24, 16))
     disk = (yy - 12) ** 2 + (xx - 8) ** 2 < 16
-    weights = np.stack([disk, disk * (yy * 100 - 1200), disk * (xx - 8)], axis=-1).reshape(-1, 3).astype(float)
+    box = (yy >= 9) & (yy < 16) & (xx >= 5) & (xx < 12)
+    # bright outside the box only (odd counts, so a float32 total over 2**24 would round): float32 over the box, the
+    # frame total redone in float64
+    cube[0, :3] = np.where(box, cube[0, :3], rng.integers(60000, 65536, size=(3, 24, 16)))
+    # 15 * the disk: odd products whose sums pass 2**24 (and round) once the window's sum passes 2**24 / 18
+    weights = np.stack([disk, disk * (yy * 100 - 1200), disk * (xx - 8), disk * 15], axis=-1).reshape(-1, 4)
+    weights = weights.astype(float)
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(np.int64), weights.astype(np.int64))
+    for extra in (np.empty((24 * 16, 0)), np.ones((24 * 16, 1)), 1.0 - disk.reshape(-1, 1)):  # + a total, HAADF
+        w = np.c_[weights, extra]
+        projection = Projection(w, cube.dtype, cube.shape)
+        assert projection._columns.box == (9, 16, 5, 12)
+        assert (projection._columns.background is None) == (extra.shape[1] == 0)
+        assert np.array_equal(projection.apply(cube), np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(
+            np.int64), w.astype(np.int64)).astype(np.float64))
+    outside = Projection(weights, cube.dtype, cube.shape)
+    assert np.array_equal(outside.apply(cube[:1]), want[:1].astype(np.float64))
+    assert outside.exact32  # bright only outside the box: float32 still
+
+
+def test_a_window_nearly_as_wide_as_the_detector_is_multiplied_in_place_over_whole_rows():
+    """A wide window: its detector rows in the frames' float32 copy cost less than copying it out; the frame total is
+    then the rows' sum plus the rows above and below, each checked against 2**24 (odd counts over it outside the
+    rows are redone in float64); the bits are the exact integers'."""
+    rng = np.random.default_rng(9)
+    cube = rng.poisson(3.0, size=(2, 6, 40, 16)).astype(np.uint16)
+    yy, xx = np.indices((40, 16))
+    ellipse = ((yy - 21) / 3.5) ** 2 + ((xx - 8) / 7) ** 2 < 1
+    rows = (yy >= 18) & (yy < 25)
+    cube[0] = np.where(rows, cube[0], rng.integers(60000, 65536, size=(6, 40, 16)))
+    cube[1, :2] = 65000
+    weights = np.stack([ellipse, ellipse * (xx - 8), np.ones((40, 16))], axis=-1).reshape(-1, 3).astype(float)
     projection = Projection(weights, cube.dtype, cube.shape)
-    inside = np.flatnonzero(disk)
-    assert projection._band == (inside[0], inside[-1] + 1) == (9 * 16 + 6, 15 * 16 + 11)
+    assert projection._columns.box == (18, 25, 2, 15) and projection._columns.band == (True, True)
     want = np.einsum("abp,pk->abk", cube.reshape(2, 6, -1).astype(np.int64), weights.astype(np.int64))
     assert np.array_equal(projection.apply(cube), want.astype(np.float64))
-    everywhere = Projection(np.c_[weights, np.ones(24 * 16)], cube.dtype, cube.shape)  # a total: every pixel
-    assert everywhere._band is None
+
+
+def test_the_float32_pattern_sum_is_flushed_before_a_pixel_reaches_2_to_the_24():
+    """Rows of 300 frames near the largest uint16 count: the pattern's float32 running sum would pass 2**24 after 256
+    frames; it goes into the float64 sums before that, and the frames themselves stay on the float32 path."""
+    cube = np.random.default_rng(6).integers(60000, 65536, size=(2, 300, 4, 4), dtype=np.uint16)
+    cube[1, ::7] = 3
+    weights = np.stack([np.ones(16), np.arange(16) % 4 == 1], axis=1).astype(float)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    pattern = np.zeros(16)
+    got = projection.apply(cube, [pattern])
+    assert projection.exact32
+    assert np.array_equal(pattern, cube.reshape(-1, 16).sum(axis=0, dtype=np.int64).astype(np.float64))
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 300, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(got, want.astype(np.float64))
+
+
+@pytest.mark.parametrize("top", [1, 15])
+def test_sums_of_byte_counts_over_every_pixel_are_taken_on_the_bytes_with_the_same_bits(top):
+    """1-bit (and other small 8-bit) counts: the frame totals and the pattern add up in the bytes themselves (no
+    byte's sum passes 255: in groups, and flushed in time over rows of 300 frames); a chunk holding larger counts
+    goes the float32 way; the bits are those of exact integer sums either way."""
+    rng = np.random.default_rng(7)
+    cube = np.minimum(rng.poisson(3.0 * top, size=(2, 300, 32, 32)), top).astype(np.uint8)
+    cube[1, 32:35] = 100  # a chunk with counts too large for its bytes
+    yy, xx = np.indices((32, 32))
+    disk = ((yy - 16) ** 2 + (xx - 16) ** 2 < 25).ravel()
+    weights = np.stack([disk, 1 - disk, disk * (yy.ravel() - 16), np.ones(1024)], axis=1).astype(float)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    assert projection._byte_top(cube[0, :16]) == top and projection._byte_top(cube[1, 32:48]) is None
+    pattern = np.zeros(1024)
+    got = projection.apply(cube, [pattern])
+    assert projection.exact32
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 300, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(got, want.astype(np.float64))
+    assert np.array_equal(pattern, cube.reshape(-1, 1024).sum(axis=0, dtype=np.int64).astype(np.float64))
+
+
+def test_weights_whose_digits_or_remainder_are_zero_need_no_column():
+    """30 = 6 * 5 + 0: a large weight's low digit can be all zero, and a constant weight is all background."""
+    cube = np.random.default_rng(8).poisson(2.0, size=(2, 5, 16, 16)).astype(np.uint16)
+    weights = np.stack([np.where(np.arange(256) % 3 == 0, 30.0, 0.0), np.full(256, 30.0)], axis=1)
+    projection = Projection(weights, cube.dtype, cube.shape)
+    assert projection._columns.w32.shape[1] == 8  # the window's ones and one digit, padded
+    want = np.einsum("abp,pk->abk", cube.reshape(2, 5, -1).astype(np.int64), weights.astype(np.int64))
+    assert np.array_equal(projection.apply(cube), want.astype(np.float64))
 
 
 def test_projection_uses_float32_exactly_for_counts_and_float64_otherwise():

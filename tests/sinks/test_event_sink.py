@@ -4,6 +4,8 @@ from the blocks as they pass; and its tally, taken from the events, is the dense
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from stempress.errors import StempressError
 from stempress.events.counting import CountTally
 from stempress.events.entropy_file import write_entropy_events
 from stempress.exec.local import ThreadExecutor
-from stempress.sinks.events import EventSink
+from stempress.exec.processes import ProcessExecutor
+from stempress.sinks.events import EventSink, stream_coder
 
 
 def _coded(path: Path) -> dict[str, bytes]:
@@ -139,3 +142,126 @@ def test_a_live_stream_that_fails_after_its_first_chunks_leaves_no_file(tmp_path
     with ThreadExecutor(2) as pool, pytest.raises(StempressError, match="went away"):
         run(stream, [EventSink(tmp_path / "live.h5", fmt="entropy", chunk_rows=2)], executor=pool)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a live stream's chunks coded on a worker process (``coder``, ``stream_coder``) -----------------------------------
+
+@pytest.fixture(scope="module")
+def coder():
+    """One worker process for the module's tests, as ``stempress live`` owns one for its pass."""
+    with stream_coder(True, cores=2) as executor:
+        assert executor is not None
+        executor.start()
+        yield executor
+
+
+def _worker_up(sink: EventSink, row: int = 0) -> None:
+    """Wait until the sink's worker has run its first task (until then chunks are coded in this process)."""
+    sink._stream._starter.join()
+    sink._stream._started[0].result(timeout=60)
+
+
+def _live_cube() -> np.ndarray:
+    rng = np.random.default_rng(8)
+    cube = rng.poisson(np.where(np.arange(20)[:, None, None, None] < 8, 0.3, 1.5), (20, 6, 4, 4)).astype(np.uint16)
+    cube[15, 2, 0, 0] = 60000  # beyond the first rows' tables: escaped
+    return cube
+
+
+def _stream_to(out: Path, cube: np.ndarray, coder=None, *, each=None) -> tuple[list[bool], EventSink]:
+    """``cube`` streamed in blocks of two rows into the entropy events ``out`` (chunks of 3 rows), ``each(sink, row)``
+    called before each block; whether the chunks were going to a worker before each block, and the sink."""
+    sink = EventSink(out, fmt="entropy", chunk_rows=3, coder=coder)
+    on_worker: list[bool] = []
+
+    def blocks():
+        for r in range(0, cube.shape[0], 2):
+            on_worker.append(sink._stream.on_worker)
+            if each is not None:
+                each(sink, r)
+            yield Block(r, cube[r:r + 2])
+
+    sink.report, = run(BlockStream(blocks(), cube.shape, cube.dtype, metadata={"frames": {}}), [sink])
+    return on_worker, sink
+
+
+def test_chunks_coded_on_a_worker_process_make_the_file_this_process_codes(tmp_path: Path, coder) -> None:
+    cube = _live_cube()
+    _stream_to(tmp_path / "inline.h5", cube)
+    on_worker, sink = _stream_to(tmp_path / "worker.h5", cube, coder, each=_worker_up)
+    assert on_worker[5:] == [True] * 5  # from the model (8 rows in) on, every chunk went to the worker
+    assert sink._stream._coder is None  # none was coded here
+    assert _coded(tmp_path / "worker.h5") == _coded(tmp_path / "inline.h5")
+    with open_entropy(tmp_path / "worker.h5") as coded:
+        assert np.array_equal(coded.read_rows(0, 20), cube)
+    assert sink.report.n_electrons == int(cube.sum())
+
+
+def test_a_worker_that_dies_mid_stream_leaves_its_chunks_to_this_process(tmp_path: Path, coder) -> None:
+    # a scan cannot be sent again: the chunks in the dead worker's arena are coded here, the next go to a new one
+    cube = _live_cube()
+    _stream_to(tmp_path / "inline.h5", cube)
+
+    def kill(sink, row: int) -> None:
+        _worker_up(sink)
+        if row == 10:  # every chunk so far taken back, then the worker stopped: rows 9-11 wait in their slot
+            sink._stream._take(wait=True)
+            os.kill(coder.pids()[0], signal.SIGSTOP)
+        if row == 12:
+            assert sink._stream._pool.pending
+            os.kill(coder.pids()[0], signal.SIGKILL)
+
+    on_worker, sink = _stream_to(tmp_path / "worker.h5", cube, coder, each=kill)
+    assert on_worker[6] and sink._stream._coder is not None  # a chunk the worker had was coded here
+    assert _coded(tmp_path / "worker.h5") == _coded(tmp_path / "inline.h5")
+
+
+def test_a_stream_does_not_wait_for_its_worker_to_start(tmp_path: Path, coder) -> None:
+    # the worker stopped before its first task: every chunk is coded here, none waits for it
+    cube = _live_cube()
+    _stream_to(tmp_path / "inline.h5", cube)
+    coder.start()  # a worker running (the test before may have killed one)
+    os.kill(coder.pids()[0], signal.SIGSTOP)
+    try:
+        on_worker, sink = _stream_to(tmp_path / "worker.h5", cube, coder)
+    finally:
+        os.kill(coder.pids()[0], signal.SIGCONT)
+    assert not any(on_worker) and sink._stream._coder is not None
+    assert _coded(tmp_path / "worker.h5") == _coded(tmp_path / "inline.h5")
+
+
+def test_a_worker_that_cannot_start_leaves_the_chunks_to_this_process(tmp_path: Path) -> None:
+    class NoProcesses(ProcessExecutor):
+        def submit(self, fn, *args):
+            raise OSError("fork: resource temporarily unavailable")
+
+    cube = _live_cube()
+    _stream_to(tmp_path / "inline.h5", cube)
+    on_worker, _ = _stream_to(tmp_path / "worker.h5", cube, NoProcesses(1))
+    assert not any(on_worker)
+    assert _coded(tmp_path / "worker.h5") == _coded(tmp_path / "inline.h5")
+
+
+def test_a_stream_aborted_on_a_worker_leaves_no_file_no_arena_and_no_worker(tmp_path: Path) -> None:
+    cube = _live_cube()
+    seen: dict[str, object] = {}
+
+    def fail(sink, row: int) -> None:
+        _worker_up(sink)
+        if row == 14:
+            seen.update(pids=sink.coder.pids(), arena=sink._stream._pool.arena.shm.name)
+            raise StempressError("the detector went away")
+
+    with stream_coder(True, cores=2) as executor, pytest.raises(StempressError, match="went away"):
+        _stream_to(tmp_path / "live.h5", cube, executor, each=fail)
+    assert not list(tmp_path.iterdir())
+    assert not Path("/dev/shm", str(seen["arena"])).exists()
+    assert len(seen["pids"]) == 1
+    with pytest.raises(ProcessLookupError):
+        os.kill(seen["pids"][0], 0)
+
+
+def test_one_core_or_no_entropy_events_start_no_coder_process() -> None:
+    for wanted, cores in ((True, 1), (False, 2)):
+        with stream_coder(wanted, cores=cores) as executor:
+            assert executor is None

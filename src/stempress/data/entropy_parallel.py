@@ -16,6 +16,10 @@ no script reproduces; ``benchmarks/event_codec.py`` prints the end-to-end speeds
 * At most ``IN_FLIGHT_PER_WORKER`` chunks per worker are in flight (memory O(workers x chunk)) and results are
   taken in submission order, so a file is byte-identical whatever the worker count. Each chunk costs the caller
   ~0.2 ms of pool overhead (a 4 MiB chunk coded in 3-13 ms) plus its copy.
+* A file is coded from an iterable (``encode``, ``decode``: the pool pulls); a live stream pushes one chunk at a
+  time as its rows come (``put_encode`` / ``take_encoded``, ``full`` and ``ready`` to pace it:
+  ``events.entropy_stream``), on the same slots and workers, and may code here a chunk whose worker died, from its
+  slot (``take_encoded(fallback=)``), as a stream cannot be read again.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import pickle
 import secrets
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -265,8 +269,10 @@ class ChunkPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        if not self.pending:  # every chunk taken back: no worker can still write into the arena
+    def close(self, keep: bool = True) -> None:
+        """Keep the arena for the next call (``keep``, once every chunk was taken back: no worker can still write
+        into it), else cancel the queued chunks and remove it."""
+        if keep and not self.pending:
             _give_back(self.arena)
             return
         while self.pending:
@@ -302,18 +308,68 @@ class ChunkPool:
         for tag, item in items:
             if not self.free:
                 yield self._take(collect)
-            slot = self.free.pop()
-            try:
-                future = submit(item, slot)
-            except BrokenProcessPool:
-                self.free.append(slot)
-                raise self._died() from None
-            except BaseException:
-                self.free.append(slot)
-                raise
-            self.pending.append((future, slot, tag))
+            self._put(tag, item, submit)
         while self.pending:
             yield self._take(collect)
+
+    def _put(self, tag: Any, item: Any, submit: Callable[[Any, int], Future[Any]]) -> None:
+        slot = self.free.pop()
+        try:
+            future = submit(item, slot)
+        except BrokenProcessPool:
+            self.free.append(slot)
+            raise self._died() from None
+        except BaseException:
+            self.free.append(slot)
+            raise
+        self.pending.append((future, slot, tag))
+
+    # -- pushed one chunk at a time (a stream: ``events.entropy_stream``), where ``encode`` pulls an iterable ----------
+    @property
+    def full(self) -> bool:
+        """Every slot holds a chunk not taken back: ``take_encoded`` before the next ``put_encode``."""
+        return not self.free
+
+    @property
+    def ready(self) -> bool:
+        """The oldest chunk is coded (``take_encoded`` returns without waiting)."""
+        return bool(self.pending) and self.pending[0][0].done()
+
+    def put_encode(self, tag: Any, pieces: Sequence[np.ndarray]) -> None:
+        """Copy ``pieces`` (2-D frames of one dtype, one after the other: a chunk's rows as they came, never joined
+        first) into a free slot and queue the chunk for coding."""
+        shape = (sum(p.shape[0] for p in pieces), pieces[0].shape[1])
+        dtype = np.dtype(pieces[0].dtype)
+
+        def submit(_: None, slot: int) -> Future[Any]:
+            view, at = self.arena.view(slot, shape, dtype), 0
+            for piece in pieces:
+                view[at:at + piece.shape[0]] = piece
+                at += piece.shape[0]
+            del view  # no view outlives the call: the arena can close
+            return self.executor.submit(_encode, self.arena.where(slot), shape, dtype.str)
+
+        self._put((tag, shape, dtype), None, submit)
+
+    def take_encoded(self, fallback: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+                     ) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
+        """The oldest chunk's (tag, (words, escapes)), waiting for it. With ``fallback`` (the model's coder in this
+        process: the same words), a chunk whose worker died or was shut down is coded here from its slot instead of
+        failing."""
+        future, slot, (tag, shape, dtype) = self.pending[0]
+        if fallback is not None:
+            try:
+                future.result()
+            except (BrokenProcessPool, CancelledError):
+                view = self.arena.view(slot, shape, dtype)
+                result = fallback(view)
+                del view
+                self.pending.popleft()
+                self.free.append(slot)
+                return tag, result
+            except Exception:  # a coding error: ``_take`` words it
+                pass
+        return tag, self._take(lambda result, _: result)[1]
 
     @staticmethod
     def _died() -> StempressError:

@@ -19,7 +19,10 @@ A live stream (the receiver's source: its metadata carries the ``frames`` accoun
 received instead (``fit="prefix"``, ``events.entropy_stream``): the model is fitted on the first scan rows and
 each chunk is coded once its rows are in, so the end of the scan leaves one chunk to code rather than the whole
 scan (issue #14). Nothing is staged then; the events are the same, the file's
-``provenance.entropy_model`` names the model. Files at rest keep the whole-scan model.
+``provenance.entropy_model`` names the model. Files at rest keep the whole-scan model. The chunks are coded on
+``coder``, worker processes the caller owns (``stempress live``: one, from ``stream_coder``),
+else on the run's executor when it is worker processes, else in the thread that consumes the blocks: the sink
+starts no pool of its own (``events.entropy_stream`` says why and who does).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ import h5py
 import numpy as np
 
 from stempress.atomic import atomic_output, check_new_output, discard, partial_folder, writing
+from stempress.cores import resolve_workers
 from stempress.data.base import Block
 from stempress.data.events import (
     EventBlock,
@@ -64,7 +68,7 @@ from stempress.events.record import event_record
 from stempress.events.stempy import MAX_AUTO_FRAMES_PER_POSITION, write_stempy
 from stempress.exec.base import Executor
 from stempress.exec.local import InlineExecutor
-from stempress.exec.processes import local_processes
+from stempress.exec.processes import ProcessExecutor, local_processes
 from stempress.sinks.protocol import RunInfo
 
 #: A stempy file this many times the size of the raw_csr set of the same counts, and at least this many bytes
@@ -75,6 +79,20 @@ STEMPY_SIZE_WARNING_BYTES = 1024**2
 COUNT_BYTES_PER_WORKER = 8 * 1024**2
 
 
+@contextlib.contextmanager
+def stream_coder(wanted: bool = True, cores: int | None = None) -> Iterator[ProcessExecutor | None]:
+    """One worker process to code a live stream's entropy chunks (``ProcessExecutor(1)``), for the command that
+    owns the pass (``stempress live``) to hand to ``receive(event_coder=)``; closed on exit, whatever ended the
+    pass. None (code in the receiving process) when not ``wanted`` or with fewer than two ``cores`` (the command's
+    workers, default every usable core): on one core a process gains nothing and costs a copy of every chunk. Why a
+    process and who owns it: ``events.entropy_stream``."""
+    if not wanted or resolve_workers(cores) < 2:
+        yield None
+        return
+    with ProcessExecutor(1) as coder:
+        yield coder
+
+
 class EventSink:
     """Writes the blocks it consumes as the event file ``out`` (format ``fmt``, else named by ``out``'s suffix as
     ``events.counting.event_format`` says), counting them first with ``params`` when given.
@@ -82,7 +100,8 @@ class EventSink:
     ``rows``: scan rows per block of the stempy conversion; ``inputs``: stored in the counting record as given.
     ``fit`` (entropy): ``"scan"``, the model of the whole scan, coded at ``finish``; ``"prefix"``, the model of the
     first scan rows, chunks (``chunk_rows`` rows, default the codec's) coded as their rows come; None: prefix for
-    a live stream, else scan.
+    a live stream, else scan. ``coder``: worker processes (``ProcessExecutor``, the caller's: left open) that code a
+    prefix model's chunks, default the run's executor when it is one, else the consuming thread.
     ``finish`` returns a ``CountReport``. One file, written in row order: on threads it consumes every block; on a
     remote executor it merges ``CountedRows`` partitions (counted where they are read) in row order.
     """
@@ -91,14 +110,15 @@ class EventSink:
 
     def __init__(self, out: str | Path, params: CountingParams | None = None, *, fmt: str | None = None,
                  force: bool = False, rows: int | None = None, inputs: Mapping[str, str] | None = None,
-                 name: str = "events", fit: str | None = None, chunk_rows: int | None = None) -> None:
+                 name: str = "events", fit: str | None = None, chunk_rows: int | None = None,
+                 coder: Executor | None = None) -> None:
         self.out, self.params, self.force, self.rows, self.name = Path(out), params, force, rows, name
         self.fmt = event_format(self.out, fmt)
         self.inputs = dict(inputs) if inputs else None
         if fit not in (None, "scan", "prefix"):
             raise ValueError(f"fit must be 'scan' (model from the whole scan), 'prefix' (from its first rows, coded "
                              f"as the rows come) or None (prefix for a live stream), got {fit!r}")
-        self.fit, self.chunk_rows = fit, chunk_rows
+        self.fit, self.chunk_rows, self.coder = fit, chunk_rows, coder
         self.targets = [self.out, *raw_csr_files(self.out).values()] if self.fmt == "raw_csr" else [self.out]
         for path in self.targets:
             check_new_output(path, force)  # before the pass, not after it
@@ -138,8 +158,10 @@ class EventSink:
             if prefix:  # coded as the rows come: nothing to stage
                 from stempress.events.entropy_stream import StreamedEntropy
 
+                coder = self.coder if self.coder is not None else self.executor
                 self._stream = StreamedEntropy(self._tmp[self.out], info.shape, self.counts.dtype,
-                                               chunk_rows=self.chunk_rows)
+                                               chunk_rows=self.chunk_rows,
+                                               executor=coder if isinstance(coder, ProcessExecutor) else None)
                 self._stack = stack
                 return
             staging = stack.enter_context(partial_folder(self.out))  # a killed run's leftover is known as such
@@ -381,4 +403,4 @@ def _stempy_size_warning(out: Path, written: Path, staged: Path) -> list[str]:
             "--event-format"]
 
 
-__all__ = ["EventSink"]
+__all__ = ["EventSink", "stream_coder"]
