@@ -15,6 +15,10 @@ from stempress.live.events import Buffers, Corrupt, End, Event, EventReader, Fra
 
 #: Messages the receiving socket queues before ZeroMQ stops the sender.
 RECEIVE_HWM = 1000
+#: Seconds the receiver waits when it finds no message queued, before it polls: a receiver with a core of its own
+#: keeps up with the stream and would otherwise wake up for every message (measured: ~10 us more CPU per 96x96
+#: frame than taking the few that gather meanwhile as one batch); the latency it adds is this, once per batch.
+GATHER_S = 0.001
 #: Frames decoded into one buffer (at most ``SLOT_BYTES`` of them), and so handed on together at most.
 SLOT_FRAMES, SLOT_BYTES = 64, 2 * 1024**2
 
@@ -123,6 +127,12 @@ class PullReader(EventReader):
             return self._parts(self._noblock)
         except self._again:
             pass
+        if GATHER_S:  # none queued: let a few arrive, to be taken (and handed on) together, not a wake-up each
+            time.sleep(GATHER_S)
+            try:
+                return self._parts(self._noblock)
+            except self._again:
+                pass
         deadline = time.monotonic() + self.timeout
         while not self.sock.poll(100):
             if time.monotonic() >= deadline or self._stop.is_set():
