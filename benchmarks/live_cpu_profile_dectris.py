@@ -19,7 +19,15 @@ is divided by all the frames received (and added so to the process total). The e
 worker process, as ``stempress live`` codes them (``sinks.events.stream_coder``): the table shows this process's
 "arena copy" (a chunk into the worker's shared memory) and "coded chunks taken", and below it the worker's own
 CPU per frame (from /proc) and both processes' sum; ``--coder inline`` codes them in this process ("entropy
-coding"), the way before the worker.
+coding"), the way before the worker. The receive itself (ZeroMQ receive, image decode) runs in ``live``'s receiving
+process: its CPU per frame over the whole stream (sent back at its end) is printed below the table, and all three
+processes' sum; ``--thread`` runs the receiver in a thread here, its stages timed one by one as before.
+
+Receiving process (2026-12-07 08:40-08:50 UTC, 2 cores, load ~1, ``--outputs events``, runs taken in turn with
+main = 9f4ee9f): this process 74-90 -> 40-58 us/frame (the receive, ~35 of it, leaves the GIL), the receiving
+process 47-58 (more than the thread's receive: it keeps up, so it wakes up for fewer frames at a time, and the
+frames cross cores), all processes 128-145 -> 138-170. ``live_throughput.py --modes dectris`` on this 2-core machine
+with the sender on it: 5,230-5,670 frames/s (main) vs 5,170-5,570 (here): no longer GIL-bound but CPU-bound there.
 
 Sender (``--sender``): ``live.serve.serve`` in a process of its own at full speed, this process draining the
 socket (``recv_multipart``, nothing else); prints serve's process CPU per frame and the frames/s reached. If serve
