@@ -34,9 +34,14 @@ from stempress.errors import StempressError
 from stempress.live.events import Corrupt, End, Event, Frame, Frames, StreamHeader
 from stempress.live.ring import Ring, RingBuffers, Stopped, ring_bytes
 
-#: Modules the fork server imports once, so each receiver forks with them loaded (``__main__`` too: else every child
-#: would run the main script again, the CLI's imports included).
-PRELOAD = ("__main__", "stempress.live.pump", "stempress.live.merlin", "stempress.live.dectris",
+#: Modules the fork server imports once, so each receiver forks with them loaded (pyzmq, which the DECTRIS readers
+#: import when they open: ~15 ms a child otherwise). Measured: ~10 ms from start to the stream's header per receiver
+#: (a thread: ~2 ms), the fork server's own start ~0.3 s once per process. ``__main__`` is asked for too, but
+#: Python 3.11's fork server never preloads it (it looks for ``main_path`` in data that names it
+#: ``init_main_from_path``), so a child started from a script runs the script's imports again (``stempress live``:
+#: stempress.cli, ~0.1 s; a notebook's kernel: ipykernel_launcher's imports); under ``python -m pkg`` (pytest) or
+#: ``-c`` nothing is run again.
+PRELOAD = ("__main__", "zmq", "stempress.live.pump", "stempress.live.merlin", "stempress.live.dectris",
            "stempress.live.dectris2")
 
 
