@@ -9,7 +9,9 @@
 A sender process replays pre-built Merlin records over localhost as fast as TCP takes them (its own CPU is not
 counted); this process receives them with ``acquire.receive`` (as ``stempress live`` does: default reducers into a
 reduced file, the archive in the stream's default codec (blosc_zstd; blosc_lz4_bitshuffle for 1-bit) unless
-``--codec``, one worker, so every stage runs on this process's two threads). Each stage is timed with
+``--codec``, one worker; the receive itself runs in ``live``'s receiving process, whose CPU per frame, sent back at
+the end, is printed below the table: ``--thread`` runs it in a thread here instead, its stages timed one by one).
+Each stage is timed with
 ``time.thread_time`` (CPU of the thread that runs it, not wall time, so a waiting thread does not inflate it; a
 loaded machine still does, through contended caches and memory). The first ``--warmup-rows`` are received but not
 counted: the row assembler's first slabs are fresh memory whose first touch (page faults) costs more than the copy
@@ -29,6 +31,11 @@ load 3 the sender alone does not cap live_throughput.py's comparison near 3,000)
 12-bit 841 -> 774, 1-bit binary 628 -> 218 (the archive's 1-bit default, blosc_lz4_bitshuffle: encode 475 -> 62),
 1-bit raw 653 -> 203. With --warmup-rows 0 the first two slabs' page faults add ~230 (12-bit) / ~50-70 (1-bit) us
 per frame over the first 32 rows.
+
+Receiving process (2026-12-07 08:47 UTC, 2 cores, load ~2.6, one run each, main = 9f4ee9f): 1-bit, this process
+159.5 -> 124.6 us/frame (the socket read, framing and hand-over, ~17 here, leave it), the receiving process 36.7
+(its wake-ups and messages cost more than the thread's receive: it keeps up and so takes fewer frames per call),
+both together about the same as before (161 vs 160).
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ MODES = {"12bit": 12, "1bit": 1}
 STAGES: dict[str, float] = defaultdict(float)
 CODECS: dict[str, str] = {}
 FAULTS: dict[str, float] = {}  # page faults per frame after the warm-up (fresh memory touched)
+CHILD: dict[str, tuple[float, float] | None] = {}  # the receiving process's CPU per frame (``receiver_cpu``)
+THREAD: dict[str, bool] = {}  # open_live's options: {"thread": True} with --thread
 TABLE_CODECS = ("blosc_zstd,blosc_lz4,blosc_lz4_bitshuffle,blosc_zstd_bitshuffle,blosc_blosclz_bitshuffle,"
                 "bitshuffle_lz4,bitshuffle_zstd,blosc2_lz4_bitshuffle,blosc2_zstd_bitshuffle,zstd_1")
 
@@ -157,7 +166,7 @@ def instrument() -> None:
     """Wrap each stage of the receive path (the patched names are the ones the callers look up)."""
     from stempress.codecs import parallel
     from stempress.data import stream
-    from stempress.live import accounting, merlin, receiver
+    from stempress.live import accounting, merlin
     from stempress.sinks import archive, reduce
 
     reader = merlin.MerlinReader
@@ -168,8 +177,7 @@ def instrument() -> None:
         setattr(reader, name, timed(stage, getattr(reader, name)))
     merlin.parse_frame_header = timed("MQ1 header parse", merlin.parse_frame_header)
     merlin.decode_frame = timed("frame decode", merlin.decode_frame)
-    receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
-    receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
+    instrument_ring()
     accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
     if hasattr(accounting.RowAssembler, "add_run"):
         accounting.RowAssembler.add_run = timed("accounting + row assembly", accounting.RowAssembler.add_run)
@@ -177,6 +185,31 @@ def instrument() -> None:
     reduce.ReducerSink.consume = timed("reducers", reduce.ReducerSink.consume)
     parallel.ChunkEncoder.__call__ = timed("archive encode", parallel.ChunkEncoder.__call__)
     archive.ArchiveSink._store = timed("archive write (HDF5 direct chunk)", archive.ArchiveSink._store)
+
+
+def instrument_ring() -> None:
+    """The hand-over between receiver and engine: the ring's events taken by the parent (``pump.Receiver.get``; the
+    receive stages above it run in the receiving process, timed only with ``--thread``), or, before the ring, the
+    byte queue's put and get."""
+    from stempress.live import receiver
+
+    try:
+        from stempress.live import pump
+
+        pump.Receiver.get = timed("ring get (parent)", pump.Receiver.get)
+    except ImportError:
+        receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
+        receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
+
+
+def receiver_cpu(source: Any, frames: int) -> tuple[float, float] | None:
+    """The receiving process's CPU seconds per frame over the whole stream (warm-up included): its pump thread's
+    and the whole process's (ZeroMQ's I/O thread too), as it sent them at the end; None for a receiver in this
+    process (its stages are in the table)."""
+    cpu = getattr(getattr(source, "receiver", None), "cpu", None)
+    if not cpu or getattr(source.receiver, "pid", None) is None:
+        return None
+    return cpu["thread_s"] / frames, cpu["process_s"] / frames
 
 
 class Warmup:
@@ -208,7 +241,7 @@ def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
     sender, port = spawn_sender(_sender, mode, n, raw=raw)
     STAGES.clear()
     with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp:
-        source = open_live(f"merlin://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)
+        source = open_live(f"merlin://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30, **THREAD)
         warm = Warmup(warmup_rows, source.frame_bytes)
         centre = ((DET - 1) / 2, (DET - 1) / 2)
         calibration = given_calibration(source, centre=centre, bf_radius=30)
@@ -222,6 +255,7 @@ def profile(mode: str, rows: int, warmup_rows: int, codec: str | None,
     sender.join(30)
     if source.account.received != n:
         raise SystemExit(f"{mode}: received {source.account.received} of {n} frames ({source.account.ended})")
+    CHILD[mode] = receiver_cpu(source, n)
     CODECS[mode] = ("none (mean pattern + CoM only)" if report.archive is None else
                     f"{report.archive.codec.name} (ratio {report.raw_bytes / report.archive.file_bytes:.1f})")
     stages = {k: v - warm.stages.get(k, 0.0) for k, v in STAGES.items()}
@@ -254,10 +288,11 @@ def codec_table(modes: list[str], names: list[str]) -> None:
 
 
 def print_stages(results: dict[str, tuple[dict[str, float], float, int]], modes: list[str], names: list[str],
-                 faults: dict[str, float]) -> None:
+                 faults: dict[str, float], child: dict[str, tuple[float, float] | None] | None = None) -> None:
     """The table of ``profile`` results (stage CPU seconds, process CPU seconds, frames) per frame: each stage, the
     untimed rest (names starting with a space are parts of the stage above, not summed again), the process total,
-    page faults and the frames/s one core takes at that cost."""
+    page faults and the frames/s one core takes at that cost; with ``child``, the receiving process's CPU per
+    frame (its pump thread, its whole process) and both processes together."""
     def row(label: str, values: Any, fmt: str = ">10.1f") -> None:
         print(f"  {label:<36}" + "".join(f"{v:{fmt}}" for v in values))
 
@@ -269,6 +304,12 @@ def print_stages(results: dict[str, tuple[dict[str, float], float, int]], modes:
     row("process total", (1e6 * results[m][1] / results[m][2] for m in modes))
     row("page faults per frame", (faults[m] for m in modes), ">10.2f")
     row("frames/s per core at that cost", (results[m][2] / results[m][1] for m in modes), ">10,.0f")
+    if child and all(child.get(m) for m in modes):
+        print("  receiving process (its own CPU, every frame of the stream, warm-up included):")
+        row("  pump thread (receive + decode)", (1e6 * child[m][0] for m in modes))  # type: ignore[index]
+        row("  process total (+ ZeroMQ I/O)", (1e6 * child[m][1] for m in modes))  # type: ignore[index]
+        row("this + receiving process", (1e6 * (results[m][1] / results[m][2] + child[m][1])  # type: ignore[index]
+                                         for m in modes))
 
 
 def main() -> None:
@@ -283,6 +324,8 @@ def main() -> None:
                         help="frames as Merlin's binary (U08/U16) or raw (R64: 1-bit packed, 8 KiB a frame) format")
     parser.add_argument("--sum-com", action="store_true", help="only the mean pattern and the CoM, no archive: "
                         "the work live_throughput.py --libertem-live compares")
+    parser.add_argument("--thread", action="store_true", help="the receiver in a thread of this process (its "
+                        "receive stages timed one by one, as before the receiving process) instead of its own process")
     parser.add_argument("--sender", action="store_true", help="only time the sender (stempress serve --as merlin, "
                         "as live_throughput.py runs it) to a client that drains the socket")
     parser.add_argument("--codec-table", nargs="?", const=TABLE_CODECS, default=None, metavar="CODECS",
@@ -296,6 +339,7 @@ def main() -> None:
         sender_alone(modes, args.rows)
         return
     instrument()
+    THREAD.update({"thread": True} if args.thread else {})
     raw = args.merlin_format == "raw"
     results = {mode: profile(mode, args.rows, args.warmup_rows, args.codec, raw, args.sum_com) for mode in modes}
     names = list(dict.fromkeys(k for stages, _, _ in results.values() for k in stages))
@@ -304,7 +348,7 @@ def main() -> None:
           f"{'mean pattern + CoM' if args.sum_com else 'default reducers + archive'}, one worker:")
     for mode in modes:
         print(f"  {mode} archive: {CODECS[mode]}")
-    print_stages(results, modes, names, FAULTS)
+    print_stages(results, modes, names, FAULTS, CHILD)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,15 @@ is divided by all the frames received (and added so to the process total). The e
 worker process, as ``stempress live`` codes them (``sinks.events.stream_coder``): the table shows this process's
 "arena copy" (a chunk into the worker's shared memory) and "coded chunks taken", and below it the worker's own
 CPU per frame (from /proc) and both processes' sum; ``--coder inline`` codes them in this process ("entropy
-coding"), the way before the worker.
+coding"), the way before the worker. The receive itself (ZeroMQ receive, image decode) runs in ``live``'s receiving
+process: its CPU per frame over the whole stream (sent back at its end) is printed below the table, and all three
+processes' sum; ``--thread`` runs the receiver in a thread here, its stages timed one by one as before.
+
+Receiving process (2026-12-07 08:40-08:50 UTC, 2 cores, load ~1, ``--outputs events``, runs taken in turn with
+main = 9f4ee9f): this process 74-90 -> 40-58 us/frame (the receive, ~35 of it, leaves the GIL), the receiving
+process 47-58 (more than the thread's receive: it keeps up, so it wakes up for fewer frames at a time, and the
+frames cross cores), all processes 128-145 -> 138-170. ``live_throughput.py --modes dectris`` on this 2-core machine
+with the sender on it: 5,230-5,670 frames/s (main) vs 5,170-5,570 (here): no longer GIL-bound but CPU-bound there.
 
 Sender (``--sender``): ``live.serve.serve`` in a process of its own at full speed, this process draining the
 socket (``recv_multipart``, nothing else); prints serve's process CPU per frame and the frames/s reached. If serve
@@ -38,12 +46,24 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live_cpu_profile import STAGES, Warmup, page_faults, print_stages, spawn_sender, timed, timed_iter  # noqa: F401 - timed_iter for stages to come
+from live_cpu_profile import (  # noqa: F401 - timed_iter for stages to come
+    CHILD,
+    STAGES,
+    THREAD,
+    Warmup,
+    instrument_ring,
+    page_faults,
+    print_stages,
+    receiver_cpu,
+    spawn_sender,
+    timed,
+    timed_iter,
+)
 from live_throughput import MODES, SCAN_X, SUM_COM, TARGETS, RepeatedFrames, base_frames
 
 ENCODING = {"dectris": "bs16-lz4<", "dectris2": "bslz4"}
 ORDER = ["message -> event", "  of which: zmq receive", "  of which: CBOR loads", "  of which: image decode",
-         "queue put", "queue get", "accounting + row assembly", "regroup/join rows", "reducers",
+         "queue put", "queue get", "ring get (parent)", "accounting + row assembly", "regroup/join rows", "reducers",
          "events (per block)", "  of which: event extraction", "  of which: tally", "  of which: staging write",
          "  of which: model sampling", "  of which: arena copy", "  of which: coded chunks taken",
          "finish: events", "  of which: model fit", "  of which: entropy coding", "  of which: HDF5 write"]
@@ -116,7 +136,7 @@ class CoderWarmup(Warmup):
 def instrument() -> None:
     """Wrap each stage of the DECTRIS receive path (the patched names are the ones the callers look up)."""
     from stempress.data import stream
-    from stempress.live import accounting, dectris, dectris2, receiver, zmq_pull
+    from stempress.live import accounting, dectris, dectris2, zmq_pull
     from stempress.sinks import reduce
 
     if hasattr(zmq_pull.PullReader, "_event"):  # the readers' shared loop (batching frames, where it does)
@@ -136,8 +156,7 @@ def instrument() -> None:
     except ImportError:  # before it: each stream's decode
         dectris.decode_image = timed("  of which: image decode", dectris.decode_image)
         dectris2.decompress = timed("  of which: image decode", dectris2.decompress)
-    receiver.ByteQueue.put = timed("queue put", receiver.ByteQueue.put)
-    receiver.ByteQueue.get = timed("queue get", receiver.ByteQueue.get)
+    instrument_ring()
     accounting.RowAssembler.add = timed("accounting + row assembly", accounting.RowAssembler.add)
     if hasattr(accounting.RowAssembler, "add_run"):  # a batch of consecutive frames placed at once
         accounting.RowAssembler.add_run = timed("accounting + row assembly", accounting.RowAssembler.add_run)
@@ -201,7 +220,7 @@ def profile(protocol: str, rows: int, warmup_rows: int, outputs: str,
     wanted = outputs == "events" and coder == "process" and stream_coder is not None
     with tempfile.TemporaryDirectory(prefix="live-cpu-") as tmp, \
             (stream_coder(wanted) if stream_coder is not None else contextlib.nullcontext()) as executor:
-        source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30)
+        source = open_live(f"{protocol}://127.0.0.1:{port}", (rows + warmup_rows, SCAN_X), timeout=30, **THREAD)
         warm = CoderWarmup(warmup_rows, source.frame_bytes, executor)
         calibration = given_calibration(source, centre=(m.centre, m.centre), bf_radius=m.disk)
         targets = SUM_COM if outputs == "sum-com" else TARGETS
@@ -219,6 +238,7 @@ def profile(protocol: str, rows: int, warmup_rows: int, outputs: str,
     sender.join(60)
     if source.account.received != n:
         raise SystemExit(f"{protocol}: received {source.account.received} of {n} frames ({source.account.ended})")
+    CHILD[protocol] = receiver_cpu(source, n)
     # the finish stages' CPU as if spread over the counted frames at their per-frame rate over all frames
     scale = {k: (n - warm.frames) / n if k in FINISH else 1.0 for k in STAGES}
     stages = {k: (v - warm.stages.get(k, 0.0)) * scale[k] for k, v in STAGES.items()}
@@ -267,6 +287,8 @@ def main() -> None:
     parser.add_argument("--outputs", choices=("sum-com", "default", "events"), default="sum-com",
                         help="sum-com: mean pattern + CoM (the LiberTEM-live comparison); default: default reducers; "
                         "events: default reducers + entropy-coded events (live_throughput's DECTRIS outputs)")
+    parser.add_argument("--thread", action="store_true", help="the receiver in a thread of this process (its "
+                        "receive stages timed one by one) instead of its own process")
     parser.add_argument("--coder", choices=("process", "inline"), default="process",
                         help="events: where the chunks are coded, one worker process (as stempress live does; its CPU "
                         "is printed below the table) or this process")
@@ -280,16 +302,21 @@ def main() -> None:
                   f"{us:.1f} us CPU per frame, {rate:,.0f} frames/s")
         return
     instrument()
+    THREAD.update({"thread": True} if args.thread else {})
     results = {mode: profile(mode, args.rows, args.warmup_rows, args.outputs, args.coder) for mode in modes}
     names = sorted(dict.fromkeys(k for stages, _, _ in results.values() for k in stages), key=ORDER.index)
     print(f"CPU microseconds per frame, DECTRIS 96x96 uint16, {args.rows}x{SCAN_X} scan after {args.warmup_rows} "
           f"warm-up rows, {args.outputs} outputs, one worker:")
-    print_stages(results, modes, names, FAULTS)
+    print_stages(results, modes, names, FAULTS, CHILD)
     if WORKER:  # the coder's worker process: its CPU is off this process's GIL
         print("  " + f"{'coder worker process (its CPU)':<36}" + "".join(
             f"{1e6 * WORKER.get(m, 0.0) / results[m][2]:>10.1f}" for m in modes))
-        print("  " + f"{'both processes':<36}" + "".join(
+        print("  " + f"{'this + coder processes':<36}" + "".join(
             f"{1e6 * (results[m][1] + WORKER.get(m, 0.0)) / results[m][2]:>10.1f}" for m in modes))
+    if WORKER and all(CHILD.get(m) for m in modes):
+        print("  " + f"{'all three processes':<36}" + "".join(
+            f"{1e6 * ((results[m][1] + WORKER.get(m, 0.0)) / results[m][2] + CHILD[m][1]):>10.1f}"  # type: ignore[index]
+            for m in modes))
 
 
 if __name__ == "__main__":

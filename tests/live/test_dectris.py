@@ -78,10 +78,14 @@ def _bitshuffle_openmp_threads() -> int:
     return found[0]
 
 
-def test_the_receiver_thread_decodes_bitshuffle_frames_with_one_openmp_thread_and_leaves_other_threads_alone():
+def test_the_receiver_thread_decodes_bitshuffle_frames_with_one_openmp_thread_and_leaves_other_threads_alone(
+        monkeypatch):
     """A 96x96 frame gains nothing from an OpenMP team, whose start-up on a busy small machine costs several times
-    the frame; the limit holds in the receiving thread without OMP_NUM_THREADS, and only there."""
+    the frame; the limit holds in the receiving thread without OMP_NUM_THREADS, and only there. (The receiver run
+    in a thread of this process, ``thread=True``, so the test sees it: the same code runs in the child process.)"""
     import bitshuffle  # noqa: F401 - its OpenMP runtime loaded, so a fresh thread's default team can be read
+
+    from stempress.live.dectris import DectrisReader
 
     def in_a_fresh_thread() -> int:
         found: list[int] = []
@@ -95,18 +99,18 @@ def test_the_receiver_thread_decodes_bitshuffle_frames_with_one_openmp_thread_an
     default = in_a_fresh_thread()
     frames = _frames()
     port, thread, errors = _push_series("multipart", frames)
-    live = LiveSource(f"dectris://127.0.0.1:{port}", (2, 3), timeout=10)
     seen: dict = {}
-    events = live.reader.events
+    events = DectrisReader.events
 
-    def watched(stop):  # observes the real reader in the receiver's thread after each frame or batch of them
-        for event in events(stop):  # (the last: decoded there)
+    def watched(self, stop):  # observes the real reader in the receiver's thread after each frame or batch of them
+        for event in events(self, stop):  # (the last: decoded there)
             if hasattr(event, "data"):
                 seen["threads"] = _bitshuffle_openmp_threads()
                 seen["name"] = threading.current_thread().name
             yield event
 
-    live.reader.events = watched
+    monkeypatch.setattr(DectrisReader, "events", watched)
+    live = LiveSource(f"dectris://127.0.0.1:{port}", (2, 3), timeout=10, thread=True)
     got = np.concatenate([b.data for b in live.blocks()])
     thread.join(10)
     assert not errors and np.array_equal(got.reshape(frames.shape), frames)

@@ -381,19 +381,6 @@ def test_assembled_rows_join_without_a_copy_and_a_slab_is_reused_only_once_nothi
     assert [b.start for b in blocks] == [0, 2] and np.array_equal(np.concatenate([b.data for b in blocks]), frames[:4])
 
 
-def test_byte_queue_is_bounded_but_always_takes_one_item():
-    from stempress.live.events import End
-    from stempress.live.receiver import ByteQueue
-
-    queue, stop = ByteQueue(100), threading.Event()
-    assert queue.put(End("a"), 250, stop)  # larger than the bound, but the queue is empty
-    stop.set()
-    assert not queue.put(End("b"), 10, stop)  # full: the producer would wait (here: told to stop)
-    assert queue.get().reason == "a" and queue.bytes == 0
-    assert queue.put(End("c"), 60, stop) and not queue.put(End("d"), 60, stop) and queue.peak == 250
-    assert queue.get(lambda: "stopped").reason == "stopped"  # a stop request comes before what is queued
-
-
 # -- snapshots while the scan fills ----------------------------------------------------------------------------
 @pytest.mark.parametrize("every, expected", [(3600.0, 2), (0.0, 6 + 1)])
 def test_snapshots_are_taken_at_most_every_so_often_and_once_at_the_end(every, expected):

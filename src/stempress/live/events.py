@@ -65,12 +65,28 @@ class StreamHeader:
     metadata: dict
 
 
+class Buffers:
+    """Memory a reader decodes frames into: new arrays of the heap here; in the receiving process, its shared ring
+    (``ring.RingBuffers``), so a frame is written once, where the receiver's parent reads it."""
+
+    #: whether a buffer nothing here refers to any more may be filled again (not the ring's: the parent may still
+    #: be reading it)
+    reusable = True
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A new buffer (its contents undefined)."""
+        return np.empty(shape, dtype)
+
+
 class EventReader:
     """What the protocol readers share: ``start`` reads ahead to the first frame (kept in ``_pending``), then
-    ``events`` hands those on and reads until the stream's end or ``stop``."""
+    ``events`` hands those on and reads until the stream's end or ``stop``; frames are decoded into ``buffers``."""
 
     _pending: list[Event]
     _stop: threading.Event
+    buffers: Buffers = Buffers()
+    #: whether the stream ends with a message of its own (DECTRIS) or stays open (Merlin's data port)
+    ends_with_message: bool
 
     def _next(self) -> Event:
         raise NotImplementedError

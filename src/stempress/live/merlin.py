@@ -98,10 +98,6 @@ class MerlinReader(EventReader):
 
     protocol = "merlin"
     ends_with_message = False  # the data port stays open between acquisitions
-    #: the receiver reads from the moment it opens, not once the sinks are open (files, weights: a good part of a
-    #: second): TCP buffers a few MB only (a few ms of frames), so the detector's sends would block meanwhile;
-    #: ZeroMQ's high-water marks (DECTRIS) hold thousands of messages already
-    pump_at_open = True
 
     def __init__(self, host: str, port: int, *, timeout: float = 10.0, flip_det_y: bool = True) -> None:
         self.host, self.port, self.timeout, self.flip = host, int(port), float(timeout), flip_det_y
@@ -299,13 +295,13 @@ class MerlinReader(EventReader):
         for view in self._slot_views:
             view.release()
         self._slot_views = []
-        if len(self._buffer) == size:
+        if len(self._buffer) == size and self.buffers.reusable:
             self._spare.append(self._buffer)
         # a spare nothing else refers to: the list's reference and the call's own only (see RowAssembler._unused)
         fresh = next((i for i in range(len(self._spare))
                       if sys.getrefcount(self._spare[i]) == 2 and len(self._spare[i]) == size), None)
         # not zeroed (the stream overwrites every byte it is read from)
-        self._buffer = np.empty(size, np.uint8) if fresh is None else self._spare.pop(fresh)
+        self._buffer = self.buffers.take((size,), np.dtype(np.uint8)) if fresh is None else self._spare.pop(fresh)
         del self._spare[:-SPARE_BUFFERS]
         self._slots = self._buffer.reshape(layout.slots, layout.slot)
         self._filled = self._cut = 0

@@ -1,20 +1,19 @@
 """``LiveSource``: a detector stream as the engine's streaming source (``data.stream.StreamSource``).
 
-A reader thread takes messages off the network, decodes them and puts them on a queue bounded in bytes (an event
-per frame, or one per batch of frames that arrived together: ``events.Frames``, placed a scan row's part at a
-time); when the sinks fall behind, the queue fills, the thread stops reading and the protocol's own backpressure
-(TCP for Merlin, the ZeroMQ high-water mark for DECTRIS v1 and v2) holds the detector back, so memory stays
-bounded.
-``blocks()`` assembles whole scan rows (``accounting.RowAssembler``) with ``valid`` marking what arrived. A stall or a
-disconnect ends the stream with a one-line reason in ``account.ended``; the rows hold what arrived."""
+A receiving process (``live.pump``: its own GIL) takes messages off the network and decodes the frames into a
+shared ring bounded in bytes (``live.ring``), sending the parent one small message per event (a frame, or a batch of
+frames that arrived together: ``events.Frames``, placed a scan row's part at a time); when the sinks fall behind,
+the ring fills, the child stops reading and the protocol's own backpressure (TCP for Merlin, the ZeroMQ high-water
+mark for DECTRIS v1 and v2) holds the detector back, so memory stays bounded.
+``blocks()`` assembles whole scan rows (``accounting.RowAssembler``, which copies each frame into its row, so the
+ring's space goes back as soon as an event is placed) with ``valid`` marking what arrived. A stall or a disconnect
+ends the stream with a one-line reason in ``account.ended``; the rows hold what arrived."""
 
 from __future__ import annotations
 
 import itertools
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -24,44 +23,11 @@ from stempress.data.base import Block, check_shape_dtype
 from stempress.errors import StempressError
 from stempress.live.accounting import FrameAccount, RowAssembler
 from stempress.live.events import Corrupt, End, Event, Frame, Frames
+from stempress.live.pump import ReaderSpec, Receiver
 
-#: Decoded frames held between the network and the sinks.
+#: Decoded frames held between the network and the sinks (the ring's bytes; see ``ring.ring_bytes``).
 QUEUE_BYTES = 256 * 1024**2
 PROTOCOLS = ("merlin", "dectris", "dectris2")
-
-
-class ByteQueue:
-    """A FIFO bounded in bytes (one item always fits, however large); ``put`` blocks while it is full."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.bytes, self.peak = int(capacity), 0, 0
-        self._items: deque[tuple[Event, int]] = deque()
-        self._cond = threading.Condition()
-
-    def put(self, item: Event, nbytes: int, stop: threading.Event) -> bool:
-        with self._cond:
-            while self._items and self.bytes + nbytes > self.capacity:
-                if stop.is_set():
-                    return False
-                self._cond.wait(0.1)
-            self._items.append((item, nbytes))
-            self.bytes += nbytes
-            self.peak = max(self.peak, self.bytes)
-            self._cond.notify_all()
-            return True
-
-    def get(self, stopped: Callable[[], str | None] = lambda: None) -> Event:
-        """The next item, or ``End`` as soon as ``stopped()`` gives a reason (checked every 0.1 s)."""
-        with self._cond:
-            while not self._items or stopped():
-                reason = stopped()
-                if reason:
-                    return End(reason)
-                self._cond.wait(0.1)
-            item, nbytes = self._items.popleft()
-            self.bytes -= nbytes
-            self._cond.notify_all()
-            return item
 
 
 class LiveSource:
@@ -72,29 +38,20 @@ class LiveSource:
 
     def __init__(self, url: str, scan_shape: tuple[int, int], *, timeout: float = 10.0,
                  queue_bytes: int = QUEUE_BYTES, window_rows: int = 1, fill: int = 0,
-                 flip_det_y: bool = True) -> None:
+                 flip_det_y: bool = True, thread: bool = False) -> None:
         protocol, host, port = parse_url(url)
         scan_y, scan_x = (int(n) for n in scan_shape)
         if scan_y < 1 or scan_x < 1:
             raise StempressError(f"scan shape {scan_shape} must be positive; give --scan-shape ROWSxCOLUMNS")
-        if protocol == "merlin":
-            from stempress.live.merlin import MerlinReader
-
-            self.reader: Any = MerlinReader(host, port, timeout=timeout, flip_det_y=flip_det_y)
-        elif protocol == "dectris":
-            from stempress.live.dectris import DectrisReader
-
-            self.reader = DectrisReader(host, port, timeout=timeout)
-        else:
-            from stempress.live.dectris2 import Dectris2Reader
-
-            channel = parse_qs(urlparse(url).query).get("channel", [None])[-1]  # dectris2://HOST:PORT?channel=NAME
-            self.reader = Dectris2Reader(host, port, timeout=timeout, channel=channel)
+        channel = parse_qs(urlparse(url).query).get("channel", [None])[-1]  # dectris2://HOST:PORT?channel=NAME
+        spec = ReaderSpec(protocol, host, port, float(timeout), flip_det_y, channel)
         self.url, self.protocol = url, protocol
+        #: the receiving process (``thread=True``: the same receiver in a thread of this one), reading from now on
+        self.receiver = Receiver(spec, queue_bytes, thread=thread)
         try:
-            header = self.reader.start()
+            header, self.ends_with_message = self.receiver.header()
         except BaseException:
-            self.reader.close()
+            self.receiver.close()
             raise
         self.first_number = header.first_number
         self.dtype = np.dtype(header.dtype)
@@ -103,24 +60,18 @@ class LiveSource:
         self.account = FrameAccount(scan_y * scan_x)
         self.metadata: dict[str, Any] = {**header.metadata, "live": True, "scan_shape_source": "user",
                                          "frames": self.account.as_dict()}
-        self.queue = ByteQueue(queue_bytes)
         self.window_rows, self.fill = window_rows, fill
         self.assembler: RowAssembler | None = None
         self.started = time.monotonic()
-        self._stop = threading.Event()
         self._used = False
         self._stop_reason: str | None = None
-        #: frames the reader thread has taken off the network, and those the engine's thread took off the queue
-        self.pumped = self.dequeued = 0
-        self._thread: threading.Thread | None = None
-        if getattr(self.reader, "pump_at_open", False):
-            self._start_pump()
+        #: frames the engine's thread took off the ring (those taken off the network: ``pumped``)
+        self.dequeued = 0
 
-    def _start_pump(self) -> None:
-        """The reader thread, once."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._pump, name="stempress-live-receiver", daemon=True)
-            self._thread.start()
+    @property
+    def pumped(self) -> int:
+        """Frames the receiver has taken off the network."""
+        return self.receiver.pumped
 
     def stop(self, reason: str = "stopped") -> None:
         """End the stream at the next frame (safe from a signal handler: it only sets a flag); the rows in
@@ -150,10 +101,10 @@ class LiveSource:
         seconds = max(1e-9, time.monotonic() - self.started)
         missing = self.assembler.missing_emitted if self.assembler else 0
         lag = "" if done_bytes is None else f", lag {self.lag(done_bytes):,} frames"
+        used, capacity = self.receiver.used, self.receiver.capacity
         return (f"{a.received}/{a.expected} frames, {a.received / seconds:,.0f} frames/s, "
                 f"{a.received * self.frame_bytes / seconds / 1e6:,.1f} MB/s{lag}, buffer "
-                f"{self.queue.bytes / 1e6:,.1f} MB ({100 * self.queue.bytes / self.queue.capacity:.0f}%), "
-                f"missing so far {missing}")
+                f"{used / 1e6:,.1f} MB ({100 * used / capacity:.0f}%), missing so far {missing}")
 
     # -- the stream ------------------------------------------------------------------------------------------
     def blocks(self) -> Iterator[Block]:
@@ -163,10 +114,9 @@ class LiveSource:
         self._used = True
         self.assembler = assembler = RowAssembler(self.shape[:2], self.shape[2:], self.dtype, self.account,
                                                   fill=self.fill, window_rows=self.window_rows)
-        self._start_pump()
         try:
             while not assembler.done:
-                event = self.queue.get(lambda: self._stop_reason)
+                event = self.receiver.get(lambda: self._stop_reason)
                 self.dequeued += _frames(event)
                 if isinstance(event, Frames):
                     yield from self._place(assembler, event)
@@ -180,7 +130,7 @@ class LiveSource:
                     continue
                 yield from self._add(assembler, event)
             else:
-                if getattr(self.reader, "ends_with_message", False):
+                if self.ends_with_message:
                     self._drain(assembler)  # faults after the last row (a duplicate of the last frame) still count
                 self.account.ended = "complete" if self.account.missing == 0 else "every row handed on, frames missing"
         finally:
@@ -222,7 +172,7 @@ class LiveSource:
 
     def _drain(self, assembler: RowAssembler) -> None:
         while True:
-            event = self.queue.get(lambda: self._stop_reason)
+            event = self.receiver.get(lambda: self._stop_reason)
             self.dequeued += _frames(event)
             if isinstance(event, End):
                 return
@@ -232,18 +182,6 @@ class LiveSource:
             for frame in event.frames() if isinstance(event, Frames) else [event]:
                 self._add(assembler, frame)  # the rows are all handed on: only the accounting counts
 
-    def _pump(self) -> None:
-        try:
-            for event in self.reader.events(self._stop):
-                nbytes = event.data.nbytes if isinstance(event, Frame | Frames) else 0
-                self.pumped += _frames(event)  # frames off the network (one writer: this thread)
-                if not self.queue.put(event, nbytes, self._stop):
-                    return
-                if isinstance(event, End):
-                    return
-        except Exception as exc:  # a reader bug must still end the stream, with its reason
-            self.queue.put(End(f"receiver failed: {exc}"), 0, self._stop)
-
     @property
     def received_mask(self) -> np.ndarray:
         """Which scan positions arrived (all False before ``blocks()`` ran)."""
@@ -252,11 +190,8 @@ class LiveSource:
         return self.assembler.received.reshape(self.shape[:2])
 
     def close(self) -> None:
-        """Stop the reader thread and close the connection (outputs keep what arrived)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self.reader.close()
+        """Stop the receiver and close the connection (outputs keep what arrived)."""
+        self.receiver.close()
 
 
 def _frames(event: Event) -> int:
