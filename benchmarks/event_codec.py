@@ -44,12 +44,12 @@ from stempress.bench.bounds import poisson_bound, true_poisson_bound, truth_bloc
 from stempress.codecs.catalog import CATALOG, get_codec
 from stempress.codecs.chunking import chunk_shape
 from stempress.codecs.hdf5_store import read_cube_blocks, write_cube
-from stempress.cores import resolve_workers
+from stempress.cores import resolve_workers, start_method
 from stempress.data.base import ArraySource, Block, Dataset4D, iter_blocks
 from stempress.data.entropy import EntropyCodedFormat, encode_blocks, fit_source
 from stempress.data.open import open_source
 from stempress.data.suites import open_synthetic
-from stempress.exec.processes import ProcessExecutor, start_method
+from stempress.exec.processes import ProcessExecutor
 
 DOSES = "375,4000,14000"
 ENCODE_TARGET, DECODE_TARGET = 200.0, 400.0  # MB/s

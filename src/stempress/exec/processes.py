@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from stempress.cores import resolve_workers
+from stempress.cores import child_context, resolve_workers
 from stempress.exec.base import Executor
 
 R = TypeVar("R")
@@ -43,11 +43,6 @@ MMAP_THRESHOLD = 32 * 1024**2
 #: ... and free heap above this is given back to the kernel (see ``keep_heap``).
 TRIM_THRESHOLD = 64 * 1024**2
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def start_method() -> str:
-    """``forkserver`` where the platform has it, else ``spawn``; never plain ``fork`` (see the module doc)."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class ProcessExecutor(Executor):
@@ -71,9 +66,7 @@ class ProcessExecutor(Executor):
             if pool is None or getattr(pool, "_broken", False):
                 if pool is not None:
                     pool.shutdown(wait=False, cancel_futures=True)  # its workers are already gone
-                ctx = multiprocessing.get_context(start_method())
-                if ctx.get_start_method() == "forkserver":
-                    ctx.set_forkserver_preload(self.preload)  # only read when the fork server starts
+                ctx = child_context(self.preload)
                 pool = self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx,
                                                         initializer=setup_worker, initargs=(self.initializer,))
             return pool

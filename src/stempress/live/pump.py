@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from stempress.cores import child_context
 from stempress.errors import StempressError
 from stempress.live.events import Corrupt, End, Event, Frame, Frames, StreamHeader
 from stempress.live.ring import Ring, RingBuffers, Stopped, ring_bytes
@@ -172,14 +173,6 @@ def _stop_when_asked(conn: multiprocessing.connection.Connection, stop: threadin
 
 # -- the parent ----------------------------------------------------------------------------------------------------
 
-def _context() -> multiprocessing.context.BaseContext:
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(list(PRELOAD))  # only read when the fork server starts (once per process)
-    return ctx
-
-
 class Receiver:
     """The parent's end: ``start`` the child and wait for the header; then ``get`` events in order, each valid
     until the next ``get``; ``close`` on every path."""
@@ -201,7 +194,7 @@ class Receiver:
             worker.start()
             self._state.worker = worker
         else:
-            ctx = _context()
+            ctx = child_context(PRELOAD)
             self.conn, child = ctx.Pipe()
             self._state.conn = self.conn
             worker = ctx.Process(target=pump, args=(spec, child, True), name="stempress-live-receiver", daemon=True)
