@@ -188,18 +188,15 @@ class Receiver:
         self.started = time.monotonic()
         if thread:
             self.conn, child = multiprocessing.Pipe()
-            self._state.conn = self.conn
             worker: Any = threading.Thread(target=pump, args=(spec, child, False), name="stempress-live-receiver",
                                            daemon=True)
-            worker.start()
-            self._state.worker = worker
         else:
             ctx = child_context(PRELOAD)
             self.conn, child = ctx.Pipe()
-            self._state.conn = self.conn
             worker = ctx.Process(target=pump, args=(spec, child, True), name="stempress-live-receiver", daemon=True)
-            worker.start()
-            self._state.worker = worker
+        self._state.conn, self._state.worker = self.conn, worker
+        worker.start()
+        if not thread:
             child.close()  # our copy: the pipe reads as closed once the child has gone
         self._ready: selectors.BaseSelector | None = selectors.DefaultSelector()  # once: conn.poll makes one per call
         try:
@@ -284,7 +281,7 @@ class Receiver:
             if kind == "end":
                 return End(message[1])
             if kind == "cpu":
-                self.cpu = {"thread_s": message[1], "process_s": message[2]}
+                self.cpu = _cpu(message)
                 return End("receiver failed: it stopped without an end")
 
     def _exit(self) -> str:
@@ -303,6 +300,11 @@ class Receiver:
         cpu = self._state.close()
         if cpu is not None and self.cpu is None:
             self.cpu = cpu
+
+
+def _cpu(message: tuple) -> dict[str, float]:
+    """The child's last message, ``("cpu", thread seconds, process seconds)``, as ``Receiver.cpu`` holds it."""
+    return {"thread_s": message[1], "process_s": message[2]}
 
 
 class _State:
@@ -332,7 +334,7 @@ class _State:
                 while time.monotonic() < deadline and conn.poll(max(0.0, deadline - time.monotonic())):
                     message = conn.recv()  # events sent meanwhile are dropped: nobody places them
                     if message[0] == "cpu":
-                        cpu = {"thread_s": message[1], "process_s": message[2]}
+                        cpu = _cpu(message)
                         break
         if worker is not None:
             worker.join(5)
